@@ -1,0 +1,170 @@
+/**
+ * The work behind each `ptq` command, separate from argument parsing so that tests and the
+ * library API call the same code. Commands print a table, or one JSON object with --json.
+ */
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { FileError, UsageError } from '../errors.js';
+import { writePtqCheckpoint } from '../io/ptq-checkpoint.js';
+import { assertWritableOutput } from '../io/atomic.js';
+import { type EvalResult, evaluate, type WindowProtocol } from '../eval/perplexity.js';
+import { Decoder } from '../model/decoder.js';
+import { type LoadedModel, loadModel } from '../model/load.js';
+import { type GridSpec, gridName, validateGrid } from '../quant/grid.js';
+import { modelSize, quantizeModel } from '../quant/quantize-model.js';
+import { createProgress } from './progress.js';
+import { fmt, formatTable } from './table.js';
+
+export interface Output {
+  json: boolean;
+  log(text: string): void;
+}
+
+export const consoleOutput = (json: boolean): Output => ({ json, log: (t) => console.log(t) });
+
+export function peakRssMiB(): number {
+  return process.resourceUsage().maxRSS / 1024;
+}
+
+export async function readText(file: string): Promise<string> {
+  try {
+    return await readFile(file, 'utf8');
+  } catch (e) {
+    throw new FileError('cannot read the text file', { file, got: (e as NodeJS.ErrnoException).code });
+  }
+}
+
+// ---------- inspect ----------
+
+export async function inspectCommand(modelPath: string, opts: { tokenizer?: string }, out: Output) {
+  const m = await loadModel(modelPath, opts);
+  const params = [...m.weights.values()].reduce((n, t) => n + t.data.length, 0);
+  const size = modelSize(m.weights, m.quantization?.tensors);
+  const summary = {
+    path: m.path,
+    source: m.source,
+    architecture: m.arch.modelType,
+    config: m.config,
+    parameters: params,
+    bytes: size.totalBytes,
+    quantization: m.quantization && { method: m.quantization.method, ...m.quantization.settings, bitsPerWeight: size.bitsPerWeight },
+    tensors: [...m.weights].map(([name, t]) => ({
+      name,
+      shape: t.shape,
+      storage: m.quantization?.tensors.get(name) ? gridName(m.quantization.tensors.get(name)!.spec) : 'f32',
+    })),
+  };
+  if (out.json) return out.log(JSON.stringify(summary, null, 2));
+  const c = m.config;
+  out.log(`${m.path} (${m.source}, ${m.arch.modelType})`);
+  out.log(
+    `  layers ${c.numLayers}, hidden ${c.hiddenSize}, ffn ${c.intermediateSize}, heads ${c.numHeads}/${c.numKvHeads} kv, ` +
+      `head_dim ${c.headDim}, vocab ${c.vocabSize}, ctx ${c.maxPositions}, rope_theta ${c.ropeTheta}, tied ${c.tiedEmbeddings}`,
+  );
+  out.log(`  ${params.toLocaleString('en-US')} parameters, ${fmt.bytes(size.totalBytes)}`);
+  if (summary.quantization) out.log(`  quantized: ${m.quantization!.method}, ${size.bitsPerWeight.toFixed(3)} bits/weight`);
+  out.log(formatTable(['tensor', 'shape', 'storage'], summary.tensors.map((t) => [t.name, `[${t.shape}]`, t.storage])));
+}
+
+// ---------- quantize ----------
+
+export interface QuantizeArgs {
+  method: string;
+  grid: GridSpec;
+  output: string;
+  tokenizer?: string;
+}
+
+export async function quantizeCommand(modelPath: string, args: QuantizeArgs, out: Output) {
+  if (args.method !== 'rtn') throw new UsageError('unknown method', { field: 'method', expected: 'rtn', got: args.method });
+  validateGrid(args.grid);
+  await assertWritableOutput(args.output);
+  const model = await loadModel(modelPath, { tokenizer: args.tokenizer });
+  const progress = createProgress('quantize: layer', !out.json);
+  const q = await quantizeModel(model.config, model.weights, {
+    method: 'rtn',
+    grid: args.grid,
+    onProgress: (p) => progress.update(p.layer, p.layers),
+  });
+  progress.finish();
+  await writePtqCheckpoint(args.output, { ...model, weights: q.weights }, q.quantization);
+  const size = modelSize(q.weights, q.quantization.tensors);
+  const result = {
+    model: model.path,
+    output: path.resolve(args.output),
+    method: args.method,
+    grid: gridName(args.grid),
+    bitsPerWeight: size.bitsPerWeight,
+    bytes: size.totalBytes,
+    seconds: q.seconds,
+    peakRssMiB: peakRssMiB(),
+  };
+  if (out.json) return out.log(JSON.stringify(result, null, 2));
+  out.log(
+    `quantized ${model.path} with ${args.method} ${result.grid}: ${result.bitsPerWeight.toFixed(3)} bits/weight, ` +
+      `${fmt.bytes(result.bytes)}, ${result.seconds.toFixed(2)} s -> ${result.output}`,
+  );
+}
+
+// ---------- eval ----------
+
+export interface EvalArgs {
+  text: string;
+  ctx?: number;
+  stride?: number;
+  keepPartial?: boolean;
+  ref?: string;
+  maxTokens?: number;
+  tokenizer?: string;
+}
+
+export function protocolFor(model: LoadedModel, args: Pick<EvalArgs, 'ctx' | 'stride' | 'keepPartial'>): WindowProtocol {
+  const ctx = args.ctx ?? Math.min(model.config.maxPositions, 2048);
+  if (ctx > model.config.maxPositions) {
+    throw new UsageError('context longer than the model was trained for', { field: 'ctx', expected: `<= ${model.config.maxPositions}`, got: String(ctx) });
+  }
+  return { ctx, stride: args.stride ?? ctx, dropPartial: !args.keepPartial };
+}
+
+export async function evalCommand(modelPath: string, args: EvalArgs, out: Output) {
+  const model = await loadModel(modelPath, { tokenizer: args.tokenizer });
+  const reference = args.ref ? await loadModel(args.ref, { tokenizer: args.tokenizer }) : undefined;
+  let tokens = model.tokenizer.encode(await readText(args.text));
+  if (args.maxTokens) tokens = tokens.slice(0, args.maxTokens);
+  const progress = createProgress('eval: window', !out.json);
+  const result = await evaluate(new Decoder(model.config, model.weights), tokens, {
+    protocol: protocolFor(model, args),
+    reference: reference && new Decoder(reference.config, reference.weights),
+    onProgress: (p) => progress.update(p.windowsDone, p.windowsTotal, `${p.tokensDone} tokens`),
+  });
+  progress.finish();
+  const size = modelSize(model.weights, model.quantization?.tensors);
+  const report = { model: model.path, text: args.text, ...result, bitsPerWeight: size.bitsPerWeight, bytes: size.totalBytes, peakRssMiB: peakRssMiB() };
+  if (out.json) return out.log(JSON.stringify(report, null, 2));
+  out.log(`protocol: ${result.protocol}; ${result.tokens} tokens, ${result.windows} windows, ${result.predictions} predictions`);
+  out.log(resultTable([{ label: path.basename(model.path), bitsPerWeight: size.bitsPerWeight, bytes: size.totalBytes, result }]));
+}
+
+export interface ResultRow {
+  label: string;
+  bitsPerWeight: number;
+  bytes: number;
+  result: EvalResult;
+  quantizeSeconds?: number;
+}
+
+export function resultTable(rows: ResultRow[]): string {
+  return formatTable(
+    ['model', 'bits/w', 'size', 'perplexity', 'KLD', 'top-1 agree', 'quantize s', 'eval tok/s'],
+    rows.map((r) => [
+      r.label,
+      r.bitsPerWeight.toFixed(2),
+      fmt.bytes(r.bytes),
+      r.result.perplexity.toFixed(4),
+      fmt.fixed(r.result.kld, 5),
+      fmt.percent(r.result.top1Agreement),
+      fmt.fixed(r.quantizeSeconds, 2),
+      r.result.tokensPerSecond.toFixed(0),
+    ]),
+  );
+}

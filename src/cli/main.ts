@@ -1,0 +1,91 @@
+#!/usr/bin/env node
+/**
+ * `ptq`: the command line. Options are parsed here and handed to commands.ts.
+ * User errors print one line and exit 1; `--debug` adds the stack trace.
+ */
+import { Command, InvalidArgumentError, Option } from 'commander';
+import { PtqError } from '../errors.js';
+import type { GridSpec, ScaleDtype } from '../quant/grid.js';
+import { consoleOutput, evalCommand, inspectCommand, quantizeCommand } from './commands.js';
+import { demoCommand } from './demo.js';
+
+function integer(value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n)) throw new InvalidArgumentError(`expected an integer, got '${value}'`);
+  return n;
+}
+
+interface GridOptions {
+  bits: number;
+  groupSize: number;
+  asym?: boolean;
+  perTensor?: boolean;
+  scaleDtype: ScaleDtype;
+}
+
+/** `--group-size -1` (GPTQ's convention) or 0 means one scale per output channel. */
+function gridFromOptions(o: GridOptions): GridSpec {
+  const granularity = o.perTensor ? 'tensor' : o.groupSize <= 0 ? 'channel' : 'group';
+  return { bits: o.bits, symmetric: !o.asym, granularity, groupSize: Math.max(0, o.groupSize), scaleDtype: o.scaleDtype };
+}
+
+const program = new Command('ptq')
+  .description('Post-training quantization for transformer language models')
+  .option('--debug', 'print stack traces of errors')
+  .showHelpAfterError();
+
+program
+  .command('inspect <model>')
+  .description('architecture, parameters, tensors and size of a model')
+  .option('--tokenizer <file>', 'tokenizer to use instead of the one next to the model')
+  .option('--json', 'print JSON')
+  .action((model, o) => inspectCommand(model, o, consoleOutput(!!o.json)));
+
+program
+  .command('quantize <model>')
+  .description('quantize the linear layers of a model and save it')
+  .requiredOption('-o, --output <dir>', 'output directory')
+  .addOption(new Option('--method <name>', 'quantization method').choices(['rtn']).default('rtn'))
+  .option('--bits <n>', 'bits per weight code (2..8)', integer, 4)
+  .option('--group-size <n>', 'input columns per scale; -1 = per output channel', integer, 32)
+  .option('--per-tensor', 'one scale for the whole tensor')
+  .option('--asym', 'asymmetric grid with zero points (default symmetric)')
+  .addOption(new Option('--scale-dtype <dtype>', 'storage dtype of scales').choices(['f16', 'bf16', 'f32']).default('f16'))
+  .option('--tokenizer <file>', 'tokenizer to use instead of the one next to the model')
+  .option('--json', 'print JSON')
+  .action((model, o) =>
+    quantizeCommand(model, { method: o.method, grid: gridFromOptions(o), output: o.output, tokenizer: o.tokenizer }, consoleOutput(!!o.json)),
+  );
+
+program
+  .command('eval <model>')
+  .description('perplexity on a text; KLD and top-1 agreement against --ref')
+  .requiredOption('--text <file>', 'text file to evaluate on')
+  .option('--ctx <n>', 'tokens per window (default: the model context, at most 2048)', integer)
+  .option('--stride <n>', 'window step (default: ctx, non-overlapping)', integer)
+  .option('--keep-partial', 'also score the last, shorter window')
+  .option('--ref <model>', 'full-precision model to compare against')
+  .option('--max-tokens <n>', 'evaluate only the first n tokens', integer)
+  .option('--tokenizer <file>', 'tokenizer to use instead of the one next to the model')
+  .option('--json', 'print JSON')
+  .action((model, o) => evalCommand(model, o, consoleOutput(!!o.json)));
+
+program
+  .command('demo')
+  .description('quantize the bundled model at 8/4/3 bits with RTN and print the quality table')
+  .option('--json', 'print JSON')
+  .action((o) => demoCommand(consoleOutput(!!o.json)));
+
+try {
+  await program.parseAsync();
+} catch (e) {
+  const debug = program.opts().debug || process.argv.includes('--debug');
+  if (e instanceof PtqError && !debug) {
+    console.error(`ptq: ${e.name}: ${e.message}`);
+  } else if (!debug) {
+    console.error(`ptq: unexpected error: ${(e as Error).message} (run with --debug for the stack trace)`);
+  } else {
+    console.error(e);
+  }
+  process.exitCode = 1;
+}

@@ -1,0 +1,178 @@
+/**
+ * Perplexity, and agreement with a reference model, over a tokenized text.
+ *
+ * Window protocol (Hugging Face "perplexity of fixed-length models", strided sliding window):
+ * windows of `ctx` tokens start every `stride` tokens; each window scores only the tokens
+ * no earlier window scored, so with stride < ctx every scored token sees >= ctx − stride
+ * tokens of context. stride = ctx gives non-overlapping chunks; `dropPartial` drops a
+ * final window shorter than ctx (the "chunks" protocol of GPTQ/SINQ evaluations and of the
+ * assets' reference numbers: 511 predictions per 512-token window).
+ *
+ * With a reference model, each scored position also yields KL(P_ref ‖ P_model) of the
+ * next-token distributions and whether both argmaxes agree (llama.cpp's KLD / "same top").
+ */
+import { UsageError } from '../errors.js';
+import type { Decoder } from '../model/decoder.js';
+
+export interface WindowProtocol {
+  ctx: number;
+  stride: number;
+  dropPartial: boolean;
+}
+
+/** A window [start, end) of the token stream whose positions >= firstTarget (relative) are scored. */
+export interface Window {
+  start: number;
+  end: number;
+  firstTarget: number;
+}
+
+export function describeProtocol(p: WindowProtocol): string {
+  const kind = p.stride === p.ctx ? 'non-overlapping windows' : `sliding windows, stride ${p.stride}`;
+  return `ctx ${p.ctx}, ${kind}${p.dropPartial ? ', last partial window dropped' : ''}`;
+}
+
+export function planWindows(numTokens: number, p: WindowProtocol): Window[] {
+  if (!(p.ctx >= 2) || !(p.stride >= 1) || p.stride > p.ctx) {
+    throw new UsageError('invalid evaluation window', { expected: '2 <= ctx and 1 <= stride <= ctx', got: `ctx ${p.ctx}, stride ${p.stride}` });
+  }
+  const windows: Window[] = [];
+  let scoredUpTo = 0;
+  for (let start = 0; start < numTokens; start += p.stride) {
+    const end = Math.min(start + p.ctx, numTokens);
+    if (p.dropPartial && end - start < p.ctx) break;
+    windows.push({ start, end, firstTarget: Math.max(1, scoredUpTo - start) });
+    scoredUpTo = end;
+    if (end === numTokens) break;
+  }
+  return windows;
+}
+
+export interface EvalProgress {
+  windowsDone: number;
+  windowsTotal: number;
+  tokensDone: number;
+}
+
+export interface EvalOptions {
+  protocol: WindowProtocol;
+  /** Full-precision model to compare against (KLD, top-1 agreement). */
+  reference?: Decoder;
+  /** Upper bound on logits floats held per batch (rows × vocab). */
+  maxBatchLogits?: number;
+  onProgress?: (p: EvalProgress) => void;
+}
+
+export interface EvalResult {
+  protocol: string;
+  tokens: number;
+  windows: number;
+  predictions: number;
+  nll: number;
+  perplexity: number;
+  /** Mean KL(P_ref ‖ P_model) in nats per predicted token. */
+  kld?: number;
+  /** Fraction of positions whose argmax agrees with the reference. */
+  top1Agreement?: number;
+  referencePerplexity?: number;
+  seconds: number;
+  tokensPerSecond: number;
+}
+
+export async function evaluate(model: Decoder, tokens: readonly number[], options: EvalOptions): Promise<EvalResult> {
+  const t0 = performance.now();
+  const { protocol, reference } = options;
+  const windows = planWindows(tokens.length, protocol);
+  if (windows.length === 0) {
+    throw new UsageError('text too short for one evaluation window', { expected: `>= ${protocol.ctx} tokens`, got: `${tokens.length}` });
+  }
+  const V = model.config.vocabSize;
+  const maxRows = Math.max(protocol.ctx, Math.floor((options.maxBatchLogits ?? 2 ** 22) / V));
+  const acc = { nll: 0, refNll: 0, kld: 0, agree: 0, predictions: 0, tokensDone: 0 };
+
+  for (let i = 0; i < windows.length; ) {
+    // Batch consecutive windows of the same length.
+    const T = windows[i]!.end - windows[i]!.start;
+    const batch: Window[] = [];
+    while (i < windows.length && windows[i]!.end - windows[i]!.start === T && (batch.length + 1) * T <= maxRows) {
+      batch.push(windows[i++]!);
+    }
+    const ids = new Int32Array(batch.length * T);
+    batch.forEach((w, b) => ids.set(tokens.slice(w.start, w.end), b * T));
+    const logits = await model.forward(ids, batch.length, T);
+    const refLogits = reference ? await reference.forward(ids, batch.length, T) : undefined;
+
+    batch.forEach((w, b) => {
+      for (let t = w.firstTarget; t < T; t++) {
+        const row = (b * T + t - 1) * V;
+        const target = ids[b * T + t]!;
+        const q = logSoftmaxRow(logits, row, V);
+        acc.nll -= q.logProb(target);
+        if (refLogits) {
+          const p = logSoftmaxRow(refLogits, row, V);
+          acc.refNll -= p.logProb(target);
+          acc.kld += klDivergence(p, q, V);
+          if (p.argmax === q.argmax) acc.agree++;
+        }
+        acc.predictions++;
+      }
+      acc.tokensDone += T;
+    });
+    options.onProgress?.({ windowsDone: i, windowsTotal: windows.length, tokensDone: acc.tokensDone });
+  }
+
+  const seconds = (performance.now() - t0) / 1000;
+  const n = acc.predictions;
+  return {
+    protocol: describeProtocol(protocol),
+    tokens: tokens.length,
+    windows: windows.length,
+    predictions: n,
+    nll: acc.nll / n,
+    perplexity: Math.exp(acc.nll / n),
+    ...(reference && {
+      kld: acc.kld / n,
+      top1Agreement: acc.agree / n,
+      referencePerplexity: Math.exp(acc.refNll / n),
+    }),
+    seconds,
+    tokensPerSecond: acc.tokensDone / seconds,
+  };
+}
+
+interface LogSoftmaxRow {
+  logits: Float32Array;
+  offset: number;
+  max: number;
+  logSumExp: number;
+  argmax: number;
+  logProb(token: number): number;
+}
+
+/** log softmax of logits[offset .. offset+V), computed stably in float64. */
+function logSoftmaxRow(logits: Float32Array, offset: number, V: number): LogSoftmaxRow {
+  let max = -Infinity;
+  let argmax = 0;
+  for (let v = 0; v < V; v++) {
+    const x = logits[offset + v]!;
+    if (x > max) {
+      max = x;
+      argmax = v;
+    }
+  }
+  let sum = 0;
+  for (let v = 0; v < V; v++) sum += Math.exp(logits[offset + v]! - max);
+  const logSumExp = max + Math.log(sum);
+  return { logits, offset, max, logSumExp, argmax, logProb: (tok) => logits[offset + tok]! - logSumExp };
+}
+
+/** KL(P ‖ Q) = Σ_v p_v (log p_v − log q_v). */
+function klDivergence(p: LogSoftmaxRow, q: LogSoftmaxRow, V: number): number {
+  let kl = 0;
+  for (let v = 0; v < V; v++) {
+    const logP = p.logits[p.offset + v]! - p.logSumExp;
+    const logQ = q.logits[q.offset + v]! - q.logSumExp;
+    kl += Math.exp(logP) * (logP - logQ);
+  }
+  return kl;
+}

@@ -1,0 +1,204 @@
+/**
+ * Forward pass of the Llama-family decoder (RMSNorm, rotary embeddings with rotate_half,
+ * grouped-query causal attention, SwiGLU MLP), in Hugging Face `modeling_llama` semantics.
+ *
+ * It runs a batch of B independent windows of T tokens; positions restart at 0 in each
+ * window. Matrix products go through the ComputeEngine; the O(n) element-wise work
+ * (norms, rotary, activations) stays in typed-array loops with float64 accumulation.
+ *
+ * The pass is split into embed -> block(i) for every layer -> head so that sequential
+ * calibration (GPTQ, AWQ) can run and quantize one block at a time.
+ */
+import { getDefaultEngine, type ComputeEngine } from '../compute/index.js';
+import { ConfigError } from '../errors.js';
+import type { TensorMap } from '../tensor.js';
+import { type BlockLinear, blockPrefix, EMBED, FINAL_NORM, LM_HEAD } from './architecture.js';
+import type { ModelConfig } from './config.js';
+
+export interface ForwardHooks {
+  /** Called with the input activations [rows, cols] of every block linear, before its product. */
+  onLinearInput?(layer: number, linear: BlockLinear, x: Float32Array, rows: number, cols: number): void;
+}
+
+export class Decoder {
+  private readonly rope: { cos: Float32Array; sin: Float32Array; T: number } = {
+    cos: new Float32Array(0),
+    sin: new Float32Array(0),
+    T: 0,
+  };
+
+  constructor(
+    readonly config: ModelConfig,
+    readonly weights: TensorMap,
+    readonly engine: ComputeEngine = getDefaultEngine(),
+  ) {}
+
+  weight(name: string): Float32Array {
+    const t = this.weights.get(name);
+    if (!t) throw new ConfigError('model is missing a tensor', { field: name });
+    return t.data;
+  }
+
+  /** Token embeddings: [n, hidden]. */
+  embed(tokens: Int32Array): Float32Array {
+    const { hiddenSize: D, vocabSize } = this.config;
+    const table = this.weight(EMBED);
+    const x = new Float32Array(tokens.length * D);
+    tokens.forEach((id, i) => {
+      if (id < 0 || id >= vocabSize) throw new ConfigError(`token id ${id} outside the vocabulary [0, ${vocabSize})`);
+      x.set(table.subarray(id * D, (id + 1) * D), i * D);
+    });
+    return x;
+  }
+
+  /** One decoder block on x [B*T, hidden]; returns the new residual stream. */
+  async block(layer: number, x: Float32Array, B: number, T: number, hooks?: ForwardHooks): Promise<Float32Array> {
+    const c = this.config;
+    const rows = B * T;
+    const p = blockPrefix(layer);
+    const linear = async (name: BlockLinear, input: Float32Array, inDim: number, outDim: number) => {
+      hooks?.onLinearInput?.(layer, name, input, rows, inDim);
+      return this.engine.linear(input, this.weight(`${p}${name}.weight`), rows, inDim, outDim);
+    };
+
+    // Attention sub-block: x += o_proj(attn(rope(q), rope(k), v)) on rmsnorm(x).
+    const h = rmsNorm(x, this.weight(`${p}input_layernorm.weight`), c.hiddenSize, c.normEps);
+    const qDim = c.numHeads * c.headDim;
+    const kvDim = c.numKvHeads * c.headDim;
+    const q = await linear('self_attn.q_proj', h, c.hiddenSize, qDim);
+    const k = await linear('self_attn.k_proj', h, c.hiddenSize, kvDim);
+    const v = await linear('self_attn.v_proj', h, c.hiddenSize, kvDim);
+    this.applyRope(q, B, T, c.numHeads);
+    this.applyRope(k, B, T, c.numKvHeads);
+    const attn = await this.attention(q, k, v, B, T);
+    const o = await linear('self_attn.o_proj', attn, qDim, c.hiddenSize);
+    const x1 = add(x, o);
+
+    // MLP sub-block (SwiGLU): x += down(silu(gate(h)) * up(h)) on rmsnorm(x).
+    const h2 = rmsNorm(x1, this.weight(`${p}post_attention_layernorm.weight`), c.hiddenSize, c.normEps);
+    const gate = await linear('mlp.gate_proj', h2, c.hiddenSize, c.intermediateSize);
+    const up = await linear('mlp.up_proj', h2, c.hiddenSize, c.intermediateSize);
+    for (let i = 0; i < gate.length; i++) {
+      const g = gate[i]!;
+      gate[i] = (g / (1 + Math.exp(-g))) * up[i]!;
+    }
+    const down = await linear('mlp.down_proj', gate, c.intermediateSize, c.hiddenSize);
+    return add(x1, down);
+  }
+
+  /** Final norm and language-model head: logits [rows, vocab]. */
+  async head(x: Float32Array, rows: number): Promise<Float32Array> {
+    const c = this.config;
+    const h = rmsNorm(x, this.weight(FINAL_NORM), c.hiddenSize, c.normEps);
+    const lmHead = this.weight(c.tiedEmbeddings ? EMBED : LM_HEAD);
+    return this.engine.linear(h, lmHead, rows, c.hiddenSize, c.vocabSize);
+  }
+
+  /** Logits [B*T, vocab] for B windows of T tokens each (tokens row-major [B, T]). */
+  async forward(tokens: Int32Array, B: number, T: number, hooks?: ForwardHooks): Promise<Float32Array> {
+    let x = this.embed(tokens);
+    for (let layer = 0; layer < this.config.numLayers; layer++) x = await this.block(layer, x, B, T, hooks);
+    return this.head(x, B * T);
+  }
+
+  /** Grouped-query attention: KV head j serves query heads j*g .. j*g+g-1, g = heads / kv heads. */
+  private async attention(q: Float32Array, k: Float32Array, v: Float32Array, B: number, T: number) {
+    const { numHeads: H, numKvHeads: Hkv, headDim: d } = this.config;
+    const group = H / Hkv;
+    // [B*T, heads*d] -> [B*H, T, d]; K and V heads repeated for their query heads.
+    const qh = toHeads(q, B, T, H, d, H, 1);
+    const kh = toHeads(k, B, T, Hkv, d, H, group);
+    const vh = toHeads(v, B, T, Hkv, d, H, group);
+    const o = await this.engine.causalAttention(qh, kh, vh, B * H, T, d, 1 / Math.sqrt(d));
+    return fromHeads(o, B, T, H, d);
+  }
+
+  /** Rotary embedding, rotate_half convention: pairs (i, i + d/2) of each head rotate by pos·θ^(-2i/d). */
+  private applyRope(x: Float32Array, B: number, T: number, heads: number): void {
+    const d = this.config.headDim;
+    const half = d / 2;
+    const { cos, sin } = this.ropeTables(T);
+    for (let b = 0; b < B; b++) {
+      for (let t = 0; t < T; t++) {
+        const row = (b * T + t) * heads * d;
+        for (let h = 0; h < heads; h++) {
+          const base = row + h * d;
+          for (let i = 0; i < half; i++) {
+            const c = cos[t * half + i]!;
+            const s = sin[t * half + i]!;
+            const x1 = x[base + i]!;
+            const x2 = x[base + i + half]!;
+            x[base + i] = x1 * c - x2 * s;
+            x[base + i + half] = x2 * c + x1 * s;
+          }
+        }
+      }
+    }
+  }
+
+  private ropeTables(T: number) {
+    if (this.rope.T < T) {
+      const d = this.config.headDim;
+      const half = d / 2;
+      const cos = new Float32Array(T * half);
+      const sin = new Float32Array(T * half);
+      for (let i = 0; i < half; i++) {
+        const invFreq = 1 / this.config.ropeTheta ** ((2 * i) / d);
+        for (let t = 0; t < T; t++) {
+          cos[t * half + i] = Math.cos(t * invFreq);
+          sin[t * half + i] = Math.sin(t * invFreq);
+        }
+      }
+      Object.assign(this.rope, { cos, sin, T });
+    }
+    return this.rope;
+  }
+}
+
+/** RMSNorm (Zhang & Sennrich 2019): x / sqrt(mean(x²) + eps) · w, per row of width D. */
+export function rmsNorm(x: Float32Array, w: Float32Array, D: number, eps: number): Float32Array {
+  const out = new Float32Array(x.length);
+  for (let r = 0; r < x.length; r += D) {
+    let ss = 0;
+    for (let i = 0; i < D; i++) ss += x[r + i]! * x[r + i]!;
+    const inv = 1 / Math.sqrt(ss / D + eps);
+    for (let i = 0; i < D; i++) out[r + i] = x[r + i]! * inv * w[i]!;
+  }
+  return out;
+}
+
+function add(a: Float32Array, b: Float32Array): Float32Array {
+  const out = new Float32Array(a.length);
+  for (let i = 0; i < a.length; i++) out[i] = a[i]! + b[i]!;
+  return out;
+}
+
+/** [B*T, srcHeads*d] -> [B*H, T, d], source head h/repeat feeding output head h. */
+function toHeads(x: Float32Array, B: number, T: number, srcHeads: number, d: number, H: number, repeat: number) {
+  const out = new Float32Array(B * H * T * d);
+  for (let b = 0; b < B; b++) {
+    for (let h = 0; h < H; h++) {
+      const src = Math.floor(h / repeat);
+      for (let t = 0; t < T; t++) {
+        const from = ((b * T + t) * srcHeads + src) * d;
+        out.set(x.subarray(from, from + d), ((b * H + h) * T + t) * d);
+      }
+    }
+  }
+  return out;
+}
+
+/** [B*H, T, d] -> [B*T, H*d]. */
+function fromHeads(x: Float32Array, B: number, T: number, H: number, d: number) {
+  const out = new Float32Array(B * T * H * d);
+  for (let b = 0; b < B; b++) {
+    for (let h = 0; h < H; h++) {
+      for (let t = 0; t < T; t++) {
+        const from = ((b * H + h) * T + t) * d;
+        out.set(x.subarray(from, from + d), ((b * T + t) * H + h) * d);
+      }
+    }
+  }
+  return out;
+}
+

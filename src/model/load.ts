@@ -1,0 +1,200 @@
+/**
+ * Open a model as it is shipped and normalize it: a Hugging Face directory
+ * (config.json + safetensors + tokenizer.json), a llama2.c checkpoint (+ tokenizer.bin),
+ * or a ptqkit quantized directory (dequantized for evaluation, codes kept for export).
+ */
+import { existsSync } from 'node:fs';
+import { readFile, stat } from 'node:fs/promises';
+import path from 'node:path';
+import { ConfigError, FileError, FormatError, ShapeError } from '../errors.js';
+import { HfTokenizer } from '../io/hf-tokenizer.js';
+import { loadLlama2cCheckpoint } from '../io/llama2c.js';
+import { Llama2cTokenizer } from '../io/llama2c-tokenizer.js';
+import { readPtqCheckpoint, type PtqQuantization } from '../io/ptq-checkpoint.js';
+import { SafetensorsModel } from '../io/safetensors.js';
+import type { TextTokenizer } from '../io/tokenizer.js';
+import type { TensorMap } from '../tensor.js';
+import { type Architecture, architectureFor, EMBED, LM_HEAD } from './architecture.js';
+import type { ModelConfig } from './config.js';
+
+export type ModelSource = 'huggingface' | 'llama2c' | 'ptqkit';
+
+export interface LoadedModel {
+  path: string;
+  source: ModelSource;
+  arch: Architecture;
+  config: ModelConfig;
+  /** config.json as it will be written next to derived models. */
+  hfConfig: Record<string, unknown>;
+  /** Float32 weights under Hugging Face names; quantized layers hold their dequantized values. */
+  weights: TensorMap;
+  tokenizer: TextTokenizer;
+  /** Tokenizer files to copy next to derived models. */
+  tokenizerFiles: string[];
+  /** Present when the model was saved by `ptq quantize`. */
+  quantization?: PtqQuantization;
+}
+
+export interface LoadOptions {
+  /** Tokenizer file to use instead of the one found next to the model. */
+  tokenizer?: string;
+}
+
+export async function loadModel(modelPath: string, options: LoadOptions = {}): Promise<LoadedModel> {
+  const info = await stat(modelPath).catch(() => {
+    throw new FileError('model not found', { file: modelPath, expected: 'a Hugging Face directory or a llama2.c .bin file' });
+  });
+  return info.isDirectory() ? loadDirectory(modelPath, options) : loadLlama2c(modelPath, options);
+}
+
+async function loadDirectory(dir: string, options: LoadOptions): Promise<LoadedModel> {
+  const configFile = path.join(dir, 'config.json');
+  const hfConfig = await readConfig(configFile);
+  const arch = architectureFor(hfConfig.model_type, configFile);
+  const config = arch.parseConfig(hfConfig, configFile);
+  const isPtq = (hfConfig.quantization_config as { quant_method?: string } | undefined)?.quant_method === 'ptqkit';
+
+  let weights: TensorMap;
+  let quantization: PtqQuantization | undefined;
+  if (isPtq) {
+    ({ weights, quantization } = await readPtqCheckpoint(dir));
+  } else {
+    weights = await readSafetensorsWeights(dir);
+  }
+  normalizeTiedEmbeddings(weights, config, dir);
+  checkShapes(weights, arch, config, dir);
+
+  const { tokenizer, files } = await openTokenizer(dir, config, options);
+  return {
+    path: dir,
+    source: isPtq ? 'ptqkit' : 'huggingface',
+    arch,
+    config,
+    hfConfig,
+    weights,
+    tokenizer,
+    tokenizerFiles: files,
+    quantization,
+  };
+}
+
+async function loadLlama2c(file: string, options: LoadOptions): Promise<LoadedModel> {
+  const { config, tensors } = await loadLlama2cCheckpoint(file);
+  const arch = architectureFor(config.modelType, file);
+  checkShapes(tensors, arch, config, file);
+  const tokFile = options.tokenizer ?? findLlama2cTokenizer(file, config.vocabSize);
+  const tokenizer = await Llama2cTokenizer.load(tokFile, config.vocabSize);
+  return {
+    path: file,
+    source: 'llama2c',
+    arch,
+    config,
+    hfConfig: toHfConfig(config),
+    weights: tensors,
+    tokenizer,
+    tokenizerFiles: [tokFile],
+  };
+}
+
+async function readConfig(file: string): Promise<Record<string, unknown>> {
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch {
+    throw new FileError('cannot read the model configuration', { file, hint: 'a Hugging Face model directory needs config.json' });
+  }
+  try {
+    return JSON.parse(text) as Record<string, unknown>;
+  } catch (e) {
+    throw new FormatError(`invalid JSON: ${(e as Error).message}`, { file });
+  }
+}
+
+async function readSafetensorsWeights(dir: string): Promise<TensorMap> {
+  const st = await SafetensorsModel.open(dir);
+  try {
+    const weights: TensorMap = new Map();
+    for (const name of st.names()) {
+      weights.set(name, { shape: [...st.info(name).shape], data: await st.readFloat32(name) });
+    }
+    return weights;
+  } finally {
+    await st.close();
+  }
+}
+
+/** Tied models may store the shared matrix under either name; keep it under the embedding's. */
+function normalizeTiedEmbeddings(weights: TensorMap, config: ModelConfig, where: string): void {
+  if (!config.tiedEmbeddings) return;
+  const head = weights.get(LM_HEAD);
+  if (!weights.has(EMBED) && head) weights.set(EMBED, head);
+  weights.delete(LM_HEAD);
+  if (!weights.has(EMBED)) throw new ShapeError('missing tensor', { file: where, field: EMBED });
+}
+
+function checkShapes(weights: TensorMap, arch: Architecture, config: ModelConfig, where: string): void {
+  for (const [name, shape] of arch.expectedShapes(config)) {
+    const t = weights.get(name);
+    if (!t) throw new ShapeError('missing tensor', { file: where, field: name, expected: `shape [${shape}]` });
+    if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i])) {
+      throw new ShapeError('tensor shape disagrees with the model configuration', {
+        file: where,
+        field: name,
+        expected: `[${shape}]`,
+        got: `[${t.shape}]`,
+      });
+    }
+  }
+}
+
+async function openTokenizer(dir: string, config: ModelConfig, options: LoadOptions) {
+  const llama2cFile = options.tokenizer ?? path.join(dir, 'tokenizer.bin');
+  if (options.tokenizer?.endsWith('.json') || (!options.tokenizer && !existsSync(llama2cFile))) {
+    const tokDir = options.tokenizer ? path.dirname(options.tokenizer) : dir;
+    const tokenizer = await HfTokenizer.load(tokDir, config.bosTokenId);
+    const files = ['tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json']
+      .map((f) => path.join(tokDir, f))
+      .filter((f) => existsSync(f));
+    return { tokenizer: tokenizer as TextTokenizer, files };
+  }
+  return { tokenizer: await Llama2cTokenizer.load(llama2cFile, config.vocabSize), files: [llama2cFile] };
+}
+
+/** llama2.c ships `tokenizer.bin` (32k) or `tok<vocab>.bin` next to the checkpoint. */
+function findLlama2cTokenizer(checkpoint: string, vocabSize: number): string {
+  const dir = path.dirname(checkpoint);
+  const candidates = [`tok${vocabSize}.bin`, 'tokenizer.bin'].map((f) => path.join(dir, f));
+  const found = candidates.find((f) => existsSync(f));
+  if (!found) {
+    throw new FileError('no tokenizer next to the llama2.c checkpoint', {
+      file: checkpoint,
+      expected: candidates.map((c) => path.basename(c)).join(' or '),
+      hint: 'pass --tokenizer <tokenizer.bin>',
+    });
+  }
+  return found;
+}
+
+/** A Hugging Face config.json describing a normalized config (for models read from llama2.c). */
+export function toHfConfig(c: ModelConfig): Record<string, unknown> {
+  if (c.modelType !== 'llama') throw new ConfigError('cannot describe this architecture as config.json', { got: c.modelType });
+  return {
+    architectures: ['LlamaForCausalLM'],
+    model_type: 'llama',
+    vocab_size: c.vocabSize,
+    hidden_size: c.hiddenSize,
+    intermediate_size: c.intermediateSize,
+    num_hidden_layers: c.numLayers,
+    num_attention_heads: c.numHeads,
+    num_key_value_heads: c.numKvHeads,
+    head_dim: c.headDim,
+    max_position_embeddings: c.maxPositions,
+    rope_theta: c.ropeTheta,
+    rms_norm_eps: c.normEps,
+    tie_word_embeddings: c.tiedEmbeddings,
+    hidden_act: 'silu',
+    bos_token_id: c.bosTokenId,
+    eos_token_id: c.eosTokenId,
+    torch_dtype: 'float32',
+  };
+}

@@ -1,0 +1,72 @@
+/**
+ * A quantized weight as it is stored: packed integer codes plus per-block scales and
+ * zero points. Exporters re-slice these arrays into their own layouts; `dequantize`
+ * gives the float weights every evaluation uses, so what is evaluated is what is saved.
+ */
+import { packBits, packedByteLength, unpackBits } from '../formats/bitpack.js';
+import { type GridSpec, IntGrid } from './grid.js';
+
+export interface QuantizedTensor {
+  rows: number;
+  cols: number;
+  spec: GridSpec;
+  /** Codes of the row-major [rows, cols] weight, `spec.bits` each, packed LSB-first. */
+  qweight: Uint8Array;
+  /** [rows / blockRows, numGroups] scales, exactly representable in `spec.scaleDtype`. */
+  scales: Float32Array;
+  /** Integer zero points, same shape as `scales` (2^(bits-1) everywhere when symmetric). */
+  zeros: Uint8Array;
+  /**
+   * Group of each input column (GPTQ `g_idx`), when columns were quantized in a permuted
+   * order (act-order); otherwise column c belongs to group floor(c / groupColumns).
+   */
+  groupIndex?: Int32Array;
+}
+
+/** Build a QuantizedTensor from unpacked codes. */
+export function fromCodes(
+  rows: number,
+  cols: number,
+  spec: GridSpec,
+  codes: Uint8Array,
+  scales: Float32Array,
+  zeros: Uint8Array,
+  groupIndex?: Int32Array,
+): QuantizedTensor {
+  return { rows, cols, spec, qweight: packBits(codes, spec.bits), scales, zeros, groupIndex };
+}
+
+export function unpackCodes(q: QuantizedTensor): Uint8Array {
+  return unpackBits(q.qweight, q.spec.bits, q.rows * q.cols);
+}
+
+/** Column -> group and row -> scale-row maps implied by the grid. */
+function blockIndexing(q: QuantizedTensor) {
+  const [blockRows, blockCols] = new IntGrid(q.spec).blockShape(q.rows, q.cols);
+  const numGroups = q.cols / blockCols;
+  const groupOf = q.groupIndex ?? Int32Array.from({ length: q.cols }, (_, c) => Math.floor(c / blockCols));
+  return { blockRows, numGroups, groupOf };
+}
+
+export function dequantize(q: QuantizedTensor): Float32Array {
+  const codes = unpackCodes(q);
+  const { blockRows, numGroups, groupOf } = blockIndexing(q);
+  const out = new Float32Array(q.rows * q.cols);
+  for (let r = 0; r < q.rows; r++) {
+    const paramRow = Math.floor(r / blockRows) * numGroups;
+    for (let c = 0; c < q.cols; c++) {
+      const p = paramRow + groupOf[c]!;
+      out[r * q.cols + c] = q.scales[p]! * (codes[r * q.cols + c]! - q.zeros[p]!);
+    }
+  }
+  return out;
+}
+
+/** Bits actually stored for this tensor: packed codes, scales in their dtype, zeros when asymmetric, g_idx. */
+export function storedBits(q: QuantizedTensor): number {
+  const grid = new IntGrid(q.spec);
+  const codeBits = packedByteLength(q.rows * q.cols, q.spec.bits) * 8;
+  const paramBits = q.scales.length * grid.bitsPerBlockParams();
+  const gIdxBits = q.groupIndex ? q.groupIndex.length * 32 : 0;
+  return codeBits + paramBits + gIdxBits;
+}
