@@ -11,7 +11,8 @@ import { type EvalResult, evaluate, type WindowProtocol } from '../eval/perplexi
 import { Decoder } from '../model/decoder.js';
 import { type LoadedModel, loadModel } from '../model/load.js';
 import { type GridSpec, gridName, validateGrid } from '../quant/grid.js';
-import { modelSize, quantizeModel } from '../quant/quantize-model.js';
+import { sampleCalibrationWindows } from '../quant/calibrate.js';
+import { type Calibration, METHODS, type MethodName, modelSize, quantizeModel } from '../quant/quantize-model.js';
 import { createProgress } from './progress.js';
 import { fmt, formatTable } from './table.js';
 
@@ -73,17 +74,35 @@ export interface QuantizeArgs {
   grid: GridSpec;
   output: string;
   tokenizer?: string;
+  calib?: string;
+  nsamples: number;
+  seqlen: number;
+  seed: number;
+  actOrder?: boolean;
+  damp: number;
+  blockSize: number;
+  trueSequential: boolean;
 }
 
 export async function quantizeCommand(modelPath: string, args: QuantizeArgs, out: Output) {
-  if (args.method !== 'rtn') throw new UsageError('unknown method', { field: 'method', expected: 'rtn', got: args.method });
+  if (!(args.method in METHODS)) {
+    throw new UsageError('unknown method', { field: 'method', expected: Object.keys(METHODS).join(', '), got: args.method });
+  }
+  const method = args.method as MethodName;
   validateGrid(args.grid);
+  if (METHODS[method].calibrated && !args.calib) {
+    throw new UsageError(`${method} needs calibration text`, { field: 'calib', hint: 'pass --calib <text file>, disjoint from the evaluation text' });
+  }
   await assertWritableOutput(args.output);
   const model = await loadModel(modelPath, { tokenizer: args.tokenizer });
+  const calibration = args.calib ? await calibrationFor(model, args) : undefined;
   const progress = createProgress('quantize: layer', !out.json);
   const q = await quantizeModel(model.config, model.weights, {
-    method: 'rtn',
+    method,
     grid: args.grid,
+    calibration,
+    gptq: { actOrder: !!args.actOrder, damp: args.damp, blockSize: args.blockSize },
+    trueSequential: args.trueSequential,
     onProgress: (p) => progress.update(p.layer, p.layers),
   });
   progress.finish();
@@ -92,18 +111,38 @@ export async function quantizeCommand(modelPath: string, args: QuantizeArgs, out
   const result = {
     model: model.path,
     output: path.resolve(args.output),
-    method: args.method,
+    method,
     grid: gridName(args.grid),
+    calibration: calibration?.description,
     bitsPerWeight: size.bitsPerWeight,
     bytes: size.totalBytes,
     seconds: q.seconds,
     peakRssMiB: peakRssMiB(),
+    layers: q.layers,
   };
   if (out.json) return out.log(JSON.stringify(result, null, 2));
+  if (q.layers.length) {
+    out.log(formatTable(['layer', 'rel. output error', 'awq alpha'], q.layers.map((l) => [l.name, l.relativeError.toExponential(3), fmt.fixed(l.alpha, 2)])));
+  }
   out.log(
-    `quantized ${model.path} with ${args.method} ${result.grid}: ${result.bitsPerWeight.toFixed(3)} bits/weight, ` +
+    `quantized ${model.path} with ${method} ${result.grid}: ${result.bitsPerWeight.toFixed(3)} bits/weight, ` +
       `${fmt.bytes(result.bytes)}, ${result.seconds.toFixed(2)} s -> ${result.output}`,
   );
+}
+
+/** Calibration windows from a text file; the window length is capped at the model's context. */
+export async function calibrationFor(
+  model: LoadedModel,
+  args: Pick<QuantizeArgs, 'calib' | 'nsamples' | 'seqlen' | 'seed'>,
+): Promise<Calibration> {
+  const seqlen = Math.min(args.seqlen, model.config.maxPositions);
+  const tokens = model.tokenizer.encode(await readText(args.calib!));
+  const options = { nsamples: args.nsamples, seqlen, seed: args.seed };
+  return {
+    windows: sampleCalibrationWindows(tokens, options),
+    seqlen,
+    description: { file: path.basename(args.calib!), ...options },
+  };
 }
 
 // ---------- eval ----------
@@ -142,13 +181,13 @@ export async function evalCommand(modelPath: string, args: EvalArgs, out: Output
   const report = { model: model.path, text: args.text, ...result, bitsPerWeight: size.bitsPerWeight, bytes: size.totalBytes, peakRssMiB: peakRssMiB() };
   if (out.json) return out.log(JSON.stringify(report, null, 2));
   out.log(`protocol: ${result.protocol}; ${result.tokens} tokens, ${result.windows} windows, ${result.predictions} predictions`);
-  out.log(resultTable([{ label: path.basename(model.path), bitsPerWeight: size.bitsPerWeight, bytes: size.totalBytes, result }]));
+  out.log(resultTable([{ label: path.basename(model.path), ...size, result }]));
 }
 
 export interface ResultRow {
   label: string;
   bitsPerWeight: number;
-  bytes: number;
+  totalBytes: number;
   result: EvalResult;
   quantizeSeconds?: number;
 }
@@ -159,7 +198,7 @@ export function resultTable(rows: ResultRow[]): string {
     rows.map((r) => [
       r.label,
       r.bitsPerWeight.toFixed(2),
-      fmt.bytes(r.bytes),
+      fmt.bytes(r.totalBytes),
       r.result.perplexity.toFixed(4),
       fmt.fixed(r.result.kld, 5),
       fmt.percent(r.result.top1Agreement),

@@ -5,7 +5,10 @@
  */
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { PtqError } from '../errors.js';
+import { CALIBRATION_DEFAULTS } from '../quant/calibrate.js';
+import { GPTQ_DEFAULTS } from '../quant/gptq.js';
 import type { GridSpec, ScaleDtype } from '../quant/grid.js';
+import { METHODS } from '../quant/quantize-model.js';
 import { consoleOutput, evalCommand, inspectCommand, quantizeCommand } from './commands.js';
 import { demoCommand } from './demo.js';
 
@@ -45,17 +48,27 @@ program
   .command('quantize <model>')
   .description('quantize the linear layers of a model and save it')
   .requiredOption('-o, --output <dir>', 'output directory')
-  .addOption(new Option('--method <name>', 'quantization method').choices(['rtn']).default('rtn'))
+  .addOption(
+    new Option('--method <name>', Object.entries(METHODS).map(([k, m]) => `${k}: ${m.description}`).join('; '))
+      .choices(Object.keys(METHODS))
+      .default('rtn'),
+  )
   .option('--bits <n>', 'bits per weight code (2..8)', integer, 4)
   .option('--group-size <n>', 'input columns per scale; -1 = per output channel', integer, 32)
   .option('--per-tensor', 'one scale for the whole tensor')
   .option('--asym', 'asymmetric grid with zero points (default symmetric)')
   .addOption(new Option('--scale-dtype <dtype>', 'storage dtype of scales').choices(['f16', 'bf16', 'f32']).default('f16'))
+  .option('--calib <file>', 'calibration text (gptq, awq); keep it disjoint from the evaluation text')
+  .option('--nsamples <n>', 'calibration windows', integer, CALIBRATION_DEFAULTS.nsamples)
+  .option('--seqlen <n>', 'tokens per calibration window (capped at the model context)', integer, CALIBRATION_DEFAULTS.seqlen)
+  .option('--seed <n>', 'seed of the calibration sampling', integer, CALIBRATION_DEFAULTS.seed)
+  .option('--act-order', 'gptq: quantize columns by decreasing Hessian diagonal (stores g_idx)')
+  .option('--damp <x>', 'gptq: dampening, fraction of the mean Hessian diagonal', Number, GPTQ_DEFAULTS.damp)
+  .option('--block-size <n>', 'gptq: columns per lazy batch', integer, GPTQ_DEFAULTS.blockSize)
+  .option('--no-true-sequential', 'gptq: quantize all linears of a block from the same inputs')
   .option('--tokenizer <file>', 'tokenizer to use instead of the one next to the model')
   .option('--json', 'print JSON')
-  .action((model, o) =>
-    quantizeCommand(model, { method: o.method, grid: gridFromOptions(o), output: o.output, tokenizer: o.tokenizer }, consoleOutput(!!o.json)),
-  );
+  .action((model, o) => quantizeCommand(model, { ...o, grid: gridFromOptions(o) }, consoleOutput(!!o.json)));
 
 program
   .command('eval <model>')

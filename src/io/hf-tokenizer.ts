@@ -19,7 +19,7 @@ export class HfTokenizer implements TextTokenizer {
   /** Load `tokenizer.json` (and `tokenizer_config.json` when present) from a model directory. */
   static async load(dir: string, bosId?: number): Promise<HfTokenizer> {
     const file = path.join(dir, 'tokenizer.json');
-    const json = await readJson(file, true);
+    const json = (await readJson(file, true))!;
     const config = (await readJson(path.join(dir, 'tokenizer_config.json'), false)) ?? {};
     let tokenizer: Tokenizer;
     try {

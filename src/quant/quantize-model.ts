@@ -1,57 +1,145 @@
 /**
  * Apply a weight quantization method to every block linear of a model (the layers GPTQ,
  * AWQ and llama.cpp quantize; embeddings, norms and the LM head stay in full precision).
+ *
+ * Calibration-free methods quantize each layer from its weights alone. Calibrated methods
+ * run the sequential protocol of calibrate.ts: block i is quantized from the inputs produced
+ * by the already-quantized blocks 0..i-1.
  */
+import { getDefaultEngine, type ComputeEngine } from '../compute/index.js';
+import { UsageError } from '../errors.js';
 import type { PtqQuantization } from '../io/ptq-checkpoint.js';
 import { BLOCK_LINEARS, linearWeightName } from '../model/architecture.js';
 import type { ModelConfig } from '../model/config.js';
+import { Decoder } from '../model/decoder.js';
 import type { TensorMap } from '../tensor.js';
+import { AWQ_DEFAULTS, type AwqOptions, applyAwqScales } from './awq.js';
+import { ALL_AT_ONCE, runSequential, TRUE_SEQUENTIAL } from './calibrate.js';
+import { GPTQ_DEFAULTS, type GptqOptions, gptqQuantize } from './gptq.js';
 import { type GridSpec, gridName, IntGrid } from './grid.js';
+import { relativeOutputError } from './layer-error.js';
 import { dequantize, type QuantizedTensor, storedBits } from './quantized-tensor.js';
 import { quantizeRtn } from './rtn.js';
 
-export interface LayerProgress {
-  layer: number;
-  layers: number;
+/** The methods, one row each: this table drives the CLI's choices and help. */
+export const METHODS = {
+  rtn: { calibrated: false, description: 'round to nearest, per block min/max (no data)' },
+  gptq: { calibrated: true, description: 'GPTQ: Hessian-aware column-wise rounding with error feedback (arXiv:2210.17323)' },
+  awq: { calibrated: true, description: 'AWQ: activation-aware channel scaling, then RTN (arXiv:2306.00978)' },
+} as const;
+export type MethodName = keyof typeof METHODS;
+
+export interface Calibration {
+  /** Token windows, row-major [nsamples, seqlen]. */
+  windows: Int32Array;
+  seqlen: number;
+  /** Recorded in the output's quantization_config. */
+  description: Record<string, unknown>;
 }
 
 export interface QuantizeOptions {
-  method: 'rtn';
+  method: MethodName;
   grid: GridSpec;
-  onProgress?: (p: LayerProgress) => void;
+  calibration?: Calibration;
+  gptq?: Partial<GptqOptions>;
+  awq?: Partial<AwqOptions>;
+  /** Quantize q/k/v, then o, then gate/up, then down, each from inputs through the quantized earlier ones. */
+  trueSequential?: boolean;
+  engine?: ComputeEngine;
+  onProgress?: (p: { layer: number; layers: number }) => void;
+}
+
+export interface LayerReport {
+  name: string;
+  /** ‖WX − QX‖² / ‖WX‖² on the calibration inputs of this layer. */
+  relativeError: number;
+  /** AWQ: the chosen scaling exponent. */
+  alpha?: number;
 }
 
 export interface QuantizedModel {
-  /** Weights with every quantized layer replaced by its dequantized values. */
+  /** Weights with every quantized layer replaced by its dequantized values (and AWQ scales folded). */
   weights: TensorMap;
   quantization: PtqQuantization;
+  layers: LayerReport[];
   seconds: number;
 }
 
-export async function quantizeModel(
-  config: ModelConfig,
-  weights: TensorMap,
-  options: QuantizeOptions,
-): Promise<QuantizedModel> {
+export async function quantizeModel(config: ModelConfig, weights: TensorMap, options: QuantizeOptions): Promise<QuantizedModel> {
   const t0 = performance.now();
+  const engine = options.engine ?? getDefaultEngine();
   const grid = new IntGrid(options.grid);
   const out: TensorMap = new Map(weights);
   const tensors = new Map<string, QuantizedTensor>();
-  for (let layer = 0; layer < config.numLayers; layer++) {
-    for (const linear of BLOCK_LINEARS) {
-      const name = linearWeightName(layer, linear);
-      const w = weights.get(name)!;
-      const q = quantizeRtn(w, grid, name);
-      tensors.set(name, q);
-      out.set(name, { shape: w.shape, data: dequantize(q) });
+  const layers: LayerReport[] = [];
+  const store = (name: string, q: QuantizedTensor) => {
+    tensors.set(name, q);
+    out.set(name, { shape: [q.rows, q.cols], data: dequantize(q) });
+  };
+  // Fail on a grid that does not fit before any work.
+  for (const linear of BLOCK_LINEARS) {
+    const w = weights.get(linearWeightName(0, linear))!;
+    grid.blockShape(w.shape[0]!, w.shape[1]!, linearWeightName(0, linear));
+  }
+
+  const settings: Record<string, unknown> = { grid: options.grid, grid_name: gridName(options.grid) };
+  if (options.method === 'rtn') {
+    for (let layer = 0; layer < config.numLayers; layer++) {
+      for (const linear of BLOCK_LINEARS) {
+        const name = linearWeightName(layer, linear);
+        store(name, quantizeRtn(weights.get(name)!, grid, name));
+      }
+      options.onProgress?.({ layer: layer + 1, layers: config.numLayers });
     }
-    options.onProgress?.({ layer: layer + 1, layers: config.numLayers });
+  } else {
+    const cal = options.calibration;
+    if (!cal) throw new UsageError(`${options.method} needs calibration data`, { field: 'calib', hint: 'pass --calib <text file>' });
+    const gptq = { ...GPTQ_DEFAULTS, ...options.gptq };
+    const awq = { ...AWQ_DEFAULTS, ...options.awq };
+    const trueSequential = options.method === 'gptq' && options.trueSequential !== false;
+    Object.assign(settings, { calibration: cal.description }, options.method === 'gptq' ? { gptq, true_sequential: trueSequential } : { awq });
+    const decoder = new Decoder(config, out, engine);
+    await runSequential(decoder, cal.windows, cal.seqlen, {
+      groups: trueSequential ? TRUE_SEQUENTIAL : ALL_AT_ONCE,
+      chunk: Math.max(1, Math.floor(8192 / cal.seqlen)),
+      sampleRows: 4096,
+      onProgress: (layer, total) => options.onProgress?.({ layer, layers: total }),
+      quantizeGroup: async (layer, linears, stats) => {
+        const awqScales = new Map<string, { alpha: number; scales: Float64Array }>();
+        if (options.method === 'awq') {
+          for (const r of await applyAwqScales(config, out, layer, stats, grid, awq, engine)) {
+            for (const l of r.linears) awqScales.set(l, r);
+          }
+        }
+        for (const linear of linears) {
+          const name = linearWeightName(layer, linear);
+          const w = out.get(name)!;
+          const st = stats.get(linear)!;
+          // AWQ scaled W's columns by s and so the layer's inputs by 1/s.
+          const scaled = awqScales.get(linear);
+          const H = scaled ? unscaleHessian(st.hessian, scaled.scales) : st.hessian;
+          const q = options.method === 'gptq' ? await gptqQuantize(w, st.hessian, grid, gptq, engine, name) : quantizeRtn(w, grid, name);
+          store(name, q);
+          const relativeError = await relativeOutputError(w.data, out.get(name)!.data, H, q.rows, q.cols, engine);
+          layers.push({ name, relativeError, ...(scaled && { alpha: scaled.alpha }) });
+        }
+      },
+    });
   }
   return {
     weights: out,
-    quantization: { method: options.method, settings: { grid: options.grid, grid_name: gridName(options.grid) }, tensors },
+    quantization: { method: options.method, settings, tensors },
+    layers,
     seconds: (performance.now() - t0) / 1000,
   };
+}
+
+/** S⁻¹HS⁻¹: the Hessian of inputs scaled by 1/s per channel. */
+function unscaleHessian(H: Float64Array, s: Float64Array): Float64Array {
+  const n = s.length;
+  const out = new Float64Array(H.length);
+  for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) out[i * n + j] = H[i * n + j]! / (s[i]! * s[j]!);
+  return out;
 }
 
 /** Size accounting from what is stored: quantized tensors at their packed size, the rest as float32. */

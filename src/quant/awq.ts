@@ -1,0 +1,141 @@
+/**
+ * AWQ — Lin et al., "AWQ: Activation-aware Weight Quantization for LLM Compression and
+ * Acceleration", arXiv:2306.00978.
+ *
+ * Salient input channels (large mean |x|) lose less when their weights are scaled up before
+ * quantization and the inputs scaled down by the same factor (§3.2): Q(W·diag(s))·diag(s)⁻¹X.
+ * The per-channel scale is s = s_X^α with s_X the mean |x| of each input channel, and α is
+ * found by grid search on [0, 1) (Eq. 5):
+ *   α* = argmin_α ‖Q(W·diag(s)) (diag(s)⁻¹ X) − W X‖.
+ * diag(s)⁻¹ is folded into the operation that produces X, so the full-precision model is
+ * unchanged: the RMSNorm weight before q/k/v and before gate/up, the rows of up_proj before
+ * down_proj, the rows of v_proj before o_proj (only without GQA, as the reference does).
+ * Scales are normalized by sqrt(max(s)·min(s)) as in the reference `auto_scale`.
+ *
+ * Difference from the reference: the loss is the summed output error of the group's linear
+ * layers on the captured inputs, not of the whole attention/MLP module.
+ * Then each layer is quantized with RTN on the same grid (the paper's setting).
+ */
+import type { ComputeEngine } from '../compute/engine.js';
+import { type BlockLinear, blockPrefix } from '../model/architecture.js';
+import type { ModelConfig } from '../model/config.js';
+import type { TensorMap } from '../tensor.js';
+import type { LinearStats } from './calibrate.js';
+import type { IntGrid } from './grid.js';
+import { dequantize } from './quantized-tensor.js';
+import { quantizeRtn } from './rtn.js';
+
+export interface AwqOptions {
+  /** Number of α values tried: α = i / gridPoints, i = 0..gridPoints-1 (reference: 20). */
+  gridPoints: number;
+}
+
+export const AWQ_DEFAULTS: AwqOptions = { gridPoints: 20 };
+
+/** A group of linears sharing one input, and the operation whose output scale absorbs 1/s. */
+interface ScaleGroup {
+  linears: BlockLinear[];
+  /** A norm weight vector, or a linear whose output rows produce the group's input. */
+  previous: { kind: 'norm' | 'linear'; name: string };
+}
+
+function scaleGroups(config: ModelConfig, layer: number): ScaleGroup[] {
+  const p = blockPrefix(layer);
+  const groups: ScaleGroup[] = [
+    {
+      linears: ['self_attn.q_proj', 'self_attn.k_proj', 'self_attn.v_proj'],
+      previous: { kind: 'norm', name: `${p}input_layernorm.weight` },
+    },
+    { linears: ['mlp.gate_proj', 'mlp.up_proj'], previous: { kind: 'norm', name: `${p}post_attention_layernorm.weight` } },
+    { linears: ['mlp.down_proj'], previous: { kind: 'linear', name: `${p}mlp.up_proj.weight` } },
+  ];
+  if (config.numHeads === config.numKvHeads) {
+    groups.splice(1, 0, { linears: ['self_attn.o_proj'], previous: { kind: 'linear', name: `${p}self_attn.v_proj.weight` } });
+  }
+  return groups;
+}
+
+export interface AwqReport {
+  linears: BlockLinear[];
+  alpha: number;
+  /** The per-input-channel scales folded into the weights. */
+  scales: Float64Array;
+  /** Summed output error at α = 0 (plain RTN) and at the chosen α. */
+  errorRtn: number;
+  errorBest: number;
+}
+
+/** Search and fold AWQ scales for one block, in place in `weights`. */
+export async function applyAwqScales(
+  config: ModelConfig,
+  weights: TensorMap,
+  layer: number,
+  stats: Map<BlockLinear, LinearStats>,
+  grid: IntGrid,
+  options: AwqOptions,
+  engine: ComputeEngine,
+): Promise<AwqReport[]> {
+  const reports: AwqReport[] = [];
+  for (const group of scaleGroups(config, layer)) {
+    const st = stats.get(group.linears[0]!)!;
+    const names = group.linears.map((l) => `${blockPrefix(layer)}${l}.weight`);
+    const Ws = names.map((n) => weights.get(n)!);
+    const X = st.sample;
+    const m = st.sampleRows;
+    const cols = st.cols;
+    const reference = await Promise.all(Ws.map((w) => engine.linear(X, w.data, m, cols, w.shape[0]!)));
+
+    let best: { alpha: number; error: number; s: Float64Array } = { alpha: 0, error: Infinity, s: new Float64Array(cols).fill(1) };
+    let errorRtn = Infinity;
+    for (let i = 0; i < options.gridPoints; i++) {
+      const alpha = i / options.gridPoints;
+      const s = awqScales(st.absMean, alpha);
+      let error = 0;
+      for (const [k, w] of Ws.entries()) {
+        const rows = w.shape[0]!;
+        const effective = dequantize(quantizeRtn({ shape: w.shape, data: scaleColumns(w.data, rows, cols, s, 1) }, grid));
+        const out = await engine.linear(X, scaleColumns(effective, rows, cols, s, -1), m, cols, rows);
+        const ref = reference[k]!;
+        for (let j = 0; j < out.length; j++) error += (out[j]! - ref[j]!) ** 2;
+      }
+      if (i === 0) errorRtn = error;
+      if (error < best.error) best = { alpha, error, s };
+    }
+
+    // Fold: W ← W·diag(s) for the group, previous output ← previous output / s.
+    for (const [k, w] of Ws.entries()) {
+      weights.set(names[k]!, { shape: w.shape, data: scaleColumns(w.data, w.shape[0]!, cols, best.s, 1) });
+    }
+    const prev = weights.get(group.previous.name)!;
+    const folded = prev.data.slice();
+    const width = group.previous.kind === 'norm' ? 1 : prev.shape[1]!;
+    for (let r = 0; r < cols; r++) for (let c = 0; c < width; c++) folded[r * width + c]! /= best.s[r]!;
+    weights.set(group.previous.name, { shape: prev.shape, data: folded });
+    reports.push({ linears: group.linears, alpha: best.alpha, scales: best.s, errorRtn, errorBest: best.error });
+  }
+  return reports;
+}
+
+/** s = s_X^α, normalized so that max(s)·min(s) = 1 (reference auto_scale). */
+function awqScales(absMean: Float64Array, alpha: number): Float64Array {
+  const s = new Float64Array(absMean.length);
+  let max = 0;
+  let min = Infinity;
+  for (let j = 0; j < s.length; j++) {
+    s[j] = Math.max(absMean[j]!, 1e-4) ** alpha;
+    max = Math.max(max, s[j]!);
+    min = Math.min(min, s[j]!);
+  }
+  const norm = Math.sqrt(max * min);
+  for (let j = 0; j < s.length; j++) s[j]! /= norm;
+  return s;
+}
+
+/** W·diag(s)^power for a row-major [rows, cols] matrix. */
+function scaleColumns(W: Float32Array, rows: number, cols: number, s: Float64Array, power: 1 | -1): Float32Array {
+  const out = new Float32Array(W.length);
+  for (let r = 0; r < rows; r++) {
+    for (let c = 0; c < cols; c++) out[r * cols + c] = power === 1 ? W[r * cols + c]! * s[c]! : W[r * cols + c]! / s[c]!;
+  }
+  return out;
+}

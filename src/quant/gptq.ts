@@ -1,0 +1,184 @@
+/**
+ * GPTQ — Frantar, Ashkboos, Hoefler, Alistarh, "GPTQ: Accurate Post-Training Quantization
+ * for Generative Pre-trained Transformers", arXiv:2210.17323.
+ *
+ * Objective (per linear layer, Eq. 1): argmin_Q ‖W X − Q X‖²₂ with H = 2 X Xᵀ.
+ * Columns are quantized one at a time (OBQ, Eq. 2-3); the error of column i is spread over
+ * the not-yet-quantized columns through the inverse Hessian:
+ *   δ_F = −(w_i − quant(w_i)) / [H⁻¹]_ii · (H⁻¹)_{:,i}.
+ * Step 3 of the paper: with the upper Cholesky factor U of H⁻¹ (H⁻¹ = Uᵀ U) the updates of
+ * later columns use row i of U, so H⁻¹ never needs re-inversion (Algorithm 1).
+ * Step 2, lazy batch updates: inside a block of B columns updates are applied at once for the
+ * block; the rest of W receives them as one matrix product Err · U[block, rest] per block.
+ *
+ * Details as in the reference implementation (IST-DASLab/gptq, gptq.py `fasterquant`):
+ *  - dead inputs (H_ii = 0, never activated): H_ii := 1 and W[:, i] := 0;
+ *  - dampening λ = damp · mean(diag H) added to the diagonal;
+ *  - act-order ("desc_act"): columns in order of decreasing H_ii; groups are formed in that
+ *    order, and g_idx[c] records the group of original column c;
+ *  - per-channel / per-tensor grids take their parameters from W before any update; group
+ *    grids at the first column of each group.
+ * One deliberate difference: the reference takes a group's parameters from W, which inside a
+ * lazy block still lacks the block's own updates; here the block size is a multiple of the
+ * group size and parameters come from the fully updated columns, so the lazy algorithm equals
+ * the unblocked Algorithm 1 exactly.
+ */
+import type { ComputeEngine } from '../compute/engine.js';
+import type { Tensor } from '../tensor.js';
+import type { IntGrid } from './grid.js';
+import { inverseCholeskyUpper } from './linalg.js';
+import { fromCodes, type QuantizedTensor } from './quantized-tensor.js';
+
+export interface GptqOptions {
+  /** Columns per lazy batch (paper: B = 128). */
+  blockSize: number;
+  /** Dampening as a fraction of the mean diagonal of H (paper: 1%). */
+  damp: number;
+  /** Quantize columns in order of decreasing H_ii. */
+  actOrder: boolean;
+}
+
+export const GPTQ_DEFAULTS: GptqOptions = { blockSize: 128, damp: 0.01, actOrder: false };
+
+/**
+ * Quantize `weight` [rows, cols] given the Hessian H [cols, cols] (2/N · Σ x xᵀ over the
+ * calibration inputs of this layer). H is not modified.
+ */
+export async function gptqQuantize(
+  weight: Tensor,
+  hessian: Float64Array,
+  grid: IntGrid,
+  options: GptqOptions,
+  engine: ComputeEngine,
+  tensorName?: string,
+): Promise<QuantizedTensor> {
+  const [rows, cols] = weight.shape as [number, number];
+  const [blockRows, groupCols] = grid.blockShape(rows, cols, tensorName);
+  const numGroups = cols / groupCols;
+  const grouped = grid.spec.granularity === 'group';
+
+  const H = hessian.slice();
+  const W = weight.data.slice();
+  for (let c = 0; c < cols; c++) {
+    if (H[c * cols + c] === 0) {
+      H[c * cols + c] = 1;
+      for (let r = 0; r < rows; r++) W[r * cols + c] = 0;
+    }
+  }
+  const perm = options.actOrder ? orderByDecreasingDiagonal(H, cols) : undefined;
+  const Wp = perm ? permuteColumns(W, rows, cols, perm) : W;
+  const Hp = perm ? permuteSymmetric(H, cols, perm) : H;
+
+  let meanDiag = 0;
+  for (let c = 0; c < cols; c++) meanDiag += Hp[c * cols + c]!;
+  const lambda = (options.damp * meanDiag) / cols;
+  for (let c = 0; c < cols; c++) Hp[c * cols + c]! += lambda;
+  const U = inverseCholeskyUpper(Hp, cols);
+
+  const codes = new Uint8Array(rows * cols);
+  const scales = new Float32Array((rows / blockRows) * numGroups);
+  const zeros = new Uint8Array(scales.length);
+  if (!grouped) setParams(grid, Wp, rows, cols, 0, cols, blockRows, scales, zeros, 1, 0);
+
+  const B = grouped ? Math.max(groupCols, Math.floor(options.blockSize / groupCols) * groupCols) : options.blockSize;
+  for (let i1 = 0; i1 < cols; i1 += B) {
+    const i2 = Math.min(i1 + B, cols);
+    const count = i2 - i1;
+    const W1 = new Float32Array(rows * count);
+    for (let r = 0; r < rows; r++) W1.set(Wp.subarray(r * cols + i1, r * cols + i2), r * count);
+    const Err1 = new Float32Array(rows * count);
+
+    for (let i = 0; i < count; i++) {
+      const col = i1 + i;
+      if (grouped && col % groupCols === 0) {
+        setParams(grid, W1, rows, count, i, i + groupCols, 1, scales, zeros, numGroups, col / groupCols);
+      }
+      const d = U[col * cols + col]!;
+      const g = grouped ? Math.floor(col / groupCols) : 0;
+      for (let r = 0; r < rows; r++) {
+        const p = Math.floor(r / blockRows) * numGroups + g;
+        const w = W1[r * count + i]!;
+        const q = grid.encode(w, scales[p]!, zeros[p]!);
+        codes[r * cols + col] = q;
+        const err = (w - grid.decode(q, scales[p]!, zeros[p]!)) / d;
+        Err1[r * count + i] = err;
+        // W1[r, i+1:] -= err · U[col, i1+i+1 : i2]
+        const uRow = col * cols + i1;
+        const wRow = r * count;
+        for (let j = i + 1; j < count; j++) W1[wRow + j]! -= err * U[uRow + j]!;
+      }
+    }
+
+    if (i2 < cols) {
+      // Lazy batch update: W[:, i2:] -= Err1 · U[i1:i2, i2:], as one product on the engine.
+      const rest = cols - i2;
+      const Ut = new Float32Array(rest * count);
+      for (let k = 0; k < count; k++) for (let j = 0; j < rest; j++) Ut[j * count + k] = U[(i1 + k) * cols + i2 + j]!;
+      const delta = await engine.linear(Err1, Ut, rows, count, rest);
+      for (let r = 0; r < rows; r++) {
+        const row = r * cols + i2;
+        for (let j = 0; j < rest; j++) Wp[row + j]! -= delta[r * rest + j]!;
+      }
+    }
+  }
+
+  if (!perm) return fromCodes(rows, cols, grid.spec, codes, scales, zeros);
+  // Back to the original column order; with groups, g_idx remembers each column's group.
+  const original = new Uint8Array(rows * cols);
+  for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) original[r * cols + perm[c]!] = codes[r * cols + c]!;
+  const groupIndex = grouped ? new Int32Array(cols) : undefined;
+  if (groupIndex) for (let c = 0; c < cols; c++) groupIndex[perm[c]!] = Math.floor(c / groupCols);
+  return fromCodes(rows, cols, grid.spec, original, scales, zeros, groupIndex);
+}
+
+/**
+ * Grid parameters from the values of columns [c0, c1) of a row-major [rows, width] matrix,
+ * one pair per `blockRows` rows, written at scales[(r / blockRows) * stride + group].
+ */
+function setParams(
+  grid: IntGrid,
+  M: Float32Array,
+  rows: number,
+  width: number,
+  c0: number,
+  c1: number,
+  blockRows: number,
+  scales: Float32Array,
+  zeros: Uint8Array,
+  stride: number,
+  group: number,
+): void {
+  for (let r0 = 0; r0 < rows; r0 += blockRows) {
+    let min = Infinity;
+    let max = -Infinity;
+    for (let r = r0; r < r0 + blockRows; r++) {
+      for (let c = c0; c < c1; c++) {
+        const x = M[r * width + c]!;
+        if (x < min) min = x;
+        if (x > max) max = x;
+      }
+    }
+    const { scale, zero } = grid.params(min, max);
+    scales[(r0 / blockRows) * stride + group] = scale;
+    zeros[(r0 / blockRows) * stride + group] = zero;
+  }
+}
+
+/** Column order by decreasing H_ii (stable, like torch.argsort(descending=True) on distinct values). */
+function orderByDecreasingDiagonal(H: Float64Array, n: number): Int32Array {
+  const idx = Array.from({ length: n }, (_, i) => i);
+  idx.sort((a, b) => H[b * n + b]! - H[a * n + a]! || a - b);
+  return Int32Array.from(idx);
+}
+
+function permuteColumns(W: Float32Array, rows: number, cols: number, perm: Int32Array): Float32Array {
+  const out = new Float32Array(W.length);
+  for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) out[r * cols + c] = W[r * cols + perm[c]!]!;
+  return out;
+}
+
+function permuteSymmetric(H: Float64Array, n: number, perm: Int32Array): Float64Array {
+  const out = new Float64Array(n * n);
+  for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) out[i * n + j] = H[perm[i]! * n + perm[j]!]!;
+  return out;
+}

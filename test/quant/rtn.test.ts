@@ -1,0 +1,78 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { ShapeError, UsageError } from '../../src/errors.js';
+import { type GridSpec, IntGrid, roundHalfEven } from '../../src/quant/grid.js';
+import { dequantize, storedBits, unpackCodes } from '../../src/quant/quantized-tensor.js';
+import { quantizeRtn } from '../../src/quant/rtn.js';
+import { roundToF16 } from '../../src/formats/half.js';
+import { seededRandom } from '../helpers.js';
+
+const grid = (g: Partial<GridSpec>) =>
+  new IntGrid({ bits: 4, symmetric: true, granularity: 'group', groupSize: 4, scaleDtype: 'f32', ...g });
+
+test('round half to even, like torch.round', () => {
+  assert.deepEqual([0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 2.4, -2.6].map(roundHalfEven), [0, 2, 2, -0, -2, -2, 2, -3]);
+});
+
+test('symmetric 4-bit: s = 2·max|w|/15, z = 8, codes by hand', () => {
+  const q = quantizeRtn({ shape: [1, 4], data: Float32Array.of(-1.5, 0, 0.75, 1) }, grid({}));
+  const s = Math.fround(3 / 15);
+  assert.equal(q.scales[0], s);
+  assert.equal(q.zeros[0], 8);
+  // -1.5/0.2 = -7.5 -> -8 (even) -> 0; 0 -> 8; 0.75/0.2 = 3.75 -> 4 -> 12; 1/0.2 = 5 -> 13.
+  assert.deepEqual([...unpackCodes(q)], [0, 8, 12, 13]);
+  assert.deepEqual([...dequantize(q)], [-8 * s, 0, 4 * s, 5 * s].map(Math.fround));
+});
+
+test('asymmetric 3-bit: range widened to include 0, z = round(-min/s)', () => {
+  const q = quantizeRtn({ shape: [1, 4], data: Float32Array.of(0.5, 1, 2, 4.2) }, grid({ bits: 3, symmetric: false }));
+  const s = Math.fround(4.2 / 7);
+  assert.equal(q.scales[0], s);
+  assert.equal(q.zeros[0], 0);
+  assert.deepEqual([...unpackCodes(q)], [1, 2, 3, 7]);
+});
+
+test('f16 scales are rounded before the codes are chosen, so stored values dequantize exactly', () => {
+  const rand = seededRandom(3);
+  const w = Float32Array.from({ length: 8 * 64 }, () => rand() - 0.5);
+  const q = quantizeRtn({ shape: [8, 64], data: w }, grid({ groupSize: 32, scaleDtype: 'f16' }));
+  for (const s of q.scales) assert.equal(s, roundToF16(s));
+  const deq = dequantize(q);
+  // Every in-range weight is within half a step of its dequantized value.
+  for (let i = 0; i < w.length; i++) {
+    // Symmetric grids clip the top code (+max|w| maps to 7.5 steps, stored as 7): allow one step there.
+    const step = q.scales[Math.floor(i / 32)]!;
+    assert.ok(Math.abs(w[i]! - deq[i]!) <= step * (w[i]! > 6.5 * step ? 1 : 0.5) + 1e-7, `weight ${i}`);
+  }
+});
+
+test('per-channel and per-tensor granularity', () => {
+  const w = { shape: [2, 4], data: Float32Array.of(1, 2, 3, 4, 10, 20, 30, 40) };
+  const pc = quantizeRtn(w, grid({ granularity: 'channel', bits: 8 }));
+  assert.equal(pc.scales.length, 2);
+  assert.deepEqual([...pc.scales], [Math.fround(8 / 255), Math.fround(80 / 255)]);
+  const pt = quantizeRtn(w, grid({ granularity: 'tensor', bits: 8 }));
+  assert.deepEqual([...pt.scales], [Math.fround(80 / 255)]);
+});
+
+test('bits per weight counts what is stored', () => {
+  const w = { shape: [16, 64], data: new Float32Array(16 * 64).fill(0.1) };
+  assert.equal(storedBits(quantizeRtn(w, grid({ groupSize: 32, scaleDtype: 'f16' }))) / w.data.length, 4.5);
+  assert.equal(storedBits(quantizeRtn(w, grid({ groupSize: 32, symmetric: false, scaleDtype: 'f16' }))) / w.data.length, 4 + 20 / 32);
+  assert.equal(storedBits(quantizeRtn(w, grid({ bits: 3, granularity: 'channel', scaleDtype: 'f16' }))) / w.data.length, 3 + 16 / 64);
+});
+
+test('all-zero groups get a unit range (GPTQ) instead of a zero scale', () => {
+  const q = quantizeRtn({ shape: [1, 4], data: new Float32Array(4) }, grid({}));
+  assert.equal(q.scales[0], Math.fround(2 / 15));
+  assert.deepEqual([...dequantize(q)], [0, 0, 0, 0]);
+});
+
+test('bad grids are rejected with actionable errors', () => {
+  assert.throws(() => grid({ bits: 1 }), UsageError);
+  assert.throws(() => grid({ bits: 9 }), /bits out of range; expected an integer from 2 to 8, got 9/);
+  assert.throws(
+    () => quantizeRtn({ shape: [1, 6], data: new Float32Array(6) }, grid({ groupSize: 4 }), 'layer.weight'),
+    (e: unknown) => e instanceof ShapeError && /'layer.weight'.*divisible by 4, got 6/.test(e.message),
+  );
+});
