@@ -1,0 +1,325 @@
+/**
+ * safetensors reader and writer.
+ *
+ * Layout: u64 LE N | N bytes of JSON header | data.
+ *   header = { name: { dtype, shape: [..], data_offsets: [begin, end] }, "__metadata__": {str: str} }
+ *   offsets are relative to the start of data; the header is padded with spaces.
+ * Reads are lazy: opening parses only the header; each tensor is one positional read of its
+ * bytes. Every header field is checked against the file size before anything is allocated.
+ */
+import { type FileHandle, open, readFile, rename, rm } from 'node:fs/promises';
+import path from 'node:path';
+import { FileError, FormatError } from '../errors.js';
+import { decodeBf16, decodeF16 } from '../formats/half.js';
+
+export const DTYPE_BYTES = {
+  F64: 8,
+  F32: 4,
+  F16: 2,
+  BF16: 2,
+  I64: 8,
+  I32: 4,
+  I16: 2,
+  I8: 1,
+  U8: 1,
+  BOOL: 1,
+} as const;
+export type SafetensorsDtype = keyof typeof DTYPE_BYTES;
+
+/** The header may not be larger than this (the reference implementation's limit). */
+const MAX_HEADER_BYTES = 100_000_000;
+
+export interface TensorInfo {
+  name: string;
+  dtype: SafetensorsDtype;
+  shape: number[];
+  /** Absolute byte range in `file`. */
+  begin: number;
+  end: number;
+  file: string;
+}
+
+export class SafetensorsFile {
+  private constructor(
+    readonly file: string,
+    private readonly handle: FileHandle,
+    readonly tensors: Map<string, TensorInfo>,
+    readonly metadata: Record<string, string>,
+  ) {}
+
+  static async open(file: string): Promise<SafetensorsFile> {
+    let handle: FileHandle;
+    try {
+      handle = await open(file, 'r');
+    } catch (e) {
+      throw new FileError('cannot open the safetensors file', { file, got: (e as NodeJS.ErrnoException).code });
+    }
+    try {
+      const { tensors, metadata } = await readHeader(handle, file);
+      return new SafetensorsFile(file, handle, tensors, metadata);
+    } catch (e) {
+      await handle.close();
+      throw e;
+    }
+  }
+
+  async readRaw(name: string): Promise<Uint8Array> {
+    const info = this.info(name);
+    const bytes = new Uint8Array(info.end - info.begin);
+    const { bytesRead } = await this.handle.read(bytes, 0, bytes.length, info.begin);
+    if (bytesRead !== bytes.length) {
+      throw new FormatError('file truncated while reading a tensor', { file: this.file, field: name, offset: info.begin });
+    }
+    return bytes;
+  }
+
+  info(name: string): TensorInfo {
+    const info = this.tensors.get(name);
+    if (!info) throw new FormatError('no such tensor', { file: this.file, field: name });
+    return info;
+  }
+
+  close(): Promise<void> {
+    return this.handle.close();
+  }
+}
+
+async function readHeader(handle: FileHandle, file: string) {
+  const { size } = await handle.stat();
+  if (size < 8) throw new FormatError('file too short for a safetensors header', { file, expected: '>= 8 bytes', got: `${size}` });
+  const prefix = Buffer.alloc(8);
+  await handle.read(prefix, 0, 8, 0);
+  const headerLength = Number(prefix.readBigUInt64LE(0));
+  if (headerLength > size - 8 || headerLength > MAX_HEADER_BYTES) {
+    throw new FormatError('header length larger than the file', {
+      file,
+      offset: 0,
+      expected: `<= ${Math.min(size - 8, MAX_HEADER_BYTES)} bytes`,
+      got: `${headerLength}`,
+    });
+  }
+  const headerBytes = Buffer.alloc(headerLength);
+  await handle.read(headerBytes, 0, headerLength, 8);
+  let header: Record<string, unknown>;
+  try {
+    header = JSON.parse(headerBytes.toString('utf8'));
+  } catch (e) {
+    throw new FormatError(`invalid JSON header: ${(e as Error).message}`, { file, offset: 8 });
+  }
+  if (!header || typeof header !== 'object' || Array.isArray(header)) throw new FormatError('header is not a JSON object', { file, offset: 8 });
+
+  const dataStart = 8 + headerLength;
+  const dataLength = size - dataStart;
+  const tensors = new Map<string, TensorInfo>();
+  let metadata: Record<string, string> = {};
+  for (const [name, entry] of Object.entries(header)) {
+    if (name === '__metadata__') {
+      metadata = entry as Record<string, string>;
+      continue;
+    }
+    tensors.set(name, checkEntry(name, entry, file, dataStart, dataLength));
+  }
+  checkNoOverlap([...tensors.values()], file);
+  return { tensors, metadata };
+}
+
+function checkEntry(name: string, entry: unknown, file: string, dataStart: number, dataLength: number): TensorInfo {
+  const e = entry as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
+  if (typeof e?.dtype !== 'string' || !(e.dtype in DTYPE_BYTES)) {
+    throw new FormatError('unknown dtype', { file, field: name, expected: Object.keys(DTYPE_BYTES).join('|'), got: JSON.stringify(e?.dtype) });
+  }
+  const dtype = e.dtype as SafetensorsDtype;
+  if (!Array.isArray(e.shape) || !e.shape.every((d) => Number.isSafeInteger(d) && d >= 0)) {
+    throw new FormatError('invalid shape', { file, field: name, expected: 'non-negative integers', got: JSON.stringify(e.shape) });
+  }
+  const offsets = e.data_offsets;
+  if (!Array.isArray(offsets) || offsets.length !== 2 || !offsets.every((o) => Number.isSafeInteger(o) && o >= 0)) {
+    throw new FormatError('invalid data_offsets', { file, field: name, expected: '[begin, end]', got: JSON.stringify(offsets) });
+  }
+  const [begin, end] = offsets as [number, number];
+  if (end < begin || end > dataLength) {
+    throw new FormatError('tensor data outside the file', { file, field: name, expected: `offsets within [0, ${dataLength}]`, got: `[${begin}, ${end}]` });
+  }
+  const shape = e.shape as number[];
+  const expectedBytes = shape.reduce((a, b) => a * b, 1) * DTYPE_BYTES[dtype];
+  if (end - begin !== expectedBytes) {
+    throw new FormatError('byte count does not match dtype and shape', {
+      file,
+      field: name,
+      expected: `${expectedBytes} bytes for ${dtype} [${shape}]`,
+      got: `${end - begin}`,
+    });
+  }
+  return { name, dtype, shape, begin: dataStart + begin, end: dataStart + end, file };
+}
+
+function checkNoOverlap(infos: TensorInfo[], file: string): void {
+  const sorted = [...infos].filter((t) => t.end > t.begin).sort((a, b) => a.begin - b.begin);
+  for (let i = 1; i < sorted.length; i++) {
+    if (sorted[i]!.begin < sorted[i - 1]!.end) {
+      throw new FormatError('tensors overlap', { file, field: sorted[i]!.name, got: `overlaps '${sorted[i - 1]!.name}'` });
+    }
+  }
+}
+
+/** Convert raw little-endian bytes of any supported dtype to float32. */
+export function toFloat32(bytes: Uint8Array, dtype: SafetensorsDtype): Float32Array {
+  const buf = bytes.buffer;
+  const off = bytes.byteOffset;
+  const n = bytes.byteLength / DTYPE_BYTES[dtype];
+  switch (dtype) {
+    case 'F32':
+      return new Float32Array(buf, off, n);
+    case 'F16':
+      return decodeF16(new Uint16Array(buf, off, n));
+    case 'BF16':
+      return decodeBf16(new Uint16Array(buf, off, n));
+    case 'F64':
+      return Float32Array.from(new Float64Array(buf, off, n));
+    case 'I64':
+      return Float32Array.from(new BigInt64Array(buf, off, n), Number);
+    case 'I32':
+      return Float32Array.from(new Int32Array(buf, off, n));
+    case 'I16':
+      return Float32Array.from(new Int16Array(buf, off, n));
+    case 'I8':
+      return Float32Array.from(new Int8Array(buf, off, n));
+    case 'U8':
+    case 'BOOL':
+      return Float32Array.from(bytes);
+  }
+}
+
+/** One model spread over one or more safetensors files. */
+export class SafetensorsModel {
+  private constructor(
+    private readonly files: SafetensorsFile[],
+    private readonly owner: Map<string, SafetensorsFile>,
+  ) {}
+
+  /** A `.safetensors` file, or a directory with model.safetensors or model.safetensors.index.json. */
+  static async open(pathOrDir: string): Promise<SafetensorsModel> {
+    if (pathOrDir.endsWith('.safetensors')) return SafetensorsModel.fromFiles([pathOrDir]);
+    const index = path.join(pathOrDir, 'model.safetensors.index.json');
+    let indexText: string | undefined;
+    try {
+      indexText = await readFile(index, 'utf8');
+    } catch {
+      return SafetensorsModel.fromFiles([path.join(pathOrDir, 'model.safetensors')]);
+    }
+    let weightMap: Record<string, string>;
+    try {
+      weightMap = JSON.parse(indexText).weight_map;
+      if (!weightMap || typeof weightMap !== 'object') throw new Error('no weight_map');
+    } catch (e) {
+      throw new FormatError(`invalid shard index: ${(e as Error).message}`, { file: index });
+    }
+    const shards = [...new Set(Object.values(weightMap))].map((f) => path.join(pathOrDir, f));
+    const model = await SafetensorsModel.fromFiles(shards);
+    for (const [name, shard] of Object.entries(weightMap)) {
+      if (model.owner.get(name)?.file !== path.join(pathOrDir, shard)) {
+        await model.close();
+        throw new FormatError('index names a tensor its shard does not hold', { file: index, field: name, expected: `in ${shard}` });
+      }
+    }
+    return model;
+  }
+
+  private static async fromFiles(files: string[]): Promise<SafetensorsModel> {
+    const opened: SafetensorsFile[] = [];
+    const owner = new Map<string, SafetensorsFile>();
+    try {
+      for (const f of files) {
+        const st = await SafetensorsFile.open(f);
+        opened.push(st);
+        for (const name of st.tensors.keys()) {
+          if (owner.has(name)) throw new FormatError('tensor stored twice', { file: f, field: name, got: `also in ${owner.get(name)!.file}` });
+          owner.set(name, st);
+        }
+      }
+    } catch (e) {
+      await Promise.all(opened.map((s) => s.close()));
+      throw e;
+    }
+    return new SafetensorsModel(opened, owner);
+  }
+
+  names(): string[] {
+    return [...this.owner.keys()];
+  }
+
+  /** `__metadata__` of all shards merged. */
+  get metadata(): Record<string, string> {
+    return Object.assign({}, ...this.files.map((f) => f.metadata));
+  }
+
+  info(name: string): TensorInfo {
+    const st = this.owner.get(name);
+    if (!st) throw new FormatError('no such tensor', { field: name });
+    return st.info(name);
+  }
+
+  readRaw(name: string): Promise<Uint8Array> {
+    return this.ownerOf(name).readRaw(name);
+  }
+
+  async readFloat32(name: string): Promise<Float32Array> {
+    return toFloat32(await this.readRaw(name), this.info(name).dtype);
+  }
+
+  private ownerOf(name: string): SafetensorsFile {
+    const st = this.owner.get(name);
+    if (!st) throw new FormatError('no such tensor', { field: name });
+    return st;
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.files.map((f) => f.close()));
+  }
+}
+
+export interface TensorToWrite {
+  name: string;
+  dtype: SafetensorsDtype;
+  shape: number[];
+  data: ArrayBufferView;
+}
+
+/** Write tensors in order; header padded to 8 bytes; through a temp file renamed at the end. */
+export async function writeSafetensors(file: string, tensors: TensorToWrite[], metadata?: Record<string, string>): Promise<void> {
+  const header: Record<string, unknown> = {};
+  if (metadata) header.__metadata__ = metadata;
+  let offset = 0;
+  for (const t of tensors) {
+    const expected = t.shape.reduce((a, b) => a * b, 1) * DTYPE_BYTES[t.dtype];
+    if (t.data.byteLength !== expected) {
+      throw new FormatError('tensor data does not match its dtype and shape', { file, field: t.name, expected: `${expected} bytes`, got: `${t.data.byteLength}` });
+    }
+    header[t.name] = { dtype: t.dtype, shape: t.shape, data_offsets: [offset, offset + expected] };
+    offset += expected;
+  }
+  let json = JSON.stringify(header);
+  json += ' '.repeat((8 - (Buffer.byteLength(json) % 8)) % 8);
+  const headerBytes = Buffer.from(json, 'utf8');
+  const prefix = Buffer.alloc(8);
+  prefix.writeBigUInt64LE(BigInt(headerBytes.length));
+
+  const tmp = `${file}.tmp-${process.pid}-${Math.random().toString(36).slice(2)}`;
+  let handle: FileHandle;
+  try {
+    handle = await open(tmp, 'w');
+  } catch (e) {
+    throw new FileError('cannot write the safetensors file', { file, got: (e as NodeJS.ErrnoException).code });
+  }
+  try {
+    await handle.write(prefix);
+    await handle.write(headerBytes);
+    for (const t of tensors) await handle.write(new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength));
+    await handle.close();
+    await rename(tmp, file);
+  } catch (e) {
+    await handle.close().catch(() => {});
+    await rm(tmp, { force: true });
+    throw new FileError(`writing failed: ${(e as Error).message}`, { file });
+  }
+}
