@@ -90,8 +90,10 @@ export class IntGrid {
     let xmin = Math.min(min, 0);
     let xmax = Math.max(max, 0);
     if (this.spec.symmetric) {
+      // The reference only mirrors when xmin < 0, which clips all-positive groups at half their
+      // range (z = 2^(b-1) but s = max/(2^b − 1)); mirroring always keeps every value in range.
       xmax = Math.max(-xmin, xmax);
-      if (xmin < 0) xmin = -xmax;
+      xmin = -xmax;
     }
     if (xmin === 0 && xmax === 0) {
       xmin = -1;

@@ -15,18 +15,18 @@ test('round half to even, like torch.round', () => {
 });
 
 test('symmetric 4-bit: s = 2·max|w|/15, z = 8, codes by hand', () => {
-  const q = quantizeRtn({ shape: [1, 4], data: Float32Array.of(-1.5, 0, 0.75, 1) }, grid({}));
-  const s = Math.fround(3 / 15);
+  const q = quantizeRtn({ shape: [1, 4], data: Float32Array.of(-1.875, 0, 0.625, 1.125) }, grid({}));
+  const s = 0.25; // 2 · 1.875 / 15, exact in binary
   assert.equal(q.scales[0], s);
   assert.equal(q.zeros[0], 8);
-  // -1.5/0.2 = -7.5 -> -8 (even) -> 0; 0 -> 8; 0.75/0.2 = 3.75 -> 4 -> 12; 1/0.2 = 5 -> 13.
-  assert.deepEqual([...unpackCodes(q)], [0, 8, 12, 13]);
-  assert.deepEqual([...dequantize(q)], [-8 * s, 0, 4 * s, 5 * s].map(Math.fround));
+  // -7.5 -> -8 (tie to even) -> code 0; 0 -> 8; 2.5 -> 2 (tie to even) -> 10; 4.5 -> 4 -> 12.
+  assert.deepEqual([...unpackCodes(q)], [0, 8, 10, 12]);
+  assert.deepEqual([...dequantize(q)], [-2, 0, 0.5, 1]);
 });
 
 test('asymmetric 3-bit: range widened to include 0, z = round(-min/s)', () => {
   const q = quantizeRtn({ shape: [1, 4], data: Float32Array.of(0.5, 1, 2, 4.2) }, grid({ bits: 3, symmetric: false }));
-  const s = Math.fround(4.2 / 7);
+  const s = Math.fround(Math.fround(4.2) / 7);
   assert.equal(q.scales[0], s);
   assert.equal(q.zeros[0], 0);
   assert.deepEqual([...unpackCodes(q)], [1, 2, 3, 7]);
@@ -46,7 +46,7 @@ test('f16 scales are rounded before the codes are chosen, so stored values dequa
   }
 });
 
-test('per-channel and per-tensor granularity', () => {
+test('per-channel and per-tensor granularity; all-positive rows keep their full range', () => {
   const w = { shape: [2, 4], data: Float32Array.of(1, 2, 3, 4, 10, 20, 30, 40) };
   const pc = quantizeRtn(w, grid({ granularity: 'channel', bits: 8 }));
   assert.equal(pc.scales.length, 2);
