@@ -18,7 +18,12 @@ import type { ModelConfig } from './config.js';
 export interface ForwardHooks {
   /** Called with the input activations [rows, cols] of every block linear, before its product. */
   onLinearInput?(layer: number, linear: BlockLinear, x: Float32Array, rows: number, cols: number): void;
+  /** End the block right after this linear's input was captured (calibration needs nothing later). */
+  stopAfterInputOf?: BlockLinear;
 }
+
+/** Thrown inside `block` to end a capture-only pass early; never escapes it. */
+const STOP = Symbol('stop');
 
 export class Decoder {
   private readonly rope: { cos: Float32Array; sin: Float32Array; T: number } = {
@@ -51,13 +56,23 @@ export class Decoder {
     return x;
   }
 
-  /** One decoder block on x [B*T, hidden]; returns the new residual stream. */
-  async block(layer: number, x: Float32Array, B: number, T: number, hooks?: ForwardHooks): Promise<Float32Array> {
+  /** One decoder block on x [B*T, hidden]; returns the new residual stream (undefined if stopped early). */
+  async block(layer: number, x: Float32Array, B: number, T: number, hooks?: ForwardHooks): Promise<Float32Array | undefined> {
+    try {
+      return await this.blockBody(layer, x, B, T, hooks);
+    } catch (e) {
+      if (e === STOP) return undefined;
+      throw e;
+    }
+  }
+
+  private async blockBody(layer: number, x: Float32Array, B: number, T: number, hooks?: ForwardHooks) {
     const c = this.config;
     const rows = B * T;
     const p = blockPrefix(layer);
     const linear = async (name: BlockLinear, input: Float32Array, inDim: number, outDim: number) => {
       hooks?.onLinearInput?.(layer, name, input, rows, inDim);
+      if (hooks?.stopAfterInputOf === name) throw STOP;
       return this.engine.linear(input, this.weight(`${p}${name}.weight`), rows, inDim, outDim);
     };
 
@@ -97,7 +112,7 @@ export class Decoder {
   /** Logits [B*T, vocab] for B windows of T tokens each (tokens row-major [B, T]). */
   async forward(tokens: Int32Array, B: number, T: number, hooks?: ForwardHooks): Promise<Float32Array> {
     let x = this.embed(tokens);
-    for (let layer = 0; layer < this.config.numLayers; layer++) x = await this.block(layer, x, B, T, hooks);
+    for (let layer = 0; layer < this.config.numLayers; layer++) x = (await this.blockBody(layer, x, B, T, hooks))!;
     return this.head(x, B * T);
   }
 

@@ -101,6 +101,7 @@ export async function runSequential(decoder: Decoder, windows: Int32Array, seqle
           onLinearInput: (l, linear, input, rows, cols) => {
             if (l === layer && group.includes(linear)) captured.push({ linear, input, rows, cols });
           },
+          stopAfterInputOf: group.at(-1),
         });
         // Linears fed by the same activations (q/k/v, gate/up) share one statistics object.
         const byInput = new Map<Float32Array, LinearStats>();
@@ -120,7 +121,7 @@ export async function runSequential(decoder: Decoder, windows: Int32Array, seqle
     const next = new Float32Array(x.length);
     await forEachChunk(n, options.chunk, async (s0, s1) => {
       const out = await decoder.block(layer, x.subarray(s0 * seqlen * D, s1 * seqlen * D), s1 - s0, seqlen);
-      next.set(out, s0 * seqlen * D);
+      next.set(out!, s0 * seqlen * D);
     });
     x = next;
     options.onProgress?.(layer + 1, layers);

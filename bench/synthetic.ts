@@ -1,0 +1,35 @@
+/**
+ * Synthetic Llama-shaped models with random weights (for timing and memory only: their
+ * outputs mean nothing). Weights ~ N(0, 0.02²), norms = 1, as a freshly initialized model.
+ */
+import type { ModelConfig } from '../src/model/config.js';
+import { LLAMA } from '../src/model/architecture.js';
+import { mulberry32 } from '../src/quant/calibrate.js';
+import type { TensorMap } from '../src/tensor.js';
+
+export const SHAPES = {
+  '100M': { hidden_size: 768, intermediate_size: 2048, num_hidden_layers: 12, num_attention_heads: 12, num_key_value_heads: 4, vocab_size: 32000 },
+} as const;
+
+export function syntheticConfig(shape: keyof typeof SHAPES): ModelConfig {
+  return LLAMA.parseConfig({ model_type: 'llama', max_position_embeddings: 2048, tie_word_embeddings: false, ...SHAPES[shape] }, `synthetic ${shape}`);
+}
+
+export function syntheticWeights(config: ModelConfig, seed = 1): TensorMap {
+  const rand = mulberry32(seed);
+  const weights: TensorMap = new Map();
+  for (const [name, shape] of LLAMA.expectedShapes(config)) {
+    const n = shape.reduce((a, b) => a * b, 1);
+    const data = new Float32Array(n);
+    if (shape.length === 1) data.fill(1);
+    else for (let i = 0; i < n; i++) data[i] = (rand() + rand() + rand() - 1.5) * 0.04; // ≈ N(0, 0.02²)
+    weights.set(name, { shape, data });
+  }
+  return weights;
+}
+
+export function parameterCount(weights: TensorMap): number {
+  let n = 0;
+  for (const t of weights.values()) n += t.data.length;
+  return n;
+}

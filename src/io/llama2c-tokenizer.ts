@@ -1,0 +1,176 @@
+/**
+ * llama2.c `tokenizer.bin`: int32 max_token_length, then for each of vocab_size tokens
+ * float32 score, int32 byte length, bytes.
+ *
+ * Encoding reproduces run.c's `encode(t, text, bos=1, eos=0)`: BOS, a dummy-prefix " " token
+ * (non-empty text), each UTF-8 code point as its token or as byte tokens (id = byte + 3),
+ * then repeatedly the adjacent pair whose concatenation is a token with the highest score is
+ * merged (ties: leftmost). run.c rescans all pairs per merge (O(n²)); here a priority queue
+ * over a linked list of symbols, ordered by (score desc, position asc) with stale entries
+ * skipped, performs the same merges in the same order in O(n log n).
+ */
+import { readFile } from 'node:fs/promises';
+import { FileError, FormatError } from '../errors.js';
+import type { TextTokenizer } from './tokenizer.js';
+
+const BOS = 1;
+const BYTE_TOKEN_OFFSET = 3;
+
+export class Llama2cTokenizer implements TextTokenizer {
+  readonly bosId = BOS;
+  private readonly ids = new Map<string, number>();
+
+  private constructor(
+    private readonly pieces: string[],
+    private readonly scores: Float32Array,
+  ) {
+    // run.c's str_lookup returns the first match in sorted order; keep the first id of duplicates.
+    pieces.forEach((p, i) => {
+      if (!this.ids.has(p)) this.ids.set(p, i);
+    });
+  }
+
+  get vocabSize(): number {
+    return this.pieces.length;
+  }
+
+  static async load(file: string, vocabSize: number): Promise<Llama2cTokenizer> {
+    const bytes = await readFile(file).catch((e: NodeJS.ErrnoException) => {
+      throw new FileError('cannot read the llama2.c tokenizer', { file, got: e.code, hint: 'pass --tokenizer <tokenizer.bin>' });
+    });
+    const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    const pieces: string[] = [];
+    const scores = new Float32Array(vocabSize);
+    let offset = 4; // max_token_length: not needed
+    const decoder = new TextDecoder('utf-8');
+    for (let i = 0; i < vocabSize; i++) {
+      if (offset + 8 > bytes.length) {
+        throw new FormatError('tokenizer truncated', { file, offset, expected: `${vocabSize} tokens`, got: `${i}` });
+      }
+      scores[i] = view.getFloat32(offset, true);
+      const len = view.getInt32(offset + 4, true);
+      offset += 8;
+      if (len < 0 || offset + len > bytes.length) throw new FormatError('invalid token length', { file, offset: offset - 4, got: `${len}` });
+      pieces.push(decoder.decode(bytes.subarray(offset, offset + len)));
+      offset += len;
+    }
+    if (offset !== bytes.length) {
+      throw new FormatError('unexpected bytes after the vocabulary', { file, offset, expected: `${vocabSize} tokens (the model's vocab_size)` });
+    }
+    return new Llama2cTokenizer(pieces, scores);
+  }
+
+  encode(text: string): number[] {
+    if (text.length === 0) return [BOS];
+    const symbols: number[] = [];
+    const encoder = new TextEncoder();
+    for (const ch of ` ${text}`) {
+      const id = this.ids.get(ch);
+      if (id !== undefined) symbols.push(id);
+      else for (const b of encoder.encode(ch)) symbols.push(b + BYTE_TOKEN_OFFSET);
+    }
+    return [BOS, ...this.merge(symbols)];
+  }
+
+  /** Highest-score-first pair merging over a doubly linked list (run.c semantics). */
+  private merge(tokens: number[]): number[] {
+    const n = tokens.length;
+    const id = Int32Array.from(tokens);
+    const next = Int32Array.from({ length: n }, (_, i) => (i + 1 < n ? i + 1 : -1));
+    const prev = Int32Array.from({ length: n }, (_, i) => i - 1);
+    const alive = new Uint8Array(n).fill(1);
+    const heap = new PairHeap();
+    const push = (left: number) => {
+      const right = next[left]!;
+      if (right < 0) return;
+      const merged = this.ids.get(this.pieces[id[left]!]! + this.pieces[id[right]!]!);
+      if (merged !== undefined) heap.push({ score: this.scores[merged]!, left, leftId: id[left]!, rightId: id[right]!, merged });
+    };
+    for (let i = 0; i < n - 1; i++) push(i);
+    while (heap.size > 0) {
+      const c = heap.pop();
+      const right = next[c.left]!;
+      // Skip pairs that a previous merge changed.
+      if (!alive[c.left] || right < 0 || id[c.left] !== c.leftId || id[right] !== c.rightId) continue;
+      id[c.left] = c.merged;
+      alive[right] = 0;
+      next[c.left] = next[right]!;
+      if (next[right]! >= 0) prev[next[right]!] = c.left;
+      if (prev[c.left]! >= 0) push(prev[c.left]!);
+      push(c.left);
+    }
+    const out: number[] = [];
+    for (let i = 0; i >= 0; i = next[i]!) out.push(id[i]!);
+    return out;
+  }
+
+  decode(ids: readonly number[]): string {
+    const bytes: number[] = [];
+    const encoder = new TextEncoder();
+    ids.forEach((token, i) => {
+      if (token === BOS) return;
+      let piece = this.pieces[token] ?? '';
+      // run.c: after BOS the leading space of the first piece is the dummy prefix.
+      if (i > 0 && ids[i - 1] === BOS && piece.startsWith(' ')) piece = piece.slice(1);
+      const byte = /^<0x([0-9A-Fa-f]{2})>$/.exec(piece);
+      if (byte) bytes.push(Number.parseInt(byte[1]!, 16));
+      else bytes.push(...encoder.encode(piece));
+    });
+    return new TextDecoder().decode(Uint8Array.from(bytes));
+  }
+}
+
+interface Candidate {
+  score: number;
+  /** Position of the left symbol: ties go to the leftmost pair, as run.c's strict '>' scan does. */
+  left: number;
+  leftId: number;
+  rightId: number;
+  merged: number;
+}
+
+/** Binary max-heap on (score, then smaller position). */
+class PairHeap {
+  private readonly items: Candidate[] = [];
+
+  get size(): number {
+    return this.items.length;
+  }
+
+  private static before(a: Candidate, b: Candidate): boolean {
+    return a.score > b.score || (a.score === b.score && a.left < b.left);
+  }
+
+  push(c: Candidate): void {
+    const h = this.items;
+    h.push(c);
+    let i = h.length - 1;
+    while (i > 0) {
+      const parent = (i - 1) >> 1;
+      if (!PairHeap.before(h[i]!, h[parent]!)) break;
+      [h[i], h[parent]] = [h[parent]!, h[i]!];
+      i = parent;
+    }
+  }
+
+  pop(): Candidate {
+    const h = this.items;
+    const top = h[0]!;
+    const last = h.pop()!;
+    if (h.length > 0) {
+      h[0] = last;
+      let i = 0;
+      for (;;) {
+        const l = 2 * i + 1;
+        const r = l + 1;
+        let best = i;
+        if (l < h.length && PairHeap.before(h[l]!, h[best]!)) best = l;
+        if (r < h.length && PairHeap.before(h[r]!, h[best]!)) best = r;
+        if (best === i) break;
+        [h[i], h[best]] = [h[best]!, h[i]!];
+        i = best;
+      }
+    }
+    return top;
+  }
+}

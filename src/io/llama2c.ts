@@ -1,0 +1,144 @@
+/**
+ * llama2.c checkpoints (Karpathy, llama2.c `run.c`, legacy format "version 0").
+ *
+ * Layout: 7 × int32 header {dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size,
+ * seq_len} (vocab_size < 0: the classifier is stored separately), then float32 arrays in
+ * run.c `memory_map_weights` order:
+ *   token_embedding [vocab, dim], rms_att [L, dim], wq [L, dim, dim], wk [L, kv_dim, dim],
+ *   wv [L, kv_dim, dim], wo [L, dim, dim], rms_ffn [L, dim], w1 [L, hidden, dim],
+ *   w2 [L, dim, hidden], w3 [L, hidden, dim], rms_final [dim],
+ *   freq_cis_real, freq_cis_imag [seq_len, head_size/2] (unused), wcls [vocab, dim] if not shared.
+ * Matrices are [out, in] like Hugging Face's. run.c rotates adjacent pairs (2i, 2i+1) of each
+ * head; Hugging Face's rotate_half rotates (i, i + d/2). The rows of wq and wk are permuted on
+ * load (the `permute` of HF's convert_llama_weights_to_hf) so the one decoder serves both.
+ */
+import { open } from 'node:fs/promises';
+import { FileError, FormatError } from '../errors.js';
+import type { ModelConfig } from '../model/config.js';
+import type { TensorMap } from '../tensor.js';
+
+const HEADER_BYTES = 7 * 4;
+
+export async function loadLlama2cCheckpoint(file: string): Promise<{ config: ModelConfig; tensors: TensorMap }> {
+  const handle = await open(file, 'r').catch((e: NodeJS.ErrnoException) => {
+    throw new FileError('cannot open the llama2.c checkpoint', { file, got: e.code });
+  });
+  try {
+    const { size } = await handle.stat();
+    if (size < HEADER_BYTES) throw new FormatError('file too short for a llama2.c header', { file, expected: `>= ${HEADER_BYTES} bytes`, got: `${size}` });
+    const header = new Int32Array(7);
+    await handle.read(new Uint8Array(header.buffer), 0, HEADER_BYTES, 0);
+    const [dim, hidden, layers, heads, kvHeads, signedVocab, seqLen] = header as unknown as number[];
+    const vocab = Math.abs(signedVocab!);
+    const shared = signedVocab! > 0;
+    if ([dim, hidden, layers, heads, kvHeads, vocab, seqLen].some((v) => !(v! > 0)) || dim! % heads! !== 0 || heads! % kvHeads! !== 0) {
+      throw new FormatError('invalid llama2.c header', {
+        file,
+        offset: 0,
+        expected: 'positive sizes, dim divisible by n_heads, n_heads by n_kv_heads',
+        got: `[${[...header]}]`,
+      });
+    }
+    const config: ModelConfig = {
+      modelType: 'llama',
+      vocabSize: vocab,
+      hiddenSize: dim!,
+      intermediateSize: hidden!,
+      numLayers: layers!,
+      numHeads: heads!,
+      numKvHeads: kvHeads!,
+      headDim: dim! / heads!,
+      maxPositions: seqLen!,
+      ropeTheta: 10000,
+      normEps: 1e-5,
+      tiedEmbeddings: shared,
+      bosTokenId: 1,
+      eosTokenId: 2,
+    };
+    const layout = weightLayout(config);
+    const floats = layout.reduce((n, w) => n + w.count, 0);
+    const expected = HEADER_BYTES + floats * 4;
+    if (size !== expected) {
+      throw new FormatError(size < expected ? 'checkpoint truncated' : 'unexpected bytes after the weights', {
+        file,
+        expected: `${expected} bytes for the header's shapes`,
+        got: `${size}`,
+      });
+    }
+    const tensors: TensorMap = new Map();
+    let offset = HEADER_BYTES;
+    for (const w of layout) {
+      const data = new Float32Array(w.count);
+      await handle.read(new Uint8Array(data.buffer), 0, data.byteLength, offset);
+      offset += data.byteLength;
+      w.store(data, tensors);
+    }
+    return { config, tensors };
+  } finally {
+    await handle.close();
+  }
+}
+
+interface Segment {
+  count: number;
+  store(data: Float32Array, tensors: TensorMap): void;
+}
+
+/** The arrays of the file in order, each with where its slices go. */
+function weightLayout(c: ModelConfig): Segment[] {
+  const { hiddenSize: dim, intermediateSize: hidden, numLayers: L, headDim } = c;
+  const kvDim = c.numKvHeads * headDim;
+  const perLayer = (suffix: string, shape: number[], transform?: (w: Float32Array) => Float32Array): Segment => {
+    const n = shape.reduce((a, b) => a * b, 1);
+    return {
+      count: L * n,
+      store: (data, tensors) => {
+        for (let l = 0; l < L; l++) {
+          const slice = data.slice(l * n, (l + 1) * n);
+          tensors.set(`model.layers.${l}.${suffix}`, { shape, data: transform ? transform(slice) : slice });
+        }
+      },
+    };
+  };
+  const single = (name: string, shape: number[]): Segment => ({
+    count: shape.reduce((a, b) => a * b, 1),
+    store: (data, tensors) => tensors.set(name, { shape, data }),
+  });
+  const skip = (count: number): Segment => ({ count, store: () => {} });
+  const segments = [
+    single('model.embed_tokens.weight', [c.vocabSize, dim]),
+    perLayer('input_layernorm.weight', [dim]),
+    perLayer('self_attn.q_proj.weight', [dim, dim], (w) => interleavedToHalves(w, c.numHeads, headDim, dim)),
+    perLayer('self_attn.k_proj.weight', [kvDim, dim], (w) => interleavedToHalves(w, c.numKvHeads, headDim, dim)),
+    perLayer('self_attn.v_proj.weight', [kvDim, dim]),
+    perLayer('self_attn.o_proj.weight', [dim, dim]),
+    perLayer('post_attention_layernorm.weight', [dim]),
+    perLayer('mlp.gate_proj.weight', [hidden, dim]),
+    perLayer('mlp.down_proj.weight', [dim, hidden]),
+    perLayer('mlp.up_proj.weight', [hidden, dim]),
+    single('model.norm.weight', [dim]),
+    skip(c.maxPositions * headDim), // freq_cis_real and freq_cis_imag, [seq_len, head_size/2] each
+  ];
+  if (!c.tiedEmbeddings) segments.push(single('lm_head.weight', [c.vocabSize, dim]));
+  return segments;
+}
+
+/**
+ * Reorder each head's output rows from run.c's interleaved rotary pairs (2i, 2i+1) to
+ * rotate_half's (i, i + d/2): new row i ← old row 2i, new row i + d/2 ← old row 2i + 1.
+ * This is HF convert_llama_weights_to_hf's permute: w.view(h, d/2, 2, in).transpose(1, 2).
+ */
+export function interleavedToHalves(w: Float32Array, heads: number, headDim: number, inDim: number): Float32Array {
+  const out = new Float32Array(w.length);
+  const half = headDim / 2;
+  for (let h = 0; h < heads; h++) {
+    for (let i = 0; i < half; i++) {
+      for (const parity of [0, 1]) {
+        const from = (h * headDim + 2 * i + parity) * inDim;
+        const to = (h * headDim + i + parity * half) * inDim;
+        out.set(w.subarray(from, from + inDim), to);
+      }
+    }
+  }
+  return out;
+}
