@@ -17,16 +17,18 @@ export interface ComputeEngine {
   /** c[M,N] = a[K,M]ᵀ · b[K,N] — e.g. the Gram matrix XᵀX of calibration activations. */
   matmulTransA(a: Float32Array, b: Float32Array, K: number, M: number, N: number): Promise<Float32Array>;
   /**
-   * Causal softmax attention of `batch` independent heads:
-   * out[b,t] = Σ_{s<=t} softmax_s(scale · q[b,t]·k[b,s]) v[b,s], with q,k,v,out of shape [batch,T,d].
+   * Causal grouped-query attention over B windows of T positions. q is [B, T, heads·d],
+   * k and v are [B, T, kvHeads·d]; query head h reads KV head floor(h / (heads / kvHeads)).
+   * out[b, t, h] = Σ_{s<=t} softmax_s(scale · q[b,t,h]·k[b,s,kv(h)]) v[b,s,kv(h)], same layout as q.
    */
-  causalAttention(
-    q: Float32Array,
-    k: Float32Array,
-    v: Float32Array,
-    batch: number,
-    T: number,
-    d: number,
-    scale: number,
-  ): Promise<Float32Array>;
+  causalAttention(q: Float32Array, k: Float32Array, v: Float32Array, shape: AttentionShape): Promise<Float32Array>;
+}
+
+export interface AttentionShape {
+  batch: number;
+  seqLen: number;
+  heads: number;
+  kvHeads: number;
+  headDim: number;
+  scale: number;
 }

@@ -1,4 +1,4 @@
-export type { ComputeEngine } from './engine.js';
+export type { AttentionShape, ComputeEngine } from './engine.js';
 export { JsEngine } from './js-engine.js';
 export { OrtEngine } from './ort-engine.js';
 

@@ -1,5 +1,5 @@
 /** Reference engine in plain loops (float64 accumulation): slow, obviously correct. */
-import type { ComputeEngine } from './engine.js';
+import type { AttentionShape, ComputeEngine } from './engine.js';
 
 export class JsEngine implements ComputeEngine {
   readonly name = 'js';
@@ -28,35 +28,29 @@ export class JsEngine implements ComputeEngine {
     return Float32Array.from(c);
   }
 
-  async causalAttention(
-    q: Float32Array,
-    k: Float32Array,
-    v: Float32Array,
-    batch: number,
-    T: number,
-    d: number,
-    scale: number,
-  ): Promise<Float32Array> {
-    const out = new Float32Array(batch * T * d);
+  async causalAttention(q: Float32Array, k: Float32Array, v: Float32Array, shape: AttentionShape): Promise<Float32Array> {
+    const { batch, seqLen: T, heads, kvHeads, headDim: d, scale } = shape;
+    const group = heads / kvHeads;
+    const out = new Float32Array(q.length);
     const scores = new Float64Array(T);
+    const qAt = (b: number, t: number, h: number) => ((b * T + t) * heads + h) * d;
+    const kvAt = (b: number, t: number, h: number) => ((b * T + t) * kvHeads + Math.floor(h / group)) * d;
     for (let b = 0; b < batch; b++) {
-      const base = b * T * d;
-      for (let t = 0; t < T; t++) {
-        let max = -Infinity;
-        for (let s = 0; s <= t; s++) {
-          let dot = 0;
-          for (let i = 0; i < d; i++) dot += q[base + t * d + i]! * k[base + s * d + i]!;
-          scores[s] = dot * scale;
-          if (scores[s]! > max) max = scores[s]!;
-        }
-        let sum = 0;
-        for (let s = 0; s <= t; s++) {
-          scores[s] = Math.exp(scores[s]! - max);
-          sum += scores[s]!;
-        }
-        for (let s = 0; s <= t; s++) {
-          const p = scores[s]! / sum;
-          for (let i = 0; i < d; i++) out[base + t * d + i]! += p * v[base + s * d + i]!;
+      for (let h = 0; h < heads; h++) {
+        for (let t = 0; t < T; t++) {
+          let max = -Infinity;
+          for (let s = 0; s <= t; s++) {
+            let dot = 0;
+            for (let i = 0; i < d; i++) dot += q[qAt(b, t, h) + i]! * k[kvAt(b, s, h) + i]!;
+            scores[s] = dot * scale;
+            max = Math.max(max, scores[s]!);
+          }
+          let sum = 0;
+          for (let s = 0; s <= t; s++) sum += scores[s] = Math.exp(scores[s]! - max);
+          for (let s = 0; s <= t; s++) {
+            const p = scores[s]! / sum;
+            for (let i = 0; i < d; i++) out[qAt(b, t, h) + i]! += p * v[kvAt(b, s, h) + i]!;
+          }
         }
       }
     }

@@ -4,7 +4,7 @@
  */
 import * as ort from 'onnxruntime-node';
 import { buildOnnxModel, type GraphSpec } from '../io/onnx-builder.js';
-import type { ComputeEngine } from './engine.js';
+import type { AttentionShape, ComputeEngine } from './engine.js';
 
 const LINEAR: GraphSpec = {
   name: 'linear',
@@ -26,31 +26,41 @@ const MATMUL_TRANS_A: GraphSpec = {
   outputs: [{ name: 'c', type: 'float32', dims: ['M', 'N'] }],
 };
 
-/** softmax(scale·q·kᵀ + mask)·v, with `mask` the additive causal mask (0 on/below the diagonal, -inf above). */
-const CAUSAL_ATTENTION: GraphSpec = {
-  name: 'causal_attention',
-  nodes: [
-    { op: 'Transpose', inputs: ['k'], outputs: ['kt'], attributes: { perm: [0, 2, 1] } },
-    { op: 'MatMul', inputs: ['q', 'kt'], outputs: ['s'] },
-    { op: 'Mul', inputs: ['s', 'scale'], outputs: ['s_scaled'] },
-    { op: 'Add', inputs: ['s_scaled', 'mask'], outputs: ['s_masked'] },
-    { op: 'Softmax', inputs: ['s_masked'], outputs: ['p'], attributes: { axis: -1 } },
-    { op: 'MatMul', inputs: ['p', 'v'], outputs: ['o'] },
-  ],
-  inputs: [
-    { name: 'q', type: 'float32', dims: ['B', 'T', 'D'] },
-    { name: 'k', type: 'float32', dims: ['B', 'T', 'D'] },
-    { name: 'v', type: 'float32', dims: ['B', 'T', 'D'] },
-    { name: 'scale', type: 'float32', dims: [1] },
-    { name: 'mask', type: 'float32', dims: ['T', 'T'] },
-  ],
-  outputs: [{ name: 'o', type: 'float32', dims: ['B', 'T', 'D'] }],
-};
+/**
+ * onnxruntime's fused causal GroupQueryAttention (com.microsoft): reads q/k/v in the
+ * [B, T, heads·d] layout the projections produce and maps query heads to KV heads itself.
+ * Every window is full length: seqlens_k = T − 1 and total_sequence_length = T.
+ */
+function groupQueryAttention(heads: number, kvHeads: number, headDim: number, scale: number): GraphSpec {
+  return {
+    name: `gqa_${heads}_${kvHeads}_${headDim}_${scale}`,
+    nodes: [
+      {
+        op: 'GroupQueryAttention',
+        domain: 'com.microsoft',
+        inputs: ['q', 'k', 'v', '', '', 'seqlens_k', 'total_sequence_length'],
+        outputs: ['o', 'present_key', 'present_value'],
+        attributes: { num_heads: heads, kv_num_heads: kvHeads, scale },
+      },
+    ],
+    inputs: [
+      { name: 'q', type: 'float32', dims: ['B', 'T', heads * headDim] },
+      { name: 'k', type: 'float32', dims: ['B', 'T', kvHeads * headDim] },
+      { name: 'v', type: 'float32', dims: ['B', 'T', kvHeads * headDim] },
+      { name: 'seqlens_k', type: 'int32', dims: ['B'] },
+      { name: 'total_sequence_length', type: 'int32', dims: [] },
+    ],
+    outputs: [
+      { name: 'o', type: 'float32', dims: ['B', 'T', heads * headDim] },
+      { name: 'present_key', type: 'float32', dims: ['B', kvHeads, 'T', headDim] },
+      { name: 'present_value', type: 'float32', dims: ['B', kvHeads, 'T', headDim] },
+    ],
+  };
+}
 
 export class OrtEngine implements ComputeEngine {
   readonly name = 'onnxruntime';
   private readonly sessions = new Map<string, Promise<ort.InferenceSession>>();
-  private readonly masks = new Map<number, ort.Tensor>();
 
   constructor(private readonly threads = 0) {}
 
@@ -88,32 +98,14 @@ export class OrtEngine implements ComputeEngine {
     });
   }
 
-  causalAttention(
-    q: Float32Array,
-    k: Float32Array,
-    v: Float32Array,
-    batch: number,
-    T: number,
-    d: number,
-    scale: number,
-  ): Promise<Float32Array> {
-    return this.run(CAUSAL_ATTENTION, {
-      q: new ort.Tensor('float32', q, [batch, T, d]),
-      k: new ort.Tensor('float32', k, [batch, T, d]),
-      v: new ort.Tensor('float32', v, [batch, T, d]),
-      scale: new ort.Tensor('float32', Float32Array.of(scale), [1]),
-      mask: this.causalMask(T),
+  causalAttention(q: Float32Array, k: Float32Array, v: Float32Array, shape: AttentionShape): Promise<Float32Array> {
+    const { batch: B, seqLen: T, heads, kvHeads, headDim: d, scale } = shape;
+    return this.run(groupQueryAttention(heads, kvHeads, d, scale), {
+      q: new ort.Tensor('float32', q, [B, T, heads * d]),
+      k: new ort.Tensor('float32', k, [B, T, kvHeads * d]),
+      v: new ort.Tensor('float32', v, [B, T, kvHeads * d]),
+      seqlens_k: new ort.Tensor('int32', new Int32Array(B).fill(T - 1), [B]),
+      total_sequence_length: new ort.Tensor('int32', Int32Array.of(T), []),
     });
-  }
-
-  private causalMask(T: number): ort.Tensor {
-    let mask = this.masks.get(T);
-    if (!mask) {
-      const m = new Float32Array(T * T);
-      for (let i = 0; i < T; i++) m.fill(-Infinity, i * T + i + 1, (i + 1) * T);
-      mask = new ort.Tensor('float32', m, [T, T]);
-      this.masks.set(T, mask);
-    }
-    return mask;
   }
 }

@@ -90,7 +90,11 @@ export function buildOnnxModel(spec: GraphSpec): Uint8Array {
   const model = onnx.ModelProto.create({
     irVersion: 8,
     producerName: 'ptqkit',
-    opsetImport: [{ domain: '', version: spec.opset ?? 17 }],
+    opsetImport: [
+      { domain: '', version: spec.opset ?? 17 },
+      // Contrib operators (MatMulNBits, GroupQueryAttention, ...) live in com.microsoft, version 1.
+      ...(spec.nodes.some((n) => n.domain === 'com.microsoft') ? [{ domain: 'com.microsoft', version: 1 }] : []),
+    ],
     graph,
   });
   return onnx.ModelProto.encode(model).finish();

@@ -116,16 +116,9 @@ export class Decoder {
     return this.head(x, B * T);
   }
 
-  /** Grouped-query attention: KV head j serves query heads j*g .. j*g+g-1, g = heads / kv heads. */
-  private async attention(q: Float32Array, k: Float32Array, v: Float32Array, B: number, T: number) {
-    const { numHeads: H, numKvHeads: Hkv, headDim: d } = this.config;
-    const group = H / Hkv;
-    // [B*T, heads*d] -> [B*H, T, d]; K and V heads repeated for their query heads.
-    const qh = toHeads(q, B, T, H, d, H, 1);
-    const kh = toHeads(k, B, T, Hkv, d, H, group);
-    const vh = toHeads(v, B, T, Hkv, d, H, group);
-    const o = await this.engine.causalAttention(qh, kh, vh, B * H, T, d, 1 / Math.sqrt(d));
-    return fromHeads(o, B, T, H, d);
+  private attention(q: Float32Array, k: Float32Array, v: Float32Array, B: number, T: number) {
+    const { numHeads: heads, numKvHeads: kvHeads, headDim } = this.config;
+    return this.engine.causalAttention(q, k, v, { batch: B, seqLen: T, heads, kvHeads, headDim, scale: 1 / Math.sqrt(headDim) });
   }
 
   /** Rotary embedding, rotate_half convention: pairs (i, i + d/2) of each head rotate by pos·θ^(-2i/d). */
@@ -187,33 +180,3 @@ function add(a: Float32Array, b: Float32Array): Float32Array {
   for (let i = 0; i < a.length; i++) out[i] = a[i]! + b[i]!;
   return out;
 }
-
-/** [B*T, srcHeads*d] -> [B*H, T, d], source head h/repeat feeding output head h. */
-function toHeads(x: Float32Array, B: number, T: number, srcHeads: number, d: number, H: number, repeat: number) {
-  const out = new Float32Array(B * H * T * d);
-  for (let b = 0; b < B; b++) {
-    for (let h = 0; h < H; h++) {
-      const src = Math.floor(h / repeat);
-      for (let t = 0; t < T; t++) {
-        const from = ((b * T + t) * srcHeads + src) * d;
-        out.set(x.subarray(from, from + d), ((b * H + h) * T + t) * d);
-      }
-    }
-  }
-  return out;
-}
-
-/** [B*H, T, d] -> [B*T, H*d]. */
-function fromHeads(x: Float32Array, B: number, T: number, H: number, d: number) {
-  const out = new Float32Array(B * T * H * d);
-  for (let b = 0; b < B; b++) {
-    for (let h = 0; h < H; h++) {
-      for (let t = 0; t < T; t++) {
-        const from = ((b * H + h) * T + t) * d;
-        out.set(x.subarray(from, from + d), ((b * T + t) * H + h) * d);
-      }
-    }
-  }
-  return out;
-}
-

@@ -31,15 +31,17 @@ test('onnxruntime XᵀX equals the reference loops', async () => {
   assert.ok(diff < 1e-4, `max diff ${diff}`);
 });
 
-test('onnxruntime causal attention equals the reference loops, and is causal', async () => {
+test('onnxruntime grouped-query causal attention equals the reference loops, and is causal', async () => {
   const rand = seededRandom(3);
-  const [B, T, d] = [3, 17, 8];
-  const q = randomArray(B * T * d, rand);
-  const k = randomArray(B * T * d, rand);
-  const v = randomArray(B * T * d, rand);
-  const fast = await ort.causalAttention(q, k, v, B, T, d, 0.35);
-  const diff = maxAbsDiff(fast, await js.causalAttention(q, k, v, B, T, d, 0.35));
+  const shape = { batch: 2, seqLen: 17, heads: 4, kvHeads: 2, headDim: 8, scale: 0.35 };
+  const { batch, seqLen, heads, kvHeads, headDim: d } = shape;
+  const q = randomArray(batch * seqLen * heads * d, rand);
+  const k = randomArray(batch * seqLen * kvHeads * d, rand);
+  const v = randomArray(batch * seqLen * kvHeads * d, rand);
+  const fast = await ort.causalAttention(q, k, v, shape);
+  const diff = maxAbsDiff(fast, await js.causalAttention(q, k, v, shape));
   assert.ok(diff < 1e-5, `max diff ${diff}`);
-  // Position 0 attends only to itself: its output is v[0].
+  // Position 0 attends only to itself: query heads 0,1 output v of KV head 0, heads 2,3 of KV head 1.
   assert.ok(maxAbsDiff(fast.subarray(0, d), v.subarray(0, d)) < 1e-6);
+  assert.ok(maxAbsDiff(fast.subarray(3 * d, 4 * d), v.subarray(d, 2 * d)) < 1e-6);
 });
