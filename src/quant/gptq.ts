@@ -40,13 +40,43 @@ export interface GptqOptions {
 
 export const GPTQ_DEFAULTS: GptqOptions = { blockSize: 128, damp: 0.01, actOrder: false };
 
+/** What GPTQ derives from a layer's Hessian alone; layers fed by the same inputs share it. */
+export interface PreparedHessian {
+  cols: number;
+  /** Inputs never activated (H_ii = 0): their weights are zeroed. */
+  dead: Uint8Array;
+  /** Act-order column order (decreasing H_ii), or undefined for the natural order. */
+  perm?: Int32Array;
+  /** Upper Cholesky factor of the dampened, permuted H⁻¹. */
+  U: Float64Array;
+}
+
+/** Dead-input handling, act-order permutation, dampening and H⁻¹ = Uᵀ U (Algorithm 1, line 2). */
+export function prepareHessian(hessian: Float64Array, cols: number, options: GptqOptions): PreparedHessian {
+  const H = hessian.slice();
+  const dead = new Uint8Array(cols);
+  for (let c = 0; c < cols; c++) {
+    if (H[c * cols + c] === 0) {
+      H[c * cols + c] = 1;
+      dead[c] = 1;
+    }
+  }
+  const perm = options.actOrder ? orderByDecreasingDiagonal(H, cols) : undefined;
+  const Hp = perm ? permuteSymmetric(H, cols, perm) : H;
+  let meanDiag = 0;
+  for (let c = 0; c < cols; c++) meanDiag += Hp[c * cols + c]!;
+  const lambda = (options.damp * meanDiag) / cols;
+  for (let c = 0; c < cols; c++) Hp[c * cols + c]! += lambda;
+  return { cols, dead, perm, U: inverseCholeskyUpper(Hp, cols) };
+}
+
 /**
- * Quantize `weight` [rows, cols] given the Hessian H [cols, cols] (2/N · Σ x xᵀ over the
- * calibration inputs of this layer). H is not modified.
+ * Quantize `weight` [rows, cols] given its prepared Hessian (H = 2/N · Σ x xᵀ over the
+ * calibration inputs of this layer).
  */
 export async function gptqQuantize(
   weight: Tensor,
-  hessian: Float64Array,
+  prepared: PreparedHessian,
   grid: IntGrid,
   options: GptqOptions,
   engine: ComputeEngine,
@@ -56,24 +86,11 @@ export async function gptqQuantize(
   const [blockRows, groupCols] = grid.blockShape(rows, cols, tensorName);
   const numGroups = cols / groupCols;
   const grouped = grid.spec.granularity === 'group';
+  const { perm, U, dead } = prepared;
 
-  const H = hessian.slice();
   const W = weight.data.slice();
-  for (let c = 0; c < cols; c++) {
-    if (H[c * cols + c] === 0) {
-      H[c * cols + c] = 1;
-      for (let r = 0; r < rows; r++) W[r * cols + c] = 0;
-    }
-  }
-  const perm = options.actOrder ? orderByDecreasingDiagonal(H, cols) : undefined;
+  for (let c = 0; c < cols; c++) if (dead[c]) for (let r = 0; r < rows; r++) W[r * cols + c] = 0;
   const Wp = perm ? permuteColumns(W, rows, cols, perm) : W;
-  const Hp = perm ? permuteSymmetric(H, cols, perm) : H;
-
-  let meanDiag = 0;
-  for (let c = 0; c < cols; c++) meanDiag += Hp[c * cols + c]!;
-  const lambda = (options.damp * meanDiag) / cols;
-  for (let c = 0; c < cols; c++) Hp[c * cols + c]! += lambda;
-  const U = inverseCholeskyUpper(Hp, cols);
 
   const codes = new Uint8Array(rows * cols);
   const scales = new Float32Array((rows / blockRows) * numGroups);

@@ -15,7 +15,7 @@ import { Decoder } from '../model/decoder.js';
 import type { TensorMap } from '../tensor.js';
 import { AWQ_DEFAULTS, type AwqOptions, applyAwqScales } from './awq.js';
 import { ALL_AT_ONCE, runSequential, TRUE_SEQUENTIAL } from './calibrate.js';
-import { GPTQ_DEFAULTS, type GptqOptions, gptqQuantize } from './gptq.js';
+import { GPTQ_DEFAULTS, type GptqOptions, gptqQuantize, type PreparedHessian, prepareHessian } from './gptq.js';
 import { type GridSpec, gridName, IntGrid } from './grid.js';
 import { relativeOutputError } from './layer-error.js';
 import { dequantize, type QuantizedTensor, storedBits } from './quantized-tensor.js';
@@ -99,6 +99,13 @@ export async function quantizeModel(config: ModelConfig, weights: TensorMap, opt
     const trueSequential = options.method === 'gptq' && options.trueSequential !== false;
     Object.assign(settings, { calibration: cal.description }, options.method === 'gptq' ? { gptq, true_sequential: trueSequential } : { awq });
     const decoder = new Decoder(config, out, engine);
+    // q/k/v (and gate/up) share their inputs, hence one Hessian and one factorization.
+    const prepared = new WeakMap<Float64Array, PreparedHessian>();
+    const prepare = (H: Float64Array, cols: number) => {
+      let p = prepared.get(H);
+      if (!p) prepared.set(H, (p = prepareHessian(H, cols, gptq)));
+      return p;
+    };
     await runSequential(decoder, cal.windows, cal.seqlen, {
       groups: trueSequential ? TRUE_SEQUENTIAL : ALL_AT_ONCE,
       chunk: Math.max(1, Math.floor(8192 / cal.seqlen)),
@@ -118,7 +125,10 @@ export async function quantizeModel(config: ModelConfig, weights: TensorMap, opt
           // AWQ scaled W's columns by s and so the layer's inputs by 1/s.
           const scaled = awqScales.get(linear);
           const H = scaled ? unscaleHessian(st.hessian, scaled.scales) : st.hessian;
-          const q = options.method === 'gptq' ? await gptqQuantize(w, st.hessian, grid, gptq, engine, name) : quantizeRtn(w, grid, name);
+          const q =
+            options.method === 'gptq'
+              ? await gptqQuantize(w, prepare(st.hessian, st.cols), grid, gptq, engine, name)
+              : quantizeRtn(w, grid, name);
           store(name, q);
           const relativeError = await relativeOutputError(w.data, out.get(name)!.data, H, q.rows, q.cols, engine);
           layers.push({ name, relativeError, ...(scaled && { alpha: scaled.alpha }) });

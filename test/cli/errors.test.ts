@@ -99,3 +99,12 @@ test('--debug prints the stack trace', () => {
   assert.equal(r.code, 1);
   assert.match(r.stderr, /\n\s+at /);
 });
+
+test('calibrated methods: missing, empty or too short calibration text, --nsamples 0', () => {
+  const empty = path.join(work, 'empty.txt');
+  writeFileSync(empty, '');
+  const o = out();
+  expectCleanFailure(['quantize', MODEL, '--method', 'gptq', '-o', o], /'calib': gptq needs calibration text/, o);
+  expectCleanFailure(['quantize', MODEL, '--method', 'gptq', '--calib', empty, '-o', o], /'calib': calibration text too short; expected more than 512 tokens \(one window of --seqlen\), got 1 tokens/, o);
+  expectCleanFailure(['quantize', MODEL, '--method', 'awq', '--calib', path.join(REPO, 'data/tinystories-valid-slice.txt'), '--nsamples', '0', '-o', o], /'nsamples': invalid number of calibration samples; expected a positive integer, got 0/, o);
+});

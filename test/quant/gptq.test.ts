@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { JsEngine, OrtEngine } from '../../src/compute/index.js';
 import { type GridSpec, IntGrid } from '../../src/quant/grid.js';
-import { GPTQ_DEFAULTS, gptqQuantize } from '../../src/quant/gptq.js';
+import { GPTQ_DEFAULTS, type GptqOptions, gptqQuantize as gptqFromPrepared, prepareHessian } from '../../src/quant/gptq.js';
 import { relativeOutputError } from '../../src/quant/layer-error.js';
 import { dequantize } from '../../src/quant/quantized-tensor.js';
 import { quantizeRtn } from '../../src/quant/rtn.js';
@@ -80,6 +80,9 @@ function algorithm1(W0: Float32Array, H0: Float64Array, rows: number, cols: numb
   }
   return Q;
 }
+
+const gptqQuantize = (weight: { shape: number[]; data: Float32Array }, H: Float64Array, grid: IntGrid, o: GptqOptions, engine: JsEngine | OrtEngine) =>
+  gptqFromPrepared(weight, prepareHessian(H, weight.shape[1]!, o), grid, o, engine);
 
 /** A layer with correlated, unevenly scaled inputs, so the Hessian matters. */
 function problem(rows: number, cols: number, samples: number, seed: number) {
