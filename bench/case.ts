@@ -1,6 +1,6 @@
 /** One benchmark case in its own process; prints one JSON line. */
 import { BLOCK_LINEARS, linearWeightName } from '../src/model/architecture.js';
-import { mulberry32 } from '../src/quant/calibrate.js';
+import { mulberry32 } from '../src/random.js';
 import { type MethodName, quantizeModel } from '../src/quant/quantize-model.js';
 import { parameterCount, syntheticConfig, syntheticWeights } from './synthetic.js';
 

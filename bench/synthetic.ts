@@ -4,7 +4,7 @@
  */
 import type { ModelConfig } from '../src/model/config.js';
 import { LLAMA } from '../src/model/architecture.js';
-import { mulberry32 } from '../src/quant/calibrate.js';
+import { mulberry32 } from '../src/random.js';
 import type { TensorMap } from '../src/tensor.js';
 
 export const SHAPES = {

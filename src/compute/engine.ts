@@ -14,6 +14,11 @@ export interface ComputeEngine {
   readonly name: string;
   /** y[M,N] = x[M,K] · w[N,K]ᵀ — a linear layer with Hugging Face [out,in] weights. */
   linear(x: Float32Array, w: Float32Array, M: number, K: number, N: number): Promise<Float32Array>;
+  /**
+   * The SwiGLU input half of a gated MLP (Shazeer 2020): silu(x·gateᵀ) ⊙ (x·upᵀ), [M,N],
+   * with silu(z) = z·σ(z); gate and up are [N,K]. Fused so the activation runs on the engine too.
+   */
+  linearSwiGlu(x: Float32Array, gate: Float32Array, up: Float32Array, M: number, K: number, N: number): Promise<Float32Array>;
   /** c[M,N] = a[K,M]ᵀ · b[K,N] — e.g. the Gram matrix XᵀX of calibration activations. */
   matmulTransA(a: Float32Array, b: Float32Array, K: number, M: number, N: number): Promise<Float32Array>;
   /**

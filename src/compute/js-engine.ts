@@ -16,6 +16,13 @@ export class JsEngine implements ComputeEngine {
     return y;
   }
 
+  async linearSwiGlu(x: Float32Array, gate: Float32Array, up: Float32Array, M: number, K: number, N: number): Promise<Float32Array> {
+    const g = await this.linear(x, gate, M, K, N);
+    const u = await this.linear(x, up, M, K, N);
+    for (let i = 0; i < g.length; i++) g[i] = (g[i]! / (1 + Math.exp(-g[i]!))) * u[i]!;
+    return g;
+  }
+
   async matmulTransA(a: Float32Array, b: Float32Array, K: number, M: number, N: number): Promise<Float32Array> {
     const c = new Float64Array(M * N);
     for (let k = 0; k < K; k++) {

@@ -16,6 +16,23 @@ const LINEAR: GraphSpec = {
   outputs: [{ name: 'y', type: 'float32', dims: ['M', 'N'] }],
 };
 
+const LINEAR_SWIGLU: GraphSpec = {
+  name: 'linear_swiglu',
+  nodes: [
+    { op: 'Gemm', inputs: ['x', 'gate'], outputs: ['g'], attributes: { transB: 1 } },
+    { op: 'Gemm', inputs: ['x', 'up'], outputs: ['u'], attributes: { transB: 1 } },
+    { op: 'Sigmoid', inputs: ['g'], outputs: ['sig'] },
+    { op: 'Mul', inputs: ['g', 'sig'], outputs: ['silu'] },
+    { op: 'Mul', inputs: ['silu', 'u'], outputs: ['y'] },
+  ],
+  inputs: [
+    { name: 'x', type: 'float32', dims: ['M', 'K'] },
+    { name: 'gate', type: 'float32', dims: ['N', 'K'] },
+    { name: 'up', type: 'float32', dims: ['N', 'K'] },
+  ],
+  outputs: [{ name: 'y', type: 'float32', dims: ['M', 'N'] }],
+};
+
 const MATMUL_TRANS_A: GraphSpec = {
   name: 'matmul_trans_a',
   nodes: [{ op: 'Gemm', inputs: ['a', 'b'], outputs: ['c'], attributes: { transA: 1 } }],
@@ -88,6 +105,14 @@ export class OrtEngine implements ComputeEngine {
     return this.run(LINEAR, {
       x: new ort.Tensor('float32', x, [M, K]),
       w: new ort.Tensor('float32', w, [N, K]),
+    });
+  }
+
+  linearSwiGlu(x: Float32Array, gate: Float32Array, up: Float32Array, M: number, K: number, N: number): Promise<Float32Array> {
+    return this.run(LINEAR_SWIGLU, {
+      x: new ort.Tensor('float32', x, [M, K]),
+      gate: new ort.Tensor('float32', gate, [N, K]),
+      up: new ort.Tensor('float32', up, [N, K]),
     });
   }
 

@@ -20,6 +20,11 @@ export interface ForwardHooks {
   onLinearInput?(layer: number, linear: BlockLinear, x: Float32Array, rows: number, cols: number): void;
   /** End the block right after this linear's input was captured (calibration needs nothing later). */
   stopAfterInputOf?: BlockLinear;
+  /**
+   * Reuse of the attention output (the o_proj input) across passes over the same inputs while
+   * q/k/v stay fixed: `cached` is used instead of recomputing it, `store` receives a new one.
+   */
+  attention?: { cached?: Float32Array; store?(attn: Float32Array): void };
 }
 
 /** Thrown inside `block` to end a capture-only pass early; never escapes it. */
@@ -70,34 +75,45 @@ export class Decoder {
     const c = this.config;
     const rows = B * T;
     const p = blockPrefix(layer);
-    const linear = async (name: BlockLinear, input: Float32Array, inDim: number, outDim: number) => {
+    const capture = (name: BlockLinear, input: Float32Array, inDim: number) => {
       hooks?.onLinearInput?.(layer, name, input, rows, inDim);
       if (hooks?.stopAfterInputOf === name) throw STOP;
+    };
+    const linear = async (name: BlockLinear, input: Float32Array, inDim: number, outDim: number) => {
+      capture(name, input, inDim);
       return this.engine.linear(input, this.weight(`${p}${name}.weight`), rows, inDim, outDim);
     };
 
     // Attention sub-block: x += o_proj(attn(rope(q), rope(k), v)) on rmsnorm(x).
-    const h = rmsNorm(x, this.weight(`${p}input_layernorm.weight`), c.hiddenSize, c.normEps);
-    const qDim = c.numHeads * c.headDim;
-    const kvDim = c.numKvHeads * c.headDim;
-    const q = await linear('self_attn.q_proj', h, c.hiddenSize, qDim);
-    const k = await linear('self_attn.k_proj', h, c.hiddenSize, kvDim);
-    const v = await linear('self_attn.v_proj', h, c.hiddenSize, kvDim);
-    this.applyRope(q, B, T, c.numHeads);
-    this.applyRope(k, B, T, c.numKvHeads);
-    const attn = await this.attention(q, k, v, B, T);
-    const o = await linear('self_attn.o_proj', attn, qDim, c.hiddenSize);
+    let attn = hooks?.attention?.cached;
+    if (!attn) {
+      const h = rmsNorm(x, this.weight(`${p}input_layernorm.weight`), c.hiddenSize, c.normEps);
+      const qDim = c.numHeads * c.headDim;
+      const kvDim = c.numKvHeads * c.headDim;
+      const q = await linear('self_attn.q_proj', h, c.hiddenSize, qDim);
+      const k = await linear('self_attn.k_proj', h, c.hiddenSize, kvDim);
+      const v = await linear('self_attn.v_proj', h, c.hiddenSize, kvDim);
+      this.applyRope(q, B, T, c.numHeads);
+      this.applyRope(k, B, T, c.numKvHeads);
+      attn = await this.attention(q, k, v, B, T);
+      hooks?.attention?.store?.(attn);
+    }
+    const o = await linear('self_attn.o_proj', attn, c.numHeads * c.headDim, c.hiddenSize);
     const x1 = add(x, o);
 
     // MLP sub-block (SwiGLU): x += down(silu(gate(h)) * up(h)) on rmsnorm(x).
     const h2 = rmsNorm(x1, this.weight(`${p}post_attention_layernorm.weight`), c.hiddenSize, c.normEps);
-    const gate = await linear('mlp.gate_proj', h2, c.hiddenSize, c.intermediateSize);
-    const up = await linear('mlp.up_proj', h2, c.hiddenSize, c.intermediateSize);
-    for (let i = 0; i < gate.length; i++) {
-      const g = gate[i]!;
-      gate[i] = (g / (1 + Math.exp(-g))) * up[i]!;
-    }
-    const down = await linear('mlp.down_proj', gate, c.intermediateSize, c.hiddenSize);
+    capture('mlp.gate_proj', h2, c.hiddenSize);
+    capture('mlp.up_proj', h2, c.hiddenSize);
+    const act = await this.engine.linearSwiGlu(
+      h2,
+      this.weight(`${p}mlp.gate_proj.weight`),
+      this.weight(`${p}mlp.up_proj.weight`),
+      rows,
+      c.hiddenSize,
+      c.intermediateSize,
+    );
+    const down = await linear('mlp.down_proj', act, c.intermediateSize, c.hiddenSize);
     return add(x1, down);
   }
 

@@ -19,7 +19,7 @@
 import type { ComputeEngine } from '../compute/engine.js';
 import { type BlockLinear, blockPrefix } from '../model/architecture.js';
 import type { ModelConfig } from '../model/config.js';
-import type { TensorMap } from '../tensor.js';
+import type { Tensor, TensorMap } from '../tensor.js';
 import type { LinearStats } from './calibrate.js';
 import type { IntGrid } from './grid.js';
 import { dequantize } from './quantized-tensor.js';
@@ -28,9 +28,19 @@ import { quantizeRtn } from './rtn.js';
 export interface AwqOptions {
   /** Number of α values tried: α = i / gridPoints, i = 0..gridPoints-1 (reference: 20). */
   gridPoints: number;
+  /** Search a clipping range per group after scaling (reference `auto_clip`, on by default). */
+  clip: boolean;
 }
 
-export const AWQ_DEFAULTS: AwqOptions = { gridPoints: 20 };
+
+export const AWQ_DEFAULTS: AwqOptions = { gridPoints: 20, clip: true };
+
+/** Clipping search as the reference: shrink max|w| by i/20 for i < 10, on 512 input rows. */
+const CLIP_STEPS = 10;
+const CLIP_GRID = 20;
+const CLIP_TOKENS = 512;
+/** q/k are not clipped: their outputs meet in the attention softmax (reference excludes them). */
+const NO_CLIP: BlockLinear[] = ['self_attn.q_proj', 'self_attn.k_proj'];
 
 /** A group of linears sharing one input, and the operation whose output scale absorbs 1/s. */
 interface ScaleGroup {
@@ -116,6 +126,83 @@ export async function applyAwqScales(
   return reports;
 }
 
+/** After the scales are folded: AWQ's clipping search on every linear but q/k, in place in `weights`. */
+export async function applyAwqClip(
+  weights: TensorMap,
+  layer: number,
+  stats: Map<BlockLinear, LinearStats>,
+  scaled: AwqReport[],
+  grid: IntGrid,
+  engine: ComputeEngine,
+): Promise<void> {
+  if (grid.spec.granularity === 'tensor') return;
+  for (const group of scaled) {
+    const st = stats.get(group.linears[0]!)!;
+    // 512 rows spread over the whole calibration set, as inputs of the scaled layer (X / s).
+    const tokens = Math.min(st.sampleRows, CLIP_TOKENS);
+    const stride = Math.floor(st.sampleRows / tokens);
+    const picked = new Float32Array(tokens * st.cols);
+    for (let t = 0; t < tokens; t++) picked.set(st.sample.subarray(t * stride * st.cols, (t * stride + 1) * st.cols), t * st.cols);
+    const X = scaleColumns(picked, tokens, st.cols, group.scales, -1);
+    for (const linear of group.linears) {
+      if (NO_CLIP.includes(linear)) continue;
+      const name = `${blockPrefix(layer)}${linear}.weight`;
+      weights.set(name, await clipWeights(weights.get(name)!, X, grid, engine));
+    }
+  }
+}
+
+/**
+ * AWQ's clipping search (reference `auto_clip_layer`): for every row and group, the clip value
+ * max|w| · (1 − i/20), i < 10, minimizing the mean squared partial output Σ_{j∈group} x_j w_j
+ * over the sample tokens after quantization. Weights are then clamped to ±clip.
+ */
+async function clipWeights(w: Tensor, X: Float32Array, grid: IntGrid, engine: ComputeEngine): Promise<Tensor> {
+  const [rows, cols] = w.shape as [number, number];
+  const G = grid.spec.granularity === 'group' ? grid.spec.groupSize : cols;
+  const tokens = X.length / cols;
+  const groups = cols / G;
+  const orgMax = new Float32Array(rows * groups);
+  for (let r = 0; r < rows; r++)
+    for (let c = 0; c < cols; c++) {
+      const g = r * groups + Math.floor(c / G);
+      orgMax[g] = Math.max(orgMax[g]!, Math.abs(w.data[r * cols + c]!));
+    }
+  const bestErr = new Float64Array(rows * groups).fill(Infinity);
+  const bestMax = orgMax.slice();
+  const Xg = new Float32Array(tokens * G);
+  for (let g = 0; g < groups; g++) {
+    for (let t = 0; t < tokens; t++) Xg.set(X.subarray(t * cols + g * G, t * cols + (g + 1) * G), t * G);
+    const Wg = new Float32Array(rows * G);
+    for (let r = 0; r < rows; r++) Wg.set(w.data.subarray(r * cols + g * G, r * cols + (g + 1) * G), r * G);
+    const reference = await engine.linear(Xg, Wg, tokens, G, rows);
+    for (let i = 0; i < CLIP_STEPS; i++) {
+      const clipped = new Float32Array(rows * G);
+      for (let r = 0; r < rows; r++) {
+        const maxv = orgMax[r * groups + g]! * (1 - i / CLIP_GRID);
+        for (let c = 0; c < G; c++) clipped[r * G + c] = Math.min(maxv, Math.max(-maxv, Wg[r * G + c]!));
+      }
+      const q = dequantize(quantizeRtn({ shape: [rows, G], data: clipped }, grid.withGroupSize(G)));
+      const out = await engine.linear(Xg, q, tokens, G, rows);
+      for (let r = 0; r < rows; r++) {
+        let err = 0;
+        for (let t = 0; t < tokens; t++) err += (out[t * rows + r]! - reference[t * rows + r]!) ** 2;
+        if (err < bestErr[r * groups + g]!) {
+          bestErr[r * groups + g] = err;
+          bestMax[r * groups + g] = orgMax[r * groups + g]! * (1 - i / CLIP_GRID);
+        }
+      }
+    }
+  }
+  const data = w.data.slice();
+  for (let r = 0; r < rows; r++)
+    for (let c = 0; c < cols; c++) {
+      const maxv = bestMax[r * groups + Math.floor(c / G)]!;
+      data[r * cols + c] = Math.min(maxv, Math.max(-maxv, data[r * cols + c]!));
+    }
+  return { shape: w.shape, data };
+}
+
 /** s = s_X^α, normalized so that max(s)·min(s) = 1 (reference auto_scale). */
 function awqScales(absMean: Float64Array, alpha: number): Float64Array {
   const s = new Float64Array(absMean.length);
@@ -132,7 +219,7 @@ function awqScales(absMean: Float64Array, alpha: number): Float64Array {
 }
 
 /** W·diag(s)^power for a row-major [rows, cols] matrix. */
-function scaleColumns(W: Float32Array, rows: number, cols: number, s: Float64Array, power: 1 | -1): Float32Array {
+export function scaleColumns(W: Float32Array, rows: number, cols: number, s: Float64Array, power: 1 | -1): Float32Array {
   const out = new Float32Array(W.length);
   for (let r = 0; r < rows; r++) {
     for (let c = 0; c < cols; c++) out[r * cols + c] = power === 1 ? W[r * cols + c]! * s[c]! : W[r * cols + c]! / s[c]!;

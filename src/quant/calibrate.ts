@@ -7,6 +7,7 @@
  */
 import type { ComputeEngine } from '../compute/engine.js';
 import { UsageError } from '../errors.js';
+import { mulberry32 } from '../random.js';
 import { BLOCK_LINEARS, type BlockLinear } from '../model/architecture.js';
 import type { Decoder } from '../model/decoder.js';
 
@@ -39,17 +40,6 @@ export function sampleCalibrationWindows(tokens: readonly number[], options: Cal
     for (let t = 0; t < seqlen; t++) windows[s * seqlen + t] = tokens[start + t]!;
   }
   return windows;
-}
-
-export function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 /** Statistics of one linear layer's inputs over the calibration tokens. */
@@ -91,7 +81,15 @@ export async function runSequential(decoder: Decoder, windows: Int32Array, seqle
   const D = decoder.config.hiddenSize;
   let x = decoder.embed(windows);
   const layers = decoder.config.numLayers;
+  const chunks = Math.ceil(n / options.chunk);
   for (let layer = 0; layer < layers; layer++) {
+    // Once q/k/v are quantized the attention output of each chunk is final: keep it for later passes.
+    const attentionCache: (Float32Array | undefined)[] = new Array(chunks);
+    const qkvDone = new Set<BlockLinear>();
+    const attentionHooks = (chunk: number) =>
+      ['self_attn.q_proj', 'self_attn.k_proj', 'self_attn.v_proj'].every((l) => qkvDone.has(l as BlockLinear))
+        ? { cached: attentionCache[chunk], store: (a: Float32Array) => (attentionCache[chunk] = a) }
+        : undefined;
     for (const group of options.groups) {
       const stats = new Map<BlockLinear, LinearStats>();
       await forEachChunk(n, options.chunk, async (s0, s1) => {
@@ -102,6 +100,7 @@ export async function runSequential(decoder: Decoder, windows: Int32Array, seqle
             if (l === layer && group.includes(linear)) captured.push({ linear, input, rows, cols });
           },
           stopAfterInputOf: group.at(-1),
+          attention: attentionHooks(s0 / options.chunk),
         });
         // Linears fed by the same activations (q/k/v, gate/up) share one statistics object.
         const byInput = new Map<Float32Array, LinearStats>();
@@ -117,10 +116,12 @@ export async function runSequential(decoder: Decoder, windows: Int32Array, seqle
       });
       for (const st of new Set(stats.values())) finishStats(st);
       await options.quantizeGroup(layer, group, stats);
+      for (const l of group) qkvDone.add(l);
     }
     const next = new Float32Array(x.length);
     await forEachChunk(n, options.chunk, async (s0, s1) => {
-      const out = await decoder.block(layer, x.subarray(s0 * seqlen * D, s1 * seqlen * D), s1 - s0, seqlen);
+      const xs = x.subarray(s0 * seqlen * D, s1 * seqlen * D);
+      const out = await decoder.block(layer, xs, s1 - s0, seqlen, { attention: attentionHooks(s0 / options.chunk) });
       next.set(out!, s0 * seqlen * D);
     });
     x = next;

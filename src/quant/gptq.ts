@@ -26,7 +26,7 @@
 import type { ComputeEngine } from '../compute/engine.js';
 import type { Tensor } from '../tensor.js';
 import type { IntGrid } from './grid.js';
-import { inverseCholeskyUpper } from './linalg.js';
+import { inverseCholeskyUpperFast } from './linalg.js';
 import { fromCodes, type QuantizedTensor } from './quantized-tensor.js';
 
 export interface GptqOptions {
@@ -52,7 +52,12 @@ export interface PreparedHessian {
 }
 
 /** Dead-input handling, act-order permutation, dampening and H⁻¹ = Uᵀ U (Algorithm 1, line 2). */
-export function prepareHessian(hessian: Float64Array, cols: number, options: GptqOptions): PreparedHessian {
+export async function prepareHessian(
+  hessian: Float64Array,
+  cols: number,
+  options: GptqOptions,
+  engine: ComputeEngine,
+): Promise<PreparedHessian> {
   const H = hessian.slice();
   const dead = new Uint8Array(cols);
   for (let c = 0; c < cols; c++) {
@@ -67,7 +72,7 @@ export function prepareHessian(hessian: Float64Array, cols: number, options: Gpt
   for (let c = 0; c < cols; c++) meanDiag += Hp[c * cols + c]!;
   const lambda = (options.damp * meanDiag) / cols;
   for (let c = 0; c < cols; c++) Hp[c * cols + c]! += lambda;
-  return { cols, dead, perm, U: inverseCholeskyUpper(Hp, cols) };
+  return { cols, dead, perm, U: await inverseCholeskyUpperFast(Hp, cols, engine) };
 }
 
 /**

@@ -66,6 +66,11 @@ export class IntGrid {
     this.roundScale = spec.scaleDtype === 'f16' ? roundToF16 : spec.scaleDtype === 'bf16' ? roundToBf16 : Math.fround;
   }
 
+  /** The same grid with one group spanning `groupSize` columns (per-channel grids become groups). */
+  withGroupSize(groupSize: number): IntGrid {
+    return new IntGrid({ ...this.spec, granularity: 'group', groupSize });
+  }
+
   /** Rows and columns covered by one (scale, zero) pair for a [rows, cols] weight. */
   blockShape(rows: number, cols: number, tensorName?: string): [number, number] {
     switch (this.spec.granularity) {

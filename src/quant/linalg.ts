@@ -2,6 +2,7 @@
  * Dense float64 linear algebra for calibrated methods (GPTQ's inverse Hessian).
  * Matrices are row-major n×n Float64Arrays.
  */
+import type { ComputeEngine } from '../compute/engine.js';
 import { PtqError } from '../errors.js';
 
 export class NotPositiveDefiniteError extends PtqError {}
@@ -64,4 +65,90 @@ export function invertUpper(R: Float64Array, n: number): Float64Array {
     U[rowI + i] = 1 / rii;
   }
   return U;
+}
+
+/** Below this size the plain float64 loops are as fast as the blocked engine path. */
+const BLOCKED_MIN = 256;
+const BLOCK = 128;
+
+/**
+ * inverseCholeskyUpper with the O(n³) work as matrix products on the engine (float32, as the
+ * GPTQ reference computes it), the O(n²·b) panel work in float64 loops:
+ *  1. right-looking blocked Cholesky of P H P (trailing update A22 −= L21 L21ᵀ on the engine);
+ *  2. U = R⁻¹ for the upper R = P L' P by recursive blocks: U12 = −U11 R12 U22.
+ */
+export async function inverseCholeskyUpperFast(H: Float64Array, n: number, engine: ComputeEngine): Promise<Float64Array> {
+  if (n <= BLOCKED_MIN) return inverseCholeskyUpper(H, n);
+  const A = new Float64Array(n * n);
+  for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) A[i * n + j] = H[(n - 1 - i) * n + (n - 1 - j)]!;
+  await blockedCholeskyLower(A, n, engine);
+  const R = new Float64Array(n * n);
+  for (let i = 0; i < n; i++) for (let j = i; j < n; j++) R[i * n + j] = A[(n - 1 - i) * n + (n - 1 - j)]!;
+  return invertUpperBlocked(R, n, engine);
+}
+
+async function blockedCholeskyLower(A: Float64Array, n: number, engine: ComputeEngine): Promise<void> {
+  for (let k = 0; k < n; k += BLOCK) {
+    const b = Math.min(BLOCK, n - k);
+    // L11 = chol(A11)
+    const A11 = new Float64Array(b * b);
+    for (let i = 0; i < b; i++) for (let j = 0; j < b; j++) A11[i * b + j] = A[(k + i) * n + k + j]!;
+    choleskyLower(A11, b);
+    for (let i = 0; i < b; i++) for (let j = 0; j < b; j++) A[(k + i) * n + k + j] = A11[i * b + j]!;
+    const m = n - k - b;
+    if (m === 0) break;
+    // L21 = A21 L11⁻ᵀ: forward substitution on each row of A21.
+    const L21 = new Float32Array(m * b);
+    const row = new Float64Array(b);
+    for (let r = 0; r < m; r++) {
+      const base = (k + b + r) * n + k;
+      for (let j = 0; j < b; j++) {
+        let s = A[base + j]!;
+        for (let t = 0; t < j; t++) s -= row[t]! * A11[j * b + t]!;
+        row[j] = s / A11[j * b + j]!;
+      }
+      for (let j = 0; j < b; j++) {
+        A[base + j] = row[j]!;
+        L21[r * b + j] = row[j]!;
+      }
+    }
+    // A22 −= L21 L21ᵀ (only the lower triangle is read later; the upper is cleared at the end).
+    const update = await engine.linear(L21, L21, m, b, m);
+    for (let i = 0; i < m; i++) {
+      const dst = (k + b + i) * n + k + b;
+      for (let j = 0; j <= i; j++) A[dst + j]! -= update[i * m + j]!;
+    }
+  }
+  for (let i = 0; i < n; i++) A.fill(0, i * n + i + 1, (i + 1) * n);
+}
+
+/** U = R⁻¹ for upper-triangular R: [[R11, R12], [0, R22]]⁻¹ has U12 = −U11 R12 U22. */
+async function invertUpperBlocked(R: Float64Array, n: number, engine: ComputeEngine): Promise<Float64Array> {
+  if (n <= BLOCKED_MIN) return invertUpper(R, n);
+  const h = Math.floor(n / 2 / BLOCK) * BLOCK || Math.floor(n / 2);
+  const m = n - h;
+  const sub = (r0: number, c0: number, rows: number, cols: number) => {
+    const out = new Float64Array(rows * cols);
+    for (let i = 0; i < rows; i++) for (let j = 0; j < cols; j++) out[i * cols + j] = R[(r0 + i) * n + c0 + j]!;
+    return out;
+  };
+  const U11 = await invertUpperBlocked(sub(0, 0, h, h), h, engine);
+  const U22 = await invertUpperBlocked(sub(h, h, m, m), m, engine);
+  // T = R12 U22 (h×m) = linear(R12, U22ᵀ); U12 = −U11 T = −linear(U11, Tᵀ).
+  const R12 = Float32Array.from(sub(0, h, h, m));
+  const T = await engine.linear(R12, transpose32(U22, m, m), h, m, m);
+  const U12 = await engine.linear(Float32Array.from(U11), transpose32(T, h, m), h, h, m);
+  const U = new Float64Array(n * n);
+  for (let i = 0; i < h; i++) {
+    for (let j = i; j < h; j++) U[i * n + j] = U11[i * h + j]!;
+    for (let j = 0; j < m; j++) U[i * n + h + j] = -U12[i * m + j]!;
+  }
+  for (let i = 0; i < m; i++) for (let j = i; j < m; j++) U[(h + i) * n + h + j] = U22[i * m + j]!;
+  return U;
+}
+
+function transpose32(M: ArrayLike<number>, rows: number, cols: number): Float32Array {
+  const out = new Float32Array(rows * cols);
+  for (let i = 0; i < rows; i++) for (let j = 0; j < cols; j++) out[j * rows + i] = M[i * cols + j]!;
+  return out;
 }

@@ -13,7 +13,7 @@ import { BLOCK_LINEARS, linearWeightName } from '../model/architecture.js';
 import type { ModelConfig } from '../model/config.js';
 import { Decoder } from '../model/decoder.js';
 import type { TensorMap } from '../tensor.js';
-import { AWQ_DEFAULTS, type AwqOptions, applyAwqScales } from './awq.js';
+import { AWQ_DEFAULTS, type AwqOptions, applyAwqClip, applyAwqScales } from './awq.js';
 import { ALL_AT_ONCE, runSequential, TRUE_SEQUENTIAL } from './calibrate.js';
 import { GPTQ_DEFAULTS, type GptqOptions, gptqQuantize, type PreparedHessian, prepareHessian } from './gptq.js';
 import { type GridSpec, gridName, IntGrid } from './grid.js';
@@ -100,10 +100,10 @@ export async function quantizeModel(config: ModelConfig, weights: TensorMap, opt
     Object.assign(settings, { calibration: cal.description }, options.method === 'gptq' ? { gptq, true_sequential: trueSequential } : { awq });
     const decoder = new Decoder(config, out, engine);
     // q/k/v (and gate/up) share their inputs, hence one Hessian and one factorization.
-    const prepared = new WeakMap<Float64Array, PreparedHessian>();
+    const prepared = new WeakMap<Float64Array, Promise<PreparedHessian>>();
     const prepare = (H: Float64Array, cols: number) => {
       let p = prepared.get(H);
-      if (!p) prepared.set(H, (p = prepareHessian(H, cols, gptq)));
+      if (!p) prepared.set(H, (p = prepareHessian(H, cols, gptq, engine)));
       return p;
     };
     await runSequential(decoder, cal.windows, cal.seqlen, {
@@ -113,10 +113,13 @@ export async function quantizeModel(config: ModelConfig, weights: TensorMap, opt
       onProgress: (layer, total) => options.onProgress?.({ layer, layers: total }),
       quantizeGroup: async (layer, linears, stats) => {
         const awqScales = new Map<string, { alpha: number; scales: Float64Array }>();
+        // The layer each quantized weight replaces, for its error: AWQ's scaled weights before clipping.
+        const replaced = new Map<string, Float32Array>();
         if (options.method === 'awq') {
-          for (const r of await applyAwqScales(config, out, layer, stats, grid, awq, engine)) {
-            for (const l of r.linears) awqScales.set(l, r);
-          }
+          const reports = await applyAwqScales(config, out, layer, stats, grid, awq, engine);
+          for (const r of reports) for (const l of r.linears) awqScales.set(l, r);
+          for (const l of linears) replaced.set(l, out.get(linearWeightName(layer, l))!.data);
+          if (awq.clip) await applyAwqClip(out, layer, stats, reports, grid, engine);
         }
         for (const linear of linears) {
           const name = linearWeightName(layer, linear);
@@ -127,15 +130,16 @@ export async function quantizeModel(config: ModelConfig, weights: TensorMap, opt
           const H = scaled ? unscaleHessian(st.hessian, scaled.scales) : st.hessian;
           const q =
             options.method === 'gptq'
-              ? await gptqQuantize(w, prepare(st.hessian, st.cols), grid, gptq, engine, name)
+              ? await gptqQuantize(w, await prepare(st.hessian, st.cols), grid, gptq, engine, name)
               : quantizeRtn(w, grid, name);
           store(name, q);
-          const relativeError = await relativeOutputError(w.data, out.get(name)!.data, H, q.rows, q.cols, engine);
+          const relativeError = await relativeOutputError(replaced.get(linear) ?? w.data, out.get(name)!.data, H, q.rows, q.cols, engine);
           layers.push({ name, relativeError, ...(scaled && { alpha: scaled.alpha }) });
         }
       },
     });
   }
+  if (layers.length) settings.layer_errors = Object.fromEntries(layers.map((l) => [l.name, l.relativeError]));
   return {
     weights: out,
     quantization: { method: options.method, settings, tensors },

@@ -81,8 +81,8 @@ function algorithm1(W0: Float32Array, H0: Float64Array, rows: number, cols: numb
   return Q;
 }
 
-const gptqQuantize = (weight: { shape: number[]; data: Float32Array }, H: Float64Array, grid: IntGrid, o: GptqOptions, engine: JsEngine | OrtEngine) =>
-  gptqFromPrepared(weight, prepareHessian(H, weight.shape[1]!, o), grid, o, engine);
+const gptqQuantize = async (weight: { shape: number[]; data: Float32Array }, H: Float64Array, grid: IntGrid, o: GptqOptions, engine: JsEngine | OrtEngine) =>
+  gptqFromPrepared(weight, await prepareHessian(H, weight.shape[1]!, o, engine), grid, o, engine);
 
 /** A layer with correlated, unevenly scaled inputs, so the Hessian matters. */
 function problem(rows: number, cols: number, samples: number, seed: number) {

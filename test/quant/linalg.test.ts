@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { choleskyLower, inverseCholeskyUpper, NotPositiveDefiniteError } from '../../src/quant/linalg.js';
+import { OrtEngine } from '../../src/compute/index.js';
+import { choleskyLower, inverseCholeskyUpper, inverseCholeskyUpperFast, NotPositiveDefiniteError } from '../../src/quant/linalg.js';
 import { seededRandom } from '../helpers.js';
 
 function randomSpd(n: number, seed: number): Float64Array {
@@ -47,4 +48,18 @@ test('inverseCholeskyUpper: U is upper triangular and Uᵀ U · H = I', () => {
 
 test('a singular matrix is reported, not factorized into NaN', () => {
   assert.throws(() => choleskyLower(Float64Array.of(1, 1, 1, 1), 2), NotPositiveDefiniteError);
+});
+
+test('the blocked engine path equals the float64 loops (n = 700, three levels of blocks)', async () => {
+  const n = 700;
+  const H = randomSpd(n, 9);
+  const exact = inverseCholeskyUpper(H, n);
+  const fast = await inverseCholeskyUpperFast(H, n, new OrtEngine());
+  let maxRel = 0;
+  let maxAbs = 0;
+  for (let i = 0; i < n * n; i++) maxAbs = Math.max(maxAbs, Math.abs(exact[i]!));
+  for (let i = 0; i < n * n; i++) maxRel = Math.max(maxRel, Math.abs(fast[i]! - exact[i]!) / maxAbs);
+  console.log(`  max |ΔU| / max |U| = ${maxRel.toExponential(2)}`);
+  assert.ok(maxRel < 1e-4);
+  for (let i = 0; i < n; i++) for (let j = 0; j < i; j++) assert.equal(fast[i * n + j], 0);
 });

@@ -1,0 +1,29 @@
+/**
+ * ptqkit's library API: the same functions the `ptq` CLI is built from.
+ *
+ *   const model = await loadModel('path/to/hf-dir');
+ *   const q = await quantizeModel(model.config, model.weights, { method: 'rtn', grid });
+ *   const r = await evaluate(new Decoder(model.config, q.weights), tokens, { protocol, reference });
+ *   await writePtqCheckpoint('out', { ...model, weights: q.weights }, q.quantization);
+ */
+export * from './errors.js';
+export type { Tensor, TensorMap } from './tensor.js';
+export { type AttentionShape, type ComputeEngine, getDefaultEngine, JsEngine, OrtEngine } from './compute/index.js';
+export { decodeBf16, decodeF16, encodeBf16, encodeF16, roundToBf16, roundToF16 } from './formats/half.js';
+export { packBits, unpackBits } from './formats/bitpack.js';
+export { SafetensorsModel, writeSafetensors } from './io/safetensors.js';
+export { type PtqQuantization, readPtqCheckpoint, writePtqCheckpoint } from './io/ptq-checkpoint.js';
+export type { TextTokenizer } from './io/tokenizer.js';
+export type { ModelConfig } from './model/config.js';
+export { type Architecture, architectureFor, BLOCK_LINEARS, type BlockLinear } from './model/architecture.js';
+export { Decoder, type ForwardHooks } from './model/decoder.js';
+export { greedyGenerate } from './model/generate.js';
+export { type LoadedModel, loadModel } from './model/load.js';
+export { type EvalResult, evaluate, planWindows, type WindowProtocol } from './eval/perplexity.js';
+export { type GridSpec, gridName, IntGrid } from './quant/grid.js';
+export { dequantize, type QuantizedTensor, storedBits } from './quant/quantized-tensor.js';
+export { quantizeRtn } from './quant/rtn.js';
+export { GPTQ_DEFAULTS, type GptqOptions, gptqQuantize, prepareHessian } from './quant/gptq.js';
+export { AWQ_DEFAULTS, type AwqOptions, applyAwqScales } from './quant/awq.js';
+export { CALIBRATION_DEFAULTS, sampleCalibrationWindows } from './quant/calibrate.js';
+export { type Calibration, METHODS, type MethodName, modelSize, quantizeModel, type QuantizeOptions } from './quant/quantize-model.js';
