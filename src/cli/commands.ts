@@ -82,6 +82,7 @@ export interface QuantizeArgs {
   damp: number;
   blockSize: number;
   trueSequential: boolean;
+  awqClip: boolean;
 }
 
 export async function quantizeCommand(modelPath: string, args: QuantizeArgs, out: Output) {
@@ -102,6 +103,7 @@ export async function quantizeCommand(modelPath: string, args: QuantizeArgs, out
     grid: args.grid,
     calibration,
     gptq: { actOrder: !!args.actOrder, damp: args.damp, blockSize: args.blockSize },
+    awq: { clip: args.awqClip },
     trueSequential: args.trueSequential,
     onProgress: (p) => progress.update(p.layer, p.layers),
   });

@@ -66,6 +66,7 @@ program
   .option('--damp <x>', 'gptq: dampening, fraction of the mean Hessian diagonal', Number, GPTQ_DEFAULTS.damp)
   .option('--block-size <n>', 'gptq: columns per lazy batch', integer, GPTQ_DEFAULTS.blockSize)
   .option('--no-true-sequential', 'gptq: quantize all linears of a block from the same inputs')
+  .option('--no-awq-clip', 'awq: skip the clipping search after scaling')
   .option('--tokenizer <file>', 'tokenizer to use instead of the one next to the model')
   .option('--json', 'print JSON')
   .action((model, o) => quantizeCommand(model, { ...o, grid: gridFromOptions(o) }, consoleOutput(!!o.json)));

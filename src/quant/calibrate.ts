@@ -79,7 +79,7 @@ export const TRUE_SEQUENTIAL: BlockLinear[][] = [
 export async function runSequential(decoder: Decoder, windows: Int32Array, seqlen: number, options: SequentialOptions): Promise<void> {
   const n = windows.length / seqlen;
   const D = decoder.config.hiddenSize;
-  let x = decoder.embed(windows);
+  const x = decoder.embed(windows);
   const layers = decoder.config.numLayers;
   const chunks = Math.ceil(n / options.chunk);
   for (let layer = 0; layer < layers; layer++) {
@@ -118,13 +118,12 @@ export async function runSequential(decoder: Decoder, windows: Int32Array, seqle
       await options.quantizeGroup(layer, group, stats);
       for (const l of group) qkvDone.add(l);
     }
-    const next = new Float32Array(x.length);
+    // Each window's outputs depend only on its own inputs: overwrite x chunk by chunk.
     await forEachChunk(n, options.chunk, async (s0, s1) => {
       const xs = x.subarray(s0 * seqlen * D, s1 * seqlen * D);
       const out = await decoder.block(layer, xs, s1 - s0, seqlen, { attention: attentionHooks(s0 / options.chunk) });
-      next.set(out!, s0 * seqlen * D);
+      xs.set(out!);
     });
-    x = next;
     options.onProgress?.(layer + 1, layers);
   }
 }

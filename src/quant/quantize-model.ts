@@ -108,8 +108,9 @@ export async function quantizeModel(config: ModelConfig, weights: TensorMap, opt
     };
     await runSequential(decoder, cal.windows, cal.seqlen, {
       groups: trueSequential ? TRUE_SEQUENTIAL : ALL_AT_ONCE,
-      chunk: Math.max(1, Math.floor(8192 / cal.seqlen)),
-      sampleRows: 4096,
+      chunk: Math.max(1, Math.floor(4096 / cal.seqlen)),
+      // Only AWQ measures outputs on sampled input rows; GPTQ needs the Hessian alone.
+      sampleRows: options.method === 'awq' ? 4096 : 0,
       onProgress: (layer, total) => options.onProgress?.({ layer, layers: total }),
       quantizeGroup: async (layer, linears, stats) => {
         const awqScales = new Map<string, { alpha: number; scales: Float64Array }>();

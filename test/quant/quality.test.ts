@@ -33,7 +33,8 @@ const MEASURED: Record<string, Record<string, [number, number]>> = {
     'gptq int4 pc': [34.691, 0.06559],
     'rtn int3 pc': [58.1254, 0.58878],
     'gptq int3 pc': [45.9411, 0.33578],
-    'awq int4 g32': [35.5104, 0.07197],
+    'awq int4 g32': [35.1757, 0.06583],
+    'awq int3 g32': [43.9008, 0.29395],
   },
   'stories260K.bin': {
     'rtn int8 pc': [4.0254, 0.00043],
@@ -41,7 +42,8 @@ const MEASURED: Record<string, Record<string, [number, number]>> = {
     'rtn int3 pc': [12.8445, 1.21548],
     'gptq int4 pc': [4.4691, 0.09791],
     'gptq int3 pc': [8.2672, 0.73693],
-    'awq int4 pc': [4.654, 0.14126],
+    'awq int4 pc': [4.4702, 0.10529],
+    'awq int3 pc': [7.4249, 0.65108],
   },
 };
 const CALIB_FROM = 96 * 1024;
@@ -112,11 +114,13 @@ for (const { modelPath, groupSizes } of MODELS) {
       });
     }
 
-    test(`AWQ beats RTN at int4 ${groupSizes[0] ? `g${groupSizes[0]}` : 'per-channel'}`, async () => {
-      const rtn = results.get(`rtn int4 ${groupSizes[0] ? `g${groupSizes[0]}` : 'pc'}`)!;
-      const awq = await run('awq', grid(4, groupSizes[0]!));
-      assert.ok(awq.perplexity < rtn.perplexity, `ppl ${awq.perplexity} vs ${rtn.perplexity}`);
-      assert.ok(awq.kld! < rtn.kld!, `KLD ${awq.kld} vs ${rtn.kld}`);
-    });
+    for (const bits of [4, 3]) {
+      test(`AWQ beats RTN at int${bits} ${groupSizes[0] ? `g${groupSizes[0]}` : 'per-channel'}`, async () => {
+        const rtn = results.get(`rtn int${bits} ${groupSizes[0] ? `g${groupSizes[0]}` : 'pc'}`)!;
+        const awq = await run('awq', grid(bits, groupSizes[0]!));
+        assert.ok(awq.perplexity < rtn.perplexity, `ppl ${awq.perplexity} vs ${rtn.perplexity}`);
+        assert.ok(awq.kld! < rtn.kld!, `KLD ${awq.kld} vs ${rtn.kld}`);
+      });
+    }
   });
 }
