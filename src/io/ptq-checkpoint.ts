@@ -7,7 +7,9 @@
  *                      weight `X.weight`:
  *                        X.qweight  U8   codes, row-major [out, in], `bits` each, LSB-first
  *                        X.scales   F16|BF16|F32 [out / blockRows, groups]
- *                        X.qzeros   U8   zero points packed like the codes (asymmetric grids only)
+ *                        X.qzeros   U8   zero points packed like the codes (asymmetric integer zeros)
+ *                        X.zeros    F16|BF16|F32 like the scales (asymmetric float zeros, HQQ)
+ *                        X.col_scales F16|BF16|F32 [in] per-input-column scales (SINQ)
  *                        X.g_idx    I32  [in] group of each input column (act-order only)
  *                      __metadata__["ptqkit"] = JSON {tensors: {X.weight: {rows, cols, grid}}}
  *   tokenizer files    copied from the source model
@@ -48,7 +50,11 @@ export interface CheckpointSource {
   tokenizerFiles: string[];
 }
 
-export async function writePtqCheckpoint(outDir: string, model: CheckpointSource, q: PtqQuantization): Promise<void> {
+export async function writePtqCheckpoint(
+  outDir: string,
+  model: CheckpointSource,
+  q: PtqQuantization,
+): Promise<void> {
   const tensors: Parameters<typeof writeSafetensors>[1] = [];
   const entries: Record<string, TensorEntry> = {};
   for (const [name, t] of model.weights) {
@@ -61,19 +67,32 @@ export async function writePtqCheckpoint(outDir: string, model: CheckpointSource
     const b = base(name);
     tensors.push({ name: `${b}.qweight`, dtype: 'U8', shape: [qt.qweight.length], data: qt.qweight });
     const scaleShape = [qt.scales.length / (qt.cols / groupColumns(qt)), qt.cols / groupColumns(qt)];
-    tensors.push({ name: `${b}.scales`, ...encodeScales(qt), shape: scaleShape });
-    if (!qt.spec.symmetric) {
-      const packed = packBits(qt.zeros, qt.spec.bits);
+    tensors.push({ name: `${b}.scales`, ...encodeParams(qt.scales, qt.spec.scaleDtype), shape: scaleShape });
+    if (!qt.spec.symmetric && qt.spec.zeroPoint === 'float') {
+      tensors.push({ name: `${b}.zeros`, ...encodeParams(qt.zeros, qt.spec.scaleDtype), shape: scaleShape });
+    } else if (!qt.spec.symmetric) {
+      const packed = packBits(Uint8Array.from(qt.zeros), qt.spec.bits);
       tensors.push({ name: `${b}.qzeros`, dtype: 'U8', shape: [packed.length], data: packed });
     }
-    if (qt.groupIndex) tensors.push({ name: `${b}.g_idx`, dtype: 'I32', shape: [qt.cols], data: qt.groupIndex });
+    if (qt.columnScales) {
+      tensors.push({
+        name: `${b}.col_scales`,
+        ...encodeParams(qt.columnScales, qt.spec.scaleDtype),
+        shape: [qt.cols],
+      });
+    }
+    if (qt.groupIndex)
+      tensors.push({ name: `${b}.g_idx`, dtype: 'I32', shape: [qt.cols], data: qt.groupIndex });
   }
   const config = {
     ...model.hfConfig,
     quantization_config: { quant_method: 'ptqkit', format_version: 1, method: q.method, ...q.settings },
   };
   await writeDirectoryAtomically(outDir, async (tmp) => {
-    await writeSafetensors(path.join(tmp, CHECKPOINT_FILE), tensors, { format: 'pt', ptqkit: JSON.stringify({ tensors: entries }) });
+    await writeSafetensors(path.join(tmp, CHECKPOINT_FILE), tensors, {
+      format: 'pt',
+      ptqkit: JSON.stringify({ tensors: entries }),
+    });
     await writeJson(path.join(tmp, 'config.json'), config);
     for (const file of model.tokenizerFiles) {
       // llama2.c tokenizers travel as tokenizer.bin, the name the directory loader looks for.
@@ -83,7 +102,9 @@ export async function writePtqCheckpoint(outDir: string, model: CheckpointSource
   });
 }
 
-export async function readPtqCheckpoint(dir: string): Promise<{ weights: TensorMap; quantization: PtqQuantization }> {
+export async function readPtqCheckpoint(
+  dir: string,
+): Promise<{ weights: TensorMap; quantization: PtqQuantization }> {
   const file = path.join(dir, CHECKPOINT_FILE);
   const st = await SafetensorsModel.open(dir);
   try {
@@ -101,12 +122,17 @@ export async function readPtqCheckpoint(dir: string): Promise<{ weights: TensorM
       };
       const scalesRaw = await read('scales');
       const scaleCount = st.info(`${b}.scales`).shape.reduce((x, y) => x * y, 1);
-      const scales = decodeScales(scalesRaw, entry.grid.scaleDtype);
+      const scales = decodeParams(scalesRaw, entry.grid.scaleDtype);
       const zeros = entry.grid.symmetric
-        ? new Uint8Array(scaleCount).fill(2 ** (entry.grid.bits - 1))
-        : unpackBits(await read('qzeros'), entry.grid.bits, scaleCount);
-      const gIdxName = `${b}.g_idx`;
-      const groupIndex = st.names().includes(gIdxName) ? new Int32Array((await read('g_idx')).buffer) : undefined;
+        ? new Float32Array(scaleCount).fill(2 ** (entry.grid.bits - 1))
+        : entry.grid.zeroPoint === 'float'
+          ? decodeParams(await read('zeros'), entry.grid.scaleDtype)
+          : Float32Array.from(unpackBits(await read('qzeros'), entry.grid.bits, scaleCount));
+      const has = (suffix: string) => st.names().includes(`${b}.${suffix}`);
+      const groupIndex = has('g_idx') ? new Int32Array((await read('g_idx')).buffer) : undefined;
+      const columnScales = has('col_scales')
+        ? decodeParams(await read('col_scales'), entry.grid.scaleDtype)
+        : undefined;
       const qt: QuantizedTensor = {
         rows: entry.rows,
         cols: entry.cols,
@@ -115,6 +141,7 @@ export async function readPtqCheckpoint(dir: string): Promise<{ weights: TensorM
         scales,
         zeros,
         groupIndex,
+        ...(columnScales && { columnScales }),
       };
       quantized.set(name, qt);
       weights.set(name, { shape: [entry.rows, entry.cols], data: dequantize(qt) });
@@ -133,18 +160,22 @@ function groupColumns(q: QuantizedTensor): number {
   return q.spec.granularity === 'group' ? q.spec.groupSize : q.cols;
 }
 
-function encodeScales(q: QuantizedTensor): { dtype: 'F16' | 'BF16' | 'F32'; data: ArrayBufferView } {
-  switch (q.spec.scaleDtype) {
+/** Scales, float zeros and column scales are stored in the grid's scale dtype (values already rounded to it). */
+function encodeParams(
+  values: Float32Array,
+  dtype: GridSpec['scaleDtype'],
+): { dtype: 'F16' | 'BF16' | 'F32'; data: ArrayBufferView } {
+  switch (dtype) {
     case 'f16':
-      return { dtype: 'F16', data: encodeF16(q.scales) };
+      return { dtype: 'F16', data: encodeF16(values) };
     case 'bf16':
-      return { dtype: 'BF16', data: encodeBf16(q.scales) };
+      return { dtype: 'BF16', data: encodeBf16(values) };
     case 'f32':
-      return { dtype: 'F32', data: q.scales };
+      return { dtype: 'F32', data: values };
   }
 }
 
-function decodeScales(raw: Uint8Array, dtype: GridSpec['scaleDtype']): Float32Array {
+function decodeParams(raw: Uint8Array, dtype: GridSpec['scaleDtype']): Float32Array {
   switch (dtype) {
     case 'f16':
       return decodeF16(new Uint16Array(raw.buffer, raw.byteOffset, raw.byteLength / 2));

@@ -99,7 +99,7 @@ export async function gptqQuantize(
 
   const codes = new Uint8Array(rows * cols);
   const scales = new Float32Array((rows / blockRows) * numGroups);
-  const zeros = new Uint8Array(scales.length);
+  const zeros = new Float32Array(scales.length);
   if (!grouped) setParams(grid, Wp, rows, cols, 0, cols, blockRows, scales, zeros, 1, 0);
 
   const B = grouped ? Math.max(groupCols, Math.floor(options.blockSize / groupCols) * groupCols) : options.blockSize;
@@ -166,7 +166,7 @@ function setParams(
   c1: number,
   blockRows: number,
   scales: Float32Array,
-  zeros: Uint8Array,
+  zeros: Float32Array,
   stride: number,
   group: number,
 ): void {

@@ -27,6 +27,11 @@ export interface GridSpec {
   /** Columns per group when granularity is 'group'. */
   groupSize: number;
   scaleDtype: ScaleDtype;
+  /**
+   * 'integer' (default): zero points are codes, stored packed like them (GPTQ/AWQ).
+   * 'float': zero points are real numbers stored in `scaleDtype` (HQQ optimizes them freely).
+   */
+  zeroPoint?: 'integer' | 'float';
 }
 
 export const MIN_BITS = 2;
@@ -48,10 +53,18 @@ export function gridName(g: GridSpec): string {
 
 export function validateGrid(g: GridSpec): GridSpec {
   if (!Number.isInteger(g.bits) || g.bits < MIN_BITS || g.bits > MAX_BITS) {
-    throw new UsageError('bits out of range', { field: 'bits', expected: `an integer from ${MIN_BITS} to ${MAX_BITS}`, got: String(g.bits) });
+    throw new UsageError('bits out of range', {
+      field: 'bits',
+      expected: `an integer from ${MIN_BITS} to ${MAX_BITS}`,
+      got: String(g.bits),
+    });
   }
   if (g.granularity === 'group' && (!Number.isInteger(g.groupSize) || g.groupSize < 1)) {
-    throw new UsageError('invalid group size', { field: 'group-size', expected: 'a positive integer', got: String(g.groupSize) });
+    throw new UsageError('invalid group size', {
+      field: 'group-size',
+      expected: 'a positive integer',
+      got: String(g.groupSize),
+    });
   }
   return g;
 }
@@ -63,7 +76,8 @@ export class IntGrid {
   constructor(readonly spec: GridSpec) {
     validateGrid(spec);
     this.maxq = 2 ** spec.bits - 1;
-    this.roundScale = spec.scaleDtype === 'f16' ? roundToF16 : spec.scaleDtype === 'bf16' ? roundToBf16 : Math.fround;
+    this.roundScale =
+      spec.scaleDtype === 'f16' ? roundToF16 : spec.scaleDtype === 'bf16' ? roundToBf16 : Math.fround;
   }
 
   /** The same grid with one group spanning `groupSize` columns (per-channel grids become groups). */
@@ -113,8 +127,14 @@ export class IntGrid {
     return { scale, zero };
   }
 
+  /** The storage rounding of scales (and of float zero points). */
+  roundParam(x: number): number {
+    return this.roundScale(x);
+  }
+
   encode(x: number, scale: number, zero: number): number {
-    const q = roundHalfEven(x / scale) + zero;
+    // An integer zero shifts the rounded value exactly; a float zero (HQQ) shifts before rounding.
+    const q = Number.isInteger(zero) ? roundHalfEven(x / scale) + zero : roundHalfEven(x / scale + zero);
     return q < 0 ? 0 : q > this.maxq ? this.maxq : q;
   }
 
@@ -124,6 +144,8 @@ export class IntGrid {
 
   /** Bits stored per (scale, zero) pair: the scale in its dtype, the zero only when asymmetric. */
   bitsPerBlockParams(): number {
-    return SCALE_BITS[this.spec.scaleDtype] + (this.spec.symmetric ? 0 : this.spec.bits);
+    const scaleBits = SCALE_BITS[this.spec.scaleDtype];
+    if (this.spec.symmetric) return scaleBits;
+    return scaleBits + (this.spec.zeroPoint === 'float' ? scaleBits : this.spec.bits);
   }
 }

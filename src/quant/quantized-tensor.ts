@@ -4,7 +4,7 @@
  * gives the float weights every evaluation uses, so what is evaluated is what is saved.
  */
 import { packBits, packedByteLength, unpackBits } from '../formats/bitpack.js';
-import { type GridSpec, IntGrid } from './grid.js';
+import { type GridSpec, IntGrid, SCALE_BITS } from './grid.js';
 
 export interface QuantizedTensor {
   rows: number;
@@ -14,8 +14,16 @@ export interface QuantizedTensor {
   qweight: Uint8Array;
   /** [rows / blockRows, numGroups] scales, exactly representable in `spec.scaleDtype`. */
   scales: Float32Array;
-  /** Integer zero points, same shape as `scales` (2^(bits-1) everywhere when symmetric). */
-  zeros: Uint8Array;
+  /**
+   * Zero points, same shape as `scales` (2^(bits-1) everywhere when symmetric); integers
+   * unless the grid's `zeroPoint` is 'float'.
+   */
+  zeros: Float32Array;
+  /**
+   * Optional per-input-column scale t (SINQ's dual scaling, arXiv:2509.22944):
+   * w[r, c] = scales[r, g(c)] · (q[r, c] − zeros[r, g(c)]) · t[c]. Stored in `spec.scaleDtype`.
+   */
+  columnScales?: Float32Array;
   /**
    * Group of each input column (GPTQ `g_idx`), when columns were quantized in a permuted
    * order (act-order); otherwise column c belongs to group floor(c / groupColumns).
@@ -30,7 +38,7 @@ export function fromCodes(
   spec: GridSpec,
   codes: Uint8Array,
   scales: Float32Array,
-  zeros: Uint8Array,
+  zeros: Float32Array,
   groupIndex?: Int32Array,
 ): QuantizedTensor {
   return { rows, cols, spec, qweight: packBits(codes, spec.bits), scales, zeros, groupIndex };
@@ -52,21 +60,24 @@ export function dequantize(q: QuantizedTensor): Float32Array {
   const codes = unpackCodes(q);
   const { blockRows, numGroups, groupOf } = blockIndexing(q);
   const out = new Float32Array(q.rows * q.cols);
+  const t = q.columnScales;
   for (let r = 0; r < q.rows; r++) {
     const paramRow = Math.floor(r / blockRows) * numGroups;
     for (let c = 0; c < q.cols; c++) {
       const p = paramRow + groupOf[c]!;
-      out[r * q.cols + c] = q.scales[p]! * (codes[r * q.cols + c]! - q.zeros[p]!);
+      const w = q.scales[p]! * (codes[r * q.cols + c]! - q.zeros[p]!);
+      out[r * q.cols + c] = t ? w * t[c]! : w;
     }
   }
   return out;
 }
 
-/** Bits actually stored for this tensor: packed codes, scales in their dtype, zeros when asymmetric, g_idx. */
+/** Bits actually stored for this tensor: packed codes, scales in their dtype, zeros when asymmetric, g_idx, column scales. */
 export function storedBits(q: QuantizedTensor): number {
   const grid = new IntGrid(q.spec);
   const codeBits = packedByteLength(q.rows * q.cols, q.spec.bits) * 8;
   const paramBits = q.scales.length * grid.bitsPerBlockParams();
   const gIdxBits = q.groupIndex ? q.groupIndex.length * 32 : 0;
-  return codeBits + paramBits + gIdxBits;
+  const columnScaleBits = q.columnScales ? q.columnScales.length * SCALE_BITS[q.spec.scaleDtype] : 0;
+  return codeBits + paramBits + gIdxBits + columnScaleBits;
 }

@@ -13,7 +13,7 @@ export function quantizeRtn(weight: Tensor, grid: IntGrid, tensorName?: string):
   const [blockRows, blockCols] = grid.blockShape(rows, cols, tensorName);
   const numGroups = cols / blockCols;
   const scales = new Float32Array((rows / blockRows) * numGroups);
-  const zeros = new Uint8Array(scales.length);
+  const zeros = new Float32Array(scales.length);
   const codes = new Uint8Array(rows * cols);
 
   for (let br = 0; br < rows; br += blockRows) {
