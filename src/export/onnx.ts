@@ -1,0 +1,332 @@
+/**
+ * `ptq export --format onnx`: a Llama-family model as the ONNX model directory that
+ * transformers.js (`AutoModelForCausalLM.from_pretrained(dir, { dtype })`,
+ * `pipeline('text-generation', dir)`) and onnxruntime load:
+ *
+ *   config.json              the model's config (model_type llama) + "transformers.js_config"
+ *                            {dtype: the first exported dtype, use_external_data_format}
+ *   generation_config.json   bos/eos ids (copied from the source when it has one)
+ *   tokenizer.json, tokenizer_config.json, special_tokens_map.json   copied
+ *   onnx/model.onnx          fp32 (dtype 'fp32')
+ *   onnx/model_quantized.onnx  8-bit MatMulNBits ('q8'), onnx/model_q4.onnx ('q4'), onnx/model_q2.onnx ('q2')
+ *   onnx/<file>.onnx_data[_1..]  external initializers (transformers.js' naming,
+ *                            models/session.js + utils/model-loader.js)
+ *
+ * File suffix per dtype is transformers.js' DEFAULT_DTYPE_SUFFIX_MAPPING (utils/dtypes.js).
+ * Which layers become MatMulNBits, and from what (table per variant in the report):
+ *  - a ptq checkpoint's quantized layers keep their own codes, scales and zeros exactly
+ *    (matmul-nbits.ts maps every integer grid whose group structure a block size can tile);
+ *    codes wider than the dtype's container are re-quantized with RTN (announced);
+ *    grids MatMulNBits cannot express stay float (dequantized, exact; announced);
+ *  - a float model's block linears are quantized with RTN on the dtype's grid, symmetric with
+ *    groups of 32 (transformers.js' q4 convention: MatMulNBits, block 32, symmetric), or per
+ *    channel when 32 does not divide the input width;
+ *  - embeddings, norms and the LM head stay float, as in `ptq quantize`.
+ */
+import { existsSync } from 'node:fs';
+import { copyFile, mkdir, open, readdir, stat, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { ConfigError, UsageError } from '../errors.js';
+import { writeDirectoryAtomically } from '../io/atomic.js';
+import { buildOnnxModelExternal, type ExternalChunk, GraphAssembler } from '../io/onnx-builder.js';
+import { BLOCK_LINEARS, linearWeightName } from '../model/architecture.js';
+import type { LoadedModel } from '../model/load.js';
+import { type GridSpec, gridName, IntGrid } from '../quant/grid.js';
+import type { QuantizedTensor } from '../quant/quantized-tensor.js';
+import { quantizeRtn } from '../quant/rtn.js';
+import { encodeMatMulNBits, matMulNBitsBytes, planMatMulNBits } from './matmul-nbits.js';
+import { buildDecoderGraph, type LinearWeight } from './onnx-graph.js';
+
+/** The dtypes transformers.js selects by file suffix, and the MatMulNBits width each uses here. */
+export const ONNX_DTYPES = {
+  fp32: { suffix: '', bits: 0, description: 'float32 weights (quantized layers dequantized exactly)' },
+  q8: {
+    suffix: '_quantized',
+    bits: 8,
+    description: '8-bit MatMulNBits (codes of <= 8-bit checkpoints kept)',
+  },
+  q4: { suffix: '_q4', bits: 4, description: '4-bit MatMulNBits (codes of <= 4-bit checkpoints kept)' },
+  q2: { suffix: '_q2', bits: 2, description: '2-bit MatMulNBits (codes of 2-bit checkpoints kept)' },
+} as const;
+export type OnnxDtype = keyof typeof ONNX_DTYPES;
+
+export const onnxFileName = (dtype: OnnxDtype) => `model${ONNX_DTYPES[dtype].suffix}.onnx`;
+
+/** Group size of the RTN grid used when a float layer must become MatMulNBits. */
+export const EXPORT_RTN_GROUP_SIZE = 32;
+/** With externalData 'auto', initializers go to .onnx_data once they exceed this (protobuf's limit is 2 GiB). */
+const AUTO_EXTERNAL_BYTES = 1 << 30;
+/** Tensors of at least this many bytes go to the external file (onnx's save_model default). */
+const EXTERNAL_THRESHOLD = 1024;
+/** Largest .onnx_data chunk: under 2 GiB, so each chunk fits one ArrayBuffer in browsers too. */
+const MAX_CHUNK_BYTES = 2 ** 31 - 2 ** 26;
+
+export interface OnnxExportOptions {
+  /** Variants to write; default: the checkpoint's own width (q2/q4/q8), or fp32 for float models. */
+  dtypes?: OnnxDtype[];
+  /** Store weights in `<file>.onnx_data` files: always, never, or above 1 GiB of weights (default). */
+  externalData?: boolean | 'auto';
+  /** Called once per announced re-quantization or float fallback. */
+  onWarning?: (message: string) => void;
+}
+
+export type LinearSource = 'codes' | 'rtn' | 'float';
+
+export interface LinearReport {
+  name: string;
+  source: LinearSource;
+  /** 'matmulnbits' with bits and block size, or 'float'. */
+  storage: string;
+  note?: string;
+}
+
+export interface OnnxVariantReport {
+  dtype: OnnxDtype;
+  file: string;
+  /** Bytes of the .onnx file plus its external data. */
+  bytes: number;
+  externalFiles: string[];
+  linears: LinearReport[];
+  /** Stored bits per weight of the MatMulNBits layers (B, fp32 scales, zero points, permutations). */
+  quantizedBitsPerWeight?: number;
+  quantizedWeights: number;
+}
+
+export interface OnnxExportReport {
+  output: string;
+  variants: OnnxVariantReport[];
+  files: { path: string; bytes: number }[];
+  /** Whether transformers.js can tokenize: tokenizer.json present (llama2.c tokenizers are copied only). */
+  tokenizer: 'tokenizer.json' | 'tokenizer.bin only';
+  warnings: string[];
+}
+
+/** The default dtype of a model: the narrowest container holding its codes, or fp32. */
+export function defaultOnnxDtype(model: Pick<LoadedModel, 'quantization'>): OnnxDtype {
+  const tensors = [...(model.quantization?.tensors.values() ?? [])];
+  if (tensors.length === 0) return 'fp32';
+  const bits = Math.max(...tensors.map((t) => t.spec.bits));
+  return bits <= 2 ? 'q2' : bits <= 4 ? 'q4' : 'q8';
+}
+
+export async function exportOnnx(
+  model: LoadedModel,
+  outDir: string,
+  options: OnnxExportOptions = {},
+): Promise<OnnxExportReport> {
+  if (model.config.modelType !== 'llama') {
+    throw new ConfigError('the ONNX exporter writes Llama-family decoders only', {
+      field: 'model_type',
+      got: model.config.modelType,
+    });
+  }
+  const dtypes = [...new Set(options.dtypes ?? [defaultOnnxDtype(model)])];
+  for (const d of dtypes) {
+    if (!(d in ONNX_DTYPES))
+      throw new UsageError('unknown ONNX dtype', {
+        field: 'dtype',
+        expected: Object.keys(ONNX_DTYPES).join(', '),
+        got: d,
+      });
+  }
+  const warnings: string[] = [];
+  const warn = (m: string) => {
+    warnings.push(m);
+    options.onWarning?.(m);
+  };
+
+  const variants: OnnxVariantReport[] = [];
+  const files: { path: string; bytes: number }[] = [];
+  let tokenizer: OnnxExportReport['tokenizer'] = 'tokenizer.bin only';
+  await writeDirectoryAtomically(outDir, async (tmp) => {
+    await mkdir(path.join(tmp, 'onnx'));
+    for (const dtype of dtypes)
+      variants.push(
+        await writeVariant(model, dtype, path.join(tmp, 'onnx'), options.externalData ?? 'auto', warn),
+      );
+    const external = Object.fromEntries(
+      variants.filter((v) => v.externalFiles.length).map((v) => [v.file, v.externalFiles.length]),
+    );
+    await writeJson(path.join(tmp, 'config.json'), transformersConfig(model, dtypes[0]!, external));
+    const sourceGeneration = path.join(model.path, 'generation_config.json');
+    if (model.source !== 'llama2c' && existsSync(sourceGeneration))
+      await copyFile(sourceGeneration, path.join(tmp, 'generation_config.json'));
+    else await writeJson(path.join(tmp, 'generation_config.json'), generationConfig(model));
+    for (const file of model.tokenizerFiles) {
+      const name = path.basename(file);
+      if (name === 'tokenizer.json') tokenizer = 'tokenizer.json';
+      await copyFile(file, path.join(tmp, file.endsWith('.bin') ? 'tokenizer.bin' : name));
+    }
+    if (tokenizer !== 'tokenizer.json') {
+      warn(
+        'the source has a llama2.c tokenizer.bin and no tokenizer.json: transformers.js can run the model on token ids but cannot tokenize text',
+      );
+    }
+  });
+  for (const name of await readdir(outDir, { recursive: true })) {
+    const info = await stat(path.join(outDir, name));
+    if (info.isFile()) files.push({ path: name, bytes: info.size });
+  }
+  files.sort((a, b) => a.path.localeCompare(b.path));
+  return { output: path.resolve(outDir), variants, files, tokenizer, warnings };
+}
+
+/** Build one variant's graph and write its .onnx (+ .onnx_data) into `onnxDir`. */
+async function writeVariant(
+  model: LoadedModel,
+  dtype: OnnxDtype,
+  onnxDir: string,
+  externalData: boolean | 'auto',
+  warn: (m: string) => void,
+): Promise<OnnxVariantReport> {
+  const containerBits = ONNX_DTYPES[dtype].bits;
+  const linears: LinearReport[] = [];
+  let quantizedBytes = 0;
+  let quantizedWeights = 0;
+  const linearNames = new Set<string>();
+  for (let layer = 0; layer < model.config.numLayers; layer++)
+    for (const l of BLOCK_LINEARS) linearNames.add(linearWeightName(layer, l));
+
+  const storage = (name: string): LinearWeight => {
+    const t = model.weights.get(name)!;
+    const [rows, cols] = t.shape as [number, number];
+    const float = (source: LinearSource, note?: string): LinearWeight => {
+      linears.push({ name, source, storage: 'float', note });
+      return { kind: 'float', weight: t.data, rows, cols };
+    };
+    const fromCodes = (q: QuantizedTensor, source: LinearSource, note?: string): LinearWeight | undefined => {
+      const plan = planMatMulNBits(q, containerBits);
+      if (!plan.ok) return undefined;
+      const w = encodeMatMulNBits(q, plan);
+      quantizedBytes += matMulNBitsBytes(w);
+      quantizedWeights += rows * cols;
+      const extras = [plan.permutation && 'act-order permutation', q.columnScales && 'column scales'].filter(
+        Boolean,
+      );
+      linears.push({
+        name,
+        source,
+        storage: `matmulnbits b${w.bits} bs${w.blockSize}${w.zeroPoints ? ' zp' : ''}${extras.length ? ` +${extras.join(', ')}` : ''}`,
+        note:
+          [note, plan.bits !== q.spec.bits && `${q.spec.bits}-bit codes in a ${plan.bits}-bit container`]
+            .filter(Boolean)
+            .join('; ') || undefined,
+      });
+      return { kind: 'nbits', weight: w };
+    };
+
+    if (containerBits === 0) return float(model.quantization?.tensors.has(name) ? 'codes' : 'float');
+    const q = model.quantization?.tensors.get(name);
+    if (q) {
+      const plan = planMatMulNBits(q, containerBits);
+      if (plan.ok) return fromCodes(q, 'codes')!;
+      if (q.spec.bits > containerBits && (q.spec.format ?? 'int') === 'int') {
+        const note = `${gridName(q.spec)} does not fit ${dtype}: re-quantized with RTN`;
+        warn(`${name}: ${note}`);
+        return fromCodes(quantizeRtn(t, rtnGrid(containerBits, cols), name), 'rtn', note)!;
+      }
+      const note = `${gridName(q.spec)}: ${plan.reason}; kept as float (dequantized, exact)`;
+      warn(`${name}: ${note}`);
+      return float('codes', note);
+    }
+    if (model.quantization || !linearNames.has(name)) return float('float');
+    return fromCodes(
+      quantizeRtn(t, rtnGrid(containerBits, cols), name),
+      'rtn',
+      gridName(rtnGrid(containerBits, cols).spec),
+    )!;
+  };
+
+  const g = new GraphAssembler();
+  const io = buildDecoderGraph(g, { config: model.config, weights: model.weights, linear: storage });
+  const file = onnxFileName(dtype);
+  const weightBytes = g.initializers.reduce((n, t) => n + t.data.byteLength, 0);
+  const useExternal = externalData === 'auto' ? weightBytes > AUTO_EXTERNAL_BYTES : externalData;
+  const { model: proto, chunks } = buildOnnxModelExternal(
+    {
+      name: `ptqkit ${model.config.modelType} ${dtype}`,
+      nodes: g.nodes,
+      initializers: g.initializers,
+      ...io,
+      metadata: {
+        'ptqkit.source': path.basename(model.path),
+        'ptqkit.dtype': dtype,
+        ...(model.quantization && {
+          'ptqkit.quantization': JSON.stringify({
+            method: model.quantization.method,
+            ...model.quantization.settings,
+          }),
+        }),
+      },
+    },
+    useExternal
+      ? { location: `${file}_data`, threshold: EXTERNAL_THRESHOLD, maxChunkBytes: MAX_CHUNK_BYTES }
+      : undefined,
+  );
+  await writeFile(path.join(onnxDir, file), proto);
+  for (const chunk of chunks) await writeChunk(path.join(onnxDir, chunk.file), chunk);
+  return {
+    dtype,
+    file,
+    bytes: proto.byteLength + chunks.reduce((n, c) => n + c.bytes, 0),
+    externalFiles: chunks.map((c) => c.file),
+    linears,
+    quantizedBitsPerWeight: quantizedWeights ? (quantizedBytes * 8) / quantizedWeights : undefined,
+    quantizedWeights,
+  };
+}
+
+/** transformers.js' q4/q8/q2 grid for float layers: symmetric, groups of 32 (per channel if 32 does not divide). */
+function rtnGrid(bits: number, cols: number): IntGrid {
+  const grouped = cols % EXPORT_RTN_GROUP_SIZE === 0;
+  const spec: GridSpec = {
+    bits,
+    symmetric: true,
+    granularity: grouped ? 'group' : 'channel',
+    groupSize: grouped ? EXPORT_RTN_GROUP_SIZE : 0,
+    scaleDtype: 'f16',
+  };
+  return new IntGrid(spec);
+}
+
+async function writeChunk(file: string, chunk: ExternalChunk): Promise<void> {
+  const fh = await open(file, 'w');
+  try {
+    for (const p of chunk.pieces) {
+      const bytes = new Uint8Array(p.data.buffer, p.data.byteOffset, p.data.byteLength);
+      await fh.write(bytes, 0, bytes.length, p.offset);
+    }
+    await fh.truncate(chunk.bytes);
+  } finally {
+    await fh.close();
+  }
+}
+
+function transformersConfig(
+  model: LoadedModel,
+  dtype: OnnxDtype,
+  external: Record<string, number>,
+): Record<string, unknown> {
+  // quantization_config names ptqkit's checkpoint layout, which the ONNX files no longer use.
+  const { quantization_config: _dropped, ...config } = model.hfConfig;
+  return {
+    ...config,
+    model_type: 'llama',
+    'transformers.js_config': {
+      dtype,
+      ...(Object.keys(external).length > 0 && { use_external_data_format: external }),
+    },
+  };
+}
+
+function generationConfig(model: LoadedModel): Record<string, unknown> {
+  const c = model.config;
+  return {
+    ...(c.bosTokenId !== undefined && { bos_token_id: c.bosTokenId }),
+    ...(c.eosTokenId !== undefined && { eos_token_id: c.eosTokenId }),
+  };
+}
+
+async function writeJson(file: string, value: unknown): Promise<void> {
+  await writeFile(file, `${JSON.stringify(value, null, 2)}\n`);
+}
