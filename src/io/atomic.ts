@@ -1,19 +1,44 @@
 /**
- * Crash-safe output: everything is written into a temporary sibling directory that is
- * renamed into place only once complete, so an interrupted or failed run never leaves a
- * partial model that looks finished.
+ * Crash-safe output: everything is written into a temporary sibling directory
+ * (`.ptq-tmp-<name>-<pid>-<time>`) that is renamed into place only once complete, so an
+ * interrupted or failed run never leaves a partial model that looks finished.
+ *
+ * What each way of stopping leaves behind:
+ *  - an error: the temporary directory is removed;
+ *  - SIGINT / SIGTERM while writing: the temporary directory is removed, then the process
+ *    exits with 128 + the signal number (handlers exist only while a directory is being written);
+ *  - kill -9 / power loss: the temporary directory stays; it never sits at the target path,
+ *    `loadModel` refuses `.ptq-tmp-*` paths, and the next write to the same target removes
+ *    stale ones whose process is gone.
+ * Replacing an existing output moves the old one aside (`.ptq-old-*`) with one rename, moves the
+ * new one in with a second, and only then deletes the old: at every instant the target path is
+ * either the complete old output, absent, or the complete new output — never half-deleted.
  */
-import { constants } from 'node:fs';
-import { access, mkdir, rename, rm, stat } from 'node:fs/promises';
+import { constants, rmSync } from 'node:fs';
+import { access, mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { FileError, PtqError } from '../errors.js';
 
-export async function writeDirectoryAtomically(outDir: string, fill: (tmpDir: string) => Promise<void>): Promise<void> {
+const TMP_PREFIX = '.ptq-tmp-';
+const OLD_PREFIX = '.ptq-old-';
+
+/** True for a path written by an unfinished (or interrupted) `writeDirectoryAtomically`. */
+export function isTemporaryOutput(p: string): boolean {
+  const base = path.basename(path.resolve(p));
+  return base.startsWith(TMP_PREFIX) || base.startsWith(OLD_PREFIX);
+}
+
+export async function writeDirectoryAtomically(
+  outDir: string,
+  fill: (tmpDir: string) => Promise<void>,
+): Promise<void> {
   const target = path.resolve(outDir);
   const parent = path.dirname(target);
-  const tmp = path.join(parent, `.ptq-tmp-${path.basename(target)}-${process.pid}-${Date.now()}`);
+  const tag = `${path.basename(target)}-${process.pid}-${Date.now()}`;
+  const tmp = path.join(parent, `${TMP_PREFIX}${tag}`);
   try {
     await mkdir(parent, { recursive: true });
+    await removeStale(parent, path.basename(target));
     await mkdir(tmp);
   } catch (e) {
     throw new FileError('cannot create the output directory', {
@@ -22,19 +47,76 @@ export async function writeDirectoryAtomically(outDir: string, fill: (tmpDir: st
       hint: 'choose a writable location with -o',
     });
   }
+  const release = guardOnSignals(tmp);
   try {
     await fill(tmp);
     const existing = await stat(target).catch(() => undefined);
     if (existing && !existing.isDirectory()) {
       throw new FileError('output exists and is not a directory', { file: outDir });
     }
-    if (existing) await rm(target, { recursive: true, force: true });
-    await rename(tmp, target);
+    if (existing) {
+      const old = path.join(parent, `${OLD_PREFIX}${tag}`);
+      await rename(target, old);
+      await rename(tmp, target);
+      await rm(old, { recursive: true, force: true });
+    } else {
+      await rename(tmp, target);
+    }
   } catch (e) {
     await rm(tmp, { recursive: true, force: true });
     if (e instanceof PtqError) throw e;
     throw new FileError(`writing the output failed: ${(e as Error).message}`, { file: outDir });
+  } finally {
+    release();
   }
+}
+
+/**
+ * Remove `.ptq-tmp-<name>-<pid>-*` and `.ptq-old-<name>-<pid>-*` siblings left by processes
+ * that no longer exist (killed with -9). A live pid's directory may be another run's work.
+ */
+async function removeStale(parent: string, name: string): Promise<void> {
+  const entries = await readdir(parent).catch(() => [] as string[]);
+  for (const entry of entries) {
+    const prefix = [TMP_PREFIX, OLD_PREFIX].find((p) => entry.startsWith(`${p}${name}-`));
+    if (!prefix) continue;
+    const match = /^(\d+)-\d+$/.exec(entry.slice(prefix.length + name.length + 1));
+    if (!match || processAlive(Number(match[1]))) continue;
+    await rm(path.join(parent, entry), { recursive: true, force: true });
+  }
+}
+
+function processAlive(pid: number): boolean {
+  if (pid === process.pid) return true;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    // EPERM: the process exists but belongs to someone else.
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+const writing = new Set<string>();
+const SIGNALS = { SIGINT: 2, SIGTERM: 15 } as const;
+
+function onSignal(signal: keyof typeof SIGNALS): void {
+  // Synchronous: the process ends right after, no later tick may run.
+  for (const dir of writing) rmSync(dir, { recursive: true, force: true });
+  process.exit(128 + SIGNALS[signal]);
+}
+
+/**
+ * While `dir` is being written, SIGINT/SIGTERM remove it before exiting. Without any directory
+ * in flight no handler is installed, so the default behaviour of signals is unchanged.
+ */
+function guardOnSignals(dir: string): () => void {
+  if (writing.size === 0) for (const s of Object.keys(SIGNALS)) process.on(s, onSignal);
+  writing.add(dir);
+  return () => {
+    writing.delete(dir);
+    if (writing.size === 0) for (const s of Object.keys(SIGNALS)) process.off(s, onSignal);
+  };
 }
 
 /** Fail before any long work when `outDir` could not be created later. */

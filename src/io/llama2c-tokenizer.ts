@@ -9,7 +9,7 @@
  * over a linked list of symbols, ordered by (score desc, position asc) with stale entries
  * skipped, performs the same merges in the same order in O(n log n).
  */
-import { readFile } from 'node:fs/promises';
+import { open } from 'node:fs/promises';
 import { FileError, FormatError } from '../errors.js';
 import type { TextTokenizer } from './tokenizer.js';
 
@@ -35,27 +35,75 @@ export class Llama2cTokenizer implements TextTokenizer {
   }
 
   static async load(file: string, vocabSize: number): Promise<Llama2cTokenizer> {
-    const bytes = await readFile(file).catch((e: NodeJS.ErrnoException) => {
-      throw new FileError('cannot read the llama2.c tokenizer', { file, got: e.code, hint: 'pass --tokenizer <tokenizer.bin>' });
-    });
+    const bytes = await readBounded(file, vocabSize);
+    return Llama2cTokenizer.fromBytes(bytes, vocabSize, file);
+  }
+
+  /**
+   * Parse the bytes of a tokenizer.bin for a model of `vocabSize` tokens. Every length is
+   * checked against the remaining bytes and against the file's own max_token_length.
+   */
+  static fromBytes(bytes: Uint8Array, vocabSize: number, file: string): Llama2cTokenizer {
+    if (bytes.length < 4)
+      throw new FormatError('tokenizer truncated', {
+        file,
+        offset: 0,
+        expected: 'a 4-byte max_token_length',
+        got: `${bytes.length} bytes`,
+      });
     const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    const maxTokenLength = view.getInt32(0, true);
+    checkMaxTokenLength(maxTokenLength, file);
+    // At least 8 bytes per token: refuse a vocabulary the file cannot hold before allocating for it.
+    if (vocabSize > (bytes.length - 4) / 8) {
+      throw new FormatError('tokenizer truncated', {
+        file,
+        offset: bytes.length,
+        expected: `${vocabSize} tokens (>= ${4 + 8 * vocabSize} bytes)`,
+        got: `${bytes.length} bytes`,
+      });
+    }
     const pieces: string[] = [];
     const scores = new Float32Array(vocabSize);
-    let offset = 4; // max_token_length: not needed
+    let offset = 4;
     const decoder = new TextDecoder('utf-8');
     for (let i = 0; i < vocabSize; i++) {
       if (offset + 8 > bytes.length) {
-        throw new FormatError('tokenizer truncated', { file, offset, expected: `${vocabSize} tokens`, got: `${i}` });
+        throw new FormatError('tokenizer truncated', {
+          file,
+          offset,
+          expected: `${vocabSize} tokens`,
+          got: `${i}`,
+        });
       }
       scores[i] = view.getFloat32(offset, true);
+      if (!Number.isFinite(scores[i]!))
+        throw new FormatError('token score is not finite', {
+          file,
+          field: `token ${i}`,
+          offset,
+          got: `${scores[i]}`,
+        });
       const len = view.getInt32(offset + 4, true);
       offset += 8;
-      if (len < 0 || offset + len > bytes.length) throw new FormatError('invalid token length', { file, offset: offset - 4, got: `${len}` });
+      if (len < 0 || len > maxTokenLength || offset + len > bytes.length) {
+        throw new FormatError('invalid token length', {
+          file,
+          field: `token ${i}`,
+          offset: offset - 4,
+          expected: `0..${Math.min(maxTokenLength, bytes.length - offset)} (max_token_length and the bytes left)`,
+          got: `${len}`,
+        });
+      }
       pieces.push(decoder.decode(bytes.subarray(offset, offset + len)));
       offset += len;
     }
     if (offset !== bytes.length) {
-      throw new FormatError('unexpected bytes after the vocabulary', { file, offset, expected: `${vocabSize} tokens (the model's vocab_size)` });
+      throw new FormatError('unexpected bytes after the vocabulary', {
+        file,
+        offset,
+        expected: `${vocabSize} tokens (the model's vocab_size)`,
+      });
     }
     return new Llama2cTokenizer(pieces, scores);
   }
@@ -117,6 +165,60 @@ export class Llama2cTokenizer implements TextTokenizer {
       else bytes.push(...encoder.encode(piece));
     });
     return new TextDecoder().decode(Uint8Array.from(bytes));
+  }
+}
+
+/** run.c allocates 2·max_token_length + 3 bytes per merge candidate: a few KiB at most in practice. */
+const MAX_TOKEN_LENGTH = 1 << 16;
+
+function checkMaxTokenLength(maxTokenLength: number, file: string): void {
+  if (!(maxTokenLength > 0 && maxTokenLength <= MAX_TOKEN_LENGTH)) {
+    throw new FormatError('invalid max_token_length', {
+      file,
+      offset: 0,
+      expected: `1..${MAX_TOKEN_LENGTH}`,
+      got: `${maxTokenLength}`,
+    });
+  }
+}
+
+/**
+ * Read the file only if its size fits `vocabSize` tokens of at most max_token_length bytes
+ * (read first, 4 bytes): a huge file passed as --tokenizer is refused without reading it.
+ */
+async function readBounded(file: string, vocabSize: number): Promise<Uint8Array> {
+  const handle = await open(file, 'r').catch((e: NodeJS.ErrnoException) => {
+    throw new FileError('cannot read the llama2.c tokenizer', {
+      file,
+      got: e.code,
+      hint: 'pass --tokenizer <tokenizer.bin>',
+    });
+  });
+  try {
+    const { size } = await handle.stat();
+    const head = new Uint8Array(4);
+    const { bytesRead } = await handle.read(head, 0, 4, 0);
+    if (bytesRead === 4) {
+      const maxTokenLength = new DataView(head.buffer).getInt32(0, true);
+      checkMaxTokenLength(maxTokenLength, file);
+      const limit = 4 + vocabSize * (8 + maxTokenLength);
+      if (size > limit) {
+        throw new FormatError('unexpected bytes after the vocabulary', {
+          file,
+          offset: limit,
+          expected: `<= ${limit} bytes for ${vocabSize} tokens of <= ${maxTokenLength} bytes`,
+          got: `${size}`,
+        });
+      }
+    }
+    const bytes = new Uint8Array(size);
+    const read = await handle.read(bytes, 0, size, 0);
+    return bytes.subarray(0, read.bytesRead);
+  } catch (e) {
+    if (e instanceof FormatError) throw e;
+    throw new FileError(`cannot read the llama2.c tokenizer: ${(e as Error).message}`, { file });
+  } finally {
+    await handle.close();
   }
 }
 

@@ -31,11 +31,17 @@ export async function loadLlama2cCheckpoint(file: string): Promise<{ config: Mod
     const [dim, hidden, layers, heads, kvHeads, signedVocab, seqLen] = header as unknown as number[];
     const vocab = Math.abs(signedVocab!);
     const shared = signedVocab! > 0;
-    if ([dim, hidden, layers, heads, kvHeads, vocab, seqLen].some((v) => !(v! > 0)) || dim! % heads! !== 0 || heads! % kvHeads! !== 0) {
+    // Rotary pairs need an even head size (run.c rotates pairs (2i, 2i+1) of each head).
+    if (
+      [dim, hidden, layers, heads, kvHeads, vocab, seqLen].some((v) => !(v! > 0)) ||
+      dim! % heads! !== 0 ||
+      heads! % kvHeads! !== 0 ||
+      (dim! / heads!) % 2 !== 0
+    ) {
       throw new FormatError('invalid llama2.c header', {
         file,
         offset: 0,
-        expected: 'positive sizes, dim divisible by n_heads, n_heads by n_kv_heads',
+        expected: 'positive sizes, dim divisible by n_heads, n_heads by n_kv_heads, an even head size',
         got: `[${[...header]}]`,
       });
     }
@@ -56,6 +62,8 @@ export async function loadLlama2cCheckpoint(file: string): Promise<{ config: Mod
       eosTokenId: 2,
     };
     const layout = weightLayout(config);
+    // Compared before any allocation; products of int32 sizes are at most ~2^93, inexact but never
+    // equal to a real file size, so absurd headers fail here.
     const floats = layout.reduce((n, w) => n + w.count, 0);
     const expected = HEADER_BYTES + floats * 4;
     if (size !== expected) {
@@ -68,8 +76,12 @@ export async function loadLlama2cCheckpoint(file: string): Promise<{ config: Mod
     const tensors: TensorMap = new Map();
     let offset = HEADER_BYTES;
     for (const w of layout) {
+      // The size check above bounds every allocation here by the file's own size.
       const data = new Float32Array(w.count);
-      await handle.read(new Uint8Array(data.buffer), 0, data.byteLength, offset);
+      const { bytesRead } = await handle.read(new Uint8Array(data.buffer), 0, data.byteLength, offset);
+      if (bytesRead !== data.byteLength) {
+        throw new FormatError('checkpoint truncated while reading', { file, offset: offset + bytesRead });
+      }
       offset += data.byteLength;
       w.store(data, tensors);
     }

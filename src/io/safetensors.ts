@@ -7,10 +7,12 @@
  * Reads are lazy: opening parses only the header; each tensor is one positional read of its
  * bytes. Every header field is checked against the file size before anything is allocated.
  */
-import { type FileHandle, open, readFile, rename, rm } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { type FileHandle, open, rename, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { FileError, FormatError } from '../errors.js';
 import { decodeBf16, decodeF16 } from '../formats/half.js';
+import { isPlainObject, jsonKind, parseJsonObject, readJsonObjectFile } from './json.js';
 
 export const DTYPE_BYTES = {
   F64: 8,
@@ -28,6 +30,8 @@ export type SafetensorsDtype = keyof typeof DTYPE_BYTES;
 
 /** The header may not be larger than this (the reference implementation's limit). */
 const MAX_HEADER_BYTES = 100_000_000;
+/** model.safetensors.index.json: a name and a file name per tensor. */
+const MAX_INDEX_BYTES = 64 * 1024 * 1024;
 
 export interface TensorInfo {
   name: string;
@@ -86,9 +90,15 @@ export class SafetensorsFile {
 
 async function readHeader(handle: FileHandle, file: string) {
   const { size } = await handle.stat();
-  if (size < 8) throw new FormatError('file too short for a safetensors header', { file, expected: '>= 8 bytes', got: `${size}` });
+  if (size < 8)
+    throw new FormatError('file too short for a safetensors header', {
+      file,
+      expected: '>= 8 bytes',
+      got: `${size}`,
+    });
   const prefix = Buffer.alloc(8);
   await handle.read(prefix, 0, 8, 0);
+  // u64 LE; Number() of a value above 2^53 is inexact but still far above any real file size.
   const headerLength = Number(prefix.readBigUInt64LE(0));
   if (headerLength > size - 8 || headerLength > MAX_HEADER_BYTES) {
     throw new FormatError('header length larger than the file', {
@@ -99,14 +109,18 @@ async function readHeader(handle: FileHandle, file: string) {
     });
   }
   const headerBytes = Buffer.alloc(headerLength);
-  await handle.read(headerBytes, 0, headerLength, 8);
-  let header: Record<string, unknown>;
-  try {
-    header = JSON.parse(headerBytes.toString('utf8'));
-  } catch (e) {
-    throw new FormatError(`invalid JSON header: ${(e as Error).message}`, { file, offset: 8 });
+  const { bytesRead } = await handle.read(headerBytes, 0, headerLength, 8);
+  if (bytesRead !== headerLength) {
+    throw new FormatError('file truncated inside the header', {
+      file,
+      offset: 8 + bytesRead,
+      expected: `${headerLength} header bytes`,
+    });
   }
-  if (!header || typeof header !== 'object' || Array.isArray(header)) throw new FormatError('header is not a JSON object', { file, offset: 8 });
+  // The reference refuses headers not starting with '{' (InvalidHeaderStart); depth 3 is all the format uses.
+  if (headerBytes[0] !== 0x7b)
+    throw new FormatError('header does not start with a JSON object', { file, offset: 8, expected: "'{'" });
+  const header = parseJsonObject(headerBytes, file, { maxBytes: MAX_HEADER_BYTES, maxDepth: 4 }, 8);
 
   const dataStart = 8 + headerLength;
   const dataLength = size - dataStart;
@@ -114,34 +128,103 @@ async function readHeader(handle: FileHandle, file: string) {
   let metadata: Record<string, string> = {};
   for (const [name, entry] of Object.entries(header)) {
     if (name === '__metadata__') {
-      metadata = entry as Record<string, string>;
+      metadata = checkMetadata(entry, file);
       continue;
     }
     tensors.set(name, checkEntry(name, entry, file, dataStart, dataLength));
   }
-  checkNoOverlap([...tensors.values()], file);
+  checkContiguous([...tensors.values()], file, dataStart, size);
   return { tensors, metadata };
 }
 
-function checkEntry(name: string, entry: unknown, file: string, dataStart: number, dataLength: number): TensorInfo {
+/** `__metadata__` is a flat map of strings (the reference's HashMap<String, String>). */
+function checkMetadata(entry: unknown, file: string): Record<string, string> {
+  if (!isPlainObject(entry)) {
+    throw new FormatError('invalid __metadata__', {
+      file,
+      field: '__metadata__',
+      expected: 'an object of strings',
+      got: jsonKind(entry),
+    });
+  }
+  for (const [key, value] of Object.entries(entry)) {
+    if (typeof value !== 'string') {
+      throw new FormatError('invalid __metadata__ value', {
+        file,
+        field: `__metadata__.${key}`,
+        expected: 'a string',
+        got: jsonKind(value),
+      });
+    }
+  }
+  return entry as Record<string, string>;
+}
+
+function checkEntry(
+  name: string,
+  entry: unknown,
+  file: string,
+  dataStart: number,
+  dataLength: number,
+): TensorInfo {
+  if (!isPlainObject(entry)) {
+    throw new FormatError('invalid tensor entry', {
+      file,
+      field: name,
+      expected: '{dtype, shape, data_offsets}',
+      got: jsonKind(entry),
+    });
+  }
   const e = entry as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
-  if (typeof e?.dtype !== 'string' || !(e.dtype in DTYPE_BYTES)) {
-    throw new FormatError('unknown dtype', { file, field: name, expected: Object.keys(DTYPE_BYTES).join('|'), got: JSON.stringify(e?.dtype) });
+  if (typeof e.dtype !== 'string' || !Object.hasOwn(DTYPE_BYTES, e.dtype)) {
+    throw new FormatError('unknown dtype', {
+      file,
+      field: name,
+      expected: Object.keys(DTYPE_BYTES).join('|'),
+      got: JSON.stringify(e.dtype),
+    });
   }
   const dtype = e.dtype as SafetensorsDtype;
   if (!Array.isArray(e.shape) || !e.shape.every((d) => Number.isSafeInteger(d) && d >= 0)) {
-    throw new FormatError('invalid shape', { file, field: name, expected: 'non-negative integers', got: JSON.stringify(e.shape) });
+    throw new FormatError('invalid shape', {
+      file,
+      field: name,
+      expected: 'non-negative integers',
+      got: JSON.stringify(e.shape),
+    });
   }
   const offsets = e.data_offsets;
-  if (!Array.isArray(offsets) || offsets.length !== 2 || !offsets.every((o) => Number.isSafeInteger(o) && o >= 0)) {
-    throw new FormatError('invalid data_offsets', { file, field: name, expected: '[begin, end]', got: JSON.stringify(offsets) });
+  if (
+    !Array.isArray(offsets) ||
+    offsets.length !== 2 ||
+    !offsets.every((o) => Number.isSafeInteger(o) && o >= 0)
+  ) {
+    throw new FormatError('invalid data_offsets', {
+      file,
+      field: name,
+      expected: '[begin, end]',
+      got: JSON.stringify(offsets),
+    });
   }
   const [begin, end] = offsets as [number, number];
   if (end < begin || end > dataLength) {
-    throw new FormatError('tensor data outside the file', { file, field: name, expected: `offsets within [0, ${dataLength}]`, got: `[${begin}, ${end}]` });
+    throw new FormatError('tensor data outside the file', {
+      file,
+      field: name,
+      expected: `offsets within [0, ${dataLength}]`,
+      got: `[${begin}, ${end}]`,
+    });
   }
   const shape = e.shape as number[];
-  const expectedBytes = shape.reduce((a, b) => a * b, 1) * DTYPE_BYTES[dtype];
+  const expectedBytes = byteCount(shape, DTYPE_BYTES[dtype], dataLength);
+  if (expectedBytes === undefined) {
+    throw new FormatError('shape needs more bytes than the file holds', {
+      file,
+      field: name,
+      expected: `at most ${dataLength} bytes of data`,
+      got: `${dtype} [${shape}]`,
+    });
+  }
   if (end - begin !== expectedBytes) {
     throw new FormatError('byte count does not match dtype and shape', {
       file,
@@ -153,12 +236,57 @@ function checkEntry(name: string, entry: unknown, file: string, dataStart: numbe
   return { name, dtype, shape, begin: dataStart + begin, end: dataStart + end, file };
 }
 
-function checkNoOverlap(infos: TensorInfo[], file: string): void {
-  const sorted = [...infos].filter((t) => t.end > t.begin).sort((a, b) => a.begin - b.begin);
-  for (let i = 1; i < sorted.length; i++) {
-    if (sorted[i]!.begin < sorted[i - 1]!.end) {
-      throw new FormatError('tensors overlap', { file, field: sorted[i]!.name, got: `overlaps '${sorted[i - 1]!.name}'` });
+/**
+ * Bytes of a tensor, or undefined when they exceed `limit`: the product is checked after every
+ * factor so no intermediate loses precision (the reference's checked_mul). A zero dimension
+ * makes the tensor empty whatever the other dimensions are.
+ */
+function byteCount(shape: number[], elementBytes: number, limit: number): number | undefined {
+  if (shape.includes(0)) return 0;
+  let bytes = elementBytes;
+  for (const d of shape) {
+    bytes *= d;
+    if (bytes > limit) return undefined;
+  }
+  return bytes;
+}
+
+/**
+ * The reference (safetensors `Metadata::validate`) requires the tensors, sorted by offset, to
+ * tile the data exactly: no overlap, no hole, no trailing bytes.
+ */
+function checkContiguous(infos: TensorInfo[], file: string, dataStart: number, size: number): void {
+  const sorted = [...infos].sort((a, b) => a.begin - b.begin || a.end - b.end);
+  let at = dataStart;
+  let previous: TensorInfo | undefined;
+  for (const t of sorted) {
+    if (t.begin < at) {
+      throw new FormatError('tensors overlap', {
+        file,
+        field: t.name,
+        offset: t.begin,
+        got: `overlaps '${previous!.name}'`,
+      });
     }
+    if (t.begin > at) {
+      throw new FormatError('gap between tensors', {
+        file,
+        field: t.name,
+        offset: at,
+        expected: `data starting at offset ${at - dataStart}${previous ? ` (end of '${previous.name}')` : ''}`,
+        got: `${t.begin - dataStart}`,
+      });
+    }
+    at = t.end;
+    previous = t;
+  }
+  if (at !== size) {
+    throw new FormatError('unexpected bytes after the last tensor', {
+      file,
+      offset: at,
+      expected: `file size ${at}`,
+      got: `${size}`,
+    });
   }
 }
 
@@ -201,22 +329,37 @@ export class SafetensorsModel {
   static async open(pathOrDir: string): Promise<SafetensorsModel> {
     if (pathOrDir.endsWith('.safetensors')) return SafetensorsModel.fromFiles([pathOrDir]);
     const index = path.join(pathOrDir, 'model.safetensors.index.json');
-    let indexText: string | undefined;
-    try {
-      indexText = await readFile(index, 'utf8');
-    } catch {
-      return SafetensorsModel.fromFiles([path.join(pathOrDir, 'model.safetensors')]);
+    if (!existsSync(index)) return SafetensorsModel.fromFiles([path.join(pathOrDir, 'model.safetensors')]);
+    const weightMap = (await readJsonObjectFile(index, 'shard index', { maxBytes: MAX_INDEX_BYTES }))
+      .weight_map;
+    if (!isPlainObject(weightMap)) {
+      throw new FormatError('invalid shard index', {
+        file: index,
+        field: 'weight_map',
+        expected: 'an object',
+        got: jsonKind(weightMap),
+      });
     }
-    let weightMap: Record<string, string>;
-    try {
-      weightMap = JSON.parse(indexText).weight_map;
-      if (!weightMap || typeof weightMap !== 'object') throw new Error('no weight_map');
-    } catch (e) {
-      throw new FormatError(`invalid shard index: ${(e as Error).message}`, { file: index });
-    }
-    const shards = [...new Set(Object.values(weightMap))].map((f) => path.join(pathOrDir, f));
-    const model = await SafetensorsModel.fromFiles(shards);
     for (const [name, shard] of Object.entries(weightMap)) {
+      // A shard is a file beside the index: never a path that leaves the model directory.
+      if (
+        typeof shard !== 'string' ||
+        shard !== path.basename(shard) ||
+        shard === '.' ||
+        shard === '..' ||
+        shard.includes('\\')
+      ) {
+        throw new FormatError('invalid shard file name', {
+          file: index,
+          field: name,
+          expected: 'a file name in the model directory',
+          got: JSON.stringify(shard),
+        });
+      }
+    }
+    const shards = [...new Set(Object.values(weightMap) as string[])].map((f) => path.join(pathOrDir, f));
+    const model = await SafetensorsModel.fromFiles(shards);
+    for (const [name, shard] of Object.entries(weightMap as Record<string, string>)) {
       if (model.owner.get(name)?.file !== path.join(pathOrDir, shard)) {
         await model.close();
         throw new FormatError('index names a tensor its shard does not hold', { file: index, field: name, expected: `in ${shard}` });

@@ -34,23 +34,75 @@ export const EMBED = 'model.embed_tokens.weight';
 export const FINAL_NORM = 'model.norm.weight';
 export const LM_HEAD = 'lm_head.weight';
 
-function integer(json: Record<string, unknown>, key: string, file: string, fallback?: number): number {
+/**
+ * Upper bounds on hyper-parameters: generous (10-100x the largest published models) yet far
+ * below what would make loops or allocations driven by config.json run away (1e12 layers).
+ */
+export const CONFIG_LIMITS = {
+  vocab_size: 2 ** 24,
+  hidden_size: 2 ** 17,
+  intermediate_size: 2 ** 20,
+  num_hidden_layers: 2 ** 12,
+  num_attention_heads: 2 ** 12,
+  num_key_value_heads: 2 ** 12,
+  head_dim: 2 ** 12,
+  max_position_embeddings: 2 ** 27,
+} as const;
+
+function integer(
+  json: Record<string, unknown>,
+  key: keyof typeof CONFIG_LIMITS,
+  file: string,
+  fallback?: number,
+): number {
   const v = json[key] ?? fallback;
-  if (typeof v !== 'number' || !Number.isInteger(v) || v <= 0) {
-    throw new ConfigError('missing or invalid hyper-parameter', {
+  const max = CONFIG_LIMITS[key];
+  if (typeof v !== 'number' || !Number.isInteger(v) || v <= 0 || v > max) {
+    throw new ConfigError(v === undefined ? 'missing hyper-parameter' : 'invalid hyper-parameter', {
       file,
       field: key,
-      expected: 'a positive integer',
+      expected: `a positive integer <= ${max}`,
       got: JSON.stringify(v),
     });
   }
   return v;
 }
 
-function positiveNumber(json: Record<string, unknown>, key: string, file: string, fallback: number): number {
+function positiveNumber(
+  json: Record<string, unknown>,
+  key: string,
+  file: string,
+  fallback: number,
+  below = Infinity,
+): number {
   const v = json[key] ?? fallback;
-  if (typeof v !== 'number' || !(v > 0)) {
-    throw new ConfigError('invalid hyper-parameter', { file, field: key, expected: 'a positive number', got: JSON.stringify(v) });
+  if (typeof v !== 'number' || !(v > 0) || !(v < below)) {
+    throw new ConfigError('invalid hyper-parameter', {
+      file,
+      field: key,
+      expected: below === Infinity ? 'a finite positive number' : `a number in (0, ${below})`,
+      got: JSON.stringify(v),
+    });
+  }
+  return v;
+}
+
+/** A special token id: absent, a list (several EOS ids; not used here), or an id of the vocabulary. */
+function tokenId(
+  json: Record<string, unknown>,
+  key: string,
+  file: string,
+  vocabSize: number,
+): number | undefined {
+  const v = json[key];
+  if (typeof v !== 'number') return undefined;
+  if (!Number.isInteger(v) || v < 0 || v >= vocabSize) {
+    throw new ConfigError('invalid token id', {
+      file,
+      field: key,
+      expected: `an integer in [0, ${vocabSize})`,
+      got: JSON.stringify(v),
+    });
   }
   return v;
 }
@@ -72,21 +124,32 @@ export const LLAMA: Architecture = {
         got: `${hiddenSize}/${numHeads}/${numKvHeads}`,
       });
     }
+    const vocabSize = integer(json, 'vocab_size', file);
+    const headDim = integer(json, 'head_dim', file, hiddenSize / numHeads);
+    // rotate_half pairs column i with i + d/2 of each head.
+    if (headDim % 2 !== 0) {
+      throw new ConfigError('head dimension must be even for rotary embeddings', {
+        file,
+        field: 'head_dim',
+        expected: 'an even integer',
+        got: String(headDim),
+      });
+    }
     return {
       modelType: 'llama',
-      vocabSize: integer(json, 'vocab_size', file),
+      vocabSize,
       hiddenSize,
       intermediateSize: integer(json, 'intermediate_size', file),
       numLayers: integer(json, 'num_hidden_layers', file),
       numHeads,
       numKvHeads,
-      headDim: integer(json, 'head_dim', file, hiddenSize / numHeads),
+      headDim,
       maxPositions: integer(json, 'max_position_embeddings', file, 2048),
       ropeTheta: positiveNumber(json, 'rope_theta', file, 10000),
-      normEps: positiveNumber(json, 'rms_norm_eps', file, 1e-6),
+      normEps: positiveNumber(json, 'rms_norm_eps', file, 1e-6, 1),
       tiedEmbeddings: json.tie_word_embeddings !== false,
-      bosTokenId: typeof json.bos_token_id === 'number' ? json.bos_token_id : undefined,
-      eosTokenId: typeof json.eos_token_id === 'number' ? json.eos_token_id : undefined,
+      bosTokenId: tokenId(json, 'bos_token_id', file, vocabSize),
+      eosTokenId: tokenId(json, 'eos_token_id', file, vocabSize),
     };
   },
   expectedShapes(c) {

@@ -4,10 +4,12 @@
  * or a ptqkit quantized directory (dequantized for evaluation, codes kept for export).
  */
 import { existsSync } from 'node:fs';
-import { readFile, stat } from 'node:fs/promises';
+import { stat } from 'node:fs/promises';
 import path from 'node:path';
-import { ConfigError, FileError, FormatError, ShapeError } from '../errors.js';
+import { ConfigError, FileError, ShapeError } from '../errors.js';
+import { isTemporaryOutput } from '../io/atomic.js';
 import { HfTokenizer } from '../io/hf-tokenizer.js';
+import { readJsonObjectFile } from '../io/json.js';
 import { loadLlama2cCheckpoint } from '../io/llama2c.js';
 import { Llama2cTokenizer } from '../io/llama2c-tokenizer.js';
 import { readPtqCheckpoint, type PtqQuantization } from '../io/ptq-checkpoint.js';
@@ -16,6 +18,9 @@ import type { TextTokenizer } from '../io/tokenizer.js';
 import type { TensorMap } from '../tensor.js';
 import { type Architecture, architectureFor, EMBED, LM_HEAD } from './architecture.js';
 import type { ModelConfig } from './config.js';
+
+/** config.json is a few KiB; anything past this is not a configuration. */
+const MAX_CONFIG_BYTES = 4 * 1024 * 1024;
 
 export type ModelSource = 'huggingface' | 'llama2c' | 'ptqkit';
 
@@ -44,7 +49,29 @@ export async function loadModel(modelPath: string, options: LoadOptions = {}): P
   const info = await stat(modelPath).catch(() => {
     throw new FileError('model not found', { file: modelPath, expected: 'a Hugging Face directory or a llama2.c .bin file' });
   });
-  return info.isDirectory() ? loadDirectory(modelPath, options) : loadLlama2c(modelPath, options);
+  // An unfinished output of `ptq quantize` (see io/atomic.ts) is never a model, whatever it holds.
+  if (isTemporaryOutput(modelPath)) {
+    throw new FileError('an unfinished output directory of ptq quantize, not a model', {
+      file: modelPath,
+      hint: 'the run writing it was interrupted; quantize again',
+    });
+  }
+  const model = await (info.isDirectory()
+    ? loadDirectory(modelPath, options)
+    : loadLlama2c(modelPath, options));
+  checkTokenizerFits(model);
+  return model;
+}
+
+/** Token ids the tokenizer can produce must index the embedding matrix. */
+function checkTokenizerFits(m: LoadedModel): void {
+  if (m.tokenizer.vocabSize > m.config.vocabSize) {
+    throw new ConfigError('tokenizer has more tokens than the model embeds', {
+      file: m.tokenizerFiles[0] ?? m.path,
+      expected: `<= ${m.config.vocabSize} tokens (vocab_size)`,
+      got: `${m.tokenizer.vocabSize}`,
+    });
+  }
 }
 
 async function loadDirectory(dir: string, options: LoadOptions): Promise<LoadedModel> {
@@ -97,17 +124,13 @@ async function loadLlama2c(file: string, options: LoadOptions): Promise<LoadedMo
 }
 
 async function readConfig(file: string): Promise<Record<string, unknown>> {
-  let text: string;
-  try {
-    text = await readFile(file, 'utf8');
-  } catch {
-    throw new FileError('cannot read the model configuration', { file, hint: 'a Hugging Face model directory needs config.json' });
+  if (!existsSync(file)) {
+    throw new FileError('cannot read the model configuration', {
+      file,
+      hint: 'a Hugging Face model directory needs config.json',
+    });
   }
-  try {
-    return JSON.parse(text) as Record<string, unknown>;
-  } catch (e) {
-    throw new FormatError(`invalid JSON: ${(e as Error).message}`, { file });
-  }
+  return readJsonObjectFile(file, 'model configuration', { maxBytes: MAX_CONFIG_BYTES, maxDepth: 32 });
 }
 
 async function readSafetensorsWeights(dir: string): Promise<TensorMap> {
