@@ -184,7 +184,7 @@ export function buildDecoderGraph(g: GraphAssembler, m: DecoderGraphInput) {
 }
 
 /** y = x·Wᵀ for a weight stored as float [in, out] (MatMul) or as MatMulNBits codes. */
-function applyLinear(g: GraphAssembler, x: string, name: string, w: LinearWeight): string {
+export function applyLinear(g: GraphAssembler, x: string, name: string, w: LinearWeight): string {
   const base = name.replace(/\.weight$/, '');
   if (w.kind === 'float') {
     // MatMul wants B as [in, out]: the transpose of Hugging Face's [out, in].
