@@ -8,6 +8,7 @@ import { FileError, UsageError } from '../errors.js';
 import { writePtqCheckpoint } from '../io/ptq-checkpoint.js';
 import { assertWritableOutput } from '../io/atomic.js';
 import { type EvalResult, evaluate, type WindowProtocol } from '../eval/perplexity.js';
+import { exportOnnx, ONNX_DTYPES, type OnnxDtype } from '../export/onnx.js';
 import { Decoder } from '../model/decoder.js';
 import { type LoadedModel, loadModel } from '../model/load.js';
 import { type GridSpec, gridName, validateGrid } from '../quant/grid.js';
@@ -208,4 +209,77 @@ export function resultTable(rows: ResultRow[]): string {
       r.result.tokensPerSecond.toFixed(0),
     ]),
   );
+}
+
+// ---------- export ----------
+
+/** The export formats, one row each: this table drives `ptq export --format` choices and help. */
+export const EXPORT_FORMATS = {
+  gguf: { description: 'GGUF v3 for llama.cpp' },
+  onnx: {
+    description: `ONNX decoder directory for onnxruntime and transformers.js (--dtype ${Object.keys(ONNX_DTYPES).join('|')}, comma-separated)`,
+  },
+} as const;
+export type ExportFormat = keyof typeof EXPORT_FORMATS;
+
+export interface ExportArgs {
+  format: string;
+  output: string;
+  tokenizer?: string;
+  /** onnx: comma-separated dtypes (fp32, q8, q4, q2); default: the checkpoint's own width, or fp32. */
+  dtype?: string;
+  /** onnx: weights in .onnx_data files: 'auto' (above 1 GiB), true, false. */
+  externalData?: boolean | 'auto';
+}
+
+export async function exportCommand(modelPath: string, args: ExportArgs, out: Output) {
+  switch (args.format) {
+    case 'onnx':
+      return exportOnnxCommand(modelPath, args, out);
+    default:
+      throw new UsageError('export format not available', {
+        field: 'format',
+        expected: 'onnx',
+        got: args.format,
+      });
+  }
+}
+
+async function exportOnnxCommand(modelPath: string, args: ExportArgs, out: Output) {
+  const dtypes = args.dtype?.split(',').map((d) => d.trim()) as OnnxDtype[] | undefined;
+  for (const d of dtypes ?? []) {
+    if (!(d in ONNX_DTYPES))
+      throw new UsageError('unknown ONNX dtype', {
+        field: 'dtype',
+        expected: Object.keys(ONNX_DTYPES).join(', '),
+        got: d,
+      });
+  }
+  await assertWritableOutput(args.output);
+  const model = await loadModel(modelPath, { tokenizer: args.tokenizer });
+  const report = await exportOnnx(model, args.output, {
+    dtypes,
+    externalData: args.externalData ?? 'auto',
+    onWarning: out.json ? undefined : (m) => console.error(`ptq: warning: ${m}`),
+  });
+  if (out.json) return out.log(JSON.stringify(report, null, 2));
+  for (const v of report.variants) {
+    const bpw =
+      v.quantizedBitsPerWeight === undefined
+        ? ''
+        : `, quantized linears ${v.quantizedBitsPerWeight.toFixed(3)} bits/weight`;
+    out.log(
+      `${v.dtype}: onnx/${v.file} ${fmt.bytes(v.bytes)}${v.externalFiles.length ? ` (+ ${v.externalFiles.join(', ')})` : ''}${bpw}`,
+    );
+    const kinds = new Map<string, number>();
+    for (const l of v.linears)
+      kinds.set(`${l.storage} from ${l.source}`, (kinds.get(`${l.storage} from ${l.source}`) ?? 0) + 1);
+    out.log(
+      formatTable(
+        ['linears', 'storage'],
+        [...kinds].map(([k, n]) => [String(n), k]),
+      ),
+    );
+  }
+  out.log(`exported ${model.path} as ONNX (${report.tokenizer}) -> ${report.output}`);
 }

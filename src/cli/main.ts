@@ -9,7 +9,14 @@ import { CALIBRATION_DEFAULTS } from '../quant/calibrate.js';
 import { GPTQ_DEFAULTS } from '../quant/gptq.js';
 import type { GridSpec, ScaleDtype } from '../quant/grid.js';
 import { METHODS } from '../quant/quantize-model.js';
-import { consoleOutput, evalCommand, inspectCommand, quantizeCommand } from './commands.js';
+import {
+  consoleOutput,
+  EXPORT_FORMATS,
+  evalCommand,
+  exportCommand,
+  inspectCommand,
+  quantizeCommand,
+} from './commands.js';
 import { demoCommand } from './demo.js';
 
 function integer(value: string): number {
@@ -83,6 +90,22 @@ program
   .option('--tokenizer <file>', 'tokenizer to use instead of the one next to the model')
   .option('--json', 'print JSON')
   .action((model, o) => evalCommand(model, o, consoleOutput(!!o.json)));
+
+program
+  .command('export <model>')
+  .description('write a model (float or quantized) in a runtime format')
+  .addOption(
+    new Option('--format <name>', Object.entries(EXPORT_FORMATS).map(([k, f]) => `${k}: ${f.description}`).join('; '))
+      .choices(Object.keys(EXPORT_FORMATS))
+      .makeOptionMandatory(),
+  )
+  .requiredOption('-o, --output <path>', 'output directory (onnx) or file (gguf)')
+  .option('--dtype <list>', 'onnx: variants to write, e.g. fp32,q4 (default: the checkpoint\'s width, or fp32)')
+  .option('--external-data', 'onnx: store weights in .onnx_data files (default: only above 1 GiB)')
+  .option('--no-external-data', 'onnx: keep every weight inside the .onnx file')
+  .option('--tokenizer <file>', 'tokenizer to use instead of the one next to the model')
+  .option('--json', 'print JSON')
+  .action((model, o) => exportCommand(model, o, consoleOutput(!!o.json)));
 
 program
   .command('demo')
