@@ -6,7 +6,12 @@
  *   model.safetensors  unquantized tensors as F32 under their own names; for a quantized
  *                      weight `X.weight`:
  *                        X.qweight  U8   codes, row-major [out, in], `bits` each, LSB-first
- *                        X.scales   F16|BF16|F32 [out / blockRows, groups]
+ *                                        (float formats: element codes, e.g. E2M1 nibbles low
+ *                                        first; ternary: 5 trits per byte, base 3)
+ *                        X.scales   F16|BF16|F32 [out / blockRows, groups]; F8_E4M3 for
+ *                                   e4m3 scales (NVFP4, as compressed-tensors' weight_scale),
+ *                                   U8 biased exponents for e8m0 (MX, as compressed-tensors)
+ *                        X.global_scale F32 [1] NVFP4's per-tensor scale (weight_global_scale)
  *                        X.qzeros   U8   zero points packed like the codes (asymmetric integer zeros)
  *                        X.zeros    F16|BF16|F32 like the scales (asymmetric float zeros, HQQ)
  *                        X.col_scales F16|BF16|F32 [in] per-input-column scales (SINQ)
@@ -18,8 +23,10 @@ import { copyFile, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { FormatError } from '../errors.js';
 import { packBits, unpackBits } from '../formats/bitpack.js';
+import { FP8_E4M3 } from '../formats/element-formats.js';
 import { decodeBf16, decodeF16, encodeBf16, encodeF16 } from '../formats/half.js';
-import type { GridSpec } from '../quant/grid.js';
+import { E8M0 } from '../formats/minifloat.js';
+import { type GridSpec, makeGrid } from '../quant/grid.js';
 import { dequantize, type QuantizedTensor } from '../quant/quantized-tensor.js';
 import type { TensorMap } from '../tensor.js';
 import { writeDirectoryAtomically } from './atomic.js';
@@ -63,7 +70,9 @@ export async function writePtqCheckpoint(
       tensors.push({ name, dtype: 'F32', shape: t.shape, data: t.data });
       continue;
     }
-    entries[name] = { rows: qt.rows, cols: qt.cols, grid: qt.spec };
+    // The per-tensor scale is a tensor of its own, not metadata.
+    const { globalScale, ...grid } = qt.spec;
+    entries[name] = { rows: qt.rows, cols: qt.cols, grid };
     const b = base(name);
     tensors.push({ name: `${b}.qweight`, dtype: 'U8', shape: [qt.qweight.length], data: qt.qweight });
     const scaleShape = [qt.scales.length / (qt.cols / groupColumns(qt)), qt.cols / groupColumns(qt)];
@@ -83,6 +92,9 @@ export async function writePtqCheckpoint(
     }
     if (qt.groupIndex)
       tensors.push({ name: `${b}.g_idx`, dtype: 'I32', shape: [qt.cols], data: qt.groupIndex });
+    if (globalScale !== undefined) {
+      tensors.push({ name: `${b}.global_scale`, dtype: 'F32', shape: [1], data: Float32Array.of(globalScale) });
+    }
   }
   const config = {
     ...model.hfConfig,
@@ -123,12 +135,15 @@ export async function readPtqCheckpoint(
       const scalesRaw = await read('scales');
       const scaleCount = st.info(`${b}.scales`).shape.reduce((x, y) => x * y, 1);
       const scales = decodeParams(scalesRaw, entry.grid.scaleDtype);
+      const has = (suffix: string) => st.names().includes(`${b}.${suffix}`);
+      const spec: GridSpec = has('global_scale')
+        ? { ...entry.grid, globalScale: new Float32Array((await read('global_scale')).slice().buffer)[0]! }
+        : entry.grid;
       const zeros = entry.grid.symmetric
-        ? new Float32Array(scaleCount).fill(2 ** (entry.grid.bits - 1))
+        ? new Float32Array(scaleCount).fill(makeGrid(spec).symmetricZero)
         : entry.grid.zeroPoint === 'float'
           ? decodeParams(await read('zeros'), entry.grid.scaleDtype)
           : Float32Array.from(unpackBits(await read('qzeros'), entry.grid.bits, scaleCount));
-      const has = (suffix: string) => st.names().includes(`${b}.${suffix}`);
       const groupIndex = has('g_idx') ? new Int32Array((await read('g_idx')).buffer) : undefined;
       const columnScales = has('col_scales')
         ? decodeParams(await read('col_scales'), entry.grid.scaleDtype)
@@ -136,7 +151,7 @@ export async function readPtqCheckpoint(
       const qt: QuantizedTensor = {
         rows: entry.rows,
         cols: entry.cols,
-        spec: entry.grid,
+        spec,
         qweight: await read('qweight'),
         scales,
         zeros,
@@ -164,8 +179,12 @@ function groupColumns(q: QuantizedTensor): number {
 function encodeParams(
   values: Float32Array,
   dtype: GridSpec['scaleDtype'],
-): { dtype: 'F16' | 'BF16' | 'F32'; data: ArrayBufferView } {
+): { dtype: 'F16' | 'BF16' | 'F32' | 'F8_E4M3' | 'U8'; data: ArrayBufferView } {
   switch (dtype) {
+    case 'e4m3':
+      return { dtype: 'F8_E4M3', data: Uint8Array.from(values, (v) => FP8_E4M3.encode(v)) };
+    case 'e8m0':
+      return { dtype: 'U8', data: Uint8Array.from(values, (v) => E8M0.encode(v)) };
     case 'f16':
       return { dtype: 'F16', data: encodeF16(values) };
     case 'bf16':
@@ -177,6 +196,10 @@ function encodeParams(
 
 function decodeParams(raw: Uint8Array, dtype: GridSpec['scaleDtype']): Float32Array {
   switch (dtype) {
+    case 'e4m3':
+      return Float32Array.from(raw, (c) => FP8_E4M3.decode(c));
+    case 'e8m0':
+      return Float32Array.from(raw, (c) => E8M0.decode(c));
     case 'f16':
       return decodeF16(new Uint16Array(raw.buffer, raw.byteOffset, raw.byteLength / 2));
     case 'bf16':

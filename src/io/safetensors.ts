@@ -11,6 +11,7 @@ import { existsSync } from 'node:fs';
 import { type FileHandle, open, rename, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { FileError, FormatError } from '../errors.js';
+import { FP8_E4M3, FP8_E5M2 } from '../formats/element-formats.js';
 import { decodeBf16, decodeF16 } from '../formats/half.js';
 import { isPlainObject, jsonKind, parseJsonObject, readJsonObjectFile } from './json.js';
 
@@ -25,6 +26,8 @@ export const DTYPE_BYTES = {
   I8: 1,
   U8: 1,
   BOOL: 1,
+  F8_E4M3: 1,
+  F8_E5M2: 1,
 } as const;
 export type SafetensorsDtype = keyof typeof DTYPE_BYTES;
 
@@ -315,6 +318,10 @@ export function toFloat32(bytes: Uint8Array, dtype: SafetensorsDtype): Float32Ar
     case 'U8':
     case 'BOOL':
       return Float32Array.from(bytes);
+    case 'F8_E4M3':
+      return Float32Array.from(bytes, (c) => FP8_E4M3.decode(c));
+    case 'F8_E5M2':
+      return Float32Array.from(bytes, (c) => FP8_E5M2.decode(c));
   }
 }
 

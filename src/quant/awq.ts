@@ -21,7 +21,7 @@ import { type BlockLinear, blockPrefix } from '../model/architecture.js';
 import type { ModelConfig } from '../model/config.js';
 import type { Tensor, TensorMap } from '../tensor.js';
 import type { LinearStats } from './calibrate.js';
-import type { IntGrid } from './grid.js';
+import type { Grid } from './grid.js';
 import { dequantize } from './quantized-tensor.js';
 import { quantizeRtn } from './rtn.js';
 
@@ -81,7 +81,7 @@ export async function applyAwqScales(
   weights: TensorMap,
   layer: number,
   stats: Map<BlockLinear, LinearStats>,
-  grid: IntGrid,
+  grid: Grid,
   options: AwqOptions,
   engine: ComputeEngine,
 ): Promise<AwqReport[]> {
@@ -132,7 +132,7 @@ export async function applyAwqClip(
   layer: number,
   stats: Map<BlockLinear, LinearStats>,
   scaled: AwqReport[],
-  grid: IntGrid,
+  grid: Grid,
   engine: ComputeEngine,
 ): Promise<void> {
   if (grid.spec.granularity === 'tensor') return;
@@ -157,7 +157,7 @@ export async function applyAwqClip(
  * max|w| · (1 − i/20), i < 10, minimizing the mean squared partial output Σ_{j∈group} x_j w_j
  * over the sample tokens after quantization. Weights are then clamped to ±clip.
  */
-async function clipWeights(w: Tensor, X: Float32Array, grid: IntGrid, engine: ComputeEngine): Promise<Tensor> {
+async function clipWeights(w: Tensor, X: Float32Array, grid: Grid, engine: ComputeEngine): Promise<Tensor> {
   const [rows, cols] = w.shape as [number, number];
   const G = grid.spec.granularity === 'group' ? grid.spec.groupSize : cols;
   const tokens = X.length / cols;

@@ -25,7 +25,7 @@
  */
 import type { ComputeEngine } from '../compute/engine.js';
 import type { Tensor } from '../tensor.js';
-import type { IntGrid } from './grid.js';
+import type { Grid } from './grid.js';
 import { inverseCholeskyUpperFast } from './linalg.js';
 import { fromCodes, type QuantizedTensor } from './quantized-tensor.js';
 
@@ -82,12 +82,14 @@ export async function prepareHessian(
 export async function gptqQuantize(
   weight: Tensor,
   prepared: PreparedHessian,
-  grid: IntGrid,
+  grid: Grid,
   options: GptqOptions,
   engine: ComputeEngine,
   tensorName?: string,
 ): Promise<QuantizedTensor> {
   const [rows, cols] = weight.shape as [number, number];
+  // Per-tensor parameters (NVFP4's global scale) come from the weight before any update.
+  grid = grid.forTensor(weight.data);
   const [blockRows, groupCols] = grid.blockShape(rows, cols, tensorName);
   const numGroups = cols / groupCols;
   const grouped = grid.spec.granularity === 'group';
@@ -158,7 +160,7 @@ export async function gptqQuantize(
  * one pair per `blockRows` rows, written at scales[(r / blockRows) * stride + group].
  */
 function setParams(
-  grid: IntGrid,
+  grid: Grid,
   M: Float32Array,
   rows: number,
   width: number,
@@ -171,16 +173,7 @@ function setParams(
   group: number,
 ): void {
   for (let r0 = 0; r0 < rows; r0 += blockRows) {
-    let min = Infinity;
-    let max = -Infinity;
-    for (let r = r0; r < r0 + blockRows; r++) {
-      for (let c = c0; c < c1; c++) {
-        const x = M[r * width + c]!;
-        if (x < min) min = x;
-        if (x > max) max = x;
-      }
-    }
-    const { scale, zero } = grid.params(min, max);
+    const { scale, zero } = grid.blockParams(M, width, r0, r0 + blockRows, c0, c1);
     scales[(r0 / blockRows) * stride + group] = scale;
     zeros[(r0 / blockRows) * stride + group] = zero;
   }
