@@ -6,13 +6,14 @@
 import { existsSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import path from 'node:path';
-import { ConfigError, FileError, ShapeError } from '../errors.js';
+import { ConfigError, FileError, FormatError, PtqError, ShapeError } from '../errors.js';
 import { isTemporaryOutput } from '../io/atomic.js';
 import { HfTokenizer } from '../io/hf-tokenizer.js';
 import { readJsonObjectFile } from '../io/json.js';
 import { loadLlama2cCheckpoint } from '../io/llama2c.js';
 import { Llama2cTokenizer } from '../io/llama2c-tokenizer.js';
-import { readPtqCheckpoint, type PtqQuantization } from '../io/ptq-checkpoint.js';
+import { CHECKPOINT_FILE, readPtqCheckpoint, type PtqQuantization } from '../io/ptq-checkpoint.js';
+import { checkDequantized, checkPtqCheckpoint } from '../io/ptq-checkpoint-checks.js';
 import { SafetensorsModel } from '../io/safetensors.js';
 import type { TextTokenizer } from '../io/tokenizer.js';
 import type { TensorMap } from '../tensor.js';
@@ -84,7 +85,7 @@ async function loadDirectory(dir: string, options: LoadOptions): Promise<LoadedM
   let weights: TensorMap;
   let quantization: PtqQuantization | undefined;
   if (isPtq) {
-    ({ weights, quantization } = await readPtqCheckpoint(dir));
+    ({ weights, quantization } = await readCheckedPtqCheckpoint(dir));
   } else {
     weights = await readSafetensorsWeights(dir);
   }
@@ -131,6 +132,28 @@ async function readConfig(file: string): Promise<Record<string, unknown>> {
     });
   }
   return readJsonObjectFile(file, 'model configuration', { maxBytes: MAX_CONFIG_BYTES, maxDepth: 32 });
+}
+
+/**
+ * A ptqkit checkpoint, distrusted: metadata and component tensors are checked before reading
+ * (ptq-checkpoint-checks.ts); what the grid code then refuses, or a malformed entry it trips on,
+ * is reported against the file, and every dequantized weight must be finite.
+ */
+async function readCheckedPtqCheckpoint(dir: string) {
+  const file = path.join(dir, CHECKPOINT_FILE);
+  await checkPtqCheckpoint(dir);
+  let read: Awaited<ReturnType<typeof readPtqCheckpoint>>;
+  try {
+    read = await readPtqCheckpoint(dir);
+  } catch (e) {
+    if (e instanceof FormatError || e instanceof FileError) throw e;
+    if (e instanceof PtqError || e instanceof TypeError || e instanceof RangeError) {
+      throw new FormatError(`inconsistent quantized tensor: ${e.message}`, { file });
+    }
+    throw e;
+  }
+  checkDequantized(read.weights, read.quantization, file);
+  return read;
 }
 
 async function readSafetensorsWeights(dir: string): Promise<TensorMap> {
