@@ -57,7 +57,8 @@ export const TRIT_PACKING: CodePacking = {
     const out = new Uint8Array(Math.ceil(codes.length / 5));
     for (let i = codes.length - 1; i >= 0; i--) {
       const t = codes[i]!;
-      if (t > 2) throw new FormatError('not a trit', { field: `code ${i}`, expected: '0, 1 or 2', got: String(t) });
+      if (t > 2)
+        throw new FormatError('not a trit', { field: `code ${i}`, expected: '0, 1 or 2', got: String(t) });
       const b = Math.floor(i / 5);
       out[b] = out[b]! * 3 + t; // Horner from the highest trit of each byte down
     }
@@ -105,11 +106,41 @@ function minifloatElement(mf: Minifloat): ElementFormat {
   };
 }
 
-export const FP8_E4M3 = new Minifloat({ name: 'fp8-e4m3', exponentBits: 4, mantissaBits: 3, bias: 7, specials: 'nan-only' });
-export const FP8_E5M2 = new Minifloat({ name: 'fp8-e5m2', exponentBits: 5, mantissaBits: 2, bias: 15, specials: 'ieee' });
-export const FP6_E3M2 = new Minifloat({ name: 'fp6-e3m2', exponentBits: 3, mantissaBits: 2, bias: 3, specials: 'none' });
-export const FP6_E2M3 = new Minifloat({ name: 'fp6-e2m3', exponentBits: 2, mantissaBits: 3, bias: 1, specials: 'none' });
-export const FP4_E2M1 = new Minifloat({ name: 'fp4-e2m1', exponentBits: 2, mantissaBits: 1, bias: 1, specials: 'none' });
+export const FP8_E4M3 = new Minifloat({
+  name: 'fp8-e4m3',
+  exponentBits: 4,
+  mantissaBits: 3,
+  bias: 7,
+  specials: 'nan-only',
+});
+export const FP8_E5M2 = new Minifloat({
+  name: 'fp8-e5m2',
+  exponentBits: 5,
+  mantissaBits: 2,
+  bias: 15,
+  specials: 'ieee',
+});
+export const FP6_E3M2 = new Minifloat({
+  name: 'fp6-e3m2',
+  exponentBits: 3,
+  mantissaBits: 2,
+  bias: 3,
+  specials: 'none',
+});
+export const FP6_E2M3 = new Minifloat({
+  name: 'fp6-e2m3',
+  exponentBits: 2,
+  mantissaBits: 3,
+  bias: 1,
+  specials: 'none',
+});
+export const FP4_E2M1 = new Minifloat({
+  name: 'fp4-e2m1',
+  exponentBits: 2,
+  mantissaBits: 1,
+  bias: 1,
+  specials: 'none',
+});
 
 /** Round half to even, as torch.round (BitNet's RoundClip uses it). */
 function rint(x: number): number {
@@ -118,7 +149,8 @@ function rint(x: number): number {
 }
 
 function finite(x: number, name: string): number {
-  if (Number.isNaN(x)) throw new FormatError('NaN has no encoding', { field: name, expected: 'a finite value' });
+  if (Number.isNaN(x))
+    throw new FormatError('NaN has no encoding', { field: name, expected: 'a finite value' });
   return x;
 }
 

@@ -80,12 +80,14 @@ export class Minifloat {
     this.minSubnormal = 2 ** (this.emin - M);
     // The largest finite code: below the reserved top binade (ieee), one below the NaN
     // pattern (nan-only), or the all-ones pattern (none).
-    const [maxField, maxMant] = specials === 'ieee' ? [top - 1, mMax] : specials === 'nan-only' ? [top, mMax - 1] : [top, mMax];
+    const [maxField, maxMant] =
+      specials === 'ieee' ? [top - 1, mMax] : specials === 'nan-only' ? [top, mMax - 1] : [top, mMax];
     this.maxCode = (maxField << M) | maxMant;
     this.emax = maxField - B;
     this.max = 2 ** this.emax * (1 + maxMant / 2 ** M);
     // IEEE's quiet NaN sets the top mantissa bit (E5M2 0x7E, like f16's 0x7E00).
-    this.nanCode = specials === 'ieee' ? (top << M) | (1 << (M - 1)) : specials === 'nan-only' ? (top << M) | mMax : -1;
+    this.nanCode =
+      specials === 'ieee' ? (top << M) | (1 << (M - 1)) : specials === 'nan-only' ? (top << M) | mMax : -1;
     this.infCode = specials === 'ieee' ? top << M : -1;
     this.values = new Float64Array(1 << this.bits);
     for (let c = 0; c < this.values.length; c++) this.values[c] = this.decodeBits(c);
@@ -121,7 +123,8 @@ export class Minifloat {
     }
     const sign = x < 0 || Object.is(x, -0) ? this.signBit : 0;
     const a = Math.abs(x);
-    if (a === Infinity) return sign | (saturate || this.spec.specials === 'none' ? this.maxCode : this.overflowCode());
+    if (a === Infinity)
+      return sign | (saturate || this.spec.specials === 'none' ? this.maxCode : this.overflowCode());
     if (a === 0) return sign;
     let e = floorLog2(a);
     if (e < this.emin) e = this.emin; // subnormal range: fixed quantum 2^(emin − M)

@@ -78,7 +78,14 @@ export interface Grid {
   /** The grid for one tensor: formats with per-tensor parameters (NVFP4's global scale) fix them here. */
   forTensor(w: Float32Array): Grid;
   /** Scale and zero of the block M[r0:r1, c0:c1] of a row-major matrix `width` columns wide. */
-  blockParams(M: Float32Array, width: number, r0: number, r1: number, c0: number, c1: number): { scale: number; zero: number };
+  blockParams(
+    M: Float32Array,
+    width: number,
+    r0: number,
+    r1: number,
+    c0: number,
+    c1: number,
+  ): { scale: number; zero: number };
   encode(x: number, scale: number, zero: number): number;
   decode(q: number, scale: number, zero: number): number;
   /** Bits stored per (scale, zero) pair. */
@@ -235,7 +242,12 @@ export class IntGrid implements Grid {
 }
 
 /** Rows and columns covered by one (scale, zero) pair for a [rows, cols] weight. */
-export function blockShapeOf(spec: GridSpec, rows: number, cols: number, tensorName?: string): [number, number] {
+export function blockShapeOf(
+  spec: GridSpec,
+  rows: number,
+  cols: number,
+  tensorName?: string,
+): [number, number] {
   switch (spec.granularity) {
     case 'tensor':
       return [rows, cols];
@@ -263,7 +275,11 @@ function validateScaledGrid(g: GridSpec): GridSpec {
   if (g.bits !== element.bits) fail('bits', `${element.bits} (${element.name} codes)`, String(g.bits));
   if (!g.symmetric || g.zeroPoint === 'float') fail('asym', 'a symmetric grid (zero point 0)', 'asymmetric');
   if (info.groupSize !== undefined && (g.granularity !== 'group' || g.groupSize !== info.groupSize)) {
-    fail('group-size', `blocks of ${info.groupSize}`, g.granularity === 'group' ? String(g.groupSize) : g.granularity);
+    fail(
+      'group-size',
+      `blocks of ${info.groupSize}`,
+      g.granularity === 'group' ? String(g.groupSize) : g.granularity,
+    );
   }
   if (g.granularity === 'group' && (!Number.isInteger(g.groupSize) || g.groupSize < 1)) {
     fail('group-size', 'a positive integer', String(g.groupSize));
@@ -359,7 +375,10 @@ export class ScaledGrid implements Grid {
         // An all-zero block takes the smallest scale, 2^-127 (E8M0 code 0).
         const e = amax === 0 ? E8M0.minExponent : floorLog2(amax) - this.element.emax;
         if (e > E8M0.maxExponent) {
-          throw new UsageError('block maximum beyond the E8M0 scale range', { field: this.spec.format, got: String(amax) });
+          throw new UsageError('block maximum beyond the E8M0 scale range', {
+            field: this.spec.format,
+            got: String(amax),
+          });
         }
         scale = 2 ** Math.max(e, E8M0.minExponent);
         break;

@@ -82,7 +82,11 @@ export const QUANT_FORMATS = {
     scaling: 'absmean',
     description: 'ternary {−1,0,+1} · mean|w| (BitNet b1.58 absmean), 5 trits per byte (1.6 bits)',
   },
-  binary: { element: 'binary', scaling: 'absmean', description: 'binary sign(w) · mean|w| (XNOR-Net), 1 bit' },
+  binary: {
+    element: 'binary',
+    scaling: 'absmean',
+    description: 'binary sign(w) · mean|w| (XNOR-Net), 1 bit',
+  },
 } as const satisfies Record<string, FormatInfo>;
 export type FormatName = keyof typeof QUANT_FORMATS;
 
@@ -91,7 +95,11 @@ export const FORMAT_NAMES = Object.keys(QUANT_FORMATS) as FormatName[];
 export function formatInfo(format: FormatName | undefined): FormatInfo {
   const info = (QUANT_FORMATS as Record<string, FormatInfo>)[format ?? 'int'];
   if (!info) {
-    throw new UsageError('unknown number format', { field: 'format', expected: FORMAT_NAMES.join('|'), got: String(format) });
+    throw new UsageError('unknown number format', {
+      field: 'format',
+      expected: FORMAT_NAMES.join('|'),
+      got: String(format),
+    });
   }
   return info;
 }
@@ -126,16 +134,28 @@ export function gridSpecFor(format: FormatName, o: FormatOptions): GridSpec {
   const granularity: Granularity = o.perTensor ? 'tensor' : groupSize <= 0 ? 'channel' : 'group';
   const base = { granularity, groupSize: Math.max(0, groupSize) };
   if (format === 'int') {
-    return { bits: o.bits ?? GRID_DEFAULTS.bits, symmetric: !o.asym, ...base, scaleDtype: o.scaleDtype ?? GRID_DEFAULTS.scaleDtype };
+    return {
+      bits: o.bits ?? GRID_DEFAULTS.bits,
+      symmetric: !o.asym,
+      ...base,
+      scaleDtype: o.scaleDtype ?? GRID_DEFAULTS.scaleDtype,
+    };
   }
   const bits = formatBits(format)!;
   if (o.bits !== undefined && o.bits !== bits) {
-    throw new UsageError(`--bits disagrees with --format ${format}`, { field: 'bits', expected: `${bits} or no --bits`, got: String(o.bits) });
+    throw new UsageError(`--bits disagrees with --format ${format}`, {
+      field: 'bits',
+      expected: `${bits} or no --bits`,
+      got: String(o.bits),
+    });
   }
   if (o.asym) {
     throw new UsageError(`${format} grids are symmetric`, { field: 'asym', hint: 'drop --asym' });
   }
-  if (info.groupSize !== undefined && (o.perTensor || (o.groupSize !== undefined && o.groupSize !== info.groupSize))) {
+  if (
+    info.groupSize !== undefined &&
+    (o.perTensor || (o.groupSize !== undefined && o.groupSize !== info.groupSize))
+  ) {
     throw new UsageError(`${format} uses blocks of ${info.groupSize}`, {
       field: 'group-size',
       expected: `${info.groupSize} or no --group-size/--per-tensor`,
@@ -143,7 +163,17 @@ export function gridSpecFor(format: FormatName, o: FormatOptions): GridSpec {
     });
   }
   if (info.scaleDtype !== undefined && o.scaleDtype !== undefined && o.scaleDtype !== info.scaleDtype) {
-    throw new UsageError(`${format} stores ${info.scaleDtype} scales`, { field: 'scale-dtype', expected: info.scaleDtype, got: o.scaleDtype });
+    throw new UsageError(`${format} stores ${info.scaleDtype} scales`, {
+      field: 'scale-dtype',
+      expected: info.scaleDtype,
+      got: o.scaleDtype,
+    });
   }
-  return { bits, symmetric: true, ...base, scaleDtype: info.scaleDtype ?? o.scaleDtype ?? GRID_DEFAULTS.scaleDtype, format };
+  return {
+    bits,
+    symmetric: true,
+    ...base,
+    scaleDtype: info.scaleDtype ?? o.scaleDtype ?? GRID_DEFAULTS.scaleDtype,
+    format,
+  };
 }

@@ -26,7 +26,8 @@ export function quantizeRtn(weight: Tensor, grid: Grid, tensorName?: string): Qu
       scales[p] = scale;
       zeros[p] = zero;
       for (let r = br; r < br + blockRows; r++) {
-        for (let c = c0; c < c0 + blockCols; c++) codes[r * cols + c] = grid.encode(w[r * cols + c]!, scale, zero);
+        for (let c = c0; c < c0 + blockCols; c++)
+          codes[r * cols + c] = grid.encode(w[r * cols + c]!, scale, zero);
       }
     }
   }
