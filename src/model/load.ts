@@ -8,6 +8,7 @@ import { stat } from 'node:fs/promises';
 import path from 'node:path';
 import { ConfigError, FileError, FormatError, PtqError, ShapeError } from '../errors.js';
 import { isTemporaryOutput } from '../io/atomic.js';
+import { readGgufModel } from '../io/gguf-model.js';
 import { HfTokenizer } from '../io/hf-tokenizer.js';
 import { readJsonObjectFile } from '../io/json.js';
 import { loadLlama2cCheckpoint } from '../io/llama2c.js';
@@ -23,7 +24,7 @@ import type { ModelConfig } from './config.js';
 /** config.json is a few KiB; anything past this is not a configuration. */
 const MAX_CONFIG_BYTES = 4 * 1024 * 1024;
 
-export type ModelSource = 'huggingface' | 'llama2c' | 'ptqkit';
+export type ModelSource = 'huggingface' | 'llama2c' | 'ptqkit' | 'gguf';
 
 export interface LoadedModel {
   path: string;
@@ -48,7 +49,10 @@ export interface LoadOptions {
 
 export async function loadModel(modelPath: string, options: LoadOptions = {}): Promise<LoadedModel> {
   const info = await stat(modelPath).catch(() => {
-    throw new FileError('model not found', { file: modelPath, expected: 'a Hugging Face directory or a llama2.c .bin file' });
+    throw new FileError('model not found', {
+      file: modelPath,
+      expected: 'a Hugging Face directory or a llama2.c .bin file',
+    });
   });
   // An unfinished output of `ptq quantize` (see io/atomic.ts) is never a model, whatever it holds.
   if (isTemporaryOutput(modelPath)) {
@@ -59,7 +63,9 @@ export async function loadModel(modelPath: string, options: LoadOptions = {}): P
   }
   const model = await (info.isDirectory()
     ? loadDirectory(modelPath, options)
-    : loadLlama2c(modelPath, options));
+    : modelPath.endsWith('.gguf')
+      ? loadGguf(modelPath)
+      : loadLlama2c(modelPath, options));
   checkTokenizerFits(model);
   return model;
 }
@@ -80,7 +86,8 @@ async function loadDirectory(dir: string, options: LoadOptions): Promise<LoadedM
   const hfConfig = await readConfig(configFile);
   const arch = architectureFor(hfConfig.model_type, configFile);
   const config = arch.parseConfig(hfConfig, configFile);
-  const isPtq = (hfConfig.quantization_config as { quant_method?: string } | undefined)?.quant_method === 'ptqkit';
+  const isPtq =
+    (hfConfig.quantization_config as { quant_method?: string } | undefined)?.quant_method === 'ptqkit';
 
   let weights: TensorMap;
   let quantization: PtqQuantization | undefined;
@@ -121,6 +128,23 @@ async function loadLlama2c(file: string, options: LoadOptions): Promise<LoadedMo
     weights: tensors,
     tokenizer,
     tokenizerFiles: [tokFile],
+  };
+}
+
+/** A llama.cpp GGUF file: weights dequantized to float32, its own vocabulary (io/gguf-model.ts). */
+async function loadGguf(file: string): Promise<LoadedModel> {
+  const { config, weights, tokenizer } = await readGgufModel(file);
+  const arch = architectureFor(config.modelType, file);
+  checkShapes(weights, arch, config, file);
+  return {
+    path: file,
+    source: 'gguf',
+    arch,
+    config,
+    hfConfig: toHfConfig(config),
+    weights,
+    tokenizer,
+    tokenizerFiles: [file],
   };
 }
 
@@ -181,7 +205,8 @@ function normalizeTiedEmbeddings(weights: TensorMap, config: ModelConfig, where:
 function checkShapes(weights: TensorMap, arch: Architecture, config: ModelConfig, where: string): void {
   for (const [name, shape] of arch.expectedShapes(config)) {
     const t = weights.get(name);
-    if (!t) throw new ShapeError('missing tensor', { file: where, field: name, expected: `shape [${shape}]` });
+    if (!t)
+      throw new ShapeError('missing tensor', { file: where, field: name, expected: `shape [${shape}]` });
     if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i])) {
       throw new ShapeError('tensor shape disagrees with the model configuration', {
         file: where,
@@ -223,7 +248,8 @@ function findLlama2cTokenizer(checkpoint: string, vocabSize: number): string {
 
 /** A Hugging Face config.json describing a normalized config (for models read from llama2.c). */
 export function toHfConfig(c: ModelConfig): Record<string, unknown> {
-  if (c.modelType !== 'llama') throw new ConfigError('cannot describe this architecture as config.json', { got: c.modelType });
+  if (c.modelType !== 'llama')
+    throw new ConfigError('cannot describe this architecture as config.json', { got: c.modelType });
   return {
     architectures: ['LlamaForCausalLM'],
     model_type: 'llama',
