@@ -47,3 +47,8 @@ export class ConfigError extends PtqError {}
 export class UsageError extends PtqError {}
 /** Reading or writing a file failed (missing, unreadable, unwritable). */
 export class FileError extends PtqError {}
+/**
+ * Values no method can work with: NaN or infinite weights, parameters that overflow their
+ * storage dtype, a Hessian that stays singular after every dampening step.
+ */
+export class NumericError extends PtqError {}

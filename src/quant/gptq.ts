@@ -26,7 +26,8 @@
 import type { ComputeEngine } from '../compute/engine.js';
 import type { Tensor } from '../tensor.js';
 import type { Grid } from './grid.js';
-import { inverseCholeskyUpperFast } from './linalg.js';
+import { NumericError } from '../errors.js';
+import { inverseCholeskyUpperFast, NotPositiveDefiniteError } from './linalg.js';
 import { fromCodes, type QuantizedTensor } from './quantized-tensor.js';
 
 export interface GptqOptions {
@@ -49,7 +50,16 @@ export interface PreparedHessian {
   perm?: Int32Array;
   /** Upper Cholesky factor of the dampened, permuted H⁻¹. */
   U: Float64Array;
+  /** The dampening actually used: options.damp, or more when H + λI was not positive definite. */
+  damp: number;
 }
+
+/**
+ * Largest dampening tried before giving up. GPTQModel raises damp_percent additively by
+ * damp_auto_increment (0.0025) while it stays below 1; here it grows ×10 per retry (at most
+ * three factorizations from the default 0.01) up to λ = mean(diag H).
+ */
+const MAX_DAMP = 1;
 
 /** Dead-input handling, act-order permutation, dampening and H⁻¹ = Uᵀ U (Algorithm 1, line 2). */
 export async function prepareHessian(
@@ -57,6 +67,8 @@ export async function prepareHessian(
   cols: number,
   options: GptqOptions,
   engine: ComputeEngine,
+  /** Names the layer(s) in warnings and errors. */
+  label?: string,
 ): Promise<PreparedHessian> {
   const H = hessian.slice();
   const dead = new Uint8Array(cols);
@@ -66,13 +78,46 @@ export async function prepareHessian(
       dead[c] = 1;
     }
   }
+  // NaN/Inf activations (a model overflowing on the calibration text) reach H; no dampening helps.
+  const bad = H.findIndex((x) => !Number.isFinite(x));
+  if (bad >= 0) {
+    throw new NumericError('Hessian of the calibration inputs is not finite', {
+      field: label,
+      got: `${H[bad]} at [${Math.floor(bad / cols)}, ${bad % cols}]`,
+      hint: 'the forward pass overflows on the calibration text: check the model in fp32 with ptq eval',
+    });
+  }
   const perm = options.actOrder ? orderByDecreasingDiagonal(H, cols) : undefined;
   const Hp = perm ? permuteSymmetric(H, cols, perm) : H;
   let meanDiag = 0;
   for (let c = 0; c < cols; c++) meanDiag += Hp[c * cols + c]!;
-  const lambda = (options.damp * meanDiag) / cols;
-  for (let c = 0; c < cols; c++) Hp[c * cols + c]! += lambda;
-  return { cols, dead, perm, U: await inverseCholeskyUpperFast(Hp, cols, engine) };
+  meanDiag /= cols;
+  // Degenerate Hessians (rank-deficient inputs, float32 Gram rounding making H slightly
+  // indefinite) fail the Cholesky factorization: escalate λ = damp · mean(diag H) with a warning.
+  for (let damp = options.damp; ; damp *= 10) {
+    const A = Hp.slice();
+    for (let c = 0; c < cols; c++) A[c * cols + c]! += damp * meanDiag;
+    try {
+      const U = await inverseCholeskyUpperFast(A, cols, engine);
+      if (damp !== options.damp) {
+        process.emitWarning(`${label ?? 'GPTQ'}: Hessian not positive definite with damp ${options.damp}; used damp ${damp}`, {
+          type: 'PtqWarning',
+          code: 'PTQ_GPTQ_DAMPING',
+        });
+      }
+      return { cols, dead, perm, U, damp };
+    } catch (e) {
+      if (!(e instanceof NotPositiveDefiniteError)) throw e;
+      if (damp * 10 > MAX_DAMP * (1 + 1e-9)) {
+        throw new NumericError('Hessian not positive definite at any dampening', {
+          field: label,
+          expected: `a positive definite H + λI for damp up to ${MAX_DAMP}`,
+          got: e.message,
+          hint: 'the calibration inputs are degenerate: use more or more varied calibration text',
+        });
+      }
+    }
+  }
 }
 
 /**

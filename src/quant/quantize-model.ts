@@ -18,6 +18,7 @@ import { ALL_AT_ONCE, runSequential, TRUE_SEQUENTIAL } from './calibrate.js';
 import { GPTQ_DEFAULTS, type GptqOptions, gptqQuantize, type PreparedHessian, prepareHessian } from './gptq.js';
 import { type GridSpec, gridName, IntGrid } from './grid.js';
 import { relativeOutputError } from './layer-error.js';
+import { assertFiniteQuantized, assertFiniteWeights } from './numerics.js';
 import { dequantize, type QuantizedTensor, storedBits } from './quantized-tensor.js';
 import { quantizeRtn } from './rtn.js';
 
@@ -67,14 +68,17 @@ export interface QuantizedModel {
 
 export async function quantizeModel(config: ModelConfig, weights: TensorMap, options: QuantizeOptions): Promise<QuantizedModel> {
   const t0 = performance.now();
+  assertFiniteWeights(weights);
   const engine = options.engine ?? getDefaultEngine();
   const grid = new IntGrid(options.grid);
   const out: TensorMap = new Map(weights);
   const tensors = new Map<string, QuantizedTensor>();
   const layers: LayerReport[] = [];
   const store = (name: string, q: QuantizedTensor) => {
+    const data = dequantize(q);
+    assertFiniteQuantized(name, q, data); // numerics.ts: never a NaN/Inf in a finished quantization
     tensors.set(name, q);
-    out.set(name, { shape: [q.rows, q.cols], data: dequantize(q) });
+    out.set(name, { shape: [q.rows, q.cols], data });
   };
   // Fail on a grid that does not fit before any work.
   for (const linear of BLOCK_LINEARS) {
@@ -101,9 +105,9 @@ export async function quantizeModel(config: ModelConfig, weights: TensorMap, opt
     const decoder = new Decoder(config, out, engine);
     // q/k/v (and gate/up) share their inputs, hence one Hessian and one factorization.
     const prepared = new WeakMap<Float64Array, Promise<PreparedHessian>>();
-    const prepare = (H: Float64Array, cols: number) => {
+    const prepare = (H: Float64Array, cols: number, label: string) => {
       let p = prepared.get(H);
-      if (!p) prepared.set(H, (p = prepareHessian(H, cols, gptq, engine)));
+      if (!p) prepared.set(H, (p = prepareHessian(H, cols, gptq, engine, label)));
       return p;
     };
     await runSequential(decoder, cal.windows, cal.seqlen, {
@@ -131,7 +135,7 @@ export async function quantizeModel(config: ModelConfig, weights: TensorMap, opt
           const H = scaled ? unscaleHessian(st.hessian, scaled.scales) : st.hessian;
           const q =
             options.method === 'gptq'
-              ? await gptqQuantize(w, await prepare(st.hessian, st.cols), grid, gptq, engine, name)
+              ? await gptqQuantize(w, await prepare(st.hessian, st.cols, name), grid, gptq, engine, name)
               : quantizeRtn(w, grid, name);
           store(name, q);
           const relativeError = await relativeOutputError(replaced.get(linear) ?? w.data, out.get(name)!.data, H, q.rows, q.cols, engine);
