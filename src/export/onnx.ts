@@ -167,7 +167,7 @@ export async function exportOnnx(
     const info = await stat(path.join(outDir, name));
     if (info.isFile()) files.push({ path: name, bytes: info.size });
   }
-  files.sort((a, b) => a.path.localeCompare(b.path));
+  files.sort((a, b) => (a.path < b.path ? -1 : 1));
   return { output: path.resolve(outDir), variants, files, tokenizer, warnings };
 }
 

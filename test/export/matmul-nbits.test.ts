@@ -31,25 +31,104 @@ interface Case {
 }
 
 const CASES: Case[] = [
-  { label: 'int4 g32 sym', rows: 8, cols: 64, spec: { bits: 4, groupSize: 32 }, expect: { bits: 4, blockSize: 32, zeroPoints: 'none' } },
-  { label: 'int4 g64 asym', rows: 6, cols: 128, spec: { bits: 4, groupSize: 64, symmetric: false }, expect: { bits: 4, blockSize: 64, zeroPoints: 'packed' } },
-  { label: 'int3 g32 sym (4-bit container)', rows: 5, cols: 96, spec: { bits: 3, groupSize: 32 }, expect: { bits: 4, blockSize: 32, zeroPoints: 'packed' } },
-  { label: 'int8 per-channel K=100', rows: 4, cols: 100, spec: { bits: 8, granularity: 'channel' }, expect: { bits: 8, blockSize: 128, zeroPoints: 'none' } },
-  { label: 'int6 g16 asym (8-bit container)', rows: 3, cols: 48, spec: { bits: 6, groupSize: 16, symmetric: false }, expect: { bits: 8, blockSize: 16, zeroPoints: 'packed' } },
-  { label: 'int2 g16 asym', rows: 7, cols: 80, spec: { bits: 2, groupSize: 16, symmetric: false }, expect: { bits: 2, blockSize: 16, zeroPoints: 'packed' } },
-  { label: 'int4 g48 (3 blocks of 16)', rows: 4, cols: 96, spec: { bits: 4, groupSize: 48 }, expect: { bits: 4, blockSize: 16, zeroPoints: 'none' } },
-  { label: 'int4 per-tensor K=172', rows: 4, cols: 172, spec: { bits: 4, granularity: 'tensor' }, expect: { bits: 4, blockSize: 256, zeroPoints: 'none' } },
-  { label: 'int4 g16 act-order', rows: 6, cols: 64, spec: { bits: 4, groupSize: 16, symmetric: false }, actOrder: true, expect: { bits: 4, blockSize: 16, zeroPoints: 'packed' } },
-  { label: 'int4 g32 float zeros (HQQ)', rows: 4, cols: 64, spec: { bits: 4, groupSize: 32, symmetric: false, zeroPoint: 'float' }, expect: { bits: 4, blockSize: 32, zeroPoints: 'float' } },
-  { label: 'int4 g32 column scales (SINQ)', rows: 4, cols: 64, spec: { bits: 4, groupSize: 32 }, columnScales: true, expect: { bits: 4, blockSize: 32, zeroPoints: 'none' } },
+  {
+    label: 'int4 g32 sym',
+    rows: 8,
+    cols: 64,
+    spec: { bits: 4, groupSize: 32 },
+    expect: { bits: 4, blockSize: 32, zeroPoints: 'none' },
+  },
+  {
+    label: 'int4 g64 asym',
+    rows: 6,
+    cols: 128,
+    spec: { bits: 4, groupSize: 64, symmetric: false },
+    expect: { bits: 4, blockSize: 64, zeroPoints: 'packed' },
+  },
+  {
+    label: 'int3 g32 sym (4-bit container)',
+    rows: 5,
+    cols: 96,
+    spec: { bits: 3, groupSize: 32 },
+    expect: { bits: 4, blockSize: 32, zeroPoints: 'packed' },
+  },
+  {
+    label: 'int8 per-channel K=100',
+    rows: 4,
+    cols: 100,
+    spec: { bits: 8, granularity: 'channel' },
+    expect: { bits: 8, blockSize: 128, zeroPoints: 'none' },
+  },
+  {
+    label: 'int6 g16 asym (8-bit container)',
+    rows: 3,
+    cols: 48,
+    spec: { bits: 6, groupSize: 16, symmetric: false },
+    expect: { bits: 8, blockSize: 16, zeroPoints: 'packed' },
+  },
+  {
+    label: 'int2 g16 asym',
+    rows: 7,
+    cols: 80,
+    spec: { bits: 2, groupSize: 16, symmetric: false },
+    expect: { bits: 2, blockSize: 16, zeroPoints: 'packed' },
+  },
+  {
+    label: 'int4 g48 (3 blocks of 16)',
+    rows: 4,
+    cols: 96,
+    spec: { bits: 4, groupSize: 48 },
+    expect: { bits: 4, blockSize: 16, zeroPoints: 'none' },
+  },
+  {
+    label: 'int4 per-tensor K=172',
+    rows: 4,
+    cols: 172,
+    spec: { bits: 4, granularity: 'tensor' },
+    expect: { bits: 4, blockSize: 256, zeroPoints: 'none' },
+  },
+  {
+    label: 'int4 g16 act-order',
+    rows: 6,
+    cols: 64,
+    spec: { bits: 4, groupSize: 16, symmetric: false },
+    actOrder: true,
+    expect: { bits: 4, blockSize: 16, zeroPoints: 'packed' },
+  },
+  {
+    label: 'int4 g32 float zeros (HQQ)',
+    rows: 4,
+    cols: 64,
+    spec: { bits: 4, groupSize: 32, symmetric: false, zeroPoint: 'float' },
+    expect: { bits: 4, blockSize: 32, zeroPoints: 'float' },
+  },
+  {
+    label: 'int4 g32 column scales (SINQ)',
+    rows: 4,
+    cols: 64,
+    spec: { bits: 4, groupSize: 32 },
+    columnScales: true,
+    expect: { bits: 4, blockSize: 32, zeroPoints: 'none' },
+  },
   { label: 'int4 g20: no block size tiles it', rows: 4, cols: 40, spec: { bits: 4, groupSize: 20 } },
-  { label: 'int8 float zeros: no 8-bit kernel', rows: 4, cols: 64, spec: { bits: 8, groupSize: 32, symmetric: false, zeroPoint: 'float' } },
+  {
+    label: 'int8 float zeros: no 8-bit kernel',
+    rows: 4,
+    cols: 64,
+    spec: { bits: 8, groupSize: 32, symmetric: false, zeroPoint: 'float' },
+  },
 ];
 
 /** A random quantized tensor of the case's grid (codes, f16-representable scales, zeros). */
 function makeTensor(c: Case, seed: number): QuantizedTensor {
   const rand = seededRandom(seed);
-  const spec: GridSpec = { symmetric: true, granularity: 'group', groupSize: 0, scaleDtype: 'f16', ...c.spec };
+  const spec: GridSpec = {
+    symmetric: true,
+    granularity: 'group',
+    groupSize: 0,
+    scaleDtype: 'f16',
+    ...c.spec,
+  };
   const G = spec.granularity === 'group' ? spec.groupSize : c.cols;
   const paramRows = spec.granularity === 'tensor' ? 1 : c.rows;
   const nParams = paramRows * (c.cols / G);
@@ -57,7 +136,11 @@ function makeTensor(c: Case, seed: number): QuantizedTensor {
   const codes = Uint8Array.from({ length: c.rows * c.cols }, () => Math.floor(rand() * (maxq + 1)));
   const scales = Float32Array.from({ length: nParams }, () => (1 + Math.floor(rand() * 64)) / 1024);
   const zeros = Float32Array.from({ length: nParams }, () =>
-    spec.symmetric ? 2 ** (spec.bits - 1) : spec.zeroPoint === 'float' ? rand() * maxq : Math.floor(rand() * (maxq + 1)),
+    spec.symmetric
+      ? 2 ** (spec.bits - 1)
+      : spec.zeroPoint === 'float'
+        ? rand() * maxq
+        : Math.floor(rand() * (maxq + 1)),
   );
   let groupIndex: Int32Array | undefined;
   if (c.actOrder) {
@@ -73,7 +156,8 @@ function makeTensor(c: Case, seed: number): QuantizedTensor {
     });
   }
   const q = fromCodes(c.rows, c.cols, spec, codes, scales, zeros, groupIndex);
-  if (c.columnScales) q.columnScales = Float32Array.from({ length: c.cols }, () => 0.5 + Math.floor(rand() * 32) / 32);
+  if (c.columnScales)
+    q.columnScales = Float32Array.from({ length: c.cols }, () => 0.5 + Math.floor(rand() * 32) / 32);
   return q;
 }
 
@@ -95,7 +179,8 @@ function readMatMulNBits(w: MatMulNBitsWeight): Float32Array {
       const code = (byte >> (bit & 7)) & mask;
       let zero = 2 ** (bits - 1);
       if (w.zeroPoints instanceof Float32Array) zero = w.zeroPoints[n * kBlocks + b]!;
-      else if (w.zeroPoints) zero = (w.zeroPoints[n * zeroRow + ((b * bits) >> 3)]! >> ((b * bits) & 7)) & mask;
+      else if (w.zeroPoints)
+        zero = (w.zeroPoints[n * zeroRow + ((b * bits) >> 3)]! >> ((b * bits) & 7)) & mask;
       const value = (code - zero) * w.scales[n * kBlocks + b]!;
       const col = w.inputPermutation ? w.inputPermutation[j]! : j;
       out[n * K + col] = w.inputScales ? value * w.inputScales[j]! : value;
@@ -158,7 +243,9 @@ for (const [i, c] of CASES.entries()) {
         worst = Math.max(worst, Math.abs(acc - y[m * q.rows + n]!) / mag);
       }
     }
-    console.log(`  b${w.bits} bs${w.blockSize} zp ${zp}: max relative error vs float64 ${worst.toExponential(2)}`);
+    console.log(
+      `  b${w.bits} bs${w.blockSize} zp ${zp}: max relative error vs float64 ${worst.toExponential(2)}`,
+    );
     assert.ok(worst < RUNTIME_REL_TOL);
   });
 }
