@@ -8,6 +8,7 @@ import { PtqError } from '../errors.js';
 import { CALIBRATION_DEFAULTS } from '../quant/calibrate.js';
 import { GPTQ_DEFAULTS } from '../quant/gptq.js';
 import type { GridSpec, ScaleDtype } from '../quant/grid.js';
+import { FORMAT_NAMES, type FormatName, gridSpecFor, QUANT_FORMATS } from '../quant/number-formats.js';
 import { METHODS } from '../quant/quantize-model.js';
 import {
   consoleOutput,
@@ -26,6 +27,7 @@ function integer(value: string): number {
 }
 
 interface GridOptions {
+  format: FormatName;
   bits: number;
   groupSize: number;
   asym?: boolean;
@@ -33,11 +35,24 @@ interface GridOptions {
   scaleDtype: ScaleDtype;
 }
 
-/** `--group-size -1` (GPTQ's convention) or 0 means one scale per output channel. */
-function gridFromOptions(o: GridOptions): GridSpec {
-  const granularity = o.perTensor ? 'tensor' : o.groupSize <= 0 ? 'channel' : 'group';
-  return { bits: o.bits, symmetric: !o.asym, granularity, groupSize: Math.max(0, o.groupSize), scaleDtype: o.scaleDtype };
+/**
+ * `--group-size -1` (GPTQ's convention) or 0 means one scale per output channel. Formats fix some
+ * options (number-formats.ts): only options given on the command line can disagree with them.
+ */
+function gridFromOptions(o: GridOptions, given: (option: keyof GridOptions) => boolean): GridSpec {
+  const int = o.format === 'int';
+  return gridSpecFor(o.format, {
+    bits: int || given('bits') ? o.bits : undefined,
+    groupSize: int || given('groupSize') ? o.groupSize : undefined,
+    perTensor: o.perTensor,
+    asym: o.asym,
+    scaleDtype: int || given('scaleDtype') ? o.scaleDtype : undefined,
+  });
 }
+
+const FORMAT_HELP = Object.entries(QUANT_FORMATS)
+  .map(([k, f]) => `${k}: ${f.description}`)
+  .join('; ');
 
 const program = new Command('ptq')
   .description('Post-training quantization for transformer language models')
@@ -60,11 +75,14 @@ program
       .choices(Object.keys(METHODS))
       .default('rtn'),
   )
-  .option('--bits <n>', 'bits per weight code (2..8)', integer, 4)
+  .addOption(new Option('--format <name>', FORMAT_HELP).choices(FORMAT_NAMES).default('int'))
+  .option('--bits <n>', 'bits per weight code (int: 2..8; other formats fix it)', integer, 4)
   .option('--group-size <n>', 'input columns per scale; -1 = per output channel', integer, 32)
   .option('--per-tensor', 'one scale for the whole tensor')
   .option('--asym', 'asymmetric grid with zero points (default symmetric)')
-  .addOption(new Option('--scale-dtype <dtype>', 'storage dtype of scales').choices(['f16', 'bf16', 'f32']).default('f16'))
+  .addOption(
+    new Option('--scale-dtype <dtype>', 'storage dtype of scales').choices(['f16', 'bf16', 'f32', 'e4m3']).default('f16'),
+  )
   .option('--calib <file>', 'calibration text (gptq, awq); keep it disjoint from the evaluation text')
   .option('--nsamples <n>', 'calibration windows', integer, CALIBRATION_DEFAULTS.nsamples)
   .option('--seqlen <n>', 'tokens per calibration window (capped at the model context)', integer, CALIBRATION_DEFAULTS.seqlen)
@@ -76,7 +94,10 @@ program
   .option('--no-awq-clip', 'awq: skip the clipping search after scaling')
   .option('--tokenizer <file>', 'tokenizer to use instead of the one next to the model')
   .option('--json', 'print JSON')
-  .action((model, o) => quantizeCommand(model, { ...o, grid: gridFromOptions(o) }, consoleOutput(!!o.json)));
+  .action((model, o, cmd: Command) => {
+    const grid = gridFromOptions(o, (k) => cmd.getOptionValueSource(k) === 'cli');
+    return quantizeCommand(model, { ...o, grid }, consoleOutput(!!o.json));
+  });
 
 program
   .command('eval <model>')

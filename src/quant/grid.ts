@@ -147,6 +147,14 @@ export class IntGrid implements Grid {
   private readonly smallestScale: number;
 
   constructor(readonly spec: GridSpec) {
+    if ((spec.format ?? 'int') !== 'int') {
+      throw new UsageError('not an integer grid', {
+        field: 'format',
+        expected: 'int',
+        got: spec.format,
+        hint: 'use makeGrid(spec)',
+      });
+    }
     validateGrid(spec);
     this.maxq = 2 ** spec.bits - 1;
     this.packing = bitPacking(spec.bits);

@@ -16,7 +16,7 @@ import type { TensorMap } from '../tensor.js';
 import { AWQ_DEFAULTS, type AwqOptions, applyAwqClip, applyAwqScales } from './awq.js';
 import { ALL_AT_ONCE, runSequential, TRUE_SEQUENTIAL } from './calibrate.js';
 import { GPTQ_DEFAULTS, type GptqOptions, gptqQuantize, type PreparedHessian, prepareHessian } from './gptq.js';
-import { type GridSpec, gridName, IntGrid } from './grid.js';
+import { type GridSpec, gridName, makeGrid } from './grid.js';
 import { relativeOutputError } from './layer-error.js';
 import { assertFiniteQuantized, assertFiniteWeights } from './numerics.js';
 import { dequantize, type QuantizedTensor, storedBits } from './quantized-tensor.js';
@@ -70,7 +70,8 @@ export async function quantizeModel(config: ModelConfig, weights: TensorMap, opt
   const t0 = performance.now();
   assertFiniteWeights(weights);
   const engine = options.engine ?? getDefaultEngine();
-  const grid = new IntGrid(options.grid);
+  // Any number format: the grid is the methods' plug-in (grid.ts, number-formats.ts).
+  const grid = makeGrid(options.grid);
   const out: TensorMap = new Map(weights);
   const tensors = new Map<string, QuantizedTensor>();
   const layers: LayerReport[] = [];
