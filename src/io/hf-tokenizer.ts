@@ -12,6 +12,8 @@ import type { TextTokenizer } from './tokenizer.js';
 
 /** Large multilingual tokenizer.json files are tens of MiB; past this the file is refused unread. */
 const MAX_TOKENIZER_BYTES = 128 * 1024 * 1024;
+/** The `model.type`s of Hugging Face tokenizers (tokenizers/src/models). */
+const MODEL_TYPES = ['BPE', 'WordPiece', 'WordLevel', 'Unigram'];
 /** Token ids index embedding rows; no real vocabulary comes near this. */
 const MAX_TOKEN_ID = 2 ** 24;
 
@@ -101,6 +103,15 @@ function largestId(json: Record<string, unknown>, file: string): number {
       expected: 'an object',
       got: jsonKind(model),
     });
+  // The library silently accepts an unknown model type and then tokenizes with something else.
+  if (model.type !== undefined && !MODEL_TYPES.includes(model.type as string)) {
+    throw new FormatError('unknown tokenizer model type', {
+      file,
+      field: 'model.type',
+      expected: MODEL_TYPES.join(', '),
+      got: JSON.stringify(model.type),
+    });
+  }
   const vocab = model.vocab ?? {};
   let largest = -1;
   const check = (id: unknown, field: string) => {

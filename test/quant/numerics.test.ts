@@ -14,8 +14,8 @@ import { loadModel } from '../../src/model/load.js';
 import { sampleCalibrationWindows } from '../../src/quant/calibrate.js';
 import { GPTQ_DEFAULTS, prepareHessian } from '../../src/quant/gptq.js';
 import { type GridSpec, IntGrid } from '../../src/quant/grid.js';
-import { dequantize, unpackCodes } from '../../src/quant/quantized-tensor.js';
 import { quantizeModel } from '../../src/quant/quantize-model.js';
+import { dequantize, unpackCodes } from '../../src/quant/quantized-tensor.js';
 import { quantizeRtn } from '../../src/quant/rtn.js';
 import type { TensorMap } from '../../src/tensor.js';
 import { REPO } from '../helpers.js';
@@ -45,18 +45,26 @@ test('NaN or Inf anywhere in the model: NumericError naming the tensor and posit
   await assert.rejects(
     quantizeModel(m.config, withValue(m.weights, up, 130, Number.NaN), { method: 'rtn', grid: spec }),
     (e: unknown) =>
-      e instanceof NumericError && e.message === `'${up}': weight is not finite; expected finite values in every tensor of a model to quantize, got NaN at row 1, column 2 (the checkpoint is corrupt or was saved after a diverged training step)`,
+      e instanceof NumericError &&
+      e.message ===
+        `'${up}': weight is not finite; expected finite values in every tensor of a model to quantize, got NaN at row 1, column 2 (the checkpoint is corrupt or was saved after a diverged training step)`,
   );
   // Not only the quantized linears: a calibrated method would carry an Inf embedding into every Hessian.
   await assert.rejects(
-    quantizeModel(m.config, withValue(m.weights, 'model.embed_tokens.weight', 5, -Infinity), { method: 'rtn', grid: spec }),
+    quantizeModel(m.config, withValue(m.weights, 'model.embed_tokens.weight', 5, -Infinity), {
+      method: 'rtn',
+      grid: spec,
+    }),
     /'model\.embed_tokens\.weight': weight is not finite; .* got -Infinity at row 0, column 5/,
   );
 });
 
 test('all-zero and constant blocks: finite scales, hand-computed codes, exact zeros', () => {
   // One row, three groups of 4: zeros, constant 1.5, constant -1.5.
-  const w = { shape: [1, 12], data: Float32Array.from([0, 0, 0, 0, 1.5, 1.5, 1.5, 1.5, -1.5, -1.5, -1.5, -1.5]) };
+  const w = {
+    shape: [1, 12],
+    data: Float32Array.from([0, 0, 0, 0, 1.5, 1.5, 1.5, 1.5, -1.5, -1.5, -1.5, -1.5]),
+  };
   // Asymmetric int4: range widened to contain 0. Zeros: span [-1, 1] -> s = f16(2/15), z = round(1/s) = 8.
   const asym = quantizeRtn(w, new IntGrid(grid(4, false)));
   const s0 = 0.1333007812; // f16(2/15)
@@ -76,7 +84,10 @@ test('all-zero and constant blocks: finite scales, hand-computed codes, exact ze
   assert.equal(dequantize(sym)[8], -8 * s);
   for (const q of [asym, sym]) assert.ok([...q.scales].every((x) => Number.isFinite(x) && x > 0));
   // Values below f16's resolution: the scale falls back to the smallest subnormal, codes to the zero point.
-  const tiny = quantizeRtn({ shape: [1, 4], data: Float32Array.from([1e-30, 0, -1e-30, 0]) }, new IntGrid(grid(3, true)));
+  const tiny = quantizeRtn(
+    { shape: [1, 4], data: Float32Array.from([1e-30, 0, -1e-30, 0]) },
+    new IntGrid(grid(3, true)),
+  );
   assert.equal(tiny.scales[0], 2 ** -24);
   assert.deepEqual([...dequantize(tiny)], [0, 0, 0, 0]);
 });
@@ -90,7 +101,8 @@ test('weights beyond the f16 scale range: NumericError with the fix; f32 scales 
     quantizeModel(m.config, huge, { method: 'rtn', grid: grid(4, true) }),
     (e: unknown) =>
       e instanceof NumericError &&
-      e.message === `'${q}': scale is not finite; expected finite scales in f16, got Infinity at block 0 (the weights exceed the range of the scale dtype; use --scale-dtype f32 or bf16)`,
+      e.message ===
+        `'${q}': scale is not finite; expected finite scales in f16, got Infinity at block 0 (the weights exceed the range of the scale dtype; use --scale-dtype f32 or bf16)`,
   );
   const ok = await quantizeModel(m.config, huge, { method: 'rtn', grid: grid(4, true, 'f32') });
   assert.equal(ok.weights.get(q)!.data[0], Math.fround(7 * Math.fround((2 * 1e6) / 15))); // 1e6/s = 7.5 -> clamps to 15: 7·s
@@ -114,23 +126,51 @@ test('GPTQ: an indefinite Hessian escalates the dampening with a warning; a NaN 
       p.U[1]! * p.U[0]!,
       p.U[1]! * p.U[1]! + p.U[3]! * p.U[3]!,
     ];
-    const I = [Hinv[0]! * A[0]! + Hinv[1]! * A[2]!, Hinv[0]! * A[1]! + Hinv[1]! * A[3]!, Hinv[2]! * A[0]! + Hinv[3]! * A[2]!, Hinv[2]! * A[1]! + Hinv[3]! * A[3]!];
-    for (const [i, v] of [1, 0, 0, 1].entries()) assert.ok(Math.abs(I[i]! - v) < 1e-9, `(Uᵀ U A)[${i}] = ${I[i]}`);
+    const I = [
+      Hinv[0]! * A[0]! + Hinv[1]! * A[2]!,
+      Hinv[0]! * A[1]! + Hinv[1]! * A[3]!,
+      Hinv[2]! * A[0]! + Hinv[3]! * A[2]!,
+      Hinv[2]! * A[1]! + Hinv[3]! * A[3]!,
+    ];
+    for (const [i, v] of [1, 0, 0, 1].entries())
+      assert.ok(Math.abs(I[i]! - v) < 1e-9, `(Uᵀ U A)[${i}] = ${I[i]}`);
     await new Promise((r) => setImmediate(r)); // warnings are emitted on the next tick
     assert.equal(warnings.length, 1);
     assert.equal(warnings[0]!.name, 'PtqWarning');
-    assert.match(warnings[0]!.message, /^layer\.x: Hessian not positive definite with damp 0\.01; used damp 0\.1/);
+    assert.match(
+      warnings[0]!.message,
+      /^layer\.x: Hessian not positive definite with damp 0\.01; used damp 0\.1/,
+    );
   } finally {
     process.off('warning', listener);
   }
   // Eigenvalue -3 of [[1, 4], [4, 1]]... +1 at most (damp 1): never positive definite.
-  await assert.rejects(prepareHessian(Float64Array.from([1, 4, 4, 1]), 2, GPTQ_DEFAULTS, engine, 'layer.y'), (e: unknown) => e instanceof NumericError && /^'layer\.y': Hessian not positive definite at any dampening/.test(e.message));
-  await assert.rejects(prepareHessian(Float64Array.from([1, Number.NaN, Number.NaN, 1]), 2, GPTQ_DEFAULTS, engine, 'layer.z'), /'layer\.z': Hessian of the calibration inputs is not finite, got NaN at \[0, 1\]/);
+  await assert.rejects(
+    prepareHessian(Float64Array.from([1, 4, 4, 1]), 2, GPTQ_DEFAULTS, engine, 'layer.y'),
+    (e: unknown) =>
+      e instanceof NumericError &&
+      /^'layer\.y': Hessian not positive definite at any dampening/.test(e.message),
+  );
+  await assert.rejects(
+    prepareHessian(Float64Array.from([1, Number.NaN, Number.NaN, 1]), 2, GPTQ_DEFAULTS, engine, 'layer.z'),
+    /'layer\.z': Hessian of the calibration inputs is not finite, got NaN at \[0, 1\]/,
+  );
 });
 
 test('calibration text shorter than one window is refused before any work; shorter than nsamples windows overlaps', () => {
-  assert.throws(() => sampleCalibrationWindows(Array.from({ length: 100 }, (_, i) => i), { nsamples: 4, seqlen: 100, seed: 0 }), (e: unknown) => e instanceof UsageError && /calibration text too short; expected more than 100 tokens/.test(e.message));
+  assert.throws(
+    () =>
+      sampleCalibrationWindows(
+        Array.from({ length: 100 }, (_, i) => i),
+        { nsamples: 4, seqlen: 100, seed: 0 },
+      ),
+    (e: unknown) =>
+      e instanceof UsageError && /calibration text too short; expected more than 100 tokens/.test(e.message),
+  );
   // 101 tokens, 4 windows of 100: every window is one of the two possible, sampled with replacement (GPTQ's recipe).
-  const w = sampleCalibrationWindows(Array.from({ length: 101 }, (_, i) => i), { nsamples: 4, seqlen: 100, seed: 0 });
+  const w = sampleCalibrationWindows(
+    Array.from({ length: 101 }, (_, i) => i),
+    { nsamples: 4, seqlen: 100, seed: 0 },
+  );
   for (let s = 0; s < 4; s++) assert.ok(w[s * 100] === 0 || w[s * 100] === 1);
 });
