@@ -513,7 +513,10 @@ class ByteSink {
   }
   scalar(type: GgufValueType, v: GgufScalar, key: string): void {
     const n = SCALAR_BYTES[type];
-    if (type === GgufValueType.STRING) return this.string(String(v));
+    if (type === GgufValueType.STRING) {
+      this.string(String(v));
+      return;
+    }
     if (n === undefined) throw new FormatError('invalid GGUF value type', { field: key, got: `${type}` });
     this.room(n);
     const d = this.view;
