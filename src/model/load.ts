@@ -163,7 +163,7 @@ async function readConfig(file: string): Promise<Record<string, unknown>> {
  * (ptq-checkpoint-checks.ts); what the grid code then refuses, or a malformed entry it trips on,
  * is reported against the file, and every dequantized weight must be finite.
  */
-async function readCheckedPtqCheckpoint(dir: string) {
+export async function readCheckedPtqCheckpoint(dir: string) {
   const file = path.join(dir, CHECKPOINT_FILE);
   await checkPtqCheckpoint(dir);
   let read: Awaited<ReturnType<typeof readPtqCheckpoint>>;
