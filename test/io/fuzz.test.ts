@@ -11,8 +11,7 @@
  * constant in CI, random under `npm run fuzz`).
  */
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import os from 'node:os';
+import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import fc from 'fast-check';
@@ -36,18 +35,12 @@ import {
   writeTinyGguf,
   writeTinyHfModel,
 } from '../fixtures/malformed/generate.js';
+import { FUZZ_RUNS, FUZZ_SEED, fuzzParams, fuzzScratch } from '../fuzz-settings.js';
 
-const RUNS = Number(process.env.FUZZ_RUNS ?? 10_000);
-const SEED =
-  process.env.FUZZ_SEED !== undefined
-    ? Number(process.env.FUZZ_SEED)
-    : process.env.FUZZ_RANDOM
-      ? undefined
-      : 20261125;
-const params = (runs = RUNS) => ({ numRuns: runs, seed: SEED, timeout: 5000, endOnFailure: true });
-
-const work = mkdtempSync(path.join(existsSync('/dev/shm') ? '/dev/shm' : os.tmpdir(), 'ptq-fuzz-'));
-after(() => rmSync(work, { recursive: true, force: true }));
+const RUNS = FUZZ_RUNS;
+const SEED = FUZZ_SEED;
+const params = fuzzParams;
+const work = fuzzScratch('ptq-fuzz-');
 const timings: string[] = [];
 after(() => {
   console.log(
@@ -490,5 +483,4 @@ test('GGUF: mutated files parse within bounds or throw a PtqError', async () => 
 test('peak RSS stays bounded over all fuzz cases', () => {
   const rssMiB = process.resourceUsage().maxRSS / 1024;
   assert.ok(rssMiB < 1024, `peak RSS ${rssMiB} MiB`);
-  mkdirSync(work, { recursive: true });
 });

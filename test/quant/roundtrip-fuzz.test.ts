@@ -11,26 +11,19 @@
  * FUZZ_RUNS / FUZZ_SEED as in test/io/fuzz.test.ts.
  */
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { after, test } from 'node:test';
+import { test } from 'node:test';
 import fc from 'fast-check';
 import { packBits, packedByteLength, unpackBits } from '../../src/formats/bitpack.js';
 import { type GridSpec, IntGrid } from '../../src/quant/grid.js';
 import { dequantize, unpackCodes } from '../../src/quant/quantized-tensor.js';
 import { quantizeRtn } from '../../src/quant/rtn.js';
+import { FUZZ_RUNS, FUZZ_SEED, fuzzParams, fuzzScratch } from '../fuzz-settings.js';
 
-const RUNS = Number(process.env.FUZZ_RUNS ?? 10_000);
-const SEED =
-  process.env.FUZZ_SEED !== undefined
-    ? Number(process.env.FUZZ_SEED)
-    : process.env.FUZZ_RANDOM
-      ? undefined
-      : 20261125;
-const params = (runs = RUNS) => ({ numRuns: runs, seed: SEED, endOnFailure: true });
-const work = mkdtempSync(path.join(existsSync('/dev/shm') ? '/dev/shm' : os.tmpdir(), 'ptq-rt-fuzz-'));
-after(() => rmSync(work, { recursive: true, force: true }));
+const RUNS = FUZZ_RUNS;
+const _SEED = FUZZ_SEED;
+const params = fuzzParams;
+const work = fuzzScratch('ptq-rt-fuzz-');
 
 test('bit packing: unpack(pack(codes)) = codes for 1..8 bits, ceil(n·bits/8) bytes', () => {
   const t0 = performance.now();
