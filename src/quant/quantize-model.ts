@@ -16,17 +16,21 @@ import type { TensorMap } from '../tensor.js';
 import { AWQ_DEFAULTS, type AwqOptions, applyAwqClip, applyAwqScales } from './awq.js';
 import { ALL_AT_ONCE, runSequential, TRUE_SEQUENTIAL } from './calibrate.js';
 import { GPTQ_DEFAULTS, type GptqOptions, gptqQuantize, type PreparedHessian, prepareHessian } from './gptq.js';
-import { type GridSpec, gridName, makeGrid } from './grid.js';
+import { type GridSpec, gridName, type IntGrid, makeGrid } from './grid.js';
+import { HQQ_DEFAULTS, type HqqOptions, hqqGridSpec, quantizeHqq } from './hqq.js';
 import { relativeOutputError } from './layer-error.js';
 import { assertFiniteQuantized, assertFiniteWeights } from './numerics.js';
 import { dequantize, type QuantizedTensor, storedBits } from './quantized-tensor.js';
 import { quantizeRtn } from './rtn.js';
+import { quantizeSinq, SINQ_DEFAULTS, type SinqOptions } from './sinq.js';
 
 /** The methods, one row each: this table drives the CLI's choices and help. */
 export const METHODS = {
   rtn: { calibrated: false, description: 'round to nearest, per block min/max (no data)' },
   gptq: { calibrated: true, description: 'GPTQ: Hessian-aware column-wise rounding with error feedback (arXiv:2210.17323)' },
   awq: { calibrated: true, description: 'AWQ: activation-aware channel scaling, then RTN (arXiv:2306.00978)' },
+  hqq: { calibrated: false, description: 'HQQ: half-quadratic lp-error optimization of float zero points, always asymmetric (no data; Badri & Shaji 2023)' },
+  sinq: { calibrated: false, description: 'SINQ: Sinkhorn-balanced per-row and per-column scales, then RTN (no data; arXiv:2509.22944)' },
 } as const;
 export type MethodName = keyof typeof METHODS;
 
@@ -44,6 +48,8 @@ export interface QuantizeOptions {
   calibration?: Calibration;
   gptq?: Partial<GptqOptions>;
   awq?: Partial<AwqOptions>;
+  hqq?: Partial<HqqOptions>;
+  sinq?: Partial<SinqOptions>;
   /** Quantize q/k/v, then o, then gate/up, then down, each from inputs through the quantized earlier ones. */
   trueSequential?: boolean;
   engine?: ComputeEngine;
@@ -70,8 +76,14 @@ export async function quantizeModel(config: ModelConfig, weights: TensorMap, opt
   const t0 = performance.now();
   assertFiniteWeights(weights);
   const engine = options.engine ?? getDefaultEngine();
+  // HQQ and SINQ optimize an integer grid's scales and zero points (the casts below); formats have none.
+  if ((options.method === 'hqq' || options.method === 'sinq') && (options.grid.format ?? 'int') !== 'int') {
+    throw new UsageError(`${options.method} quantizes to integer grids`, { field: 'format', expected: 'int', got: options.grid.format });
+  }
+  // HQQ's zero points are its optimization variable: its grid is always asymmetric with float zeros.
+  const spec = options.method === 'hqq' ? hqqGridSpec(options.grid) : options.grid;
   // Any number format: the grid is the methods' plug-in (grid.ts, number-formats.ts).
-  const grid = makeGrid(options.grid);
+  const grid = makeGrid(spec);
   const out: TensorMap = new Map(weights);
   const tensors = new Map<string, QuantizedTensor>();
   const layers: LayerReport[] = [];
@@ -87,12 +99,23 @@ export async function quantizeModel(config: ModelConfig, weights: TensorMap, opt
     grid.blockShape(w.shape[0]!, w.shape[1]!, linearWeightName(0, linear));
   }
 
-  const settings: Record<string, unknown> = { grid: options.grid, grid_name: gridName(options.grid) };
-  if (options.method === 'rtn') {
+  const settings: Record<string, unknown> = { grid: spec, grid_name: gridName(spec) };
+  if (!METHODS[options.method].calibrated) {
+    const hqq = { ...HQQ_DEFAULTS, ...options.hqq };
+    const sinq = { ...SINQ_DEFAULTS, ...options.sinq };
+    if (options.method === 'hqq') settings.hqq = hqq;
+    if (options.method === 'sinq') settings.sinq = sinq;
     for (let layer = 0; layer < config.numLayers; layer++) {
       for (const linear of BLOCK_LINEARS) {
         const name = linearWeightName(layer, linear);
-        store(name, quantizeRtn(weights.get(name)!, grid, name));
+        const w = weights.get(name)!;
+        const q =
+          options.method === 'hqq'
+            ? quantizeHqq(w, grid as IntGrid, hqq, name).quantized
+            : options.method === 'sinq'
+              ? quantizeSinq(w, grid as IntGrid, sinq, name).quantized
+              : quantizeRtn(w, grid, name);
+        store(name, q);
       }
       options.onProgress?.({ layer: layer + 1, layers: config.numLayers });
     }
