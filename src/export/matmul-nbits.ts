@@ -13,9 +13,10 @@
  *   g_idx        deprecated, so act-order is expressed by permuting A's columns instead.
  *
  * ptqkit's grids map onto it without changing a single code or scale:
- *  - container bits: the grid's bits, or the next supported width (3 → 4, 5..7 → 8): a code
- *    q ∈ [0, 2^b) is a valid code of any wider container, and an explicit zero point keeps
- *    w = s · (q − z) exact (the default zero 2^(c−1) is only right when b = c and symmetric);
+ *  - container bits: the exported dtype's width (q2, q4, q8), which must hold the codes; by
+ *    default the narrowest one (3 → 4, 5..7 → 8): a code q ∈ [0, 2^b) is a valid code of any
+ *    wider container, and an explicit zero point keeps w = s · (q − z) exact (the default zero
+ *    2^(c−1) is only right when b = c and the grid is symmetric);
  *  - block size: a group of G columns becomes G / bs blocks that repeat its scale and zero,
  *    with bs the largest power of two ≥ 16 dividing G; a single group per row (per-channel,
  *    per-tensor) becomes one block of the next power of two ≥ K, zero-padded past K;
@@ -69,17 +70,17 @@ function groupColumns(q: QuantizedTensor): number {
   return new IntGrid(q.spec).blockShape(q.rows, q.cols)[1];
 }
 
-/** Decide how `q` maps to MatMulNBits with codes of at most `maxBits` bits, or why it cannot. */
-export function planMatMulNBits(q: QuantizedTensor, maxBits: number): MatMulNBitsPlan {
+/**
+ * Decide how `q` maps to a MatMulNBits of `bits`-bit codes (2, 4 or 8; codes of fewer bits
+ * are stored in it unchanged, with explicit zero points), or why it cannot.
+ */
+export function planMatMulNBits(q: QuantizedTensor, bits: number): MatMulNBitsPlan {
   const format = q.spec.format ?? 'int';
   if (format !== 'int') return { ok: false, reason: `${format} codes are not integers on a uniform grid` };
-  const bits = containerBits(q.spec.bits);
-  if (bits === undefined || bits > maxBits) {
-    return {
-      ok: false,
-      reason: `${q.spec.bits}-bit codes do not fit a ${maxBits}-bit MatMulNBits container`,
-    };
+  if (!(MATMUL_NBITS_BITS as readonly number[]).includes(bits)) {
+    return { ok: false, reason: `MatMulNBits takes ${MATMUL_NBITS_BITS.join(', ')}-bit codes, not ${bits}` };
   }
+  if (q.spec.bits > bits) return { ok: false, reason: `${q.spec.bits}-bit codes do not fit ${bits} bits` };
   if (q.spec.zeroPoint === 'float' && !q.spec.symmetric && bits === 8) {
     return { ok: false, reason: 'float zero points are supported by MatMulNBits for 2 and 4 bits only' };
   }

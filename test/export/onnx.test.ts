@@ -23,6 +23,7 @@ import { writePtqCheckpoint } from '../../src/io/ptq-checkpoint.js';
 import { Decoder } from '../../src/model/decoder.js';
 import { greedyGenerate } from '../../src/model/generate.js';
 import { type LoadedModel, loadModel } from '../../src/model/load.js';
+import { sampleCalibrationWindows } from '../../src/quant/calibrate.js';
 import type { GridSpec } from '../../src/quant/grid.js';
 import { quantizeModel } from '../../src/quant/quantize-model.js';
 import { runCli } from '../cli/run-cli.js';
@@ -47,6 +48,8 @@ const TEXT = assetsPresent
   : path.join(REPO, 'data/tinystories-valid-slice.txt');
 const PPL_TOKENS = 4096;
 const PROMPT = 'Once upon a time';
+/** One intra-op thread per session: the tiny model gains nothing from a pool on a shared 2-core machine. */
+const SESSION = { local_files_only: true, session_options: { intraOpNumThreads: 1, interOpNumThreads: 1 } };
 const NEW_TOKENS = 20;
 
 // Offline: transformers.js reads only the exported directory and never the Hub.
@@ -67,21 +70,40 @@ interface Variant {
 
 const fp = await loadModel(SOURCE);
 const text = await readFile(TEXT, 'utf8');
-const tokens = fp.tokenizer.encode(text).slice(0, PPL_TOKENS);
+// ~4 characters per token: the first 60K characters hold the evaluated tokens and the calibration windows.
+const textTokens = fp.tokenizer.encode(text.slice(0, 60_000));
+const tokens = textTokens.slice(0, PPL_TOKENS);
 const window = Int32Array.from(tokens.slice(0, 256));
 
-async function quantizedCheckpoint(name: string, grid: GridSpec): Promise<LoadedModel> {
-  const q = await quantizeModel(fp.config, fp.weights, { method: 'rtn', grid });
+async function quantizedCheckpoint(name: string, grid: GridSpec, gptq = false): Promise<LoadedModel> {
+  // GPTQ with act-order: a small calibration set from tokens past the evaluated ones (disjoint).
+  const calibration = gptq
+    ? {
+        windows: sampleCalibrationWindows(textTokens.slice(PPL_TOKENS), {
+          nsamples: 16,
+          seqlen: 128,
+          seed: 0,
+        }),
+        seqlen: 128,
+        description: {},
+      }
+    : undefined;
+  const q = await quantizeModel(fp.config, fp.weights, {
+    method: gptq ? 'gptq' : 'rtn',
+    grid,
+    calibration,
+    gptq: { actOrder: true },
+  });
   const dir = path.join(tmp, name);
   await writePtqCheckpoint(dir, { ...fp, weights: q.weights }, q.quantization);
   return loadModel(dir);
 }
 
-const grid = (symmetric: boolean): GridSpec => ({
+const grid = (symmetric: boolean, groupSize = 32): GridSpec => ({
   bits: 4,
   symmetric,
   granularity: 'group',
-  groupSize: 32,
+  groupSize,
   scaleDtype: 'f16',
 });
 const sym = await quantizedCheckpoint('rtn-int4-g32-sym', grid(true));
@@ -162,7 +184,7 @@ test('the bundled copy exports to the same bytes', {
 
 for (const v of VARIANTS) {
   test(`onnxruntime-node, ${v.label}: logits, KV cache, left padding`, async () => {
-    const lm = await OnnxCausalLM.load(v.dir, v.dtype);
+    const lm = await OnnxCausalLM.load(v.dir, v.dtype, 1);
     const T = window.length;
     const V = lm.config.vocabSize;
     const expected = await ours(v.reference).forward(window, 1, T);
@@ -227,18 +249,15 @@ test('transformers.js runs on the onnxruntime-node of this package', () => {
   assert.equal(theirs, here);
 });
 
-for (const v of VARIANTS) {
+// The fp32 graph of the sym checkpoint differs from the fp32 model's only in weights: onnxruntime checks it.
+for (const v of VARIANTS.filter((x) => x.label !== 'fp32 of the sym checkpoint')) {
   test(`transformers.js, ${v.label}: logits, greedy generation with KV cache, pipeline`, async () => {
-    const model = await AutoModelForCausalLM.from_pretrained(v.dir, {
-      local_files_only: true,
-      dtype: v.dtype,
-    });
+    const model = await AutoModelForCausalLM.from_pretrained(v.dir, { ...SESSION, dtype: v.dtype });
     const session = (model as unknown as { sessions: { model: ort.InferenceSession } }).sessions.model;
     assert.ok(
       session instanceof ort.InferenceSession,
       'transformers.js session comes from the same onnxruntime-node module',
     );
-    const V = v.reference.config.vocabSize;
 
     // (b) logits of the whole window through transformers.js' own forward (position_ids from the mask).
     const T = window.length;
@@ -278,7 +297,7 @@ for (const v of VARIANTS) {
       ...Array.from({ length: steps - 1 }, (_, i) => ({ seq: 1, past: prompt.length + i })),
     ]);
 
-    const generator = await pipeline('text-generation', v.dir, { local_files_only: true, dtype: v.dtype });
+    const generator = await pipeline('text-generation', v.dir, { ...SESSION, dtype: v.dtype });
     const [result] = (await generator(PROMPT, { max_new_tokens: NEW_TOKENS, do_sample: false })) as {
       generated_text: string;
     }[];
@@ -298,11 +317,12 @@ for (const v of VARIANTS) {
     const protocol = { ctx: 512, stride: 512, dropPartial: true };
     const theirsPpl = (await evaluate(viaTransformers, tokens, { protocol })).perplexity;
     const ortPpl = (
-      await evaluate((await OnnxCausalLM.load(v.dir, v.dtype)) as unknown as Decoder, tokens, { protocol })
+      await evaluate((await OnnxCausalLM.load(v.dir, v.dtype, 1)) as unknown as Decoder, tokens, { protocol })
     ).perplexity;
     const minePpl = (await evaluate(ours(v.reference), tokens, { protocol })).perplexity;
     console.log(
-      `  perplexity, ${tokens.length} tokens: ptqkit ${minePpl.toFixed(4)}, onnxruntime ${ortPpl.toFixed(4)}, transformers.js ${theirsPpl.toFixed(4)} (V=${V})`,
+      `  perplexity, ${tokens.length} tokens, ctx 512: ptqkit ${minePpl.toFixed(4)}, onnxruntime ${ortPpl.toFixed(4)} ` +
+        `(rel. ${(ortPpl / minePpl - 1).toExponential(1)}), transformers.js ${theirsPpl.toFixed(4)} (rel. ${(theirsPpl / minePpl - 1).toExponential(1)})`,
     );
     assert.ok(Math.abs(ortPpl / minePpl - 1) < PPL_REL_TOL);
     assert.ok(Math.abs(theirsPpl / minePpl - 1) < PPL_REL_TOL);
@@ -321,13 +341,13 @@ test('llama2.c stories260K: greedy decoding through the ONNX KV cache matches ll
   const down = report.variants[1]!.linears.find((l) => l.name.endsWith('mlp.down_proj.weight'))!;
   assert.equal(down.storage, 'matmulnbits b4 bs256');
   const mine = await greedyGenerate(ours(m), [m.config.bosTokenId!], 40);
-  const lm = await OnnxCausalLM.load(dir, 'fp32');
+  const lm = await OnnxCausalLM.load(dir, 'fp32', 1);
   const theirs = await lm.greedy([m.config.bosTokenId!], 40);
   console.log(`  ${JSON.stringify(m.tokenizer.decode(theirs))}`);
   assert.deepEqual(theirs, mine);
   assert.ok(m.tokenizer.decode(theirs).startsWith('Once upon a time, there was a little girl named Lily.'));
   // transformers.js runs it on token ids (no tokenizer.json needed for the model itself).
-  const model = await AutoModelForCausalLM.from_pretrained(dir, { local_files_only: true, dtype: 'fp32' });
+  const model = await AutoModelForCausalLM.from_pretrained(dir, { ...SESSION, dtype: 'fp32' });
   const out = (await model.generate({
     input_ids: new Tensor('int64', BigInt64Array.of(1n), [1, 1]),
     attention_mask: new Tensor('int64', BigInt64Array.of(1n), [1, 1]),
@@ -335,6 +355,61 @@ test('llama2.c stories260K: greedy decoding through the ONNX KV cache matches ll
     do_sample: false,
   })) as Tensor;
   assert.deepEqual(out.tolist()[0].map(Number), mine);
+});
+
+test('other grids: wider containers, announced re-quantization and float fallback, GPTQ act-order', async () => {
+  const window64 = window.subarray(0, 64);
+  const check = async (m: LoadedModel, dir: string, dtype: OnnxDtype) => {
+    const diff = maxAbsDiff(
+      await (await OnnxCausalLM.load(dir, dtype, 1)).forward(window64, 1, 64),
+      await ours(m).forward(window64, 1, 64),
+    );
+    assert.ok(diff < Q4_LOGIT_TOL, `${dtype}: ${diff}`);
+    return diff;
+  };
+  // int4 codes in the 8-bit container (explicit zero points 8), exact; in 2 bits they do not fit: RTN int2, announced.
+  const wide = await exportOnnx(sym, path.join(tmp, 'onnx-q8-q2'), { dtypes: ['q8', 'q2'] });
+  const [q8, q2] = wide.variants;
+  assert.ok(
+    q8!.linears.every((l) => l.source === 'codes' && l.storage === 'matmulnbits b8 bs32 zp'),
+    JSON.stringify(q8!.linears[0]),
+  );
+  assert.equal(q8!.file, 'model_quantized.onnx');
+  console.log(
+    `  q8 container of int4 codes: max logit diff ${(await check(sym, path.join(tmp, 'onnx-q8-q2'), 'q8')).toExponential(2)}`,
+  );
+  assert.ok(
+    q2!.linears.every((l) => l.source === 'rtn' && l.storage === 'matmulnbits b2 bs32'),
+    JSON.stringify(q2!.linears[0]),
+  );
+  assert.equal(wide.warnings.length, q2!.linears.length);
+  assert.match(wide.warnings[0]!, /int4-g32-sym does not fit q2: re-quantized with RTN/);
+
+  // Groups of 8 columns: no MatMulNBits block size (a power of two >= 16) tiles them, so the layers stay float.
+  const g8 = await quantizedCheckpoint('rtn-int4-g8', grid(true, 8));
+  const g8Report = await exportOnnx(g8, path.join(tmp, 'onnx-g8'));
+  assert.ok(
+    g8Report.variants[0]!.linears.every((l) => l.storage === 'float'),
+    JSON.stringify(g8Report.variants[0]!.linears[0]),
+  );
+  assert.match(
+    g8Report.warnings[0]!,
+    /int4-g8-sym: group size 8 is not a multiple of a power of two >= 16; kept as float/,
+  );
+  console.log(
+    `  int4 g8 kept float: max logit diff ${(await check(g8, path.join(tmp, 'onnx-g8'), 'q4')).toExponential(2)}`,
+  );
+
+  // GPTQ act-order: g_idx becomes a Gather of A's columns in front of each MatMulNBits.
+  const ao = await quantizedCheckpoint('gptq-act-order', grid(false), true);
+  const aoReport = await exportOnnx(ao, path.join(tmp, 'onnx-act-order'));
+  assert.ok(
+    aoReport.variants[0]!.linears.some((l) => l.storage.includes('act-order permutation')),
+    JSON.stringify(aoReport.variants[0]!.linears[0]),
+  );
+  console.log(
+    `  GPTQ act-order q4: max logit diff ${(await check(ao, path.join(tmp, 'onnx-act-order'), 'q4')).toExponential(2)}`,
+  );
 });
 
 test('ptq export --format onnx writes the directory and reports sizes', async () => {
