@@ -11,6 +11,17 @@ export type { Tensor, TensorMap } from './tensor.js';
 export { type AttentionShape, type ComputeEngine, getDefaultEngine, JsEngine, OrtEngine } from './compute/index.js';
 export { decodeBf16, decodeF16, encodeBf16, encodeF16, roundToBf16, roundToF16 } from './formats/half.js';
 export { packBits, unpackBits } from './formats/bitpack.js';
+export { E8M0, Minifloat, type MinifloatSpec } from './formats/minifloat.js';
+export {
+  ELEMENT_FORMATS,
+  type ElementFormat,
+  FP4_E2M1,
+  FP6_E2M3,
+  FP6_E3M2,
+  FP8_E4M3,
+  FP8_E5M2,
+  SCALE_FORMATS,
+} from './formats/element-formats.js';
 export { SafetensorsModel, writeSafetensors } from './io/safetensors.js';
 export { type PtqQuantization, readPtqCheckpoint, writePtqCheckpoint } from './io/ptq-checkpoint.js';
 export type { TextTokenizer } from './io/tokenizer.js';
@@ -20,7 +31,8 @@ export { Decoder, type ForwardHooks } from './model/decoder.js';
 export { greedyGenerate } from './model/generate.js';
 export { type LoadedModel, loadModel } from './model/load.js';
 export { type EvalResult, evaluate, planWindows, type WindowProtocol } from './eval/perplexity.js';
-export { type GridSpec, gridName, IntGrid } from './quant/grid.js';
+export { type Grid, type GridSpec, gridName, IntGrid, makeGrid, ScaledGrid } from './quant/grid.js';
+export { FORMAT_NAMES, type FormatName, gridSpecFor, QUANT_FORMATS } from './quant/number-formats.js';
 export { dequantize, type QuantizedTensor, storedBits } from './quant/quantized-tensor.js';
 export { quantizeRtn } from './quant/rtn.js';
 export { GPTQ_DEFAULTS, type GptqOptions, gptqQuantize, prepareHessian } from './quant/gptq.js';
