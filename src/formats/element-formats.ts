@@ -25,7 +25,7 @@
 import { FormatError } from '../errors.js';
 import { packBits, packedByteLength, unpackBits } from './bitpack.js';
 import { roundToBf16, roundToF16 } from './half.js';
-import { E8M0, Minifloat } from './minifloat.js';
+import { E8M0, Minifloat, roundHalfEven } from './minifloat.js';
 
 /** How codes are laid out in bytes. */
 export interface CodePacking {
@@ -142,19 +142,13 @@ export const FP4_E2M1 = new Minifloat({
   specials: 'none',
 });
 
-/** Round half to even, as torch.round (BitNet's RoundClip uses it). */
-function rint(x: number): number {
-  const r = Math.round(x);
-  return r - x === 0.5 && r % 2 !== 0 ? r - 1 : r;
-}
-
 function finite(x: number, name: string): number {
   if (Number.isNaN(x))
     throw new FormatError('NaN has no encoding', { field: name, expected: 'a finite value' });
   return x;
 }
 
-/** Code t ∈ {0, 1, 2} stands for t − 1; x ↦ RoundClip(x, −1, 1) (BitNet b1.58, Eq. 1-2). */
+/** Code t ∈ {0, 1, 2} stands for t − 1; x ↦ RoundClip(x, −1, 1) with torch.round's ties to even (BitNet b1.58, Eq. 1-2). */
 const TERNARY: ElementFormat = {
   name: 'ternary',
   bits: 2,
@@ -162,7 +156,7 @@ const TERNARY: ElementFormat = {
   emax: 0,
   values: Float64Array.of(-1, 0, 1),
   packing: TRIT_PACKING,
-  encode: (x) => Math.max(-1, Math.min(1, rint(finite(x, 'ternary')))) + 1,
+  encode: (x) => Math.max(-1, Math.min(1, roundHalfEven(finite(x, 'ternary')))) + 1,
   decode: (c) => c - 1,
 };
 

@@ -34,8 +34,8 @@ export interface MinifloatSpec {
   specials: Specials;
 }
 
-/** Round half to even on float64 (the value is already scaled so that 1 ulp = 1). */
-function rint(x: number): number {
+/** Round half to even, as torch.round and numpy.round do (Math.round rounds half up). */
+export function roundHalfEven(x: number): number {
   const r = Math.round(x);
   return r - x === 0.5 && r % 2 !== 0 ? r - 1 : r;
 }
@@ -129,7 +129,7 @@ export class Minifloat {
     let e = floorLog2(a);
     if (e < this.emin) e = this.emin; // subnormal range: fixed quantum 2^(emin − M)
     const ulp = 2 ** (e - M);
-    const n = rint(a / ulp); // a / 2^k is exact in float64
+    const n = roundHalfEven(a / ulp); // a / 2^k is exact in float64
     if (n * ulp > this.max) {
       return sign | (saturate || this.spec.specials === 'none' ? this.maxCode : this.overflowCode());
     }

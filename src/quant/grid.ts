@@ -31,7 +31,7 @@ import {
   type ScaleFormatName,
 } from '../formats/element-formats.js';
 import { roundToBf16, roundToF16 } from '../formats/half.js';
-import { E8M0, floorLog2 } from '../formats/minifloat.js';
+import { E8M0, floorLog2, roundHalfEven } from '../formats/minifloat.js';
 import { type FormatName, formatInfo, type Scaling } from './number-formats.js';
 
 export type Granularity = 'tensor' | 'channel' | 'group';
@@ -99,11 +99,7 @@ export function makeGrid(spec: GridSpec): Grid {
   return (spec.format ?? 'int') === 'int' ? new IntGrid(spec) : new ScaledGrid(spec);
 }
 
-/** Round half to even, as torch.round and numpy.round do (Math.round rounds half up). */
-export function roundHalfEven(x: number): number {
-  const r = Math.round(x);
-  return r - x === 0.5 && r % 2 !== 0 ? r - 1 : r;
-}
+export { roundHalfEven };
 
 export function gridName(g: GridSpec): string {
   const gran = g.granularity === 'group' ? `g${g.groupSize}` : g.granularity === 'channel' ? 'pc' : 'pt';
