@@ -8,12 +8,15 @@ import { FileError, UsageError } from '../errors.js';
 import { writePtqCheckpoint } from '../io/ptq-checkpoint.js';
 import { assertWritableOutput } from '../io/atomic.js';
 import { type EvalResult, evaluate, type WindowProtocol } from '../eval/perplexity.js';
+import { exportGguf } from '../export/gguf.js';
 import { exportOnnx, ONNX_DTYPES, type OnnxDtype } from '../export/onnx.js';
 import { Decoder } from '../model/decoder.js';
 import { type LoadedModel, loadModel } from '../model/load.js';
 import { type GridSpec, gridName, validateGrid } from '../quant/grid.js';
 import { sampleCalibrationWindows } from '../quant/calibrate.js';
+import { HQQ_DEFAULTS } from '../quant/hqq.js';
 import { type Calibration, METHODS, type MethodName, modelSize, quantizeModel } from '../quant/quantize-model.js';
+import { SINQ_DEFAULTS } from '../quant/sinq.js';
 import { createProgress } from './progress.js';
 import { fmt, formatTable } from './table.js';
 
@@ -84,6 +87,9 @@ export interface QuantizeArgs {
   blockSize: number;
   trueSequential: boolean;
   awqClip: boolean;
+  hqqIters?: number;
+  lpNorm?: number;
+  sinqIters?: number;
 }
 
 export async function quantizeCommand(modelPath: string, args: QuantizeArgs, out: Output) {
@@ -105,6 +111,8 @@ export async function quantizeCommand(modelPath: string, args: QuantizeArgs, out
     calibration,
     gptq: { actOrder: !!args.actOrder, damp: args.damp, blockSize: args.blockSize },
     awq: { clip: args.awqClip },
+    hqq: { iters: args.hqqIters ?? HQQ_DEFAULTS.iters, lpNorm: args.lpNorm ?? HQQ_DEFAULTS.lpNorm },
+    sinq: { iters: args.sinqIters ?? SINQ_DEFAULTS.iters },
     trueSequential: args.trueSequential,
     onProgress: (p) => progress.update(p.layer, p.layers),
   });
@@ -115,7 +123,8 @@ export async function quantizeCommand(modelPath: string, args: QuantizeArgs, out
     model: model.path,
     output: path.resolve(args.output),
     method,
-    grid: gridName(args.grid),
+    // The grid the method used (HQQ's is always asymmetric).
+    grid: String(q.quantization.settings.grid_name ?? gridName(args.grid)),
     calibration: calibration?.description,
     bitsPerWeight: size.bitsPerWeight,
     bytes: size.totalBytes,
@@ -230,16 +239,37 @@ export interface ExportArgs {
   dtype?: string;
   /** onnx: weights in .onnx_data files: 'auto' (above 1 GiB), true, false. */
   externalData?: boolean | 'auto';
+  /** gguf: ggml type of the matrices, or 'auto'. */
+  type?: string;
+}
+
+async function exportGgufCommand(modelPath: string, args: ExportArgs, out: Output) {
+  await assertWritableOutput(args.output);
+  const model = await loadModel(modelPath, { tokenizer: args.tokenizer });
+  const report = await exportGguf(model, args.output, {
+    type: args.type ?? 'auto',
+    onWarning: out.json ? undefined : (m) => console.error(`ptq: warning: ${m}`),
+  });
+  if (out.json) return out.log(JSON.stringify(report, null, 2));
+  const kinds = new Map<string, number>();
+  for (const t of report.tensors) kinds.set(`${t.type} from ${t.source}`, (kinds.get(`${t.type} from ${t.source}`) ?? 0) + 1);
+  out.log(formatTable(['tensors', 'storage'], [...kinds].map(([k, n]) => [String(n), k])));
+  out.log(
+    `exported ${model.path} as GGUF ${report.type}: ${report.bitsPerWeight.toFixed(3)} bits/weight (matrices), ` +
+      `${fmt.bytes(report.bytes)} -> ${report.file}`,
+  );
 }
 
 export async function exportCommand(modelPath: string, args: ExportArgs, out: Output) {
   switch (args.format) {
     case 'onnx':
       return exportOnnxCommand(modelPath, args, out);
+    case 'gguf':
+      return exportGgufCommand(modelPath, args, out);
     default:
       throw new UsageError('export format not available', {
         field: 'format',
-        expected: 'onnx',
+        expected: Object.keys(EXPORT_FORMATS).join(', '),
         got: args.format,
       });
   }

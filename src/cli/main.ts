@@ -5,11 +5,14 @@
  */
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { PtqError } from '../errors.js';
+import { GGUF_EXPORT_TYPES } from '../export/gguf.js';
 import { CALIBRATION_DEFAULTS } from '../quant/calibrate.js';
 import { GPTQ_DEFAULTS } from '../quant/gptq.js';
 import type { GridSpec, ScaleDtype } from '../quant/grid.js';
+import { HQQ_DEFAULTS } from '../quant/hqq.js';
 import { FORMAT_NAMES, type FormatName, gridSpecFor, QUANT_FORMATS } from '../quant/number-formats.js';
 import { METHODS } from '../quant/quantize-model.js';
+import { SINQ_DEFAULTS } from '../quant/sinq.js';
 import {
   consoleOutput,
   EXPORT_FORMATS,
@@ -92,6 +95,9 @@ program
   .option('--block-size <n>', 'gptq: columns per lazy batch', integer, GPTQ_DEFAULTS.blockSize)
   .option('--no-true-sequential', 'gptq: quantize all linears of a block from the same inputs')
   .option('--no-awq-clip', 'awq: skip the clipping search after scaling')
+  .option('--hqq-iters <n>', 'hqq: maximum half-quadratic iterations (stops earlier when the error stops falling)', integer, HQQ_DEFAULTS.iters)
+  .option('--lp-norm <p>', 'hqq: p of the error ‖W − Ŵ‖_p^p it minimizes, 0 < p ≤ 1', Number, HQQ_DEFAULTS.lpNorm)
+  .option('--sinq-iters <n>', 'sinq: Sinkhorn iterations balancing row and column standard deviations', integer, SINQ_DEFAULTS.iters)
   .option('--tokenizer <file>', 'tokenizer to use instead of the one next to the model')
   .option('--json', 'print JSON')
   .action((model, o, cmd: Command) => {
@@ -122,6 +128,7 @@ program
   )
   .requiredOption('-o, --output <path>', 'output directory (onnx) or file (gguf)')
   .option('--dtype <list>', 'onnx: variants to write, e.g. fp32,q4 (default: the checkpoint\'s width, or fp32)')
+  .option('--type <name>', `gguf: ${GGUF_EXPORT_TYPES.join('|')}, or auto (a checkpoint's exact block type, else f32)`, 'auto')
   .option('--external-data', 'onnx: store weights in .onnx_data files (default: only above 1 GiB)')
   .option('--no-external-data', 'onnx: keep every weight inside the .onnx file')
   .option('--tokenizer <file>', 'tokenizer to use instead of the one next to the model')
