@@ -311,5 +311,5 @@ async function exportOnnxCommand(modelPath: string, args: ExportArgs, out: Outpu
       ),
     );
   }
-  out.log(`exported ${model.path} as ONNX (${report.tokenizer}) -> ${report.output}`);
+  out.log(`exported ${model.path} as ONNX (tokenizer ${report.tokenizer}) -> ${report.output}`);
 }

@@ -6,7 +6,8 @@
  *   config.json              the model's config (model_type llama) + "transformers.js_config"
  *                            {dtype: the first exported dtype, use_external_data_format}
  *   generation_config.json   bos/eos ids (copied from the source when it has one)
- *   tokenizer.json, tokenizer_config.json, special_tokens_map.json   copied
+ *   tokenizer.json, tokenizer_config.json, special_tokens_map.json   copied, or converted from a
+ *                            llama2.c tokenizer.bin (tokenizer-json.ts)
  *   onnx/model.onnx          fp32 (dtype 'fp32')
  *   onnx/model_quantized.onnx  8-bit MatMulNBits ('q8'), onnx/model_q4.onnx ('q4'), onnx/model_q2.onnx ('q2')
  *   onnx/<file>.onnx_data[_1..]  external initializers (transformers.js' naming,
@@ -28,6 +29,7 @@ import { copyFile, mkdir, open, readdir, stat, writeFile } from 'node:fs/promise
 import path from 'node:path';
 import { ConfigError, UsageError } from '../errors.js';
 import { writeDirectoryAtomically } from '../io/atomic.js';
+import { Llama2cTokenizer } from '../io/llama2c-tokenizer.js';
 import { buildOnnxModelExternal, type ExternalChunk, GraphAssembler } from '../io/onnx-builder.js';
 import { BLOCK_LINEARS, linearWeightName } from '../model/architecture.js';
 import type { LoadedModel } from '../model/load.js';
@@ -36,6 +38,7 @@ import type { QuantizedTensor } from '../quant/quantized-tensor.js';
 import { quantizeRtn } from '../quant/rtn.js';
 import { encodeMatMulNBits, matMulNBitsBytes, planMatMulNBits } from './matmul-nbits.js';
 import { buildDecoderGraph, type LinearWeight } from './onnx-graph.js';
+import { llama2cTokenizerJson } from './tokenizer-json.js';
 
 /** The dtypes transformers.js selects by file suffix, and the MatMulNBits width each uses here. */
 export const ONNX_DTYPES = {
@@ -96,8 +99,8 @@ export interface OnnxExportReport {
   output: string;
   variants: OnnxVariantReport[];
   files: { path: string; bytes: number }[];
-  /** Whether transformers.js can tokenize: tokenizer.json present (llama2.c tokenizers are copied only). */
-  tokenizer: 'tokenizer.json' | 'tokenizer.bin only';
+  /** The source's tokenizer.json & co. copied, or written from a llama2.c tokenizer.bin (tokenizer-json.ts). */
+  tokenizer: 'copied' | 'converted from tokenizer.bin';
   warnings: string[];
 }
 
@@ -137,7 +140,7 @@ export async function exportOnnx(
 
   const variants: OnnxVariantReport[] = [];
   const files: { path: string; bytes: number }[] = [];
-  let tokenizer: OnnxExportReport['tokenizer'] = 'tokenizer.bin only';
+  let tokenizer: OnnxExportReport['tokenizer'] = 'copied';
   await writeDirectoryAtomically(outDir, async (tmp) => {
     await mkdir(path.join(tmp, 'onnx'));
     for (const dtype of dtypes)
@@ -152,15 +155,13 @@ export async function exportOnnx(
     if (model.source !== 'llama2c' && existsSync(sourceGeneration))
       await copyFile(sourceGeneration, path.join(tmp, 'generation_config.json'));
     else await writeJson(path.join(tmp, 'generation_config.json'), generationConfig(model));
-    for (const file of model.tokenizerFiles) {
-      const name = path.basename(file);
-      if (name === 'tokenizer.json') tokenizer = 'tokenizer.json';
-      await copyFile(file, path.join(tmp, file.endsWith('.bin') ? 'tokenizer.bin' : name));
-    }
-    if (tokenizer !== 'tokenizer.json') {
-      warn(
-        'the source has a llama2.c tokenizer.bin and no tokenizer.json: transformers.js can run the model on token ids but cannot tokenize text',
-      );
+    if (model.tokenizer instanceof Llama2cTokenizer) {
+      // llama2.c ships tokenizer.bin only: write the equivalent Hugging Face tokenizer files.
+      const converted = llama2cTokenizerJson(model.tokenizer.vocabulary(), model.config);
+      for (const [name, json] of Object.entries(converted)) await writeJson(path.join(tmp, name), json);
+      tokenizer = 'converted from tokenizer.bin';
+    } else {
+      for (const file of model.tokenizerFiles) await copyFile(file, path.join(tmp, path.basename(file)));
     }
   });
   for (const name of await readdir(outDir, { recursive: true })) {

@@ -34,6 +34,11 @@ export class Llama2cTokenizer implements TextTokenizer {
     return this.pieces.length;
   }
 
+  /** Pieces (spaces stored as ' ', bytes as `<0xXX>`) and their merge scores, for format converters. */
+  vocabulary(): { pieces: readonly string[]; scores: Float32Array } {
+    return { pieces: this.pieces, scores: this.scores };
+  }
+
   static async load(file: string, vocabSize: number): Promise<Llama2cTokenizer> {
     const bytes = await readBounded(file, vocabSize);
     return Llama2cTokenizer.fromBytes(bytes, vocabSize, file);

@@ -8,7 +8,6 @@
  * (a quantized checkpoint's dequantized weights): logits, greedy tokens, perplexity.
  */
 import assert from 'node:assert/strict';
-import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import os from 'node:os';
@@ -329,14 +328,13 @@ for (const v of VARIANTS.filter((x) => x.label !== 'fp32 of the sym checkpoint')
   });
 }
 
-test('llama2.c stories260K: greedy decoding through the ONNX KV cache matches llama2.c', {
+test('llama2.c stories260K: converted tokenizer, greedy decoding through the ONNX KV cache matches llama2.c', {
   skip: !assetsPresent,
 }, async () => {
   const m = await loadModel(path.join(ASSETS, 'models/stories260k/stories260K.bin'));
   const dir = path.join(tmp, 'onnx-260k');
   const report = await exportOnnx(m, dir, { dtypes: ['fp32', 'q4'] });
-  assert.equal(report.tokenizer, 'tokenizer.bin only');
-  assert.ok(existsSync(path.join(dir, 'tokenizer.bin')));
+  assert.equal(report.tokenizer, 'converted from tokenizer.bin');
   // FFN width 172: 32 does not divide it, so down_proj is quantized per channel in one 256-wide block.
   const down = report.variants[1]!.linears.find((l) => l.name.endsWith('mlp.down_proj.weight'))!;
   assert.equal(down.storage, 'matmulnbits b4 bs256');
@@ -346,15 +344,20 @@ test('llama2.c stories260K: greedy decoding through the ONNX KV cache matches ll
   console.log(`  ${JSON.stringify(m.tokenizer.decode(theirs))}`);
   assert.deepEqual(theirs, mine);
   assert.ok(m.tokenizer.decode(theirs).startsWith('Once upon a time, there was a little girl named Lily.'));
-  // transformers.js runs it on token ids (no tokenizer.json needed for the model itself).
-  const model = await AutoModelForCausalLM.from_pretrained(dir, { ...SESSION, dtype: 'fp32' });
-  const out = (await model.generate({
-    input_ids: new Tensor('int64', BigInt64Array.of(1n), [1, 1]),
-    attention_mask: new Tensor('int64', BigInt64Array.of(1n), [1, 1]),
-    max_new_tokens: 40,
-    do_sample: false,
-  })) as Tensor;
-  assert.deepEqual(out.tolist()[0].map(Number), mine);
+
+  // transformers.js, text in and text out through the converted tokenizer.json.
+  const generator = await pipeline('text-generation', dir, { ...SESSION, dtype: 'fp32' });
+  const prompt = 'Once upon a time, there was a little dog';
+  const ids = await greedyGenerate(ours(m), m.tokenizer.encode(prompt), NEW_TOKENS, m.config.eosTokenId);
+  assert.deepEqual(
+    (generator.tokenizer(prompt).input_ids as Tensor).tolist()[0].map(Number),
+    m.tokenizer.encode(prompt),
+  );
+  const [result] = (await generator(prompt, { max_new_tokens: NEW_TOKENS, do_sample: false })) as {
+    generated_text: string;
+  }[];
+  console.log(`  ${JSON.stringify(result!.generated_text)}`);
+  assert.equal(result!.generated_text, m.tokenizer.decode(ids));
 });
 
 test('other grids: wider containers, announced re-quantization and float fallback, GPTQ act-order', async () => {
