@@ -119,22 +119,19 @@ export function buildDecoderGraph(g: GraphAssembler, m: DecoderGraphInput) {
     const v = linear(h, w('self_attn.v_proj'));
     const heads = (t: string) =>
       g.op1('Transpose', [g.op1('Reshape', [t, g.int64([0, 0, KVH, d])])], { perm: [0, 2, 1, 3] });
-    const keys = g.op(
-      'Concat',
-      [pastName(layer, 'key'), heads(k)],
-      { axis: 2 },
-      { outputs: [presentName(layer, 'key')] },
-    )[0]!;
-    const values = g.op(
-      'Concat',
-      [pastName(layer, 'value'), heads(v)],
-      { axis: 2 },
-      { outputs: [presentName(layer, 'value')] },
-    )[0]!;
-    for (const kv of ['key', 'value'] as const) {
+    // present = concat(past, new) along the sequence axis; the graph's cache inputs and outputs.
+    const cache = (kv: 'key' | 'value', t: string) => {
       inputs.push({ name: pastName(layer, kv), dims: ['batch_size', KVH, 'past_sequence_length', d] });
       outputs.push({ name: presentName(layer, kv), dims: ['batch_size', KVH, 'total_sequence_length', d] });
-    }
+      return g.op(
+        'Concat',
+        [pastName(layer, kv), heads(t)],
+        { axis: 2 },
+        { outputs: [presentName(layer, kv)] },
+      )[0]!;
+    };
+    const keys = cache('key', k);
+    const values = cache('value', v);
     // q [B, S, H·d] -> [B, KVH, group, S, d]; head h = kv·group + j, as Hugging Face's repeat_kv orders them.
     const q5 = g.op1('Transpose', [g.op1('Reshape', [q, g.int64([0, 0, KVH, group, d])])], {
       perm: [0, 2, 3, 1, 4],

@@ -289,31 +289,24 @@ export class GraphAssembler {
 
   /** A small int64 constant (shapes, axes), shared by every node that needs the same values. */
   int64(values: number[], dims: number[] = [values.length]): string {
-    const key = `i64:${dims}:${values}`;
-    let name = this.constants.get(key);
-    if (!name) {
-      name = this.initializer(
-        `/const/int64_${this.constants.size}`,
-        'int64',
-        dims,
-        BigInt64Array.from(values.map(BigInt)),
-      );
-      this.constants.set(key, name);
-    }
-    return name;
+    return this.constant('int64', dims, values, () => BigInt64Array.from(values.map(BigInt)));
   }
 
   /** A small float32 constant, shared like `int64`. */
   float32(values: number[], dims: number[] = [values.length]): string {
-    const key = `f32:${dims}:${values}`;
+    return this.constant('float32', dims, values, () => Float32Array.from(values));
+  }
+
+  private constant(
+    type: 'int64' | 'float32',
+    dims: number[],
+    values: number[],
+    data: () => ArrayBufferView,
+  ): string {
+    const key = `${type}:${dims}:${values}`;
     let name = this.constants.get(key);
     if (!name) {
-      name = this.initializer(
-        `/const/float_${this.constants.size}`,
-        'float32',
-        dims,
-        Float32Array.from(values),
-      );
+      name = this.initializer(`/const/${type}_${this.constants.size}`, type, dims, data());
       this.constants.set(key, name);
     }
     return name;
