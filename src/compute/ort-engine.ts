@@ -89,6 +89,10 @@ export class OrtEngine implements ComputeEngine {
         interOpNumThreads: 1,
         executionMode: 'sequential',
         graphOptimizationLevel: 'all',
+        // Idle pool threads sleep instead of spinning: between products the main thread runs
+        // JS loops (norms, GPTQ's columns), and spinning would take a core from them and from
+        // any other process.
+        extra: { session: { intra_op: { allow_spinning: '0' } } },
       });
       this.sessions.set(spec.name, s);
     }
@@ -108,7 +112,14 @@ export class OrtEngine implements ComputeEngine {
     });
   }
 
-  linearSwiGlu(x: Float32Array, gate: Float32Array, up: Float32Array, M: number, K: number, N: number): Promise<Float32Array> {
+  linearSwiGlu(
+    x: Float32Array,
+    gate: Float32Array,
+    up: Float32Array,
+    M: number,
+    K: number,
+    N: number,
+  ): Promise<Float32Array> {
     return this.run(LINEAR_SWIGLU, {
       x: new ort.Tensor('float32', x, [M, K]),
       gate: new ort.Tensor('float32', gate, [N, K]),
@@ -123,7 +134,12 @@ export class OrtEngine implements ComputeEngine {
     });
   }
 
-  causalAttention(q: Float32Array, k: Float32Array, v: Float32Array, shape: AttentionShape): Promise<Float32Array> {
+  causalAttention(
+    q: Float32Array,
+    k: Float32Array,
+    v: Float32Array,
+    shape: AttentionShape,
+  ): Promise<Float32Array> {
     const { batch: B, seqLen: T, heads, kvHeads, headDim: d, scale } = shape;
     return this.run(groupQueryAttention(heads, kvHeads, d, scale), {
       q: new ort.Tensor('float32', q, [B, T, heads * d]),

@@ -9,7 +9,7 @@
  * The pass is split into embed -> block(i) for every layer -> head so that sequential
  * calibration (GPTQ, AWQ) can run and quantize one block at a time.
  */
-import { getDefaultEngine, type ComputeEngine } from '../compute/index.js';
+import { type ComputeEngine, getDefaultEngine } from '../compute/index.js';
 import { ConfigError } from '../errors.js';
 import type { TensorMap } from '../tensor.js';
 import { type BlockLinear, blockPrefix, EMBED, FINAL_NORM, LM_HEAD } from './architecture.js';
@@ -20,11 +20,6 @@ export interface ForwardHooks {
   onLinearInput?(layer: number, linear: BlockLinear, x: Float32Array, rows: number, cols: number): void;
   /** End the block right after this linear's input was captured (calibration needs nothing later). */
   stopAfterInputOf?: BlockLinear;
-  /**
-   * Reuse of the attention output (the o_proj input) across passes over the same inputs while
-   * q/k/v stay fixed: `cached` is used instead of recomputing it, `store` receives a new one.
-   */
-  attention?: { cached?: Float32Array; store?(attn: Float32Array): void };
 }
 
 /** Thrown inside `block` to end a capture-only pass early; never escapes it. */
@@ -55,14 +50,21 @@ export class Decoder {
     const table = this.weight(EMBED);
     const x = new Float32Array(tokens.length * D);
     tokens.forEach((id, i) => {
-      if (id < 0 || id >= vocabSize) throw new ConfigError(`token id ${id} outside the vocabulary [0, ${vocabSize})`);
+      if (id < 0 || id >= vocabSize)
+        throw new ConfigError(`token id ${id} outside the vocabulary [0, ${vocabSize})`);
       x.set(table.subarray(id * D, (id + 1) * D), i * D);
     });
     return x;
   }
 
   /** One decoder block on x [B*T, hidden]; returns the new residual stream (undefined if stopped early). */
-  async block(layer: number, x: Float32Array, B: number, T: number, hooks?: ForwardHooks): Promise<Float32Array | undefined> {
+  async block(
+    layer: number,
+    x: Float32Array,
+    B: number,
+    T: number,
+    hooks?: ForwardHooks,
+  ): Promise<Float32Array | undefined> {
     try {
       return await this.blockBody(layer, x, B, T, hooks);
     } catch (e) {
@@ -74,47 +76,125 @@ export class Decoder {
   private async blockBody(layer: number, x: Float32Array, B: number, T: number, hooks?: ForwardHooks) {
     const c = this.config;
     const rows = B * T;
-    const p = blockPrefix(layer);
-    const capture = (name: BlockLinear, input: Float32Array, inDim: number) => {
-      hooks?.onLinearInput?.(layer, name, input, rows, inDim);
-      if (hooks?.stopAfterInputOf === name) throw STOP;
+    const capture = (input: Float32Array, inDim: number, ...names: BlockLinear[]) => {
+      for (const name of names) {
+        hooks?.onLinearInput?.(layer, name, input, rows, inDim);
+        if (hooks?.stopAfterInputOf === name) throw STOP;
+      }
     };
-    const linear = async (name: BlockLinear, input: Float32Array, inDim: number, outDim: number) => {
-      capture(name, input, inDim);
-      return this.engine.linear(input, this.weight(`${p}${name}.weight`), rows, inDim, outDim);
-    };
-
     // Attention sub-block: x += o_proj(attn(rope(q), rope(k), v)) on rmsnorm(x).
-    let attn = hooks?.attention?.cached;
-    if (!attn) {
-      const h = rmsNorm(x, this.weight(`${p}input_layernorm.weight`), c.hiddenSize, c.normEps);
-      const qDim = c.numHeads * c.headDim;
-      const kvDim = c.numKvHeads * c.headDim;
-      const q = await linear('self_attn.q_proj', h, c.hiddenSize, qDim);
-      const k = await linear('self_attn.k_proj', h, c.hiddenSize, kvDim);
-      const v = await linear('self_attn.v_proj', h, c.hiddenSize, kvDim);
-      this.applyRope(q, B, T, c.numHeads);
-      this.applyRope(k, B, T, c.numKvHeads);
-      attn = await this.attention(q, k, v, B, T);
-      hooks?.attention?.store?.(attn);
-    }
-    const o = await linear('self_attn.o_proj', attn, c.numHeads * c.headDim, c.hiddenSize);
-    const x1 = add(x, o);
-
+    const h = this.attentionInput(layer, x);
+    capture(h, c.hiddenSize, 'self_attn.q_proj', 'self_attn.k_proj', 'self_attn.v_proj');
+    const attn = await this.selfAttention(layer, h, B, T);
+    capture(attn, c.numHeads * c.headDim, 'self_attn.o_proj');
+    const x1 = x.slice();
+    await this.addAttentionOutput(layer, attn, x1);
     // MLP sub-block (SwiGLU): x += down(silu(gate(h)) * up(h)) on rmsnorm(x).
-    const h2 = rmsNorm(x1, this.weight(`${p}post_attention_layernorm.weight`), c.hiddenSize, c.normEps);
-    capture('mlp.gate_proj', h2, c.hiddenSize);
-    capture('mlp.up_proj', h2, c.hiddenSize);
-    const act = await this.engine.linearSwiGlu(
-      h2,
+    const h2 = this.mlpInput(layer, x1);
+    capture(h2, c.hiddenSize, 'mlp.gate_proj', 'mlp.up_proj');
+    const act = await this.mlpActivation(layer, h2, rows);
+    capture(act, c.intermediateSize, 'mlp.down_proj');
+    await this.addMlpOutput(layer, act, x1);
+    return x1;
+  }
+
+  /*
+   * The block in stages, each the input of the linears that read it (sequential calibration
+   * runs them one at a time and keeps what later stages need). x is the residual stream
+   * [B*T, hidden]; the add* stages update it in place.
+   */
+
+  /** RMSNorm(x) with the block's input norm: the input of q/k/v. */
+  attentionInput(layer: number, x: Float32Array): Float32Array {
+    return rmsNorm(
+      x,
+      this.weight(`${blockPrefix(layer)}input_layernorm.weight`),
+      this.config.hiddenSize,
+      this.config.normEps,
+    );
+  }
+
+  /** q/k/v projections, rotary embedding and causal attention of h: the input of o_proj. */
+  async selfAttention(layer: number, h: Float32Array, B: number, T: number): Promise<Float32Array> {
+    const c = this.config;
+    const p = blockPrefix(layer);
+    const rows = B * T;
+    const qDim = c.numHeads * c.headDim;
+    const kvDim = c.numKvHeads * c.headDim;
+    const q = await this.engine.linear(
+      h,
+      this.weight(`${p}self_attn.q_proj.weight`),
+      rows,
+      c.hiddenSize,
+      qDim,
+    );
+    const k = await this.engine.linear(
+      h,
+      this.weight(`${p}self_attn.k_proj.weight`),
+      rows,
+      c.hiddenSize,
+      kvDim,
+    );
+    const v = await this.engine.linear(
+      h,
+      this.weight(`${p}self_attn.v_proj.weight`),
+      rows,
+      c.hiddenSize,
+      kvDim,
+    );
+    this.applyRope(q, B, T, c.numHeads);
+    this.applyRope(k, B, T, c.numKvHeads);
+    return this.attention(q, k, v, B, T);
+  }
+
+  /** x += o_proj(attn). */
+  async addAttentionOutput(layer: number, attn: Float32Array, x: Float32Array): Promise<void> {
+    const c = this.config;
+    const o = await this.engine.linear(
+      attn,
+      this.weight(`${blockPrefix(layer)}self_attn.o_proj.weight`),
+      x.length / c.hiddenSize,
+      c.numHeads * c.headDim,
+      c.hiddenSize,
+    );
+    addInPlace(x, o);
+  }
+
+  /** RMSNorm(x) with the block's post-attention norm: the input of gate/up. */
+  mlpInput(layer: number, x: Float32Array): Float32Array {
+    return rmsNorm(
+      x,
+      this.weight(`${blockPrefix(layer)}post_attention_layernorm.weight`),
+      this.config.hiddenSize,
+      this.config.normEps,
+    );
+  }
+
+  /** silu(h·gateᵀ) ⊙ (h·upᵀ): the input of down_proj. */
+  mlpActivation(layer: number, h: Float32Array, rows: number): Promise<Float32Array> {
+    const c = this.config;
+    const p = blockPrefix(layer);
+    return this.engine.linearSwiGlu(
+      h,
       this.weight(`${p}mlp.gate_proj.weight`),
       this.weight(`${p}mlp.up_proj.weight`),
       rows,
       c.hiddenSize,
       c.intermediateSize,
     );
-    const down = await linear('mlp.down_proj', act, c.intermediateSize, c.hiddenSize);
-    return add(x1, down);
+  }
+
+  /** x += down_proj(act). */
+  async addMlpOutput(layer: number, act: Float32Array, x: Float32Array): Promise<void> {
+    const c = this.config;
+    const down = await this.engine.linear(
+      act,
+      this.weight(`${blockPrefix(layer)}mlp.down_proj.weight`),
+      x.length / c.hiddenSize,
+      c.intermediateSize,
+      c.hiddenSize,
+    );
+    addInPlace(x, down);
   }
 
   /** Final norm and language-model head: logits [rows, vocab]. */
@@ -128,13 +208,21 @@ export class Decoder {
   /** Logits [B*T, vocab] for B windows of T tokens each (tokens row-major [B, T]). */
   async forward(tokens: Int32Array, B: number, T: number, hooks?: ForwardHooks): Promise<Float32Array> {
     let x = this.embed(tokens);
-    for (let layer = 0; layer < this.config.numLayers; layer++) x = (await this.blockBody(layer, x, B, T, hooks))!;
+    for (let layer = 0; layer < this.config.numLayers; layer++)
+      x = (await this.blockBody(layer, x, B, T, hooks))!;
     return this.head(x, B * T);
   }
 
   private attention(q: Float32Array, k: Float32Array, v: Float32Array, B: number, T: number) {
     const { numHeads: heads, numKvHeads: kvHeads, headDim } = this.config;
-    return this.engine.causalAttention(q, k, v, { batch: B, seqLen: T, heads, kvHeads, headDim, scale: 1 / Math.sqrt(headDim) });
+    return this.engine.causalAttention(q, k, v, {
+      batch: B,
+      seqLen: T,
+      heads,
+      kvHeads,
+      headDim,
+      scale: 1 / Math.sqrt(headDim),
+    });
   }
 
   /** Rotary embedding, rotate_half convention: pairs (i, i + d/2) of each head rotate by pos·θ^(-2i/d). */
@@ -191,8 +279,6 @@ export function rmsNorm(x: Float32Array, w: Float32Array, D: number, eps: number
   return out;
 }
 
-function add(a: Float32Array, b: Float32Array): Float32Array {
-  const out = new Float32Array(a.length);
-  for (let i = 0; i < a.length; i++) out[i] = a[i]! + b[i]!;
-  return out;
+function addInPlace(a: Float32Array, b: Float32Array): void {
+  for (let i = 0; i < a.length; i++) a[i]! += b[i]!;
 }

@@ -2,14 +2,16 @@
  * Calibration data and the sequential (block-by-block) calibration protocol of GPTQ
  * (Frantar et al. 2022, §4 "Step 3" and the reference llama.py `llama_sequential`):
  * the calibration windows pass through block i, its linear inputs are captured and block i
- * is quantized; the *quantized* block's outputs are the inputs of block i+1. Memory is one
- * block's activations (N·L·hidden floats) plus the statistics of the layers being quantized.
+ * is quantized; the *quantized* block's outputs are the inputs of block i+1. Memory is the
+ * residual stream of all windows (N·L·hidden floats), one stage input kept for all windows
+ * between passes (the attention output, or the SwiGLU activation: N·L·intermediate floats)
+ * and the statistics of the layers being quantized.
  */
 import type { ComputeEngine } from '../compute/engine.js';
 import { UsageError } from '../errors.js';
-import { mulberry32 } from '../random.js';
 import { BLOCK_LINEARS, type BlockLinear } from '../model/architecture.js';
 import type { Decoder } from '../model/decoder.js';
+import { mulberry32 } from '../random.js';
 
 export interface CalibrationOptions {
   nsamples: number;
@@ -23,7 +25,11 @@ export const CALIBRATION_DEFAULTS: CalibrationOptions = { nsamples: 128, seqlen:
 export function sampleCalibrationWindows(tokens: readonly number[], options: CalibrationOptions): Int32Array {
   const { nsamples, seqlen, seed } = options;
   if (!Number.isInteger(nsamples) || nsamples < 1) {
-    throw new UsageError('invalid number of calibration samples', { field: 'nsamples', expected: 'a positive integer', got: String(nsamples) });
+    throw new UsageError('invalid number of calibration samples', {
+      field: 'nsamples',
+      expected: 'a positive integer',
+      got: String(nsamples),
+    });
   }
   if (tokens.length < seqlen + 1) {
     throw new UsageError('calibration text too short', {
@@ -49,7 +55,7 @@ export interface LinearStats {
   count: number;
   /** H = 2/N · Σ x xᵀ (GPTQ's Hessian of ‖WX − QX‖²), [cols, cols]. */
   hessian: Float64Array;
-  /** Mean |x_j| per input channel (AWQ's activation salience). */
+  /** Mean |x_j| per input channel (AWQ's activation salience); zeros unless sampleRows > 0. */
   absMean: Float64Array;
   /** A bounded sample of input rows [sampleRows, cols] for methods that measure outputs (AWQ). */
   sample: Float32Array;
@@ -61,7 +67,10 @@ export interface SequentialOptions {
   groups: BlockLinear[][];
   /** Sequences per forward chunk (bounds attention memory). */
   chunk: number;
-  /** Input rows kept per linear for output-space searches. */
+  /**
+   * Input rows kept per linear for output-space searches, gathered with the mean |x| per
+   * channel (AWQ); 0 gathers the Hessian alone (GPTQ).
+   */
   sampleRows: number;
   /** Quantize (and write back into the decoder's weights) the linears of one group. */
   quantizeGroup(layer: number, linears: BlockLinear[], stats: Map<BlockLinear, LinearStats>): Promise<void>;
@@ -76,60 +85,134 @@ export const TRUE_SEQUENTIAL: BlockLinear[][] = [
   ['mlp.down_proj'],
 ];
 
-export async function runSequential(decoder: Decoder, windows: Int32Array, seqlen: number, options: SequentialOptions): Promise<void> {
+/**
+ * Where each linear reads its input inside a block, in execution order: 0 rmsnorm(x) for q/k/v,
+ * 1 the attention output, 2 rmsnorm(x + o) for gate/up, 3 the SwiGLU activation; 4 is the
+ * block's output.
+ */
+const STAGE: Record<BlockLinear, number> = {
+  'self_attn.q_proj': 0,
+  'self_attn.k_proj': 0,
+  'self_attn.v_proj': 0,
+  'self_attn.o_proj': 1,
+  'mlp.gate_proj': 2,
+  'mlp.up_proj': 2,
+  'mlp.down_proj': 3,
+};
+const BLOCK_OUTPUT = 4;
+
+/**
+ * One chunk of windows inside the current block: the residual stream `x` (a view into the
+ * calibration activations, updated in place) and, at stages 1 and 3, the stage's input.
+ */
+interface ChunkState {
+  stage: number;
+  x: Float32Array;
+  inner?: Float32Array;
+  windows: number;
+}
+
+/**
+ * Sequential calibration. Each chunk's state only moves forward through a block, and only
+ * through linears that are already quantized: every linear's output is computed once, from
+ * its final weights, and reused by all later groups (the o_proj input, for one, is computed
+ * once and not per pass). Contract: quantizeGroup changes the weights of its own group and of
+ * nothing a chunk has already passed (earlier groups' linears and the norms before them); a
+ * group spanning several stages (ALL_AT_ONCE) may also change the norms inside it (AWQ), which
+ * is why its capture pass runs on a scratch copy and the block output is recomputed after.
+ */
+export async function runSequential(
+  decoder: Decoder,
+  windows: Int32Array,
+  seqlen: number,
+  options: SequentialOptions,
+): Promise<void> {
+  checkGroups(options.groups);
   const n = windows.length / seqlen;
   const D = decoder.config.hiddenSize;
   const x = decoder.embed(windows);
   const layers = decoder.config.numLayers;
-  const chunks = Math.ceil(n / options.chunk);
+  const totalRows = n * seqlen;
   for (let layer = 0; layer < layers; layer++) {
-    // Once q/k/v are quantized the attention output of each chunk is final: keep it for later passes.
-    const attentionCache: (Float32Array | undefined)[] = new Array(chunks);
-    const qkvDone = new Set<BlockLinear>();
-    const attentionHooks = (chunk: number) =>
-      ['self_attn.q_proj', 'self_attn.k_proj', 'self_attn.v_proj'].every((l) => qkvDone.has(l as BlockLinear))
-        ? { cached: attentionCache[chunk], store: (a: Float32Array) => (attentionCache[chunk] = a) }
-        : undefined;
-    for (const group of options.groups) {
-      const stats = new Map<BlockLinear, LinearStats>();
-      await forEachChunk(n, options.chunk, async (s0, s1) => {
-        const xs = x.subarray(s0 * seqlen * D, s1 * seqlen * D);
-        const captured: { linear: BlockLinear; input: Float32Array; rows: number; cols: number }[] = [];
-        await decoder.block(layer, xs, s1 - s0, seqlen, {
-          onLinearInput: (l, linear, input, rows, cols) => {
-            if (l === layer && group.includes(linear)) captured.push({ linear, input, rows, cols });
-          },
-          stopAfterInputOf: group.at(-1),
-          attention: attentionHooks(s0 / options.chunk),
-        });
-        // Linears fed by the same activations (q/k/v, gate/up) share one statistics object.
-        const byInput = new Map<Float32Array, LinearStats>();
-        for (const c of captured) {
-          let st = byInput.get(c.input);
-          if (!st) {
-            st = stats.get(c.linear) ?? newStats(c.cols, Math.min(options.sampleRows, n * seqlen));
-            await accumulate(st, c.input, c.rows, n * seqlen, decoder.engine);
-            byInput.set(c.input, st);
-          }
-          stats.set(c.linear, st);
-        }
-      });
-      for (const st of new Set(stats.values())) finishStats(st);
-      await options.quantizeGroup(layer, group, stats);
-      for (const l of group) qkvDone.add(l);
+    const chunks: ChunkState[] = [];
+    for (let s0 = 0; s0 < n; s0 += options.chunk) {
+      const s1 = Math.min(n, s0 + options.chunk);
+      chunks.push({ stage: 0, x: x.subarray(s0 * seqlen * D, s1 * seqlen * D), windows: s1 - s0 });
     }
-    // Each window's outputs depend only on its own inputs: overwrite x chunk by chunk.
-    await forEachChunk(n, options.chunk, async (s0, s1) => {
-      const xs = x.subarray(s0 * seqlen * D, s1 * seqlen * D);
-      const out = await decoder.block(layer, xs, s1 - s0, seqlen, { attention: attentionHooks(s0 / options.chunk) });
-      xs.set(out!);
-    });
+    const advance = (s: ChunkState) => advanceStage(decoder, layer, s, seqlen);
+    for (const group of options.groups) {
+      const first = STAGE[group[0]!];
+      const last = STAGE[group.at(-1)!];
+      // Linears reading the same stage (q/k/v, gate/up) share one statistics object.
+      const stats = new Map<BlockLinear, LinearStats>();
+      const shared = new Map<number, LinearStats>();
+      for (const s of chunks) {
+        while (s.stage < first) await advance(s);
+        // Later stages of a multi-stage group run on a copy: their linears are not final yet.
+        let t = s;
+        for (let stage = first; ; stage++) {
+          const linears = group.filter((l) => STAGE[l] === stage);
+          if (linears.length) {
+            const input = stageInput(decoder, layer, t);
+            const cols = input.length / (t.windows * seqlen);
+            let st = shared.get(stage);
+            if (!st) shared.set(stage, (st = newStats(cols, Math.min(options.sampleRows, totalRows))));
+            await accumulate(st, input, t.windows * seqlen, totalRows, decoder.engine);
+            for (const l of linears) stats.set(l, st);
+          }
+          if (stage === last) break;
+          if (t === s) t = { ...s, x: s.x.slice() };
+          await advance(t);
+        }
+      }
+      for (const st of shared.values()) finishStats(st);
+      await options.quantizeGroup(layer, group, stats);
+    }
+    for (const s of chunks) while (s.stage < BLOCK_OUTPUT) await advance(s);
     options.onProgress?.(layer + 1, layers);
   }
 }
 
-async function forEachChunk(n: number, chunk: number, fn: (s0: number, s1: number) => Promise<void>) {
-  for (let s0 = 0; s0 < n; s0 += chunk) await fn(s0, Math.min(n, s0 + chunk));
+/** Groups must partition the block in execution order: a chunk's state never moves backwards. */
+function checkGroups(groups: BlockLinear[][]): void {
+  const order = groups.flat();
+  const inOrder =
+    groups.every((g) => g.length > 0) && order.every((l, i) => i === 0 || STAGE[l] >= STAGE[order[i - 1]!]);
+  if (!inOrder || new Set(order).size !== order.length) {
+    throw new UsageError('invalid sequential calibration groups', {
+      field: 'groups',
+      expected: 'non-empty groups of distinct block linears in execution order',
+      got: JSON.stringify(groups),
+    });
+  }
+}
+
+/** The input of the linears at the chunk's current stage. */
+function stageInput(decoder: Decoder, layer: number, s: ChunkState): Float32Array {
+  if (s.stage === 0) return decoder.attentionInput(layer, s.x);
+  if (s.stage === 2) return decoder.mlpInput(layer, s.x);
+  return s.inner!;
+}
+
+/** Run the chunk through its current stage with the decoder's current weights. */
+async function advanceStage(decoder: Decoder, layer: number, s: ChunkState, seqlen: number): Promise<void> {
+  switch (s.stage) {
+    case 0:
+      s.inner = await decoder.selfAttention(layer, decoder.attentionInput(layer, s.x), s.windows, seqlen);
+      break;
+    case 1:
+      await decoder.addAttentionOutput(layer, s.inner!, s.x);
+      s.inner = undefined;
+      break;
+    case 2:
+      s.inner = await decoder.mlpActivation(layer, decoder.mlpInput(layer, s.x), s.windows * seqlen);
+      break;
+    case 3:
+      await decoder.addMlpOutput(layer, s.inner!, s.x);
+      s.inner = undefined;
+      break;
+  }
+  s.stage++;
 }
 
 function newStats(cols: number, sampleRows: number): LinearStats {
@@ -143,26 +226,89 @@ function newStats(cols: number, sampleRows: number): LinearStats {
   };
 }
 
-async function accumulate(s: LinearStats, x: Float32Array, rows: number, totalRows: number, engine: ComputeEngine) {
+/** Columns per engine product of the Gram matrix: only blocks on or below the diagonal are computed. */
+const GRAM_BLOCK = 256;
+
+async function accumulate(
+  s: LinearStats,
+  x: Float32Array,
+  rows: number,
+  totalRows: number,
+  engine: ComputeEngine,
+) {
   const cols = s.cols;
-  // Σ x xᵀ of this chunk on the engine (float32, like the reference), summed across chunks in float64.
-  const gram = await engine.matmulTransA(x, x, rows, cols, cols);
-  for (let i = 0; i < gram.length; i++) s.hessian[i]! += gram[i]!;
-  const stride = totalRows / s.sampleRows;
-  for (let r = 0; r < rows; r++) {
-    const row = r * cols;
-    for (let i = 0; i < cols; i++) s.absMean[i]! += Math.abs(x[row + i]!);
-    // Keep evenly spaced rows of the whole calibration set.
-    const global = s.count + r;
-    const slot = Math.floor(global / stride);
-    if (slot < s.sampleRows && Math.floor(slot * stride) === global) s.sample.set(x.subarray(row, row + cols), slot * cols);
+  // Xᵀ makes every column block of X a contiguous row block, so each block row of Σ x xᵀ
+  // (lower triangle only: H is symmetric) is one product on the engine, in float32 like the
+  // reference; chunks are summed in float64.
+  const xt = transposeWithAbsSum(x, rows, cols, s.sampleRows ? s.absMean : undefined);
+  for (let i0 = 0; i0 < cols; i0 += GRAM_BLOCK) {
+    const i1 = Math.min(cols, i0 + GRAM_BLOCK);
+    const gram = await engine.linear(
+      xt.subarray(i0 * rows, i1 * rows),
+      xt.subarray(0, i1 * rows),
+      i1 - i0,
+      rows,
+      i1,
+    );
+    for (let i = i0; i < i1; i++) {
+      const src = (i - i0) * i1;
+      const dst = i * cols;
+      for (let j = 0; j <= i; j++) s.hessian[dst + j]! += gram[src + j]!;
+    }
+  }
+  if (s.sampleRows) {
+    const stride = totalRows / s.sampleRows;
+    for (let r = 0; r < rows; r++) {
+      // Keep evenly spaced rows of the whole calibration set.
+      const global = s.count + r;
+      const slot = Math.floor(global / stride);
+      if (slot < s.sampleRows && Math.floor(slot * stride) === global)
+        s.sample.set(x.subarray(r * cols, (r + 1) * cols), slot * cols);
+    }
   }
   s.count += rows;
+}
+
+/**
+ * Xᵀ of a row-major [rows, cols] matrix, in tiles of rows (the fastest order measured here);
+ * with absSum, adds Σ_r |x_rc| to absSum[c], rows in order as a row-by-row sum would.
+ */
+function transposeWithAbsSum(
+  x: Float32Array,
+  rows: number,
+  cols: number,
+  absSum?: Float64Array,
+): Float32Array {
+  const xt = new Float32Array(rows * cols);
+  const TILE = 64;
+  for (let r0 = 0; r0 < rows; r0 += TILE) {
+    const r1 = Math.min(rows, r0 + TILE);
+    for (let c = 0; c < cols; c++) {
+      const out = c * rows;
+      if (absSum) {
+        let a = absSum[c]!;
+        for (let r = r0; r < r1; r++) {
+          const v = x[r * cols + c]!;
+          xt[out + r] = v;
+          a += Math.abs(v);
+        }
+        absSum[c] = a;
+      } else {
+        for (let r = r0; r < r1; r++) xt[out + r] = x[r * cols + c]!;
+      }
+    }
+  }
+  return xt;
 }
 
 function finishStats(s: LinearStats): void {
   const n = s.cols;
   const f = 2 / s.count;
-  for (let i = 0; i < n * n; i++) s.hessian[i]! *= f;
+  const H = s.hessian;
+  for (let i = 0; i < n; i++) {
+    for (let j = 0; j <= i; j++) H[i * n + j]! *= f;
+    // The upper triangle mirrors the lower one.
+    for (let j = 0; j < i; j++) H[j * n + i] = H[i * n + j]!;
+  }
   for (let i = 0; i < n; i++) s.absMean[i]! /= s.count;
 }

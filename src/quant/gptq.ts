@@ -24,9 +24,9 @@
  * the unblocked Algorithm 1 exactly.
  */
 import type { ComputeEngine } from '../compute/engine.js';
+import { NumericError } from '../errors.js';
 import type { Tensor } from '../tensor.js';
 import type { Grid } from './grid.js';
-import { NumericError } from '../errors.js';
 import { inverseCholeskyUpperFast, NotPositiveDefiniteError } from './linalg.js';
 import { fromCodes, type QuantizedTensor } from './quantized-tensor.js';
 
@@ -100,10 +100,13 @@ export async function prepareHessian(
     try {
       const U = await inverseCholeskyUpperFast(A, cols, engine);
       if (damp !== options.damp) {
-        process.emitWarning(`${label ?? 'GPTQ'}: Hessian not positive definite with damp ${options.damp}; used damp ${damp}`, {
-          type: 'PtqWarning',
-          code: 'PTQ_GPTQ_DAMPING',
-        });
+        process.emitWarning(
+          `${label ?? 'GPTQ'}: Hessian not positive definite with damp ${options.damp}; used damp ${damp}`,
+          {
+            type: 'PtqWarning',
+            code: 'PTQ_GPTQ_DAMPING',
+          },
+        );
       }
       return { cols, dead, perm, U, damp };
     } catch (e) {
@@ -149,44 +152,51 @@ export async function gptqQuantize(
   const zeros = new Float32Array(scales.length);
   if (!grouped) setParams(grid, Wp, rows, cols, 0, cols, blockRows, scales, zeros, 1, 0);
 
-  const B = grouped ? Math.max(groupCols, Math.floor(options.blockSize / groupCols) * groupCols) : options.blockSize;
+  const B = grouped
+    ? Math.max(groupCols, Math.floor(options.blockSize / groupCols) * groupCols)
+    : options.blockSize;
+  const W1 = new Float32Array(rows * Math.min(B, cols));
+  const Err1 = new Float32Array(W1.length);
   for (let i1 = 0; i1 < cols; i1 += B) {
     const i2 = Math.min(i1 + B, cols);
     const count = i2 - i1;
-    const W1 = new Float32Array(rows * count);
     for (let r = 0; r < rows; r++) W1.set(Wp.subarray(r * cols + i1, r * cols + i2), r * count);
-    const Err1 = new Float32Array(rows * count);
-
-    for (let i = 0; i < count; i++) {
-      const col = i1 + i;
-      if (grouped && col % groupCols === 0) {
-        setParams(grid, W1, rows, count, i, i + groupCols, 1, scales, zeros, numGroups, col / groupCols);
-      }
-      const d = U[col * cols + col]!;
-      const g = grouped ? Math.floor(col / groupCols) : 0;
-      for (let r = 0; r < rows; r++) {
-        const p = Math.floor(r / blockRows) * numGroups + g;
-        const w = W1[r * count + i]!;
-        const q = grid.encode(w, scales[p]!, zeros[p]!);
-        codes[r * cols + col] = q;
-        const err = (w - grid.decode(q, scales[p]!, zeros[p]!)) / d;
-        Err1[r * count + i] = err;
-        // W1[r, i+1:] -= err · U[col, i1+i+1 : i2]
-        const uRow = col * cols + i1;
-        const wRow = r * count;
-        for (let j = i + 1; j < count; j++) W1[wRow + j]! -= err * U[uRow + j]!;
-      }
-    }
+    const block: LazyBlock = {
+      W1,
+      Err1,
+      rows,
+      count,
+      i1,
+      cols,
+      U,
+      codes,
+      scales,
+      zeros,
+      blockRows,
+      numGroups,
+      groupCols: grouped ? groupCols : 0,
+    };
+    quantizeLazyBlock(grid, block);
 
     if (i2 < cols) {
       // Lazy batch update: W[:, i2:] -= Err1 · U[i1:i2, i2:], as one product on the engine.
       const rest = cols - i2;
       const Ut = new Float32Array(rest * count);
-      for (let k = 0; k < count; k++) for (let j = 0; j < rest; j++) Ut[j * count + k] = U[(i1 + k) * cols + i2 + j]!;
-      const delta = await engine.linear(Err1, Ut, rows, count, rest);
+      for (let k = 0; k < count; k++) {
+        const uRow = (i1 + k) * cols + i2;
+        for (let j = 0; j < rest; j++) Ut[j * count + k] = U[uRow + j]!;
+      }
+      const delta = await engine.linear(
+        count === W1.length / rows ? Err1 : Err1.subarray(0, rows * count),
+        Ut,
+        rows,
+        count,
+        rest,
+      );
       for (let r = 0; r < rows; r++) {
         const row = r * cols + i2;
-        for (let j = 0; j < rest; j++) Wp[row + j]! -= delta[r * rest + j]!;
+        const d = r * rest;
+        for (let j = 0; j < rest; j++) Wp[row + j]! -= delta[d + j]!;
       }
     }
   }
@@ -194,10 +204,59 @@ export async function gptqQuantize(
   if (!perm) return fromCodes(rows, cols, grid.spec, codes, scales, zeros);
   // Back to the original column order; with groups, g_idx remembers each column's group.
   const original = new Uint8Array(rows * cols);
-  for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) original[r * cols + perm[c]!] = codes[r * cols + c]!;
+  for (let r = 0; r < rows; r++)
+    for (let c = 0; c < cols; c++) original[r * cols + perm[c]!] = codes[r * cols + c]!;
   const groupIndex = grouped ? new Int32Array(cols) : undefined;
   if (groupIndex) for (let c = 0; c < cols; c++) groupIndex[perm[c]!] = Math.floor(c / groupCols);
   return fromCodes(rows, cols, grid.spec, original, scales, zeros, groupIndex);
+}
+
+/** One lazy batch of columns [i1, i1 + count) of W, copied to W1 [rows, count]. */
+interface LazyBlock {
+  W1: Float32Array;
+  /** Scaled errors (w − q) / U_ii of the block's columns, [rows, count]. */
+  Err1: Float32Array;
+  rows: number;
+  count: number;
+  i1: number;
+  cols: number;
+  U: Float64Array;
+  codes: Uint8Array;
+  scales: Float32Array;
+  zeros: Float32Array;
+  blockRows: number;
+  numGroups: number;
+  /** Columns per group, 0 when the grid's parameters were fixed before the first column. */
+  groupCols: number;
+}
+
+/**
+ * Algorithm 1, lines 4-9, inside one lazy batch: quantize column i, record its scaled error,
+ * and update the block's later columns W1[:, i+1:] −= err · U[i, i+1:]. Kept synchronous and
+ * free of allocation: it is GPTQ's innermost loop (rows · B²/2 multiply-adds per batch).
+ */
+function quantizeLazyBlock(grid: Grid, b: LazyBlock): void {
+  const { W1, Err1, rows, count, i1, cols, U, codes, scales, zeros, blockRows, numGroups, groupCols } = b;
+  for (let i = 0; i < count; i++) {
+    const col = i1 + i;
+    if (groupCols && col % groupCols === 0)
+      setParams(grid, W1, rows, count, i, i + groupCols, 1, scales, zeros, numGroups, col / groupCols);
+    const g = groupCols ? (col / groupCols) | 0 : 0;
+    const uRow = col * cols + i1;
+    const d = U[uRow + i]!;
+    for (let r = 0; r < rows; r++) {
+      const p = ((r / blockRows) | 0) * numGroups + g;
+      const wRow = r * count;
+      const w = W1[wRow + i]!;
+      const scale = scales[p]!;
+      const zero = zeros[p]!;
+      const q = grid.encode(w, scale, zero);
+      codes[r * cols + col] = q;
+      const err = (w - grid.decode(q, scale, zero)) / d;
+      Err1[wRow + i] = err;
+      for (let j = i + 1; j < count; j++) W1[wRow + j]! -= err * U[uRow + j]!;
+    }
+  }
 }
 
 /**
