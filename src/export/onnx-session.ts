@@ -100,7 +100,9 @@ export class OnnxCausalLM {
       for (let v = 1; v < V; v++) if (last[v]! > last[best]!) best = v;
       if (best === eosId) break;
       ids.push(best);
-      ({ logits, cache } = await this.step([best], 1, 1, cache));
+      // The cache only needs the new token when another one will be chosen after it.
+      if (s + 1 < steps && ids.length < this.config.maxPositions)
+        ({ logits, cache } = await this.step([best], 1, 1, cache));
     }
     return ids;
   }
