@@ -156,7 +156,10 @@ export async function runSequential(
             const input = stageInput(decoder, layer, t);
             const cols = input.length / (t.windows * seqlen);
             let st = shared.get(stage);
-            if (!st) shared.set(stage, (st = newStats(cols, Math.min(options.sampleRows, totalRows))));
+            if (!st) {
+              st = newStats(cols, Math.min(options.sampleRows, totalRows));
+              shared.set(stage, st);
+            }
             await accumulate(st, input, t.windows * seqlen, totalRows, decoder.engine);
             for (const l of linears) stats.set(l, st);
           }
