@@ -36,7 +36,12 @@ import type { LoadedModel } from '../model/load.js';
 import { type GridSpec, gridName, IntGrid } from '../quant/grid.js';
 import type { QuantizedTensor } from '../quant/quantized-tensor.js';
 import { quantizeRtn } from '../quant/rtn.js';
-import { encodeMatMulNBits, matMulNBitsBytes, planMatMulNBits } from './matmul-nbits.js';
+import {
+  encodeMatMulNBits,
+  type MatMulNBitsPlan,
+  matMulNBitsBytes,
+  planMatMulNBits,
+} from './matmul-nbits.js';
 import { buildDecoderGraph, type LinearWeight } from './onnx-graph.js';
 import { llama2cTokenizerJson } from './tokenizer-json.js';
 
@@ -195,47 +200,52 @@ async function writeVariant(
       linears.push({ name, source, storage: 'float', note });
       return { kind: 'float', weight: t.data, rows, cols };
     };
-    const fromCodes = (q: QuantizedTensor, source: LinearSource, note?: string): LinearWeight | undefined => {
-      const plan = planMatMulNBits(q, containerBits);
-      if (!plan.ok) return undefined;
+    const nbits = (
+      q: QuantizedTensor,
+      plan: MatMulNBitsPlan & { ok: true },
+      source: LinearSource,
+      note?: string,
+    ): LinearWeight => {
       const w = encodeMatMulNBits(q, plan);
       quantizedBytes += matMulNBitsBytes(w);
       quantizedWeights += rows * cols;
       const extras = [plan.permutation && 'act-order permutation', q.columnScales && 'column scales'].filter(
         Boolean,
       );
+      const widened = plan.bits !== q.spec.bits && `${q.spec.bits}-bit codes in a ${plan.bits}-bit container`;
       linears.push({
         name,
         source,
         storage: `matmulnbits b${w.bits} bs${w.blockSize}${w.zeroPoints ? ' zp' : ''}${extras.length ? ` +${extras.join(', ')}` : ''}`,
-        note:
-          [note, plan.bits !== q.spec.bits && `${q.spec.bits}-bit codes in a ${plan.bits}-bit container`]
-            .filter(Boolean)
-            .join('; ') || undefined,
+        note: [note, widened].filter(Boolean).join('; ') || undefined,
       });
       return { kind: 'nbits', weight: w };
+    };
+    // RTN on the dtype's grid: always expressible (groups of 32, or one padded block per row).
+    const rtn = (note: string) => {
+      const q = quantizeRtn(t, rtnGrid(containerBits, cols), name);
+      const plan = planMatMulNBits(q, containerBits);
+      if (!plan.ok)
+        throw new ConfigError(`cannot store the RTN grid as MatMulNBits: ${plan.reason}`, { field: name });
+      return nbits(q, plan, 'rtn', note);
     };
 
     if (containerBits === 0) return float(model.quantization?.tensors.has(name) ? 'codes' : 'float');
     const q = model.quantization?.tensors.get(name);
     if (q) {
       const plan = planMatMulNBits(q, containerBits);
-      if (plan.ok) return fromCodes(q, 'codes')!;
+      if (plan.ok) return nbits(q, plan, 'codes');
       if (q.spec.bits > containerBits && (q.spec.format ?? 'int') === 'int') {
         const note = `${gridName(q.spec)} does not fit ${dtype}: re-quantized with RTN`;
         warn(`${name}: ${note}`);
-        return fromCodes(quantizeRtn(t, rtnGrid(containerBits, cols), name), 'rtn', note)!;
+        return rtn(note);
       }
       const note = `${gridName(q.spec)}: ${plan.reason}; kept as float (dequantized, exact)`;
       warn(`${name}: ${note}`);
       return float('codes', note);
     }
     if (model.quantization || !linearNames.has(name)) return float('float');
-    return fromCodes(
-      quantizeRtn(t, rtnGrid(containerBits, cols), name),
-      'rtn',
-      gridName(rtnGrid(containerBits, cols).spec),
-    )!;
+    return rtn(gridName(rtnGrid(containerBits, cols).spec));
   };
 
   const g = new GraphAssembler();
