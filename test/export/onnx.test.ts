@@ -24,7 +24,7 @@ import { greedyGenerate } from '../../src/model/generate.js';
 import { type LoadedModel, loadModel } from '../../src/model/load.js';
 import { sampleCalibrationWindows } from '../../src/quant/calibrate.js';
 import type { GridSpec } from '../../src/quant/grid.js';
-import { quantizeModel } from '../../src/quant/quantize-model.js';
+import { METHODS, type MethodName, quantizeModel } from '../../src/quant/quantize-model.js';
 import { runCli } from '../cli/run-cli.js';
 import { ASSETS, assetsPresent, maxAbsDiff, REPO } from '../helpers.js';
 
@@ -74,12 +74,16 @@ const textTokens = fp.tokenizer.encode(text.slice(0, 60_000));
 const tokens = textTokens.slice(0, PPL_TOKENS);
 const window = Int32Array.from(tokens.slice(0, 256));
 
-async function quantizedCheckpoint(name: string, grid: GridSpec, gptq = false): Promise<LoadedModel> {
+async function quantizedCheckpoint(
+  name: string,
+  grid: GridSpec,
+  method: MethodName = 'rtn',
+): Promise<LoadedModel> {
   // GPTQ with act-order: a small calibration set from tokens past the evaluated ones (disjoint).
-  const calibration = gptq
+  const calibration = METHODS[method].calibrated
     ? {
         windows: sampleCalibrationWindows(textTokens.slice(PPL_TOKENS), {
-          nsamples: 16,
+          nsamples: 8,
           seqlen: 128,
           seed: 0,
         }),
@@ -88,7 +92,7 @@ async function quantizedCheckpoint(name: string, grid: GridSpec, gptq = false): 
       }
     : undefined;
   const q = await quantizeModel(fp.config, fp.weights, {
-    method: gptq ? 'gptq' : 'rtn',
+    method,
     grid,
     calibration,
     gptq: { actOrder: true },
@@ -404,7 +408,7 @@ test('other grids: wider containers, announced re-quantization and float fallbac
   );
 
   // GPTQ act-order: g_idx becomes a Gather of A's columns in front of each MatMulNBits.
-  const ao = await quantizedCheckpoint('gptq-act-order', grid(false), true);
+  const ao = await quantizedCheckpoint('gptq-act-order', grid(false), 'gptq');
   const aoReport = await exportOnnx(ao, path.join(tmp, 'onnx-act-order'));
   assert.ok(
     aoReport.variants[0]!.linears.some((l) => l.storage.includes('act-order permutation')),
@@ -413,6 +417,35 @@ test('other grids: wider containers, announced re-quantization and float fallbac
   console.log(
     `  GPTQ act-order q4: max logit diff ${(await check(ao, path.join(tmp, 'onnx-act-order'), 'q4')).toExponential(2)}`,
   );
+});
+
+test('HQQ float zero points and SINQ column scales stay exact in MatMulNBits', async () => {
+  for (const [method, storage] of [
+    ['hqq', 'matmulnbits b4 bs32 zp'],
+    ['sinq', 'matmulnbits b4 bs32 +column scales'],
+  ] as const) {
+    const m = await quantizedCheckpoint(`${method}-int4-g32`, grid(method === 'sinq'), method);
+    const dir = path.join(tmp, `onnx-${method}`);
+    const report = await exportOnnx(m, dir);
+    assert.ok(
+      report.variants[0]!.linears.every(
+        (l) => l.source === 'codes' && l.storage.startsWith('matmulnbits b4 bs32'),
+      ),
+      JSON.stringify(report.variants[0]!.linears),
+    );
+    // SINQ leaves well-balanced layers without column scales; HQQ zeros are floats everywhere.
+    const withStorage = report.variants[0]!.linears.filter((l) => l.storage === storage).length;
+    assert.ok(method === 'hqq' ? withStorage === report.variants[0]!.linears.length : withStorage > 0);
+    const lm = await OnnxCausalLM.load(dir, 'q4', 1);
+    const diff = maxAbsDiff(
+      await lm.forward(window, 1, window.length),
+      await ours(m).forward(window, 1, window.length),
+    );
+    console.log(
+      `  ${method}: ${withStorage} layers ${storage}, ${report.variants[0]!.quantizedBitsPerWeight!.toFixed(3)} bits/weight, max logit diff ${diff.toExponential(2)}`,
+    );
+    assert.ok(diff < Q4_LOGIT_TOL);
+  }
 });
 
 test('ptq export --format onnx writes the directory and reports sizes', async () => {
