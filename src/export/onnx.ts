@@ -64,6 +64,8 @@ export const onnxFileName = (dtype: OnnxDtype) => `model${ONNX_DTYPES[dtype].suf
 export const EXPORT_RTN_GROUP_SIZE = 32;
 /** With externalData 'auto', initializers go to .onnx_data once they exceed this (protobuf's limit is 2 GiB). */
 const AUTO_EXTERNAL_BYTES = 1 << 30;
+/** protobuf's hard limit on one message, hence on an .onnx file with inline weights. */
+const PROTOBUF_LIMIT = 2 ** 31;
 /** Tensors of at least this many bytes go to the external file (onnx's save_model default). */
 const EXTERNAL_THRESHOLD = 1024;
 /** Largest .onnx_data chunk: under 2 GiB, so each chunk fits one ArrayBuffer in browsers too. */
@@ -253,6 +255,16 @@ async function writeVariant(
   const file = onnxFileName(dtype);
   const weightBytes = g.initializers.reduce((n, t) => n + t.data.byteLength, 0);
   const useExternal = externalData === 'auto' ? weightBytes > AUTO_EXTERNAL_BYTES : externalData;
+  if (!useExternal && weightBytes >= PROTOBUF_LIMIT) {
+    throw new UsageError(
+      'the weights do not fit in one .onnx file (protobuf messages are limited to 2 GiB)',
+      {
+        field: 'external-data',
+        got: `${weightBytes} bytes of weights`,
+        hint: 'drop --no-external-data',
+      },
+    );
+  }
   const { model: proto, chunks } = buildOnnxModelExternal(
     {
       name: `ptqkit ${model.config.modelType} ${dtype}`,
