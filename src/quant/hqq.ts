@@ -29,6 +29,7 @@
  *     of the step after the last improvement, and its current revision no longer grows β — the
  *     paper's schedule and the reference before May 2025 do, as here).
  */
+import { UsageError } from '../errors.js';
 import type { Tensor } from '../tensor.js';
 import { type GridSpec, IntGrid, roundHalfEven } from './grid.js';
 import { fromCodes, type QuantizedTensor } from './quantized-tensor.js';
@@ -59,6 +60,18 @@ export const HQQ_DEFAULTS: HqqOptions = {
   roundInitialZero: 'auto',
   traceLp: false,
 };
+
+/** The reference's own checks (optimize_weights_proximal_v2): p ≤ 1, β > 0, κ > 1, at least one iteration. */
+export function validateHqqOptions(o: HqqOptions): HqqOptions {
+  const bad = (field: string, expected: string, got: number) => {
+    throw new UsageError('invalid hqq option', { field, expected, got: String(got) });
+  };
+  if (!(o.lpNorm > 0 && o.lpNorm <= 1)) bad('lp-norm', '0 < p <= 1', o.lpNorm);
+  if (!(o.beta > 0)) bad('beta', '> 0', o.beta);
+  if (!(o.kappa > 1)) bad('kappa', '> 1', o.kappa);
+  if (!(Number.isInteger(o.iters) && o.iters >= 1)) bad('hqq-iters', 'an integer >= 1', o.iters);
+  return o;
+}
 
 /** HQQ always has zero points, and they are real numbers. */
 export function hqqGridSpec(spec: GridSpec): GridSpec {
@@ -186,7 +199,7 @@ export function quantizeHqq(
   options: Partial<HqqOptions> = {},
   tensorName?: string,
 ): HqqResult {
-  const o = { ...HQQ_DEFAULTS, ...options };
+  const o = validateHqqOptions({ ...HQQ_DEFAULTS, ...options });
   grid = new IntGrid(hqqGridSpec(grid.spec));
   const [rows, cols] = weight.shape as [number, number];
   const [blockRows, blockCols] = grid.blockShape(rows, cols, tensorName);

@@ -189,6 +189,13 @@ export function quantizeSinq(
   tensorName?: string,
 ): SinqResult {
   const o = { ...SINQ_DEFAULTS, ...options };
+  if (!(Number.isInteger(o.iters) && o.iters >= 1)) {
+    throw new UsageError('invalid sinq option', {
+      field: 'sinq-iters',
+      expected: 'an integer >= 1',
+      got: String(o.iters),
+    });
+  }
   if (grid.spec.granularity === 'tensor') {
     throw new UsageError('sinq folds its row scales into per-row scales', {
       field: tensorName,

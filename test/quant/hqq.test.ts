@@ -4,6 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
+import { roundToF16 } from '../../src/formats/half.js';
 import { type GridSpec, IntGrid, roundHalfEven } from '../../src/quant/grid.js';
 import { HQQ_DEFAULTS, hqqStep, quantizeHqq, shrinkLp } from '../../src/quant/hqq.js';
 import { dequantize, unpackCodes } from '../../src/quant/quantized-tensor.js';
@@ -98,7 +99,12 @@ const REAL = [
  * Measured (mean |W − Ŵ|^0.7 of RTN symmetric, RTN asymmetric, HQQ; index of the kept iterate),
  * f16 scales, group 64. Pinned to 1%.
  */
-const MEASURED: Record<string, [number, number, number, number]> = {};
+const MEASURED: Record<string, [number, number, number, number]> = {
+  'transformer.h.5.attn.c_attn.weight int4': [0.040882, 0.037489, 0.036141, 19],
+  'transformer.h.5.attn.c_attn.weight int3': [0.069596, 0.063903, 0.060783, 19],
+  'transformer.h.11.attn.c_proj.weight int4': [0.045783, 0.042148, 0.040578, 20],
+  'transformer.h.11.attn.c_proj.weight int3': [0.078021, 0.071814, 0.068247, 20],
+};
 
 describe('real GPT-2 weights, group 64', { skip: !assetsPresent && 'no ../shared/assets' }, () => {
   for (const { name, shape } of REAL) {
@@ -131,8 +137,17 @@ describe('real GPT-2 weights, group 64', { skip: !assetsPresent && 'no ../shared
           assert.ok(h.trace[i]!.lp < h.trace[i - 1]!.lp, `lp rose at iteration ${i}`);
         for (let i = 1; i <= h.best; i++) assert.ok(h.trace[i]!.l1 < h.trace[i - 1]!.l1);
         if (h.trace.length <= HQQ_DEFAULTS.iters) assert.ok(h.trace.at(-1)!.l1 >= h.trace[h.best]!.l1);
-        // The kept zeros, once stored in f16, give the error measured on the stored tensor.
+        // The kept zeros, once stored in f16, give the error measured on the stored tensor, and
+        // the codes are the grid's rounding with the stored (s, z).
         assert.ok(near(hqq.lp, h.trace[h.best]!.lp, 1e-3));
+        const q = h.quantized;
+        assert.ok([...q.zeros, ...q.scales].every((x) => roundToF16(x) === x));
+        const codes = unpackCodes(q);
+        const g = new IntGrid(q.spec);
+        for (let i = 0; i < codes.length; i += 97) {
+          const p = Math.floor(i / 64);
+          assert.equal(codes[i], g.encode(w.data[i]!, q.scales[p]!, q.zeros[p]!));
+        }
         const m = MEASURED[key];
         if (m) {
           assert.ok(
