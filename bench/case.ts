@@ -1,35 +1,62 @@
-/** One benchmark case in its own process; prints one JSON line. */
-import { BLOCK_LINEARS, linearWeightName } from '../src/model/architecture.js';
-import { mulberry32 } from '../src/random.js';
+/** One benchmark case in its own process; prints one JSON line (time, CPU time and peak RSS, per phase). */
+import { profile } from '../src/compute/profile.js';
+import { BLOCK_LINEARS, LLAMA, linearWeightName } from '../src/model/architecture.js';
 import { type MethodName, quantizeModel } from '../src/quant/quantize-model.js';
-import { parameterCount, syntheticConfig, syntheticWeights } from './synthetic.js';
+import { mulberry32 } from '../src/random.js';
+import type { TensorMap } from '../src/tensor.js';
+import { syntheticConfig, syntheticWeights } from './synthetic.js';
 
 const [method, shape] = process.argv[2]!.split('-') as [MethodName, '100M'];
 const config = syntheticConfig(shape);
-const weights = syntheticWeights(config);
+const shapes = LLAMA.expectedShapes(config);
+const count = (name: string) => shapes.get(name)!.reduce((a, b) => a * b, 1);
+const parameters = [...shapes.keys()].reduce((n, name) => n + count(name), 0);
+let quantizedParameters = 0;
+for (let l = 0; l < config.numLayers; l++)
+  for (const lin of BLOCK_LINEARS) quantizedParameters += count(linearWeightName(l, lin));
 const nsamples = 128;
 const seqlen = 512;
 const rand = mulberry32(7);
 const windows = Int32Array.from({ length: nsamples * seqlen }, () => Math.floor(rand() * config.vocabSize));
-let quantizedParameters = 0;
-for (let l = 0; l < config.numLayers; l++) for (const lin of BLOCK_LINEARS) quantizedParameters += weights.get(linearWeightName(l, lin))!.data.length;
 
+let weights: TensorMap | undefined = syntheticWeights(config);
+profile.enabled = true;
+const cpu0 = process.cpuUsage();
 const t0 = performance.now();
-await quantizeModel(config, weights, {
+// In place, and no second reference here: the fp32 originals are freed as layers are quantized.
+const done = quantizeModel(config, weights, {
   method,
   grid: { bits: 4, symmetric: true, granularity: 'group', groupSize: 128, scaleDtype: 'f16' },
   calibration: method === 'rtn' ? undefined : { windows, seqlen, description: {} },
-  onProgress: (p) => process.stderr.write(`  layer ${p.layer}/${p.layers} ${((performance.now() - t0) / 1000).toFixed(1)} s\n`),
+  inPlace: true,
+  onProgress: (p) =>
+    process.stderr.write(
+      `  layer ${p.layer}/${p.layers} ${((performance.now() - t0) / 1000).toFixed(1)} s, RSS ${(process.memoryUsage.rss() / 2 ** 20).toFixed(0)} MiB\n`,
+    ),
 });
+weights = undefined;
+await done;
 const seconds = (performance.now() - t0) / 1000;
+const cpu = process.cpuUsage(cpu0);
+const cpuSeconds = (cpu.user + cpu.system) / 1e6;
+const phases = Object.fromEntries(
+  [...profile.totals].map(([name, t]) => [name, { seconds: t.wallSeconds, cpuSeconds: t.cpuSeconds }]),
+);
+const inPhases = [...profile.totals.values()];
+phases.other = {
+  seconds: seconds - inPhases.reduce((s, t) => s + t.wallSeconds, 0),
+  cpuSeconds: cpuSeconds - inPhases.reduce((s, t) => s + t.cpuSeconds, 0),
+};
 console.log(
   JSON.stringify({
     case: `${method}-${shape}`,
-    parameters: parameterCount(weights),
+    parameters,
     quantizedParameters,
     calibration: method === 'rtn' ? 'none' : `${nsamples} x ${seqlen}`,
     grid: 'int4 g128 sym',
     seconds,
+    cpuSeconds,
     peakRssMiB: process.resourceUsage().maxRSS / 1024,
+    phases,
   }),
 );

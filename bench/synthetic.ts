@@ -2,17 +2,28 @@
  * Synthetic Llama-shaped models with random weights (for timing and memory only: their
  * outputs mean nothing). Weights ~ N(0, 0.02²), norms = 1, as a freshly initialized model.
  */
-import type { ModelConfig } from '../src/model/config.js';
+
 import { LLAMA } from '../src/model/architecture.js';
+import type { ModelConfig } from '../src/model/config.js';
 import { mulberry32 } from '../src/random.js';
 import type { TensorMap } from '../src/tensor.js';
 
 export const SHAPES = {
-  '100M': { hidden_size: 768, intermediate_size: 2048, num_hidden_layers: 12, num_attention_heads: 12, num_key_value_heads: 4, vocab_size: 32000 },
+  '100M': {
+    hidden_size: 768,
+    intermediate_size: 2048,
+    num_hidden_layers: 12,
+    num_attention_heads: 12,
+    num_key_value_heads: 4,
+    vocab_size: 32000,
+  },
 } as const;
 
 export function syntheticConfig(shape: keyof typeof SHAPES): ModelConfig {
-  return LLAMA.parseConfig({ model_type: 'llama', max_position_embeddings: 2048, tie_word_embeddings: false, ...SHAPES[shape] }, `synthetic ${shape}`);
+  return LLAMA.parseConfig(
+    { model_type: 'llama', max_position_embeddings: 2048, tie_word_embeddings: false, ...SHAPES[shape] },
+    `synthetic ${shape}`,
+  );
 }
 
 export function syntheticWeights(config: ModelConfig, seed = 1): TensorMap {
@@ -26,10 +37,4 @@ export function syntheticWeights(config: ModelConfig, seed = 1): TensorMap {
     weights.set(name, { shape, data });
   }
   return weights;
-}
-
-export function parameterCount(weights: TensorMap): number {
-  let n = 0;
-  for (const t of weights.values()) n += t.data.length;
-  return n;
 }

@@ -8,6 +8,7 @@
  * and the statistics of the layers being quantized.
  */
 import type { ComputeEngine } from '../compute/engine.js';
+import { profile } from '../compute/profile.js';
 import { UsageError } from '../errors.js';
 import { BLOCK_LINEARS, type BlockLinear } from '../model/architecture.js';
 import type { Decoder } from '../model/decoder.js';
@@ -130,7 +131,7 @@ export async function runSequential(
   checkGroups(options.groups);
   const n = windows.length / seqlen;
   const D = decoder.config.hiddenSize;
-  const x = decoder.embed(windows);
+  const x = await profile.phase('forward', () => decoder.embed(windows));
   const layers = decoder.config.numLayers;
   const totalRows = n * seqlen;
   for (let layer = 0; layer < layers; layer++) {
@@ -139,7 +140,8 @@ export async function runSequential(
       const s1 = Math.min(n, s0 + options.chunk);
       chunks.push({ stage: 0, x: x.subarray(s0 * seqlen * D, s1 * seqlen * D), windows: s1 - s0 });
     }
-    const advance = (s: ChunkState) => advanceStage(decoder, layer, s, seqlen);
+    const advance = (s: ChunkState) =>
+      profile.phase('forward', () => advanceStage(decoder, layer, s, seqlen));
     for (const group of options.groups) {
       const first = STAGE[group[0]!];
       const last = STAGE[group.at(-1)!];
@@ -153,23 +155,27 @@ export async function runSequential(
         for (let stage = first; ; stage++) {
           const linears = group.filter((l) => STAGE[l] === stage);
           if (linears.length) {
-            const input = stageInput(decoder, layer, t);
-            const cols = input.length / (t.windows * seqlen);
-            let st = shared.get(stage);
-            if (!st) {
-              st = newStats(cols, Math.min(options.sampleRows, totalRows));
-              shared.set(stage, st);
-            }
-            await accumulate(st, input, t.windows * seqlen, totalRows, decoder.engine);
-            for (const l of linears) stats.set(l, st);
+            await profile.phase('hessian', async () => {
+              const input = stageInput(decoder, layer, t);
+              const cols = input.length / (t.windows * seqlen);
+              let st = shared.get(stage);
+              if (!st) {
+                st = newStats(cols, Math.min(options.sampleRows, totalRows));
+                shared.set(stage, st);
+              }
+              await accumulate(st, input, t.windows * seqlen, totalRows, decoder.engine);
+              for (const l of linears) stats.set(l, st);
+            });
           }
           if (stage === last) break;
           if (t === s) t = { ...s, x: s.x.slice() };
           await advance(t);
         }
       }
-      for (const st of shared.values()) finishStats(st);
-      await options.quantizeGroup(layer, group, stats);
+      await profile.phase('hessian', () => {
+        for (const st of shared.values()) finishStats(st);
+      });
+      await profile.phase('quantize', () => options.quantizeGroup(layer, group, stats));
     }
     for (const s of chunks) while (s.stage < BLOCK_OUTPUT) await advance(s);
     options.onProgress?.(layer + 1, layers);

@@ -3,8 +3,9 @@
  * Hessian alone: with H ∝ XᵀX, ‖W X − Q X‖² / ‖W X‖² = tr(ΔW H ΔWᵀ) / tr(W H Wᵀ), ΔW = W − Q.
  */
 import type { ComputeEngine } from '../compute/engine.js';
+import { profile } from '../compute/profile.js';
 
-export async function relativeOutputError(
+export function relativeOutputError(
   W: Float32Array,
   Q: Float32Array,
   H: Float64Array,
@@ -12,6 +13,17 @@ export async function relativeOutputError(
   cols: number,
   engine: ComputeEngine,
 ): Promise<number> {
+  return profile.phase('layer error', () => hessianError(W, Q, H, rows, cols, engine));
+}
+
+async function hessianError(
+  W: Float32Array,
+  Q: Float32Array,
+  H: Float64Array,
+  rows: number,
+  cols: number,
+  engine: ComputeEngine,
+) {
   const Hf = Float32Array.from(H);
   const delta = new Float32Array(W.length);
   for (let i = 0; i < W.length; i++) delta[i] = W[i]! - Q[i]!;

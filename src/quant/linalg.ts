@@ -3,6 +3,7 @@
  * Matrices are row-major n×n Float64Arrays.
  */
 import type { ComputeEngine } from '../compute/engine.js';
+import { profile } from '../compute/profile.js';
 import { PtqError } from '../errors.js';
 
 export class NotPositiveDefiniteError extends PtqError {}
@@ -77,8 +78,21 @@ const BLOCK = 128;
  *  1. right-looking blocked Cholesky of P H P (trailing update A22 −= L21 L21ᵀ on the engine);
  *  2. U = R⁻¹ for the upper R = P L' P by recursive blocks: U12 = −U11 R12 U22.
  */
-export async function inverseCholeskyUpperFast(H: Float64Array, n: number, engine: ComputeEngine): Promise<Float64Array> {
-  if (n <= BLOCKED_MIN) return inverseCholeskyUpper(H, n);
+export function inverseCholeskyUpperFast(
+  H: Float64Array,
+  n: number,
+  engine: ComputeEngine,
+): Promise<Float64Array> {
+  return profile.phase('cholesky', () =>
+    n <= BLOCKED_MIN ? inverseCholeskyUpper(H, n) : blockedInverseCholeskyUpper(H, n, engine),
+  );
+}
+
+async function blockedInverseCholeskyUpper(
+  H: Float64Array,
+  n: number,
+  engine: ComputeEngine,
+): Promise<Float64Array> {
   const A = new Float64Array(n * n);
   for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) A[i * n + j] = H[(n - 1 - i) * n + (n - 1 - j)]!;
   await blockedCholeskyLower(A, n, engine);
@@ -129,7 +143,8 @@ async function invertUpperBlocked(R: Float64Array, n: number, engine: ComputeEng
   const m = n - h;
   const sub = (r0: number, c0: number, rows: number, cols: number) => {
     const out = new Float64Array(rows * cols);
-    for (let i = 0; i < rows; i++) for (let j = 0; j < cols; j++) out[i * cols + j] = R[(r0 + i) * n + c0 + j]!;
+    for (let i = 0; i < rows; i++)
+      for (let j = 0; j < cols; j++) out[i * cols + j] = R[(r0 + i) * n + c0 + j]!;
     return out;
   };
   const U11 = await invertUpperBlocked(sub(0, 0, h, h), h, engine);

@@ -52,6 +52,11 @@ export interface QuantizeOptions {
   sinq?: Partial<SinqOptions>;
   /** Quantize q/k/v, then o, then gate/up, then down, each from inputs through the quantized earlier ones. */
   trueSequential?: boolean;
+  /**
+   * Replace the quantized layers in `weights` itself instead of a copy of the map: the fp32
+   * originals are freed as their layers are quantized (peak memory one copy of the model).
+   */
+  inPlace?: boolean;
   engine?: ComputeEngine;
   onProgress?: (p: { layer: number; layers: number }) => void;
 }
@@ -84,7 +89,7 @@ export async function quantizeModel(config: ModelConfig, weights: TensorMap, opt
   const spec = options.method === 'hqq' ? hqqGridSpec(options.grid) : options.grid;
   // Any number format: the grid is the methods' plug-in (grid.ts, number-formats.ts).
   const grid = makeGrid(spec);
-  const out: TensorMap = new Map(weights);
+  const out: TensorMap = options.inPlace ? weights : new Map(weights);
   const tensors = new Map<string, QuantizedTensor>();
   const layers: LayerReport[] = [];
   const store = (name: string, q: QuantizedTensor) => {
