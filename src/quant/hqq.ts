@@ -133,7 +133,8 @@ export function hqqStep(
       const i = pr + g;
       const s = scales[i]!;
       const z = zeros[i]!;
-      let sum = 0;
+      let sumQ = 0;
+      let sumTarget = 0;
       for (let c = r * cols + g * blockCols, end = c + blockCols; c < end; c++) {
         const x = w[c]!;
         let q = roundHalfEven(x / s + z);
@@ -142,10 +143,11 @@ export function hqqStep(
         const a = e < 0 ? -e : e;
         l1 += a;
         if (withLp) lp += a ** p;
-        // (1) W_e = shrink_lp(W − Ŵ, β); (2) accumulate Q − (W − W_e)/s for the block mean.
-        sum += q - (a <= threshold ? x : x - shrinkLp(e, beta, p)) / s;
+        // (1) W_e = shrink_lp(W − Ŵ, β); (2) accumulate Q and W − W_e for the block mean of Q − (W − W_e)/s.
+        sumQ += q;
+        sumTarget += a <= threshold ? x : x - shrinkLp(e, beta, p);
       }
-      next[i] = next[i]! + sum;
+      next[i] = next[i]! + sumQ - sumTarget / s;
     }
   }
   const perBlock = blockRows * blockCols;

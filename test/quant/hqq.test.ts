@@ -146,7 +146,8 @@ describe('real GPT-2 weights, group 64', { skip: !assetsPresent && 'no ../shared
         const g = new IntGrid(q.spec);
         for (let i = 0; i < codes.length; i += 97) {
           const p = Math.floor(i / 64);
-          assert.equal(codes[i], g.encode(w.data[i]!, q.scales[p]!, q.zeros[p]!));
+          // (=== : the grid's rounding may give −0 for a code stored as 0)
+          assert.ok(codes[i] === g.encode(w.data[i]!, q.scales[p]!, q.zeros[p]!), `code ${i}`);
         }
         const m = MEASURED[key];
         if (m) {
