@@ -248,7 +248,12 @@ export class RandomizedHadamard {
     const { n, pow2, m, kind } = this.plan;
     return {
       size: n,
-      factors: m === 1 ? `H${pow2}` : `H${pow2} x ${kind === 'paley' ? 'Paley' : 'RandomOrthogonal'}${m}`,
+      factors: [
+        pow2 > 1 || m === 1 ? `H${pow2}` : '',
+        m > 1 ? `${kind === 'paley' ? 'Paley' : 'RandomOrthogonal'}${m}` : '',
+      ]
+        .filter(Boolean)
+        .join(' x '),
     };
   }
 
