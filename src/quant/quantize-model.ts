@@ -21,6 +21,7 @@ import { HQQ_DEFAULTS, type HqqOptions, hqqGridSpec, quantizeHqq } from './hqq.j
 import { relativeOutputError } from './layer-error.js';
 import { assertFiniteQuantized, assertFiniteWeights } from './numerics.js';
 import { dequantize, type QuantizedTensor, storedBits } from './quantized-tensor.js';
+import { type RotateOptions, rotateModel } from './rotate.js';
 import { quantizeRtn } from './rtn.js';
 import { quantizeSinq, SINQ_DEFAULTS, type SinqOptions } from './sinq.js';
 
@@ -57,6 +58,13 @@ export interface QuantizeOptions {
    * originals are freed as their layers are quantized (peak memory one copy of the model).
    */
   inPlace?: boolean;
+  /**
+   * Rotate the model before quantizing it (rotate.ts: RMSNorm gains folded, residual stream
+   * and attention values rotated by randomized Hadamard transforms, QuaRot arXiv:2404.00456).
+   * The returned `config` then has untied embeddings.
+   */
+  rotate?: 'hadamard';
+  rotation?: Partial<RotateOptions>;
   engine?: ComputeEngine;
   onProgress?: (p: { layer: number; layers: number }) => void;
 }
@@ -70,6 +78,8 @@ export interface LayerReport {
 }
 
 export interface QuantizedModel {
+  /** The configuration of `weights`: the input's, with untied embeddings after a rotation. */
+  config: ModelConfig;
   /** Weights with every quantized layer replaced by its dequantized values (and AWQ scales folded). */
   weights: TensorMap;
   quantization: PtqQuantization;
@@ -80,6 +90,16 @@ export interface QuantizedModel {
 export async function quantizeModel(config: ModelConfig, weights: TensorMap, options: QuantizeOptions): Promise<QuantizedModel> {
   const t0 = performance.now();
   assertFiniteWeights(weights);
+  // Rotation first: the method then quantizes the rotated weights (QuaRot §4 runs RTN or GPTQ on them).
+  if (options.rotate !== undefined && options.rotate !== 'hadamard') {
+    throw new UsageError('unknown rotation', { field: 'rotate', expected: 'hadamard', got: String(options.rotate) });
+  }
+  const rotated = options.rotate ? rotateModel(config, weights, options.rotation) : undefined;
+  if (rotated) {
+    config = rotated.config;
+    if (!options.inPlace) weights = rotated.weights;
+    else for (const [name, t] of rotated.weights) weights.set(name, t);
+  }
   const engine = options.engine ?? getDefaultEngine();
   // HQQ and SINQ optimize an integer grid's scales and zero points (the casts below); formats have none.
   if ((options.method === 'hqq' || options.method === 'sinq') && (options.grid.format ?? 'int') !== 'int') {
@@ -105,6 +125,7 @@ export async function quantizeModel(config: ModelConfig, weights: TensorMap, opt
   }
 
   const settings: Record<string, unknown> = { grid: spec, grid_name: gridName(spec) };
+  if (rotated) settings.rotation = rotated.description;
   if (!METHODS[options.method].calibrated) {
     const hqq = { ...HQQ_DEFAULTS, ...options.hqq };
     const sinq = { ...SINQ_DEFAULTS, ...options.sinq };
@@ -175,6 +196,7 @@ export async function quantizeModel(config: ModelConfig, weights: TensorMap, opt
   }
   if (layers.length) settings.layer_errors = Object.fromEntries(layers.map((l) => [l.name, l.relativeError]));
   return {
+    config,
     weights: out,
     quantization: { method: options.method, settings, tensors },
     layers,
