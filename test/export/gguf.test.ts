@@ -1,0 +1,239 @@
+/**
+ * GGUF export proven in llama.cpp (node-llama-cpp): the exported files load, tokenize like
+ * ptqkit, and produce the logits of ptqkit's forward over the same (dequantized) weights;
+ * llama.cpp's own quantizer (llama_model_quantize, pure) turns our F32 export into exactly
+ * the bytes of our quantized exports.
+ */
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { test } from 'node:test';
+import { exportGguf } from '../../src/export/gguf.js';
+import { GgufFile } from '../../src/io/gguf.js';
+import { Decoder } from '../../src/model/decoder.js';
+import { greedyGenerate } from '../../src/model/generate.js';
+import { loadModel } from '../../src/model/load.js';
+import { ASSETS, assetsPresent } from '../helpers.js';
+import { getLlamaRuntime, refHarness } from './llama-cpp.js';
+
+/**
+ * F32 weights: both sides compute in float32 and differ only in summation order and in how
+ * rope's sin/cos are formed; measured max |Δlogit| 9.0e-5 (656K) and 7.5e-5 (260K) over 512 positions.
+ */
+const F32_LOGIT_TOL = 5e-4;
+/**
+ * Quantized weights: llama.cpp's CPU matmuls quantize the activations to Q8_0 (legacy types) or
+ * Q8_K (K-quants) before the dot product, ptqkit multiplies float32 activations with the same
+ * dequantized weights. Measured max |Δlogit| 0.26–0.37 over 512 positions (logits span ~±20).
+ */
+const QUANT_LOGIT_TOL = 0.6;
+const QUANT_TOP1_MIN = 0.97;
+const PPL_REL_TOL = 0.01;
+const WINDOW = 512;
+const GREEDY_STEPS = 20;
+
+const MODELS = [
+  { key: 'tinystories-656k', path: 'models/tinystories-656k' },
+  { key: 'stories260K', path: 'models/stories260k/stories260K.bin' },
+];
+const TYPES = ['f32', 'q8_0', 'q4_0', 'q4_k'];
+/** llama.h llama_ftype of a pure llama-quantize run to each type. */
+const FTYPE: Record<string, number> = { q8_0: 7, q4_0: 2, q4_k: 15, q6_k: 18 };
+
+/** The eval text without CR: the 656K vocabulary has no "\r" and no byte tokens (llama.cpp would abort). */
+const text = () =>
+  readFileSync(path.join(ASSETS, 'text/tinystories-valid-slice.txt'), 'utf8').replaceAll('\r', '');
+
+function argmax(a: ArrayLike<number>, from = 0, n = a.length): number {
+  let best = from;
+  for (let i = from + 1; i < from + n; i++) if (a[i]! > a[best]!) best = i;
+  return best - from;
+}
+
+/** Mean next-token NLL of a [T, V] logits matrix over tokens[1..T). */
+function perplexity(logits: Float32Array | Float64Array, tokens: number[], V: number): number {
+  let nll = 0;
+  for (let i = 0; i + 1 < tokens.length; i++) {
+    let max = Number.NEGATIVE_INFINITY;
+    for (let v = 0; v < V; v++) max = Math.max(max, logits[i * V + v]!);
+    let sum = 0;
+    for (let v = 0; v < V; v++) sum += Math.exp(logits[i * V + v]! - max);
+    nll += max + Math.log(sum) - logits[i * V + tokens[i + 1]!]!;
+  }
+  return Math.exp(nll / (tokens.length - 1));
+}
+
+for (const spec of MODELS) {
+  test(`${spec.key}: GGUF exports run in llama.cpp with ptqkit's tokens, logits and greedy text`, async (t) => {
+    if (!assetsPresent) return t.skip('shared assets not present');
+    const llama = await getLlamaRuntime();
+    if (typeof llama === 'string') return t.skip(llama);
+    const model = await loadModel(path.join(ASSETS, spec.path));
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'ptq-gguf-'));
+    const ids = model.tokenizer.encode(text());
+    const window = ids.slice(0, WINDOW);
+    const prompt = model.tokenizer.encode('Once upon a time');
+    const V = model.config.vocabSize;
+    const reference = await new Decoder(model.config, model.weights).forward(
+      Int32Array.from(window),
+      1,
+      window.length,
+    );
+    const rows: string[] = [];
+    for (const type of TYPES) {
+      const file = path.join(dir, `${type}.gguf`);
+      const report = await exportGguf(model, file, { type });
+      const back = await loadModel(file);
+      const lm = await llama.loadModel({ modelPath: file });
+      try {
+        // Tokenization: llama.cpp over the whole text (BOS added by ptqkit's tokenizers and by the GGUF's add_bos).
+        const theirs = [lm.tokens.bos!, ...lm.tokenize(text())];
+        assert.deepEqual(
+          theirs,
+          ids,
+          `${type}: llama.cpp tokenizes the text like ${spec.key}'s own tokenizer`,
+        );
+        assert.deepEqual(back.tokenizer.encode(text()), ids, `${type}: ptqkit's GGUF tokenizer agrees`);
+
+        // Next-token logits over one window: llama.cpp vs ptqkit's forward of the GGUF's dequantized weights.
+        const ours = await new Decoder(back.config, back.weights).forward(
+          Int32Array.from(window),
+          1,
+          window.length,
+        );
+        // A context larger than the window: node-llama-cpp shifts a full context, which would move positions.
+        const ctx = await lm.createContext({
+          contextSize: 2 * WINDOW,
+          batchSize: WINDOW,
+          threads: 1,
+          flashAttention: false,
+          experimentalKvCacheKeyType: 'F32',
+          experimentalKvCacheValueType: 'F32',
+        });
+        const out = await ctx
+          .getSequence()
+          .controlledEvaluate(window.map((tok) => [tok, { generateNext: { logits: true } }]));
+        const llamaLogits = new Float64Array(window.length * V);
+        let maxDiff = 0;
+        let quantEffect = 0;
+        let agree = 0;
+        for (let i = 0; i < window.length; i++) {
+          const l = out[i]!.next!.logits!;
+          for (let v = 0; v < V; v++) {
+            llamaLogits[i * V + v] = l.get(v)!;
+            maxDiff = Math.max(maxDiff, Math.abs(l.get(v)! - ours[i * V + v]!));
+            quantEffect = Math.max(quantEffect, Math.abs(ours[i * V + v]! - reference[i * V + v]!));
+          }
+          if (argmax(llamaLogits, i * V, V) === argmax(ours, i * V, V)) agree++;
+        }
+        await ctx.dispose();
+        const pplOurs = perplexity(ours, window, V);
+        const pplLlama = perplexity(llamaLogits, window, V);
+
+        // Greedy continuation of the prompt, 20 tokens, both sides stopping at EOS.
+        const gctx = await lm.createContext({
+          contextSize: 64,
+          threads: 1,
+          flashAttention: false,
+          experimentalKvCacheKeyType: 'F32',
+          experimentalKvCacheValueType: 'F32',
+        });
+        const seq = gctx.getSequence();
+        const greedyLlama = [...prompt];
+        let res = await seq.controlledEvaluate(
+          prompt.map((tok, i) => (i === prompt.length - 1 ? [tok, { generateNext: { logits: true } }] : tok)),
+        );
+        for (let s = 0; s < GREEDY_STEPS; s++) {
+          const l = res.at(-1)!.next!.logits!;
+          const next = argmax(Float64Array.from({ length: V }, (_, v) => l.get(v)!));
+          if (next === back.config.eosTokenId) break;
+          greedyLlama.push(next);
+          res = await seq.controlledEvaluate([[next, { generateNext: { logits: true } }]]);
+        }
+        await gctx.dispose();
+        const greedyOurs = await greedyGenerate(
+          new Decoder(back.config, back.weights),
+          prompt,
+          GREEDY_STEPS,
+          back.config.eosTokenId,
+        );
+
+        rows.push(
+          `${spec.key} ${type.padEnd(5)} ${report.bitsPerWeight.toFixed(3).padStart(6)} bpw  max|Δlogit| ${maxDiff.toExponential(2)}` +
+            `  (quantization itself moved logits by ${quantEffect.toFixed(3)})  top-1 ${agree}/${window.length}` +
+            `  ppl ${pplOurs.toFixed(4)} vs llama.cpp ${pplLlama.toFixed(4)}  greedy "${back.tokenizer.decode(greedyLlama)}"`,
+        );
+        assert.ok(
+          Math.abs(pplLlama / pplOurs - 1) < PPL_REL_TOL,
+          `${type}: perplexity ${pplLlama} vs ${pplOurs}`,
+        );
+        if (type === 'f32') {
+          assert.ok(maxDiff < F32_LOGIT_TOL, `f32: max |Δlogit| ${maxDiff} >= ${F32_LOGIT_TOL}`);
+          assert.equal(agree, window.length);
+          assert.deepEqual(greedyLlama, greedyOurs, 'f32: greedy continuation');
+        } else {
+          assert.ok(maxDiff < QUANT_LOGIT_TOL, `${type}: max |Δlogit| ${maxDiff} >= ${QUANT_LOGIT_TOL}`);
+          assert.ok(
+            agree / window.length >= QUANT_TOP1_MIN,
+            `${type}: top-1 agreement ${agree}/${window.length}`,
+          );
+          // Greedy texts agree up to the first near-tie: where they part, ptqkit's own logits for the
+          // two candidates differ by less than twice the measured deviation of llama.cpp's logits.
+          const split = greedyOurs.findIndex((tok, i) => tok !== greedyLlama[i]);
+          if (split >= 0 && split < greedyLlama.length) {
+            const logits = await new Decoder(back.config, back.weights).forward(
+              Int32Array.from(greedyLlama.slice(0, split)),
+              1,
+              split,
+            );
+            const at = (split - 1) * V;
+            const gap = logits[at + greedyOurs[split]!]! - logits[at + greedyLlama[split]!]!;
+            rows.push(
+              `  greedy parts at token ${split - prompt.length + 1}: ptqkit's logit gap between the two choices ${gap.toFixed(3)}`,
+            );
+            assert.ok(gap < 2 * maxDiff, `${type}: greedy texts part at a logit gap ${gap} >= 2·${maxDiff}`);
+          }
+        }
+      } finally {
+        await lm.dispose();
+      }
+    }
+    console.log(rows.join('\n'));
+  });
+
+  test(`${spec.key}: llama.cpp's llama-quantize of our F32 GGUF gives our quantized tensors byte for byte`, async (t) => {
+    if (!assetsPresent) return t.skip('shared assets not present');
+    const exe = refHarness();
+    if (typeof exe !== 'string') return t.skip(exe.reason);
+    const model = await loadModel(path.join(ASSETS, spec.path));
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'ptq-gguf-q-'));
+    const f32 = path.join(dir, 'f32.gguf');
+    await exportGguf(model, f32, { type: 'f32' });
+    for (const [type, ftype] of Object.entries(FTYPE)) {
+      const ours = path.join(dir, `ours-${type}.gguf`);
+      const theirs = path.join(dir, `llama-${type}.gguf`);
+      await exportGguf(model, ours, { type });
+      execFileSync(exe, ['model', f32, theirs, String(ftype)], { stdio: 'pipe' });
+      const [a, b] = [await GgufFile.open(ours), await GgufFile.open(theirs)];
+      try {
+        assert.deepEqual(
+          b.tensors.map((x) => `${x.name} ${x.type.name}`).sort(),
+          a.tensors.map((x) => `${x.name} ${x.type.name}`).sort(),
+          `${type}: tensor names and types (fallbacks included)`,
+        );
+        for (const info of a.tensors) {
+          assert.deepEqual(
+            await a.readRaw(info.name),
+            await b.readRaw(info.name),
+            `${type}: ${info.name} (${info.type.name})`,
+          );
+        }
+      } finally {
+        await a.close();
+        await b.close();
+      }
+    }
+  });
+}
