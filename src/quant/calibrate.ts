@@ -259,23 +259,33 @@ async function accumulate(
       rows,
       i1,
     );
-    for (let i = i0; i < i1; i++) {
-      const src = (i - i0) * i1;
-      const dst = i * cols;
-      for (let j = 0; j <= i; j++) s.hessian[dst + j]! += gram[src + j]!;
-    }
+    addLowerRows(s.hessian, cols, gram, i0, i1);
   }
-  if (s.sampleRows) {
-    const stride = totalRows / s.sampleRows;
-    for (let r = 0; r < rows; r++) {
-      // Keep evenly spaced rows of the whole calibration set.
-      const global = s.count + r;
-      const slot = Math.floor(global / stride);
-      if (slot < s.sampleRows && Math.floor(slot * stride) === global)
-        s.sample.set(x.subarray(r * cols, (r + 1) * cols), slot * cols);
-    }
-  }
+  if (s.sampleRows) keepSampleRows(s, x, rows, totalRows);
   s.count += rows;
+}
+
+// The loops below are kept out of async functions, where V8 would not optimize them.
+
+/** H[i, j] += gram[i − i0, j] for i0 <= i < i1, j <= i (gram is (i1 − i0) × i1). */
+function addLowerRows(H: Float64Array, cols: number, gram: Float32Array, i0: number, i1: number): void {
+  for (let i = i0; i < i1; i++) {
+    const src = (i - i0) * i1;
+    const dst = i * cols;
+    for (let j = 0; j <= i; j++) H[dst + j]! += gram[src + j]!;
+  }
+}
+
+/** Keep evenly spaced rows of the whole calibration set (rows s.count.. of it are in x). */
+function keepSampleRows(s: LinearStats, x: Float32Array, rows: number, totalRows: number): void {
+  const cols = s.cols;
+  const stride = totalRows / s.sampleRows;
+  for (let r = 0; r < rows; r++) {
+    const global = s.count + r;
+    const slot = Math.floor(global / stride);
+    if (slot < s.sampleRows && Math.floor(slot * stride) === global)
+      s.sample.set(x.subarray(r * cols, (r + 1) * cols), slot * cols);
+  }
 }
 
 /**

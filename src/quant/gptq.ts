@@ -155,9 +155,7 @@ async function quantizeColumns(
   const grouped = grid.spec.granularity === 'group';
   const { perm, U, dead } = prepared;
 
-  const W = weight.data.slice();
-  for (let c = 0; c < cols; c++) if (dead[c]) for (let r = 0; r < rows; r++) W[r * cols + c] = 0;
-  const Wp = perm ? permuteColumns(W, rows, cols, perm) : W;
+  const Wp = initialWeights(weight.data, rows, cols, dead, perm);
 
   const codes = new Uint8Array(rows * cols);
   const scales = new Float32Array((rows / blockRows) * numGroups);
@@ -172,8 +170,8 @@ async function quantizeColumns(
   for (let i1 = 0; i1 < cols; i1 += B) {
     const i2 = Math.min(i1 + B, cols);
     const count = i2 - i1;
-    for (let r = 0; r < rows; r++) W1.set(Wp.subarray(r * cols + i1, r * cols + i2), r * count);
     const block: LazyBlock = {
+      Wp,
       W1,
       Err1,
       rows,
@@ -193,11 +191,7 @@ async function quantizeColumns(
     if (i2 < cols) {
       // Lazy batch update: W[:, i2:] -= Err1 · U[i1:i2, i2:], as one product on the engine.
       const rest = cols - i2;
-      const Ut = new Float32Array(rest * count);
-      for (let k = 0; k < count; k++) {
-        const uRow = (i1 + k) * cols + i2;
-        for (let j = 0; j < rest; j++) Ut[j * count + k] = U[uRow + j]!;
-      }
+      const Ut = transposedRows(U, cols, i1, i2);
       const delta = await engine.linear(
         count === W1.length / rows ? Err1 : Err1.subarray(0, rows * count),
         Ut,
@@ -205,26 +199,66 @@ async function quantizeColumns(
         count,
         rest,
       );
-      for (let r = 0; r < rows; r++) {
-        const row = r * cols + i2;
-        const d = r * rest;
-        for (let j = 0; j < rest; j++) Wp[row + j]! -= delta[d + j]!;
-      }
+      subtractColumns(Wp, rows, cols, i2, delta);
     }
   }
 
   if (!perm) return fromCodes(rows, cols, grid.spec, codes, scales, zeros);
   // Back to the original column order; with groups, g_idx remembers each column's group.
+  const groupIndex = grouped ? new Int32Array(cols) : undefined;
+  if (groupIndex) for (let c = 0; c < cols; c++) groupIndex[perm[c]!] = Math.floor(c / groupCols);
+  return fromCodes(
+    rows,
+    cols,
+    grid.spec,
+    unpermuteColumns(codes, rows, cols, perm),
+    scales,
+    zeros,
+    groupIndex,
+  );
+}
+
+// The loops below are kept out of async functions, where V8 would not optimize them.
+
+/** W with dead inputs' columns zeroed, in act-order column order when permuted. */
+function initialWeights(W0: Float32Array, rows: number, cols: number, dead: Uint8Array, perm?: Int32Array) {
+  const W = W0.slice();
+  for (let c = 0; c < cols; c++) if (dead[c]) for (let r = 0; r < rows; r++) W[r * cols + c] = 0;
+  return perm ? permuteColumns(W, rows, cols, perm) : W;
+}
+
+/** U[i1:i2, i2:]ᵀ as float32, [cols − i2, i2 − i1]: the lazy update's weight for engine.linear. */
+function transposedRows(U: Float64Array, cols: number, i1: number, i2: number): Float32Array {
+  const count = i2 - i1;
+  const rest = cols - i2;
+  const Ut = new Float32Array(rest * count);
+  for (let k = 0; k < count; k++) {
+    const uRow = (i1 + k) * cols + i2;
+    for (let j = 0; j < rest; j++) Ut[j * count + k] = U[uRow + j]!;
+  }
+  return Ut;
+}
+
+/** W[:, i2:] −= delta ([rows, cols − i2]). */
+function subtractColumns(W: Float32Array, rows: number, cols: number, i2: number, delta: Float32Array): void {
+  const rest = cols - i2;
+  for (let r = 0; r < rows; r++) {
+    const row = r * cols + i2;
+    const d = r * rest;
+    for (let j = 0; j < rest; j++) W[row + j]! -= delta[d + j]!;
+  }
+}
+
+function unpermuteColumns(codes: Uint8Array, rows: number, cols: number, perm: Int32Array): Uint8Array {
   const original = new Uint8Array(rows * cols);
   for (let r = 0; r < rows; r++)
     for (let c = 0; c < cols; c++) original[r * cols + perm[c]!] = codes[r * cols + c]!;
-  const groupIndex = grouped ? new Int32Array(cols) : undefined;
-  if (groupIndex) for (let c = 0; c < cols; c++) groupIndex[perm[c]!] = Math.floor(c / groupCols);
-  return fromCodes(rows, cols, grid.spec, original, scales, zeros, groupIndex);
+  return original;
 }
 
-/** One lazy batch of columns [i1, i1 + count) of W, copied to W1 [rows, count]. */
+/** One lazy batch of columns [i1, i1 + count) of W [rows, cols], copied to W1 [rows, count]. */
 interface LazyBlock {
+  Wp: Float32Array;
   W1: Float32Array;
   /** Scaled errors (w − q) / U_ii of the block's columns, [rows, count]. */
   Err1: Float32Array;
@@ -248,7 +282,8 @@ interface LazyBlock {
  * free of allocation: it is GPTQ's innermost loop (rows · B²/2 multiply-adds per batch).
  */
 function quantizeLazyBlock(grid: Grid, b: LazyBlock): void {
-  const { W1, Err1, rows, count, i1, cols, U, codes, scales, zeros, blockRows, numGroups, groupCols } = b;
+  const { Wp, W1, Err1, rows, count, i1, cols, U, codes, scales, zeros, blockRows, numGroups, groupCols } = b;
+  for (let r = 0; r < rows; r++) W1.set(Wp.subarray(r * cols + i1, r * cols + i1 + count), r * count);
   for (let i = 0; i < count; i++) {
     const col = i1 + i;
     if (groupCols && col % groupCols === 0)

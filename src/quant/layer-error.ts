@@ -25,15 +25,22 @@ async function hessianError(
   engine: ComputeEngine,
 ) {
   const Hf = Float32Array.from(H);
-  const delta = new Float32Array(W.length);
-  for (let i = 0; i < W.length; i++) delta[i] = W[i]! - Q[i]!;
   // H is symmetric, so the engine's x·Hᵀ is x·H.
-  const quadratic = async (M: Float32Array) => {
-    const MH = await engine.linear(M, Hf, rows, cols, cols);
-    let s = 0;
-    for (let i = 0; i < M.length; i++) s += MH[i]! * M[i]!;
-    return s;
-  };
+  const quadratic = async (M: Float32Array) => dot(await engine.linear(M, Hf, rows, cols, cols), M);
   const denominator = await quadratic(W);
-  return denominator > 0 ? (await quadratic(delta)) / denominator : 0;
+  return denominator > 0 ? (await quadratic(difference(W, Q))) / denominator : 0;
+}
+
+// Loops outside the async function, where V8 optimizes them.
+
+function difference(a: Float32Array, b: Float32Array): Float32Array {
+  const out = new Float32Array(a.length);
+  for (let i = 0; i < a.length; i++) out[i] = a[i]! - b[i]!;
+  return out;
+}
+
+function dot(a: Float32Array, b: Float32Array): number {
+  let s = 0;
+  for (let i = 0; i < a.length; i++) s += a[i]! * b[i]!;
+  return s;
 }

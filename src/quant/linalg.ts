@@ -93,47 +93,74 @@ async function blockedInverseCholeskyUpper(
   n: number,
   engine: ComputeEngine,
 ): Promise<Float64Array> {
-  const A = new Float64Array(n * n);
-  for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) A[i * n + j] = H[(n - 1 - i) * n + (n - 1 - j)]!;
+  const A = reversed(H, n, false);
   await blockedCholeskyLower(A, n, engine);
-  const R = new Float64Array(n * n);
-  for (let i = 0; i < n; i++) for (let j = i; j < n; j++) R[i * n + j] = A[(n - 1 - i) * n + (n - 1 - j)]!;
-  return invertUpperBlocked(R, n, engine);
+  return invertUpperBlocked(reversed(A, n, true), n, engine);
 }
+
+/** P M P for the reversal permutation P: M[n−1−i][n−1−j], or only its upper triangle. */
+function reversed(M: Float64Array, n: number, upperOnly: boolean): Float64Array {
+  const out = new Float64Array(n * n);
+  for (let i = 0; i < n; i++) {
+    const src = (n - 1 - i) * n + n - 1;
+    for (let j = upperOnly ? i : 0; j < n; j++) out[i * n + j] = M[src - j]!;
+  }
+  return out;
+}
+
+/*
+ * The loops of the blocked factorization live in synchronous functions: V8 cannot optimize a
+ * loop inside an async function while it runs (no on-stack replacement after an await), and
+ * these loops are O(n²·b).
+ */
 
 async function blockedCholeskyLower(A: Float64Array, n: number, engine: ComputeEngine): Promise<void> {
   for (let k = 0; k < n; k += BLOCK) {
     const b = Math.min(BLOCK, n - k);
-    // L11 = chol(A11)
-    const A11 = new Float64Array(b * b);
-    for (let i = 0; i < b; i++) for (let j = 0; j < b; j++) A11[i * b + j] = A[(k + i) * n + k + j]!;
-    choleskyLower(A11, b);
-    for (let i = 0; i < b; i++) for (let j = 0; j < b; j++) A[(k + i) * n + k + j] = A11[i * b + j]!;
     const m = n - k - b;
+    const L21 = factorPanel(A, n, k, b);
     if (m === 0) break;
-    // L21 = A21 L11⁻ᵀ: forward substitution on each row of A21.
-    const L21 = new Float32Array(m * b);
-    const row = new Float64Array(b);
-    for (let r = 0; r < m; r++) {
-      const base = (k + b + r) * n + k;
-      for (let j = 0; j < b; j++) {
-        let s = A[base + j]!;
-        for (let t = 0; t < j; t++) s -= row[t]! * A11[j * b + t]!;
-        row[j] = s / A11[j * b + j]!;
-      }
-      for (let j = 0; j < b; j++) {
-        A[base + j] = row[j]!;
-        L21[r * b + j] = row[j]!;
-      }
-    }
     // A22 −= L21 L21ᵀ (only the lower triangle is read later; the upper is cleared at the end).
-    const update = await engine.linear(L21, L21, m, b, m);
-    for (let i = 0; i < m; i++) {
-      const dst = (k + b + i) * n + k + b;
-      for (let j = 0; j <= i; j++) A[dst + j]! -= update[i * m + j]!;
-    }
+    subtractLower(A, n, k + b, await engine.linear(L21, L21, m, b, m), m);
   }
   for (let i = 0; i < n; i++) A.fill(0, i * n + i + 1, (i + 1) * n);
+}
+
+/**
+ * Panel k of the right-looking factorization, in place: L11 = chol(A11), then
+ * L21 = A21 L11⁻ᵀ by forward substitution on each row of A21; returns L21 as float32.
+ */
+function factorPanel(A: Float64Array, n: number, k: number, b: number): Float32Array {
+  const A11 = new Float64Array(b * b);
+  for (let i = 0; i < b; i++) for (let j = 0; j < b; j++) A11[i * b + j] = A[(k + i) * n + k + j]!;
+  choleskyLower(A11, b);
+  for (let i = 0; i < b; i++) for (let j = 0; j < b; j++) A[(k + i) * n + k + j] = A11[i * b + j]!;
+  const m = n - k - b;
+  // Column-oriented substitution (once x_t is final, x_j −= x_t · L11[j][t] for all j > t):
+  // every x_j sees the same subtractions in the same order as row-oriented dot products, but
+  // the inner loop has no dependency chain and reads L11ᵀ contiguously.
+  const L11t = new Float64Array(b * b);
+  for (let i = 0; i < b; i++) for (let j = 0; j <= i; j++) L11t[j * b + i] = A11[i * b + j]!;
+  const L21 = new Float32Array(m * b);
+  for (let r = 0; r < m; r++) {
+    const base = (k + b + r) * n + k;
+    for (let t = 0; t < b; t++) {
+      const x = A[base + t]! / L11t[t * b + t]!;
+      A[base + t] = x;
+      L21[r * b + t] = x;
+      const lt = t * b;
+      for (let j = t + 1; j < b; j++) A[base + j]! -= x * L11t[lt + j]!;
+    }
+  }
+  return L21;
+}
+
+/** A[k0 + i, k0 + j] −= update[i, j] for j <= i (update is m×m). */
+function subtractLower(A: Float64Array, n: number, k0: number, update: Float32Array, m: number): void {
+  for (let i = 0; i < m; i++) {
+    const dst = (k0 + i) * n + k0;
+    for (let j = 0; j <= i; j++) A[dst + j]! -= update[i * m + j]!;
+  }
 }
 
 /** U = R⁻¹ for upper-triangular R: [[R11, R12], [0, R22]]⁻¹ has U12 = −U11 R12 U22. */
@@ -153,6 +180,18 @@ async function invertUpperBlocked(R: Float64Array, n: number, engine: ComputeEng
   const R12 = Float32Array.from(sub(0, h, h, m));
   const T = await engine.linear(R12, transpose32(U22, m, m), h, m, m);
   const U12 = await engine.linear(Float32Array.from(U11), transpose32(T, h, m), h, h, m);
+  return assembleUpper(U11, U12, U22, h, m);
+}
+
+/** [[U11, −U12], [0, U22]] from its blocks (U11 h×h, U12 h×m, U22 m×m). */
+function assembleUpper(
+  U11: Float64Array,
+  U12: Float32Array,
+  U22: Float64Array,
+  h: number,
+  m: number,
+): Float64Array {
+  const n = h + m;
   const U = new Float64Array(n * n);
   for (let i = 0; i < h; i++) {
     for (let j = i; j < h; j++) U[i * n + j] = U11[i * h + j]!;
