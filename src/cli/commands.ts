@@ -16,6 +16,7 @@ import { type GridSpec, gridName, validateGrid } from '../quant/grid.js';
 import { sampleCalibrationWindows } from '../quant/calibrate.js';
 import { HQQ_DEFAULTS } from '../quant/hqq.js';
 import { type Calibration, METHODS, type MethodName, modelSize, quantizeModel } from '../quant/quantize-model.js';
+import { untiedHfConfig } from '../quant/rotate.js';
 import { SINQ_DEFAULTS } from '../quant/sinq.js';
 import { createProgress } from './progress.js';
 import { fmt, formatTable } from './table.js';
@@ -90,6 +91,8 @@ export interface QuantizeArgs {
   hqqIters?: number;
   lpNorm?: number;
   sinqIters?: number;
+  rotate?: string;
+  rotateSeed?: number;
 }
 
 export async function quantizeCommand(modelPath: string, args: QuantizeArgs, out: Output) {
@@ -113,11 +116,15 @@ export async function quantizeCommand(modelPath: string, args: QuantizeArgs, out
     awq: { clip: args.awqClip },
     hqq: { iters: args.hqqIters ?? HQQ_DEFAULTS.iters, lpNorm: args.lpNorm ?? HQQ_DEFAULTS.lpNorm },
     sinq: { iters: args.sinqIters ?? SINQ_DEFAULTS.iters },
+    rotate: args.rotate as 'hadamard' | undefined,
+    rotation: { seed: args.rotateSeed },
     trueSequential: args.trueSequential,
     onProgress: (p) => progress.update(p.layer, p.layers),
   });
   progress.finish();
-  await writePtqCheckpoint(args.output, { ...model, weights: q.weights }, q.quantization);
+  // A rotation unties the embeddings: config.json must say so, or the loader drops lm_head.
+  const hfConfig = q.config.tiedEmbeddings ? model.hfConfig : untiedHfConfig(model.hfConfig);
+  await writePtqCheckpoint(args.output, { ...model, hfConfig, weights: q.weights }, q.quantization);
   const size = modelSize(q.weights, q.quantization.tensors);
   const result = {
     model: model.path,
@@ -126,6 +133,7 @@ export async function quantizeCommand(modelPath: string, args: QuantizeArgs, out
     // The grid the method used (HQQ's is always asymmetric).
     grid: String(q.quantization.settings.grid_name ?? gridName(args.grid)),
     calibration: calibration?.description,
+    rotation: q.quantization.settings.rotation,
     bitsPerWeight: size.bitsPerWeight,
     bytes: size.totalBytes,
     seconds: q.seconds,
@@ -133,11 +141,12 @@ export async function quantizeCommand(modelPath: string, args: QuantizeArgs, out
     layers: q.layers,
   };
   if (out.json) return out.log(JSON.stringify(result, null, 2));
+  const rotated = args.rotate ? `, ${args.rotate}-rotated` : '';
   if (q.layers.length) {
     out.log(formatTable(['layer', 'rel. output error', 'awq alpha'], q.layers.map((l) => [l.name, l.relativeError.toExponential(3), fmt.fixed(l.alpha, 2)])));
   }
   out.log(
-    `quantized ${model.path} with ${method} ${result.grid}: ${result.bitsPerWeight.toFixed(3)} bits/weight, ` +
+    `quantized ${model.path} with ${method} ${result.grid}${rotated}: ${result.bitsPerWeight.toFixed(3)} bits/weight, ` +
       `${fmt.bytes(result.bytes)}, ${result.seconds.toFixed(2)} s -> ${result.output}`,
   );
 }

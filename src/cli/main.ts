@@ -12,6 +12,7 @@ import type { GridSpec, ScaleDtype } from '../quant/grid.js';
 import { HQQ_DEFAULTS } from '../quant/hqq.js';
 import { FORMAT_NAMES, type FormatName, gridSpecFor, QUANT_FORMATS } from '../quant/number-formats.js';
 import { METHODS } from '../quant/quantize-model.js';
+import { ROTATE_DEFAULTS } from '../quant/rotate.js';
 import { SINQ_DEFAULTS } from '../quant/sinq.js';
 import {
   consoleOutput,
@@ -98,6 +99,10 @@ program
   .option('--hqq-iters <n>', 'hqq: maximum half-quadratic iterations (stops earlier when the error stops falling)', integer, HQQ_DEFAULTS.iters)
   .option('--lp-norm <p>', 'hqq: p of the error ‖W − Ŵ‖_p^p it minimizes, 0 < p ≤ 1', Number, HQQ_DEFAULTS.lpNorm)
   .option('--sinq-iters <n>', 'sinq: Sinkhorn iterations balancing row and column standard deviations', integer, SINQ_DEFAULTS.iters)
+  .addOption(
+    new Option('--rotate <kind>', 'rotate before quantizing, with any method (QuaRot, arXiv:2404.00456)').choices(['hadamard']),
+  )
+  .option('--rotate-seed <n>', "seed of the rotation's random signs", integer, ROTATE_DEFAULTS.seed)
   .option('--tokenizer <file>', 'tokenizer to use instead of the one next to the model')
   .option('--json', 'print JSON')
   .action((model, o, cmd: Command) => {

@@ -26,7 +26,7 @@
  * width, behind SwiGLU's nonlinearity) cannot be rotated offline and is left as is.
  * Q = diag(s) H / √D from hadamard.ts, with seeded signs s.
  */
-import { ConfigError, ShapeError } from '../errors.js';
+import { ConfigError, ShapeError, UsageError } from '../errors.js';
 import {
   type BlockLinear,
   blockPrefix,
@@ -72,7 +72,16 @@ export function rotateModel(
   weights: TensorMap,
   options: Partial<RotateOptions> = {},
 ): RotatedModel {
-  const opts = { ...ROTATE_DEFAULTS, ...options };
+  const opts: RotateOptions = {
+    seed: options.seed ?? ROTATE_DEFAULTS.seed,
+    residual: options.residual ?? ROTATE_DEFAULTS.residual,
+    heads: options.heads ?? ROTATE_DEFAULTS.heads,
+  };
+  if (!Number.isInteger(opts.seed))
+    throw new UsageError('rotation seed must be an integer', {
+      field: 'rotate-seed',
+      got: String(opts.seed),
+    });
   const random = mulberry32(opts.seed);
   // One stream: R1's signs first, then each layer's R2 in order.
   const R1 = opts.residual ? new RandomizedHadamard(config.hiddenSize, random) : undefined;
@@ -201,7 +210,7 @@ function absorb(config: ModelConfig, weights: TensorMap, { fold, R1, R2 }: Absor
  * The config.json to save next to rotated weights: lm_head is a tensor of its own, and a
  * loader that still believed the embeddings tied would drop it (load.ts).
  */
-export function rotatedHfConfig(hfConfig: Record<string, unknown>): Record<string, unknown> {
+export function untiedHfConfig(hfConfig: Record<string, unknown>): Record<string, unknown> {
   return { ...hfConfig, tie_word_embeddings: false };
 }
 
