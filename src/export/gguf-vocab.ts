@@ -63,7 +63,8 @@ export async function vocabFromLlama2c(file: string, vocabSize: number): Promise
     scores[i] = view.getFloat32(at, true);
     const piece = utf8.decode(bytes.subarray(at + 8, at + 8 + len));
     at += 8 + len;
-    tokens.push(piece.replaceAll(' ', '▁'));
+    // run.c's export wrote BOS/EOS as "\n<s>\n" / "\n</s>\n"; SentencePiece's pieces are <s> </s>.
+    tokens.push(i > 0 && i <= 2 ? piece.trim() : piece.replaceAll(' ', '▁'));
     types[i] =
       i === 0
         ? TokenType.UNKNOWN
