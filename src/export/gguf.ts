@@ -16,7 +16,8 @@
  *    .swapaxes(1, 2). For llama2.c checkpoints this restores the file's original order
  *    (llama2.c's own export applies the same permute to HF models).
  *  - types: 1-D tensors stay F32 (as llama-quantize keeps them); every matrix gets the chosen
- *    type, or llama-quantize's fallback when its rows are not whole blocks (warned).
+ *    type, or llama-quantize's fallback when its rows are not whole blocks (warned). Matrices a
+ *    ptqkit checkpoint did not quantize (the embedding) stay F32, as the checkpoint holds them.
  *  - a ptqkit checkpoint keeps its codes and scales when the grid fits the type's blocks
  *    (gguf-blocks.ts); otherwise its dequantized weights are re-quantized, with a warning.
  */
@@ -123,14 +124,16 @@ export async function exportGguf(
     const name = ggufTensorName(hfName);
     const dims = [...t.shape].reverse();
     const rowOrder = qkRowOrder(hfName, config);
-    const isMatrix = t.shape.length === 2;
+    const q = model.quantization?.tensors.get(hfName);
+    // A ptqkit checkpoint's unquantized tensors (embeddings) stay as it stores them, float32:
+    // the GGUF then holds exactly the weights `ptq eval` measured.
+    const isMatrix = t.shape.length === 2 && (!model.quantization || q !== undefined);
     let type = isMatrix ? typeForRow(target, t.shape[1]!) : ggmlType('F32');
     if (type !== target && isMatrix) {
       warn(
         `${name}: rows of ${t.shape[1]} are not whole ${target.name} blocks of ${target.blockSize}; stored as ${type.name} (llama-quantize's fallback)`,
       );
     }
-    const q = model.quantization?.tensors.get(hfName);
     let source: ExportedTensor['source'] = 'float';
     let data: () => Uint8Array = () => encodeValues(type, permuteRows(t.data, t.shape, rowOrder));
     if (q && isMatrix) {

@@ -12,9 +12,11 @@ import path from 'node:path';
 import { test } from 'node:test';
 import { exportGguf } from '../../src/export/gguf.js';
 import { GgufFile } from '../../src/io/gguf.js';
+import { writePtqCheckpoint } from '../../src/io/ptq-checkpoint.js';
 import { Decoder } from '../../src/model/decoder.js';
 import { greedyGenerate } from '../../src/model/generate.js';
 import { loadModel } from '../../src/model/load.js';
+import { quantizeModel } from '../../src/quant/quantize-model.js';
 import { ASSETS, assetsPresent } from '../helpers.js';
 import { getLlamaRuntime, refHarness } from './llama-cpp.js';
 
@@ -237,3 +239,67 @@ for (const spec of MODELS) {
     }
   });
 }
+
+test('a GPTQ int4 g32 checkpoint exported from its own codes (Q4_0) runs in llama.cpp on the weights ptq eval uses', async (t) => {
+  if (!assetsPresent) return t.skip('shared assets not present');
+  const llama = await getLlamaRuntime();
+  if (typeof llama === 'string') return t.skip(llama);
+  const model = await loadModel(path.join(ASSETS, 'models/tinystories-656k'));
+  const ids = model.tokenizer.encode(text());
+  const q = await quantizeModel(model.config, model.weights, {
+    method: 'gptq',
+    grid: { bits: 4, symmetric: true, granularity: 'group', groupSize: 32, scaleDtype: 'f16' },
+    calibration: {
+      windows: Int32Array.from(ids.slice(WINDOW, WINDOW + 4 * 256)),
+      seqlen: 256,
+      description: {},
+    },
+  });
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'ptq-gguf-gptq-'));
+  await writePtqCheckpoint(path.join(dir, 'ckpt'), { ...model, weights: q.weights }, q.quantization);
+  const ckpt = await loadModel(path.join(dir, 'ckpt'));
+  const file = path.join(dir, 'gptq.gguf');
+  const report = await exportGguf(ckpt, file, { type: 'auto' });
+  assert.equal(report.type, 'Q4_0');
+  assert.equal(report.tensors.filter((x) => x.source === 'codes').length, 14);
+  // The file holds exactly the weights `ptq eval` measured (embedding and norms stay F32).
+  const back = await loadModel(file);
+  for (const [name, w] of ckpt.weights) assert.deepEqual(back.weights.get(name)!.data, w.data, name);
+  const window = ids.slice(0, WINDOW);
+  const ours = await new Decoder(ckpt.config, ckpt.weights).forward(
+    Int32Array.from(window),
+    1,
+    window.length,
+  );
+  const lm = await llama.loadModel({ modelPath: file });
+  const ctx = await lm.createContext({
+    contextSize: 2 * WINDOW,
+    batchSize: WINDOW,
+    threads: 1,
+    flashAttention: false,
+    experimentalKvCacheKeyType: 'F32',
+    experimentalKvCacheValueType: 'F32',
+  });
+  const out = await ctx
+    .getSequence()
+    .controlledEvaluate(window.map((tok) => [tok, { generateNext: { logits: true } }]));
+  const V = ckpt.config.vocabSize;
+  let maxDiff = 0;
+  let agree = 0;
+  const row = new Float64Array(V);
+  for (let i = 0; i < window.length; i++) {
+    const l = out[i]!.next!.logits!;
+    for (let v = 0; v < V; v++) {
+      row[v] = l.get(v)!;
+      maxDiff = Math.max(maxDiff, Math.abs(row[v]! - ours[i * V + v]!));
+    }
+    if (argmax(row) === argmax(ours, i * V, V)) agree++;
+  }
+  await ctx.dispose();
+  await lm.dispose();
+  console.log(
+    `gptq int4 g32 -> Q4_0 (codes kept): max|Δlogit| ${maxDiff.toExponential(2)}, top-1 ${agree}/${window.length}`,
+  );
+  assert.ok(maxDiff < QUANT_LOGIT_TOL, `max |Δlogit| ${maxDiff}`);
+  assert.ok(agree / window.length >= QUANT_TOP1_MIN, `top-1 ${agree}/${window.length}`);
+});
