@@ -12,7 +12,7 @@ import { after, before, describe, test } from 'node:test';
 import { readText } from '../../src/cli/commands.js';
 import { type ComputeEngine, JsEngine } from '../../src/compute/index.js';
 import { evaluate } from '../../src/eval/perplexity.js';
-import { readPtqCheckpoint, writePtqCheckpoint } from '../../src/io/ptq-checkpoint.js';
+import { writePtqCheckpoint } from '../../src/io/ptq-checkpoint.js';
 import { blockPrefix, EMBED, FINAL_NORM, LM_HEAD, linearWeightName } from '../../src/model/architecture.js';
 import type { ModelConfig } from '../../src/model/config.js';
 import { Decoder } from '../../src/model/decoder.js';
@@ -20,7 +20,7 @@ import { type LoadedModel, loadModel } from '../../src/model/load.js';
 import type { GridSpec } from '../../src/quant/grid.js';
 import { RandomizedHadamard } from '../../src/quant/hadamard.js';
 import { quantizeModel } from '../../src/quant/quantize-model.js';
-import { foldNorms, rotatedHfConfig, rotateModel } from '../../src/quant/rotate.js';
+import { foldNorms, rotateModel, untiedHfConfig } from '../../src/quant/rotate.js';
 import { mulberry32 } from '../../src/random.js';
 import type { TensorMap } from '../../src/tensor.js';
 import { ASSETS, assetsPresent, maxAbsDiff, seededRandom } from '../helpers.js';
@@ -30,6 +30,45 @@ const LOGIT_REL_TOL = 1e-4;
 /** Absorbed matrices vs the dense float64 product: float32 rounding of the stored weights. */
 const WEIGHT_TOL = 1e-6;
 const EVAL_TOKENS = 8192;
+
+const grid = (bits: number, groupSize: number): GridSpec => ({
+  bits,
+  symmetric: true,
+  granularity: groupSize ? 'group' : 'channel',
+  groupSize,
+  scaleDtype: 'f16',
+});
+/** stories260K's FFN width 172 admits no group of 32. */
+const GRIDS: Record<string, GridSpec[]> = {
+  'tinystories-656k': [grid(4, 32), grid(4, 0)],
+  'stories260K.bin': [grid(4, 0), grid(3, 0)],
+};
+
+/**
+ * Measured (first 8192 tokens of tinystories-valid-800k, chunks of 512, seed 0): perplexity
+ * and KLD against FP32, pinned to 1%.
+ */
+const MEASURED: Record<string, Record<string, [number, number]>> = {
+  'tinystories-656k': {
+    'plain int4 g32': [41.4059, 0.08252],
+    'fold int4 g32': [39.5288, 0.09874],
+    'rotated int4 g32': [41.4783, 0.09515],
+    'plain int4 pc': [41.1755, 0.13066],
+    'fold int4 pc': [41.98, 0.16003],
+    'rotated int4 pc': [44.0807, 0.1382],
+  },
+  'stories260K.bin': {
+    'plain int4 pc': [4.6431, 0.14957],
+    'fold int4 pc': [4.8415, 0.19721],
+    'rotated int4 pc': [4.5378, 0.16398],
+    'plain int3 pc': [12.3656, 1.21074],
+    'fold int3 pc': [18.152, 1.57207],
+    'rotated int3 pc': [17.6846, 1.496],
+  },
+};
+
+const work = mkdtempSync(path.join(os.tmpdir(), 'ptq-rotate-'));
+after(() => rmSync(work, { recursive: true, force: true }));
 
 type Model = { config: ModelConfig; weights: TensorMap };
 
@@ -156,6 +195,83 @@ describe('real models', { skip: !assetsPresent && 'no ../shared/assets' }, () =>
         const folded = foldNorms(model.config, model.weights);
         const f = await logitsDiff(model, folded, Int32Array.from(tokens.slice(0, 512)), 1);
         assert.ok(f.relative < LOGIT_REL_TOL, `fold only: ${f.relative}`);
+      });
+
+      test('quantized rotated model: checkpoint round trip with untied lm_head and unit norms', async () => {
+        const grid = GRIDS[path.basename(modelPath)]![0]!;
+        const q = await quantizeModel(model.config, model.weights, {
+          method: 'rtn',
+          grid,
+          rotate: 'hadamard',
+          rotation: { seed: 1 },
+        });
+        const rotation = {
+          method: 'hadamard',
+          seed: 1,
+          residual: { size: model.config.hiddenSize, factors: `H${model.config.hiddenSize}` },
+        };
+        assert.deepEqual(q.quantization.settings.rotation, {
+          ...rotation,
+          heads: { size: model.config.headDim, factors: `H${model.config.headDim}` },
+        });
+        assert.equal(q.config.tiedEmbeddings, false);
+        assert.equal(q.quantization.tensors.size, 7 * model.config.numLayers, 'lm_head stays float');
+        const dir = path.join(work, path.basename(modelPath));
+        await writePtqCheckpoint(
+          dir,
+          { ...model, hfConfig: untiedHfConfig(model.hfConfig), weights: q.weights },
+          q.quantization,
+        );
+        const loaded = await loadModel(dir);
+        assert.equal(loaded.config.tiedEmbeddings, false);
+        assert.deepEqual(loaded.quantization!.settings.rotation, q.quantization.settings.rotation);
+        assert.deepEqual([...loaded.weights.keys()].sort(), [...q.weights.keys()].sort());
+        for (const [name, t] of q.weights) assert.deepEqual(loaded.weights.get(name)!.data, t.data, name);
+        assert.ok(loaded.weights.get(FINAL_NORM)!.data.every((v) => v === 1));
+        const ids = Int32Array.from(tokens.slice(0, 256));
+        const a = await new Decoder(q.config, q.weights).forward(ids, 1, 256);
+        const b = await new Decoder(loaded.config, loaded.weights).forward(ids, 1, 256);
+        assert.equal(maxAbsDiff(a, b), 0);
+      });
+
+      test('RTN with and without rotation: pinned perplexity / KLD', async () => {
+        const name = path.basename(modelPath);
+        const reference = new Decoder(model.config, model.weights);
+        const folded = foldNorms(model.config, model.weights);
+        for (const grid of GRIDS[name]!) {
+          const g = `int${grid.bits} ${grid.granularity === 'group' ? `g${grid.groupSize}` : 'pc'}`;
+          const r: Record<string, { perplexity: number; kld: number }> = {};
+          for (const variant of ['plain', 'fold', 'rotated'] as const) {
+            const m = variant === 'fold' ? folded : model;
+            const q = await quantizeModel(m.config, m.weights, {
+              method: 'rtn',
+              grid,
+              ...(variant === 'rotated' && { rotate: 'hadamard' }),
+            });
+            const e = await evaluate(new Decoder(q.config, q.weights), tokens, {
+              protocol: { ctx: 512, stride: 512, dropPartial: true },
+              reference,
+            });
+            r[variant] = { perplexity: e.perplexity, kld: e.kld! };
+            const key = `${variant} ${g}`;
+            console.log(
+              `  rtn ${key.padEnd(16)} ppl ${e.perplexity.toFixed(4)}  KLD ${e.kld!.toFixed(5)}  top-1 ${(100 * e.top1Agreement!).toFixed(2)}%`,
+            );
+          }
+          for (const [variant, { perplexity, kld }] of Object.entries(r)) {
+            const key = `${variant} ${g}`;
+            const [ppl0, kld0] = MEASURED[name]![key] ?? [Number.NaN, Number.NaN];
+            assert.ok(
+              Math.abs(perplexity / ppl0 - 1) < 0.01,
+              `${key}: perplexity ${perplexity}, measured before ${ppl0}`,
+            );
+            assert.ok(Math.abs(kld / kld0 - 1) < 0.01, `${key}: KLD ${kld}, measured before ${kld0}`);
+          }
+          // Folding the gains alone costs quality (the norm no longer damps the channels it
+          // scaled down); the rotation, on the same function, wins part of it back.
+          assert.ok(r.fold!.kld > r.plain!.kld, `${g}: fold ${r.fold!.kld} vs plain ${r.plain!.kld}`);
+          assert.ok(r.rotated!.kld < r.fold!.kld, `${g}: rotated ${r.rotated!.kld} vs fold ${r.fold!.kld}`);
+        }
       });
 
       test('absorbed matrices are W diag(γ) Q, Qᵀ W, E Q and per-head R2 with Q rebuilt from the seed', () => {
