@@ -27,6 +27,48 @@ export const QK_K = 256;
 const GROUP_MAX_EPS = 1e-15;
 
 /**
+ * One rounding pass of make_qx_quants / make_q3_quants at 1/scale = iscale: codes
+ * l = clamp(round(iscale·x), −nmax, nmax − 1) and the x²-weighted sums Σ w·x·l, Σ w·l².
+ * When `L` is given, it receives l + `offset`.
+ */
+function roundPass(
+  n: number,
+  nmax: number,
+  x: Float32Array,
+  xo: number,
+  iscale: number,
+  L?: Int8Array,
+  lo = 0,
+  offset = 0,
+): { sumlx: number; suml2: number } {
+  let sumlx = 0;
+  let suml2 = 0;
+  for (let i = 0; i < n; i++) {
+    const xi = x[xo + i]!;
+    const l = Math.max(-nmax, Math.min(nmax - 1, nearestInt(f(iscale * xi))));
+    if (L) L[lo + i] = l + offset;
+    const w = f(xi * xi);
+    sumlx = f(sumlx + f(f(w * xi) * l));
+    suml2 = f(suml2 + f(f(w * l) * l));
+  }
+  return { sumlx, suml2 };
+}
+
+/** The value of largest magnitude (first wins, as the C loops' strict '>'), or 0 for an all-zero group. */
+function signedMax(n: number, x: Float32Array, xo: number): number {
+  let max = 0;
+  let amax = 0;
+  for (let i = 0; i < n; i++) {
+    const ax = Math.abs(x[xo + i]!);
+    if (ax > amax) {
+      amax = ax;
+      max = x[xo + i]!;
+    }
+  }
+  return amax < GROUP_MAX_EPS ? 0 : max;
+}
+
+/**
  * make_qx_quants(n, nmax, x, L, rmse_type, qw = NULL): symmetric codes L ∈ [0, 2·nmax) and
  * scale, searching 1/scale = −(nmax + 0.1·is)/max for is ∈ [−9, 9] and keeping the
  * weighted-least-squares optimum (weights x² for rmse_type 1). Only rmse_type 1 is used (Q6_K).
@@ -39,48 +81,20 @@ function makeQxQuants(
   L: Int8Array,
   lo: number,
 ): number {
-  let max = 0;
-  let amax = 0;
-  for (let i = 0; i < n; i++) {
-    const ax = Math.abs(x[xo + i]!);
-    if (ax > amax) {
-      amax = ax;
-      max = x[xo + i]!;
-    }
-  }
-  if (amax < GROUP_MAX_EPS) {
+  const max = signedMax(n, x, xo);
+  if (max === 0) {
     L.fill(0, lo, lo + n);
     return 0;
   }
-  let iscale = f(-nmax / max);
-  let sumlx = 0;
-  let suml2 = 0;
-  for (let i = 0; i < n; i++) {
-    const xi = x[xo + i]!;
-    const l = Math.max(-nmax, Math.min(nmax - 1, nearestInt(f(iscale * xi))));
-    L[lo + i] = l + nmax;
-    const w = f(xi * xi);
-    sumlx = f(sumlx + f(f(w * xi) * l));
-    suml2 = f(suml2 + f(f(w * l) * l));
-  }
-  let scale = suml2 ? f(sumlx / suml2) : 0;
-  let best = f(scale * sumlx);
+  const first = roundPass(n, nmax, x, xo, f(-nmax / max), L, lo, nmax);
+  let scale = first.suml2 ? f(first.sumlx / first.suml2) : 0;
+  let best = f(scale * first.sumlx);
   for (let is = -9; is <= 9; is++) {
     if (is === 0) continue;
-    iscale = f(-f(nmax + f(f(0.1) * is)) / max);
-    sumlx = 0;
-    suml2 = 0;
-    for (let i = 0; i < n; i++) {
-      const xi = x[xo + i]!;
-      const l = Math.max(-nmax, Math.min(nmax - 1, nearestInt(f(iscale * xi))));
-      const w = f(xi * xi);
-      sumlx = f(sumlx + f(f(w * xi) * l));
-      suml2 = f(suml2 + f(f(w * l) * l));
-    }
+    const iscale = f(-f(nmax + f(f(0.1) * is)) / max);
+    const { sumlx, suml2 } = roundPass(n, nmax, x, xo, iscale);
     if (suml2 > 0 && f(sumlx * sumlx) > f(best * suml2)) {
-      for (let i = 0; i < n; i++) {
-        L[lo + i] = nmax + Math.max(-nmax, Math.min(nmax - 1, nearestInt(f(iscale * x[xo + i]!))));
-      }
+      roundPass(n, nmax, x, xo, iscale, L, lo, nmax);
       scale = f(sumlx / suml2);
       best = f(scale * sumlx);
     }
@@ -101,30 +115,12 @@ function makeQ3Quants(
   L: Int8Array,
   lo: number,
 ): number {
-  let max = 0;
-  let amax = 0;
-  for (let i = 0; i < n; i++) {
-    const ax = Math.abs(x[xo + i]!);
-    if (ax > amax) {
-      amax = ax;
-      max = x[xo + i]!;
-    }
-  }
-  if (amax < GROUP_MAX_EPS) {
+  const max = signedMax(n, x, xo);
+  if (max === 0) {
     L.fill(0, lo, lo + n);
     return 0;
   }
-  const iscale = f(-nmax / max);
-  let sumlx = 0;
-  let suml2 = 0;
-  for (let i = 0; i < n; i++) {
-    const xi = x[xo + i]!;
-    const l = Math.max(-nmax, Math.min(nmax - 1, nearestInt(f(iscale * xi))));
-    L[lo + i] = l;
-    const w = f(xi * xi);
-    sumlx = f(sumlx + f(f(w * xi) * l));
-    suml2 = f(suml2 + f(f(w * l) * l));
-  }
+  let { sumlx, suml2 } = roundPass(n, nmax, x, xo, f(-nmax / max), L, lo, 0);
   for (let itry = 0; itry < 5; itry++) {
     let changed = 0;
     for (let i = 0; i < n; i++) {

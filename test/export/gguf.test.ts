@@ -67,6 +67,47 @@ function perplexity(logits: Float32Array | Float64Array, tokens: number[], V: nu
   return Math.exp(nll / (tokens.length - 1));
 }
 
+type LlamaModel = Awaited<
+  ReturnType<Exclude<Awaited<ReturnType<typeof getLlamaRuntime>>, string>['loadModel']>
+>;
+
+/** F32 KV cache and no flash attention: llama.cpp's attention then stays in float32 like ptqkit's. */
+const EXACT_CONTEXT = {
+  threads: 1,
+  flashAttention: false,
+  experimentalKvCacheKeyType: 'F32',
+  experimentalKvCacheValueType: 'F32',
+} as const;
+
+/** llama.cpp's next-token logits at every position of `window`, [T, V]. */
+async function llamaLogits(lm: LlamaModel, window: number[], V: number): Promise<Float64Array> {
+  // A context larger than the window: node-llama-cpp shifts a full context, which would move positions.
+  const ctx = await lm.createContext({ contextSize: 2 * WINDOW, batchSize: WINDOW, ...EXACT_CONTEXT });
+  try {
+    const out = await ctx
+      .getSequence()
+      .controlledEvaluate(window.map((tok) => [tok, { generateNext: { logits: true } }]));
+    const logits = new Float64Array(window.length * V);
+    out.forEach((o, i) => {
+      for (const [v, x] of o!.next!.logits!) logits[i * V + v] = x;
+    });
+    return logits;
+  } finally {
+    await ctx.dispose();
+  }
+}
+
+/** Max |a − b| and the number of positions whose argmax agrees. */
+function compareLogits(a: ArrayLike<number>, b: ArrayLike<number>, T: number, V: number) {
+  let maxDiff = 0;
+  let agree = 0;
+  for (let i = 0; i < T; i++) {
+    for (let v = 0; v < V; v++) maxDiff = Math.max(maxDiff, Math.abs(a[i * V + v]! - b[i * V + v]!));
+    if (argmax(a, i * V, V) === argmax(b, i * V, V)) agree++;
+  }
+  return { maxDiff, agree };
+}
+
 for (const spec of MODELS) {
   test(`${spec.key}: GGUF exports run in llama.cpp with ptqkit's tokens, logits and greedy text`, async (t) => {
     if (!assetsPresent) return t.skip('shared assets not present');
@@ -105,43 +146,14 @@ for (const spec of MODELS) {
           1,
           window.length,
         );
-        // A context larger than the window: node-llama-cpp shifts a full context, which would move positions.
-        const ctx = await lm.createContext({
-          contextSize: 2 * WINDOW,
-          batchSize: WINDOW,
-          threads: 1,
-          flashAttention: false,
-          experimentalKvCacheKeyType: 'F32',
-          experimentalKvCacheValueType: 'F32',
-        });
-        const out = await ctx
-          .getSequence()
-          .controlledEvaluate(window.map((tok) => [tok, { generateNext: { logits: true } }]));
-        const llamaLogits = new Float64Array(window.length * V);
-        let maxDiff = 0;
-        let quantEffect = 0;
-        let agree = 0;
-        for (let i = 0; i < window.length; i++) {
-          const l = out[i]!.next!.logits!;
-          for (let v = 0; v < V; v++) {
-            llamaLogits[i * V + v] = l.get(v)!;
-            maxDiff = Math.max(maxDiff, Math.abs(l.get(v)! - ours[i * V + v]!));
-            quantEffect = Math.max(quantEffect, Math.abs(ours[i * V + v]! - reference[i * V + v]!));
-          }
-          if (argmax(llamaLogits, i * V, V) === argmax(ours, i * V, V)) agree++;
-        }
-        await ctx.dispose();
+        const theirLogits = await llamaLogits(lm, window, V);
+        const { maxDiff, agree } = compareLogits(theirLogits, ours, window.length, V);
+        const quantEffect = compareLogits(ours, reference, window.length, V).maxDiff;
         const pplOurs = perplexity(ours, window, V);
-        const pplLlama = perplexity(llamaLogits, window, V);
+        const pplLlama = perplexity(theirLogits, window, V);
 
         // Greedy continuation of the prompt, 20 tokens, both sides stopping at EOS.
-        const gctx = await lm.createContext({
-          contextSize: 64,
-          threads: 1,
-          flashAttention: false,
-          experimentalKvCacheKeyType: 'F32',
-          experimentalKvCacheValueType: 'F32',
-        });
+        const gctx = await lm.createContext({ contextSize: 64, ...EXACT_CONTEXT });
         const seq = gctx.getSequence();
         const greedyLlama = [...prompt];
         let res = await seq.controlledEvaluate(
@@ -272,30 +284,8 @@ test('a GPTQ int4 g32 checkpoint exported from its own codes (Q4_0) runs in llam
     window.length,
   );
   const lm = await llama.loadModel({ modelPath: file });
-  const ctx = await lm.createContext({
-    contextSize: 2 * WINDOW,
-    batchSize: WINDOW,
-    threads: 1,
-    flashAttention: false,
-    experimentalKvCacheKeyType: 'F32',
-    experimentalKvCacheValueType: 'F32',
-  });
-  const out = await ctx
-    .getSequence()
-    .controlledEvaluate(window.map((tok) => [tok, { generateNext: { logits: true } }]));
   const V = ckpt.config.vocabSize;
-  let maxDiff = 0;
-  let agree = 0;
-  const row = new Float64Array(V);
-  for (let i = 0; i < window.length; i++) {
-    const l = out[i]!.next!.logits!;
-    for (let v = 0; v < V; v++) {
-      row[v] = l.get(v)!;
-      maxDiff = Math.max(maxDiff, Math.abs(row[v]! - ours[i * V + v]!));
-    }
-    if (argmax(row) === argmax(ours, i * V, V)) agree++;
-  }
-  await ctx.dispose();
+  const { maxDiff, agree } = compareLogits(await llamaLogits(lm, window, V), ours, window.length, V);
   await lm.dispose();
   console.log(
     `gptq int4 g32 -> Q4_0 (codes kept): max|Δlogit| ${maxDiff.toExponential(2)}, top-1 ${agree}/${window.length}`,
