@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { fwht, paleyHadamard, planHadamard, RandomizedHadamard } from '../../src/quant/hadamard.js';
 import { maxAbsDiff, seededRandom } from '../helpers.js';
+import { matmul, transpose } from './dense-reference.js';
 
 /** Orthogonality to float64 rounding over n ≤ 384 (errors measured ≈ 1e-15). */
 const ORTHO_TOL = 1e-12;
@@ -28,19 +29,6 @@ function sylvester(n: number): Float64Array {
     H = next;
   }
   return H;
-}
-
-function matmul(A: ArrayLike<number>, B: ArrayLike<number>, n: number, k: number, m: number): Float64Array {
-  const C = new Float64Array(n * m);
-  for (let i = 0; i < n; i++)
-    for (let t = 0; t < k; t++) for (let j = 0; j < m; j++) C[i * m + j]! += A[i * k + t]! * B[t * m + j]!;
-  return C;
-}
-
-function transpose(A: ArrayLike<number>, n: number, m: number): Float64Array {
-  const T = new Float64Array(n * m);
-  for (let i = 0; i < n; i++) for (let j = 0; j < m; j++) T[j * n + i] = A[i * m + j]!;
-  return T;
 }
 
 function kron(A: ArrayLike<number>, a: number, B: ArrayLike<number>, b: number): Float64Array {

@@ -19,11 +19,13 @@ import { Decoder } from '../../src/model/decoder.js';
 import { type LoadedModel, loadModel } from '../../src/model/load.js';
 import type { GridSpec } from '../../src/quant/grid.js';
 import { RandomizedHadamard } from '../../src/quant/hadamard.js';
+import { gridSpecFor } from '../../src/quant/number-formats.js';
 import { quantizeModel } from '../../src/quant/quantize-model.js';
 import { foldNorms, rotateModel, untiedHfConfig } from '../../src/quant/rotate.js';
 import { mulberry32 } from '../../src/random.js';
 import type { TensorMap } from '../../src/tensor.js';
 import { ASSETS, assetsPresent, maxAbsDiff, seededRandom } from '../helpers.js';
+import { matmul, transpose } from './dense-reference.js';
 
 /** The acceptance bound: rotated FP logits equal the original's within 1e-4 relative (measured ≈ 1e-6). */
 const LOGIT_REL_TOL = 1e-4;
@@ -31,13 +33,7 @@ const LOGIT_REL_TOL = 1e-4;
 const WEIGHT_TOL = 1e-6;
 const EVAL_TOKENS = 8192;
 
-const grid = (bits: number, groupSize: number): GridSpec => ({
-  bits,
-  symmetric: true,
-  granularity: groupSize ? 'group' : 'channel',
-  groupSize,
-  scaleDtype: 'f16',
-});
+const grid = (bits: number, groupSize: number): GridSpec => gridSpecFor('int', { bits, groupSize });
 /** stories260K's FFN width 172 admits no group of 32. */
 const GRIDS: Record<string, GridSpec[]> = {
   'tinystories-656k': [grid(4, 32), grid(4, 0)],
@@ -80,20 +76,6 @@ async function logitsDiff(a: Model, b: Model, ids: Int32Array, B: number, engine
   for (const v of x) maxLogit = Math.max(maxLogit, Math.abs(v));
   const abs = maxAbsDiff(x, y);
   return { abs, relative: abs / maxLogit };
-}
-
-/** Dense float64 product A [n, k] · B [k, m]. */
-function matmul(A: ArrayLike<number>, B: ArrayLike<number>, n: number, k: number, m: number): Float64Array {
-  const C = new Float64Array(n * m);
-  for (let i = 0; i < n; i++)
-    for (let t = 0; t < k; t++) for (let j = 0; j < m; j++) C[i * m + j]! += A[i * k + t]! * B[t * m + j]!;
-  return C;
-}
-
-function transpose(A: ArrayLike<number>, n: number, m: number): Float64Array {
-  const T = new Float64Array(n * m);
-  for (let i = 0; i < n; i++) for (let j = 0; j < m; j++) T[j * n + i] = A[i * m + j]!;
-  return T;
 }
 
 /** A small Llama with seeded weights and non-trivial norm gains, for sizes the real models lack. */
