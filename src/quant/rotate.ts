@@ -25,6 +25,12 @@
  * used), so the rotated model runs on the unchanged decoder; down_proj's input (the FFN
  * width, behind SwiGLU's nonlinearity) cannot be rotated offline and is left as is.
  * Q = diag(s) H / √D from hadamard.ts, with seeded signs s.
+ *
+ * Step 1 is not free for quantization: a small γ_c no longer damps the errors of column c,
+ * so on models without outlier features (the two real models here, weight kurtosis ≈ 3)
+ * folding costs more than the rotation wins back, and RTN/GPTQ/AWQ lose a little to their
+ * unrotated versions (measured in test/quant/rotate.test.ts). The rotation pays off where
+ * activations have outlier channels, as in billion-parameter LLMs (QuaRot §5).
  */
 import { ConfigError, ShapeError, UsageError } from '../errors.js';
 import {
