@@ -6,7 +6,7 @@
  * quantizers (ggml_quantize_chunk, llama_model_quantize). Nothing of llama.cpp is committed.
  */
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { REPO } from '../helpers.js';
@@ -61,7 +61,11 @@ export function refHarness(): string | { reason: string } {
     if (!libDir) throw new Error('no llama.cpp libraries under node_modules');
     const lib = (prefix: string) =>
       readdirSync(libDir).find((f) => f.startsWith(prefix) && f.endsWith('.so'));
-    const work = path.join(os.tmpdir(), `ptq-ggml-ref-${process.getuid?.() ?? 0}`);
+    // One checkout per bundled llama.cpp release (llama.cpp.info.json names it).
+    const { tag } = JSON.parse(readFileSync(path.join(NLC, 'llama', 'llama.cpp.info.json'), 'utf8')) as {
+      tag: string;
+    };
+    const work = path.join(os.tmpdir(), `ptq-ggml-ref-${process.getuid?.() ?? 0}-${tag}`);
     const src = path.join(work, 'llama.cpp');
     if (!existsSync(path.join(src, 'include', 'llama.h'))) {
       mkdirSync(work, { recursive: true });
