@@ -104,12 +104,13 @@ const BLOCK_OUTPUT = 4;
 
 /**
  * One chunk of windows inside the current block: the residual stream `x` (a view into the
- * calibration activations, updated in place) and, at stages 1 and 3, the stage's input.
+ * calibration activations, updated in place) and the input of the current stage: always at
+ * stages 1 and 3 (attention output, SwiGLU activation), kept from the capture at 0 and 2.
  */
 interface ChunkState {
   stage: number;
   x: Float32Array;
-  inner?: Float32Array;
+  input?: Float32Array;
   windows: number;
 }
 
@@ -117,10 +118,13 @@ interface ChunkState {
  * Sequential calibration. Each chunk's state only moves forward through a block, and only
  * through linears that are already quantized: every linear's output is computed once, from
  * its final weights, and reused by all later groups (the o_proj input, for one, is computed
- * once and not per pass). Contract: quantizeGroup changes the weights of its own group and of
- * nothing a chunk has already passed (earlier groups' linears and the norms before them); a
- * group spanning several stages (ALL_AT_ONCE) may also change the norms inside it (AWQ), which
- * is why its capture pass runs on a scratch copy and the block output is recomputed after.
+ * once and not per pass). Contract for quantizeGroup:
+ *  - a group within one stage (TRUE_SEQUENTIAL, GPTQ) changes only its own linears: the input
+ *    captured for it is kept and runs them;
+ *  - a group spanning several stages (ALL_AT_ONCE, AWQ) may change anything inside its span,
+ *    the norms included (AWQ folds its scales into them): its capture pass runs on a scratch
+ *    copy, and the block is rerun from the group's first stage after it;
+ *  - neither changes what an earlier group quantized.
  */
 export async function runSequential(
   decoder: Decoder,
@@ -157,6 +161,7 @@ export async function runSequential(
           if (linears.length) {
             await profile.phase('hessian', async () => {
               const input = stageInput(decoder, layer, t);
+              if (first === last) s.input = input;
               const cols = input.length / (t.windows * seqlen);
               let st = shared.get(stage);
               if (!st) {
@@ -176,6 +181,8 @@ export async function runSequential(
         for (const st of shared.values()) finishStats(st);
       });
       await profile.phase('quantize', () => options.quantizeGroup(layer, group, stats));
+      // The norms may have changed: their outputs are recomputed.
+      if (first !== last) for (const s of chunks) if (s.stage % 2 === 0) s.input = undefined;
     }
     for (const s of chunks) while (s.stage < BLOCK_OUTPUT) await advance(s);
     options.onProgress?.(layer + 1, layers);
@@ -196,29 +203,28 @@ function checkGroups(groups: BlockLinear[][]): void {
   }
 }
 
-/** The input of the linears at the chunk's current stage. */
+/** The input of the linears at the chunk's current stage (the norms' outputs computed if not kept). */
 function stageInput(decoder: Decoder, layer: number, s: ChunkState): Float32Array {
-  if (s.stage === 0) return decoder.attentionInput(layer, s.x);
-  if (s.stage === 2) return decoder.mlpInput(layer, s.x);
-  return s.inner!;
+  if (s.input) return s.input;
+  return s.stage === 0 ? decoder.attentionInput(layer, s.x) : decoder.mlpInput(layer, s.x);
 }
 
 /** Run the chunk through its current stage with the decoder's current weights. */
 async function advanceStage(decoder: Decoder, layer: number, s: ChunkState, seqlen: number): Promise<void> {
+  const input = stageInput(decoder, layer, s);
+  s.input = undefined;
   switch (s.stage) {
     case 0:
-      s.inner = await decoder.selfAttention(layer, decoder.attentionInput(layer, s.x), s.windows, seqlen);
+      s.input = await decoder.selfAttention(layer, input, s.windows, seqlen);
       break;
     case 1:
-      await decoder.addAttentionOutput(layer, s.inner!, s.x);
-      s.inner = undefined;
+      await decoder.addAttentionOutput(layer, input, s.x);
       break;
     case 2:
-      s.inner = await decoder.mlpActivation(layer, decoder.mlpInput(layer, s.x), s.windows * seqlen);
+      s.input = await decoder.mlpActivation(layer, input, s.windows * seqlen);
       break;
     case 3:
-      await decoder.addMlpOutput(layer, s.inner!, s.x);
-      s.inner = undefined;
+      await decoder.addMlpOutput(layer, input, s.x);
       break;
   }
   s.stage++;
