@@ -23,6 +23,7 @@ import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { ConfigError, FormatError } from '../errors.js';
 import { GgufFile, type GgufKv, kv } from '../io/gguf.js';
+import { readLlamaVocab } from '../io/gguf-tokenizer.js';
 import type { ModelConfig } from '../model/config.js';
 
 /** gguf-py constants.TokenType. */
@@ -150,36 +151,7 @@ export async function vocabFromTokenizerJson(dir: string, config: ModelConfig): 
 export async function vocabFromGguf(file: string): Promise<GgufVocab> {
   const g = await GgufFile.open(file);
   try {
-    const model = g.get('tokenizer.ggml.model');
-    if (model !== 'llama') {
-      throw new ConfigError('only "llama" (SentencePiece-style) GGUF vocabularies are supported', {
-        file,
-        field: 'tokenizer.ggml.model',
-        got: String(model),
-      });
-    }
-    const tokens = g.get('tokenizer.ggml.tokens');
-    if (!Array.isArray(tokens)) throw new FormatError('missing tokenizer.ggml.tokens', { file });
-    const num = (k: string) => {
-      const v = g.get(k);
-      return typeof v === 'number' ? v : undefined;
-    };
-    const arr = (k: string, fill: number) => {
-      const v = g.get(k);
-      return Array.isArray(v) && v.length === tokens.length
-        ? v.map(Number)
-        : new Array<number>(tokens.length).fill(fill);
-    };
-    return {
-      tokens: tokens.map(String),
-      scores: Float32Array.from(arr('tokenizer.ggml.scores', 0)),
-      types: Int32Array.from(arr('tokenizer.ggml.token_type', TokenType.NORMAL)),
-      bos: num('tokenizer.ggml.bos_token_id'),
-      eos: num('tokenizer.ggml.eos_token_id'),
-      unk: num('tokenizer.ggml.unknown_token_id'),
-      pad: num('tokenizer.ggml.padding_token_id'),
-      addBos: g.get('tokenizer.ggml.add_bos_token') !== false,
-    };
+    return readLlamaVocab(g);
   } finally {
     await g.close();
   }

@@ -10,6 +10,54 @@ import { ConfigError } from '../errors.js';
 import type { GgufFile } from './gguf.js';
 import type { TextTokenizer } from './tokenizer.js';
 
+/** A GGUF file's "llama" vocabulary (tokenizer.ggml.*), with llama.cpp's defaults for absent keys. */
+export interface LlamaVocab {
+  tokens: string[];
+  scores: Float32Array;
+  /** gguf-py TokenType: 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte. */
+  types: Int32Array;
+  bos?: number;
+  eos?: number;
+  unk?: number;
+  pad?: number;
+  addBos: boolean;
+  addSpacePrefix: boolean;
+}
+
+export function readLlamaVocab(g: GgufFile): LlamaVocab {
+  const model = g.get('tokenizer.ggml.model');
+  if (model !== 'llama') {
+    throw new ConfigError('only "llama" (SentencePiece-style) GGUF vocabularies are supported', {
+      file: g.file,
+      field: 'tokenizer.ggml.model',
+      got: String(model),
+    });
+  }
+  const tokens = g.get('tokenizer.ggml.tokens');
+  if (!Array.isArray(tokens)) throw new ConfigError('missing tokenizer.ggml.tokens', { file: g.file });
+  const num = (k: string) => {
+    const v = g.get(k);
+    return typeof v === 'number' ? v : undefined;
+  };
+  const column = (k: string, fill: number) => {
+    const v = g.get(k);
+    return Array.isArray(v) && v.length === tokens.length
+      ? v.map(Number)
+      : new Array<number>(tokens.length).fill(fill);
+  };
+  return {
+    tokens: tokens.map(String),
+    scores: Float32Array.from(column('tokenizer.ggml.scores', 0)),
+    types: Int32Array.from(column('tokenizer.ggml.token_type', 1)),
+    bos: num('tokenizer.ggml.bos_token_id'),
+    eos: num('tokenizer.ggml.eos_token_id'),
+    unk: num('tokenizer.ggml.unknown_token_id'),
+    pad: num('tokenizer.ggml.padding_token_id'),
+    addBos: g.get('tokenizer.ggml.add_bos_token') !== false,
+    addSpacePrefix: g.get('tokenizer.ggml.add_space_prefix') !== false,
+  };
+}
+
 interface Pair {
   score: number;
   left: number;
@@ -48,29 +96,8 @@ export class GgufTokenizer implements TextTokenizer {
   }
 
   static fromGguf(g: GgufFile): GgufTokenizer {
-    const model = g.get('tokenizer.ggml.model');
-    if (model !== 'llama') {
-      throw new ConfigError('only "llama" (SentencePiece-style) GGUF vocabularies are supported', {
-        file: g.file,
-        field: 'tokenizer.ggml.model',
-        got: String(model),
-      });
-    }
-    const tokens = g.get('tokenizer.ggml.tokens');
-    if (!Array.isArray(tokens)) throw new ConfigError('missing tokenizer.ggml.tokens', { file: g.file });
-    const scores = g.get('tokenizer.ggml.scores');
-    const num = (k: string) => {
-      const v = g.get(k);
-      return typeof v === 'number' ? v : undefined;
-    };
-    return new GgufTokenizer(
-      tokens.map(String),
-      Array.isArray(scores) ? scores.map(Number) : new Array<number>(tokens.length).fill(0),
-      num('tokenizer.ggml.bos_token_id'),
-      g.get('tokenizer.ggml.add_bos_token') !== false,
-      g.get('tokenizer.ggml.add_space_prefix') !== false,
-      num('tokenizer.ggml.unknown_token_id'),
-    );
+    const v = readLlamaVocab(g);
+    return new GgufTokenizer(v.tokens, Array.from(v.scores), v.bos, v.addBos, v.addSpacePrefix, v.unk);
   }
 
   encode(text: string): number[] {
