@@ -39,3 +39,5 @@ export { GPTQ_DEFAULTS, type GptqOptions, gptqQuantize, prepareHessian } from '.
 export { AWQ_DEFAULTS, type AwqOptions, applyAwqScales } from './quant/awq.js';
 export { CALIBRATION_DEFAULTS, sampleCalibrationWindows } from './quant/calibrate.js';
 export { type Calibration, METHODS, type MethodName, modelSize, quantizeModel, type QuantizeOptions } from './quant/quantize-model.js';
+export { fwht, planHadamard, RandomizedHadamard } from './quant/hadamard.js';
+export { foldNorms, ROTATE_DEFAULTS, type RotateOptions, rotateModel, untiedHfConfig } from './quant/rotate.js';
