@@ -39,16 +39,17 @@ export function readLlamaVocab(g: GgufFile): LlamaVocab {
     const v = g.get(k);
     return typeof v === 'number' ? v : undefined;
   };
-  const column = (k: string, fill: number) => {
+  // Numeric arrays come as typed arrays (f32 scores, i32 types); a column of another length is ignored.
+  const column = (k: string, fill: number): ArrayLike<number | bigint> => {
     const v = g.get(k);
-    return Array.isArray(v) && v.length === tokens.length
-      ? v.map(Number)
+    return ArrayBuffer.isView(v) && v.length === tokens.length
+      ? v
       : new Array<number>(tokens.length).fill(fill);
   };
   return {
     tokens: tokens.map(String),
-    scores: Float32Array.from(column('tokenizer.ggml.scores', 0)),
-    types: Int32Array.from(column('tokenizer.ggml.token_type', 1)),
+    scores: Float32Array.from(column('tokenizer.ggml.scores', 0), Number),
+    types: Int32Array.from(column('tokenizer.ggml.token_type', 1), Number),
     bos: num('tokenizer.ggml.bos_token_id'),
     eos: num('tokenizer.ggml.eos_token_id'),
     unk: num('tokenizer.ggml.unknown_token_id'),

@@ -5,18 +5,26 @@
  *   n_tensors, n_kv             u64 (v2, v3) | u32 (v1)
  *   n_kv × { key: string, u32 value type, value }      array: u32 elem type, count, elements
  *   n_tensors × { name: string, u32 n_dims (≤ 4), n_dims × ne (innermost first), u32 ggml type,
- *                 u64 offset relative to the data section, a multiple of the alignment }
+ *                 u64 offset relative to the data section }
  *   padding to general.alignment (u32 KV, default 32), then the data section
  *   strings: length (u64; u32 in v1) + UTF-8 bytes, no terminator; counts and ne are u32 in v1
  *
- * The reader parses the header from the file's first bytes (growing the read as needed, never
- * past the file) and reads tensor data lazily with positional reads. Every count, length,
- * dimension and offset is checked against the file size before anything is allocated for it,
- * and every failure is a FormatError naming the file, the byte offset and what was expected.
+ * Tensor data tiles the data section in header order, as gguf_init_from_file requires: tensor i
+ * starts at Σ_{j<i} GGML_PAD(nbytes_j, alignment), so no two tensors overlap and none leaves a gap.
+ *
+ * The reader parses the header in one forward pass through a bounded window of the file (1 MiB,
+ * refilled with positional reads; one string longer than that widens it to the string), never
+ * re-reading or restarting. Numeric metadata arrays are read in one positional read into a typed
+ * array (Uint8Array for u8 and bool, Int32Array, Float32Array, BigInt64Array, ...), so a
+ * metadata section costs its own size in memory, not one JS number per element. Every count,
+ * length, dimension and offset is checked against the file size before anything is allocated
+ * for it, and every failure is a FormatError naming the file, the byte offset and what was
+ * expected. Tensor data is read lazily with positional reads.
  * The writer streams: the header is computed from the tensors' sizes, then each tensor's bytes
  * are produced and written one at a time into a temporary sibling file renamed into place once
  * complete (an interrupted export never leaves a file that looks finished).
  */
+import { readSync } from 'node:fs';
 import { open, rename, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { FileError, FormatError, PtqError } from '../errors.js';
@@ -25,6 +33,8 @@ import { decodeValues, type GgmlType, ggmlTypeById, rowBytes } from '../formats/
 export const GGUF_MAGIC = 0x46554747; // "GGUF" read as little-endian u32
 export const GGUF_DEFAULT_ALIGNMENT = 32;
 const MAX_DIMS = 4;
+/** Bytes of the header window (what is held of the file while parsing, strings aside). */
+const WINDOW = 1 << 20;
 
 /** gguf.h `enum gguf_type`. */
 export enum GgufValueType {
@@ -59,6 +69,50 @@ const SCALAR_BYTES: Partial<Record<GgufValueType, number>> = {
 
 export type GgufScalar = number | bigint | boolean | string;
 
+/** A numeric metadata array as stored (bool arrays: Uint8Array of 0/1). */
+export type GgufNumericArray =
+  | Uint8Array
+  | Int8Array
+  | Uint16Array
+  | Int16Array
+  | Uint32Array
+  | Int32Array
+  | Float32Array
+  | Float64Array
+  | BigUint64Array
+  | BigInt64Array;
+
+/** A metadata array: strings, or a typed array of the element type. */
+export type GgufArray = string[] | GgufNumericArray;
+
+type NumericArrayConstructor = {
+  new (buffer: ArrayBuffer): GgufNumericArray;
+  readonly BYTES_PER_ELEMENT: number;
+};
+
+/** The typed array holding each numeric element type (little-endian, as the file). */
+const ARRAY_OF: Partial<Record<GgufValueType, NumericArrayConstructor>> = {
+  [GgufValueType.UINT8]: Uint8Array,
+  [GgufValueType.INT8]: Int8Array,
+  [GgufValueType.UINT16]: Uint16Array,
+  [GgufValueType.INT16]: Int16Array,
+  [GgufValueType.UINT32]: Uint32Array,
+  [GgufValueType.INT32]: Int32Array,
+  [GgufValueType.FLOAT32]: Float32Array,
+  [GgufValueType.BOOL]: Uint8Array,
+  [GgufValueType.UINT64]: BigUint64Array,
+  [GgufValueType.INT64]: BigInt64Array,
+  [GgufValueType.FLOAT64]: Float64Array,
+};
+
+const LITTLE_ENDIAN_HOST = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+
+/** Reverse the bytes of each `size`-byte element in place (file order <-> big-endian host). */
+function swapBytes(bytes: Uint8Array, size: number): void {
+  if (size === 1) return;
+  for (let i = 0; i < bytes.length; i += size) bytes.subarray(i, i + size).reverse();
+}
+
 /** One metadata entry; arrays carry their element type. u64/i64 values are bigints. */
 export type GgufKv =
   | { key: string; type: Exclude<GgufValueType, GgufValueType.ARRAY>; value: GgufScalar }
@@ -66,7 +120,7 @@ export type GgufKv =
       key: string;
       type: GgufValueType.ARRAY;
       itemType: Exclude<GgufValueType, GgufValueType.ARRAY>;
-      value: GgufScalar[];
+      value: GgufArray;
     };
 
 export interface GgufTensorInfo {
@@ -96,65 +150,94 @@ export const kv = {
     key,
     type: GgufValueType.ARRAY,
     itemType: GgufValueType.FLOAT32,
-    value: Array.from(value),
+    value: Float32Array.from(value),
   }),
   i32s: (key: string, value: ArrayLike<number>): GgufKv => ({
     key,
     type: GgufValueType.ARRAY,
     itemType: GgufValueType.INT32,
-    value: Array.from(value),
+    value: Int32Array.from(value),
   }),
 };
 
-/** Thrown by the parser when the bytes read so far end inside the header. */
-class NeedMore {
-  constructor(readonly until: number) {}
-}
-
-/** Little-endian cursor over the header bytes; `limit` is the file size (what may still be read). */
+/**
+ * Little-endian cursor over the file's header: `pos` is a file offset; the bytes around it are
+ * held in a window refilled by positional reads as the parse moves forward (one pass, never
+ * restarted). `fileSize` bounds every read.
+ */
 class HeaderCursor {
   pos = 0;
-  private readonly view: DataView;
+  private buf = new Uint8Array(0);
+  private view = new DataView(this.buf.buffer);
+  /** File offset of buf[0]; buf holds [start, start + buf.length). */
+  private start = 0;
   private readonly decoder = new TextDecoder('utf-8', { fatal: true });
 
   constructor(
-    private readonly bytes: Uint8Array,
+    private readonly fd: number,
     private readonly fileSize: number,
     private readonly file: string,
-    private readonly wide: boolean,
-  ) {
-    this.view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  }
+    /** Counts and lengths are u64 (v2, v3) or u32 (v1). */
+    public wide: boolean,
+  ) {}
 
   fail(message: string, expected: string, got: string, at = this.pos): never {
     throw new FormatError(message, { file: this.file, offset: at, expected, got });
   }
 
-  /** Make sure n more bytes are present; past the end of the file this is a truncation. */
-  need(n: number, what: string): void {
+  /** Read [at, at + out.length) of the file into out; a short read means the file shrank. */
+  private readAt(out: Uint8Array, at: number, what: string): void {
+    let done = 0;
+    while (done < out.length) {
+      const n = readSync(this.fd, out, done, out.length - done, at + done);
+      if (n === 0)
+        this.fail(`file truncated inside ${what}`, `${out.length - done} more bytes`, '0', at + done);
+      done += n;
+    }
+  }
+
+  /**
+   * Make sure [pos, pos + n) is in the window and return its index there; past the end of the
+   * file this is a truncation. The window is refilled from pos: WINDOW bytes, or n when one
+   * value (a string) is longer, never past the end of the file.
+   */
+  need(n: number, what: string): number {
     const end = this.pos + n;
     if (end > this.fileSize)
       this.fail(`file truncated inside ${what}`, `${n} more bytes`, `${this.fileSize - this.pos}`);
-    if (end > this.bytes.length) throw new NeedMore(end);
+    if (this.pos < this.start || end > this.start + this.buf.length) {
+      this.buf = new Uint8Array(Math.min(Math.max(WINDOW, n), this.fileSize - this.pos));
+      this.view = new DataView(this.buf.buffer);
+      this.start = this.pos;
+      this.readAt(this.buf, this.pos, what);
+    }
+    return this.pos - this.start;
   }
 
-  u8(): number {
-    this.need(1, 'a u8');
-    return this.view.getUint8(this.pos++);
+  /** n bytes from pos into a fresh buffer (window part copied, the rest read directly). */
+  bytes(n: number, what: string): Uint8Array {
+    if (this.pos + n > this.fileSize)
+      this.fail(`file truncated inside ${what}`, `${n} more bytes`, `${this.fileSize - this.pos}`);
+    const out = new Uint8Array(n);
+    // The parse only moves forward, so pos >= start: copy what the window holds, read the rest.
+    const held = Math.max(0, Math.min(n, this.start + this.buf.length - this.pos));
+    const i = this.pos - this.start;
+    out.set(this.buf.subarray(i, i + held));
+    if (held < n) this.readAt(out.subarray(held), this.pos + held, what);
+    this.pos += n;
+    return out;
   }
 
   u32(what = 'a u32'): number {
-    this.need(4, what);
-    const v = this.view.getUint32(this.pos, true);
+    const i = this.need(4, what);
     this.pos += 4;
-    return v;
+    return this.view.getUint32(i, true);
   }
 
   u64(what = 'a u64'): bigint {
-    this.need(8, what);
-    const v = this.view.getBigUint64(this.pos, true);
+    const i = this.need(8, what);
     this.pos += 8;
-    return v;
+    return this.view.getBigUint64(i, true);
   }
 
   /** A count or length (u64, u32 in v1), at most `max` (what the rest of the file can hold). */
@@ -171,11 +254,11 @@ class HeaderCursor {
 
   string(what: string): string {
     const len = this.size(`length of ${what}`, this.remaining());
-    this.need(len, what);
+    const i = this.need(len, what);
     const at = this.pos;
     this.pos += len;
     try {
-      return this.decoder.decode(this.bytes.subarray(at, at + len));
+      return this.decoder.decode(this.buf.subarray(i, i + len));
     } catch {
       return this.fail(`${what} is not valid UTF-8`, 'UTF-8 text', `${len} bytes`, at);
     }
@@ -186,8 +269,8 @@ class HeaderCursor {
     if (type === GgufValueType.STRING) return this.string(what);
     if (n === undefined)
       this.fail(`invalid value type of ${what}`, 'a GGUF type 0..12', `${type}`, this.pos - 4);
-    this.need(n, what);
-    const p = this.pos;
+    const p = this.need(n, what);
+    const at = this.pos;
     this.pos += n;
     const v = this.view;
     switch (type) {
@@ -207,7 +290,7 @@ class HeaderCursor {
         return v.getFloat32(p, true);
       case GgufValueType.BOOL: {
         const b = v.getUint8(p);
-        if (b > 1) this.fail(`invalid bool in ${what}`, '0 or 1', `${b}`, p);
+        if (b > 1) this.fail(`invalid bool in ${what}`, '0 or 1', `${b}`, at);
         return b === 1;
       }
       case GgufValueType.UINT64:
@@ -217,6 +300,20 @@ class HeaderCursor {
       default:
         return v.getFloat64(p, true);
     }
+  }
+
+  /** `count` elements of a numeric type in one read, as the typed array of that type. */
+  numericArray(type: GgufValueType, count: number, what: string): GgufNumericArray {
+    const Ctor = ARRAY_OF[type]!;
+    const at = this.pos;
+    // A fresh buffer starts at byte 0, so the typed view is aligned whatever the file offset.
+    const raw = this.bytes(count * Ctor.BYTES_PER_ELEMENT, what);
+    if (type === GgufValueType.BOOL) {
+      const bad = raw.findIndex((b) => b > 1);
+      if (bad >= 0) this.fail(`invalid bool in ${what}[${bad}]`, '0 or 1', `${raw[bad]}`, at + bad);
+    }
+    if (!LITTLE_ENDIAN_HOST) swapBytes(raw, Ctor.BYTES_PER_ELEMENT);
+    return new Ctor(raw.buffer as ArrayBuffer);
   }
 }
 
@@ -228,8 +325,7 @@ interface ParsedHeader {
   dataOffset: number;
 }
 
-function parseHeader(bytes: Uint8Array, fileSize: number, file: string): ParsedHeader {
-  const probe = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+function parseHeader(fd: number, fileSize: number, file: string): ParsedHeader {
   if (fileSize < 8)
     throw new FormatError('file too short for a GGUF header', {
       file,
@@ -237,8 +333,8 @@ function parseHeader(bytes: Uint8Array, fileSize: number, file: string): ParsedH
       expected: '>= 8 bytes',
       got: `${fileSize}`,
     });
-  if (bytes.length < 8) throw new NeedMore(8);
-  const magic = probe.getUint32(0, true);
+  const c: HeaderCursor = new HeaderCursor(fd, fileSize, file, true);
+  const magic = c.u32('the magic');
   if (magic !== GGUF_MAGIC) {
     throw new FormatError('not a GGUF file', {
       file,
@@ -247,7 +343,7 @@ function parseHeader(bytes: Uint8Array, fileSize: number, file: string): ParsedH
       got: `0x${magic.toString(16)}`,
     });
   }
-  const version = probe.getUint32(4, true);
+  const version = c.u32('the version');
   if (version < 1 || version > 3) {
     const hint =
       version & 0xffff ? undefined : 'a big-endian GGUF file; only little-endian files are supported';
@@ -259,8 +355,7 @@ function parseHeader(bytes: Uint8Array, fileSize: number, file: string): ParsedH
       hint,
     });
   }
-  const c: HeaderCursor = new HeaderCursor(bytes, fileSize, file, version >= 2);
-  c.pos = 8;
+  c.wide = version >= 2;
   // A tensor info takes >= 8 + 4 + 4 + 8 bytes (v1: 4 + 4 + 4 + 8), a KV >= 8 + 4 + 1.
   const nTensors = c.size('tensor count', Math.floor(fileSize / 20));
   const nKv = c.size('metadata count', Math.floor(fileSize / 9));
@@ -279,9 +374,16 @@ function parseHeader(bytes: Uint8Array, fileSize: number, file: string): ParsedH
         c.fail(`invalid element type of '${key}'`, 'a scalar or string GGUF type', `${itemType}`, c.pos - 4);
       }
       const minItem = itemType === GgufValueType.STRING ? (version >= 2 ? 8 : 4) : SCALAR_BYTES[itemType]!;
+      // The count is bounded by the bytes left, so the array never outgrows the file.
       const count = c.size(`element count of '${key}'`, Math.floor(c.remaining() / minItem));
-      const value: GgufScalar[] = new Array(count);
-      for (let j = 0; j < count; j++) value[j] = c.scalar(itemType, `'${key}'[${j}]`);
+      let value: GgufArray;
+      if (itemType === GgufValueType.STRING) {
+        const strings = new Array<string>(count);
+        for (let j = 0; j < count; j++) strings[j] = c.string(`'${key}'[${j}]`);
+        value = strings;
+      } else {
+        value = c.numericArray(itemType, count, `'${key}'`);
+      }
       metadata.set(key, {
         key,
         type,
@@ -307,6 +409,8 @@ function parseHeader(bytes: Uint8Array, fileSize: number, file: string): ParsedH
     alignment = a;
   }
   const tensors: GgufTensorInfo[] = [];
+  /** Header position of each tensor's offset field, for errors found after the header. */
+  const offsetFields: number[] = [];
   const names = new Set<string>();
   for (let i = 0; i < nTensors; i++) {
     const at = c.pos;
@@ -342,8 +446,24 @@ function parseHeader(bytes: Uint8Array, fileSize: number, file: string): ParsedH
     if (offset % alignment !== 0)
       c.fail(`misaligned data offset of '${name}'`, `a multiple of ${alignment}`, `${offset}`, offsetAt);
     tensors.push({ name, dims, type, offset, byteLength: rowBytes(type, count) });
+    offsetFields.push(offsetAt);
   }
   const dataOffset = Math.ceil(c.pos / alignment) * alignment;
+  // gguf_init_from_file: tensor i must start at ctx->size = Σ_{j<i} GGML_PAD(nbytes_j, alignment);
+  // anything else (two tensors sharing bytes, a gap, another order) is refused.
+  let expected = 0;
+  for (const [i, t] of tensors.entries()) {
+    if (t.offset !== expected) {
+      throw new FormatError('tensor data does not start where the previous tensor ends', {
+        file,
+        field: t.name,
+        offset: offsetFields[i],
+        expected: `data offset ${expected} (tensors tile the data section in order, each padded to ${alignment} bytes)`,
+        got: `${t.offset}`,
+      });
+    }
+    expected += Math.ceil(t.byteLength / alignment) * alignment;
+  }
   for (const t of tensors) {
     if (dataOffset + t.offset + t.byteLength > fileSize) {
       throw new FormatError('tensor data past the end of the file', {
@@ -380,28 +500,9 @@ export class GgufFile {
     });
     try {
       const { size } = await handle.stat();
-      // Read the header in growing slices: start small, double on demand, never past the file.
-      let want = Math.min(size, 1 << 20);
-      for (;;) {
-        const bytes = new Uint8Array(want);
-        const { bytesRead } = await handle.read(bytes, 0, want, 0);
-        try {
-          const h = parseHeader(bytes.subarray(0, bytesRead), size, file);
-          return new GgufFile(
-            file,
-            handle,
-            size,
-            h.version,
-            h.metadata,
-            h.tensors,
-            h.alignment,
-            h.dataOffset,
-          );
-        } catch (e) {
-          if (!(e instanceof NeedMore) || bytesRead < want) throw e;
-          want = Math.min(size, Math.max(want * 2, e.until));
-        }
-      }
+      // One synchronous forward pass over the header (positional reads through the window).
+      const h = parseHeader(handle.fd, size, file);
+      return new GgufFile(file, handle, size, h.version, h.metadata, h.tensors, h.alignment, h.dataOffset);
     } catch (e) {
       await handle.close();
       if (e instanceof PtqError) throw e;
@@ -423,8 +524,8 @@ export class GgufFile {
     return this.byName.has(name);
   }
 
-  /** A metadata value, or undefined. */
-  get(key: string): GgufScalar | GgufScalar[] | undefined {
+  /** A metadata value, or undefined (arrays: string[] or the element type's typed array). */
+  get(key: string): GgufScalar | GgufArray | undefined {
     return this.metadata.get(key)?.value;
   }
 
@@ -558,6 +659,15 @@ class ByteSink {
     this.pos += n;
     this.length += n;
   }
+  /** Array elements: a typed array of the element type's own kind is copied as bytes. */
+  array(type: GgufValueType, values: GgufArray, key: string): void {
+    const Ctor = ARRAY_OF[type];
+    if (LITTLE_ENDIAN_HOST && Ctor && values instanceof Ctor && type !== GgufValueType.BOOL) {
+      this.bytes(new Uint8Array(values.buffer, values.byteOffset, values.byteLength));
+      return;
+    }
+    for (let i = 0; i < values.length; i++) this.scalar(type, values[i]!, key);
+  }
   pad(alignment: number): void {
     while (this.length % alignment !== 0) this.u8(0);
   }
@@ -593,7 +703,7 @@ export function encodeGgufHeader(
     if (m.type === GgufValueType.ARRAY) {
       s.u32(m.itemType);
       s.u64(m.value.length);
-      for (const v of m.value) s.scalar(m.itemType, v, m.key);
+      s.array(m.itemType, m.value, m.key);
     } else {
       s.scalar(m.type, m.value, m.key);
     }

@@ -1,15 +1,26 @@
 import assert from 'node:assert/strict';
-import { copyFileSync, existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import {
+  closeSync,
+  copyFileSync,
+  existsSync,
+  mkdtempSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  writeFileSync,
+  writeSync,
+} from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
 import { FormatError } from '../../src/errors.js';
 import { exportGguf } from '../../src/export/gguf.js';
 import { encodeValues, ggmlType } from '../../src/formats/ggml.js';
-import { GgufFile, GgufValueType, kv, writeGguf } from '../../src/io/gguf.js';
+import { type GgufArray, GgufFile, type GgufKv, GgufValueType, kv, writeGguf } from '../../src/io/gguf.js';
 import { GgufTokenizer } from '../../src/io/gguf-tokenizer.js';
 import { loadModel } from '../../src/model/load.js';
-import { ASSETS, assetsPresent } from '../helpers.js';
+import { ASSETS, assetsPresent, REPO } from '../helpers.js';
 
 const V1 = path.join(ASSETS, 'models/stories260k-gguf-v1/tinyllamas-stories-260k-f32.gguf');
 const SPM = path.join(ASSETS, 'tokenizers/llamacpp-vocab/ggml-vocab-llama-spm.gguf');
@@ -115,7 +126,7 @@ test('writer -> reader round trip: every KV type, arrays, aligned tensors of sev
       ['a.u32', 'a.i32', 'a.f32', 'a.bool', 'a.u64', 'a.i8', 'a.f64', 'a.strings', 'a.f32s'].map((k) =>
         g.get(k),
       ),
-      [4000000000, -5, 0.5, true, 2n ** 40n, -3, Math.PI, ['', 'ä', '▁x'], [1, -2.5]],
+      [4000000000, -5, 0.5, true, 2n ** 40n, -3, Math.PI, ['', 'ä', '▁x'], Float32Array.of(1, -2.5)],
     );
     for (const t of types) {
       const info = g.tensor(`t.${t}`);
@@ -223,4 +234,221 @@ test('corrupt files fail with FormatError naming the offset and the expectation'
   await expectError(write('type.gguf', type), /unsupported ggml type of 'blk.0.attn_q.weight'.*got 99/);
   copyFileSync(V1, path.join(dir, 'ok.gguf'));
   await (await GgufFile.open(path.join(dir, 'ok.gguf'))).close();
+});
+
+test('metadata arrays come back as typed arrays of their element type, across the 1 MiB header window', async () => {
+  const file = path.join(tmp(), 'arrays.gguf');
+  const A = GgufValueType.ARRAY;
+  const arr = (key: string, itemType: GgufValueType, value: GgufArray) =>
+    ({ key, type: A, itemType, value }) as GgufKv;
+  // Corner values of every element type; the 3-byte string before them leaves them at odd offsets.
+  const corners: [string, GgufValueType, GgufArray][] = [
+    ['u8', GgufValueType.UINT8, Uint8Array.of(0, 255, 7)],
+    ['i8', GgufValueType.INT8, Int8Array.of(-128, 127, -1)],
+    ['u16', GgufValueType.UINT16, Uint16Array.of(0, 65535, 258)],
+    ['i16', GgufValueType.INT16, Int16Array.of(-32768, 32767, -2)],
+    ['u32', GgufValueType.UINT32, Uint32Array.of(0, 2 ** 32 - 1, 65536)],
+    ['i32', GgufValueType.INT32, Int32Array.of(-(2 ** 31), 2 ** 31 - 1, -3)],
+    ['f32', GgufValueType.FLOAT32, Float32Array.of(-2.5, 3.4028234663852886e38, -0)],
+    ['bool', GgufValueType.BOOL, Uint8Array.of(1, 0, 1)],
+    ['u64', GgufValueType.UINT64, BigUint64Array.of(0n, 2n ** 64n - 1n, 2n ** 53n + 1n)],
+    ['i64', GgufValueType.INT64, BigInt64Array.of(-(2n ** 63n), 2n ** 63n - 1n, -5n)],
+    ['f64', GgufValueType.FLOAT64, Float64Array.of(Math.PI, -1e308, 5e-324)],
+  ];
+  const long = `${'x'.repeat(3 << 20)}ä`; // one string longer than the window
+  const many = Array.from({ length: 100_000 }, (_, i) => `t${i}`); // ~1.3 MB of strings
+  const wide = Float32Array.from({ length: 300_000 }, (_, i) => i / 7); // 1.2 MB, crosses a refill
+  await writeGguf(
+    file,
+    [
+      kv.str('general.architecture', 'llama'),
+      kv.str('a.odd', 'abc'),
+      ...corners.map(([k, t, v]) => arr(`a.${k}`, t, v)),
+      kv.str('a.long', long),
+      kv.strings('a.many', many),
+      kv.f32s('a.wide', wide),
+      ...corners.map(([k, t, v]) => arr(`b.${k}`, t, v)),
+    ],
+    [{ name: 't', dims: [32], type: ggmlType('F32'), data: () => new Uint8Array(128).fill(1) }],
+  );
+  const g = await GgufFile.open(file);
+  try {
+    assert.ok(g.dataOffset > 5 << 20, `header of ${g.dataOffset} bytes spans several windows`);
+    for (const [k, , v] of corners) {
+      for (const p of ['a', 'b']) {
+        const got = g.get(`${p}.${k}`);
+        assert.equal(got?.constructor, v.constructor, `${p}.${k}`);
+        assert.deepEqual(got, v, `${p}.${k}`);
+      }
+    }
+    assert.ok(Object.is((g.get('a.f32') as Float32Array)[2], -0));
+    assert.equal(g.get('a.long'), long);
+    assert.deepEqual(g.get('a.many'), many);
+    assert.deepEqual(g.get('a.wide'), wide);
+    assert.deepEqual(await g.readRaw('t'), new Uint8Array(128).fill(1));
+  } finally {
+    await g.close();
+  }
+});
+
+/** The header byte position of tensor `name`'s u64 data offset (v3: u64 name length and ne). */
+function offsetField(bytes: Uint8Array, name: string, nDims: number): number {
+  const key = Buffer.alloc(8 + name.length);
+  key.writeBigUInt64LE(BigInt(name.length));
+  key.write(name, 8);
+  const at = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length).indexOf(key);
+  assert.ok(at > 0, name);
+  return at + key.length + 4 + 8 * nDims + 4;
+}
+
+test('tensor data must tile the data section in order (gguf.cpp: offset == Σ GGML_PAD(nbytes, alignment))', async () => {
+  const dir = tmp();
+  const file = path.join(dir, 'tiles.gguf');
+  // 32 bytes, 18 bytes (one Q4_0 block, padded to 32), 128 bytes: offsets 0, 32, 64.
+  const shapes = [
+    { name: 'a', dims: [8], type: ggmlType('F32') },
+    { name: 'b', dims: [32], type: ggmlType('Q4_0') },
+    { name: 'c', dims: [32], type: ggmlType('F32') },
+  ];
+  const x = Float32Array.from({ length: 32 }, (_, i) => i - 16);
+  await writeGguf(
+    file,
+    [kv.str('general.architecture', 'llama')],
+    shapes.map((t) => ({ ...t, data: () => encodeValues(t.type, x.subarray(0, t.dims[0])) })),
+  );
+  const good = readFileSync(file);
+  const g = await GgufFile.open(file);
+  assert.deepEqual(
+    g.tensors.map((t) => [t.offset, t.byteLength]),
+    [
+      [0, 32],
+      [32, 18],
+      [64, 128],
+    ],
+  );
+  assert.equal(g.size, g.dataOffset + 64 + 128);
+  const dataOffset = g.dataOffset;
+  await g.close();
+  const patched = (name: string, nDims: number, offset: number) => {
+    const b = Buffer.from(good);
+    const at = offsetField(b, name, nDims);
+    b.writeBigUInt64LE(BigInt(offset), at);
+    const p = path.join(dir, `${name}-${offset}.gguf`);
+    writeFileSync(p, b);
+    return { p, at };
+  };
+  const cases: [string, number, number, string][] = [
+    ['b', 1, 0, 'expected data offset 32'], // b on top of a: accepted before this check
+    ['c', 1, 32, 'expected data offset 64'], // c overlapping b
+    ['c', 1, 96, 'expected data offset 64'], // a gap before c
+  ];
+  for (const [name, nDims, offset, expected] of cases) {
+    const { p, at } = patched(name, nDims, offset);
+    await assert.rejects(GgufFile.open(p), (e: unknown) => {
+      assert.ok(e instanceof FormatError, String(e));
+      assert.equal(
+        e.message,
+        `${p} '${name}' offset ${at}: tensor data does not start where the previous tensor ends; ` +
+          `${expected} (tensors tile the data section in order, each padded to 32 bytes), got ${offset}`,
+      );
+      return true;
+    });
+  }
+  // Trailing bytes after the last tensor stay allowed (gguf.cpp reads only what the infos claim).
+  const trailing = path.join(dir, 'trailing.gguf');
+  writeFileSync(trailing, Buffer.concat([good, Buffer.alloc(100)]));
+  const t = await GgufFile.open(trailing);
+  assert.equal(t.dataOffset, dataOffset);
+  assert.deepEqual(await t.readFloat32('c'), x);
+  await t.close();
+});
+
+test('the real GGUF assets tile their data sections and load', { skip: !assetsPresent }, async () => {
+  const files = [
+    V1,
+    ...readdirSync(path.dirname(SPM))
+      .filter((f) => f.endsWith('.gguf'))
+      .map((f) => path.join(path.dirname(SPM), f)),
+  ];
+  assert.ok(files.length >= 3, files.join(', '));
+  for (const f of files) {
+    const g = await GgufFile.open(f);
+    let end = 0;
+    for (const t of g.tensors) {
+      assert.equal(t.offset, end, `${f} ${t.name}`);
+      end += Math.ceil(t.byteLength / g.alignment) * g.alignment;
+    }
+    await g.close();
+  }
+});
+
+test('a 50 MiB file whose metadata is one u8 array of 52M elements: parsed in one pass, peak RSS < 300 MB', () => {
+  // Before: every refill restarted the parse into a JS array of numbers while the header buffer
+  // doubled (2.4 GB peak RSS, 18 s for 50M elements). Now: one 50 MiB Uint8Array.
+  const N = 50 << 20;
+  const file = path.join(tmp(), 'big-array.gguf');
+  const key = Buffer.from('big.array');
+  const tensor = Buffer.from('t');
+  const head = Buffer.alloc(4 + 4 + 8 + 8 + 8 + key.length + 4 + 4 + 8);
+  let o = head.write('GGUF');
+  o = head.writeUInt32LE(3, o);
+  o = head.writeBigUInt64LE(1n, o); // one tensor
+  o = head.writeBigUInt64LE(1n, o); // one KV
+  o = head.writeBigUInt64LE(BigInt(key.length), o);
+  o += key.copy(head, o);
+  o = head.writeUInt32LE(GgufValueType.ARRAY, o);
+  o = head.writeUInt32LE(GgufValueType.UINT8, o);
+  head.writeBigUInt64LE(BigInt(N), o);
+  // Element i is (7i) mod 256: 1 MiB chunks repeat it exactly (1 MiB is a multiple of 256).
+  const chunk = Uint8Array.from({ length: 1 << 20 }, (_, i) => (7 * i) & 255);
+  const info = Buffer.alloc(8 + 1 + 4 + 8 + 4 + 8);
+  o = info.writeBigUInt64LE(1n);
+  o += tensor.copy(info, o);
+  o = info.writeUInt32LE(1, o);
+  o = info.writeBigUInt64LE(8n, o);
+  o = info.writeUInt32LE(0, o); // F32
+  info.writeBigUInt64LE(0n, o);
+  const headerEnd = head.length + N + info.length;
+  const pad = Buffer.alloc((32 - (headerEnd % 32)) % 32);
+  const fd = openSync(file, 'w');
+  writeSync(fd, head);
+  for (let i = 0; i < N >> 20; i++) writeSync(fd, chunk);
+  writeSync(fd, info);
+  writeSync(fd, pad);
+  writeSync(fd, new Uint8Array(Float32Array.of(1, 2, 3, 4, 5, 6, 7, 8).buffer));
+  closeSync(fd);
+  const script = `
+    import { GgufFile } from ${JSON.stringify(path.join(REPO, 'src/io/gguf.ts'))};
+    const t0 = performance.now();
+    const g = await GgufFile.open(${JSON.stringify(file)});
+    const ms = performance.now() - t0;
+    const a = g.get('big.array');
+    let sum = 0;
+    for (let i = 0; i < a.length; i++) sum += a[i];
+    const t = Array.from(await g.readFloat32('t'));
+    await g.close();
+    console.log(JSON.stringify({ kind: a.constructor.name, length: a.length, sum, a5: a[5], t, ms,
+      dataOffset: g.dataOffset, maxRSS: process.resourceUsage().maxRSS }));`;
+  const r = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], {
+    cwd: REPO,
+    encoding: 'utf8',
+  });
+  assert.equal(r.status, 0, r.stderr);
+  const out = JSON.parse(r.stdout);
+  // 7 is odd, so each period of 256 elements is a permutation of 0..255 (sum 32640).
+  assert.deepEqual(
+    { kind: out.kind, length: out.length, sum: out.sum, a5: out.a5, t: out.t, dataOffset: out.dataOffset },
+    {
+      kind: 'Uint8Array',
+      length: N,
+      sum: (N / 256) * 32640,
+      a5: 35,
+      t: [1, 2, 3, 4, 5, 6, 7, 8],
+      dataOffset: headerEnd + pad.length,
+    },
+  );
+  const rssMiB = out.maxRSS / 1024;
+  console.log(`  50 MiB u8 array parsed in ${out.ms.toFixed(0)} ms at peak RSS ${rssMiB.toFixed(0)} MiB`);
+  assert.ok(rssMiB < 300, `peak RSS ${rssMiB} MiB`);
+  assert.ok(out.ms < 3000, `parse took ${out.ms} ms`);
 });
