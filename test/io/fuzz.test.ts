@@ -16,7 +16,7 @@ import path from 'node:path';
 import { after, before, test } from 'node:test';
 import fc from 'fast-check';
 import { PtqError } from '../../src/errors.js';
-import { GgufFile } from '../../src/io/gguf.js';
+import { GgufFile, GgufValueType } from '../../src/io/gguf.js';
 import { HfTokenizer } from '../../src/io/hf-tokenizer.js';
 import { parseJsonBytes } from '../../src/io/json.js';
 import { loadLlama2cCheckpoint } from '../../src/io/llama2c.js';
@@ -466,10 +466,18 @@ test('GGUF: mutated files parse within bounds or throw a PtqError', async () => 
         await parsesOrPtqError(async () => {
           const g = await GgufFile.open(f);
           try {
+            // Tensors tile the data section in order (gguf.cpp), each padded to the alignment.
+            let end = 0;
             for (const t of g.tensors) {
+              assert.equal(t.offset, end, t.name);
+              end += Math.ceil(t.byteLength / g.alignment) * g.alignment;
               assert.ok(g.dataOffset + t.offset + t.byteLength <= bytes.length);
               await g.readFloat32(t.name);
             }
+            // Numeric arrays are typed arrays no larger than the file.
+            for (const m of g.metadata.values())
+              if (m.type === GgufValueType.ARRAY && m.itemType !== GgufValueType.STRING)
+                assert.ok(ArrayBuffer.isView(m.value) && m.value.byteLength <= bytes.length, m.key);
           } finally {
             await g.close();
           }
