@@ -8,7 +8,10 @@ import { FileError, UsageError } from '../errors.js';
 import { writePtqCheckpoint } from '../io/ptq-checkpoint.js';
 import { assertWritableOutput } from '../io/atomic.js';
 import { type EvalResult, evaluate, type WindowProtocol } from '../eval/perplexity.js';
+import { exportCompressedTensors } from '../export/compressed-tensors.js';
 import { exportGguf } from '../export/gguf.js';
+import { exportGptq } from '../export/gptq-safetensors.js';
+import type { SafetensorsExportReport } from '../export/hf-safetensors.js';
 import { exportOnnx, ONNX_DTYPES, type OnnxDtype } from '../export/onnx.js';
 import { Decoder } from '../model/decoder.js';
 import { type LoadedModel, loadModel } from '../model/load.js';
@@ -93,6 +96,10 @@ export interface QuantizeArgs {
   sinqIters?: number;
   rotate?: string;
   rotateSeed?: number;
+  /** Export format written right after quantizing (EXPORT_FORMATS). */
+  export?: string;
+  /** Where the export goes; default: <output>.gguf for gguf, <output>-<format> otherwise. */
+  exportOut?: string;
 }
 
 export async function quantizeCommand(modelPath: string, args: QuantizeArgs, out: Output) {
@@ -101,10 +108,12 @@ export async function quantizeCommand(modelPath: string, args: QuantizeArgs, out
   }
   const method = args.method as MethodName;
   validateGrid(args.grid);
+  const exportTo = args.export && exportTarget(args.export, args.output, args.exportOut);
   if (METHODS[method].calibrated && !args.calib) {
     throw new UsageError(`${method} needs calibration text`, { field: 'calib', hint: 'pass --calib <text file>, disjoint from the evaluation text' });
   }
   await assertWritableOutput(args.output);
+  if (exportTo) await assertWritableOutput(exportTo);
   const model = await loadModel(modelPath, { tokenizer: args.tokenizer });
   const calibration = args.calib ? await calibrationFor(model, args) : undefined;
   const progress = createProgress('quantize: layer', !out.json);
@@ -140,7 +149,17 @@ export async function quantizeCommand(modelPath: string, args: QuantizeArgs, out
     peakRssMiB: peakRssMiB(),
     layers: q.layers,
   };
-  if (out.json) return out.log(JSON.stringify(result, null, 2));
+  // The export reads the checkpoint just written, through the same code as `ptq export`.
+  const exportLines: string[] = [];
+  if (exportTo) {
+    const capture = { json: out.json, log: (t: string) => exportLines.push(t) };
+    const exportArgs = { format: args.export!, output: exportTo, tokenizer: args.tokenizer };
+    await exportCommand(args.output, exportArgs, capture);
+  }
+  if (out.json) {
+    const exported = exportTo ? { export: JSON.parse(exportLines.join('\n')) } : {};
+    return out.log(JSON.stringify({ ...result, ...exported }, null, 2));
+  }
   const rotated = args.rotate ? `, ${args.rotate}-rotated` : '';
   if (q.layers.length) {
     out.log(formatTable(['layer', 'rel. output error', 'awq alpha'], q.layers.map((l) => [l.name, l.relativeError.toExponential(3), fmt.fixed(l.alpha, 2)])));
@@ -149,6 +168,21 @@ export async function quantizeCommand(modelPath: string, args: QuantizeArgs, out
     `quantized ${model.path} with ${method} ${result.grid}${rotated}: ${result.bitsPerWeight.toFixed(3)} bits/weight, ` +
       `${fmt.bytes(result.bytes)}, ${result.seconds.toFixed(2)} s -> ${result.output}`,
   );
+  for (const line of exportLines) out.log(line);
+}
+
+/** The path `ptq quantize --export` writes to (validated before any work). */
+function exportTarget(format: string, output: string, exportOut?: string): string {
+  if (!(format in EXPORT_FORMATS)) {
+    throw new UsageError('export format not available', {
+      field: 'export',
+      expected: Object.keys(EXPORT_FORMATS).join(', '),
+      got: format,
+    });
+  }
+  if (exportOut) return exportOut;
+  const base = path.resolve(output);
+  return format === 'gguf' ? `${base}.gguf` : `${base}-${format}`;
 }
 
 /** Calibration windows from a text file; the window length is capped at the model's context. */
@@ -237,6 +271,13 @@ export const EXPORT_FORMATS = {
   onnx: {
     description: `ONNX decoder directory for onnxruntime and transformers.js (--dtype ${Object.keys(ONNX_DTYPES).join('|')}, comma-separated)`,
   },
+  gptq: {
+    description: 'GPTQ v1 safetensors directory (qweight/qzeros/scales/g_idx): GPTQModel, AutoGPTQ, transformers',
+  },
+  'compressed-tensors': {
+    description:
+      'compressed-tensors directory (pack-quantized, float-quantized FP8, nvfp4/mxfp4/mxfp8): vLLM, transformers',
+  },
 } as const;
 export type ExportFormat = keyof typeof EXPORT_FORMATS;
 
@@ -275,6 +316,10 @@ export async function exportCommand(modelPath: string, args: ExportArgs, out: Ou
       return exportOnnxCommand(modelPath, args, out);
     case 'gguf':
       return exportGgufCommand(modelPath, args, out);
+    case 'gptq':
+      return exportSafetensorsCommand(modelPath, args, out, exportGptq);
+    case 'compressed-tensors':
+      return exportSafetensorsCommand(modelPath, args, out, exportCompressedTensors);
     default:
       throw new UsageError('export format not available', {
         field: 'format',
@@ -282,6 +327,30 @@ export async function exportCommand(modelPath: string, args: ExportArgs, out: Ou
         got: args.format,
       });
   }
+}
+
+async function exportSafetensorsCommand(
+  modelPath: string,
+  args: ExportArgs,
+  out: Output,
+  write: typeof exportGptq | typeof exportCompressedTensors,
+) {
+  await assertWritableOutput(args.output);
+  const model = await loadModel(modelPath, { tokenizer: args.tokenizer });
+  const report: SafetensorsExportReport = await write(model, args.output, {
+    onWarning: out.json ? undefined : (m) => console.error(`ptq: warning: ${m}`),
+  });
+  if (out.json) return out.log(JSON.stringify(report, null, 2));
+  const kinds = new Map<string, number>();
+  for (const l of report.linears) {
+    const kind = `${l.grid} from ${l.source}`;
+    kinds.set(kind, (kinds.get(kind) ?? 0) + 1);
+  }
+  out.log(formatTable(['linears', 'storage'], [...kinds].map(([k, n]) => [String(n), k])));
+  out.log(
+    `exported ${model.path} as ${report.layout}: ${report.bitsPerWeight.toFixed(3)} bits/weight ` +
+      `(quantized linears), ${fmt.bytes(report.bytes)} -> ${report.output}`,
+  );
 }
 
 async function exportOnnxCommand(modelPath: string, args: ExportArgs, out: Output) {

@@ -103,6 +103,12 @@ program
     new Option('--rotate <kind>', 'rotate before quantizing, with any method (QuaRot, arXiv:2404.00456)').choices(['hadamard']),
   )
   .option('--rotate-seed <n>', "seed of the rotation's random signs", integer, ROTATE_DEFAULTS.seed)
+  .addOption(
+    new Option('--export <format>', 'also export the quantized model (as ptq export --format)').choices(
+      Object.keys(EXPORT_FORMATS),
+    ),
+  )
+  .option('--export-out <path>', 'where --export writes (default: <output>.gguf, or <output>-<format>)')
   .option('--tokenizer <file>', 'tokenizer to use instead of the one next to the model')
   .option('--json', 'print JSON')
   .action((model, o, cmd: Command) => {
@@ -131,7 +137,7 @@ program
       .choices(Object.keys(EXPORT_FORMATS))
       .makeOptionMandatory(),
   )
-  .requiredOption('-o, --output <path>', 'output directory (onnx) or file (gguf)')
+  .requiredOption('-o, --output <path>', 'output directory (onnx, gptq, compressed-tensors) or file (gguf)')
   .option('--dtype <list>', 'onnx: variants to write, e.g. fp32,q4 (default: the checkpoint\'s width, or fp32)')
   .option('--type <name>', `gguf: ${GGUF_EXPORT_TYPES.join('|')}, or auto (a checkpoint's exact block type, else f32)`, 'auto')
   .option('--external-data', 'onnx: store weights in .onnx_data files (default: only above 1 GiB)')
