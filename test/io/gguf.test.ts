@@ -289,6 +289,18 @@ test('metadata arrays come back as typed arrays of their element type, across th
   } finally {
     await g.close();
   }
+  // A bool element other than 0/1 is refused with its index and byte position.
+  const bytes = readFileSync(file);
+  const name = Buffer.from('a.bool');
+  const at = bytes.indexOf(name) + name.length + 4 + 4 + 8; // type, element type, count
+  assert.deepEqual([...bytes.subarray(at, at + 3)], [1, 0, 1]);
+  bytes[at + 1] = 2;
+  const bad = path.join(path.dirname(file), 'bad-bool.gguf');
+  writeFileSync(bad, bytes);
+  await assert.rejects(GgufFile.open(bad), {
+    name: 'FormatError',
+    message: `${bad} offset ${at + 1}: invalid bool in 'a.bool'[1]; expected 0 or 1, got 2`,
+  });
 });
 
 /** The header byte position of tensor `name`'s u64 data offset (v3: u64 name length and ne). */
