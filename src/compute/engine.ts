@@ -8,17 +8,34 @@
  *  - JsEngine: straightforward loops, the reference the fast engine is tested against.
  *
  * Shapes are row-major and given explicitly; buffers are never retained by the engine.
+ * `out`, when given, receives the result (exactly its length) and is returned: callers reuse
+ * buffers instead of allocating one per product (sequential calibration runs thousands).
  */
 
 export interface ComputeEngine {
   readonly name: string;
   /** y[M,N] = x[M,K] · w[N,K]ᵀ — a linear layer with Hugging Face [out,in] weights. */
-  linear(x: Float32Array, w: Float32Array, M: number, K: number, N: number): Promise<Float32Array>;
+  linear(
+    x: Float32Array,
+    w: Float32Array,
+    M: number,
+    K: number,
+    N: number,
+    out?: Float32Array,
+  ): Promise<Float32Array>;
   /**
    * The SwiGLU input half of a gated MLP (Shazeer 2020): silu(x·gateᵀ) ⊙ (x·upᵀ), [M,N],
    * with silu(z) = z·σ(z); gate and up are [N,K]. Fused so the activation runs on the engine too.
    */
-  linearSwiGlu(x: Float32Array, gate: Float32Array, up: Float32Array, M: number, K: number, N: number): Promise<Float32Array>;
+  linearSwiGlu(
+    x: Float32Array,
+    gate: Float32Array,
+    up: Float32Array,
+    M: number,
+    K: number,
+    N: number,
+    out?: Float32Array,
+  ): Promise<Float32Array>;
   /** c[M,N] = a[K,M]ᵀ · b[K,N] — e.g. the Gram matrix XᵀX of calibration activations. */
   matmulTransA(a: Float32Array, b: Float32Array, K: number, M: number, N: number): Promise<Float32Array>;
   /**
@@ -26,7 +43,13 @@ export interface ComputeEngine {
    * k and v are [B, T, kvHeads·d]; query head h reads KV head floor(h / (heads / kvHeads)).
    * out[b, t, h] = Σ_{s<=t} softmax_s(scale · q[b,t,h]·k[b,s,kv(h)]) v[b,s,kv(h)], same layout as q.
    */
-  causalAttention(q: Float32Array, k: Float32Array, v: Float32Array, shape: AttentionShape): Promise<Float32Array>;
+  causalAttention(
+    q: Float32Array,
+    k: Float32Array,
+    v: Float32Array,
+    shape: AttentionShape,
+    out?: Float32Array,
+  ): Promise<Float32Array>;
 }
 
 export interface AttentionShape {

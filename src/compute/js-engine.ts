@@ -4,8 +4,15 @@ import type { AttentionShape, ComputeEngine } from './engine.js';
 export class JsEngine implements ComputeEngine {
   readonly name = 'js';
 
-  async linear(x: Float32Array, w: Float32Array, M: number, K: number, N: number): Promise<Float32Array> {
-    const y = new Float32Array(M * N);
+  async linear(
+    x: Float32Array,
+    w: Float32Array,
+    M: number,
+    K: number,
+    N: number,
+    out?: Float32Array,
+  ): Promise<Float32Array> {
+    const y = out ?? new Float32Array(M * N);
     for (let m = 0; m < M; m++) {
       for (let n = 0; n < N; n++) {
         let acc = 0;
@@ -16,14 +23,28 @@ export class JsEngine implements ComputeEngine {
     return y;
   }
 
-  async linearSwiGlu(x: Float32Array, gate: Float32Array, up: Float32Array, M: number, K: number, N: number): Promise<Float32Array> {
-    const g = await this.linear(x, gate, M, K, N);
+  async linearSwiGlu(
+    x: Float32Array,
+    gate: Float32Array,
+    up: Float32Array,
+    M: number,
+    K: number,
+    N: number,
+    out?: Float32Array,
+  ): Promise<Float32Array> {
+    const g = await this.linear(x, gate, M, K, N, out);
     const u = await this.linear(x, up, M, K, N);
     for (let i = 0; i < g.length; i++) g[i] = (g[i]! / (1 + Math.exp(-g[i]!))) * u[i]!;
     return g;
   }
 
-  async matmulTransA(a: Float32Array, b: Float32Array, K: number, M: number, N: number): Promise<Float32Array> {
+  async matmulTransA(
+    a: Float32Array,
+    b: Float32Array,
+    K: number,
+    M: number,
+    N: number,
+  ): Promise<Float32Array> {
     const c = new Float64Array(M * N);
     for (let k = 0; k < K; k++) {
       for (let m = 0; m < M; m++) {
@@ -35,10 +56,16 @@ export class JsEngine implements ComputeEngine {
     return Float32Array.from(c);
   }
 
-  async causalAttention(q: Float32Array, k: Float32Array, v: Float32Array, shape: AttentionShape): Promise<Float32Array> {
+  async causalAttention(
+    q: Float32Array,
+    k: Float32Array,
+    v: Float32Array,
+    shape: AttentionShape,
+    result?: Float32Array,
+  ): Promise<Float32Array> {
     const { batch, seqLen: T, heads, kvHeads, headDim: d, scale } = shape;
     const group = heads / kvHeads;
-    const out = new Float32Array(q.length);
+    const out = result ? result.fill(0) : new Float32Array(q.length);
     const scores = new Float64Array(T);
     const qAt = (b: number, t: number, h: number) => ((b * T + t) * heads + h) * d;
     const kvAt = (b: number, t: number, h: number) => ((b * T + t) * kvHeads + Math.floor(h / group)) * d;

@@ -22,6 +22,21 @@ export interface ForwardHooks {
   stopAfterInputOf?: BlockLinear;
 }
 
+/** Reusable temporaries by name (grown on demand); for one sequential user at a time. */
+export class Scratch {
+  private readonly buffers = new Map<string, Float32Array>();
+
+  /** A buffer of exactly `length` floats, the same memory on every call with this name. */
+  get(name: string, length: number): Float32Array {
+    let b = this.buffers.get(name);
+    if (!b || b.length < length) {
+      b = new Float32Array(length);
+      this.buffers.set(name, b);
+    }
+    return b.subarray(0, length);
+  }
+}
+
 /** Thrown inside `block` to end a capture-only pass early; never escapes it. */
 const STOP = Symbol('stop');
 
@@ -101,100 +116,94 @@ export class Decoder {
   /*
    * The block in stages, each the input of the linears that read it (sequential calibration
    * runs them one at a time and keeps what later stages need). x is the residual stream
-   * [B*T, hidden]; the add* stages update it in place.
+   * [B*T, hidden]; the add* stages update it in place. `out` receives a stage's result and
+   * `scratch` holds its temporaries, so that a caller running thousands of stages reuses
+   * memory instead of allocating it.
    */
 
   /** RMSNorm(x) with the block's input norm: the input of q/k/v. */
-  attentionInput(layer: number, x: Float32Array): Float32Array {
+  attentionInput(layer: number, x: Float32Array, out?: Float32Array): Float32Array {
+    const c = this.config;
     return rmsNorm(
       x,
       this.weight(`${blockPrefix(layer)}input_layernorm.weight`),
-      this.config.hiddenSize,
-      this.config.normEps,
+      c.hiddenSize,
+      c.normEps,
+      out,
     );
   }
 
   /** q/k/v projections, rotary embedding and causal attention of h: the input of o_proj. */
-  async selfAttention(layer: number, h: Float32Array, B: number, T: number): Promise<Float32Array> {
+  async selfAttention(
+    layer: number,
+    h: Float32Array,
+    B: number,
+    T: number,
+    out?: Float32Array,
+    scratch?: Scratch,
+  ): Promise<Float32Array> {
     const c = this.config;
     const p = blockPrefix(layer);
     const rows = B * T;
     const qDim = c.numHeads * c.headDim;
     const kvDim = c.numKvHeads * c.headDim;
-    const q = await this.engine.linear(
-      h,
-      this.weight(`${p}self_attn.q_proj.weight`),
-      rows,
-      c.hiddenSize,
-      qDim,
-    );
-    const k = await this.engine.linear(
-      h,
-      this.weight(`${p}self_attn.k_proj.weight`),
-      rows,
-      c.hiddenSize,
-      kvDim,
-    );
-    const v = await this.engine.linear(
-      h,
-      this.weight(`${p}self_attn.v_proj.weight`),
-      rows,
-      c.hiddenSize,
-      kvDim,
-    );
+    const project = (name: BlockLinear, dim: number) =>
+      this.engine.linear(
+        h,
+        this.weight(`${p}${name}.weight`),
+        rows,
+        c.hiddenSize,
+        dim,
+        scratch?.get(name, rows * dim),
+      );
+    const q = await project('self_attn.q_proj', qDim);
+    const k = await project('self_attn.k_proj', kvDim);
+    const v = await project('self_attn.v_proj', kvDim);
     this.applyRope(q, B, T, c.numHeads);
     this.applyRope(k, B, T, c.numKvHeads);
-    return this.attention(q, k, v, B, T);
+    return this.attention(q, k, v, B, T, out);
   }
 
   /** x += o_proj(attn). */
-  async addAttentionOutput(layer: number, attn: Float32Array, x: Float32Array): Promise<void> {
+  async addAttentionOutput(
+    layer: number,
+    attn: Float32Array,
+    x: Float32Array,
+    scratch?: Scratch,
+  ): Promise<void> {
     const c = this.config;
-    const o = await this.engine.linear(
-      attn,
-      this.weight(`${blockPrefix(layer)}self_attn.o_proj.weight`),
-      x.length / c.hiddenSize,
-      c.numHeads * c.headDim,
-      c.hiddenSize,
+    const rows = x.length / c.hiddenSize;
+    const w = this.weight(`${blockPrefix(layer)}self_attn.o_proj.weight`);
+    const qDim = c.numHeads * c.headDim;
+    addInPlace(
+      x,
+      await this.engine.linear(attn, w, rows, qDim, c.hiddenSize, scratch?.get('output', x.length)),
     );
-    addInPlace(x, o);
   }
 
   /** RMSNorm(x) with the block's post-attention norm: the input of gate/up. */
-  mlpInput(layer: number, x: Float32Array): Float32Array {
-    return rmsNorm(
-      x,
-      this.weight(`${blockPrefix(layer)}post_attention_layernorm.weight`),
-      this.config.hiddenSize,
-      this.config.normEps,
-    );
+  mlpInput(layer: number, x: Float32Array, out?: Float32Array): Float32Array {
+    const c = this.config;
+    const w = this.weight(`${blockPrefix(layer)}post_attention_layernorm.weight`);
+    return rmsNorm(x, w, c.hiddenSize, c.normEps, out);
   }
 
   /** silu(h·gateᵀ) ⊙ (h·upᵀ): the input of down_proj. */
-  mlpActivation(layer: number, h: Float32Array, rows: number): Promise<Float32Array> {
+  mlpActivation(layer: number, h: Float32Array, rows: number, out?: Float32Array): Promise<Float32Array> {
     const c = this.config;
     const p = blockPrefix(layer);
-    return this.engine.linearSwiGlu(
-      h,
-      this.weight(`${p}mlp.gate_proj.weight`),
-      this.weight(`${p}mlp.up_proj.weight`),
-      rows,
-      c.hiddenSize,
-      c.intermediateSize,
-    );
+    const gate = this.weight(`${p}mlp.gate_proj.weight`);
+    const up = this.weight(`${p}mlp.up_proj.weight`);
+    return this.engine.linearSwiGlu(h, gate, up, rows, c.hiddenSize, c.intermediateSize, out);
   }
 
   /** x += down_proj(act). */
-  async addMlpOutput(layer: number, act: Float32Array, x: Float32Array): Promise<void> {
+  async addMlpOutput(layer: number, act: Float32Array, x: Float32Array, scratch?: Scratch): Promise<void> {
     const c = this.config;
-    const down = await this.engine.linear(
-      act,
-      this.weight(`${blockPrefix(layer)}mlp.down_proj.weight`),
-      x.length / c.hiddenSize,
-      c.intermediateSize,
-      c.hiddenSize,
-    );
-    addInPlace(x, down);
+    const rows = x.length / c.hiddenSize;
+    const w = this.weight(`${blockPrefix(layer)}mlp.down_proj.weight`);
+    const out = scratch?.get('output', x.length);
+    addInPlace(x, await this.engine.linear(act, w, rows, c.intermediateSize, c.hiddenSize, out));
   }
 
   /** Final norm and language-model head: logits [rows, vocab]. */
@@ -213,16 +222,17 @@ export class Decoder {
     return this.head(x, B * T);
   }
 
-  private attention(q: Float32Array, k: Float32Array, v: Float32Array, B: number, T: number) {
+  private attention(
+    q: Float32Array,
+    k: Float32Array,
+    v: Float32Array,
+    B: number,
+    T: number,
+    out?: Float32Array,
+  ) {
     const { numHeads: heads, numKvHeads: kvHeads, headDim } = this.config;
-    return this.engine.causalAttention(q, k, v, {
-      batch: B,
-      seqLen: T,
-      heads,
-      kvHeads,
-      headDim,
-      scale: 1 / Math.sqrt(headDim),
-    });
+    const shape = { batch: B, seqLen: T, heads, kvHeads, headDim, scale: 1 / Math.sqrt(headDim) };
+    return this.engine.causalAttention(q, k, v, shape, out);
   }
 
   /** Rotary embedding, rotate_half convention: pairs (i, i + d/2) of each head rotate by pos·θ^(-2i/d). */
@@ -268,8 +278,14 @@ export class Decoder {
 }
 
 /** RMSNorm (Zhang & Sennrich 2019): x / sqrt(mean(x²) + eps) · w, per row of width D. */
-export function rmsNorm(x: Float32Array, w: Float32Array, D: number, eps: number): Float32Array {
-  const out = new Float32Array(x.length);
+export function rmsNorm(
+  x: Float32Array,
+  w: Float32Array,
+  D: number,
+  eps: number,
+  result?: Float32Array,
+): Float32Array {
+  const out = result ?? new Float32Array(x.length);
   for (let r = 0; r < x.length; r += D) {
     let ss = 0;
     for (let i = 0; i < D; i++) ss += x[r + i]! * x[r + i]!;

@@ -11,7 +11,7 @@ import type { ComputeEngine } from '../compute/engine.js';
 import { profile } from '../compute/profile.js';
 import { UsageError } from '../errors.js';
 import { BLOCK_LINEARS, type BlockLinear } from '../model/architecture.js';
-import type { Decoder } from '../model/decoder.js';
+import { type Decoder, Scratch } from '../model/decoder.js';
 import { mulberry32 } from '../random.js';
 
 export interface CalibrationOptions {
@@ -106,12 +106,35 @@ const BLOCK_OUTPUT = 4;
  * One chunk of windows inside the current block: the residual stream `x` (a view into the
  * calibration activations, updated in place) and the input of the current stage: always at
  * stages 1 and 3 (attention output, SwiGLU activation), kept from the capture at 0 and 2.
+ * Inputs are buffers of the pool; `borrowed` marks one that belongs to another state.
  */
 interface ChunkState {
   stage: number;
   x: Float32Array;
   input?: Float32Array;
+  borrowed?: boolean;
   windows: number;
+}
+
+/**
+ * Memory of the sequential pass, reused from stage to stage and layer to layer instead of
+ * allocated per product (a 100M model's calibration would otherwise allocate and drop ~1 GB
+ * per layer): `pool` holds buffers of a chunk's largest stage input (one per chunk, one
+ * spare), `scratch` the temporaries (transposes, Gram blocks, q/k/v, projections).
+ */
+class Buffers {
+  private readonly free: ArrayBuffer[] = [];
+  readonly scratch = new Scratch();
+
+  constructor(private readonly floats: number) {}
+
+  take(length: number): Float32Array {
+    return new Float32Array(this.free.pop() ?? new ArrayBuffer(this.floats * 4), 0, length);
+  }
+
+  give(b: Float32Array): void {
+    this.free.push(b.buffer as ArrayBuffer);
+  }
 }
 
 /**
@@ -138,6 +161,10 @@ export async function runSequential(
   const x = await profile.phase('forward', () => decoder.embed(windows));
   const layers = decoder.config.numLayers;
   const totalRows = n * seqlen;
+  const { hiddenSize, intermediateSize, numHeads, headDim } = decoder.config;
+  const buffers = new Buffers(
+    options.chunk * seqlen * Math.max(hiddenSize, numHeads * headDim, intermediateSize),
+  );
   for (let layer = 0; layer < layers; layer++) {
     const chunks: ChunkState[] = [];
     for (let s0 = 0; s0 < n; s0 += options.chunk) {
@@ -145,7 +172,7 @@ export async function runSequential(
       chunks.push({ stage: 0, x: x.subarray(s0 * seqlen * D, s1 * seqlen * D), windows: s1 - s0 });
     }
     const advance = (s: ChunkState) =>
-      profile.phase('forward', () => advanceStage(decoder, layer, s, seqlen));
+      profile.phase('forward', () => advanceStage(decoder, layer, s, seqlen, buffers));
     for (const group of options.groups) {
       const first = STAGE[group[0]!];
       const last = STAGE[group.at(-1)!];
@@ -160,29 +187,41 @@ export async function runSequential(
           const linears = group.filter((l) => STAGE[l] === stage);
           if (linears.length) {
             await profile.phase('hessian', async () => {
-              const input = stageInput(decoder, layer, t);
-              if (first === last) s.input = input;
+              const input = t.input ?? normOutput(decoder, layer, t, buffers);
               const cols = input.length / (t.windows * seqlen);
               let st = shared.get(stage);
               if (!st) {
                 st = newStats(cols, Math.min(options.sampleRows, totalRows));
                 shared.set(stage, st);
               }
-              await accumulate(st, input, t.windows * seqlen, totalRows, decoder.engine);
+              await accumulate(st, input, t.windows * seqlen, totalRows, decoder.engine, buffers.scratch);
               for (const l of linears) stats.set(l, st);
+              if (input !== t.input) {
+                // A single-stage group keeps the norm's output to run its linears later.
+                if (first === last) s.input = input;
+                else buffers.give(input);
+              }
             });
           }
           if (stage === last) break;
-          if (t === s) t = { ...s, x: s.x.slice() };
+          if (t === s) t = { ...s, x: s.x.slice(), borrowed: s.input !== undefined };
           await advance(t);
         }
+        if (t !== s && t.input && !t.borrowed) buffers.give(t.input);
       }
       await profile.phase('hessian', () => {
         for (const st of shared.values()) finishStats(st);
       });
       await profile.phase('quantize', () => options.quantizeGroup(layer, group, stats));
       // The norms may have changed: their outputs are recomputed.
-      if (first !== last) for (const s of chunks) if (s.stage % 2 === 0) s.input = undefined;
+      if (first !== last) {
+        for (const s of chunks) {
+          if (s.stage % 2 === 0 && s.input) {
+            buffers.give(s.input);
+            s.input = undefined;
+          }
+        }
+      }
     }
     for (const s of chunks) while (s.stage < BLOCK_OUTPUT) await advance(s);
     options.onProgress?.(layer + 1, layers);
@@ -203,30 +242,49 @@ function checkGroups(groups: BlockLinear[][]): void {
   }
 }
 
-/** The input of the linears at the chunk's current stage (the norms' outputs computed if not kept). */
-function stageInput(decoder: Decoder, layer: number, s: ChunkState): Float32Array {
-  if (s.input) return s.input;
-  return s.stage === 0 ? decoder.attentionInput(layer, s.x) : decoder.mlpInput(layer, s.x);
+/** The output of the norm that feeds the chunk's current stage (0: q/k/v, 2: gate/up), in a pool buffer. */
+function normOutput(decoder: Decoder, layer: number, s: ChunkState, buffers: Buffers): Float32Array {
+  const out = buffers.take(s.x.length);
+  return s.stage === 0 ? decoder.attentionInput(layer, s.x, out) : decoder.mlpInput(layer, s.x, out);
 }
 
 /** Run the chunk through its current stage with the decoder's current weights. */
-async function advanceStage(decoder: Decoder, layer: number, s: ChunkState, seqlen: number): Promise<void> {
-  const input = stageInput(decoder, layer, s);
+async function advanceStage(
+  decoder: Decoder,
+  layer: number,
+  s: ChunkState,
+  seqlen: number,
+  buffers: Buffers,
+): Promise<void> {
+  const { numHeads, headDim, intermediateSize } = decoder.config;
+  const rows = s.windows * seqlen;
+  const input = s.input ?? normOutput(decoder, layer, s, buffers);
+  const release = input !== s.input || !s.borrowed;
   s.input = undefined;
+  s.borrowed = false;
+  const { scratch } = buffers;
   switch (s.stage) {
     case 0:
-      s.input = await decoder.selfAttention(layer, input, s.windows, seqlen);
+      s.input = await decoder.selfAttention(
+        layer,
+        input,
+        s.windows,
+        seqlen,
+        buffers.take(rows * numHeads * headDim),
+        scratch,
+      );
       break;
     case 1:
-      await decoder.addAttentionOutput(layer, input, s.x);
+      await decoder.addAttentionOutput(layer, input, s.x, scratch);
       break;
     case 2:
-      s.input = await decoder.mlpActivation(layer, input, s.windows * seqlen);
+      s.input = await decoder.mlpActivation(layer, input, rows, buffers.take(rows * intermediateSize));
       break;
     case 3:
-      await decoder.addMlpOutput(layer, input, s.x);
+      await decoder.addMlpOutput(layer, input, s.x, scratch);
       break;
   }
+  if (release) buffers.give(input);
   s.stage++;
 }
 
@@ -250,20 +308,29 @@ async function accumulate(
   rows: number,
   totalRows: number,
   engine: ComputeEngine,
+  scratch: Scratch,
 ) {
   const cols = s.cols;
   // Xᵀ makes every column block of X a contiguous row block, so each block row of Σ x xᵀ
   // (lower triangle only: H is symmetric) is one product on the engine, in float32 like the
   // reference; chunks are summed in float64.
-  const xt = transposeWithAbsSum(x, rows, cols, s.sampleRows ? s.absMean : undefined);
+  const xt = transposeWithAbsSum(
+    x,
+    rows,
+    cols,
+    scratch.get('transpose', rows * cols),
+    s.sampleRows ? s.absMean : undefined,
+  );
   for (let i0 = 0; i0 < cols; i0 += GRAM_BLOCK) {
     const i1 = Math.min(cols, i0 + GRAM_BLOCK);
+    const block = xt.subarray(i0 * rows, i1 * rows);
     const gram = await engine.linear(
-      xt.subarray(i0 * rows, i1 * rows),
+      block,
       xt.subarray(0, i1 * rows),
       i1 - i0,
       rows,
       i1,
+      scratch.get('gram', (i1 - i0) * i1),
     );
     addLowerRows(s.hessian, cols, gram, i0, i1);
   }
@@ -303,9 +370,9 @@ function transposeWithAbsSum(
   x: Float32Array,
   rows: number,
   cols: number,
+  xt: Float32Array,
   absSum?: Float64Array,
 ): Float32Array {
-  const xt = new Float32Array(rows * cols);
   const TILE = 64;
   for (let r0 = 0; r0 < rows; r0 += TILE) {
     const r1 = Math.min(rows, r0 + TILE);

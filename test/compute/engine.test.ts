@@ -45,3 +45,27 @@ test('onnxruntime grouped-query causal attention equals the reference loops, and
   assert.ok(maxAbsDiff(fast.subarray(0, d), v.subarray(0, d)) < 1e-6);
   assert.ok(maxAbsDiff(fast.subarray(3 * d, 4 * d), v.subarray(d, 2 * d)) < 1e-6);
 });
+
+test('results go into a caller buffer when one is given (same values, same memory)', async () => {
+  const rand = seededRandom(4);
+  const [M, K, N] = [6, 8, 5];
+  const x = randomArray(M * K, rand);
+  const w = randomArray(N * K, rand);
+  const w2 = randomArray(N * K, rand);
+  const shape = { batch: 1, seqLen: 3, heads: 2, kvHeads: 1, headDim: 8, scale: 0.5 };
+  const q = randomArray(3 * 16, rand);
+  const kv = randomArray(3 * 8, rand);
+  for (const engine of [ort, js]) {
+    const backing = new Float32Array(M * N + 3).fill(7);
+    const out = backing.subarray(1, 1 + M * N);
+    assert.equal(await engine.linear(x, w, M, K, N, out), out);
+    assert.deepEqual(out, await engine.linear(x, w, M, K, N));
+    assert.deepEqual([backing[0], backing[M * N + 1]], [7, 7], 'nothing written outside the buffer');
+    const act = new Float32Array(M * N);
+    assert.equal(await engine.linearSwiGlu(x, w, w2, M, K, N, act), act);
+    assert.deepEqual(act, await engine.linearSwiGlu(x, w, w2, M, K, N));
+    const attn = new Float32Array(q.length).fill(3);
+    assert.equal(await engine.causalAttention(q, kv, kv, shape, attn), attn);
+    assert.deepEqual(attn, await engine.causalAttention(q, kv, kv, shape));
+  }
+});
