@@ -23,10 +23,10 @@ import { type LoadedModel, loadModel } from '../../src/model/load.js';
 import { sampleCalibrationWindows } from '../../src/quant/calibrate.js';
 import type { GridSpec } from '../../src/quant/grid.js';
 import { gridSpecFor } from '../../src/quant/number-formats.js';
-import { dequantize, fromCodes, type QuantizedTensor } from '../../src/quant/quantized-tensor.js';
 import { type MethodName, quantizeModel } from '../../src/quant/quantize-model.js';
-import { REPO } from '../helpers.js';
+import { dequantize, fromCodes, type QuantizedTensor } from '../../src/quant/quantized-tensor.js';
 import { runCli } from '../cli/run-cli.js';
+import { REPO } from '../helpers.js';
 
 const BUNDLED = path.join(REPO, 'models/tinystories-656k');
 const tmp = await mkdtemp(path.join(tmpdir(), 'ptq-gptq-'));
@@ -240,7 +240,7 @@ test('GPTQ checkpoints with act-order: g_idx carries the permuted groups, desc_a
     assert.match(report.layout, /act-order/);
     const q = model.quantization!.tensors.get('model.layers.0.mlp.down_proj.weight')!;
     assert.ok(
-      q.groupIndex && q.groupIndex.some((g, c) => g !== Math.floor(c / 32)),
+      q.groupIndex?.some((g, c) => g !== Math.floor(c / 32)),
       'act-order permutes groups',
     );
     assert.equal((r.config.quantization_config as { damp_percent: number }).damp_percent, 0.01);
