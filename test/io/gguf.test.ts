@@ -8,12 +8,13 @@ import {
   openSync,
   readdirSync,
   readFileSync,
+  rmSync,
   writeFileSync,
   writeSync,
 } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { test } from 'node:test';
+import { after, test } from 'node:test';
 import { FormatError } from '../../src/errors.js';
 import { exportGguf } from '../../src/export/gguf.js';
 import { encodeValues, ggmlType } from '../../src/formats/ggml.js';
@@ -24,7 +25,14 @@ import { ASSETS, assetsPresent, REPO } from '../helpers.js';
 
 const V1 = path.join(ASSETS, 'models/stories260k-gguf-v1/tinyllamas-stories-260k-f32.gguf');
 const SPM = path.join(ASSETS, 'tokenizers/llamacpp-vocab/ggml-vocab-llama-spm.gguf');
-const tmp = () => mkdtempSync(path.join(os.tmpdir(), 'ptq-gguf-io-'));
+const made: string[] = [];
+const tmp = () => {
+  made.push(mkdtempSync(path.join(os.tmpdir(), 'ptq-gguf-io-')));
+  return made.at(-1)!;
+};
+after(() => {
+  for (const d of made) rmSync(d, { recursive: true, force: true });
+});
 
 test('GGUF v1 asset: header, 32-bit counts and lengths, 48 F32 tensors, llama metadata', {
   skip: !assetsPresent,
@@ -445,6 +453,7 @@ test('a 50 MiB file whose metadata is one u8 array of 52M elements: parsed in on
     cwd: REPO,
     encoding: 'utf8',
   });
+  rmSync(file); // 50 MiB
   assert.equal(r.status, 0, r.stderr);
   const out = JSON.parse(r.stdout);
   // 7 is odd, so each period of 256 elements is a permutation of 0..255 (sum 32640).
