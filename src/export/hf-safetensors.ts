@@ -68,30 +68,33 @@ export interface PlannedLinear {
 /**
  * The quantized linears of `model`: a ptqkit checkpoint's own, or for a float model every
  * decoder-block linear quantized with RTN on ptqkit's default grid (int4, symmetric, groups of
- * 32, f16 scales; one group per row when 32 does not divide the input width).
+ * 32, f16 scales; one scale per row for all of them when 32 does not divide every input width,
+ * so that the model keeps one scheme).
  */
 export function quantizedLinears(model: LoadedModel): PlannedLinear[] {
   if (model.quantization) {
     return [...model.quantization.tensors].map(([name, q]) => ({ name, q, source: 'codes' as const }));
   }
-  const out: PlannedLinear[] = [];
+  const names: string[] = [];
   for (let layer = 0; layer < model.config.numLayers; layer++) {
     for (const linear of BLOCK_LINEARS) {
       const name = linearWeightName(layer, linear);
-      const t = model.weights.get(name);
-      if (!t) continue;
-      const grouped = t.shape[1]! % GRID_DEFAULTS.groupSize === 0;
-      const spec: GridSpec = {
-        bits: GRID_DEFAULTS.bits,
-        symmetric: true,
-        granularity: grouped ? 'group' : 'channel',
-        groupSize: grouped ? GRID_DEFAULTS.groupSize : 0,
-        scaleDtype: GRID_DEFAULTS.scaleDtype,
-      };
-      out.push({ name, q: quantizeRtn(t, makeGrid(spec), name), source: 'rtn' });
+      if (model.weights.has(name)) names.push(name);
     }
   }
-  return out;
+  const grouped = names.every((n) => model.weights.get(n)!.shape[1]! % GRID_DEFAULTS.groupSize === 0);
+  const grid = makeGrid({
+    bits: GRID_DEFAULTS.bits,
+    symmetric: true,
+    granularity: grouped ? 'group' : 'channel',
+    groupSize: grouped ? GRID_DEFAULTS.groupSize : 0,
+    scaleDtype: GRID_DEFAULTS.scaleDtype,
+  });
+  return names.map((name) => ({
+    name,
+    q: quantizeRtn(model.weights.get(name)!, grid, name),
+    source: 'rtn' as const,
+  }));
 }
 
 /** Re-quantize `q` with RTN onto `spec` from its dequantized weights; also the largest weight change. */

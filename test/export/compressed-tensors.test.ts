@@ -19,15 +19,17 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, test } from 'node:test';
 import { exportCompressedTensors } from '../../src/export/compressed-tensors.js';
+import { exportGptq } from '../../src/export/gptq-safetensors.js';
 import { SafetensorsFile } from '../../src/io/safetensors.js';
 import { type LoadedModel, loadModel } from '../../src/model/load.js';
 import { sampleCalibrationWindows } from '../../src/quant/calibrate.js';
-import type { GridSpec } from '../../src/quant/grid.js';
+import { type GridSpec, makeGrid } from '../../src/quant/grid.js';
 import { type FormatName, gridSpecFor } from '../../src/quant/number-formats.js';
 import { type MethodName, quantizeModel } from '../../src/quant/quantize-model.js';
 import { dequantize, fromCodes, type QuantizedTensor } from '../../src/quant/quantized-tensor.js';
+import { quantizeRtn } from '../../src/quant/rtn.js';
 import { runCli } from '../cli/run-cli.js';
-import { REPO } from '../helpers.js';
+import { ASSETS, assetsPresent, REPO } from '../helpers.js';
 
 const BUNDLED = path.join(REPO, 'models/tinystories-656k');
 const tmp = await mkdtemp(path.join(tmpdir(), 'ptq-ct-'));
@@ -514,4 +516,32 @@ test('CLI: ptq quantize --format nvfp4 --export compressed-tensors; ptq export -
   ]);
   assert.equal(e.code, 0, e.stderr);
   assert.equal(JSON.parse(e.stdout).layout, 'nvfp4-pack-quantized float4 tensor_group 16');
+});
+
+test('a float llama2.c model: RTN int4 per channel (FFN width 172 takes no group of 32), tokenizer.bin converted; GPTQ refuses the shape', {
+  skip: !assetsPresent && 'needs ../shared/assets',
+}, async () => {
+  const model = await loadModel(path.join(ASSETS, 'models/stories260k/stories260K.bin'));
+  const dir = path.join(tmp, 'stories260k');
+  const report = await exportCompressedTensors(model, dir);
+  assert.equal(report.layout, 'pack-quantized int4 channel');
+  assert.equal(report.tokenizer, 'converted from tokenizer.bin');
+  const vocab = JSON.parse(await readFile(path.join(dir, 'tokenizer.json'), 'utf8')).model.vocab;
+  assert.equal(Object.keys(vocab).length, 512);
+  const r = await readCt(dir);
+  const grid = makeGrid({
+    bits: 4,
+    symmetric: true,
+    granularity: 'channel',
+    groupSize: 0,
+    scaleDtype: 'f16',
+  });
+  assert.equal(r.linears.size, 5 * 7);
+  for (const [name, w] of r.linears) {
+    assert.deepEqual(w, dequantize(quantizeRtn(model.weights.get(name)!, grid, name)), name);
+  }
+  await assert.rejects(
+    exportGptq(model, path.join(tmp, 'stories260k-gptq')),
+    /gate_proj\.weight.*output column of 172 4-bit values is not a whole number of int32 words; expected a multiple of 8/,
+  );
 });
