@@ -40,31 +40,29 @@
  *  - float zero points (HQQ), column scales (SINQ), E5M2 codes and act-order on formats without
  *    weight_g_idx (NVFP4, MX) are re-quantized with RTN from the dequantized weights.
  */
-import path from 'node:path';
 import { ConfigError, UsageError } from '../errors.js';
 import { packBits } from '../formats/bitpack.js';
 import { ELEMENT_FORMATS, FP8_E4M3 } from '../formats/element-formats.js';
-import { encodeBf16, encodeF16 } from '../formats/half.js';
-import { E8M0 } from '../formats/minifloat.js';
+import { encodeParams } from '../io/ptq-checkpoint.js';
 import type { TensorToWrite } from '../io/safetensors.js';
 import type { LoadedModel } from '../model/load.js';
-import { blockShapeOf, type GridSpec, gridName } from '../quant/grid.js';
+import { blockShapeOf, type GridSpec } from '../quant/grid.js';
 import { type FormatName, formatInfo } from '../quant/number-formats.js';
 import { type QuantizedTensor, unpackCodes } from '../quant/quantized-tensor.js';
 import {
-  type ExportedLinear,
   groupColumns,
   hasActOrder,
   mapCodes,
   type PlannedLinear,
-  packWordStream,
+  packStreams,
   quantizedLinears,
   requantize,
   requantizedWarning,
   type SafetensorsExportReport,
   ternaryAsInt2,
+  warningCollector,
   wordCount,
-  writeHfDirectory,
+  writeQuantizedModel,
 } from './hf-safetensors.js';
 import { groupContiguousOrder } from './matmul-nbits.js';
 
@@ -233,12 +231,19 @@ export function encodeCompressedTensorsLinear(base: string, l: CtPlannedLinear):
   const codes = unpackCodes(q);
   const [blockRows, blockCols] = blockShapeOf(q.spec, out, inF);
   const G = inF / blockCols;
-  // [out, G] scales (per-tensor grids repeat their single scale per row).
+  // [out, G] parameters (per-tensor grids repeat their single value per row).
   const perRow = (values: Float32Array) => {
     const m = new Float32Array(out * G);
     for (let r = 0; r < out; r++)
       for (let j = 0; j < G; j++) m[r * G + j] = values[Math.floor(r / blockRows) * G + j]!;
     return m;
+  };
+  // Scales in their dtype: F16/BF16/F32, F8_E4M3 (NVFP4), U8 E8M0 exponents (MX).
+  const perTensor = format === 'float-quantized' && q.spec.granularity === 'tensor';
+  const scale: TensorToWrite = {
+    name: `${base}.weight_scale`,
+    ...encodeParams(perTensor ? q.scales : perRow(q.scales), q.spec.scaleDtype),
+    shape: perTensor ? [1] : [out, G],
   };
   const gIdx: TensorToWrite[] = hasActOrder(q)
     ? [{ name: `${base}.weight_g_idx`, dtype: 'I32', shape: [inF], data: q.groupIndex! }]
@@ -247,104 +252,54 @@ export function encodeCompressedTensorsLinear(base: string, l: CtPlannedLinear):
     case 'pack-quantized': {
       const bits = q.spec.bits;
       const words = wordCount(inF, bits);
-      const packed = new Int32Array(out * words);
-      for (let r = 0; r < out; r++)
-        packWordStream(
-          inF,
-          bits,
-          (i) => codes[r * inF + i]!,
-          packed,
-          (k) => r * words + k,
-        );
+      const packed = packStreams(
+        out,
+        inF,
+        bits,
+        out * words,
+        (r, i) => codes[r * inF + i]!,
+        (r, k) => r * words + k,
+      );
       const tensors: TensorToWrite[] = [
         { name: `${base}.weight_packed`, dtype: 'I32', shape: [out, words], data: packed },
-        {
-          name: `${base}.weight_scale`,
-          ...floatScales(perRow(q.scales), q.spec.scaleDtype),
-          shape: [out, G],
-        },
+        scale,
       ];
       if (!q.spec.symmetric) {
         const zeros = perRow(q.zeros);
         const zeroWords = wordCount(out, bits);
-        const zp = new Int32Array(zeroWords * G);
-        for (let j = 0; j < G; j++)
-          packWordStream(
-            out,
-            bits,
-            (o) => zeros[o * G + j]!,
-            zp,
-            (k) => k * G + j,
-          );
+        // Along dim 0: stream j is group j's zero points over the outputs.
+        const zp = packStreams(
+          G,
+          out,
+          bits,
+          zeroWords * G,
+          (j, o) => zeros[o * G + j]!,
+          (j, k) => k * G + j,
+        );
         tensors.push({ name: `${base}.weight_zero_point`, dtype: 'I32', shape: [zeroWords, G], data: zp });
       }
-      tensors.push({
-        name: `${base}.weight_shape`,
-        dtype: 'I64',
-        shape: [2],
-        data: BigInt64Array.of(BigInt(out), BigInt(inF)),
-      });
-      return [...tensors, ...gIdx];
+      const shape = BigInt64Array.of(BigInt(out), BigInt(inF));
+      return [...tensors, { name: `${base}.weight_shape`, dtype: 'I64', shape: [2], data: shape }, ...gIdx];
     }
-    case 'float-quantized': {
-      const tensor = q.spec.granularity === 'tensor';
-      return [
-        { name: `${base}.weight`, dtype: 'F8_E4M3', shape: [out, inF], data: codes },
-        {
-          name: `${base}.weight_scale`,
-          ...floatScales(tensor ? q.scales : perRow(q.scales), q.spec.scaleDtype),
-          shape: tensor ? [1] : [out, G],
-        },
-        ...gIdx,
-      ];
-    }
+    case 'float-quantized':
+    case 'mxfp8-quantized':
+      return [{ name: `${base}.weight`, dtype: 'F8_E4M3', shape: [out, inF], data: codes }, scale, ...gIdx];
     case 'nvfp4-pack-quantized':
+    case 'mxfp4-pack-quantized': {
+      const packed: TensorToWrite = {
+        name: `${base}.weight_packed`,
+        dtype: 'U8',
+        shape: [out, inF / 2],
+        data: packBits(codes, 4),
+      };
+      if (format === 'mxfp4-pack-quantized') return [packed, scale];
+      const globalScale = Float32Array.of(q.spec.globalScale!);
       return [
-        { name: `${base}.weight_packed`, dtype: 'U8', shape: [out, inF / 2], data: packBits(codes, 4) },
-        {
-          name: `${base}.weight_scale`,
-          dtype: 'F8_E4M3',
-          shape: [out, G],
-          data: Uint8Array.from(q.scales, (s) => FP8_E4M3.encode(s)),
-        },
-        {
-          name: `${base}.weight_global_scale`,
-          dtype: 'F32',
-          shape: [1],
-          data: Float32Array.of(q.spec.globalScale!),
-        },
-      ];
-    case 'mxfp4-pack-quantized':
-    case 'mxfp8-quantized': {
-      const fp4 = format === 'mxfp4-pack-quantized';
-      return [
-        fp4
-          ? { name: `${base}.weight_packed`, dtype: 'U8', shape: [out, inF / 2], data: packBits(codes, 4) }
-          : { name: `${base}.weight`, dtype: 'F8_E4M3', shape: [out, inF], data: codes },
-        {
-          name: `${base}.weight_scale`,
-          dtype: 'U8',
-          shape: [out, G],
-          data: Uint8Array.from(q.scales, (s) => E8M0.encode(s)),
-        },
+        packed,
+        scale,
+        { name: `${base}.weight_global_scale`, dtype: 'F32', shape: [1], data: globalScale },
       ];
     }
-  }
-}
-
-function floatScales(
-  values: Float32Array,
-  dtype: GridSpec['scaleDtype'],
-): Pick<TensorToWrite, 'dtype' | 'data'> {
-  switch (dtype) {
-    case 'f16':
-      return { dtype: 'F16', data: encodeF16(values) };
-    case 'bf16':
-      return { dtype: 'BF16', data: encodeBf16(values) };
-    case 'f32':
-      return { dtype: 'F32', data: values };
-    default:
-      throw new ConfigError('scales of this layout are f16, bf16 or f32', { got: dtype });
   }
 }
 
@@ -354,11 +309,7 @@ export async function exportCompressedTensors(
   outDir: string,
   options: CompressedTensorsExportOptions = {},
 ): Promise<SafetensorsExportReport> {
-  const warnings: string[] = [];
-  const warn = (m: string) => {
-    warnings.push(m);
-    options.onWarning?.(m);
-  };
+  const { warnings, warn } = warningCollector(options.onWarning);
   const planned = quantizedLinears(model).map((l) => planCompressedTensorsLinear(l, warn));
   if (planned.length === 0) throw new ConfigError('no linear layers to quantize', { file: model.path });
   const format = planned[0]!.format;
@@ -381,25 +332,6 @@ export async function exportCompressedTensors(
     );
   }
 
-  const quantized = new Map(planned.map((l) => [l.name, l]));
-  const tensors: TensorToWrite[] = [];
-  const linears: ExportedLinear[] = [];
-  let quantizedWeights = 0;
-  let quantizedBytes = 0;
-  for (const [name, t] of model.weights) {
-    const l = quantized.get(name);
-    if (!l) {
-      tensors.push({ name, dtype: 'F32', shape: t.shape, data: t.data });
-      continue;
-    }
-    const own = encodeCompressedTensorsLinear(name.replace(/\.weight$/, ''), l);
-    const bytes = own.reduce((n, x) => n + x.data.byteLength, 0);
-    tensors.push(...own);
-    quantizedWeights += l.q.rows * l.q.cols;
-    quantizedBytes += bytes;
-    linears.push({ name, grid: gridName(l.q.spec), source: l.source, bytes, note: l.note });
-  }
-
   const quantizationConfig = {
     config_groups: {
       group_0: { targets: ['Linear'], weights, input_activations: null, output_activations: null },
@@ -411,8 +343,15 @@ export async function exportCompressedTensors(
     quant_method: 'compressed-tensors',
     quantization_status: 'compressed',
   };
-  const { bytes, tokenizer } = await writeHfDirectory(outDir, model, tensors, quantizationConfig);
+  const written = await writeQuantizedModel(
+    model,
+    outDir,
+    planned,
+    encodeCompressedTensorsLinear,
+    quantizationConfig,
+  );
   const w = weights as {
+    actorder: string | null;
     num_bits: number;
     type: string;
     strategy: string;
@@ -420,15 +359,11 @@ export async function exportCompressedTensors(
     symmetric: boolean;
   };
   return {
-    output: path.resolve(outDir),
+    ...written,
     format: 'compressed-tensors',
     layout:
       `${format} ${w.type}${w.num_bits} ${w.strategy}${w.group_size ? ` ${w.group_size}` : ''}` +
-      `${w.symmetric ? '' : ' asym'}${(weights as { actorder: unknown }).actorder ? ' act-order' : ''}`,
-    linears,
-    bitsPerWeight: (quantizedBytes * 8) / quantizedWeights,
-    bytes,
-    tokenizer,
+      `${w.symmetric ? '' : ' asym'}${w.actorder ? ' act-order' : ''}`,
     warnings,
   };
 }

@@ -35,7 +35,6 @@
  *    with RTN onto the nearest GPTQ grid (same group size, 2/3/4/8 bits ≥ the element width)
  *    from the dequantized weights (announced).
  */
-import path from 'node:path';
 import { ConfigError, UsageError } from '../errors.js';
 import { encodeF16, roundToF16 } from '../formats/half.js';
 import type { TensorToWrite } from '../io/safetensors.js';
@@ -44,20 +43,20 @@ import { blockShapeOf, type GridSpec, gridName } from '../quant/grid.js';
 import { formatBits } from '../quant/number-formats.js';
 import { dequantize, type QuantizedTensor, unpackCodes } from '../quant/quantized-tensor.js';
 import {
-  type ExportedLinear,
   groupColumns,
   hasActOrder,
   mapCodes,
   maxAbsDifference,
   type PlannedLinear,
-  packWordStream,
+  packStreams,
   quantizedLinears,
   requantize,
   requantizedWarning,
   requireWholeWords,
   type SafetensorsExportReport,
   ternaryAsInt2,
-  writeHfDirectory,
+  warningCollector,
+  writeQuantizedModel,
 } from './hf-safetensors.js';
 
 /** Code widths the GPTQ v1 layout (and transformers' GPTQConfig) accepts. */
@@ -99,16 +98,14 @@ export function encodeGptqLinear(name: string, q: QuantizedTensor): GptqLinear {
   const gIdx = q.groupIndex ?? Int32Array.from({ length: inF }, (_, i) => Math.floor(i / g));
 
   // qweight[k, o]: word k of output column o's code stream along the input.
-  const qweight = new Int32Array(((inF * bits) / 32) * out);
-  for (let o = 0; o < out; o++) {
-    packWordStream(
-      inF,
-      bits,
-      (i) => codes[o * inF + i]!,
-      qweight,
-      (k) => k * out + o,
-    );
-  }
+  const qweight = packStreams(
+    out,
+    inF,
+    bits,
+    ((inF * bits) / 32) * out,
+    (o, i) => codes[o * inF + i]!,
+    (o, k) => k * out + o,
+  );
   // scales / zeros [G, out]: the transpose of ptqkit's [out / blockRows, G] (per-tensor and
   // per-channel grids repeat their row's parameters).
   const scales = new Float32Array(numGroups * out);
@@ -120,18 +117,16 @@ export function encodeGptqLinear(name: string, q: QuantizedTensor): GptqLinear {
       zeros[j * out + o] = q.zeros[p]!;
     }
   }
+  // qzeros[j, k]: word k of group j's stream of z − 1 along the output (v1; z ≥ 1 by planGptqLinear).
   const zeroWords = (out * bits) / 32;
-  const qzeros = new Int32Array(numGroups * zeroWords);
-  for (let j = 0; j < numGroups; j++) {
-    // v1: z − 1 (planGptqLinear guarantees z ≥ 1).
-    packWordStream(
-      out,
-      bits,
-      (o) => zeros[j * out + o]! - 1,
-      qzeros,
-      (k) => j * zeroWords + k,
-    );
-  }
+  const qzeros = packStreams(
+    numGroups,
+    out,
+    bits,
+    numGroups * zeroWords,
+    (j, o) => zeros[j * out + o]! - 1,
+    (j, k) => j * zeroWords + k,
+  );
   return { bits, groupSize: g, qweight, qzeros, scales, gIdx };
 }
 
@@ -260,11 +255,7 @@ export async function exportGptq(
   outDir: string,
   options: GptqExportOptions = {},
 ): Promise<SafetensorsExportReport> {
-  const warnings: string[] = [];
-  const warn = (m: string) => {
-    warnings.push(m);
-    options.onWarning?.(m);
-  };
+  const { warnings, warn } = warningCollector(options.onWarning);
   const planned = quantizedLinears(model).map((l) => planGptqLinear(l, warn));
   if (planned.length === 0) throw new ConfigError('no linear layers to quantize', { file: model.path });
   const first = planned[0]!.q;
@@ -286,38 +277,6 @@ export async function exportGptq(
   const sym = planned.every((l) => l.q.spec.symmetric);
   const descAct = planned.some((l) => hasActOrder(l.q));
 
-  const quantized = new Map(planned.map((l) => [l.name, l]));
-  const tensors: TensorToWrite[] = [];
-  const linears: ExportedLinear[] = [];
-  let quantizedWeights = 0;
-  let quantizedBytes = 0;
-  for (const [name, t] of model.weights) {
-    const l = quantized.get(name);
-    if (!l) {
-      tensors.push({ name, dtype: 'F32', shape: t.shape, data: t.data });
-      continue;
-    }
-    const e = encodeGptqLinear(name, l.q);
-    const base = name.replace(/\.weight$/, '');
-    const groups = e.scales.length / l.q.rows;
-    const own: TensorToWrite[] = [
-      {
-        name: `${base}.qweight`,
-        dtype: 'I32',
-        shape: [e.qweight.length / l.q.rows, l.q.rows],
-        data: e.qweight,
-      },
-      { name: `${base}.qzeros`, dtype: 'I32', shape: [groups, e.qzeros.length / groups], data: e.qzeros },
-      { name: `${base}.scales`, dtype: 'F16', shape: [groups, l.q.rows], data: encodeF16(e.scales) },
-      { name: `${base}.g_idx`, dtype: 'I32', shape: [l.q.cols], data: e.gIdx },
-    ];
-    const bytes = own.reduce((n, x) => n + x.data.byteLength, 0);
-    tensors.push(...own);
-    quantizedWeights += l.q.rows * l.q.cols;
-    quantizedBytes += bytes;
-    linears.push({ name, grid: gridName(l.q.spec), source: l.source, bytes, note: l.note });
-  }
-
   const settings = model.quantization?.settings ?? {};
   const gptq = settings.gptq as { damp?: number } | undefined;
   const quantizeConfig = {
@@ -334,17 +293,26 @@ export async function exportGptq(
     pack_dtype: 'int32',
     meta: { quantizer: ['ptqkit'], ptqkit_method: model.quantization?.method ?? 'rtn' },
   };
-  const { bytes, tokenizer } = await writeHfDirectory(outDir, model, tensors, quantizeConfig, {
+  const written = await writeQuantizedModel(model, outDir, planned, encodeGptqTensors, quantizeConfig, {
     'quantize_config.json': quantizeConfig,
   });
   return {
-    output: path.resolve(outDir),
+    ...written,
     format: 'gptq',
     layout: `GPTQ v1 int${bits} ${groupSize === -1 ? 'per-channel' : `g${groupSize}`} ${sym ? 'sym' : 'asym'}${descAct ? ' act-order' : ''}`,
-    linears,
-    bitsPerWeight: (quantizedBytes * 8) / quantizedWeights,
-    bytes,
-    tokenizer,
     warnings,
   };
+}
+
+/** The safetensors tensors of one planned linear under `base` (the weight's name without ".weight"). */
+function encodeGptqTensors(base: string, l: PlannedLinear): TensorToWrite[] {
+  const e = encodeGptqLinear(`${base}.weight`, l.q);
+  const out = l.q.rows;
+  const groups = e.scales.length / out;
+  return [
+    { name: `${base}.qweight`, dtype: 'I32', shape: [e.qweight.length / out, out], data: e.qweight },
+    { name: `${base}.qzeros`, dtype: 'I32', shape: [groups, e.qzeros.length / groups], data: e.qzeros },
+    { name: `${base}.scales`, dtype: 'F16', shape: [groups, out], data: encodeF16(e.scales) },
+    { name: `${base}.g_idx`, dtype: 'I32', shape: [l.q.cols], data: e.gIdx },
+  ];
 }

@@ -192,25 +192,31 @@ export function ternaryAsInt2(q: QuantizedTensor): QuantizedTensor {
 }
 
 /**
- * Write `values[i]` (unsigned, < 2^bits) LSB-first into a stream of 32-bit words; `wordAt(k)`
- * is the index of stream word k in `out`. Bits of `out` not written stay as they are (zero).
+ * Pack `streams` independent streams of `count` b-bit unsigned values each into a new Int32Array
+ * of `length` words: value i of stream s is `value(s, i)`, written LSB-first at bit i·b of the
+ * stream, and stream word k lands at index `wordAt(s, k)`.
  */
-export function packWordStream(
+export function packStreams(
+  streams: number,
   count: number,
   bits: number,
-  value: (i: number) => number,
-  out: Int32Array,
-  wordAt: (k: number) => number,
-): void {
-  for (let i = 0; i < count; i++) {
-    const v = value(i);
-    const bit = i * bits;
-    const k = bit >>> 5;
-    const shift = bit & 31;
-    out[wordAt(k)]! |= v << shift;
-    // The high bits of a value crossing the word boundary start the next word.
-    if (shift + bits > 32) out[wordAt(k + 1)]! |= v >>> (32 - shift);
+  length: number,
+  value: (s: number, i: number) => number,
+  wordAt: (s: number, k: number) => number,
+): Int32Array {
+  const out = new Int32Array(length);
+  for (let s = 0; s < streams; s++) {
+    for (let i = 0; i < count; i++) {
+      const v = value(s, i);
+      const bit = i * bits;
+      const k = bit >>> 5;
+      const shift = bit & 31;
+      out[wordAt(s, k)]! |= v << shift;
+      // The high bits of a value crossing the word boundary start the next word.
+      if (shift + bits > 32) out[wordAt(s, k + 1)]! |= v >>> (32 - shift);
+    }
   }
+  return out;
 }
 
 /** Words of a stream of `count` b-bit values. */
@@ -229,6 +235,59 @@ export function requireWholeWords(name: string, count: number, bits: number, wha
 
 function gcd(a: number, b: number): number {
   return b === 0 ? a : gcd(b, a % b);
+}
+
+/** Warnings collected for the report and passed on to `onWarning` as they come. */
+export function warningCollector(onWarning?: (message: string) => void) {
+  const warnings: string[] = [];
+  return {
+    warnings,
+    warn: (m: string) => {
+      warnings.push(m);
+      onWarning?.(m);
+    },
+  };
+}
+
+/**
+ * Write `model` with its quantized linears as `encode` lays them out (unquantized tensors F32,
+ * as the checkpoint holds them) into a Hugging Face directory (writeHfDirectory); the report's
+ * per-linear rows and stored bits per weight.
+ */
+export async function writeQuantizedModel<L extends PlannedLinear>(
+  model: LoadedModel,
+  outDir: string,
+  planned: L[],
+  encode: (base: string, l: L) => TensorToWrite[],
+  quantizationConfig: Record<string, unknown>,
+  extra: Record<string, unknown> = {},
+): Promise<Pick<SafetensorsExportReport, 'output' | 'linears' | 'bitsPerWeight' | 'bytes' | 'tokenizer'>> {
+  const quantized = new Map(planned.map((l) => [l.name, l]));
+  const tensors: TensorToWrite[] = [];
+  const linears: ExportedLinear[] = [];
+  let weights = 0;
+  let linearBytes = 0;
+  for (const [name, t] of model.weights) {
+    const l = quantized.get(name);
+    if (!l) {
+      tensors.push({ name, dtype: 'F32', shape: t.shape, data: t.data });
+      continue;
+    }
+    const own = encode(name.replace(/\.weight$/, ''), l);
+    const bytes = own.reduce((n, x) => n + x.data.byteLength, 0);
+    tensors.push(...own);
+    weights += l.q.rows * l.q.cols;
+    linearBytes += bytes;
+    linears.push({ name, grid: gridName(l.q.spec), source: l.source, bytes, note: l.note });
+  }
+  const { bytes, tokenizer } = await writeHfDirectory(outDir, model, tensors, quantizationConfig, extra);
+  return {
+    output: path.resolve(outDir),
+    linears,
+    bitsPerWeight: (linearBytes * 8) / weights,
+    bytes,
+    tokenizer,
+  };
 }
 
 /**

@@ -176,7 +176,7 @@ function groupColumns(q: QuantizedTensor): number {
 }
 
 /** Scales, float zeros and column scales are stored in the grid's scale dtype (values already rounded to it). */
-function encodeParams(
+export function encodeParams(
   values: Float32Array,
   dtype: GridSpec['scaleDtype'],
 ): { dtype: 'F16' | 'BF16' | 'F32' | 'F8_E4M3' | 'U8'; data: ArrayBufferView } {

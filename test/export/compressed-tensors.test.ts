@@ -22,16 +22,15 @@ import { exportCompressedTensors } from '../../src/export/compressed-tensors.js'
 import { exportGptq } from '../../src/export/gptq-safetensors.js';
 import { SafetensorsFile } from '../../src/io/safetensors.js';
 import { type LoadedModel, loadModel } from '../../src/model/load.js';
-import { sampleCalibrationWindows } from '../../src/quant/calibrate.js';
 import { type GridSpec, makeGrid } from '../../src/quant/grid.js';
 import { type FormatName, gridSpecFor } from '../../src/quant/number-formats.js';
-import { type MethodName, quantizeModel } from '../../src/quant/quantize-model.js';
-import { dequantize, fromCodes, type QuantizedTensor } from '../../src/quant/quantized-tensor.js';
+import type { MethodName } from '../../src/quant/quantize-model.js';
+import { dequantize, fromCodes } from '../../src/quant/quantized-tensor.js';
 import { quantizeRtn } from '../../src/quant/rtn.js';
 import { runCli } from '../cli/run-cli.js';
-import { ASSETS, assetsPresent, REPO } from '../helpers.js';
+import { ASSETS, assetsPresent } from '../helpers.js';
+import { BUNDLED, f16, quantized, TINY_LINEAR, tinyModel } from './safetensors-fixtures.js';
 
-const BUNDLED = path.join(REPO, 'models/tinystories-656k');
 const tmp = await mkdtemp(path.join(tmpdir(), 'ptq-ct-'));
 after(() => rm(tmp, { recursive: true, force: true }));
 
@@ -52,14 +51,6 @@ const QUANTIZATION_ARGS_FIELDS = [
 ];
 
 // ---------- the independent reader ----------
-
-function f16(h: number): number {
-  const sign = h & 0x8000 ? -1 : 1;
-  const e = (h >> 10) & 31;
-  const m = h & 1023;
-  if (e === 0) return sign * m * 2 ** -24;
-  return sign * 2 ** (e - 15) * (1 + m / 1024);
-}
 
 const bf16 = (h: number) => new Float32Array(new Uint32Array([h << 16]).buffer)[0]!;
 
@@ -132,9 +123,11 @@ async function readCt(dir: string): Promise<CtDir> {
       .map((n) => n.slice(0, -'.weight_scale'.length));
     for (const base of bases) {
       const scale = await scalesOf(`${base}.weight_scale`);
+      const G = scale.shape.length === 2 ? scale.shape[1]! : 1;
       let out: number;
       let inF: number;
-      let element: (r: number, i: number) => number;
+      /** The dequantization's x_q − zero_point of element (r, i) in scale group g. */
+      let element: (r: number, i: number, g: number) => number;
       switch (qc.format) {
         case 'pack-quantized': {
           const b = args.num_bits as number;
@@ -145,7 +138,6 @@ async function readCt(dir: string): Promise<CtDir> {
           const words = st.info(`${base}.weight_packed`).shape[1]!;
           assert.equal(words, Math.ceil((inF * b) / 32));
           const offset = 2 ** (b - 1);
-          const G = scale.shape[1]!;
           let zero = (_r: number, _g: number) => 0;
           if (!args.symmetric) {
             const zp = new Int32Array((await read(`${base}.weight_zero_point`)).buffer);
@@ -153,19 +145,8 @@ async function readCt(dir: string): Promise<CtDir> {
             assert.deepEqual(st.info(`${base}.weight_zero_point`).shape, [Math.ceil((out * b) / 32), G]);
             zero = (r, g) => streamElement((k) => zp[k * G + g]!, r, b) - offset;
           }
-          element = (r, i) => streamElement((k) => packed[r * words + k]!, i, b) - offset;
-          const at = groupOfColumn(
-            args,
-            inF,
-            st.tensors.has(`${base}.weight_g_idx`) ? await read(`${base}.weight_g_idx`) : undefined,
-          );
-          const w = new Float32Array(out * inF);
-          for (let r = 0; r < out; r++) {
-            for (let i = 0; i < inF; i++)
-              w[r * inF + i] = (element(r, i) - zero(r, at(i))) * scale.values[r * G + at(i)]!;
-          }
-          linears.set(`${base}.weight`, w);
-          continue;
+          element = (r, i, g) => streamElement((k) => packed[r * words + k]!, i, b) - offset - zero(r, g);
+          break;
         }
         case 'float-quantized':
         case 'mxfp8-quantized': {
@@ -186,19 +167,15 @@ async function readCt(dir: string): Promise<CtDir> {
         qc.format === 'nvfp4-pack-quantized'
           ? new Float32Array((await read(`${base}.weight_global_scale`)).buffer)[0]!
           : undefined;
-      const G = scale.shape.length === 2 ? scale.shape[1]! : 1;
-      const at = groupOfColumn(
-        args,
-        inF,
-        st.tensors.has(`${base}.weight_g_idx`) ? await read(`${base}.weight_g_idx`) : undefined,
-      );
+      const gIdx = st.tensors.has(`${base}.weight_g_idx`) ? await read(`${base}.weight_g_idx`) : undefined;
+      const at = groupOfColumn(args, inF, gIdx);
       const w = new Float32Array(out * inF);
       for (let r = 0; r < out; r++) {
         for (let i = 0; i < inF; i++) {
           const s = scale.values[scale.shape.length === 2 ? r * G + at(i) : 0]!;
-          // _dequantize: scale / global_scale first (float32), then x_q · scale.
+          // _dequantize: scale / global_scale first (float32), then (x_q − zero_point) · scale.
           const effective = globalScale === undefined ? s : Math.fround(s / globalScale);
-          w[r * inF + i] = Math.fround(element(r, i) * effective);
+          w[r * inF + i] = Math.fround(element(r, i, at(i)) * effective);
         }
       }
       linears.set(`${base}.weight`, w);
@@ -230,24 +207,6 @@ function groupOfColumn(
 }
 
 // ---------- models ----------
-
-const fp = await loadModel(BUNDLED);
-const text = await readFile(path.join(REPO, 'data/tinystories-valid-slice.txt'), 'utf8');
-const calibration = {
-  windows: sampleCalibrationWindows(fp.tokenizer.encode(text), { nsamples: 8, seqlen: 128, seed: 0 }),
-  seqlen: 128,
-  description: {},
-};
-
-async function quantized(grid: GridSpec, method: MethodName = 'rtn', actOrder = false): Promise<LoadedModel> {
-  const q = await quantizeModel(fp.config, fp.weights, {
-    method,
-    grid,
-    calibration: method === 'gptq' ? calibration : undefined,
-    gptq: { actOrder },
-  });
-  return { ...fp, weights: q.weights, quantization: q.quantization };
-}
 
 async function exportAndRead(label: string, model: LoadedModel) {
   const dir = path.join(tmp, label);
@@ -404,16 +363,6 @@ test('float formats: FP8 float-quantized, NVFP4, MXFP4, MXFP8 exact; FP4/MXFP6/t
   }
 });
 
-/** A one-linear model around `q`. */
-function tinyModel(q: QuantizedTensor): LoadedModel {
-  const name = 'model.layers.0.mlp.down_proj.weight';
-  return {
-    ...fp,
-    weights: new Map([[name, { shape: [q.rows, q.cols], data: dequantize(q) }]]),
-    quantization: { method: 'rtn', settings: {}, tensors: new Map([[name, q]]) },
-  };
-}
-
 test('worked example: the int32 words of weight_packed and weight_zero_point', async () => {
   // int4, codes q[o, i] = (o + i) mod 16, one group of 8: row o is the single word 0x76543210 + 0x11111111·o.
   const codes = Uint8Array.from({ length: 64 }, (_, k) => (Math.floor(k / 8) + (k % 8)) % 16);
@@ -427,7 +376,7 @@ test('worked example: the int32 words of weight_packed and weight_zero_point', a
     Float32Array.from({ length: 8 }, (_, o) => o + 1),
   );
   const { r } = await exportAndRead('worked-int4', tinyModel(q));
-  const base = 'model.layers.0.mlp.down_proj';
+  const base = TINY_LINEAR.replace(/\.weight$/, '');
   assert.deepEqual(
     Array.from(r.raw(`${base}.weight_packed`)!, (w) => w >>> 0),
     [0x76543210, 0x87654321, 0x98765432, 0xa9876543, 0xba987654, 0xcba98765, 0xdcba9876, 0xedcba987],

@@ -20,29 +20,16 @@ import { after, test } from 'node:test';
 import { exportGptq, planGptqLinear } from '../../src/export/gptq-safetensors.js';
 import { SafetensorsFile } from '../../src/io/safetensors.js';
 import { type LoadedModel, loadModel } from '../../src/model/load.js';
-import { sampleCalibrationWindows } from '../../src/quant/calibrate.js';
 import type { GridSpec } from '../../src/quant/grid.js';
 import { gridSpecFor } from '../../src/quant/number-formats.js';
-import { type MethodName, quantizeModel } from '../../src/quant/quantize-model.js';
 import { dequantize, fromCodes, type QuantizedTensor } from '../../src/quant/quantized-tensor.js';
 import { runCli } from '../cli/run-cli.js';
-import { REPO } from '../helpers.js';
+import { BUNDLED, f16, fp, quantized, TINY_LINEAR, tinyModel } from './safetensors-fixtures.js';
 
-const BUNDLED = path.join(REPO, 'models/tinystories-656k');
 const tmp = await mkdtemp(path.join(tmpdir(), 'ptq-gptq-'));
 after(() => rm(tmp, { recursive: true, force: true }));
 
 // ---------- the independent reader ----------
-
-/** IEEE binary16 → number. */
-function f16(h: number): number {
-  const sign = h & 0x8000 ? -1 : 1;
-  const e = (h >> 10) & 31;
-  const m = h & 1023;
-  if (e === 0) return sign * m * 2 ** -24;
-  if (e === 31) return m ? Number.NaN : sign * Infinity;
-  return sign * 2 ** (e - 15) * (1 + m / 1024);
-}
 
 /** 3-bit GPTQ: 32 codes in words w0, w1, w2 (AutoGPTQ qlinear_cuda_old's wf table). */
 function unpackColumn3(word: (k: number) => number, count: number): number[] {
@@ -138,24 +125,6 @@ async function readGptq(dir: string): Promise<GptqDir> {
 }
 
 // ---------- models ----------
-
-const fp = await loadModel(BUNDLED);
-const text = await readFile(path.join(REPO, 'data/tinystories-valid-slice.txt'), 'utf8');
-const calibration = {
-  windows: sampleCalibrationWindows(fp.tokenizer.encode(text), { nsamples: 8, seqlen: 128, seed: 0 }),
-  seqlen: 128,
-  description: {},
-};
-
-async function quantized(grid: GridSpec, method: MethodName = 'rtn', actOrder = false): Promise<LoadedModel> {
-  const q = await quantizeModel(fp.config, fp.weights, {
-    method,
-    grid,
-    calibration: method === 'gptq' ? calibration : undefined,
-    gptq: { actOrder },
-  });
-  return { ...fp, weights: q.weights, quantization: q.quantization };
-}
 
 async function exportAndRead(label: string, model: LoadedModel) {
   const dir = path.join(tmp, label);
@@ -267,7 +236,7 @@ test('worked example: int4 codes (o + i) mod 16, one group of 8 — the exact in
     const dir = path.join(tmp, `worked-${label}`);
     await exportGptq(model, dir);
     const r = await readGptq(dir);
-    const { qweight, qzeros, shape } = r.words.get('model.layers.0.mlp.down_proj.weight')!;
+    const { qweight, qzeros, shape } = r.words.get(TINY_LINEAR)!;
     assert.deepEqual(shape, [1, 8]);
     assert.deepEqual(
       [...qweight].map((w) => w >>> 0),
@@ -277,7 +246,7 @@ test('worked example: int4 codes (o + i) mod 16, one group of 8 — the exact in
       [...qzeros].map((w) => w >>> 0),
       [zeroWord],
     );
-    assert.deepEqual(r.linears.get('model.layers.0.mlp.down_proj.weight'), dequantize(q));
+    assert.deepEqual(r.linears.get(TINY_LINEAR), dequantize(q));
   }
   // 3 bits: codes i mod 8 down one column of 32 inputs take 3 words, codes 10 and 21 split.
   const codes3 = Uint8Array.from({ length: 32 * 32 }, (_, k) => (k % 32) % 8);
@@ -291,7 +260,7 @@ test('worked example: int4 codes (o + i) mod 16, one group of 8 — the exact in
   );
   const dir = path.join(tmp, 'worked-3bit');
   await exportGptq(tinyModel(q3), dir);
-  const { qweight, qzeros, shape } = (await readGptq(dir)).words.get('model.layers.0.mlp.down_proj.weight')!;
+  const { qweight, qzeros, shape } = (await readGptq(dir)).words.get(TINY_LINEAR)!;
   assert.deepEqual(shape, [3, 32]);
   assert.deepEqual(
     [qweight[0]!, qweight[32]!, qweight[64]!].map((w) => w >>> 0),
@@ -303,17 +272,6 @@ test('worked example: int4 codes (o + i) mod 16, one group of 8 — the exact in
     [0xdb6db6db, 0xb6db6db6, 0x6db6db6d],
   );
 });
-
-/** A one-linear model around `q` (name of a block linear, tied to nothing). */
-function tinyModel(q: QuantizedTensor): LoadedModel {
-  const name = 'model.layers.0.mlp.down_proj.weight';
-  const weights = new Map([[name, { shape: [q.rows, q.cols], data: dequantize(q) }]]);
-  return {
-    ...fp,
-    weights,
-    quantization: { method: 'rtn', settings: {}, tensors: new Map([[name, q]]) },
-  };
-}
 
 test('grids GPTQ cannot hold: exact mappings, announced re-quantization or a clear error', async () => {
   const warnOf = (q: QuantizedTensor) => {
