@@ -117,7 +117,16 @@ export function encodeGptqLinear(name: string, q: QuantizedTensor): GptqLinear {
       zeros[j * out + o] = q.zeros[p]!;
     }
   }
-  // qzeros[j, k]: word k of group j's stream of z − 1 along the output (v1; z ≥ 1 by planGptqLinear).
+  const bad = zeros.findIndex((z) => z < 1 || z >= 2 ** bits);
+  if (bad >= 0) {
+    throw new UsageError('zero point outside the GPTQ v1 range (it stores z − 1 in b bits)', {
+      field: name,
+      expected: `1 .. ${2 ** bits - 1}`,
+      got: String(zeros[bad]),
+      hint: 'map the linear with planGptqLinear first',
+    });
+  }
+  // qzeros[j, k]: word k of group j's stream of z − 1 along the output (v1).
   const zeroWords = (out * bits) / 32;
   const qzeros = packStreams(
     numGroups,
