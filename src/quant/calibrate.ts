@@ -133,7 +133,8 @@ class Buffers {
   }
 
   give(b: Float32Array): void {
-    this.free.push(b.buffer as ArrayBuffer);
+    // An engine that ignored `out` returned its own array: not ours to keep.
+    if (b.buffer.byteLength === this.floats * 4) this.free.push(b.buffer as ArrayBuffer);
   }
 }
 
