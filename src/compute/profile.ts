@@ -67,3 +67,8 @@ export class PhaseProfile {
 
 /** The process-wide profile that calibration and GPTQ report to (bench/ enables it). */
 export const profile = new PhaseProfile();
+
+/** `fn` as a phase of the process-wide profile. */
+export function profiled<A extends unknown[], R>(name: string, fn: (...args: A) => Promise<R> | R) {
+  return (...args: A): Promise<R> => profile.phase(name, () => fn(...args));
+}

@@ -24,7 +24,7 @@
  * the unblocked Algorithm 1 exactly.
  */
 import type { ComputeEngine } from '../compute/engine.js';
-import { profile } from '../compute/profile.js';
+import { profiled } from '../compute/profile.js';
 import { NumericError } from '../errors.js';
 import type { Tensor } from '../tensor.js';
 import type { Grid } from './grid.js';
@@ -128,16 +128,7 @@ export async function prepareHessian(
  * Quantize `weight` [rows, cols] given its prepared Hessian (H = 2/N · Σ x xᵀ over the
  * calibration inputs of this layer).
  */
-export function gptqQuantize(
-  weight: Tensor,
-  prepared: PreparedHessian,
-  grid: Grid,
-  options: GptqOptions,
-  engine: ComputeEngine,
-  tensorName?: string,
-): Promise<QuantizedTensor> {
-  return profile.phase('gptq', () => quantizeColumns(weight, prepared, grid, options, engine, tensorName));
-}
+export const gptqQuantize = profiled('gptq', quantizeColumns);
 
 async function quantizeColumns(
   weight: Tensor,

@@ -3,18 +3,10 @@
  * Hessian alone: with H ∝ XᵀX, ‖W X − Q X‖² / ‖W X‖² = tr(ΔW H ΔWᵀ) / tr(W H Wᵀ), ΔW = W − Q.
  */
 import type { ComputeEngine } from '../compute/engine.js';
-import { profile } from '../compute/profile.js';
+import { profiled } from '../compute/profile.js';
 
-export function relativeOutputError(
-  W: Float32Array,
-  Q: Float32Array,
-  H: Float64Array,
-  rows: number,
-  cols: number,
-  engine: ComputeEngine,
-): Promise<number> {
-  return profile.phase('layer error', () => hessianError(W, Q, H, rows, cols, engine));
-}
+/** ‖W X − Q X‖² / ‖W X‖² of weights W and their quantization Q [rows, cols]; H ∝ XᵀX [cols, cols]. */
+export const relativeOutputError = profiled('layer error', hessianError);
 
 async function hessianError(
   W: Float32Array,

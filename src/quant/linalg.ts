@@ -3,7 +3,7 @@
  * Matrices are row-major n×n Float64Arrays.
  */
 import type { ComputeEngine } from '../compute/engine.js';
-import { profile } from '../compute/profile.js';
+import { profiled } from '../compute/profile.js';
 import { PtqError } from '../errors.js';
 
 export class NotPositiveDefiniteError extends PtqError {}
@@ -78,15 +78,11 @@ const BLOCK = 128;
  *  1. right-looking blocked Cholesky of P H P (trailing update A22 −= L21 L21ᵀ on the engine);
  *  2. U = R⁻¹ for the upper R = P L' P by recursive blocks: U12 = −U11 R12 U22.
  */
-export function inverseCholeskyUpperFast(
-  H: Float64Array,
-  n: number,
-  engine: ComputeEngine,
-): Promise<Float64Array> {
-  return profile.phase('cholesky', () =>
+export const inverseCholeskyUpperFast = profiled(
+  'cholesky',
+  (H: Float64Array, n: number, engine: ComputeEngine) =>
     n <= BLOCKED_MIN ? inverseCholeskyUpper(H, n) : blockedInverseCholeskyUpper(H, n, engine),
-  );
-}
+);
 
 async function blockedInverseCholeskyUpper(
   H: Float64Array,
