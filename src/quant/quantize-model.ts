@@ -46,6 +46,11 @@ export interface Calibration {
 export interface QuantizeOptions {
   method: MethodName;
   grid: GridSpec;
+  /**
+   * A grid per block linear (by weight name) overriding `grid` for that layer: the mixed-precision
+   * allocation of allocate.ts. AWQ still searches its block scales on `grid`.
+   */
+  perLayerGrid?: Map<string, GridSpec>;
   calibration?: Calibration;
   gptq?: Partial<GptqOptions>;
   awq?: Partial<AwqOptions>;
@@ -109,6 +114,15 @@ export async function quantizeModel(config: ModelConfig, weights: TensorMap, opt
   const spec = options.method === 'hqq' ? hqqGridSpec(options.grid) : options.grid;
   // Any number format: the grid is the methods' plug-in (grid.ts, number-formats.ts).
   const grid = makeGrid(spec);
+  // Mixed precision: each layer's own grid (HQQ's made asymmetric like the base one).
+  const layerGrids = new Map<string, ReturnType<typeof makeGrid>>();
+  for (const [name, g] of options.perLayerGrid ?? []) {
+    if ((options.method === 'hqq' || options.method === 'sinq') && (g.format ?? 'int') !== 'int') {
+      throw new UsageError(`${options.method} quantizes to integer grids`, { field: name, expected: 'int', got: g.format });
+    }
+    layerGrids.set(name, makeGrid(options.method === 'hqq' ? hqqGridSpec(g) : g));
+  }
+  const gridOf = (name: string) => layerGrids.get(name) ?? grid;
   const out: TensorMap = options.inPlace ? weights : new Map(weights);
   const tensors = new Map<string, QuantizedTensor>();
   const layers: LayerReport[] = [];
@@ -123,8 +137,14 @@ export async function quantizeModel(config: ModelConfig, weights: TensorMap, opt
     const w = weights.get(linearWeightName(0, linear))!;
     grid.blockShape(w.shape[0]!, w.shape[1]!, linearWeightName(0, linear));
   }
+  for (const [name, g] of layerGrids) {
+    const w = weights.get(name);
+    if (!w) throw new UsageError('per-layer grid for a layer the model does not have', { field: name });
+    g.blockShape(w.shape[0]!, w.shape[1]!, name);
+  }
 
   const settings: Record<string, unknown> = { grid: spec, grid_name: gridName(spec) };
+  if (layerGrids.size) settings.per_layer_grid = Object.fromEntries([...options.perLayerGrid!].map(([n, g]) => [n, gridName(g)]));
   if (rotated) settings.rotation = rotated.description;
   if (!METHODS[options.method].calibrated) {
     const hqq = { ...HQQ_DEFAULTS, ...options.hqq };
@@ -137,10 +157,10 @@ export async function quantizeModel(config: ModelConfig, weights: TensorMap, opt
         const w = weights.get(name)!;
         const q =
           options.method === 'hqq'
-            ? quantizeHqq(w, grid as IntGrid, hqq, name).quantized
+            ? quantizeHqq(w, gridOf(name) as IntGrid, hqq, name).quantized
             : options.method === 'sinq'
-              ? quantizeSinq(w, grid as IntGrid, sinq, name).quantized
-              : quantizeRtn(w, grid, name);
+              ? quantizeSinq(w, gridOf(name) as IntGrid, sinq, name).quantized
+              : quantizeRtn(w, gridOf(name), name);
         store(name, q);
       }
       options.onProgress?.({ layer: layer + 1, layers: config.numLayers });
@@ -185,8 +205,8 @@ export async function quantizeModel(config: ModelConfig, weights: TensorMap, opt
           const H = scaled ? unscaleHessian(st.hessian, scaled.scales) : st.hessian;
           const q =
             options.method === 'gptq'
-              ? await gptqQuantize(w, await prepare(st.hessian, st.cols, name), grid, gptq, engine, name)
-              : quantizeRtn(w, grid, name);
+              ? await gptqQuantize(w, await prepare(st.hessian, st.cols, name), gridOf(name), gptq, engine, name)
+              : quantizeRtn(w, gridOf(name), name);
           store(name, q);
           const relativeError = await relativeOutputError(replaced.get(linear) ?? w.data, out.get(name)!.data, H, q.rows, q.cols, engine);
           layers.push({ name, relativeError, ...(scaled && { alpha: scaled.alpha }) });
