@@ -2,12 +2,14 @@
  * The work behind each `ptq` command, separate from argument parsing so that tests and the
  * library API call the same code. Commands print a table, or one JSON object with --json.
  */
-import { readFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { FileError, UsageError } from '../errors.js';
 import { writePtqCheckpoint } from '../io/ptq-checkpoint.js';
-import { assertWritableOutput } from '../io/atomic.js';
+import { assertWritableOutput, writeDirectoryAtomically } from '../io/atomic.js';
+import { type CompareResults, runCompare } from '../eval/compare.js';
 import { type EvalResult, evaluate, type WindowProtocol } from '../eval/perplexity.js';
+import { renderReport } from '../eval/report.js';
 import { exportCompressedTensors } from '../export/compressed-tensors.js';
 import { exportGguf } from '../export/gguf.js';
 import { exportGptq } from '../export/gptq-safetensors.js';
@@ -18,6 +20,7 @@ import { type LoadedModel, loadModel } from '../model/load.js';
 import { type GridSpec, gridName, validateGrid } from '../quant/grid.js';
 import { sampleCalibrationWindows } from '../quant/calibrate.js';
 import { HQQ_DEFAULTS } from '../quant/hqq.js';
+import type { FormatName } from '../quant/number-formats.js';
 import { type Calibration, METHODS, type MethodName, modelSize, quantizeModel } from '../quant/quantize-model.js';
 import { untiedHfConfig } from '../quant/rotate.js';
 import { SINQ_DEFAULTS } from '../quant/sinq.js';
@@ -390,4 +393,77 @@ async function exportOnnxCommand(modelPath: string, args: ExportArgs, out: Outpu
     );
   }
   out.log(`exported ${model.path} as ONNX (tokenizer ${report.tokenizer}) -> ${report.output}`);
+}
+
+// ---------- compare ----------
+
+export interface CompareArgs
+  extends Pick<EvalArgs, 'text' | 'ctx' | 'stride' | 'keepPartial' | 'maxTokens' | 'tokenizer'> {
+  methods: string[];
+  bits: number[];
+  formats: string[];
+  groupSize: number;
+  output: string;
+  calib?: string;
+  nsamples: number;
+  seqlen: number;
+  seed: number;
+}
+
+/** `ptq compare`: the method × format × bits grid, written as results.json + report.html. */
+export async function compareCommand(
+  modelPath: string,
+  args: CompareArgs,
+  out: Output,
+): Promise<CompareResults> {
+  await assertWritableOutput(args.output);
+  const model = await loadModel(modelPath, { tokenizer: args.tokenizer });
+  let tokens = model.tokenizer.encode(await readText(args.text));
+  if (args.maxTokens) tokens = tokens.slice(0, args.maxTokens);
+  const needsCalibration = args.methods.some((m) => METHODS[m as MethodName]?.calibrated);
+  const calibration =
+    args.calib && needsCalibration ? await calibrationFor(model, { ...args, calib: args.calib }) : undefined;
+  const progress = createProgress('compare: run', !out.json);
+  const results = await runCompare(model, tokens, {
+    methods: args.methods as MethodName[],
+    bits: args.bits,
+    formats: args.formats as FormatName[],
+    groupSize: args.groupSize,
+    protocol: protocolFor(model, args),
+    text: args.text,
+    calibration,
+    onProgress: (p) => progress.update(p.run, p.runs, p.label),
+  });
+  progress.finish();
+  await writeDirectoryAtomically(args.output, async (dir) => {
+    await writeFile(path.join(dir, 'results.json'), `${JSON.stringify(results, null, 2)}\n`);
+    await writeFile(path.join(dir, 'report.html'), renderReport(results));
+  });
+  const summary = { output: path.resolve(args.output), ...results, peakRssMiB: peakRssMiB() };
+  if (out.json) {
+    out.log(JSON.stringify(summary, null, 2));
+    return results;
+  }
+  out.log(
+    `ptq compare: ${path.basename(model.path)} on ${path.basename(args.text)} (${results.tokens} tokens; ${results.protocol})\n`,
+  );
+  out.log(compareTable(results));
+  for (const s of results.skipped) out.log(`skipped ${s.method} ${s.format} ${s.bits}-bit: ${s.reason}`);
+  out.log(`wrote ${path.join(summary.output, 'results.json')} and report.html`);
+  return results;
+}
+
+/** The terminal table of a comparison: the fp reference, then every run. */
+export function compareTable(results: CompareResults): string {
+  const ref = results.reference;
+  return resultTable([
+    { label: 'fp32', bitsPerWeight: ref.bitsPerWeight, totalBytes: ref.bytes, result: ref.evaluation },
+    ...results.runs.map((r) => ({
+      label: r.label,
+      bitsPerWeight: r.bitsPerWeight,
+      totalBytes: r.bytes,
+      result: r.evaluation,
+      quantizeSeconds: r.quantizeSeconds,
+    })),
+  ]);
 }

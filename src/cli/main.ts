@@ -15,6 +15,7 @@ import { METHODS } from '../quant/quantize-model.js';
 import { ROTATE_DEFAULTS } from '../quant/rotate.js';
 import { SINQ_DEFAULTS } from '../quant/sinq.js';
 import {
+  compareCommand,
   consoleOutput,
   EXPORT_FORMATS,
   evalCommand,
@@ -145,6 +146,65 @@ program
   .option('--tokenizer <file>', 'tokenizer to use instead of the one next to the model')
   .option('--json', 'print JSON')
   .action((model, o) => exportCommand(model, o, consoleOutput(!!o.json)));
+
+/** A comma-separated list, each item one of `choices` (or any integer when choices is absent). */
+function listOf(choices?: readonly string[]) {
+  return (value: string): string[] => {
+    const items = value
+      .split(',')
+      .map((v) => v.trim())
+      .filter(Boolean);
+    const bad = items.find((v) => (choices ? !choices.includes(v) : !Number.isInteger(Number(v))));
+    if (bad !== undefined || items.length === 0) {
+      throw new InvalidArgumentError(
+        `expected a comma-separated list of ${choices ? choices.join('|') : 'integers'}, got '${value}'`,
+      );
+    }
+    return items;
+  };
+}
+
+program
+  .command('compare <model>')
+  .description(
+    'quantize with every method × format × bits, evaluate each against the model; write results.json + report.html',
+  )
+  .requiredOption('--text <file>', 'text file to evaluate on')
+  .requiredOption('-o, --output <dir>', 'report directory (results.json, report.html)')
+  .option(
+    '--methods <list>',
+    `methods, comma-separated: ${Object.keys(METHODS).join(',')}`,
+    listOf(Object.keys(METHODS)),
+    ['rtn'],
+  )
+  .option(
+    '--bits <list>',
+    'integer bits, comma-separated (formats with fixed widths run at theirs)',
+    listOf(),
+    ['3', '4', '8'],
+  )
+  .option('--formats <list>', `formats, comma-separated: ${FORMAT_NAMES.join(',')}`, listOf(FORMAT_NAMES), [
+    'int',
+  ])
+  .option('--group-size <n>', 'input columns per scale of int grids; -1 = per output channel', integer, 32)
+  .option('--calib <file>', 'calibration text (gptq, awq); keep it disjoint from the evaluation text')
+  .option('--nsamples <n>', 'calibration windows', integer, CALIBRATION_DEFAULTS.nsamples)
+  .option(
+    '--seqlen <n>',
+    'tokens per calibration window (capped at the model context)',
+    integer,
+    CALIBRATION_DEFAULTS.seqlen,
+  )
+  .option('--seed <n>', 'seed of the calibration sampling', integer, CALIBRATION_DEFAULTS.seed)
+  .option('--ctx <n>', 'tokens per window (default: the model context, at most 2048)', integer)
+  .option('--stride <n>', 'window step (default: ctx, non-overlapping)', integer)
+  .option('--keep-partial', 'also score the last, shorter window')
+  .option('--max-tokens <n>', 'evaluate only the first n tokens', integer)
+  .option('--tokenizer <file>', 'tokenizer to use instead of the one next to the model')
+  .option('--json', 'print JSON')
+  .action(async (model, o) => {
+    await compareCommand(model, { ...o, bits: o.bits.map(Number) }, consoleOutput(!!o.json));
+  });
 
 program
   .command('demo')
