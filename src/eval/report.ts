@@ -8,7 +8,7 @@
  * that comes from the data (method names, grid names, layer names, paths) goes through `esc`.
  */
 import { extent, max, min } from 'd3-array';
-import { scaleLinear, scaleLog, scaleOrdinal } from 'd3-scale';
+import { type ScaleLinear, type ScaleLogarithmic, scaleLinear, scaleLog, scaleOrdinal } from 'd3-scale';
 import { line } from 'd3-shape';
 import type { CompareResults, CompareRun } from './compare.js';
 
@@ -74,8 +74,7 @@ export function paretoSvg(runs: readonly CompareRun[], metric: 'perplexity' | 'k
     .range([M.left, W - M.right]);
   const y = scaleLog()
     .domain([y0 / 1.15, y1 * 1.15])
-    .range([H - M.bottom, M.top])
-    .nice();
+    .range([H - M.bottom, M.top]);
   const yOf = (v: number) => y(Math.max(v, y.domain()[0]!));
   const frontier = paretoFrontier(pts);
   const fpts = frontier.map((i) => pts[i]!).sort((a, b) => a.x - b.x);
@@ -87,14 +86,7 @@ export function paretoSvg(runs: readonly CompareRun[], metric: 'perplexity' | 'k
   });
   const path = line()(steps) ?? '';
   const parts: string[] = [];
-  parts.push(
-    axes(
-      x.ticks(8).map((t) => [x(t), num(t)]),
-      y.ticks(6).map((t) => [y(t), num(t)]),
-      'bits per weight',
-      title,
-    ),
-  );
+  parts.push(axes(ticksOf(x, 8), ticksOf(y, 6), 'bits per weight', title));
   parts.push(`<path class="frontier" d="${esc(path)}" fill="none" stroke="#444" stroke-dasharray="4 3"/>`);
   runs.forEach((r, i) => {
     const on = frontier.includes(i);
@@ -182,14 +174,7 @@ export function bitsSvg(runs: readonly CompareRun[]): string {
   const index = new Map(layers.map((l, i) => [l, i]));
   const step = Math.max(1, Math.ceil(layers.length / 12));
   const xTicks = layers.map((_, i) => [x(i), String(i)] as [number, string]).filter((_, i) => i % step === 0);
-  const parts = [
-    axes(
-      xTicks,
-      y.ticks(6).map((t) => [y(t), num(t)]),
-      'quantized layer (index in model order)',
-      'bits per weight',
-    ),
-  ];
+  const parts = [axes(xTicks, ticksOf(y, 6), 'quantized layer (index in model order)', 'bits per weight')];
   for (const r of runs) {
     const pts = r.layers.map((l) => [x(index.get(l.name)!), y(l.bitsPerWeight)] as [number, number]);
     parts.push(
@@ -210,6 +195,15 @@ export function bitsSvg(runs: readonly CompareRun[]): string {
     ),
   );
   return svg('bits per weight of each layer', parts.join('\n'));
+}
+
+/** Tick positions and labels from the scale (a log scale labels a few ticks per decade, the rest stay gridlines). */
+function ticksOf(
+  scale: ScaleLinear<number, number> | ScaleLogarithmic<number, number>,
+  count: number,
+): [number, string][] {
+  const format = scale.tickFormat(count);
+  return scale.ticks(count).map((t) => [Number(scale(t).toFixed(2)), format(t)]);
 }
 
 function axes(
