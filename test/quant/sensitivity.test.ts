@@ -1,0 +1,152 @@
+/**
+ * Sensitivity (one-layer KLD and the diagonal-Hessian proxy) and budgeted allocation on the
+ * bundled tinystories-656k with data/tinystories-valid-slice.txt: calibration on the first
+ * 1024 tokens, KLD measured on the last 2048 (disjoint).
+ */
+import assert from 'node:assert/strict';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { test } from 'node:test';
+import { evaluate } from '../../src/eval/perplexity.js';
+import { writePtqCheckpoint } from '../../src/io/ptq-checkpoint.js';
+import { Decoder } from '../../src/model/decoder.js';
+import { loadModel } from '../../src/model/load.js';
+import { type AllocLayer, allocate } from '../../src/quant/allocate.js';
+import { type GridSpec, gridName } from '../../src/quant/grid.js';
+import { modelSize, quantizeModel } from '../../src/quant/quantize-model.js';
+import {
+  diagonalHessianError,
+  fittingPalette,
+  layerSensitivity,
+  parseGridName,
+  spearman,
+} from '../../src/quant/sensitivity.js';
+import { REPO } from '../helpers.js';
+
+test('spearman and the diagonal-Hessian error on hand-computed values', () => {
+  assert.equal(spearman([1, 2, 3, 4], [10, 20, 30, 40]), 1);
+  assert.equal(spearman([1, 2, 3, 4], [4, 3, 2, 1]), -1);
+  // Ranks [1, 2.5, 2.5, 4] vs [1, 2, 3, 4]: ρ = 4.5 / sqrt(4.5 · 5) = 0.9486833.
+  assert.ok(Math.abs(spearman([1, 2, 2, 3], [1, 2, 3, 4]) - 4.5 / Math.sqrt(4.5 * 5)) < 1e-12);
+  // W = [[1, 2], [3, 4]], Q = [[1.5, 2], [3, 3]], H_diag = [2, 10]: 2·0.25 + 10·1 = 10.5.
+  const e = diagonalHessianError(
+    Float32Array.of(1, 2, 3, 4),
+    Float32Array.of(1.5, 2, 3, 3),
+    2,
+    2,
+    Float64Array.of(2, 10),
+  );
+  assert.equal(e, 10.5);
+  assert.equal(gridName(parseGridName('int8-ch')), 'int8-pc-sym');
+  assert.equal(gridName(parseGridName('nvfp4')), 'nvfp4');
+  assert.equal(gridName(parseGridName('fp8-e4m3-g32')), 'fp8-e4m3-g32');
+  assert.throws(() => parseGridName('int9-x'), /unknown palette grid/);
+});
+
+const MEASURED_RHO = 0.6469;
+const MIX34_KLD = 0.1592;
+const m = await loadModel(path.join(REPO, 'models/tinystories-656k'));
+const tokens = m.tokenizer.encode(
+  await readFile(path.join(REPO, 'data/tinystories-valid-slice.txt'), 'utf8'),
+);
+const calib = tokens.slice(0, 1024);
+const evalTokens = tokens.slice(tokens.length - 2048);
+const reference = new Decoder(m.config, m.weights);
+const protocol = { ctx: 128, stride: 128, dropPartial: false };
+
+async function quantizeMixed(perLayerGrid: Map<string, GridSpec>, base = 'int4-g32') {
+  const q = await quantizeModel(m.config, m.weights, {
+    method: 'rtn',
+    grid: parseGridName(base),
+    perLayerGrid,
+  });
+  const r = await evaluate(new Decoder(m.config, q.weights), evalTokens, { protocol, reference });
+  return { q, kld: r.kld!, size: modelSize(q.weights, q.quantization.tensors) };
+}
+
+test('tinystories-656k: proxy ranks like the measured KLD; budgeted mixes beat uniform grids at their bits', async () => {
+  const palette = ['int2-g32', 'int3-g32', 'int4-g32', 'int8-ch', 'nvfp4', 'int4-g7'];
+  // int4-g7 does not tile 128 columns: dropped.
+  assert.deepEqual(
+    fittingPalette(m.config, m.weights, palette).map((g) => g.name),
+    palette.slice(0, 5),
+  );
+  const sens = await layerSensitivity(m.config, m.weights, ['int2-g32', 'int3-g32', 'int4-g32'], {
+    tokens: calib,
+    measureTokens: 256,
+  });
+  const nW = sens.layers.reduce((s, l) => s + l.weights, 0);
+  assert.equal(nW, 2 * (128 * 128 * 2 + 64 * 128 * 2 + 3 * 384 * 128));
+  console.log(
+    `  sensitivity: ${sens.entries.length} layer×grid entries, Spearman ρ = ${sens.spearman!.toFixed(4)}, ${sens.seconds.toFixed(1)} s`,
+  );
+  assert.ok(Math.abs(sens.spearman! - MEASURED_RHO) < 0.02, `ρ ${sens.spearman}`);
+
+  const table = (grids: string[], loss: 'measured' | 'proxy' = 'measured'): AllocLayer[] =>
+    sens.layers.map((l) => ({
+      name: l.name,
+      options: sens.entries
+        .filter((e) => e.layer === l.name && grids.includes(e.grid))
+        .map((e) => ({ grid: e.grid, bits: e.bits, loss: e[loss]! })),
+    }));
+  const run = async (grids: string[], bpw: number, loss: 'measured' | 'proxy' = 'measured') => {
+    const layers = table(grids, loss);
+    const a = allocate(layers, Math.floor(bpw * nW));
+    const per = new Map(layers.map((l, i) => [l.name, parseGridName(l.options[a.choice[i]!]!.grid)]));
+    const r = await quantizeMixed(per);
+    // The allocator's bits are storedBits of what quantizeModel stores.
+    assert.equal(r.size.bitsPerWeight * nW, a.bits);
+    assert.ok(a.bits <= bpw * nW);
+    return { ...r, predicted: a.loss, bits: a.bits / nW };
+  };
+  const u3 = await quantizeMixed(new Map(), 'int3-g32');
+  const u4 = await quantizeMixed(new Map(), 'int4-g32');
+  const mix34 = await run(['int3-g32', 'int4-g32'], 4.0);
+  const mix234 = await run(['int2-g32', 'int3-g32', 'int4-g32'], 3.5);
+  const proxy34 = await run(['int3-g32', 'int4-g32'], 4.0, 'proxy');
+  for (const [name, r] of Object.entries({ u3, u4 }))
+    console.log(`  uniform ${name}: ${r.size.bitsPerWeight} bpw, KLD ${r.kld.toFixed(4)}`);
+  for (const [name, r] of Object.entries({ mix34, mix234, proxy34 })) {
+    console.log(
+      `  ${name}: ${r.bits} bpw, KLD ${r.kld.toFixed(4)} (predicted Σ loss ${r.predicted.toPrecision(4)})`,
+    );
+  }
+  assert.equal(u3.size.bitsPerWeight, 3.5);
+  assert.equal(u4.size.bitsPerWeight, 4.5);
+  // int3/int4 mix at 4.0 bpw: between the two uniform grids in bits and in KLD.
+  assert.ok(mix34.kld < u3.kld && mix34.kld > u4.kld);
+  // Same bits as uniform int3 (3.5 bpw), a lower KLD.
+  assert.equal(mix234.bits, 3.5);
+  assert.ok(mix234.kld < u3.kld * 0.95, `${mix234.kld} vs ${u3.kld}`);
+  // The proxy's allocation also beats uniform int3, less well than the measured one.
+  assert.ok(proxy34.kld < u3.kld && proxy34.kld > mix34.kld);
+  assert.ok(Math.abs(mix34.kld - MIX34_KLD) < 0.01 * MIX34_KLD);
+});
+
+test('a mixed-grid checkpoint reads back exactly: per-tensor specs, weights and KLD', async () => {
+  const per = new Map<string, GridSpec>([
+    ['model.layers.0.self_attn.v_proj.weight', parseGridName('int6-g32')],
+    ['model.layers.1.mlp.down_proj.weight', parseGridName('nvfp4')],
+    ['model.layers.0.mlp.up_proj.weight', parseGridName('int8-ch')],
+  ]);
+  const r = await quantizeMixed(per, 'int3-g32');
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'ptq-mixed-'));
+  try {
+    await writePtqCheckpoint(path.join(dir, 'q'), { ...m, weights: r.q.weights }, r.q.quantization);
+    const back = await loadModel(path.join(dir, 'q'));
+    for (const name of r.q.quantization.tensors.keys()) {
+      assert.equal(
+        gridName(back.quantization!.tensors.get(name)!.spec),
+        gridName(per.get(name) ?? parseGridName('int3-g32')),
+      );
+      assert.deepEqual(back.weights.get(name)!.data, r.q.weights.get(name)!.data);
+    }
+    const size = modelSize(back.weights, back.quantization!.tensors);
+    assert.equal(size.totalBytes, r.size.totalBytes);
+    const again = await evaluate(new Decoder(back.config, back.weights), evalTokens, { protocol, reference });
+    assert.equal(again.kld, r.kld);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
