@@ -19,8 +19,10 @@
  */
 import { UsageError } from '../errors.js';
 import { BLOCK_LINEARS, type BlockLinear, linearWeightName } from '../model/architecture.js';
+import type { ModelConfig } from '../model/config.js';
+import type { TensorMap } from '../tensor.js';
 import type { GridSpec } from './grid.js';
-import { parseGridName } from './sensitivity.js';
+import { layerSensitivity, parseGridName } from './sensitivity.js';
 
 export interface AllocOption {
   grid: string;
@@ -277,4 +279,89 @@ export function presetGrids(preset: string, numLayers: number): Map<string, Grid
       out.set(linearWeightName(layer, linear), parseGridName(rule(layer, numLayers, linear)));
   }
   return out;
+}
+
+export interface PlanOptions {
+  /** --target-bpw over the quantized linears, or --target-size of the whole stored model. */
+  target: { bpw?: number; bytes?: number };
+  palette: readonly string[];
+  /** Which loss the allocation minimizes: the one-layer KLD or the diagonal-Hessian proxy. */
+  sensitivity: 'measured' | 'proxy';
+  /** Calibration tokens for sensitivity.ts. */
+  tokens: readonly number[];
+  measureTokens?: number;
+  solver?: 'auto' | 'dp' | 'lagrangian';
+  onProgress?: (done: number, total: number) => void;
+}
+
+export interface AllocationPlan {
+  perLayerGrid: Map<string, GridSpec>;
+  report: {
+    sensitivity: 'measured' | 'proxy';
+    solver: Allocation['solver'];
+    palette: string[];
+    budgetBits: number;
+    /** Σ storedBits of the chosen RTN grids (GPTQ act-order adds g_idx on top). */
+    predictedBits: number;
+    predictedBitsPerWeight: number;
+    /** Σ of the chosen layers' losses (additive approximation). */
+    predictedLoss: number;
+    /** Spearman ρ of proxy vs measured over layers × grids (measured mode only). */
+    spearman?: number;
+    layers: { name: string; grid: string; bits: number; loss: number; proxy: number; measured?: number }[];
+    sensitivitySeconds: number;
+  };
+}
+
+/** Sensitivity of every layer at every palette grid, then the budgeted choice of one grid per layer. */
+export async function planAllocation(
+  config: ModelConfig,
+  weights: TensorMap,
+  o: PlanOptions,
+): Promise<AllocationPlan> {
+  const sens = await layerSensitivity(
+    config,
+    weights,
+    o.palette,
+    { tokens: o.tokens, measureTokens: o.sensitivity === 'measured' ? o.measureTokens : 0 },
+    o.onProgress,
+  );
+  const quantizedWeights = sens.layers.reduce((s, l) => s + l.weights, 0);
+  const quantizedNames = new Set(sens.layers.map((l) => l.name));
+  let otherBytes = 0;
+  for (const [name, t] of weights) if (!quantizedNames.has(name)) otherBytes += t.data.length * 4;
+  const budget = bitBudget(o.target, quantizedWeights, otherBytes);
+  const entries = sens.layers.map((l) => sens.entries.filter((e) => e.layer === l.name));
+  const layers: AllocLayer[] = entries.map((es, i) => ({
+    name: sens.layers[i]!.name,
+    options: es.map((e) => ({
+      grid: e.grid,
+      bits: e.bits,
+      loss: o.sensitivity === 'measured' ? e.measured! : e.proxy,
+    })),
+  }));
+  const a = allocate(layers, budget, o.solver);
+  const chosen = entries.map((es, i) => es[a.choice[i]!]!);
+  return {
+    perLayerGrid: new Map(chosen.map((e) => [e.layer, e.spec])),
+    report: {
+      sensitivity: o.sensitivity,
+      solver: a.solver,
+      palette: sens.grids,
+      budgetBits: budget,
+      predictedBits: a.bits,
+      predictedBitsPerWeight: a.bits / quantizedWeights,
+      predictedLoss: a.loss,
+      ...(sens.spearman !== undefined && { spearman: sens.spearman }),
+      layers: chosen.map((e) => ({
+        name: e.layer,
+        grid: e.grid,
+        bits: e.bits,
+        loss: o.sensitivity === 'measured' ? e.measured! : e.proxy,
+        proxy: e.proxy,
+        ...(e.measured !== undefined && { measured: e.measured }),
+      })),
+      sensitivitySeconds: sens.seconds,
+    },
+  };
 }
