@@ -110,6 +110,16 @@ program
     ),
   )
   .option('--export-out <path>', 'where --export writes (default: <output>.gguf, or <output>-<format>)')
+  .option('--target-bpw <x>', 'mixed precision: per-layer grids within x bits/weight over the quantized linears', Number)
+  .option('--target-size <size>', 'mixed precision: per-layer grids within this stored model size (800MB, 2.5MiB)')
+  .option('--palette <grids>', 'candidate grids of --target-*, comma-separated (int<b>-g<G>, int<b>-ch, nvfp4, mxfp4)')
+  .addOption(
+    new Option('--sensitivity <kind>', 'loss the allocation minimizes: one-layer KLD on --calib, or the Hessian proxy')
+      .choices(['measured', 'proxy'])
+      .default('measured'),
+  )
+  .option('--sensitivity-tokens <n>', 'tokens of each one-layer KLD measurement', integer, 512)
+  .option('--preset <name>', 'a fixed llama.cpp-like mix instead of a budget: q4_k_m-like, q3_k_m-like')
   .option('--tokenizer <file>', 'tokenizer to use instead of the one next to the model')
   .option('--json', 'print JSON')
   .action((model, o, cmd: Command) => {
@@ -171,21 +181,21 @@ program
   )
   .requiredOption('--text <file>', 'text file to evaluate on')
   .requiredOption('-o, --output <dir>', 'report directory (results.json, report.html)')
-  .option(
-    '--methods <list>',
-    `methods, comma-separated: ${Object.keys(METHODS).join(',')}`,
-    listOf(Object.keys(METHODS)),
-    ['rtn'],
+  .addOption(
+    new Option('--methods <list>', `methods, comma-separated: ${Object.keys(METHODS).join(',')}`)
+      .argParser(listOf(Object.keys(METHODS)))
+      .default(['rtn'], 'rtn'),
   )
-  .option(
-    '--bits <list>',
-    'integer bits, comma-separated (formats with fixed widths run at theirs)',
-    listOf(),
-    ['3', '4', '8'],
+  .addOption(
+    new Option('--bits <list>', 'integer bits, comma-separated (formats with fixed widths run at theirs)')
+      .argParser(listOf())
+      .default(['3', '4', '8'], '3,4,8'),
   )
-  .option('--formats <list>', `formats, comma-separated: ${FORMAT_NAMES.join(',')}`, listOf(FORMAT_NAMES), [
-    'int',
-  ])
+  .addOption(
+    new Option('--formats <list>', `formats, comma-separated: ${FORMAT_NAMES.join(',')}`)
+      .argParser(listOf(FORMAT_NAMES))
+      .default(['int'], 'int'),
+  )
   .option('--group-size <n>', 'input columns per scale of int grids; -1 = per output channel', integer, 32)
   .option('--calib <file>', 'calibration text (gptq, awq); keep it disjoint from the evaluation text')
   .option('--nsamples <n>', 'calibration windows', integer, CALIBRATION_DEFAULTS.nsamples)

@@ -11,7 +11,7 @@ import { UsageError } from '../errors.js';
 import { Decoder } from '../model/decoder.js';
 import type { LoadedModel } from '../model/load.js';
 import type { GridSpec } from '../quant/grid.js';
-import { gridName } from '../quant/grid.js';
+import { gridName, validateGrid } from '../quant/grid.js';
 import { type FormatName, formatBits, gridSpecFor } from '../quant/number-formats.js';
 import {
   type Calibration,
@@ -114,8 +114,10 @@ export function planCompare(methods: MethodName[], formats: FormatName[], bits: 
         } else if (fixed !== undefined && fixed !== b) {
           skipped.push({ method, format, bits: b, reason: `${format} has ${fixed}-bit codes` });
         } else {
-          const spec =
-            format === 'int' ? gridSpecFor('int', { bits: b, groupSize }) : gridSpecFor(format, {});
+          // Validated here so a bad --bits fails before the first (possibly long) run.
+          const spec = validateGrid(
+            format === 'int' ? gridSpecFor('int', { bits: b, groupSize }) : gridSpecFor(format, {}),
+          );
           runs.push({ method, format, bits: b, spec });
         }
       }
@@ -155,7 +157,7 @@ export async function runCompare(
   if (!options.calibration) {
     const needs = [...new Set(plan.filter((r) => METHODS[r.method].calibrated).map((r) => r.method))];
     if (needs.length)
-      throw new UsageError(`${needs.join(', ')} need calibration text`, {
+      throw new UsageError(`${needs.join(', ')} ${needs.length > 1 ? 'need' : 'needs'} calibration text`, {
         field: 'calib',
         hint: 'pass --calib <text file>, disjoint from the evaluation text',
       });
