@@ -18,7 +18,9 @@ import { exportOnnx, ONNX_DTYPES, type OnnxDtype } from '../export/onnx.js';
 import { Decoder } from '../model/decoder.js';
 import { type LoadedModel, loadModel } from '../model/load.js';
 import { type GridSpec, gridName, validateGrid } from '../quant/grid.js';
+import { type AllocationPlan, parseSize, planAllocation, presetGrids } from '../quant/allocate.js';
 import { sampleCalibrationWindows } from '../quant/calibrate.js';
+import { DEFAULT_PALETTE } from '../quant/sensitivity.js';
 import { HQQ_DEFAULTS } from '../quant/hqq.js';
 import type { FormatName } from '../quant/number-formats.js';
 import { type Calibration, METHODS, type MethodName, modelSize, quantizeModel } from '../quant/quantize-model.js';
@@ -103,6 +105,17 @@ export interface QuantizeArgs {
   export?: string;
   /** Where the export goes; default: <output>.gguf for gguf, <output>-<format> otherwise. */
   exportOut?: string;
+  /** Mixed precision (allocate.ts): a budget in bits/weight of the quantized linears... */
+  targetBpw?: number;
+  /** ...or as the whole stored model's size (`800MB`, `2.5MiB`). */
+  targetSize?: string;
+  /** Comma-separated palette grids (sensitivity.ts parseGridName). */
+  palette?: string;
+  sensitivity?: 'measured' | 'proxy';
+  /** Tokens of each one-layer KLD measurement. */
+  sensitivityTokens?: number;
+  /** A fixed llama.cpp-like mix (allocate.ts PRESETS) instead of a budget. */
+  preset?: string;
 }
 
 export async function quantizeCommand(modelPath: string, args: QuantizeArgs, out: Output) {
@@ -119,10 +132,12 @@ export async function quantizeCommand(modelPath: string, args: QuantizeArgs, out
   if (exportTo) await assertWritableOutput(exportTo);
   const model = await loadModel(modelPath, { tokenizer: args.tokenizer });
   const calibration = args.calib ? await calibrationFor(model, args) : undefined;
+  const mixed = await mixedPrecisionPlan(model, args, out);
   const progress = createProgress('quantize: layer', !out.json);
   const q = await quantizeModel(model.config, model.weights, {
     method,
     grid: args.grid,
+    perLayerGrid: mixed?.perLayerGrid,
     calibration,
     gptq: { actOrder: !!args.actOrder, damp: args.damp, blockSize: args.blockSize },
     awq: { clip: args.awqClip },
@@ -151,6 +166,9 @@ export async function quantizeCommand(modelPath: string, args: QuantizeArgs, out
     seconds: q.seconds,
     peakRssMiB: peakRssMiB(),
     layers: q.layers,
+    ...(mixed && {
+      allocation: { ...mixed.report, achievedBits: size.bitsPerWeight * quantizedWeightCount(q.quantization.tensors) },
+    }),
   };
   // The export reads the checkpoint just written, through the same code as `ptq export`.
   const exportLines: string[] = [];
@@ -163,6 +181,7 @@ export async function quantizeCommand(modelPath: string, args: QuantizeArgs, out
     const exported = exportTo ? { export: JSON.parse(exportLines.join('\n')) } : {};
     return out.log(JSON.stringify({ ...result, ...exported }, null, 2));
   }
+  if (mixed) printAllocation(mixed.report, result.allocation!.achievedBits, out);
   const rotated = args.rotate ? `, ${args.rotate}-rotated` : '';
   if (q.layers.length) {
     out.log(formatTable(['layer', 'rel. output error', 'awq alpha'], q.layers.map((l) => [l.name, l.relativeError.toExponential(3), fmt.fixed(l.alpha, 2)])));
@@ -172,6 +191,62 @@ export async function quantizeCommand(modelPath: string, args: QuantizeArgs, out
       `${fmt.bytes(result.bytes)}, ${result.seconds.toFixed(2)} s -> ${result.output}`,
   );
   for (const line of exportLines) out.log(line);
+}
+
+/** Per-layer grids of --target-bpw / --target-size (budgeted allocation) or --preset; undefined without them. */
+async function mixedPrecisionPlan(model: LoadedModel, args: QuantizeArgs, out: Output) {
+  const budgeted = args.targetBpw !== undefined || args.targetSize !== undefined;
+  if (args.targetBpw !== undefined && args.targetSize !== undefined) {
+    throw new UsageError('give one budget', { field: 'target-bpw', hint: 'pass --target-bpw or --target-size, not both' });
+  }
+  if (args.preset !== undefined) {
+    if (budgeted) {
+      throw new UsageError('--preset is a fixed mix, not a budget', { field: 'preset', hint: 'drop --target-bpw/--target-size' });
+    }
+    const perLayerGrid = presetGrids(args.preset, model.config.numLayers);
+    const layers = [...perLayerGrid].map(([name, g]) => ({ name, grid: gridName(g) }));
+    return { perLayerGrid, report: { preset: args.preset, layers } as MixedReport };
+  }
+  if (!budgeted) return undefined;
+  if (!args.calib) {
+    throw new UsageError('a budgeted allocation measures layer sensitivity on calibration text', {
+      field: 'calib',
+      hint: 'pass --calib <text file>',
+    });
+  }
+  const progress = createProgress('sensitivity: layer×grid', !out.json);
+  const plan = await planAllocation(model.config, model.weights, {
+    target: args.targetBpw !== undefined ? { bpw: args.targetBpw } : { bytes: parseSize(args.targetSize!) },
+    palette: (args.palette ?? DEFAULT_PALETTE.join(',')).split(',').map((g) => g.trim()).filter(Boolean),
+    sensitivity: args.sensitivity ?? 'measured',
+    tokens: model.tokenizer.encode(await readText(args.calib)),
+    measureTokens: args.sensitivityTokens,
+    onProgress: (done, total) => progress.update(done, total),
+  });
+  progress.finish();
+  return { perLayerGrid: plan.perLayerGrid, report: plan.report as MixedReport };
+}
+
+type MixedReport = Partial<AllocationPlan['report']> & {
+  preset?: string;
+  layers: { name: string; grid: string; bits?: number; loss?: number }[];
+};
+
+function quantizedWeightCount(tensors: Map<string, { rows: number; cols: number }>): number {
+  let n = 0;
+  for (const t of tensors.values()) n += t.rows * t.cols;
+  return n;
+}
+
+function printAllocation(r: MixedReport, achievedBits: number, out: Output): void {
+  const rows = r.layers.map((l) => [l.name, l.grid, String(l.bits ?? ''), l.loss === undefined ? '' : l.loss.toExponential(3)]);
+  out.log(formatTable(['layer', 'grid', 'bits', 'predicted loss'], rows));
+  if (r.preset) return out.log(`preset ${r.preset}: ${achievedBits} bits stored`);
+  const rho = r.spearman === undefined ? '' : `, proxy/measured Spearman ρ ${r.spearman.toFixed(3)}`;
+  out.log(
+    `allocation (${r.solver}, ${r.sensitivity} sensitivity${rho}): budget ${r.budgetBits} bits, ` +
+      `predicted ${r.predictedBits} bits (${r.predictedBitsPerWeight!.toFixed(3)} bits/weight), achieved ${achievedBits} bits`,
+  );
 }
 
 /** The path `ptq quantize --export` writes to (validated before any work). */
