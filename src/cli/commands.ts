@@ -241,7 +241,10 @@ function quantizedWeightCount(tensors: Map<string, { rows: number; cols: number 
 function printAllocation(r: MixedReport, achievedBits: number, out: Output): void {
   const rows = r.layers.map((l) => [l.name, l.grid, String(l.bits ?? ''), l.loss === undefined ? '' : l.loss.toExponential(3)]);
   out.log(formatTable(['layer', 'grid', 'bits', 'predicted loss'], rows));
-  if (r.preset) return out.log(`preset ${r.preset}: ${achievedBits} bits stored`);
+  if (r.preset) {
+    out.log(`preset ${r.preset}: ${achievedBits} bits stored`);
+    return;
+  }
   const rho = r.spearman === undefined ? '' : `, proxy/measured Spearman ρ ${r.spearman.toFixed(3)}`;
   out.log(
     `allocation (${r.solver}, ${r.sensitivity} sensitivity${rho}): budget ${r.budgetBits} bits, ` +
