@@ -187,7 +187,7 @@ export async function quantizeCommand(modelPath: string, args: QuantizeArgs, out
     out.log(formatTable(['layer', 'rel. output error', 'awq alpha'], q.layers.map((l) => [l.name, l.relativeError.toExponential(3), fmt.fixed(l.alpha, 2)])));
   }
   out.log(
-    `quantized ${model.path} with ${method} ${result.grid}${rotated}: ${result.bitsPerWeight.toFixed(3)} bits/weight, ` +
+    `quantized ${model.path} with ${method} ${mixed ? `per-layer grids (others ${result.grid})` : result.grid}${rotated}: ${result.bitsPerWeight.toFixed(3)} bits/weight, ` +
       `${fmt.bytes(result.bytes)}, ${result.seconds.toFixed(2)} s -> ${result.output}`,
   );
   for (const line of exportLines) out.log(line);
