@@ -60,10 +60,15 @@ const M = { top: 20, right: 130, bottom: 44, left: 64 };
 
 const num = (x: number) => (Number.isInteger(x) ? String(x) : x.toPrecision(4));
 
+/** One colour per method, in order of first appearance, shared by the charts. */
+function methodColors(runs: readonly CompareRun[]) {
+  const methods = [...new Set(runs.map((r) => r.method))];
+  return { methods, color: scaleOrdinal<string, string>().domain(methods).range(PALETTE) };
+}
+
 /** Scatter of one metric against bits/weight, one series per method, the frontier as a step line. */
 export function paretoSvg(runs: readonly CompareRun[], metric: 'perplexity' | 'kld', title: string): string {
-  const methods = [...new Set(runs.map((r) => r.method))];
-  const color = scaleOrdinal<string, string>().domain(methods).range(PALETTE);
+  const { methods, color } = methodColors(runs);
   const pts = runs.map((r) => ({ x: r.bitsPerWeight, y: r[metric] }));
   // A log axis needs positive values: a zero KLD (identical model) is drawn at the axis floor.
   const positive = pts.map((p) => p.y).filter((y) => y > 0);
@@ -111,8 +116,10 @@ export function heatmapSvg(runs: readonly CompareRun[]): string {
   const layers = [...new Set(runs.flatMap((r) => r.layers.map((l) => l.name)))];
   const cell = { w: Math.max(28, Math.min(64, 560 / Math.max(1, runs.length))), h: 16 };
   const left = 10 + 7 * Math.max(5, ...layers.map((l) => l.length));
-  const top = 120;
-  const width = left + cell.w * runs.length + 20;
+  // Column labels are rotated 50° up and to the right: room above and right of the grid for them.
+  const labelLength = 7 * Math.max(...runs.map((r) => r.label.length + 4));
+  const top = Math.ceil(20 + labelLength * Math.sin((Math.PI * 50) / 180));
+  const width = Math.ceil(left + cell.w * runs.length + labelLength * Math.cos((Math.PI * 50) / 180));
   const height = top + cell.h * layers.length + 50;
   const errors = runs.flatMap((r) => r.layers.map((l) => l.relativeError)).filter((e) => e > 0);
   const lo = min(errors) ?? 1e-6;
@@ -160,9 +167,7 @@ export function heatmapSvg(runs: readonly CompareRun[]): string {
 /** Stored bits per weight of every quantized layer, one line per run (flat lines: uniform grids). */
 export function bitsSvg(runs: readonly CompareRun[]): string {
   const layers = [...new Set(runs.flatMap((r) => r.layers.map((l) => l.name)))];
-  const color = scaleOrdinal<string, string>()
-    .domain(runs.map((r) => r.label))
-    .range(PALETTE);
+  const { methods, color } = methodColors(runs);
   const all = runs.flatMap((r) => r.layers.map((l) => l.bitsPerWeight));
   const x = scaleLinear()
     .domain([0, Math.max(1, layers.length - 1)])
@@ -178,18 +183,18 @@ export function bitsSvg(runs: readonly CompareRun[]): string {
   for (const r of runs) {
     const pts = r.layers.map((l) => [x(index.get(l.name)!), y(l.bitsPerWeight)] as [number, number]);
     parts.push(
-      `<path d="${esc(line()(pts) ?? '')}" fill="none" stroke="${color(r.label)}" stroke-width="1.5"/>`,
+      `<path d="${esc(line()(pts) ?? '')}" fill="none" stroke="${color(r.method)}" stroke-width="1.5"><title>${esc(r.label)}</title></path>`,
     );
     r.layers.forEach((l, i) => {
       parts.push(
-        `<circle class="pt" cx="${pts[i]![0].toFixed(2)}" cy="${pts[i]![1].toFixed(2)}" r="3" fill="${color(r.label)}">` +
+        `<circle class="pt" cx="${pts[i]![0].toFixed(2)}" cy="${pts[i]![1].toFixed(2)}" r="3" fill="${color(r.method)}">` +
           `<title>${esc(r.label)} · ${esc(l.name)}: ${esc(l.bitsPerWeight.toFixed(3))} bits/w</title></circle>`,
       );
     });
   }
   parts.push(
     legend(
-      runs.map((r) => [r.label, color(r.label)]),
+      methods.map((m) => [m, color(m)]),
       W - M.right + 12,
       M.top,
     ),
@@ -202,8 +207,11 @@ function ticksOf(
   scale: ScaleLinear<number, number> | ScaleLogarithmic<number, number>,
   count: number,
 ): [number, string][] {
-  const format = scale.tickFormat(count);
-  return scale.ticks(count).map((t) => [Number(scale(t).toFixed(2)), format(t)]);
+  const ticks = scale.ticks(count);
+  // Within one decade d3's log ticks are linear ones and its log format would hide most: label all.
+  const format =
+    ticks.length <= 10 ? (t: number) => String(Number(t.toPrecision(6))) : scale.tickFormat(count);
+  return ticks.map((t) => [Number(scale(t).toFixed(2)), format(t)]);
 }
 
 function axes(
