@@ -8,6 +8,7 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
+import { quantizeCommand } from '../../src/cli/commands.js';
 import { evaluate } from '../../src/eval/perplexity.js';
 import { writePtqCheckpoint } from '../../src/io/ptq-checkpoint.js';
 import { Decoder } from '../../src/model/decoder.js';
@@ -146,6 +147,48 @@ test('a mixed-grid checkpoint reads back exactly: per-tensor specs, weights and 
     assert.equal(size.totalBytes, r.size.totalBytes);
     const again = await evaluate(new Decoder(back.config, back.weights), evalTokens, { protocol, reference });
     assert.equal(again.kld, r.kld);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('ptq quantize --target-size: the stored model fits, achieved bits equal the predicted ones, JSON has ρ', async () => {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'ptq-budget-'));
+  const lines: string[] = [];
+  try {
+    await quantizeCommand(
+      path.join(REPO, 'models/tinystories-656k'),
+      {
+        method: 'rtn',
+        grid: parseGridName('int4-g32'),
+        output: path.join(dir, 'q'),
+        calib: path.join(REPO, 'data/tinystories-valid-slice.txt'),
+        nsamples: 8,
+        seqlen: 128,
+        seed: 0,
+        damp: 0.01,
+        blockSize: 128,
+        trueSequential: true,
+        awqClip: true,
+        targetSize: '1.2MiB',
+        palette: 'int2-g32,int3-g32,int4-g32,int8-ch,nvfp4',
+        sensitivityTokens: 128,
+      },
+      { json: true, log: (t) => lines.push(t) },
+    );
+    const r = JSON.parse(lines.join('\n'));
+    console.log(
+      `  --target-size 1.2MiB: ${r.bytes} bytes, ${r.bitsPerWeight.toFixed(4)} bpw, ρ ${r.allocation.spearman.toFixed(3)}`,
+    );
+    assert.ok(r.bytes <= 1.2 * 2 ** 20);
+    assert.equal(r.allocation.achievedBits, r.allocation.predictedBits);
+    assert.ok(r.allocation.predictedBits <= r.allocation.budgetBits);
+    // The budget is the size minus the float32 embeddings and norms: 2048·128 + 5·128 floats.
+    assert.equal(r.allocation.budgetBits, (Math.floor(1.2 * 2 ** 20) - 4 * (2048 * 128 + 5 * 128)) * 8);
+    assert.equal(r.allocation.layers.length, 14);
+    assert.ok(r.allocation.spearman > 0.5);
+    const back = await loadModel(path.join(dir, 'q'));
+    assert.equal(modelSize(back.weights, back.quantization!.tensors).totalBytes, r.bytes);
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
