@@ -1,7 +1,7 @@
 /** One benchmark case in its own process; prints one JSON line (time, CPU time and peak RSS, per phase). */
 import { profile } from '../src/compute/profile.js';
 import { BLOCK_LINEARS, LLAMA, linearWeightName } from '../src/model/architecture.js';
-import { type MethodName, quantizeModel } from '../src/quant/quantize-model.js';
+import { METHODS, type MethodName, quantizeModel } from '../src/quant/quantize-model.js';
 import { mulberry32 } from '../src/random.js';
 import type { TensorMap } from '../src/tensor.js';
 import { syntheticConfig, syntheticWeights } from './synthetic.js';
@@ -27,7 +27,7 @@ const t0 = performance.now();
 const done = quantizeModel(config, weights, {
   method,
   grid: { bits: 4, symmetric: true, granularity: 'group', groupSize: 128, scaleDtype: 'f16' },
-  calibration: method === 'rtn' ? undefined : { windows, seqlen, description: {} },
+  calibration: !METHODS[method].calibrated ? undefined : { windows, seqlen, description: {} },
   inPlace: true,
   onProgress: (p) =>
     process.stderr.write(
@@ -52,7 +52,7 @@ console.log(
     case: `${method}-${shape}`,
     parameters,
     quantizedParameters,
-    calibration: method === 'rtn' ? 'none' : `${nsamples} x ${seqlen}`,
+    calibration: !METHODS[method].calibrated ? 'none' : `${nsamples} x ${seqlen}`,
     grid: 'int4 g128 sym',
     seconds,
     cpuSeconds,

@@ -17,7 +17,7 @@ import { formatTable } from '../src/cli/table.js';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 
-const CASES = ['rtn-100M', 'gptq-100M', 'awq-100M'];
+const CASES = ['rtn-100M', 'hqq-100M', 'sinq-100M', 'gptq-100M', 'awq-100M'];
 
 interface Phase {
   seconds: number;
