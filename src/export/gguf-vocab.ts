@@ -23,22 +23,14 @@ import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { ConfigError, FormatError } from '../errors.js';
 import { GgufFile, type GgufKv, kv } from '../io/gguf.js';
-import { readLlamaVocab } from '../io/gguf-tokenizer.js';
+import { type LlamaVocab, readLlamaVocab } from '../io/gguf-tokenizer.js';
 import type { ModelConfig } from '../model/config.js';
 
 /** gguf-py constants.TokenType. */
 export const TokenType = { NORMAL: 1, UNKNOWN: 2, CONTROL: 3, USER_DEFINED: 4, UNUSED: 5, BYTE: 6 } as const;
 
-export interface GgufVocab {
-  tokens: string[];
-  scores: Float32Array;
-  types: Int32Array;
-  bos?: number;
-  eos?: number;
-  unk?: number;
-  pad?: number;
-  addBos: boolean;
-}
+/** The tokenizer.ggml.* fields the exporter writes: a "llama" vocabulary as gguf-tokenizer.ts reads it. */
+export type GgufVocab = Omit<LlamaVocab, 'addSpacePrefix'>;
 
 const BYTE_PIECE = /^<0x[0-9A-Fa-f]{2}>$/;
 
