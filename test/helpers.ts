@@ -1,11 +1,23 @@
 /** Shared test utilities: deterministic randomness, comparisons, and asset paths. */
-import { existsSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
+import { after } from 'node:test';
 import { fileURLToPath } from 'node:url';
 
 export const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 export const ASSETS = path.resolve(REPO, '..', 'shared', 'assets');
 export const assetsPresent = existsSync(ASSETS);
+
+/**
+ * A fresh directory under the OS temporary directory, removed with its contents once the tests
+ * of the calling file (or, when made inside a test, that test) have finished.
+ */
+export function tempDir(prefix: string): string {
+  const dir = mkdtempSync(path.join(os.tmpdir(), prefix));
+  after(() => rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
 
 /** Deterministic randomness for reproducible tests. */
 export { mulberry32 as seededRandom } from '../src/random.js';

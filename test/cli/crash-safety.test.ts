@@ -8,29 +8,18 @@
  */
 import assert from 'node:assert/strict';
 import { type ChildProcess, spawn } from 'node:child_process';
-import {
-  cpSync,
-  existsSync,
-  mkdirSync,
-  mkdtempSync,
-  readdirSync,
-  readFileSync,
-  rmSync,
-  watch,
-} from 'node:fs';
-import os from 'node:os';
+import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, watch } from 'node:fs';
 import path from 'node:path';
-import { after, test } from 'node:test';
+import { test } from 'node:test';
 import { FileError } from '../../src/errors.js';
 import { loadModel } from '../../src/model/load.js';
 import { mulberry32 } from '../../src/random.js';
-import { REPO } from '../helpers.js';
+import { REPO, tempDir } from '../helpers.js';
 import { runCli } from './run-cli.js';
 
 const MODEL = path.join(REPO, 'models/tinystories-656k');
 const TEXT = path.join(REPO, 'data/tinystories-valid-slice.txt');
-const work = mkdtempSync(path.join(os.tmpdir(), 'ptq-crash-'));
-after(() => rmSync(work, { recursive: true, force: true }));
+const work = tempDir('ptq-crash-');
 
 const ARGS = {
   rtn: ['--method', 'rtn', '--bits', '4'],

@@ -4,7 +4,6 @@ import {
   closeSync,
   copyFileSync,
   existsSync,
-  mkdtempSync,
   openSync,
   readdirSync,
   readFileSync,
@@ -12,27 +11,19 @@ import {
   writeFileSync,
   writeSync,
 } from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { after, test } from 'node:test';
+import { test } from 'node:test';
 import { FormatError } from '../../src/errors.js';
 import { exportGguf } from '../../src/export/gguf.js';
 import { encodeValues, ggmlType } from '../../src/formats/ggml.js';
 import { type GgufArray, GgufFile, type GgufKv, GgufValueType, kv, writeGguf } from '../../src/io/gguf.js';
 import { GgufTokenizer } from '../../src/io/gguf-tokenizer.js';
 import { loadModel } from '../../src/model/load.js';
-import { ASSETS, assetsPresent, REPO } from '../helpers.js';
+import { ASSETS, assetsPresent, REPO, tempDir } from '../helpers.js';
 
 const V1 = path.join(ASSETS, 'models/stories260k-gguf-v1/tinyllamas-stories-260k-f32.gguf');
 const SPM = path.join(ASSETS, 'tokenizers/llamacpp-vocab/ggml-vocab-llama-spm.gguf');
-const made: string[] = [];
-const tmp = () => {
-  made.push(mkdtempSync(path.join(os.tmpdir(), 'ptq-gguf-io-')));
-  return made.at(-1)!;
-};
-after(() => {
-  for (const d of made) rmSync(d, { recursive: true, force: true });
-});
+const tmp = () => tempDir('ptq-gguf-io-');
 
 test('GGUF v1 asset: header, 32-bit counts and lengths, 48 F32 tensors, llama metadata', {
   skip: !assetsPresent,
