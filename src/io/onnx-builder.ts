@@ -63,41 +63,21 @@ function attribute(name: string, value: number | number[] | string) {
   return { name, type: A.FLOAT, f: value };
 }
 
+/** Encode a per-operation graph: float32 constants inline, as buildOnnxModelExternal without a plan. */
 export function buildOnnxModel(spec: GraphSpec): Uint8Array {
-  const graph = onnx.GraphProto.create({
+  return buildOnnxModelExternal({
     name: spec.name,
-    node: spec.nodes.map((n, i) =>
-      onnx.NodeProto.create({
-        name: `${n.op}_${i}`,
-        opType: n.op,
-        domain: n.domain ?? '',
-        input: n.inputs,
-        output: n.outputs,
-        attribute: Object.entries(n.attributes ?? {}).map(([k, v]) => attribute(k, v)),
-      }),
-    ),
-    input: spec.inputs.map(valueInfo),
-    output: spec.outputs.map(valueInfo),
-    initializer: (spec.constants ?? []).map((c) =>
-      onnx.TensorProto.create({
-        name: c.name,
-        dims: c.dims,
-        dataType: onnx.TensorProto.DataType.FLOAT,
-        rawData: new Uint8Array(c.values.buffer, c.values.byteOffset, c.values.byteLength),
-      }),
-    ),
-  });
-  const model = onnx.ModelProto.create({
-    irVersion: 8,
-    producerName: 'ptqkit',
-    opsetImport: [
-      { domain: '', version: spec.opset ?? 17 },
-      // Contrib operators (MatMulNBits, GroupQueryAttention, ...) live in com.microsoft, version 1.
-      ...(spec.nodes.some((n) => n.domain === 'com.microsoft') ? [{ domain: 'com.microsoft', version: 1 }] : []),
-    ],
-    graph,
-  });
-  return onnx.ModelProto.encode(model).finish();
+    nodes: spec.nodes,
+    inputs: spec.inputs,
+    outputs: spec.outputs,
+    initializers: (spec.constants ?? []).map((c) => ({
+      name: c.name,
+      type: 'float32',
+      dims: c.dims,
+      data: c.values,
+    })),
+    opset: spec.opset,
+  }).model;
 }
 
 // ---------- Models with typed initializers and external data (exporters) ----------
@@ -240,6 +220,7 @@ export function buildOnnxModelExternal(
     docString: spec.docString ?? '',
     opsetImport: [
       { domain: '', version: spec.opset ?? 17 },
+      // Contrib operators (MatMulNBits, GroupQueryAttention, ...) live in com.microsoft, version 1.
       ...(spec.nodes.some((n) => n.domain === 'com.microsoft')
         ? [{ domain: 'com.microsoft', version: 1 }]
         : []),
