@@ -54,8 +54,12 @@ function roundPass(
   return { sumlx, suml2 };
 }
 
-/** The value of largest magnitude (first wins, as the C loops' strict '>'), or 0 for an all-zero group. */
-function signedMax(n: number, x: Float32Array, xo: number): number {
+/**
+ * The value of largest magnitude (first wins, as the C loops' strict '>'); for an all-zero group
+ * (max |x| < GROUP_MAX_EPS) 0, with its codes L[lo, lo + n) cleared, as make_qx_quants and
+ * make_q3_quants both do before returning scale 0.
+ */
+function signedMaxOrClear(n: number, x: Float32Array, xo: number, L: Int8Array, lo: number): number {
   let max = 0;
   let amax = 0;
   for (let i = 0; i < n; i++) {
@@ -65,7 +69,9 @@ function signedMax(n: number, x: Float32Array, xo: number): number {
       max = x[xo + i]!;
     }
   }
-  return amax < GROUP_MAX_EPS ? 0 : max;
+  if (amax >= GROUP_MAX_EPS) return max;
+  L.fill(0, lo, lo + n);
+  return 0;
 }
 
 /**
@@ -81,11 +87,8 @@ function makeQxQuants(
   L: Int8Array,
   lo: number,
 ): number {
-  const max = signedMax(n, x, xo);
-  if (max === 0) {
-    L.fill(0, lo, lo + n);
-    return 0;
-  }
+  const max = signedMaxOrClear(n, x, xo, L, lo);
+  if (max === 0) return 0;
   const first = roundPass(n, nmax, x, xo, f(-nmax / max), L, lo, nmax);
   let scale = first.suml2 ? f(first.sumlx / first.suml2) : 0;
   let best = f(scale * first.sumlx);
@@ -115,11 +118,8 @@ function makeQ3Quants(
   L: Int8Array,
   lo: number,
 ): number {
-  const max = signedMax(n, x, xo);
-  if (max === 0) {
-    L.fill(0, lo, lo + n);
-    return 0;
-  }
+  const max = signedMaxOrClear(n, x, xo, L, lo);
+  if (max === 0) return 0;
   let { sumlx, suml2 } = roundPass(n, nmax, x, xo, f(-nmax / max), L, lo, 0);
   for (let itry = 0; itry < 5; itry++) {
     let changed = 0;
