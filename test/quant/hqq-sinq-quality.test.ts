@@ -8,14 +8,12 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { readText } from '../../src/cli/commands.js';
-import { type EvalResult, evaluate } from '../../src/eval/perplexity.js';
+import type { EvalResult } from '../../src/eval/perplexity.js';
 import { writePtqCheckpoint } from '../../src/io/ptq-checkpoint.js';
-import { Decoder } from '../../src/model/decoder.js';
 import { type LoadedModel, loadModel } from '../../src/model/load.js';
-import type { GridSpec } from '../../src/quant/grid.js';
 import { type MethodName, modelSize, quantizeModel } from '../../src/quant/quantize-model.js';
-import { ASSETS, assetsPresent } from '../helpers.js';
+import { assetsPresent } from '../helpers.js';
+import { evaluateAgainstFp, intGrid, loadWithValidTokens } from './quality-setup.js';
 import { near } from './real-weights.js';
 
 const EVAL_TOKENS = 16 * 1024;
@@ -40,13 +38,7 @@ const MEASURED: Record<string, Record<string, [number, number, number]>> = {
   },
 };
 
-const asym = (bits: number, groupSize: number): GridSpec => ({
-  bits,
-  symmetric: false,
-  granularity: groupSize ? 'group' : 'channel',
-  groupSize,
-  scaleDtype: 'f16',
-});
+const asym = (bits: number, groupSize: number) => intGrid(bits, groupSize, false);
 
 const MODELS = [
   { modelPath: 'models/tinystories-656k', groupSize: 32 },
@@ -65,20 +57,15 @@ for (const { modelPath, groupSize } of MODELS) {
     const results = new Map<string, EvalResult>();
 
     before(async () => {
-      model = await loadModel(path.join(ASSETS, modelPath));
-      const tokens = model.tokenizer.encode(
-        await readText(path.join(ASSETS, 'text/tinystories-valid-800k.txt')),
-      );
-      evalTokens = tokens.slice(0, EVAL_TOKENS);
+      const loaded = await loadWithValidTokens(modelPath);
+      model = loaded.model;
+      evalTokens = loaded.tokens.slice(0, EVAL_TOKENS);
     });
 
     const run = async (method: MethodName, bits: number) => {
       const key = `${method} int${bits} ${groupSize ? `g${groupSize}` : 'pc'}`;
       const q = await quantizeModel(model.config, model.weights, { method, grid: asym(bits, groupSize) });
-      const r = await evaluate(new Decoder(model.config, q.weights), evalTokens, {
-        protocol: { ctx: 512, stride: 512, dropPartial: true },
-        reference: new Decoder(model.config, model.weights),
-      });
+      const r = await evaluateAgainstFp(model, q.weights, evalTokens);
       const bpw = modelSize(q.weights, q.quantization.tensors).bitsPerWeight;
       console.log(
         `  ${key.padEnd(14)} ppl ${r.perplexity.toFixed(4)}  KLD ${r.kld!.toFixed(5)}  top-1 ${(100 * r.top1Agreement!).toFixed(2)}%  ` +

@@ -7,14 +7,14 @@
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import { before, describe, test } from 'node:test';
-import { readText } from '../../src/cli/commands.js';
 import { type EvalResult, evaluate } from '../../src/eval/perplexity.js';
 import { Decoder } from '../../src/model/decoder.js';
-import { type LoadedModel, loadModel } from '../../src/model/load.js';
+import type { LoadedModel } from '../../src/model/load.js';
 import { sampleCalibrationWindows } from '../../src/quant/calibrate.js';
 import type { GridSpec } from '../../src/quant/grid.js';
 import { type MethodName, quantizeModel } from '../../src/quant/quantize-model.js';
-import { ASSETS, assetsPresent } from '../helpers.js';
+import { assetsPresent } from '../helpers.js';
+import { evaluateAgainstFp, intGrid, loadWithValidTokens, PROTOCOL } from './quality-setup.js';
 
 const EVAL_TOKENS = 48 * 1024;
 
@@ -48,13 +48,7 @@ const MEASURED: Record<string, Record<string, [number, number]>> = {
 };
 const CALIB_FROM = 96 * 1024;
 
-const grid = (bits: number, groupSize: number): GridSpec => ({
-  bits,
-  symmetric: true,
-  granularity: groupSize ? 'group' : 'channel',
-  groupSize,
-  scaleDtype: 'f16',
-});
+const grid = (bits: number, groupSize: number) => intGrid(bits, groupSize, true);
 
 /** Group sizes that divide every input dimension of the model (stories260K's FFN is 172 wide). */
 const MODELS = [
@@ -72,26 +66,40 @@ for (const { modelPath, groupSizes } of MODELS) {
 
     const run = async (method: MethodName, g: GridSpec, extra: { actOrder?: boolean } = {}) => {
       const key = `${method} int${g.bits} ${g.granularity === 'group' ? `g${g.groupSize}` : 'pc'}${extra.actOrder ? ' act-order' : ''}`;
-      const q = await quantizeModel(model.config, model.weights, { method, grid: g, calibration, gptq: extra });
-      const r = await evaluate(new Decoder(model.config, q.weights), evalTokens, {
-        protocol: { ctx: 512, stride: 512, dropPartial: true },
-        reference: new Decoder(model.config, model.weights),
+      const q = await quantizeModel(model.config, model.weights, {
+        method,
+        grid: g,
+        calibration,
+        gptq: extra,
       });
-      console.log(`  ${key.padEnd(26)} ppl ${r.perplexity.toFixed(4)}  KLD ${r.kld!.toFixed(5)}  top-1 ${(100 * r.top1Agreement!).toFixed(2)}%  (${q.seconds.toFixed(1)} s)`);
+      const r = await evaluateAgainstFp(model, q.weights, evalTokens);
+      console.log(
+        `  ${key.padEnd(26)} ppl ${r.perplexity.toFixed(4)}  KLD ${r.kld!.toFixed(5)}  top-1 ${(100 * r.top1Agreement!).toFixed(2)}%  (${q.seconds.toFixed(1)} s)`,
+      );
       results.set(key, r);
       const [ppl, kld] = MEASURED[path.basename(modelPath)]![key]!;
-      assert.ok(Math.abs(r.perplexity / ppl - 1) < 0.01, `${key}: perplexity ${r.perplexity}, measured before ${ppl}`);
-      assert.ok(Math.abs(r.kld! / kld - 1) < 0.01 || Math.abs(r.kld! - kld) < 2e-5, `${key}: KLD ${r.kld}, measured before ${kld}`);
+      assert.ok(
+        Math.abs(r.perplexity / ppl - 1) < 0.01,
+        `${key}: perplexity ${r.perplexity}, measured before ${ppl}`,
+      );
+      assert.ok(
+        Math.abs(r.kld! / kld - 1) < 0.01 || Math.abs(r.kld! - kld) < 2e-5,
+        `${key}: KLD ${r.kld}, measured before ${kld}`,
+      );
       return r;
     };
 
     before(async () => {
-      model = await loadModel(path.join(ASSETS, modelPath));
-      const tokens = model.tokenizer.encode(await readText(path.join(ASSETS, 'text/tinystories-valid-800k.txt')));
+      let tokens: number[];
+      ({ model, tokens } = await loadWithValidTokens(modelPath));
       evalTokens = tokens.slice(0, EVAL_TOKENS);
       const options = { nsamples: 128, seqlen: 512, seed: 0 };
-      calibration = { windows: sampleCalibrationWindows(tokens.slice(CALIB_FROM), options), seqlen: 512, description: options };
-      fp = await evaluate(new Decoder(model.config, model.weights), evalTokens, { protocol: { ctx: 512, stride: 512, dropPartial: true } });
+      calibration = {
+        windows: sampleCalibrationWindows(tokens.slice(CALIB_FROM), options),
+        seqlen: 512,
+        description: options,
+      };
+      fp = await evaluate(new Decoder(model.config, model.weights), evalTokens, { protocol: PROTOCOL });
       console.log(`  fp32 ppl ${fp.perplexity.toFixed(4)}`);
     });
 
@@ -100,14 +108,18 @@ for (const { modelPath, groupSizes } of MODELS) {
       const w4 = await run('rtn', grid(4, groupSizes[0]!));
       const w3 = await run('rtn', grid(3, groupSizes[0]!));
       assert.ok(Math.abs(w8.perplexity / fp.perplexity - 1) < 0.005);
-      assert.ok(fp.perplexity < w8.perplexity && w8.perplexity < w4.perplexity && w4.perplexity < w3.perplexity);
+      assert.ok(
+        fp.perplexity < w8.perplexity && w8.perplexity < w4.perplexity && w4.perplexity < w3.perplexity,
+      );
       assert.ok(w8.kld! < w4.kld! && w4.kld! < w3.kld!);
       assert.ok(w8.top1Agreement! > w4.top1Agreement! && w4.top1Agreement! > w3.top1Agreement!);
     });
 
     for (const [bits, groupSize] of groupSizes.flatMap((g) => [4, 3].map((b) => [b, g] as const))) {
       test(`GPTQ beats RTN at int${bits} ${groupSize ? `g${groupSize}` : 'per-channel'}`, async () => {
-        const rtn = results.get(`rtn int${bits} ${groupSize ? `g${groupSize}` : 'pc'}`) ?? (await run('rtn', grid(bits, groupSize)));
+        const rtn =
+          results.get(`rtn int${bits} ${groupSize ? `g${groupSize}` : 'pc'}`) ??
+          (await run('rtn', grid(bits, groupSize)));
         const gptq = await run('gptq', grid(bits, groupSize));
         assert.ok(gptq.perplexity < rtn.perplexity, `ppl ${gptq.perplexity} vs ${rtn.perplexity}`);
         assert.ok(gptq.kld! < rtn.kld!, `KLD ${gptq.kld} vs ${rtn.kld}`);
