@@ -6,21 +6,23 @@
  * orderings: 8-bit formats ≪ 4-bit formats ≪ ternary < binary in KLD.
  */
 import assert from 'node:assert/strict';
-import path from 'node:path';
 import { before, describe, test } from 'node:test';
-import { readText } from '../../src/cli/commands.js';
 import { type EvalResult, evaluate } from '../../src/eval/perplexity.js';
 import { BLOCK_LINEARS, linearWeightName } from '../../src/model/architecture.js';
 import { Decoder } from '../../src/model/decoder.js';
-import { type LoadedModel, loadModel } from '../../src/model/load.js';
-import { sampleCalibrationWindows } from '../../src/quant/calibrate.js';
+import type { LoadedModel } from '../../src/model/load.js';
 import { type FormatName, gridSpecFor } from '../../src/quant/number-formats.js';
 import { type MethodName, modelSize, quantizeModel } from '../../src/quant/quantize-model.js';
-import { ASSETS, assetsPresent } from '../helpers.js';
+import { assetsPresent } from '../helpers.js';
+import {
+  assertMeasured,
+  type Calibration,
+  calibrationWindows,
+  loadWithValidTokens,
+  PROTOCOL,
+} from './quality-setup.js';
 
 const EVAL_TOKENS = 4096;
-const CALIB_FROM = 96 * 1024;
-const PROTOCOL = { ctx: 512, stride: 512, dropPartial: true };
 
 /** Measured (perplexity, KLD); FP32 perplexity on these tokens: 37.4471. */
 const MEASURED: Record<string, [number, number]> = {
@@ -41,7 +43,7 @@ describe('number formats on tinystories-656k', { skip: !assetsPresent && 'no ../
   let tokens: number[];
   let reference: Decoder;
   let fp: EvalResult;
-  let calibration: { windows: Int32Array; seqlen: number; description: Record<string, unknown> };
+  let calibration: Calibration;
   const results = new Map<string, EvalResult & { bitsPerWeight: number }>();
 
   const run = async (
@@ -61,29 +63,16 @@ describe('number formats on tinystories-656k', { skip: !assetsPresent && 'no ../
     console.log(
       `  ${key.padEnd(18)} ${bitsPerWeight.toFixed(4)} b/w  ppl ${r.perplexity.toFixed(4)}  KLD ${r.kld!.toFixed(5)}  top-1 ${(100 * r.top1Agreement!).toFixed(2)}%`,
     );
-    const [ppl, kld] = MEASURED[key]!;
-    assert.ok(
-      Math.abs(r.perplexity / ppl - 1) < 0.01,
-      `${key}: perplexity ${r.perplexity}, measured before ${ppl}`,
-    );
-    assert.ok(
-      Math.abs(r.kld! / kld - 1) < 0.01 || Math.abs(r.kld! - kld) < 2e-5,
-      `${key}: KLD ${r.kld}, measured before ${kld}`,
-    );
+    assertMeasured(key, r, MEASURED[key]!);
     results.set(key, { ...r, bitsPerWeight });
     return results.get(key)!;
   };
 
   before(async () => {
-    model = await loadModel(path.join(ASSETS, 'models/tinystories-656k'));
-    const all = model.tokenizer.encode(await readText(path.join(ASSETS, 'text/tinystories-valid-800k.txt')));
+    let all: number[];
+    ({ model, tokens: all } = await loadWithValidTokens('models/tinystories-656k'));
     tokens = all.slice(0, EVAL_TOKENS);
-    const options = { nsamples: 32, seqlen: 512, seed: 0 };
-    calibration = {
-      windows: sampleCalibrationWindows(all.slice(CALIB_FROM), options),
-      seqlen: 512,
-      description: options,
-    };
+    calibration = calibrationWindows(all, 32);
     reference = new Decoder(model.config, model.weights);
     fp = await evaluate(reference, tokens, { protocol: PROTOCOL });
     console.log(`  fp32 ppl ${fp.perplexity.toFixed(4)}`);

@@ -10,11 +10,18 @@ import { before, describe, test } from 'node:test';
 import { type EvalResult, evaluate } from '../../src/eval/perplexity.js';
 import { Decoder } from '../../src/model/decoder.js';
 import type { LoadedModel } from '../../src/model/load.js';
-import { sampleCalibrationWindows } from '../../src/quant/calibrate.js';
 import type { GridSpec } from '../../src/quant/grid.js';
 import { type MethodName, quantizeModel } from '../../src/quant/quantize-model.js';
 import { assetsPresent } from '../helpers.js';
-import { evaluateAgainstFp, intGrid, loadWithValidTokens, PROTOCOL } from './quality-setup.js';
+import {
+  assertMeasured,
+  type Calibration,
+  calibrationWindows,
+  evaluateAgainstFp,
+  intGrid,
+  loadWithValidTokens,
+  PROTOCOL,
+} from './quality-setup.js';
 
 const EVAL_TOKENS = 48 * 1024;
 
@@ -46,7 +53,6 @@ const MEASURED: Record<string, Record<string, [number, number]>> = {
     'awq int3 pc': [7.4249, 0.65108],
   },
 };
-const CALIB_FROM = 96 * 1024;
 
 const grid = (bits: number, groupSize: number) => intGrid(bits, groupSize, true);
 
@@ -60,7 +66,7 @@ for (const { modelPath, groupSizes } of MODELS) {
   describe(path.basename(modelPath), { skip: !assetsPresent && 'no ../shared/assets' }, () => {
     let model: LoadedModel;
     let evalTokens: number[];
-    let calibration: { windows: Int32Array; seqlen: number; description: Record<string, unknown> };
+    let calibration: Calibration;
     let fp: EvalResult;
     const results = new Map<string, EvalResult>();
 
@@ -77,15 +83,7 @@ for (const { modelPath, groupSizes } of MODELS) {
         `  ${key.padEnd(26)} ppl ${r.perplexity.toFixed(4)}  KLD ${r.kld!.toFixed(5)}  top-1 ${(100 * r.top1Agreement!).toFixed(2)}%  (${q.seconds.toFixed(1)} s)`,
       );
       results.set(key, r);
-      const [ppl, kld] = MEASURED[path.basename(modelPath)]![key]!;
-      assert.ok(
-        Math.abs(r.perplexity / ppl - 1) < 0.01,
-        `${key}: perplexity ${r.perplexity}, measured before ${ppl}`,
-      );
-      assert.ok(
-        Math.abs(r.kld! / kld - 1) < 0.01 || Math.abs(r.kld! - kld) < 2e-5,
-        `${key}: KLD ${r.kld}, measured before ${kld}`,
-      );
+      assertMeasured(key, r, MEASURED[path.basename(modelPath)]![key]!);
       return r;
     };
 
@@ -93,12 +91,7 @@ for (const { modelPath, groupSizes } of MODELS) {
       let tokens: number[];
       ({ model, tokens } = await loadWithValidTokens(modelPath));
       evalTokens = tokens.slice(0, EVAL_TOKENS);
-      const options = { nsamples: 128, seqlen: 512, seed: 0 };
-      calibration = {
-        windows: sampleCalibrationWindows(tokens.slice(CALIB_FROM), options),
-        seqlen: 512,
-        description: options,
-      };
+      calibration = calibrationWindows(tokens, 128);
       fp = await evaluate(new Decoder(model.config, model.weights), evalTokens, { protocol: PROTOCOL });
       console.log(`  fp32 ppl ${fp.perplexity.toFixed(4)}`);
     });
