@@ -7,7 +7,13 @@ import { REPO } from './helpers.js';
 
 test('the library API quantizes, evaluates and round-trips a model', async () => {
   const model = await ptq.loadModel(path.join(REPO, 'models/tinystories-656k'));
-  const grid: ptq.GridSpec = { bits: 4, symmetric: true, granularity: 'group', groupSize: 32, scaleDtype: 'f16' };
+  const grid: ptq.GridSpec = {
+    bits: 4,
+    symmetric: true,
+    granularity: 'group',
+    groupSize: 32,
+    scaleDtype: 'f16',
+  };
   const q = await ptq.quantizeModel(model.config, model.weights, { method: 'rtn', grid });
   assert.equal(q.quantization.tensors.size, 14);
   assert.equal(ptq.modelSize(q.weights, q.quantization.tensors).bitsPerWeight, 4.5);

@@ -5,8 +5,6 @@
 import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { FileError, UsageError } from '../errors.js';
-import { writePtqCheckpoint } from '../io/ptq-checkpoint.js';
-import { assertWritableOutput, writeDirectoryAtomically } from '../io/atomic.js';
 import { type CompareResults, runCompare } from '../eval/compare.js';
 import { type EvalResult, evaluate, type WindowProtocol } from '../eval/perplexity.js';
 import { renderReport } from '../eval/report.js';
@@ -15,16 +13,24 @@ import { exportGguf } from '../export/gguf.js';
 import { exportGptq } from '../export/gptq-safetensors.js';
 import type { SafetensorsExportReport } from '../export/hf-safetensors.js';
 import { exportOnnx, ONNX_DTYPES, type OnnxDtype } from '../export/onnx.js';
+import { assertWritableOutput, writeDirectoryAtomically } from '../io/atomic.js';
+import { writePtqCheckpoint } from '../io/ptq-checkpoint.js';
 import { Decoder } from '../model/decoder.js';
 import { type LoadedModel, loadModel } from '../model/load.js';
-import { type GridSpec, gridName, validateGrid } from '../quant/grid.js';
 import { type AllocationPlan, parseSize, planAllocation, presetGrids } from '../quant/allocate.js';
 import { sampleCalibrationWindows } from '../quant/calibrate.js';
-import { DEFAULT_PALETTE } from '../quant/sensitivity.js';
+import { type GridSpec, gridName, validateGrid } from '../quant/grid.js';
 import { HQQ_DEFAULTS } from '../quant/hqq.js';
 import type { FormatName } from '../quant/number-formats.js';
-import { type Calibration, METHODS, type MethodName, modelSize, quantizeModel } from '../quant/quantize-model.js';
+import {
+  type Calibration,
+  METHODS,
+  type MethodName,
+  modelSize,
+  quantizeModel,
+} from '../quant/quantize-model.js';
 import { untiedHfConfig } from '../quant/rotate.js';
+import { DEFAULT_PALETTE } from '../quant/sensitivity.js';
 import { SINQ_DEFAULTS } from '../quant/sinq.js';
 import { createProgress } from './progress.js';
 import { fmt, formatTable } from './table.js';
@@ -61,7 +67,11 @@ export async function inspectCommand(modelPath: string, opts: { tokenizer?: stri
     config: m.config,
     parameters: params,
     bytes: size.totalBytes,
-    quantization: m.quantization && { method: m.quantization.method, ...m.quantization.settings, bitsPerWeight: size.bitsPerWeight },
+    quantization: m.quantization && {
+      method: m.quantization.method,
+      ...m.quantization.settings,
+      bitsPerWeight: size.bitsPerWeight,
+    },
     tensors: [...m.weights].map(([name, t]) => ({
       name,
       shape: t.shape,
@@ -76,8 +86,14 @@ export async function inspectCommand(modelPath: string, opts: { tokenizer?: stri
       `head_dim ${c.headDim}, vocab ${c.vocabSize}, ctx ${c.maxPositions}, rope_theta ${c.ropeTheta}, tied ${c.tiedEmbeddings}`,
   );
   out.log(`  ${params.toLocaleString('en-US')} parameters, ${fmt.bytes(size.totalBytes)}`);
-  if (summary.quantization) out.log(`  quantized: ${m.quantization!.method}, ${size.bitsPerWeight.toFixed(3)} bits/weight`);
-  out.log(formatTable(['tensor', 'shape', 'storage'], summary.tensors.map((t) => [t.name, `[${t.shape}]`, t.storage])));
+  if (summary.quantization)
+    out.log(`  quantized: ${m.quantization!.method}, ${size.bitsPerWeight.toFixed(3)} bits/weight`);
+  out.log(
+    formatTable(
+      ['tensor', 'shape', 'storage'],
+      summary.tensors.map((t) => [t.name, `[${t.shape}]`, t.storage]),
+    ),
+  );
 }
 
 // ---------- quantize ----------
@@ -120,13 +136,20 @@ export interface QuantizeArgs {
 
 export async function quantizeCommand(modelPath: string, args: QuantizeArgs, out: Output) {
   if (!(args.method in METHODS)) {
-    throw new UsageError('unknown method', { field: 'method', expected: Object.keys(METHODS).join(', '), got: args.method });
+    throw new UsageError('unknown method', {
+      field: 'method',
+      expected: Object.keys(METHODS).join(', '),
+      got: args.method,
+    });
   }
   const method = args.method as MethodName;
   validateGrid(args.grid);
   const exportTo = args.export && exportTarget(args.export, args.output, args.exportOut);
   if (METHODS[method].calibrated && !args.calib) {
-    throw new UsageError(`${method} needs calibration text`, { field: 'calib', hint: 'pass --calib <text file>, disjoint from the evaluation text' });
+    throw new UsageError(`${method} needs calibration text`, {
+      field: 'calib',
+      hint: 'pass --calib <text file>, disjoint from the evaluation text',
+    });
   }
   await assertWritableOutput(args.output);
   if (exportTo) await assertWritableOutput(exportTo);
@@ -167,7 +190,10 @@ export async function quantizeCommand(modelPath: string, args: QuantizeArgs, out
     peakRssMiB: peakRssMiB(),
     layers: q.layers,
     ...(mixed && {
-      allocation: { ...mixed.report, achievedBits: size.bitsPerWeight * quantizedWeightCount(q.quantization.tensors) },
+      allocation: {
+        ...mixed.report,
+        achievedBits: size.bitsPerWeight * quantizedWeightCount(q.quantization.tensors),
+      },
     }),
   };
   // The export reads the checkpoint just written, through the same code as `ptq export`.
@@ -184,7 +210,12 @@ export async function quantizeCommand(modelPath: string, args: QuantizeArgs, out
   if (mixed) printAllocation(mixed.report, result.allocation!.achievedBits, out);
   const rotated = args.rotate ? `, ${args.rotate}-rotated` : '';
   if (q.layers.length) {
-    out.log(formatTable(['layer', 'rel. output error', 'awq alpha'], q.layers.map((l) => [l.name, l.relativeError.toExponential(3), fmt.fixed(l.alpha, 2)])));
+    out.log(
+      formatTable(
+        ['layer', 'rel. output error', 'awq alpha'],
+        q.layers.map((l) => [l.name, l.relativeError.toExponential(3), fmt.fixed(l.alpha, 2)]),
+      ),
+    );
   }
   out.log(
     `quantized ${model.path} with ${method} ${mixed ? `per-layer grids (others ${result.grid})` : result.grid}${rotated}: ${result.bitsPerWeight.toFixed(3)} bits/weight, ` +
@@ -197,11 +228,17 @@ export async function quantizeCommand(modelPath: string, args: QuantizeArgs, out
 async function mixedPrecisionPlan(model: LoadedModel, args: QuantizeArgs, out: Output) {
   const budgeted = args.targetBpw !== undefined || args.targetSize !== undefined;
   if (args.targetBpw !== undefined && args.targetSize !== undefined) {
-    throw new UsageError('give one budget', { field: 'target-bpw', hint: 'pass --target-bpw or --target-size, not both' });
+    throw new UsageError('give one budget', {
+      field: 'target-bpw',
+      hint: 'pass --target-bpw or --target-size, not both',
+    });
   }
   if (args.preset !== undefined) {
     if (budgeted) {
-      throw new UsageError('--preset is a fixed mix, not a budget', { field: 'preset', hint: 'drop --target-bpw/--target-size' });
+      throw new UsageError('--preset is a fixed mix, not a budget', {
+        field: 'preset',
+        hint: 'drop --target-bpw/--target-size',
+      });
     }
     const perLayerGrid = presetGrids(args.preset, model.config.numLayers);
     const layers = [...perLayerGrid].map(([name, g]) => ({ name, grid: gridName(g) }));
@@ -217,7 +254,10 @@ async function mixedPrecisionPlan(model: LoadedModel, args: QuantizeArgs, out: O
   const progress = createProgress('sensitivity: layer×grid', !out.json);
   const plan = await planAllocation(model.config, model.weights, {
     target: args.targetBpw !== undefined ? { bpw: args.targetBpw } : { bytes: parseSize(args.targetSize!) },
-    palette: (args.palette ?? DEFAULT_PALETTE.join(',')).split(',').map((g) => g.trim()).filter(Boolean),
+    palette: (args.palette ?? DEFAULT_PALETTE.join(','))
+      .split(',')
+      .map((g) => g.trim())
+      .filter(Boolean),
     sensitivity: args.sensitivity ?? 'measured',
     tokens: model.tokenizer.encode(await readText(args.calib)),
     measureTokens: args.sensitivityTokens,
@@ -239,7 +279,12 @@ function quantizedWeightCount(tensors: Map<string, { rows: number; cols: number 
 }
 
 function printAllocation(r: MixedReport, achievedBits: number, out: Output): void {
-  const rows = r.layers.map((l) => [l.name, l.grid, String(l.bits ?? ''), l.loss === undefined ? '' : l.loss.toExponential(3)]);
+  const rows = r.layers.map((l) => [
+    l.name,
+    l.grid,
+    String(l.bits ?? ''),
+    l.loss === undefined ? '' : l.loss.toExponential(3),
+  ]);
   out.log(formatTable(['layer', 'grid', 'bits', 'predicted loss'], rows));
   if (r.preset) {
     out.log(`preset ${r.preset}: ${achievedBits} bits stored`);
@@ -293,10 +338,17 @@ export interface EvalArgs {
   tokenizer?: string;
 }
 
-export function protocolFor(model: LoadedModel, args: Pick<EvalArgs, 'ctx' | 'stride' | 'keepPartial'>): WindowProtocol {
+export function protocolFor(
+  model: LoadedModel,
+  args: Pick<EvalArgs, 'ctx' | 'stride' | 'keepPartial'>,
+): WindowProtocol {
   const ctx = args.ctx ?? Math.min(model.config.maxPositions, 2048);
   if (ctx > model.config.maxPositions) {
-    throw new UsageError('context longer than the model was trained for', { field: 'ctx', expected: `<= ${model.config.maxPositions}`, got: String(ctx) });
+    throw new UsageError('context longer than the model was trained for', {
+      field: 'ctx',
+      expected: `<= ${model.config.maxPositions}`,
+      got: String(ctx),
+    });
   }
   return { ctx, stride: args.stride ?? ctx, dropPartial: !args.keepPartial };
 }
@@ -314,9 +366,18 @@ export async function evalCommand(modelPath: string, args: EvalArgs, out: Output
   });
   progress.finish();
   const size = modelSize(model.weights, model.quantization?.tensors);
-  const report = { model: model.path, text: args.text, ...result, bitsPerWeight: size.bitsPerWeight, bytes: size.totalBytes, peakRssMiB: peakRssMiB() };
+  const report = {
+    model: model.path,
+    text: args.text,
+    ...result,
+    bitsPerWeight: size.bitsPerWeight,
+    bytes: size.totalBytes,
+    peakRssMiB: peakRssMiB(),
+  };
   if (out.json) return out.log(JSON.stringify(report, null, 2));
-  out.log(`protocol: ${result.protocol}; ${result.tokens} tokens, ${result.windows} windows, ${result.predictions} predictions`);
+  out.log(
+    `protocol: ${result.protocol}; ${result.tokens} tokens, ${result.windows} windows, ${result.predictions} predictions`,
+  );
   out.log(resultTable([{ label: path.basename(model.path), ...size, result }]));
 }
 
@@ -353,7 +414,8 @@ export const EXPORT_FORMATS = {
     description: `ONNX decoder directory for onnxruntime and transformers.js (--dtype ${Object.keys(ONNX_DTYPES).join('|')}, comma-separated)`,
   },
   gptq: {
-    description: 'GPTQ v1 safetensors directory (qweight/qzeros/scales/g_idx): GPTQModel, AutoGPTQ, transformers',
+    description:
+      'GPTQ v1 safetensors directory (qweight/qzeros/scales/g_idx): GPTQModel, AutoGPTQ, transformers',
   },
   'compressed-tensors': {
     description:
@@ -383,8 +445,14 @@ async function exportGgufCommand(modelPath: string, args: ExportArgs, out: Outpu
   });
   if (out.json) return out.log(JSON.stringify(report, null, 2));
   const kinds = new Map<string, number>();
-  for (const t of report.tensors) kinds.set(`${t.type} from ${t.source}`, (kinds.get(`${t.type} from ${t.source}`) ?? 0) + 1);
-  out.log(formatTable(['tensors', 'storage'], [...kinds].map(([k, n]) => [String(n), k])));
+  for (const t of report.tensors)
+    kinds.set(`${t.type} from ${t.source}`, (kinds.get(`${t.type} from ${t.source}`) ?? 0) + 1);
+  out.log(
+    formatTable(
+      ['tensors', 'storage'],
+      [...kinds].map(([k, n]) => [String(n), k]),
+    ),
+  );
   out.log(
     `exported ${model.path} as GGUF ${report.type}: ${report.bitsPerWeight.toFixed(3)} bits/weight (matrices), ` +
       `${fmt.bytes(report.bytes)} -> ${report.file}`,
@@ -427,7 +495,12 @@ async function exportSafetensorsCommand(
     const kind = `${l.grid} from ${l.source}`;
     kinds.set(kind, (kinds.get(kind) ?? 0) + 1);
   }
-  out.log(formatTable(['linears', 'storage'], [...kinds].map(([k, n]) => [String(n), k])));
+  out.log(
+    formatTable(
+      ['linears', 'storage'],
+      [...kinds].map(([k, n]) => [String(n), k]),
+    ),
+  );
   out.log(
     `exported ${model.path} as ${report.layout}: ${report.bitsPerWeight.toFixed(3)} bits/weight ` +
       `(quantized linears), ${fmt.bytes(report.bytes)} -> ${report.output}`,

@@ -37,15 +37,30 @@ export async function demoCommand(out: Output) {
     progress.update(i, DEMO_GRIDS.length, `rtn ${gridName(grid)}`);
     const q = await quantizeModel(model.config, model.weights, { method: 'rtn', grid });
     const result = await evaluate(new Decoder(model.config, q.weights), tokens, { protocol, reference });
-    rows.push({ label: `rtn ${gridName(grid)}`, ...modelSize(q.weights, q.quantization.tensors), result, quantizeSeconds: q.seconds });
+    rows.push({
+      label: `rtn ${gridName(grid)}`,
+      ...modelSize(q.weights, q.quantization.tensors),
+      result,
+      quantizeSeconds: q.seconds,
+    });
   }
   progress.finish();
 
   if (out.json) {
-    return out.log(JSON.stringify({ model: DEMO_MODEL, text: DEMO_TEXT, protocol: fp.protocol, rows, peakRssMiB: peakRssMiB() }, null, 2));
+    return out.log(
+      JSON.stringify(
+        { model: DEMO_MODEL, text: DEMO_TEXT, protocol: fp.protocol, rows, peakRssMiB: peakRssMiB() },
+        null,
+        2,
+      ),
+    );
   }
-  out.log(`ptq demo: ${path.basename(DEMO_MODEL)} on ${path.basename(DEMO_TEXT)} (${tokens.length} tokens; ${fp.protocol})\n`);
+  out.log(
+    `ptq demo: ${path.basename(DEMO_MODEL)} on ${path.basename(DEMO_TEXT)} (${tokens.length} tokens; ${fp.protocol})\n`,
+  );
   out.log(resultTable(rows));
   out.log(`\nbits/w counts the quantized linear layers (codes + scales); size is the whole model as stored.`);
-  out.log(`Next: ptq quantize ${path.relative(process.cwd(), DEMO_MODEL)} --bits 4 --group-size 32 -o out-w4 && ptq eval out-w4 --text <file> --ref <fp-model>`);
+  out.log(
+    `Next: ptq quantize ${path.relative(process.cwd(), DEMO_MODEL)} --bits 4 --group-size 32 -o out-w4 && ptq eval out-w4 --text <file> --ref <fp-model>`,
+  );
 }

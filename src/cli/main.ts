@@ -76,7 +76,12 @@ program
   .description('quantize the linear layers of a model and save it')
   .requiredOption('-o, --output <dir>', 'output directory')
   .addOption(
-    new Option('--method <name>', Object.entries(METHODS).map(([k, m]) => `${k}: ${m.description}`).join('; '))
+    new Option(
+      '--method <name>',
+      Object.entries(METHODS)
+        .map(([k, m]) => `${k}: ${m.description}`)
+        .join('; '),
+    )
       .choices(Object.keys(METHODS))
       .default('rtn'),
   )
@@ -86,22 +91,47 @@ program
   .option('--per-tensor', 'one scale for the whole tensor')
   .option('--asym', 'asymmetric grid with zero points (default symmetric)')
   .addOption(
-    new Option('--scale-dtype <dtype>', 'storage dtype of scales').choices(['f16', 'bf16', 'f32', 'e4m3']).default('f16'),
+    new Option('--scale-dtype <dtype>', 'storage dtype of scales')
+      .choices(['f16', 'bf16', 'f32', 'e4m3'])
+      .default('f16'),
   )
   .option('--calib <file>', 'calibration text (gptq, awq); keep it disjoint from the evaluation text')
   .option('--nsamples <n>', 'calibration windows', integer, CALIBRATION_DEFAULTS.nsamples)
-  .option('--seqlen <n>', 'tokens per calibration window (capped at the model context)', integer, CALIBRATION_DEFAULTS.seqlen)
+  .option(
+    '--seqlen <n>',
+    'tokens per calibration window (capped at the model context)',
+    integer,
+    CALIBRATION_DEFAULTS.seqlen,
+  )
   .option('--seed <n>', 'seed of the calibration sampling', integer, CALIBRATION_DEFAULTS.seed)
   .option('--act-order', 'gptq: quantize columns by decreasing Hessian diagonal (stores g_idx)')
   .option('--damp <x>', 'gptq: dampening, fraction of the mean Hessian diagonal', Number, GPTQ_DEFAULTS.damp)
   .option('--block-size <n>', 'gptq: columns per lazy batch', integer, GPTQ_DEFAULTS.blockSize)
   .option('--no-true-sequential', 'gptq: quantize all linears of a block from the same inputs')
   .option('--no-awq-clip', 'awq: skip the clipping search after scaling')
-  .option('--hqq-iters <n>', 'hqq: maximum half-quadratic iterations (stops earlier when the error stops falling)', integer, HQQ_DEFAULTS.iters)
-  .option('--lp-norm <p>', 'hqq: p of the error ‖W − Ŵ‖_p^p it minimizes, 0 < p ≤ 1', Number, HQQ_DEFAULTS.lpNorm)
-  .option('--sinq-iters <n>', 'sinq: Sinkhorn iterations balancing row and column standard deviations', integer, SINQ_DEFAULTS.iters)
+  .option(
+    '--hqq-iters <n>',
+    'hqq: maximum half-quadratic iterations (stops earlier when the error stops falling)',
+    integer,
+    HQQ_DEFAULTS.iters,
+  )
+  .option(
+    '--lp-norm <p>',
+    'hqq: p of the error ‖W − Ŵ‖_p^p it minimizes, 0 < p ≤ 1',
+    Number,
+    HQQ_DEFAULTS.lpNorm,
+  )
+  .option(
+    '--sinq-iters <n>',
+    'sinq: Sinkhorn iterations balancing row and column standard deviations',
+    integer,
+    SINQ_DEFAULTS.iters,
+  )
   .addOption(
-    new Option('--rotate <kind>', 'rotate before quantizing, with any method (QuaRot, arXiv:2404.00456)').choices(['hadamard']),
+    new Option(
+      '--rotate <kind>',
+      'rotate before quantizing, with any method (QuaRot, arXiv:2404.00456)',
+    ).choices(['hadamard']),
   )
   .option('--rotate-seed <n>', "seed of the rotation's random signs", integer, ROTATE_DEFAULTS.seed)
   .addOption(
@@ -110,11 +140,24 @@ program
     ),
   )
   .option('--export-out <path>', 'where --export writes (default: <output>.gguf, or <output>-<format>)')
-  .option('--target-bpw <x>', 'mixed precision: per-layer grids within x bits/weight over the quantized linears', Number)
-  .option('--target-size <size>', 'mixed precision: per-layer grids within this stored model size (800MB, 2.5MiB)')
-  .option('--palette <grids>', 'candidate grids of --target-*, comma-separated (int<b>-g<G>, int<b>-ch, nvfp4, mxfp4)')
+  .option(
+    '--target-bpw <x>',
+    'mixed precision: per-layer grids within x bits/weight over the quantized linears',
+    Number,
+  )
+  .option(
+    '--target-size <size>',
+    'mixed precision: per-layer grids within this stored model size (800MB, 2.5MiB)',
+  )
+  .option(
+    '--palette <grids>',
+    'candidate grids of --target-*, comma-separated (int<b>-g<G>, int<b>-ch, nvfp4, mxfp4)',
+  )
   .addOption(
-    new Option('--sensitivity <kind>', 'loss the allocation minimizes: one-layer KLD on --calib, or the Hessian proxy')
+    new Option(
+      '--sensitivity <kind>',
+      'loss the allocation minimizes: one-layer KLD on --calib, or the Hessian proxy',
+    )
       .choices(['measured', 'proxy'])
       .default('measured'),
   )
@@ -144,13 +187,25 @@ program
   .command('export <model>')
   .description('write a model (float or quantized) in a runtime format')
   .addOption(
-    new Option('--format <name>', Object.entries(EXPORT_FORMATS).map(([k, f]) => `${k}: ${f.description}`).join('; '))
+    new Option(
+      '--format <name>',
+      Object.entries(EXPORT_FORMATS)
+        .map(([k, f]) => `${k}: ${f.description}`)
+        .join('; '),
+    )
       .choices(Object.keys(EXPORT_FORMATS))
       .makeOptionMandatory(),
   )
   .requiredOption('-o, --output <path>', 'output directory (onnx, gptq, compressed-tensors) or file (gguf)')
-  .option('--dtype <list>', 'onnx: variants to write, e.g. fp32,q4 (default: the checkpoint\'s width, or fp32)')
-  .option('--type <name>', `gguf: ${GGUF_EXPORT_TYPES.join('|')}, or auto (a checkpoint's exact block type, else f32)`, 'auto')
+  .option(
+    '--dtype <list>',
+    "onnx: variants to write, e.g. fp32,q4 (default: the checkpoint's width, or fp32)",
+  )
+  .option(
+    '--type <name>',
+    `gguf: ${GGUF_EXPORT_TYPES.join('|')}, or auto (a checkpoint's exact block type, else f32)`,
+    'auto',
+  )
   .option('--external-data', 'onnx: store weights in .onnx_data files (default: only above 1 GiB)')
   .option('--no-external-data', 'onnx: keep every weight inside the .onnx file')
   .option('--tokenizer <file>', 'tokenizer to use instead of the one next to the model')

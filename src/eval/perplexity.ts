@@ -34,7 +34,10 @@ export function describeProtocol(p: WindowProtocol): string {
 
 export function planWindows(numTokens: number, p: WindowProtocol): Window[] {
   if (!(p.ctx >= 2) || !(p.stride >= 1) || p.stride > p.ctx) {
-    throw new UsageError('invalid evaluation window', { expected: '2 <= ctx and 1 <= stride <= ctx', got: `ctx ${p.ctx}, stride ${p.stride}` });
+    throw new UsageError('invalid evaluation window', {
+      expected: '2 <= ctx and 1 <= stride <= ctx',
+      got: `ctx ${p.ctx}, stride ${p.stride}`,
+    });
   }
   const windows: Window[] = [];
   let scoredUpTo = 0;
@@ -79,12 +82,19 @@ export interface EvalResult {
   tokensPerSecond: number;
 }
 
-export async function evaluate(model: Decoder, tokens: readonly number[], options: EvalOptions): Promise<EvalResult> {
+export async function evaluate(
+  model: Decoder,
+  tokens: readonly number[],
+  options: EvalOptions,
+): Promise<EvalResult> {
   const t0 = performance.now();
   const { protocol, reference } = options;
   const windows = planWindows(tokens.length, protocol);
   if (windows.length === 0) {
-    throw new UsageError('text too short for one evaluation window', { expected: `>= ${protocol.ctx} tokens`, got: `${tokens.length}` });
+    throw new UsageError('text too short for one evaluation window', {
+      expected: `>= ${protocol.ctx} tokens`,
+      got: `${tokens.length}`,
+    });
   }
   const V = model.config.vocabSize;
   const maxRows = Math.max(protocol.ctx, Math.floor((options.maxBatchLogits ?? 2 ** 22) / V));
@@ -94,11 +104,17 @@ export async function evaluate(model: Decoder, tokens: readonly number[], option
     // Batch consecutive windows of the same length.
     const T = windows[i]!.end - windows[i]!.start;
     const batch: Window[] = [];
-    while (i < windows.length && windows[i]!.end - windows[i]!.start === T && (batch.length + 1) * T <= maxRows) {
+    while (
+      i < windows.length &&
+      windows[i]!.end - windows[i]!.start === T &&
+      (batch.length + 1) * T <= maxRows
+    ) {
       batch.push(windows[i++]!);
     }
     const ids = new Int32Array(batch.length * T);
-    batch.forEach((w, b) => ids.set(tokens.slice(w.start, w.end), b * T));
+    batch.forEach((w, b) => {
+      ids.set(tokens.slice(w.start, w.end), b * T);
+    });
     const logits = await model.forward(ids, batch.length, T);
     const refLogits = reference ? await reference.forward(ids, batch.length, T) : undefined;
 

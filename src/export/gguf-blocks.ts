@@ -114,7 +114,7 @@ function planReason(q: QuantizedTensor, typeName: string): string | undefined {
   const format = q.spec.format ?? 'int';
   if (format !== 'int') return `${format} codes are not integers on a uniform grid`;
   if (q.columnScales) return 'per-column scales (SINQ) have no ggml block form';
-  if (q.groupIndex && q.groupIndex.some((g, c) => g !== Math.floor(c / groupColumns(q)))) {
+  if (q.groupIndex?.some((g, c) => g !== Math.floor(c / groupColumns(q)))) {
     return 'act-order (g_idx) groups are not contiguous 32-column blocks';
   }
   const floatZero = !q.spec.symmetric && q.spec.zeroPoint === 'float';

@@ -22,7 +22,12 @@ export function packBits(codes: ArrayLike<number>, bits: number): Uint8Array {
   return out;
 }
 
-export function unpackBits(packed: Uint8Array, bits: number, count: number, out = new Uint8Array(count)): Uint8Array {
+export function unpackBits(
+  packed: Uint8Array,
+  bits: number,
+  count: number,
+  out = new Uint8Array(count),
+): Uint8Array {
   const mask = (1 << bits) - 1;
   let bitPos = 0;
   for (let i = 0; i < count; i++, bitPos += bits) {

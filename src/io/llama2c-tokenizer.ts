@@ -137,7 +137,8 @@ export class Llama2cTokenizer implements TextTokenizer {
       const right = next[left]!;
       if (right < 0) return;
       const merged = this.ids.get(this.pieces[id[left]!]! + this.pieces[id[right]!]!);
-      if (merged !== undefined) heap.push({ score: this.scores[merged]!, left, leftId: id[left]!, rightId: id[right]!, merged });
+      if (merged !== undefined)
+        heap.push({ score: this.scores[merged]!, left, leftId: id[left]!, rightId: id[right]!, merged });
     };
     for (let i = 0; i < n - 1; i++) push(i);
     while (heap.size > 0) {

@@ -19,13 +19,20 @@ import type { TensorMap } from '../tensor.js';
 
 const HEADER_BYTES = 7 * 4;
 
-export async function loadLlama2cCheckpoint(file: string): Promise<{ config: ModelConfig; tensors: TensorMap }> {
+export async function loadLlama2cCheckpoint(
+  file: string,
+): Promise<{ config: ModelConfig; tensors: TensorMap }> {
   const handle = await open(file, 'r').catch((e: NodeJS.ErrnoException) => {
     throw new FileError('cannot open the llama2.c checkpoint', { file, got: e.code });
   });
   try {
     const { size } = await handle.stat();
-    if (size < HEADER_BYTES) throw new FormatError('file too short for a llama2.c header', { file, expected: `>= ${HEADER_BYTES} bytes`, got: `${size}` });
+    if (size < HEADER_BYTES)
+      throw new FormatError('file too short for a llama2.c header', {
+        file,
+        expected: `>= ${HEADER_BYTES} bytes`,
+        got: `${size}`,
+      });
     const header = new Int32Array(7);
     await handle.read(new Uint8Array(header.buffer), 0, HEADER_BYTES, 0);
     const [dim, hidden, layers, heads, kvHeads, signedVocab, seqLen] = header as unknown as number[];
@@ -100,7 +107,11 @@ interface Segment {
 function weightLayout(c: ModelConfig): Segment[] {
   const { hiddenSize: dim, intermediateSize: hidden, numLayers: L, headDim } = c;
   const kvDim = c.numKvHeads * headDim;
-  const perLayer = (suffix: string, shape: number[], transform?: (w: Float32Array) => Float32Array): Segment => {
+  const perLayer = (
+    suffix: string,
+    shape: number[],
+    transform?: (w: Float32Array) => Float32Array,
+  ): Segment => {
     const n = shape.reduce((a, b) => a * b, 1);
     return {
       count: L * n,
@@ -121,7 +132,9 @@ function weightLayout(c: ModelConfig): Segment[] {
     single('model.embed_tokens.weight', [c.vocabSize, dim]),
     perLayer('input_layernorm.weight', [dim]),
     perLayer('self_attn.q_proj.weight', [dim, dim], (w) => interleavedToHalves(w, c.numHeads, headDim, dim)),
-    perLayer('self_attn.k_proj.weight', [kvDim, dim], (w) => interleavedToHalves(w, c.numKvHeads, headDim, dim)),
+    perLayer('self_attn.k_proj.weight', [kvDim, dim], (w) =>
+      interleavedToHalves(w, c.numKvHeads, headDim, dim),
+    ),
     perLayer('self_attn.v_proj.weight', [kvDim, dim]),
     perLayer('self_attn.o_proj.weight', [dim, dim]),
     perLayer('post_attention_layernorm.weight', [dim]),
@@ -140,7 +153,12 @@ function weightLayout(c: ModelConfig): Segment[] {
  * rotate_half's (i, i + d/2): new row i ← old row 2i, new row i + d/2 ← old row 2i + 1.
  * This is HF convert_llama_weights_to_hf's permute: w.view(h, d/2, 2, in).transpose(1, 2).
  */
-export function interleavedToHalves(w: Float32Array, heads: number, headDim: number, inDim: number): Float32Array {
+export function interleavedToHalves(
+  w: Float32Array,
+  heads: number,
+  headDim: number,
+  inDim: number,
+): Float32Array {
   const out = new Float32Array(w.length);
   const half = headDim / 2;
   for (let h = 0; h < heads; h++) {

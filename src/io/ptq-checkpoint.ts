@@ -93,7 +93,12 @@ export async function writePtqCheckpoint(
     if (qt.groupIndex)
       tensors.push({ name: `${b}.g_idx`, dtype: 'I32', shape: [qt.cols], data: qt.groupIndex });
     if (globalScale !== undefined) {
-      tensors.push({ name: `${b}.global_scale`, dtype: 'F32', shape: [1], data: Float32Array.of(globalScale) });
+      tensors.push({
+        name: `${b}.global_scale`,
+        dtype: 'F32',
+        shape: [1],
+        data: Float32Array.of(globalScale),
+      });
     }
   }
   const config = {

@@ -59,7 +59,10 @@ export class SafetensorsFile {
     try {
       handle = await open(file, 'r');
     } catch (e) {
-      throw new FileError('cannot open the safetensors file', { file, got: (e as NodeJS.ErrnoException).code });
+      throw new FileError('cannot open the safetensors file', {
+        file,
+        got: (e as NodeJS.ErrnoException).code,
+      });
     }
     try {
       const { tensors, metadata } = await readHeader(handle, file);
@@ -75,7 +78,11 @@ export class SafetensorsFile {
     const bytes = new Uint8Array(info.end - info.begin);
     const { bytesRead } = await this.handle.read(bytes, 0, bytes.length, info.begin);
     if (bytesRead !== bytes.length) {
-      throw new FormatError('file truncated while reading a tensor', { file: this.file, field: name, offset: info.begin });
+      throw new FormatError('file truncated while reading a tensor', {
+        file: this.file,
+        field: name,
+        offset: info.begin,
+      });
     }
     return bytes;
   }
@@ -369,7 +376,11 @@ export class SafetensorsModel {
     for (const [name, shard] of Object.entries(weightMap as Record<string, string>)) {
       if (model.owner.get(name)?.file !== path.join(pathOrDir, shard)) {
         await model.close();
-        throw new FormatError('index names a tensor its shard does not hold', { file: index, field: name, expected: `in ${shard}` });
+        throw new FormatError('index names a tensor its shard does not hold', {
+          file: index,
+          field: name,
+          expected: `in ${shard}`,
+        });
       }
     }
     return model;
@@ -383,7 +394,12 @@ export class SafetensorsModel {
         const st = await SafetensorsFile.open(f);
         opened.push(st);
         for (const name of st.tensors.keys()) {
-          if (owner.has(name)) throw new FormatError('tensor stored twice', { file: f, field: name, got: `also in ${owner.get(name)!.file}` });
+          if (owner.has(name))
+            throw new FormatError('tensor stored twice', {
+              file: f,
+              field: name,
+              got: `also in ${owner.get(name)!.file}`,
+            });
           owner.set(name, st);
         }
       }
@@ -436,14 +452,23 @@ export interface TensorToWrite {
 }
 
 /** Write tensors in order; header padded to 8 bytes; through a temp file renamed at the end. */
-export async function writeSafetensors(file: string, tensors: TensorToWrite[], metadata?: Record<string, string>): Promise<void> {
+export async function writeSafetensors(
+  file: string,
+  tensors: TensorToWrite[],
+  metadata?: Record<string, string>,
+): Promise<void> {
   const header: Record<string, unknown> = {};
   if (metadata) header.__metadata__ = metadata;
   let offset = 0;
   for (const t of tensors) {
     const expected = t.shape.reduce((a, b) => a * b, 1) * DTYPE_BYTES[t.dtype];
     if (t.data.byteLength !== expected) {
-      throw new FormatError('tensor data does not match its dtype and shape', { file, field: t.name, expected: `${expected} bytes`, got: `${t.data.byteLength}` });
+      throw new FormatError('tensor data does not match its dtype and shape', {
+        file,
+        field: t.name,
+        expected: `${expected} bytes`,
+        got: `${t.data.byteLength}`,
+      });
     }
     header[t.name] = { dtype: t.dtype, shape: t.shape, data_offsets: [offset, offset + expected] };
     offset += expected;
@@ -459,12 +484,16 @@ export async function writeSafetensors(file: string, tensors: TensorToWrite[], m
   try {
     handle = await open(tmp, 'w');
   } catch (e) {
-    throw new FileError('cannot write the safetensors file', { file, got: (e as NodeJS.ErrnoException).code });
+    throw new FileError('cannot write the safetensors file', {
+      file,
+      got: (e as NodeJS.ErrnoException).code,
+    });
   }
   try {
     await handle.write(prefix);
     await handle.write(headerBytes);
-    for (const t of tensors) await handle.write(new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength));
+    for (const t of tensors)
+      await handle.write(new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength));
     await handle.close();
     await rename(tmp, file);
   } catch (e) {

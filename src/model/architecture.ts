@@ -115,7 +115,11 @@ export const LLAMA: Architecture = {
     const numHeads = integer(json, 'num_attention_heads', file);
     const numKvHeads = integer(json, 'num_key_value_heads', file, numHeads);
     if (json.rope_scaling != null) {
-      throw new ConfigError('rope_scaling is not supported yet', { file, field: 'rope_scaling', expected: 'null' });
+      throw new ConfigError('rope_scaling is not supported yet', {
+        file,
+        field: 'rope_scaling',
+        expected: 'null',
+      });
     }
     if (hiddenSize % numHeads !== 0 || numHeads % numKvHeads !== 0) {
       throw new ConfigError('inconsistent attention heads', {

@@ -4,7 +4,12 @@
  */
 import type { Decoder } from './decoder.js';
 
-export async function greedyGenerate(model: Decoder, prompt: readonly number[], steps: number, eosId?: number): Promise<number[]> {
+export async function greedyGenerate(
+  model: Decoder,
+  prompt: readonly number[],
+  steps: number,
+  eosId?: number,
+): Promise<number[]> {
   const ids = [...prompt];
   const V = model.config.vocabSize;
   for (let s = 0; s < steps && ids.length < model.config.maxPositions; s++) {

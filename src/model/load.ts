@@ -13,7 +13,7 @@ import { HfTokenizer } from '../io/hf-tokenizer.js';
 import { readJsonObjectFile } from '../io/json.js';
 import { loadLlama2cCheckpoint } from '../io/llama2c.js';
 import { Llama2cTokenizer } from '../io/llama2c-tokenizer.js';
-import { CHECKPOINT_FILE, readPtqCheckpoint, type PtqQuantization } from '../io/ptq-checkpoint.js';
+import { CHECKPOINT_FILE, type PtqQuantization, readPtqCheckpoint } from '../io/ptq-checkpoint.js';
 import { checkDequantized, checkPtqCheckpoint } from '../io/ptq-checkpoint-checks.js';
 import { SafetensorsModel } from '../io/safetensors.js';
 import type { TextTokenizer } from '../io/tokenizer.js';

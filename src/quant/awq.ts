@@ -32,7 +32,6 @@ export interface AwqOptions {
   clip: boolean;
 }
 
-
 export const AWQ_DEFAULTS: AwqOptions = { gridPoints: 20, clip: true };
 
 /** Clipping search as the reference: shrink max|w| by i/20 for i < 10, on 512 input rows. */
@@ -56,11 +55,17 @@ function scaleGroups(config: ModelConfig, layer: number): ScaleGroup[] {
       linears: ['self_attn.q_proj', 'self_attn.k_proj', 'self_attn.v_proj'],
       previous: { kind: 'norm', name: `${p}input_layernorm.weight` },
     },
-    { linears: ['mlp.gate_proj', 'mlp.up_proj'], previous: { kind: 'norm', name: `${p}post_attention_layernorm.weight` } },
+    {
+      linears: ['mlp.gate_proj', 'mlp.up_proj'],
+      previous: { kind: 'norm', name: `${p}post_attention_layernorm.weight` },
+    },
     { linears: ['mlp.down_proj'], previous: { kind: 'linear', name: `${p}mlp.up_proj.weight` } },
   ];
   if (config.numHeads === config.numKvHeads) {
-    groups.splice(1, 0, { linears: ['self_attn.o_proj'], previous: { kind: 'linear', name: `${p}self_attn.v_proj.weight` } });
+    groups.splice(1, 0, {
+      linears: ['self_attn.o_proj'],
+      previous: { kind: 'linear', name: `${p}self_attn.v_proj.weight` },
+    });
   }
   return groups;
 }
@@ -95,7 +100,11 @@ export async function applyAwqScales(
     const cols = st.cols;
     const reference = await Promise.all(Ws.map((w) => engine.linear(X, w.data, m, cols, w.shape[0]!)));
 
-    let best: { alpha: number; error: number; s: Float64Array } = { alpha: 0, error: Infinity, s: new Float64Array(cols).fill(1) };
+    let best: { alpha: number; error: number; s: Float64Array } = {
+      alpha: 0,
+      error: Infinity,
+      s: new Float64Array(cols).fill(1),
+    };
     let errorRtn = Infinity;
     for (let i = 0; i < options.gridPoints; i++) {
       const alpha = i / options.gridPoints;
@@ -103,7 +112,9 @@ export async function applyAwqScales(
       let error = 0;
       for (const [k, w] of Ws.entries()) {
         const rows = w.shape[0]!;
-        const effective = dequantize(quantizeRtn({ shape: w.shape, data: scaleColumns(w.data, rows, cols, s, 1) }, grid));
+        const effective = dequantize(
+          quantizeRtn({ shape: w.shape, data: scaleColumns(w.data, rows, cols, s, 1) }, grid),
+        );
         const out = await engine.linear(X, scaleColumns(effective, rows, cols, s, -1), m, cols, rows);
         const ref = reference[k]!;
         for (let j = 0; j < out.length; j++) error += (out[j]! - ref[j]!) ** 2;
@@ -121,7 +132,13 @@ export async function applyAwqScales(
     const width = group.previous.kind === 'norm' ? 1 : prev.shape[1]!;
     for (let r = 0; r < cols; r++) for (let c = 0; c < width; c++) folded[r * width + c]! /= best.s[r]!;
     weights.set(group.previous.name, { shape: prev.shape, data: folded });
-    reports.push({ linears: group.linears, alpha: best.alpha, scales: best.s, errorRtn, errorBest: best.error });
+    reports.push({
+      linears: group.linears,
+      alpha: best.alpha,
+      scales: best.s,
+      errorRtn,
+      errorBest: best.error,
+    });
   }
   return reports;
 }
@@ -142,7 +159,8 @@ export async function applyAwqClip(
     const tokens = Math.min(st.sampleRows, CLIP_TOKENS);
     const stride = Math.floor(st.sampleRows / tokens);
     const picked = new Float32Array(tokens * st.cols);
-    for (let t = 0; t < tokens; t++) picked.set(st.sample.subarray(t * stride * st.cols, (t * stride + 1) * st.cols), t * st.cols);
+    for (let t = 0; t < tokens; t++)
+      picked.set(st.sample.subarray(t * stride * st.cols, (t * stride + 1) * st.cols), t * st.cols);
     const X = scaleColumns(picked, tokens, st.cols, group.scales, -1);
     for (const linear of group.linears) {
       if (NO_CLIP.includes(linear)) continue;
@@ -219,10 +237,17 @@ function awqScales(absMean: Float64Array, alpha: number): Float64Array {
 }
 
 /** W·diag(s)^power for a row-major [rows, cols] matrix. */
-export function scaleColumns(W: Float32Array, rows: number, cols: number, s: Float64Array, power: 1 | -1): Float32Array {
+export function scaleColumns(
+  W: Float32Array,
+  rows: number,
+  cols: number,
+  s: Float64Array,
+  power: 1 | -1,
+): Float32Array {
   const out = new Float32Array(W.length);
   for (let r = 0; r < rows; r++) {
-    for (let c = 0; c < cols; c++) out[r * cols + c] = power === 1 ? W[r * cols + c]! * s[c]! : W[r * cols + c]! / s[c]!;
+    for (let c = 0; c < cols; c++)
+      out[r * cols + c] = power === 1 ? W[r * cols + c]! * s[c]! : W[r * cols + c]! / s[c]!;
   }
   return out;
 }

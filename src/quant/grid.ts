@@ -226,7 +226,7 @@ export class IntGrid implements Grid {
   encode(x: number, scale: number, zero: number): number {
     // An integer zero shifts the rounded value exactly; a float zero (HQQ) shifts before rounding.
     const q = Number.isInteger(zero) ? roundHalfEven(x / scale) + zero : roundHalfEven(x / scale + zero);
-    return q < 0 ? 0 : q > this.maxq ? this.maxq : q;
+    return Math.min(this.maxq, Math.max(0, q));
   }
 
   decode(q: number, scale: number, zero: number): number {

@@ -6,7 +6,7 @@
  * run the sequential protocol of calibrate.ts: block i is quantized from the inputs produced
  * by the already-quantized blocks 0..i-1.
  */
-import { getDefaultEngine, type ComputeEngine } from '../compute/index.js';
+import { type ComputeEngine, getDefaultEngine } from '../compute/index.js';
 import { UsageError } from '../errors.js';
 import type { PtqQuantization } from '../io/ptq-checkpoint.js';
 import { BLOCK_LINEARS, linearWeightName } from '../model/architecture.js';
@@ -15,7 +15,13 @@ import { Decoder } from '../model/decoder.js';
 import type { TensorMap } from '../tensor.js';
 import { AWQ_DEFAULTS, type AwqOptions, applyAwqClip, applyAwqScales } from './awq.js';
 import { ALL_AT_ONCE, runSequential, TRUE_SEQUENTIAL } from './calibrate.js';
-import { GPTQ_DEFAULTS, type GptqOptions, gptqQuantize, type PreparedHessian, prepareHessian } from './gptq.js';
+import {
+  GPTQ_DEFAULTS,
+  type GptqOptions,
+  gptqQuantize,
+  type PreparedHessian,
+  prepareHessian,
+} from './gptq.js';
 import { type GridSpec, gridName, type IntGrid, makeGrid } from './grid.js';
 import { HQQ_DEFAULTS, type HqqOptions, hqqGridSpec, quantizeHqq } from './hqq.js';
 import { relativeOutputError } from './layer-error.js';
@@ -28,10 +34,24 @@ import { quantizeSinq, SINQ_DEFAULTS, type SinqOptions } from './sinq.js';
 /** The methods, one row each: this table drives the CLI's choices and help. */
 export const METHODS = {
   rtn: { calibrated: false, description: 'round to nearest, per block min/max (no data)' },
-  gptq: { calibrated: true, description: 'GPTQ: Hessian-aware column-wise rounding with error feedback (arXiv:2210.17323)' },
-  awq: { calibrated: true, description: 'AWQ: activation-aware channel scaling, then RTN (arXiv:2306.00978)' },
-  hqq: { calibrated: false, description: 'HQQ: half-quadratic lp-error optimization of float zero points, always asymmetric (no data; Badri & Shaji 2023)' },
-  sinq: { calibrated: false, description: 'SINQ: Sinkhorn-balanced per-row and per-column scales, then RTN (no data; arXiv:2509.22944)' },
+  gptq: {
+    calibrated: true,
+    description: 'GPTQ: Hessian-aware column-wise rounding with error feedback (arXiv:2210.17323)',
+  },
+  awq: {
+    calibrated: true,
+    description: 'AWQ: activation-aware channel scaling, then RTN (arXiv:2306.00978)',
+  },
+  hqq: {
+    calibrated: false,
+    description:
+      'HQQ: half-quadratic lp-error optimization of float zero points, always asymmetric (no data; Badri & Shaji 2023)',
+  },
+  sinq: {
+    calibrated: false,
+    description:
+      'SINQ: Sinkhorn-balanced per-row and per-column scales, then RTN (no data; arXiv:2509.22944)',
+  },
 } as const;
 export type MethodName = keyof typeof METHODS;
 
@@ -92,12 +112,20 @@ export interface QuantizedModel {
   seconds: number;
 }
 
-export async function quantizeModel(config: ModelConfig, weights: TensorMap, options: QuantizeOptions): Promise<QuantizedModel> {
+export async function quantizeModel(
+  config: ModelConfig,
+  weights: TensorMap,
+  options: QuantizeOptions,
+): Promise<QuantizedModel> {
   const t0 = performance.now();
   assertFiniteWeights(weights);
   // Rotation first: the method then quantizes the rotated weights (QuaRot §4 runs RTN or GPTQ on them).
   if (options.rotate !== undefined && options.rotate !== 'hadamard') {
-    throw new UsageError('unknown rotation', { field: 'rotate', expected: 'hadamard', got: String(options.rotate) });
+    throw new UsageError('unknown rotation', {
+      field: 'rotate',
+      expected: 'hadamard',
+      got: String(options.rotate),
+    });
   }
   const rotated = options.rotate ? rotateModel(config, weights, options.rotation) : undefined;
   if (rotated) {
@@ -108,7 +136,11 @@ export async function quantizeModel(config: ModelConfig, weights: TensorMap, opt
   const engine = options.engine ?? getDefaultEngine();
   // HQQ and SINQ optimize an integer grid's scales and zero points (the casts below); formats have none.
   if ((options.method === 'hqq' || options.method === 'sinq') && (options.grid.format ?? 'int') !== 'int') {
-    throw new UsageError(`${options.method} quantizes to integer grids`, { field: 'format', expected: 'int', got: options.grid.format });
+    throw new UsageError(`${options.method} quantizes to integer grids`, {
+      field: 'format',
+      expected: 'int',
+      got: options.grid.format,
+    });
   }
   // HQQ's zero points are its optimization variable: its grid is always asymmetric with float zeros.
   const spec = options.method === 'hqq' ? hqqGridSpec(options.grid) : options.grid;
@@ -118,7 +150,11 @@ export async function quantizeModel(config: ModelConfig, weights: TensorMap, opt
   const layerGrids = new Map<string, ReturnType<typeof makeGrid>>();
   for (const [name, g] of options.perLayerGrid ?? []) {
     if ((options.method === 'hqq' || options.method === 'sinq') && (g.format ?? 'int') !== 'int') {
-      throw new UsageError(`${options.method} quantizes to integer grids`, { field: name, expected: 'int', got: g.format });
+      throw new UsageError(`${options.method} quantizes to integer grids`, {
+        field: name,
+        expected: 'int',
+        got: g.format,
+      });
     }
     layerGrids.set(name, makeGrid(options.method === 'hqq' ? hqqGridSpec(g) : g));
   }
@@ -144,7 +180,10 @@ export async function quantizeModel(config: ModelConfig, weights: TensorMap, opt
   }
 
   const settings: Record<string, unknown> = { grid: spec, grid_name: gridName(spec) };
-  if (layerGrids.size) settings.per_layer_grid = Object.fromEntries([...options.perLayerGrid!].map(([n, g]) => [n, gridName(g)]));
+  if (layerGrids.size)
+    settings.per_layer_grid = Object.fromEntries(
+      [...options.perLayerGrid!].map(([n, g]) => [n, gridName(g)]),
+    );
   if (rotated) settings.rotation = rotated.description;
   if (!METHODS[options.method].calibrated) {
     const hqq = { ...HQQ_DEFAULTS, ...options.hqq };
@@ -167,17 +206,28 @@ export async function quantizeModel(config: ModelConfig, weights: TensorMap, opt
     }
   } else {
     const cal = options.calibration;
-    if (!cal) throw new UsageError(`${options.method} needs calibration data`, { field: 'calib', hint: 'pass --calib <text file>' });
+    if (!cal)
+      throw new UsageError(`${options.method} needs calibration data`, {
+        field: 'calib',
+        hint: 'pass --calib <text file>',
+      });
     const gptq = { ...GPTQ_DEFAULTS, ...options.gptq };
     const awq = { ...AWQ_DEFAULTS, ...options.awq };
     const trueSequential = options.method === 'gptq' && options.trueSequential !== false;
-    Object.assign(settings, { calibration: cal.description }, options.method === 'gptq' ? { gptq, true_sequential: trueSequential } : { awq });
+    Object.assign(
+      settings,
+      { calibration: cal.description },
+      options.method === 'gptq' ? { gptq, true_sequential: trueSequential } : { awq },
+    );
     const decoder = new Decoder(config, out, engine);
     // q/k/v (and gate/up) share their inputs, hence one Hessian and one factorization.
     const prepared = new WeakMap<Float64Array, Promise<PreparedHessian>>();
     const prepare = (H: Float64Array, cols: number, label: string) => {
       let p = prepared.get(H);
-      if (!p) prepared.set(H, (p = prepareHessian(H, cols, gptq, engine, label)));
+      if (!p) {
+        p = prepareHessian(H, cols, gptq, engine, label);
+        prepared.set(H, p);
+      }
       return p;
     };
     await runSequential(decoder, cal.windows, cal.seqlen, {
@@ -205,10 +255,24 @@ export async function quantizeModel(config: ModelConfig, weights: TensorMap, opt
           const H = scaled ? unscaleHessian(st.hessian, scaled.scales) : st.hessian;
           const q =
             options.method === 'gptq'
-              ? await gptqQuantize(w, await prepare(st.hessian, st.cols, name), gridOf(name), gptq, engine, name)
+              ? await gptqQuantize(
+                  w,
+                  await prepare(st.hessian, st.cols, name),
+                  gridOf(name),
+                  gptq,
+                  engine,
+                  name,
+                )
               : quantizeRtn(w, gridOf(name), name);
           store(name, q);
-          const relativeError = await relativeOutputError(replaced.get(linear) ?? w.data, out.get(name)!.data, H, q.rows, q.cols, engine);
+          const relativeError = await relativeOutputError(
+            replaced.get(linear) ?? w.data,
+            out.get(name)!.data,
+            H,
+            q.rows,
+            q.cols,
+            engine,
+          );
           layers.push({ name, relativeError, ...(scaled && { alpha: scaled.alpha }) });
         }
       },

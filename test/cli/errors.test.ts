@@ -3,7 +3,16 @@
  * no stack trace, and no output directory left behind.
  */
 import assert from 'node:assert/strict';
-import { cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import {
+  cpSync,
+  existsSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  truncateSync,
+  writeFileSync,
+} from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, test } from 'node:test';
@@ -38,7 +47,11 @@ function expectCleanFailure(args: string[], pattern: RegExp, output?: string) {
   assert.doesNotMatch(r.stderr, /\n\s+at /, 'no stack trace');
   if (output) {
     assert.ok(!existsSync(output), 'no output directory');
-    assert.deepEqual(readdirSync(path.dirname(output)).filter((f) => f.includes('ptq-tmp')), [], 'no temp directory');
+    assert.deepEqual(
+      readdirSync(path.dirname(output)).filter((f) => f.includes('ptq-tmp')),
+      [],
+      'no temp directory',
+    );
   }
 }
 
@@ -47,7 +60,11 @@ const out = () => path.join(work, `out-${Math.random().toString(36).slice(2)}`);
 test('truncated safetensors file', () => {
   const dir = brokenModel('truncated', (d) => truncateSync(path.join(d, 'model.safetensors'), 100_000));
   const o = out();
-  expectCleanFailure(['quantize', dir, '-o', o], /model\.safetensors '.+': tensor data outside the file; expected offsets within \[0, \d+\], got/, o);
+  expectCleanFailure(
+    ['quantize', dir, '-o', o],
+    /model\.safetensors '.+': tensor data outside the file; expected offsets within \[0, \d+\], got/,
+    o,
+  );
 });
 
 test('safetensors header length larger than the file', () => {
@@ -57,41 +74,65 @@ test('safetensors header length larger than the file', () => {
     bytes.writeBigUInt64LE(BigInt(1e12), 0);
     writeFileSync(f, bytes);
   });
-  expectCleanFailure(['eval', dir, '--text', path.join(REPO, 'data/tinystories-valid-slice.txt')], /model\.safetensors offset 0: header length larger than the file/);
+  expectCleanFailure(
+    ['eval', dir, '--text', path.join(REPO, 'data/tinystories-valid-slice.txt')],
+    /model\.safetensors offset 0: header length larger than the file/,
+  );
 });
 
 test('tensor shape disagrees with config.json', () => {
   const dir = brokenModel('shape', (d) => editConfig(d, (c) => (c.intermediate_size = 256)));
   const o = out();
-  expectCleanFailure(['quantize', dir, '-o', o], /'model\.layers\.0\.mlp\.gate_proj\.weight': tensor shape disagrees with the model configuration; expected \[256,128\], got \[384,128\]/, o);
+  expectCleanFailure(
+    ['quantize', dir, '-o', o],
+    /'model\.layers\.0\.mlp\.gate_proj\.weight': tensor shape disagrees with the model configuration; expected \[256,128\], got \[384,128\]/,
+    o,
+  );
 });
 
 test('unknown architecture', () => {
   const dir = brokenModel('arch', (d) => editConfig(d, (c) => (c.model_type = 'mamba')));
-  expectCleanFailure(['inspect', dir], /config\.json 'model_type': unknown architecture; expected one of llama, got "mamba"/);
+  expectCleanFailure(
+    ['inspect', dir],
+    /config\.json 'model_type': unknown architecture; expected one of llama, got "mamba"/,
+  );
 });
 
 test('bits out of range', () => {
   for (const bits of ['1', '9']) {
     const o = out();
-    expectCleanFailure(['quantize', MODEL, '--bits', bits, '-o', o], new RegExp(`'bits': bits out of range; expected an integer from 2 to 8, got ${bits}`), o);
+    expectCleanFailure(
+      ['quantize', MODEL, '--bits', bits, '-o', o],
+      new RegExp(`'bits': bits out of range; expected an integer from 2 to 8, got ${bits}`),
+      o,
+    );
   }
 });
 
 test('missing tokenizer', () => {
   const dir = brokenModel('no-tokenizer', (d) => rmSync(path.join(d, 'tokenizer.json')));
-  expectCleanFailure(['eval', dir, '--text', path.join(REPO, 'data/tinystories-valid-slice.txt')], /tokenizer\.json: cannot read the tokenizer \(a Hugging Face model directory needs tokenizer\.json/);
+  expectCleanFailure(
+    ['eval', dir, '--text', path.join(REPO, 'data/tinystories-valid-slice.txt')],
+    /tokenizer\.json: cannot read the tokenizer \(a Hugging Face model directory needs tokenizer\.json/,
+  );
 });
 
 test('unwritable output directory', () => {
   const file = path.join(work, 'a-file');
   writeFileSync(file, 'x');
-  expectCleanFailure(['quantize', MODEL, '-o', path.join(file, 'out')], /a-file\/out: output location is not writable, got E(NOTDIR|EXIST)/);
+  expectCleanFailure(
+    ['quantize', MODEL, '-o', path.join(file, 'out')],
+    /a-file\/out: output location is not writable, got E(NOTDIR|EXIST)/,
+  );
 });
 
 test('group size that does not divide the input dimension', () => {
   const o = out();
-  expectCleanFailure(['quantize', MODEL, '--group-size', '48', '-o', o], /'model\.layers\.0\.self_attn\.q_proj\.weight': group size does not divide the input dimension; expected in_features divisible by 48, got 128/, o);
+  expectCleanFailure(
+    ['quantize', MODEL, '--group-size', '48', '-o', o],
+    /'model\.layers\.0\.self_attn\.q_proj\.weight': group size does not divide the input dimension; expected in_features divisible by 48, got 128/,
+    o,
+  );
 });
 
 test('--debug prints the stack trace', () => {
@@ -104,7 +145,30 @@ test('calibrated methods: missing, empty or too short calibration text, --nsampl
   const empty = path.join(work, 'empty.txt');
   writeFileSync(empty, '');
   const o = out();
-  expectCleanFailure(['quantize', MODEL, '--method', 'gptq', '-o', o], /'calib': gptq needs calibration text/, o);
-  expectCleanFailure(['quantize', MODEL, '--method', 'gptq', '--calib', empty, '-o', o], /'calib': calibration text too short; expected more than 512 tokens \(one window of --seqlen\), got 1 tokens/, o);
-  expectCleanFailure(['quantize', MODEL, '--method', 'awq', '--calib', path.join(REPO, 'data/tinystories-valid-slice.txt'), '--nsamples', '0', '-o', o], /'nsamples': invalid number of calibration samples; expected a positive integer, got 0/, o);
+  expectCleanFailure(
+    ['quantize', MODEL, '--method', 'gptq', '-o', o],
+    /'calib': gptq needs calibration text/,
+    o,
+  );
+  expectCleanFailure(
+    ['quantize', MODEL, '--method', 'gptq', '--calib', empty, '-o', o],
+    /'calib': calibration text too short; expected more than 512 tokens \(one window of --seqlen\), got 1 tokens/,
+    o,
+  );
+  expectCleanFailure(
+    [
+      'quantize',
+      MODEL,
+      '--method',
+      'awq',
+      '--calib',
+      path.join(REPO, 'data/tinystories-valid-slice.txt'),
+      '--nsamples',
+      '0',
+      '-o',
+      o,
+    ],
+    /'nsamples': invalid number of calibration samples; expected a positive integer, got 0/,
+    o,
+  );
 });

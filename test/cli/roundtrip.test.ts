@@ -35,26 +35,51 @@ for (const [bits, extra] of [
     const fromDisk = JSON.parse(e.stdout);
 
     const fp = await loadModel(MODEL);
-    const grid = { bits: Number(bits), symmetric: !extra.includes('--asym' as never), granularity: 'group' as const, groupSize: Number(extra[1]), scaleDtype: 'f16' as const };
+    const grid = {
+      bits: Number(bits),
+      symmetric: !extra.includes('--asym' as never),
+      granularity: 'group' as const,
+      groupSize: Number(extra[1]),
+      scaleDtype: 'f16' as const,
+    };
     const inMemory = await quantizeModel(fp.config, fp.weights, { method: 'rtn', grid });
     const tokens = fp.tokenizer.encode(readFileSync(TEXT, 'utf8'));
     const r = await evaluate(new Decoder(fp.config, inMemory.weights), tokens, {
       protocol: { ctx: 512, stride: 512, dropPartial: true },
       reference: new Decoder(fp.config, fp.weights),
     });
-    console.log(`  W${bits}: ppl ${fromDisk.perplexity} (disk) vs ${r.perplexity} (memory), KLD ${fromDisk.kld}, bpw ${quantizeReport.bitsPerWeight}`);
+    console.log(
+      `  W${bits}: ppl ${fromDisk.perplexity} (disk) vs ${r.perplexity} (memory), KLD ${fromDisk.kld}, bpw ${quantizeReport.bitsPerWeight}`,
+    );
     assert.equal(fromDisk.perplexity, r.perplexity);
     assert.equal(fromDisk.kld, r.kld);
     assert.equal(fromDisk.top1Agreement, r.top1Agreement);
     assert.equal(fromDisk.bitsPerWeight, quantizeReport.bitsPerWeight);
-    assert.equal(quantizeReport.bitsPerWeight, Number(bits) + (16 + (extra.includes('--asym' as never) ? Number(bits) : 0)) / Number(extra[1]));
+    assert.equal(
+      quantizeReport.bitsPerWeight,
+      Number(bits) + (16 + (extra.includes('--asym' as never) ? Number(bits) : 0)) / Number(extra[1]),
+    );
   });
 }
 
 test('GPTQ with act-order: g_idx and per-layer errors are saved, and the saved model evaluates like the in-memory one', async () => {
   const out = path.join(work, 'gptq');
   const calib = ['--calib', TEXT, '--nsamples', '16', '--seqlen', '128', '--seed', '1'];
-  const q = runCli(['quantize', MODEL, '--method', 'gptq', '--bits', '4', '--group-size', '32', '--act-order', ...calib, '-o', out, '--json']);
+  const q = runCli([
+    'quantize',
+    MODEL,
+    '--method',
+    'gptq',
+    '--bits',
+    '4',
+    '--group-size',
+    '32',
+    '--act-order',
+    ...calib,
+    '-o',
+    out,
+    '--json',
+  ]);
   assert.equal(q.code, 0, q.stderr);
   const report = JSON.parse(q.stdout);
   assert.equal(report.layers.length, 14);
@@ -66,7 +91,10 @@ test('GPTQ with act-order: g_idx and per-layer errors are saved, and the saved m
   const saved = await loadModel(out);
   const qt = saved.quantization!.tensors.get('model.layers.0.mlp.down_proj.weight')!;
   assert.ok(qt.groupIndex, 'g_idx stored');
-  assert.deepEqual([...new Set(qt.groupIndex)].sort((a, b) => a - b), Array.from({ length: 384 / 32 }, (_, i) => i));
+  assert.deepEqual(
+    [...new Set(qt.groupIndex)].sort((a, b) => a - b),
+    Array.from({ length: 384 / 32 }, (_, i) => i),
+  );
   // 4-bit codes + f16 scale per 32 + int32 g_idx per input column.
   assert.equal(report.bitsPerWeight > 4.5, true);
 
@@ -86,5 +114,7 @@ test('GPTQ with act-order: g_idx and per-layer errors are saved, and the saved m
     reference: new Decoder(fp.config, fp.weights),
   });
   assert.equal(JSON.parse(e.stdout).perplexity, r.perplexity);
-  console.log(`  GPTQ act-order W4 g32: ppl ${r.perplexity.toFixed(4)}, KLD ${r.kld!.toFixed(5)}, ${report.bitsPerWeight.toFixed(3)} bits/weight`);
+  console.log(
+    `  GPTQ act-order W4 g32: ppl ${r.perplexity.toFixed(4)}, KLD ${r.kld!.toFixed(5)}, ${report.bitsPerWeight.toFixed(3)} bits/weight`,
+  );
 });

@@ -6,10 +6,10 @@
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import { test } from 'node:test';
+import { readText } from '../../src/cli/commands.js';
 import { evaluate } from '../../src/eval/perplexity.js';
 import { Decoder } from '../../src/model/decoder.js';
 import { loadModel } from '../../src/model/load.js';
-import { readText } from '../../src/cli/commands.js';
 import { ASSETS, assetsPresent } from '../helpers.js';
 
 const TINYSTORIES = path.join(ASSETS, 'models/tinystories-656k');
@@ -17,20 +17,42 @@ const STORIES260K = path.join(ASSETS, 'models/stories260k/stories260K.bin');
 const CHUNKS = { ctx: 512, stride: 512, dropPartial: true };
 
 const REFERENCES = [
-  { model: TINYSTORIES, text: 'tinystories-valid-slice.txt', tokens: 7_957, predictions: 7_665, perplexity: 39.93 },
-  { model: TINYSTORIES, text: 'tinystories-valid-800k.txt', tokens: 193_347, predictions: 192_647, perplexity: 37.45 },
+  {
+    model: TINYSTORIES,
+    text: 'tinystories-valid-slice.txt',
+    tokens: 7_957,
+    predictions: 7_665,
+    perplexity: 39.93,
+  },
+  {
+    model: TINYSTORIES,
+    text: 'tinystories-valid-800k.txt',
+    tokens: 193_347,
+    predictions: 192_647,
+    perplexity: 37.45,
+  },
   { model: TINYSTORIES, text: 'wikitext-2-raw-test.txt', tokens: 560_212, perplexity: 708.99 },
-  { model: STORIES260K, text: 'tinystories-valid-800k.txt', tokens: 393_019, predictions: 391_937, perplexity: 5.048 },
+  {
+    model: STORIES260K,
+    text: 'tinystories-valid-800k.txt',
+    tokens: 393_019,
+    predictions: 391_937,
+    perplexity: 5.048,
+  },
   { model: STORIES260K, text: 'wikitext-2-raw-test.txt', tokens: 815_070, perplexity: 122.33 },
 ];
 
 for (const ref of REFERENCES) {
-  test(`${path.basename(ref.model)} on ${ref.text}: perplexity ${ref.perplexity}`, { skip: !assetsPresent && 'no ../shared/assets' }, async () => {
+  test(`${path.basename(ref.model)} on ${ref.text}: perplexity ${ref.perplexity}`, {
+    skip: !assetsPresent && 'no ../shared/assets',
+  }, async () => {
     const model = await loadModel(ref.model);
     const tokens = model.tokenizer.encode(await readText(path.join(ASSETS, 'text', ref.text)));
     assert.equal(tokens.length, ref.tokens);
     const r = await evaluate(new Decoder(model.config, model.weights), tokens, { protocol: CHUNKS });
-    console.log(`  ${path.basename(ref.model)} ${ref.text}: ${r.perplexity.toFixed(4)} (reference ${ref.perplexity}), ${r.predictions} predictions`);
+    console.log(
+      `  ${path.basename(ref.model)} ${ref.text}: ${r.perplexity.toFixed(4)} (reference ${ref.perplexity}), ${r.predictions} predictions`,
+    );
     assert.equal(r.predictions, ref.predictions ?? Math.floor(ref.tokens / 512) * 511);
     assert.ok(Math.abs(r.perplexity / ref.perplexity - 1) < 0.001, `${r.perplexity} vs ${ref.perplexity}`);
   });

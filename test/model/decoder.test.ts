@@ -17,10 +17,17 @@ test('onnxruntime forward equals the plain-loop reference forward', async () => 
   assert.ok(diff < 1e-3);
 });
 
-test('stories260K greedy decoding matches llama2.c (permuted rotary weights are right)', { skip: !assetsPresent }, async () => {
+test('stories260K greedy decoding matches llama2.c (permuted rotary weights are right)', {
+  skip: !assetsPresent,
+}, async () => {
   const m = await loadModel(path.join(ASSETS, 'models/stories260k/stories260K.bin'));
   const ids = await greedyGenerate(new Decoder(m.config, m.weights), [m.config.bosTokenId!], 40);
   const text = m.tokenizer.decode(ids);
   console.log(`  ${JSON.stringify(text)}`);
-  assert.ok(text.startsWith('Once upon a time, there was a little girl named Lily. She loved to play outside in the park.'), text);
+  assert.ok(
+    text.startsWith(
+      'Once upon a time, there was a little girl named Lily. She loved to play outside in the park.',
+    ),
+    text,
+  );
 });

@@ -6,8 +6,13 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { JsEngine, OrtEngine } from '../../src/compute/index.js';
+import {
+  GPTQ_DEFAULTS,
+  type GptqOptions,
+  gptqQuantize as gptqFromPrepared,
+  prepareHessian,
+} from '../../src/quant/gptq.js';
 import { type GridSpec, IntGrid } from '../../src/quant/grid.js';
-import { GPTQ_DEFAULTS, type GptqOptions, gptqQuantize as gptqFromPrepared, prepareHessian } from '../../src/quant/gptq.js';
 import { relativeOutputError } from '../../src/quant/layer-error.js';
 import { dequantize } from '../../src/quant/quantized-tensor.js';
 import { quantizeRtn } from '../../src/quant/rtn.js';
@@ -22,7 +27,8 @@ function invertGaussJordan(A: Float64Array, n: number): Float64Array {
   for (let c = 0; c < n; c++) {
     let p = c;
     for (let r = c + 1; r < n; r++) if (Math.abs(M[r * 2 * n + c]!) > Math.abs(M[p * 2 * n + c]!)) p = r;
-    for (let j = 0; j < 2 * n; j++) [M[c * 2 * n + j], M[p * 2 * n + j]] = [M[p * 2 * n + j]!, M[c * 2 * n + j]!];
+    for (let j = 0; j < 2 * n; j++)
+      [M[c * 2 * n + j], M[p * 2 * n + j]] = [M[p * 2 * n + j]!, M[c * 2 * n + j]!];
     const pivot = M[c * 2 * n + c]!;
     for (let j = 0; j < 2 * n; j++) M[c * 2 * n + j]! /= pivot;
     for (let r = 0; r < n; r++) {
@@ -51,7 +57,14 @@ function choleskyUpper(A: Float64Array, n: number): Float64Array {
 }
 
 /** Algorithm 1 of the paper, unblocked; group parameters from the current columns at each group start. */
-function algorithm1(W0: Float32Array, H0: Float64Array, rows: number, cols: number, grid: IntGrid, damp: number) {
+function algorithm1(
+  W0: Float32Array,
+  H0: Float64Array,
+  rows: number,
+  cols: number,
+  grid: IntGrid,
+  damp: number,
+) {
   const W = Float64Array.from(W0);
   const H = H0.slice();
   let mean = 0;
@@ -66,7 +79,10 @@ function algorithm1(W0: Float32Array, H0: Float64Array, rows: number, cols: numb
       for (let r = 0; r < rows; r++) {
         let min = Infinity;
         let max = -Infinity;
-        for (let c = i; c < i + G; c++) (min = Math.min(min, W[r * cols + c]!)), (max = Math.max(max, W[r * cols + c]!));
+        for (let c = i; c < i + G; c++) {
+          min = Math.min(min, W[r * cols + c]!);
+          max = Math.max(max, W[r * cols + c]!);
+        }
         params[r] = grid.params(min, max);
       }
     }
@@ -81,8 +97,13 @@ function algorithm1(W0: Float32Array, H0: Float64Array, rows: number, cols: numb
   return Q;
 }
 
-const gptqQuantize = async (weight: { shape: number[]; data: Float32Array }, H: Float64Array, grid: IntGrid, o: GptqOptions, engine: JsEngine | OrtEngine) =>
-  gptqFromPrepared(weight, await prepareHessian(H, weight.shape[1]!, o, engine), grid, o, engine);
+const gptqQuantize = async (
+  weight: { shape: number[]; data: Float32Array },
+  H: Float64Array,
+  grid: IntGrid,
+  o: GptqOptions,
+  engine: JsEngine | OrtEngine,
+) => gptqFromPrepared(weight, await prepareHessian(H, weight.shape[1]!, o, engine), grid, o, engine);
 
 /** A layer with correlated, unevenly scaled inputs, so the Hessian matters. */
 function problem(rows: number, cols: number, samples: number, seed: number) {
@@ -97,7 +118,8 @@ function problem(rows: number, cols: number, samples: number, seed: number) {
   }
   const H = new Float64Array(cols * cols);
   for (let s = 0; s < samples; s++)
-    for (let i = 0; i < cols; i++) for (let j = 0; j < cols; j++) H[i * cols + j]! += (2 / samples) * X[s * cols + i]! * X[s * cols + j]!;
+    for (let i = 0; i < cols; i++)
+      for (let j = 0; j < cols; j++) H[i * cols + j]! += (2 / samples) * X[s * cols + i]! * X[s * cols + j]!;
   return { W, H };
 }
 
@@ -112,7 +134,13 @@ for (const spec of GRIDS) {
     const { W, H } = problem(rows, cols, 400, spec.bits);
     const grid = new IntGrid(spec);
     const fast = dequantize(
-      await gptqQuantize({ shape: [rows, cols], data: W }, H, grid, { ...GPTQ_DEFAULTS, blockSize: 32 }, new OrtEngine()),
+      await gptqQuantize(
+        { shape: [rows, cols], data: W },
+        H,
+        grid,
+        { ...GPTQ_DEFAULTS, blockSize: 32 },
+        new OrtEngine(),
+      ),
     );
     const reference = algorithm1(W, H, rows, cols, grid, 0.01);
     let differing = 0;
@@ -122,7 +150,9 @@ for (const spec of GRIDS) {
       if (d > 1e-6) differing++;
       else maxDiff = Math.max(maxDiff, d);
     }
-    console.log(`  int${spec.bits}: ${differing} of ${fast.length} codes differ, max diff elsewhere ${maxDiff.toExponential(2)}`);
+    console.log(
+      `  int${spec.bits}: ${differing} of ${fast.length} codes differ, max diff elsewhere ${maxDiff.toExponential(2)}`,
+    );
     // float32 lazy updates vs float64: a code may flip at an exact rounding tie, nothing more.
     assert.ok(differing <= fast.length * 0.002, `${differing} codes differ`);
     assert.ok(maxDiff < 1e-6);
@@ -140,9 +170,12 @@ test('GPTQ output error is below RTN on the same grid, with and without act-orde
     for (const actOrder of [false, true]) {
       const q = await gptqQuantize(weight, H, grid, { ...GPTQ_DEFAULTS, actOrder }, engine);
       const err = await relativeOutputError(W, dequantize(q), H, rows, cols, engine);
-      console.log(`  int${spec.bits} ${spec.granularity} act-order=${actOrder}: GPTQ ${err.toFixed(5)} vs RTN ${rtn.toFixed(5)}`);
+      console.log(
+        `  int${spec.bits} ${spec.granularity} act-order=${actOrder}: GPTQ ${err.toFixed(5)} vs RTN ${rtn.toFixed(5)}`,
+      );
       assert.ok(err < rtn * 0.9, `GPTQ ${err} not below RTN ${rtn}`);
-      if (actOrder && spec.granularity === 'group') assert.ok(q.groupIndex, 'act-order with groups stores g_idx');
+      if (actOrder && spec.granularity === 'group')
+        assert.ok(q.groupIndex, 'act-order with groups stores g_idx');
     }
   }
 });
@@ -150,8 +183,19 @@ test('GPTQ output error is below RTN on the same grid, with and without act-orde
 test('dead inputs (H_ii = 0) are zeroed, not divided by', async () => {
   const [rows, cols] = [4, 16];
   const { W, H } = problem(rows, cols, 100, 5);
-  for (let j = 0; j < cols; j++) (H[3 * cols + j] = 0), (H[j * cols + 3] = 0);
-  const q = dequantize(await gptqQuantize({ shape: [rows, cols], data: W }, H, new IntGrid(GRIDS[0]!), GPTQ_DEFAULTS, new JsEngine()));
+  for (let j = 0; j < cols; j++) {
+    H[3 * cols + j] = 0;
+    H[j * cols + 3] = 0;
+  }
+  const q = dequantize(
+    await gptqQuantize(
+      { shape: [rows, cols], data: W },
+      H,
+      new IntGrid(GRIDS[0]!),
+      GPTQ_DEFAULTS,
+      new JsEngine(),
+    ),
+  );
   for (let r = 0; r < rows; r++) assert.equal(q[r * cols + 3], 0);
   assert.ok(q.every(Number.isFinite));
 });

@@ -1,7 +1,12 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { OrtEngine } from '../../src/compute/index.js';
-import { choleskyLower, inverseCholeskyUpper, inverseCholeskyUpperFast, NotPositiveDefiniteError } from '../../src/quant/linalg.js';
+import {
+  choleskyLower,
+  inverseCholeskyUpper,
+  inverseCholeskyUpperFast,
+  NotPositiveDefiniteError,
+} from '../../src/quant/linalg.js';
 import { seededRandom } from '../helpers.js';
 
 function randomSpd(n: number, seed: number): Float64Array {

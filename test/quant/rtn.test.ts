@@ -1,17 +1,20 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { ShapeError, UsageError } from '../../src/errors.js';
+import { roundToF16 } from '../../src/formats/half.js';
 import { type GridSpec, IntGrid, roundHalfEven } from '../../src/quant/grid.js';
 import { dequantize, storedBits, unpackCodes } from '../../src/quant/quantized-tensor.js';
 import { quantizeRtn } from '../../src/quant/rtn.js';
-import { roundToF16 } from '../../src/formats/half.js';
 import { seededRandom } from '../helpers.js';
 
 const grid = (g: Partial<GridSpec>) =>
   new IntGrid({ bits: 4, symmetric: true, granularity: 'group', groupSize: 4, scaleDtype: 'f32', ...g });
 
 test('round half to even, like torch.round', () => {
-  assert.deepEqual([0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 2.4, -2.6].map(roundHalfEven), [0, 2, 2, -0, -2, -2, 2, -3]);
+  assert.deepEqual(
+    [0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 2.4, -2.6].map(roundHalfEven),
+    [0, 2, 2, -0, -2, -2, 2, -3],
+  );
 });
 
 test('symmetric 4-bit: s = 2·max|w|/15, z = 8, codes by hand', () => {
@@ -25,7 +28,10 @@ test('symmetric 4-bit: s = 2·max|w|/15, z = 8, codes by hand', () => {
 });
 
 test('asymmetric 3-bit: range widened to include 0, z = round(-min/s)', () => {
-  const q = quantizeRtn({ shape: [1, 4], data: Float32Array.of(0.5, 1, 2, 4.2) }, grid({ bits: 3, symmetric: false }));
+  const q = quantizeRtn(
+    { shape: [1, 4], data: Float32Array.of(0.5, 1, 2, 4.2) },
+    grid({ bits: 3, symmetric: false }),
+  );
   const s = Math.fround(Math.fround(4.2) / 7);
   assert.equal(q.scales[0], s);
   assert.equal(q.zeros[0], 0);
@@ -58,8 +64,14 @@ test('per-channel and per-tensor granularity; all-positive rows keep their full 
 test('bits per weight counts what is stored', () => {
   const w = { shape: [16, 64], data: new Float32Array(16 * 64).fill(0.1) };
   assert.equal(storedBits(quantizeRtn(w, grid({ groupSize: 32, scaleDtype: 'f16' }))) / w.data.length, 4.5);
-  assert.equal(storedBits(quantizeRtn(w, grid({ groupSize: 32, symmetric: false, scaleDtype: 'f16' }))) / w.data.length, 4 + 20 / 32);
-  assert.equal(storedBits(quantizeRtn(w, grid({ bits: 3, granularity: 'channel', scaleDtype: 'f16' }))) / w.data.length, 3 + 16 / 64);
+  assert.equal(
+    storedBits(quantizeRtn(w, grid({ groupSize: 32, symmetric: false, scaleDtype: 'f16' }))) / w.data.length,
+    4 + 20 / 32,
+  );
+  assert.equal(
+    storedBits(quantizeRtn(w, grid({ bits: 3, granularity: 'channel', scaleDtype: 'f16' }))) / w.data.length,
+    3 + 16 / 64,
+  );
 });
 
 test('all-zero groups get a unit range (GPTQ) instead of a zero scale', () => {
