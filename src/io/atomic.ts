@@ -5,8 +5,9 @@
  *
  * What each way of stopping leaves behind:
  *  - an error: the temporary directory is removed;
- *  - SIGINT / SIGTERM while writing: the temporary directory is removed, then the process
- *    exits with 128 + the signal number (handlers exist only while a directory is being written);
+ *  - SIGINT / SIGTERM while writing: the temporary directory is removed (and a swap under way is
+ *    finished or undone: the old output is deleted if the new one is in place, else put back),
+ *    then the process exits with 128 + the signal number (handlers exist only while writing);
  *  - kill -9 / power loss: the temporary directory stays; it never sits at the target path,
  *    `loadModel` refuses `.ptq-tmp-*` paths, and the next write to the same target removes
  *    stale ones whose process is gone.
@@ -14,7 +15,7 @@
  * new one in with a second, and only then deletes the old: at every instant the target path is
  * either the complete old output, absent, or the complete new output — never half-deleted.
  */
-import { constants, rmSync } from 'node:fs';
+import { constants, existsSync, renameSync, rmSync } from 'node:fs';
 import { access, mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { FileError, PtqError } from '../errors.js';
@@ -47,7 +48,8 @@ export async function writeDirectoryAtomically(
       hint: 'choose a writable location with -o',
     });
   }
-  const release = guardOnSignals(tmp);
+  const write: InFlight = { tmp, target };
+  const release = guardOnSignals(write);
   try {
     await fill(tmp);
     const existing = await stat(target).catch(() => undefined);
@@ -56,6 +58,7 @@ export async function writeDirectoryAtomically(
     }
     if (existing) {
       const old = path.join(parent, `${OLD_PREFIX}${tag}`);
+      write.old = old;
       await rename(target, old);
       await rename(tmp, target);
       await rm(old, { recursive: true, force: true });
@@ -97,24 +100,39 @@ function processAlive(pid: number): boolean {
   }
 }
 
-const writing = new Set<string>();
+/** An output being written: its temporary directory and, once the swap began, the old output set aside. */
+interface InFlight {
+  tmp: string;
+  target: string;
+  old?: string;
+}
+
+const writing = new Set<InFlight>();
 const SIGNALS = { SIGINT: 2, SIGTERM: 15 } as const;
 
 function onSignal(signal: keyof typeof SIGNALS): void {
   // Synchronous: the process ends right after, no later tick may run.
-  for (const dir of writing) rmSync(dir, { recursive: true, force: true });
+  for (const w of writing) {
+    if (w.old && existsSync(w.old)) {
+      // Interrupted mid-swap: keep the new output if it is in place, else put the old one back.
+      if (existsSync(w.target)) rmSync(w.old, { recursive: true, force: true });
+      else renameSync(w.old, w.target);
+    }
+    rmSync(w.tmp, { recursive: true, force: true });
+  }
   process.exit(128 + SIGNALS[signal]);
 }
 
 /**
- * While `dir` is being written, SIGINT/SIGTERM remove it before exiting. Without any directory
- * in flight no handler is installed, so the default behaviour of signals is unchanged.
+ * While an output is being written, SIGINT/SIGTERM remove what it left beside the target before
+ * exiting. Without any write in flight no handler is installed, so the default behaviour of
+ * signals is unchanged.
  */
-function guardOnSignals(dir: string): () => void {
+function guardOnSignals(write: InFlight): () => void {
   if (writing.size === 0) for (const s of Object.keys(SIGNALS)) process.on(s, onSignal);
-  writing.add(dir);
+  writing.add(write);
   return () => {
-    writing.delete(dir);
+    writing.delete(write);
     if (writing.size === 0) for (const s of Object.keys(SIGNALS)) process.off(s, onSignal);
   };
 }
