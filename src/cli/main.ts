@@ -59,6 +59,20 @@ const FORMAT_HELP = Object.entries(QUANT_FORMATS)
   .map(([k, f]) => `${k}: ${f.description}`)
   .join('; ');
 
+/** The calibration options of every command that runs calibrated methods (quantize, compare). */
+function withCalibrationOptions(command: Command): Command {
+  return command
+    .option('--calib <file>', 'calibration text (gptq, awq); keep it disjoint from the evaluation text')
+    .option('--nsamples <n>', 'calibration windows', integer, CALIBRATION_DEFAULTS.nsamples)
+    .option(
+      '--seqlen <n>',
+      'tokens per calibration window (capped at the model context)',
+      integer,
+      CALIBRATION_DEFAULTS.seqlen,
+    )
+    .option('--seed <n>', 'seed of the calibration sampling', integer, CALIBRATION_DEFAULTS.seed);
+}
+
 const program = new Command('ptq')
   .description('Post-training quantization for transformer language models')
   .option('--debug', 'print stack traces of errors')
@@ -71,39 +85,32 @@ program
   .option('--json', 'print JSON')
   .action((model, o) => inspectCommand(model, o, consoleOutput(!!o.json)));
 
-program
-  .command('quantize <model>')
-  .description('quantize the linear layers of a model and save it')
-  .requiredOption('-o, --output <dir>', 'output directory')
-  .addOption(
-    new Option(
-      '--method <name>',
-      Object.entries(METHODS)
-        .map(([k, m]) => `${k}: ${m.description}`)
-        .join('; '),
+withCalibrationOptions(
+  program
+    .command('quantize <model>')
+    .description('quantize the linear layers of a model and save it')
+    .requiredOption('-o, --output <dir>', 'output directory')
+    .addOption(
+      new Option(
+        '--method <name>',
+        Object.entries(METHODS)
+          .map(([k, m]) => `${k}: ${m.description}`)
+          .join('; '),
+      )
+        .choices(Object.keys(METHODS))
+        .default('rtn'),
     )
-      .choices(Object.keys(METHODS))
-      .default('rtn'),
-  )
-  .addOption(new Option('--format <name>', FORMAT_HELP).choices(FORMAT_NAMES).default('int'))
-  .option('--bits <n>', 'bits per weight code (int: 2..8; other formats fix it)', integer, 4)
-  .option('--group-size <n>', 'input columns per scale; -1 = per output channel', integer, 32)
-  .option('--per-tensor', 'one scale for the whole tensor')
-  .option('--asym', 'asymmetric grid with zero points (default symmetric)')
-  .addOption(
-    new Option('--scale-dtype <dtype>', 'storage dtype of scales')
-      .choices(['f16', 'bf16', 'f32', 'e4m3'])
-      .default('f16'),
-  )
-  .option('--calib <file>', 'calibration text (gptq, awq); keep it disjoint from the evaluation text')
-  .option('--nsamples <n>', 'calibration windows', integer, CALIBRATION_DEFAULTS.nsamples)
-  .option(
-    '--seqlen <n>',
-    'tokens per calibration window (capped at the model context)',
-    integer,
-    CALIBRATION_DEFAULTS.seqlen,
-  )
-  .option('--seed <n>', 'seed of the calibration sampling', integer, CALIBRATION_DEFAULTS.seed)
+    .addOption(new Option('--format <name>', FORMAT_HELP).choices(FORMAT_NAMES).default('int'))
+    .option('--bits <n>', 'bits per weight code (int: 2..8; other formats fix it)', integer, 4)
+    .option('--group-size <n>', 'input columns per scale; -1 = per output channel', integer, 32)
+    .option('--per-tensor', 'one scale for the whole tensor')
+    .option('--asym', 'asymmetric grid with zero points (default symmetric)')
+    .addOption(
+      new Option('--scale-dtype <dtype>', 'storage dtype of scales')
+        .choices(['f16', 'bf16', 'f32', 'e4m3'])
+        .default('f16'),
+    ),
+)
   .option('--act-order', 'gptq: quantize columns by decreasing Hessian diagonal (stores g_idx)')
   .option('--damp <x>', 'gptq: dampening, fraction of the mean Hessian diagonal', Number, GPTQ_DEFAULTS.damp)
   .option('--block-size <n>', 'gptq: columns per lazy batch', integer, GPTQ_DEFAULTS.blockSize)
@@ -229,38 +236,31 @@ function listOf(choices?: readonly string[]) {
   };
 }
 
-program
-  .command('compare <model>')
-  .description(
-    'quantize with every method × format × bits, evaluate each against the model; write results.json + report.html',
-  )
-  .requiredOption('--text <file>', 'text file to evaluate on')
-  .requiredOption('-o, --output <dir>', 'report directory (results.json, report.html)')
-  .addOption(
-    new Option('--methods <list>', `methods, comma-separated: ${Object.keys(METHODS).join(',')}`)
-      .argParser(listOf(Object.keys(METHODS)))
-      .default(['rtn'], 'rtn'),
-  )
-  .addOption(
-    new Option('--bits <list>', 'integer bits, comma-separated (formats with fixed widths run at theirs)')
-      .argParser(listOf())
-      .default(['3', '4', '8'], '3,4,8'),
-  )
-  .addOption(
-    new Option('--formats <list>', `formats, comma-separated: ${FORMAT_NAMES.join(',')}`)
-      .argParser(listOf(FORMAT_NAMES))
-      .default(['int'], 'int'),
-  )
-  .option('--group-size <n>', 'input columns per scale of int grids; -1 = per output channel', integer, 32)
-  .option('--calib <file>', 'calibration text (gptq, awq); keep it disjoint from the evaluation text')
-  .option('--nsamples <n>', 'calibration windows', integer, CALIBRATION_DEFAULTS.nsamples)
-  .option(
-    '--seqlen <n>',
-    'tokens per calibration window (capped at the model context)',
-    integer,
-    CALIBRATION_DEFAULTS.seqlen,
-  )
-  .option('--seed <n>', 'seed of the calibration sampling', integer, CALIBRATION_DEFAULTS.seed)
+withCalibrationOptions(
+  program
+    .command('compare <model>')
+    .description(
+      'quantize with every method × format × bits, evaluate each against the model; write results.json + report.html',
+    )
+    .requiredOption('--text <file>', 'text file to evaluate on')
+    .requiredOption('-o, --output <dir>', 'report directory (results.json, report.html)')
+    .addOption(
+      new Option('--methods <list>', `methods, comma-separated: ${Object.keys(METHODS).join(',')}`)
+        .argParser(listOf(Object.keys(METHODS)))
+        .default(['rtn'], 'rtn'),
+    )
+    .addOption(
+      new Option('--bits <list>', 'integer bits, comma-separated (formats with fixed widths run at theirs)')
+        .argParser(listOf())
+        .default(['3', '4', '8'], '3,4,8'),
+    )
+    .addOption(
+      new Option('--formats <list>', `formats, comma-separated: ${FORMAT_NAMES.join(',')}`)
+        .argParser(listOf(FORMAT_NAMES))
+        .default(['int'], 'int'),
+    )
+    .option('--group-size <n>', 'input columns per scale of int grids; -1 = per output channel', integer, 32),
+)
   .option('--ctx <n>', 'tokens per window (default: the model context, at most 2048)', integer)
   .option('--stride <n>', 'window step (default: ctx, non-overlapping)', integer)
   .option('--keep-partial', 'also score the last, shorter window')
