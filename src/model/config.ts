@@ -2,6 +2,8 @@
  * The normalized hyper-parameters of a decoder-only transformer, independent of the
  * file it came from (Hugging Face config.json, llama2.c header, GGUF metadata).
  */
+import type { LinearInputOps } from './input-ops.js';
+
 export interface ModelConfig {
   /** Architecture key, e.g. 'llama' (Hugging Face `model_type`). */
   modelType: string;
@@ -20,4 +22,6 @@ export interface ModelConfig {
   tiedEmbeddings: boolean;
   bosTokenId?: number;
   eosTokenId?: number;
+  /** Inference-time operations on the inputs of block linears (activation quantization...). */
+  linearInputOps?: LinearInputOps;
 }

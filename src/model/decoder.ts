@@ -14,6 +14,7 @@ import { ConfigError } from '../errors.js';
 import type { TensorMap } from '../tensor.js';
 import { type BlockLinear, blockPrefix, EMBED, FINAL_NORM, LM_HEAD } from './architecture.js';
 import type { ModelConfig } from './config.js';
+import { type LinearInputTransform, linearInputTransform } from './input-ops.js';
 
 export interface ForwardHooks {
   /** Called with the input activations [rows, cols] of every block linear, before its product. */
@@ -37,6 +38,11 @@ export class Scratch {
   }
 }
 
+const QKV = ['self_attn.q_proj', 'self_attn.k_proj', 'self_attn.v_proj'] as const;
+const O_PROJ = ['self_attn.o_proj'] as const;
+const GATE_UP = ['mlp.gate_proj', 'mlp.up_proj'] as const;
+const DOWN_PROJ = ['mlp.down_proj'] as const;
+
 /** Thrown inside `block` to end a capture-only pass early; never escapes it. */
 const STOP = Symbol('stop');
 
@@ -46,12 +52,21 @@ export class Decoder {
     sin: new Float32Array(0),
     T: 0,
   };
+  /** config.linearInputOps as a function (undefined: block linears read their inputs unchanged). */
+  private readonly inputTransform: LinearInputTransform | undefined;
 
   constructor(
     readonly config: ModelConfig,
     readonly weights: TensorMap,
     readonly engine: ComputeEngine = getDefaultEngine(),
-  ) {}
+  ) {
+    this.inputTransform = linearInputTransform(config.linearInputOps);
+  }
+
+  /** A stage output x [rows, cols] as the block linears `readers` see it (config.linearInputOps applied). */
+  private linearInput(layer: number, readers: readonly BlockLinear[], x: Float32Array, cols: number) {
+    return this.inputTransform ? this.inputTransform(layer, readers, x, x.length / cols, cols) : x;
+  }
 
   weight(name: string): Float32Array {
     const t = this.weights.get(name);
@@ -99,16 +114,16 @@ export class Decoder {
     };
     // Attention sub-block: x += o_proj(attn(rope(q), rope(k), v)) on rmsnorm(x).
     const h = this.attentionInput(layer, x);
-    capture(h, c.hiddenSize, 'self_attn.q_proj', 'self_attn.k_proj', 'self_attn.v_proj');
+    capture(h, c.hiddenSize, ...QKV);
     const attn = await this.selfAttention(layer, h, B, T);
-    capture(attn, c.numHeads * c.headDim, 'self_attn.o_proj');
+    capture(attn, c.numHeads * c.headDim, ...O_PROJ);
     const x1 = x.slice();
     await this.addAttentionOutput(layer, attn, x1);
     // MLP sub-block (SwiGLU): x += down(silu(gate(h)) * up(h)) on rmsnorm(x).
     const h2 = this.mlpInput(layer, x1);
-    capture(h2, c.hiddenSize, 'mlp.gate_proj', 'mlp.up_proj');
+    capture(h2, c.hiddenSize, ...GATE_UP);
     const act = await this.mlpActivation(layer, h2, rows);
-    capture(act, c.intermediateSize, 'mlp.down_proj');
+    capture(act, c.intermediateSize, ...DOWN_PROJ);
     await this.addMlpOutput(layer, act, x1);
     return x1;
   }
@@ -124,13 +139,8 @@ export class Decoder {
   /** RMSNorm(x) with the block's input norm: the input of q/k/v. */
   attentionInput(layer: number, x: Float32Array, out?: Float32Array): Float32Array {
     const c = this.config;
-    return rmsNorm(
-      x,
-      this.weight(`${blockPrefix(layer)}input_layernorm.weight`),
-      c.hiddenSize,
-      c.normEps,
-      out,
-    );
+    const w = this.weight(`${blockPrefix(layer)}input_layernorm.weight`);
+    return this.linearInput(layer, QKV, rmsNorm(x, w, c.hiddenSize, c.normEps, out), c.hiddenSize);
   }
 
   /** q/k/v projections, rotary embedding and causal attention of h: the input of o_proj. */
@@ -161,7 +171,7 @@ export class Decoder {
     const v = await project('self_attn.v_proj', kvDim);
     this.applyRope(q, B, T, c.numHeads);
     this.applyRope(k, B, T, c.numKvHeads);
-    return this.attention(q, k, v, B, T, out);
+    return this.linearInput(layer, O_PROJ, await this.attention(q, k, v, B, T, out), qDim);
   }
 
   /** x += o_proj(attn). */
@@ -185,16 +195,22 @@ export class Decoder {
   mlpInput(layer: number, x: Float32Array, out?: Float32Array): Float32Array {
     const c = this.config;
     const w = this.weight(`${blockPrefix(layer)}post_attention_layernorm.weight`);
-    return rmsNorm(x, w, c.hiddenSize, c.normEps, out);
+    return this.linearInput(layer, GATE_UP, rmsNorm(x, w, c.hiddenSize, c.normEps, out), c.hiddenSize);
   }
 
   /** silu(h·gateᵀ) ⊙ (h·upᵀ): the input of down_proj. */
-  mlpActivation(layer: number, h: Float32Array, rows: number, out?: Float32Array): Promise<Float32Array> {
+  async mlpActivation(
+    layer: number,
+    h: Float32Array,
+    rows: number,
+    out?: Float32Array,
+  ): Promise<Float32Array> {
     const c = this.config;
     const p = blockPrefix(layer);
     const gate = this.weight(`${p}mlp.gate_proj.weight`);
     const up = this.weight(`${p}mlp.up_proj.weight`);
-    return this.engine.linearSwiGlu(h, gate, up, rows, c.hiddenSize, c.intermediateSize, out);
+    const act = await this.engine.linearSwiGlu(h, gate, up, rows, c.hiddenSize, c.intermediateSize, out);
+    return this.linearInput(layer, DOWN_PROJ, act, c.intermediateSize);
   }
 
   /** x += down_proj(act). */
