@@ -41,7 +41,8 @@ export interface ComputeEngine {
   /**
    * Causal grouped-query attention over B windows of T positions. q is [B, T, heads·d],
    * k and v are [B, T, kvHeads·d]; query head h reads KV head floor(h / (heads / kvHeads)).
-   * out[b, t, h] = Σ_{s<=t} softmax_s(scale · q[b,t,h]·k[b,s,kv(h)]) v[b,s,kv(h)], same layout as q.
+   * out[b, t, h] = Σ_{s<=t} softmax_s(scale · q[b,t,h]·k[b,s,kv(h)]) v[b,s,kv(h)], same layout as q;
+   * `window` narrows s to t − window < s <= t and `softcap` caps the scaled scores.
    */
   causalAttention(
     q: Float32Array,
@@ -59,4 +60,8 @@ export interface AttentionShape {
   kvHeads: number;
   headDim: number;
   scale: number;
+  /** Sliding window: key s is visible from query t iff t − s < window (Mistral, Gemma-2); absent: all s <= t. */
+  window?: number;
+  /** Scores become cap·tanh(score/cap) before the softmax (Gemma-2 attention logit soft-capping). */
+  softcap?: number;
 }

@@ -63,7 +63,7 @@ export class JsEngine implements ComputeEngine {
     shape: AttentionShape,
     result?: Float32Array,
   ): Promise<Float32Array> {
-    const { batch, seqLen: T, heads, kvHeads, headDim: d, scale } = shape;
+    const { batch, seqLen: T, heads, kvHeads, headDim: d, scale, window, softcap } = shape;
     const group = heads / kvHeads;
     const out = result ? result.fill(0) : new Float32Array(q.length);
     const scores = new Float64Array(T);
@@ -72,16 +72,17 @@ export class JsEngine implements ComputeEngine {
     for (let b = 0; b < batch; b++) {
       for (let h = 0; h < heads; h++) {
         for (let t = 0; t < T; t++) {
+          const first = window ? Math.max(0, t - window + 1) : 0;
           let max = -Infinity;
-          for (let s = 0; s <= t; s++) {
+          for (let s = first; s <= t; s++) {
             let dot = 0;
             for (let i = 0; i < d; i++) dot += q[qAt(b, t, h) + i]! * k[kvAt(b, s, h) + i]!;
-            scores[s] = dot * scale;
+            scores[s] = softcap ? softcap * Math.tanh((dot * scale) / softcap) : dot * scale;
             max = Math.max(max, scores[s]!);
           }
           let sum = 0;
-          for (let s = 0; s <= t; s++) sum += scores[s] = Math.exp(scores[s]! - max);
-          for (let s = 0; s <= t; s++) {
+          for (let s = first; s <= t; s++) sum += scores[s] = Math.exp(scores[s]! - max);
+          for (let s = first; s <= t; s++) {
             const p = scores[s]! / sum;
             for (let i = 0; i < d; i++) out[qAt(b, t, h) + i]! += p * v[kvAt(b, s, h) + i]!;
           }

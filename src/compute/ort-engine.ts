@@ -3,7 +3,7 @@
  * built once and cached, so one session serves every shape and every layer.
  */
 import * as ort from 'onnxruntime-node';
-import { buildOnnxModel, type GraphSpec } from '../io/onnx-builder.js';
+import { type AttrValue, buildOnnxModel, type GraphSpec } from '../io/onnx-builder.js';
 import type { AttentionShape, ComputeEngine } from './engine.js';
 
 const LINEAR: GraphSpec = {
@@ -48,16 +48,27 @@ const MATMUL_TRANS_A: GraphSpec = {
  * [B, T, heads·d] layout the projections produce and maps query heads to KV heads itself.
  * Every window is full length: seqlens_k = T − 1 and total_sequence_length = T.
  */
-function groupQueryAttention(heads: number, kvHeads: number, headDim: number, scale: number): GraphSpec {
+function groupQueryAttention(shape: AttentionShape): GraphSpec {
+  const { heads, kvHeads, headDim, scale, window, softcap } = shape;
+  // local_window_size = W keeps keys t − W < s <= t (checked against JsEngine in test/model/architectures).
+  const extra: Record<string, AttrValue> = {};
+  if (window) extra.local_window_size = window;
+  if (softcap) extra.softcap = { f: softcap };
   return {
-    name: `gqa_${heads}_${kvHeads}_${headDim}_${scale}`,
+    name: `gqa_${heads}_${kvHeads}_${headDim}_${scale}_${window ?? 0}_${softcap ?? 0}`,
     nodes: [
       {
         op: 'GroupQueryAttention',
         domain: 'com.microsoft',
         inputs: ['q', 'k', 'v', '', '', 'seqlens_k', 'total_sequence_length'],
         outputs: ['o', 'present_key', 'present_value'],
-        attributes: { num_heads: heads, kv_num_heads: kvHeads, scale },
+        // FLOAT attributes even when integral (a softcap of 50, a scale of 1).
+        attributes: {
+          num_heads: heads,
+          kv_num_heads: kvHeads,
+          scale: { f: scale },
+          ...extra,
+        },
       },
     ],
     inputs: [
@@ -165,9 +176,9 @@ export class OrtEngine implements ComputeEngine {
     shape: AttentionShape,
     out?: Float32Array,
   ): Promise<Float32Array> {
-    const { batch: B, seqLen: T, heads, kvHeads, headDim: d, scale } = shape;
+    const { batch: B, seqLen: T, heads, kvHeads, headDim: d } = shape;
     return this.run(
-      groupQueryAttention(heads, kvHeads, d, scale),
+      groupQueryAttention(shape),
       {
         q: new ort.Tensor('float32', q, [B, T, heads * d]),
         k: new ort.Tensor('float32', k, [B, T, kvHeads * d]),

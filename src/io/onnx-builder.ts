@@ -30,7 +30,7 @@ export interface NodeSpec {
   inputs: string[];
   outputs: string[];
   domain?: string;
-  attributes?: Record<string, number | number[] | string>;
+  attributes?: Record<string, AttrValue>;
 }
 
 export interface GraphSpec {

@@ -1,10 +1,20 @@
 /**
- * An architecture is a description, not code: how its config.json maps to ModelConfig,
- * what its tensors are called and which shapes they must have, and which linear layers
- * a weight quantizer may touch. The forward pass (decoder.ts) reads only this description.
+ * An architecture is a description, not code: how its config.json maps to ModelConfig and
+ * its BlockLayout (norm kind, activation, biases, positions, residual scheme), what its tensors
+ * are called in Hugging Face checkpoints and how they map to the canonical (Llama) names used
+ * everywhere inside ptqkit, and which shapes they must have. The forward pass (decoder.ts)
+ * reads only the resolved ModelConfig; quantizers see every block linear as an [out, in]
+ * matrix under its canonical name (BLOCK_LINEARS), whatever the checkpoint called it.
  */
-import { ConfigError } from '../errors.js';
-import type { ModelConfig } from './config.js';
+import { ConfigError, ShapeError } from '../errors.js';
+import type { Tensor, TensorMap } from '../tensor.js';
+import {
+  type Activation,
+  type BlockLayout,
+  LLAMA_LAYOUT,
+  type ModelConfig,
+  type RopeScaling,
+} from './config.js';
 
 /** The linear layers of one decoder block, in execution order (the order of sequential calibration). */
 export const BLOCK_LINEARS = [
@@ -18,12 +28,24 @@ export const BLOCK_LINEARS = [
 ] as const;
 export type BlockLinear = (typeof BLOCK_LINEARS)[number];
 
+/** The block linears a model has (no gate_proj without a gated MLP), in execution order. */
+export function blockLinears(config: ModelConfig): BlockLinear[] {
+  const gated = (config.layout ?? LLAMA_LAYOUT).gatedMlp;
+  return BLOCK_LINEARS.filter((l) => gated || l !== 'mlp.gate_proj');
+}
+
 export interface Architecture {
   readonly modelType: string;
   /** Normalize a Hugging Face config.json; `file` names it in errors. */
   parseConfig(json: Record<string, unknown>, file: string): ModelConfig;
-  /** Every tensor the model needs, with its [out,in] / [n] shape. */
+  /** Every tensor the model needs, under its canonical name, with its [out,in] / [n] shape. */
   expectedShapes(config: ModelConfig): Map<string, number[]>;
+  /**
+   * The checkpoint's tensors under canonical names: renamed, Conv1D [in,out] weights transposed,
+   * fused projections split, runtime buffers dropped. Canonical names pass unchanged, so a
+   * checkpoint written by ptqkit (canonical names) reads back through the same call.
+   */
+  canonicalize(weights: TensorMap, config: ModelConfig, file: string): TensorMap;
 }
 
 export const blockPrefix = (layer: number): string => `model.layers.${layer}.`;
@@ -33,6 +55,10 @@ export const linearWeightName = (layer: number, linear: BlockLinear): string =>
 export const EMBED = 'model.embed_tokens.weight';
 export const FINAL_NORM = 'model.norm.weight';
 export const LM_HEAD = 'lm_head.weight';
+/** Learned absolute positions (GPT-2 wpe, OPT embed_positions), [positions + offset, hidden]. */
+export const POSITION_EMBED = 'model.embed_positions.weight';
+/** The bias of a LayerNorm or linear stored as `<module>.weight`. */
+export const biasOf = (weightName: string): string => weightName.replace(/\.weight$/, '.bias');
 
 /**
  * Upper bounds on hyper-parameters: generous (10-100x the largest published models) yet far
@@ -49,18 +75,22 @@ export const CONFIG_LIMITS = {
   max_position_embeddings: 2 ** 27,
 } as const;
 
+type Limited = keyof typeof CONFIG_LIMITS;
+
+/** json[key] (or json[hfKey], the model type's name for it) as a bounded positive integer. */
 function integer(
   json: Record<string, unknown>,
-  key: keyof typeof CONFIG_LIMITS,
+  key: Limited,
   file: string,
   fallback?: number,
+  hfKey: string = key,
 ): number {
-  const v = json[key] ?? fallback;
+  const v = json[hfKey] ?? fallback;
   const max = CONFIG_LIMITS[key];
   if (typeof v !== 'number' || !Number.isInteger(v) || v <= 0 || v > max) {
     throw new ConfigError(v === undefined ? 'missing hyper-parameter' : 'invalid hyper-parameter', {
       file,
-      field: key,
+      field: hfKey,
       expected: `a positive integer <= ${max}`,
       got: JSON.stringify(v),
     });
@@ -107,79 +137,549 @@ function tokenId(
   return v;
 }
 
-/** Llama and the models that share its layout (RMSNorm, RoPE, GQA, SwiGLU). */
-export const LLAMA: Architecture = {
-  modelType: 'llama',
-  parseConfig(json, file) {
-    const hiddenSize = integer(json, 'hidden_size', file);
-    const numHeads = integer(json, 'num_attention_heads', file);
-    const numKvHeads = integer(json, 'num_key_value_heads', file, numHeads);
-    if (json.rope_scaling != null) {
-      throw new ConfigError('rope_scaling is not supported yet', {
-        file,
-        field: 'rope_scaling',
-        expected: 'null',
-      });
-    }
-    if (hiddenSize % numHeads !== 0 || numHeads % numKvHeads !== 0) {
-      throw new ConfigError('inconsistent attention heads', {
-        file,
-        expected: 'hidden_size divisible by num_attention_heads, divisible by num_key_value_heads',
-        got: `${hiddenSize}/${numHeads}/${numKvHeads}`,
-      });
-    }
-    const vocabSize = integer(json, 'vocab_size', file);
-    const headDim = integer(json, 'head_dim', file, hiddenSize / numHeads);
-    // rotate_half pairs column i with i + d/2 of each head.
-    if (headDim % 2 !== 0) {
-      throw new ConfigError('head dimension must be even for rotary embeddings', {
-        file,
-        field: 'head_dim',
-        expected: 'an even integer',
-        got: String(headDim),
-      });
-    }
-    return {
-      modelType: 'llama',
-      vocabSize,
-      hiddenSize,
-      intermediateSize: integer(json, 'intermediate_size', file),
-      numLayers: integer(json, 'num_hidden_layers', file),
-      numHeads,
-      numKvHeads,
-      headDim,
-      maxPositions: integer(json, 'max_position_embeddings', file, 2048),
-      ropeTheta: positiveNumber(json, 'rope_theta', file, 10000),
-      normEps: positiveNumber(json, 'rms_norm_eps', file, 1e-6, 1),
-      tiedEmbeddings: json.tie_word_embeddings !== false,
-      bosTokenId: tokenId(json, 'bos_token_id', file, vocabSize),
-      eosTokenId: tokenId(json, 'eos_token_id', file, vocabSize),
-    };
-  },
-  expectedShapes(c) {
-    const shapes = new Map<string, number[]>();
-    const qDim = c.numHeads * c.headDim;
-    const kvDim = c.numKvHeads * c.headDim;
-    shapes.set(EMBED, [c.vocabSize, c.hiddenSize]);
-    for (let i = 0; i < c.numLayers; i++) {
-      const p = blockPrefix(i);
-      shapes.set(`${p}input_layernorm.weight`, [c.hiddenSize]);
-      shapes.set(`${p}post_attention_layernorm.weight`, [c.hiddenSize]);
-      shapes.set(`${p}self_attn.q_proj.weight`, [qDim, c.hiddenSize]);
-      shapes.set(`${p}self_attn.k_proj.weight`, [kvDim, c.hiddenSize]);
-      shapes.set(`${p}self_attn.v_proj.weight`, [kvDim, c.hiddenSize]);
-      shapes.set(`${p}self_attn.o_proj.weight`, [c.hiddenSize, qDim]);
-      shapes.set(`${p}mlp.gate_proj.weight`, [c.intermediateSize, c.hiddenSize]);
-      shapes.set(`${p}mlp.up_proj.weight`, [c.intermediateSize, c.hiddenSize]);
-      shapes.set(`${p}mlp.down_proj.weight`, [c.hiddenSize, c.intermediateSize]);
-    }
-    shapes.set(FINAL_NORM, [c.hiddenSize]);
-    if (!c.tiedEmbeddings) shapes.set(LM_HEAD, [c.vocabSize, c.hiddenSize]);
-    return shapes;
-  },
+/** Hugging Face config.json keys of the hyper-parameters, per model type. */
+interface ConfigKeys {
+  hidden: string;
+  layers: string;
+  heads: string;
+  /** Absent: every head has its own keys and values (multi-head attention). */
+  kvHeads?: string;
+  /** Absent or null in the file: 4 × hidden (GPT-2's n_inner). */
+  ffn: string;
+  positions: string;
+  /** Absent: the model type's fixed epsilon (OPT's nn.LayerNorm default). */
+  normEps?: string;
+  ropeTheta: string;
+}
+
+const LLAMA_KEYS: ConfigKeys = {
+  hidden: 'hidden_size',
+  layers: 'num_hidden_layers',
+  heads: 'num_attention_heads',
+  kvHeads: 'num_key_value_heads',
+  ffn: 'intermediate_size',
+  positions: 'max_position_embeddings',
+  normEps: 'rms_norm_eps',
+  ropeTheta: 'rope_theta',
 };
 
-const REGISTRY = new Map<string, Architecture>([['llama', LLAMA]]);
+/**
+ * How one module of a checkpoint becomes canonical modules; applies to its `.weight` and
+ * `.bias`. `{i}` stands for the layer index.
+ */
+interface TensorRule {
+  hf: string;
+  /** One canonical module, or the parts of a fused projection split along its output rows. */
+  to: string | readonly string[];
+  /** GPT-2's Conv1D stores weights [in, out]: transposed to [out, in] on load. */
+  conv1d?: boolean;
+  /** Output rows of each part, per head when `perHead` (NeoX's [q_h; k_h; v_h] per head h), else in total. */
+  split?: (c: ModelConfig) => number[];
+  perHead?: boolean;
+}
+
+/** The declarative description of one Hugging Face model_type. */
+interface Description {
+  modelType: string;
+  keys: ConfigKeys;
+  /** HF defaults of the keys a config.json may omit. */
+  defaults: { tiedEmbeddings: boolean; normEps: number; activation: string; maxPositions?: number };
+  /** The config key naming the MLP activation. */
+  activationKey: string;
+  /** What every model of this type has; per-model parts come from `configure`. */
+  layout: Partial<BlockLayout>;
+  /** Per-model layout read from config.json (rope scaling, partial rotary, windows, soft caps). */
+  configure?(json: Record<string, unknown>, file: string, c: ModelConfig, layout: BlockLayout): void;
+  /** Prefixes of checkpoint names that the rules do not include (GPT2LMHeadModel's `transformer.`). */
+  prefixes?: readonly string[];
+  rules?: readonly TensorRule[];
+  /** Runtime buffers some checkpoints carry (causal masks, inv_freq): not weights. */
+  ignore?: RegExp;
+}
+
+const ACTIVATIONS: Record<string, Activation> = {
+  silu: 'silu',
+  swish: 'silu',
+  gelu: 'gelu',
+  gelu_new: 'gelu_tanh',
+  gelu_fast: 'gelu_tanh',
+  gelu_pytorch_tanh: 'gelu_tanh',
+  relu: 'relu',
+};
+
+function activation(json: Record<string, unknown>, d: Description, file: string): Activation {
+  const name = json[d.activationKey] ?? d.defaults.activation;
+  const act = typeof name === 'string' ? ACTIVATIONS[name] : undefined;
+  if (!act) {
+    throw new ConfigError('unsupported activation', {
+      file,
+      field: d.activationKey,
+      expected: `one of ${Object.keys(ACTIVATIONS).join(', ')}`,
+      got: JSON.stringify(name),
+    });
+  }
+  return act;
+}
+
+function refuse(file: string, field: string, expected: string, got: unknown): never {
+  throw new ConfigError('unsupported configuration', { file, field, expected, got: JSON.stringify(got) });
+}
+
+/** rope_scaling: null, 'default', 'linear' or 'llama3' (Llama 3.1+); other schemes are refused. */
+function ropeScaling(json: Record<string, unknown>, file: string): RopeScaling | undefined {
+  const r = json.rope_scaling;
+  if (r == null) return undefined;
+  if (typeof r !== 'object' || Array.isArray(r)) refuse(file, 'rope_scaling', 'an object or null', r);
+  const o = r as Record<string, unknown>;
+  const type = o.rope_type ?? o.type;
+  const factor = () => positiveNumber(o, 'factor', file, Number.NaN);
+  if (type === 'default') return undefined;
+  if (type === 'linear') return { type: 'linear', factor: factor() };
+  if (type === 'llama3') {
+    const ropeScaling: RopeScaling = {
+      type: 'llama3',
+      factor: factor(),
+      lowFreqFactor: positiveNumber(o, 'low_freq_factor', file, Number.NaN),
+      highFreqFactor: positiveNumber(o, 'high_freq_factor', file, Number.NaN),
+      originalMaxPositions: positiveNumber(o, 'original_max_position_embeddings', file, Number.NaN),
+    };
+    if (!(ropeScaling.highFreqFactor > ropeScaling.lowFreqFactor))
+      refuse(file, 'rope_scaling.high_freq_factor', 'greater than low_freq_factor', o.high_freq_factor);
+    return ropeScaling;
+  }
+  return refuse(file, 'rope_scaling.rope_type', 'default, linear or llama3', type);
+}
+
+/** The rotating leading dimensions of each head: head_dim × fraction, even (rotate_half pairs i, i + r/2). */
+function rotaryDim(
+  json: Record<string, unknown>,
+  key: string,
+  fallback: number,
+  c: ModelConfig,
+  file: string,
+) {
+  const fraction = positiveNumber(json, key, file, fallback, 1 + Number.EPSILON);
+  const dim = Math.floor(c.headDim * fraction);
+  if (dim % 2 !== 0 || dim === 0) refuse(file, key, 'head_dim × fraction even and > 0', json[key]);
+  return dim;
+}
+
+/** A window size from config.json, or undefined when the key is absent or null. */
+function windowSize(json: Record<string, unknown>, key: string, file: string): number | undefined {
+  if (json[key] == null) return undefined;
+  return integer(json, 'max_position_embeddings', file, undefined, key);
+}
+
+/** A soft cap (Gemma-2), or undefined when null. */
+function softcap(json: Record<string, unknown>, key: string, file: string, fallback: number) {
+  return json[key] === null ? undefined : positiveNumber(json, key, file, fallback);
+}
+
+function parseWith(d: Description, json: Record<string, unknown>, file: string): ModelConfig {
+  const k = d.keys;
+  const hiddenSize = integer(json, 'hidden_size', file, undefined, k.hidden);
+  const numHeads = integer(json, 'num_attention_heads', file, undefined, k.heads);
+  const numKvHeads = k.kvHeads ? integer(json, 'num_key_value_heads', file, numHeads, k.kvHeads) : numHeads;
+  const headDim = integer(json, 'head_dim', file, Math.floor(hiddenSize / numHeads));
+  if (numHeads % numKvHeads !== 0 || (json.head_dim == null && hiddenSize % numHeads !== 0)) {
+    throw new ConfigError('inconsistent attention heads', {
+      file,
+      expected:
+        'hidden_size divisible by num_attention_heads (or head_dim given), divisible by num_key_value_heads',
+      got: `${hiddenSize}/${numHeads}/${numKvHeads}`,
+    });
+  }
+  const vocabSize = integer(json, 'vocab_size', file);
+  const layout: BlockLayout = { ...LLAMA_LAYOUT, ...d.layout, activation: activation(json, d, file) };
+  // attention_bias / mlp_bias (Llama, Qwen3, Gemma configs) add biases to a bias-free layout.
+  if (json.attention_bias === true) Object.assign(layout, { qkvBias: true, oBias: true });
+  if (json.mlp_bias === true) layout.mlpBias = true;
+  const c: ModelConfig = {
+    modelType: d.modelType,
+    vocabSize,
+    hiddenSize,
+    intermediateSize: integer(
+      json,
+      'intermediate_size',
+      file,
+      json[k.ffn] == null ? 4 * hiddenSize : undefined,
+      k.ffn,
+    ),
+    numLayers: integer(json, 'num_hidden_layers', file, undefined, k.layers),
+    numHeads,
+    numKvHeads,
+    headDim,
+    maxPositions: integer(
+      json,
+      'max_position_embeddings',
+      file,
+      d.defaults.maxPositions ?? 2048,
+      k.positions,
+    ),
+    ropeTheta: positiveNumber(json, k.ropeTheta, file, 10000),
+    normEps: k.normEps ? positiveNumber(json, k.normEps, file, d.defaults.normEps, 1) : d.defaults.normEps,
+    tiedEmbeddings:
+      typeof json.tie_word_embeddings === 'boolean' ? json.tie_word_embeddings : d.defaults.tiedEmbeddings,
+    bosTokenId: tokenId(json, 'bos_token_id', file, vocabSize),
+    eosTokenId: tokenId(json, 'eos_token_id', file, vocabSize),
+    layout,
+  };
+  if (layout.positions === 'rope') {
+    layout.ropeScaling = ropeScaling(json, file);
+    // rotate_half pairs column i with i + d/2 of each head.
+    if (headDim % 2 !== 0) refuse(file, 'head_dim', 'an even integer (rotary embeddings)', headDim);
+  }
+  d.configure?.(json, file, c, layout);
+  return c;
+}
+
+/** Canonical module names of block `i`: `model.layers.{i}.<module>`. */
+const inBlock = (module: string) => `model.layers.{i}.${module}`;
+
+function expectedShapesOf(c: ModelConfig): Map<string, number[]> {
+  const L = c.layout ?? LLAMA_LAYOUT;
+  const D = c.hiddenSize;
+  const shapes = new Map<string, number[]>();
+  const qDim = c.numHeads * c.headDim;
+  const kvDim = c.numKvHeads * c.headDim;
+  const norm = (name: string, n = D) => {
+    shapes.set(name, [n]);
+    if (L.norm === 'layer') shapes.set(biasOf(name), [n]);
+  };
+  const linear = (name: string, out: number, inDim: number, bias: boolean) => {
+    shapes.set(name, [out, inDim]);
+    if (bias) shapes.set(biasOf(name), [out]);
+  };
+  shapes.set(EMBED, [c.vocabSize, D]);
+  if (L.positions === 'learned') shapes.set(POSITION_EMBED, [c.maxPositions + L.positionOffset, D]);
+  for (let i = 0; i < c.numLayers; i++) {
+    const p = blockPrefix(i);
+    norm(`${p}input_layernorm.weight`);
+    norm(`${p}post_attention_layernorm.weight`);
+    if (L.postNorms) {
+      norm(`${p}pre_feedforward_layernorm.weight`);
+      norm(`${p}post_feedforward_layernorm.weight`);
+    }
+    linear(`${p}self_attn.q_proj.weight`, qDim, D, L.qkvBias);
+    linear(`${p}self_attn.k_proj.weight`, kvDim, D, L.qkvBias);
+    linear(`${p}self_attn.v_proj.weight`, kvDim, D, L.qkvBias);
+    linear(`${p}self_attn.o_proj.weight`, D, qDim, L.oBias);
+    if (L.qkNorm) {
+      shapes.set(`${p}self_attn.q_norm.weight`, [c.headDim]);
+      shapes.set(`${p}self_attn.k_norm.weight`, [c.headDim]);
+    }
+    if (L.gatedMlp) linear(`${p}mlp.gate_proj.weight`, c.intermediateSize, D, L.mlpBias);
+    linear(`${p}mlp.up_proj.weight`, c.intermediateSize, D, L.mlpBias);
+    linear(`${p}mlp.down_proj.weight`, D, c.intermediateSize, L.mlpBias);
+  }
+  norm(FINAL_NORM);
+  if (!c.tiedEmbeddings) shapes.set(LM_HEAD, [c.vocabSize, D]);
+  return shapes;
+}
+
+function escapeRegExp(s: string): string {
+  return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&').replace('\\{i\\}', '(\\d+)');
+}
+
+function transposed(t: Tensor): Tensor {
+  const [rows, cols] = t.shape as [number, number];
+  const data = new Float32Array(t.data.length);
+  for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) data[c * rows + r] = t.data[r * cols + c]!;
+  return { shape: [cols, rows], data };
+}
+
+/** The parts of a fused projection t (rows = outputs), as `rule.split` lays them out. */
+function splitRows(t: Tensor, rule: TensorRule, c: ModelConfig, name: string, file: string): Tensor[] {
+  const sizes = rule.split!(c);
+  const per = sizes.reduce((a, b) => a + b, 0);
+  const blocks = rule.perHead ? c.numHeads : 1;
+  const rows = t.shape[0]!;
+  const cols = t.shape.length === 2 ? t.shape[1]! : 1;
+  if (rows !== per * blocks || t.shape.length > 2) {
+    throw new ShapeError('fused tensor does not split as the configuration says', {
+      file,
+      field: name,
+      expected: `${per * blocks} rows (${blocks} × [${sizes}])`,
+      got: `[${t.shape}]`,
+    });
+  }
+  let offset = 0;
+  return sizes.map((size) => {
+    const data = new Float32Array(blocks * size * cols);
+    for (let b = 0; b < blocks; b++) {
+      const from = (b * per + offset) * cols;
+      data.set(t.data.subarray(from, from + size * cols), b * size * cols);
+    }
+    offset += size;
+    return { shape: t.shape.length === 2 ? [blocks * size, cols] : [blocks * size], data };
+  });
+}
+
+function describe(d: Description): Architecture {
+  const rules = (d.rules ?? []).map((rule) => ({
+    rule,
+    re: new RegExp(`^${escapeRegExp(rule.hf)}\\.(weight|bias)$`),
+  }));
+  const prefixes = ['', ...(d.prefixes ?? [])];
+  return {
+    modelType: d.modelType,
+    parseConfig: (json, file) => parseWith(d, json, file),
+    expectedShapes: expectedShapesOf,
+    canonicalize(weights, c, file) {
+      if (!rules.length && !d.ignore) return weights;
+      const out: TensorMap = new Map();
+      for (const [name, t] of weights) {
+        const mapped = prefixes.some((prefix) => {
+          if (!name.startsWith(prefix)) return false;
+          const rest = name.slice(prefix.length);
+          if (d.ignore?.test(rest)) return true;
+          for (const { rule, re } of rules) {
+            const m = re.exec(rest);
+            if (!m) continue;
+            const layer = rule.hf.includes('{i}') ? m[1]! : '';
+            const suffix = m.at(-1)!;
+            const target = (module: string) => `${module.replace('{i}', layer)}.${suffix}`;
+            const tensor = rule.conv1d && t.shape.length === 2 ? transposed(t) : t;
+            if (typeof rule.to === 'string') out.set(target(rule.to), tensor);
+            else
+              for (const [j, part] of splitRows(tensor, rule, c, name, file).entries())
+                out.set(target(rule.to[j]!), part);
+            return true;
+          }
+          return false;
+        });
+        if (!mapped) out.set(name, t);
+      }
+      return out;
+    },
+  };
+}
+
+const QKV_MODULES = ['q_proj', 'k_proj', 'v_proj'].map((m) => inBlock(`self_attn.${m}`));
+const qkvSizes = (c: ModelConfig) => [c.numHeads, c.numKvHeads, c.numKvHeads].map((h) => h * c.headDim);
+
+/** Llama and the models that share its layout (RMSNorm, RoPE, GQA, SwiGLU). */
+export const LLAMA = describe({
+  modelType: 'llama',
+  keys: LLAMA_KEYS,
+  // llama2.c-converted checkpoints omit tie_word_embeddings and share the matrix.
+  defaults: { tiedEmbeddings: true, normEps: 1e-6, activation: 'silu' },
+  activationKey: 'hidden_act',
+  layout: {},
+});
+
+/** Mistral: Llama with a sliding attention window on every layer. */
+const MISTRAL = describe({
+  modelType: 'mistral',
+  keys: LLAMA_KEYS,
+  defaults: { tiedEmbeddings: false, normEps: 1e-6, activation: 'silu' },
+  activationKey: 'hidden_act',
+  layout: {},
+  configure(json, file, c, layout) {
+    const w = windowSize(json, 'sliding_window', file);
+    if (w) layout.windows = Array(c.numLayers).fill(w);
+  },
+});
+
+/** Qwen2 windows only with use_sliding_window, on layers from max_window_layers on. */
+function qwenWindows(json: Record<string, unknown>, file: string, c: ModelConfig, layout: BlockLayout) {
+  if (json.use_sliding_window !== true) return;
+  const w = windowSize(json, 'sliding_window', file);
+  const from = typeof json.max_window_layers === 'number' ? json.max_window_layers : 28;
+  if (w) layout.windows = Array.from({ length: c.numLayers }, (_, i) => (i >= from ? w : 0));
+}
+
+/** Qwen2 / Qwen2.5: Llama with biases on q, k and v. */
+const QWEN2 = describe({
+  modelType: 'qwen2',
+  keys: LLAMA_KEYS,
+  defaults: { tiedEmbeddings: false, normEps: 1e-6, activation: 'silu' },
+  activationKey: 'hidden_act',
+  layout: { qkvBias: true },
+  configure: qwenWindows,
+});
+
+/** Qwen3: Llama with an RMSNorm over each head of q and k (no q/k/v bias). */
+const QWEN3 = describe({
+  modelType: 'qwen3',
+  keys: LLAMA_KEYS,
+  defaults: { tiedEmbeddings: false, normEps: 1e-6, activation: 'silu' },
+  activationKey: 'hidden_act',
+  layout: { qkNorm: true },
+  configure: qwenWindows,
+});
+
+/** Gemma: (1 + w) RMSNorm, embeddings × sqrt(hidden), GeGLU. */
+const GEMMA_LAYOUT: Partial<BlockLayout> = { normOffset: 1 };
+const gemmaEmbedScale = (c: ModelConfig, layout: BlockLayout) => {
+  // Hugging Face casts sqrt(hidden) to the activations' dtype (float32 here).
+  layout.embedScale = Math.fround(Math.sqrt(c.hiddenSize));
+};
+const GEMMA = describe({
+  modelType: 'gemma',
+  keys: LLAMA_KEYS,
+  defaults: { tiedEmbeddings: true, normEps: 1e-6, activation: 'gelu_pytorch_tanh' },
+  // gemma-2b/7b configs say hidden_act "gelu" but the model uses hidden_activation (tanh GELU).
+  activationKey: 'hidden_activation',
+  layout: GEMMA_LAYOUT,
+  configure: (_json, _file, c, layout) => gemmaEmbedScale(c, layout),
+});
+
+/** Gemma-2: Gemma + post-norms, soft-capping, query_pre_attn_scalar, sliding window on even layers. */
+const GEMMA2 = describe({
+  modelType: 'gemma2',
+  keys: LLAMA_KEYS,
+  defaults: { tiedEmbeddings: true, normEps: 1e-6, activation: 'gelu_pytorch_tanh' },
+  activationKey: 'hidden_activation',
+  layout: { ...GEMMA_LAYOUT, postNorms: true },
+  configure(json, file, c, layout) {
+    gemmaEmbedScale(c, layout);
+    layout.attentionScale = positiveNumber(json, 'query_pre_attn_scalar', file, 256) ** -0.5;
+    layout.attentionSoftcap = softcap(json, 'attn_logit_softcapping', file, 50);
+    layout.finalSoftcap = softcap(json, 'final_logit_softcapping', file, 30);
+    // Layers 0, 2, 4, ... attend locally (Gemma2's layer_types / is_sliding = not layer_idx % 2).
+    const w = windowSize(json, 'sliding_window', file) ?? 4096;
+    layout.windows = Array.from({ length: c.numLayers }, (_, i) => (i % 2 === 0 ? w : 0));
+  },
+});
+
+/** Phi-3: Llama with fused qkv_proj and gate_up_proj, optional partial rotary and sliding window. */
+const PHI3 = describe({
+  modelType: 'phi3',
+  keys: LLAMA_KEYS,
+  defaults: { tiedEmbeddings: false, normEps: 1e-5, activation: 'silu' },
+  activationKey: 'hidden_act',
+  layout: {},
+  rules: [
+    { hf: inBlock('self_attn.qkv_proj'), to: QKV_MODULES, split: qkvSizes },
+    // gate_up_proj's first half is the gate (Phi3MLP: gate, up = chunk(2)).
+    {
+      hf: inBlock('mlp.gate_up_proj'),
+      to: [inBlock('mlp.gate_proj'), inBlock('mlp.up_proj')],
+      split: (c) => [c.intermediateSize, c.intermediateSize],
+    },
+  ],
+  configure(json, file, c, layout) {
+    const r = rotaryDim(json, 'partial_rotary_factor', 1, c, file);
+    if (r !== c.headDim) layout.rotaryDim = r;
+    const w = windowSize(json, 'sliding_window', file);
+    if (w) layout.windows = Array(c.numLayers).fill(w);
+  },
+});
+
+/** LayerNorm with bias, biases everywhere, plain MLP act(up(h)): GPT-2, OPT, NeoX. */
+const PRE_LN: Partial<BlockLayout> = {
+  norm: 'layer',
+  gatedMlp: false,
+  qkvBias: true,
+  oBias: true,
+  mlpBias: true,
+};
+
+/** GPT-2: learned positions, Conv1D weights, fused c_attn, tanh GELU. */
+const GPT2 = describe({
+  modelType: 'gpt2',
+  keys: {
+    hidden: 'n_embd',
+    layers: 'n_layer',
+    heads: 'n_head',
+    ffn: 'n_inner',
+    positions: 'n_positions',
+    normEps: 'layer_norm_epsilon',
+    ropeTheta: 'rope_theta',
+  },
+  defaults: { tiedEmbeddings: true, normEps: 1e-5, activation: 'gelu_new', maxPositions: 1024 },
+  activationKey: 'activation_function',
+  layout: { ...PRE_LN, positions: 'learned' },
+  prefixes: ['transformer.'],
+  ignore: /^h\.\d+\.attn\.(bias|masked_bias)$/,
+  rules: [
+    { hf: 'wte', to: 'model.embed_tokens' },
+    { hf: 'wpe', to: 'model.embed_positions' },
+    { hf: 'ln_f', to: 'model.norm' },
+    { hf: 'h.{i}.ln_1', to: inBlock('input_layernorm') },
+    { hf: 'h.{i}.ln_2', to: inBlock('post_attention_layernorm') },
+    { hf: 'h.{i}.attn.c_attn', to: QKV_MODULES, conv1d: true, split: qkvSizes },
+    { hf: 'h.{i}.attn.c_proj', to: inBlock('self_attn.o_proj'), conv1d: true },
+    { hf: 'h.{i}.mlp.c_fc', to: inBlock('mlp.up_proj'), conv1d: true },
+    { hf: 'h.{i}.mlp.c_proj', to: inBlock('mlp.down_proj'), conv1d: true },
+  ],
+  configure(json, file) {
+    if (json.scale_attn_by_inverse_layer_idx === true)
+      refuse(file, 'scale_attn_by_inverse_layer_idx', 'false', true);
+    if (json.scale_attn_weights === false) refuse(file, 'scale_attn_weights', 'true', false);
+  },
+});
+
+/** OPT: learned positions offset by 2, ReLU, pre-LayerNorm (do_layer_norm_before). */
+const OPT = describe({
+  modelType: 'opt',
+  keys: { ...LLAMA_KEYS, kvHeads: undefined, ffn: 'ffn_dim', normEps: undefined },
+  defaults: { tiedEmbeddings: true, normEps: 1e-5, activation: 'relu' },
+  activationKey: 'activation_function',
+  layout: { ...PRE_LN, positions: 'learned', positionOffset: 2 },
+  prefixes: ['model.'],
+  rules: [
+    { hf: 'decoder.embed_tokens', to: 'model.embed_tokens' },
+    { hf: 'decoder.embed_positions', to: 'model.embed_positions' },
+    { hf: 'decoder.final_layer_norm', to: 'model.norm' },
+    ...['q_proj', 'k_proj', 'v_proj'].map((m) => ({
+      hf: `decoder.layers.{i}.self_attn.${m}`,
+      to: inBlock(`self_attn.${m}`),
+    })),
+    { hf: 'decoder.layers.{i}.self_attn.out_proj', to: inBlock('self_attn.o_proj') },
+    { hf: 'decoder.layers.{i}.self_attn_layer_norm', to: inBlock('input_layernorm') },
+    { hf: 'decoder.layers.{i}.final_layer_norm', to: inBlock('post_attention_layernorm') },
+    { hf: 'decoder.layers.{i}.fc1', to: inBlock('mlp.up_proj') },
+    { hf: 'decoder.layers.{i}.fc2', to: inBlock('mlp.down_proj') },
+  ],
+  configure(json, file, c) {
+    if (json.do_layer_norm_before === false) refuse(file, 'do_layer_norm_before', 'true', false);
+    if (json.layer_norm_elementwise_affine === false)
+      refuse(file, 'layer_norm_elementwise_affine', 'true', false);
+    if (json.enable_bias === false) refuse(file, 'enable_bias', 'true', false);
+    const proj = json.word_embed_proj_dim;
+    if (proj != null && proj !== c.hiddenSize) refuse(file, 'word_embed_proj_dim', `${c.hiddenSize}`, proj);
+  },
+});
+
+/** GPT-NeoX / Pythia: parallel residual, partial rotary, fused per-head query_key_value. */
+const GPT_NEOX = describe({
+  modelType: 'gpt_neox',
+  keys: { ...LLAMA_KEYS, kvHeads: undefined, normEps: 'layer_norm_eps', ropeTheta: 'rotary_emb_base' },
+  defaults: { tiedEmbeddings: false, normEps: 1e-5, activation: 'gelu' },
+  activationKey: 'hidden_act',
+  layout: PRE_LN,
+  prefixes: ['gpt_neox.'],
+  ignore: /^layers\.\d+\.attention\.(bias|masked_bias|rotary_emb\.inv_freq)$/,
+  rules: [
+    { hf: 'embed_in', to: 'model.embed_tokens' },
+    { hf: 'final_layer_norm', to: 'model.norm' },
+    { hf: 'embed_out', to: 'lm_head' },
+    { hf: 'layers.{i}.input_layernorm', to: inBlock('input_layernorm') },
+    { hf: 'layers.{i}.post_attention_layernorm', to: inBlock('post_attention_layernorm') },
+    // [3·hidden, hidden] viewed as [heads, 3, head_dim]: q, k, v of head h are consecutive.
+    {
+      hf: 'layers.{i}.attention.query_key_value',
+      to: QKV_MODULES,
+      perHead: true,
+      split: (c) => [c.headDim, c.headDim, c.headDim],
+    },
+    { hf: 'layers.{i}.attention.dense', to: inBlock('self_attn.o_proj') },
+    { hf: 'layers.{i}.mlp.dense_h_to_4h', to: inBlock('mlp.up_proj') },
+    { hf: 'layers.{i}.mlp.dense_4h_to_h', to: inBlock('mlp.down_proj') },
+  ],
+  configure(json, file, c, layout) {
+    layout.parallelResidual = json.use_parallel_residual !== false;
+    const r = rotaryDim(json, 'rotary_pct', 0.25, c, file);
+    if (r !== c.headDim) layout.rotaryDim = r;
+    if (json.attention_bias === false) refuse(file, 'attention_bias', 'true', false);
+  },
+});
+
+const REGISTRY = new Map<string, Architecture>(
+  [LLAMA, MISTRAL, QWEN2, QWEN3, GEMMA, GEMMA2, PHI3, GPT2, OPT, GPT_NEOX].map((a) => [a.modelType, a]),
+);
 
 export function architectureFor(modelType: unknown, file: string): Architecture {
   const arch = typeof modelType === 'string' ? REGISTRY.get(modelType) : undefined;

@@ -24,4 +24,82 @@ export interface ModelConfig {
   eosTokenId?: number;
   /** Inference-time operations on the inputs of block linears (activation quantization...). */
   linearInputOps?: LinearInputOps;
+  /** How a block computes (norms, activation, biases, positions, residual); absent: LLAMA_LAYOUT. */
+  layout?: BlockLayout;
 }
+
+/** Element-wise MLP activations, under their Hugging Face `hidden_act` semantics. */
+export type Activation = 'silu' | 'gelu' | 'gelu_tanh' | 'relu';
+
+/**
+ * RoPE frequency rescaling for contexts beyond training (Hugging Face `rope_scaling`):
+ * 'linear' divides every frequency by `factor` (position interpolation, arXiv:2306.15595);
+ * 'llama3' divides only the low frequencies, with a smooth ramp between the two wavelength
+ * thresholds (Llama 3.1's `_compute_llama3_parameters`).
+ */
+export type RopeScaling =
+  | { type: 'linear'; factor: number }
+  | {
+      type: 'llama3';
+      factor: number;
+      lowFreqFactor: number;
+      highFreqFactor: number;
+      originalMaxPositions: number;
+    };
+
+/**
+ * Everything in which a decoder block departs from Llama's, resolved from config.json by the
+ * architecture (architecture.ts); the forward pass (decoder.ts) reads nothing else.
+ */
+export interface BlockLayout {
+  /** 'rms': RMSNorm; 'layer': LayerNorm with bias (GPT-2, OPT, NeoX). */
+  norm: 'rms' | 'layer';
+  /** Added to every norm gain: Gemma stores w and scales by (1 + w). */
+  normOffset: number;
+  activation: Activation;
+  /** act(gate(h)) ⊙ up(h) (SwiGLU/GeGLU) rather than act(up(h)). */
+  gatedMlp: boolean;
+  qkvBias: boolean;
+  oBias: boolean;
+  mlpBias: boolean;
+  /** Qwen3: RMSNorm over each head of q and of k before the rotary embedding. */
+  qkNorm: boolean;
+  /** Gemma-2: norms on the attention and MLP outputs before their residual adds. */
+  postNorms: boolean;
+  /** GPT-NeoX: x + attn(ln1(x)) + mlp(ln2(x)) instead of two sequential residual adds. */
+  parallelResidual: boolean;
+  /** 'rope': rotary q/k; 'learned': a position embedding table added to the token embeddings. */
+  positions: 'rope' | 'learned';
+  /** Row of position 0 in the learned table (OPT reserves 2). */
+  positionOffset: number;
+  /** Leading dimensions of each head that rotate (partial rotary: NeoX rotary_pct); the rest pass. */
+  rotaryDim?: number;
+  ropeScaling?: RopeScaling;
+  /** Token embeddings are multiplied by this (Gemma: sqrt(hidden)). */
+  embedScale: number;
+  /** Softmax scale of q·k (default 1/sqrt(head_dim); Gemma-2: query_pre_attn_scalar^-1/2). */
+  attentionScale?: number;
+  /** cap·tanh(s/cap) on attention scores (Gemma-2 attn_logit_softcapping). */
+  attentionSoftcap?: number;
+  /** cap·tanh(z/cap) on the output logits (Gemma-2 final_logit_softcapping). */
+  finalSoftcap?: number;
+  /** Sliding attention window per layer (key s visible from t iff t − s < window); 0 = full causal. */
+  windows?: number[];
+}
+
+/** The Llama block: RMSNorm, SwiGLU, no biases, full rotary, sequential residual. */
+export const LLAMA_LAYOUT: BlockLayout = {
+  norm: 'rms',
+  normOffset: 0,
+  activation: 'silu',
+  gatedMlp: true,
+  qkvBias: false,
+  oBias: false,
+  mlpBias: false,
+  qkNorm: false,
+  postNorms: false,
+  parallelResidual: false,
+  positions: 'rope',
+  positionOffset: 0,
+  embedScale: 1,
+};

@@ -1,6 +1,9 @@
 /**
- * Forward pass of the Llama-family decoder (RMSNorm, rotary embeddings with rotate_half,
- * grouped-query causal attention, SwiGLU MLP), in Hugging Face `modeling_llama` semantics.
+ * Forward pass of a decoder-only transformer as its BlockLayout (config.ts) describes it, in
+ * Hugging Face semantics: Llama (RMSNorm, rotary embeddings with rotate_half, grouped-query
+ * causal attention, SwiGLU MLP) and its variants: LayerNorm with bias, (1 + w) gains, GeGLU /
+ * GELU / ReLU MLPs, linear biases, per-head q/k norms, post-norms, learned or partial rotary
+ * positions, RoPE scaling, sliding windows, soft-capping, parallel residual.
  *
  * It runs a batch of B independent windows of T tokens; positions restart at 0 in each
  * window. Matrix products go through the ComputeEngine; the O(n) element-wise work
@@ -12,8 +15,16 @@
 import { type ComputeEngine, getDefaultEngine } from '../compute/index.js';
 import { ConfigError } from '../errors.js';
 import type { TensorMap } from '../tensor.js';
-import { type BlockLinear, blockPrefix, EMBED, FINAL_NORM, LM_HEAD } from './architecture.js';
-import type { ModelConfig } from './config.js';
+import {
+  type BlockLinear,
+  biasOf,
+  blockPrefix,
+  EMBED,
+  FINAL_NORM,
+  LM_HEAD,
+  POSITION_EMBED,
+} from './architecture.js';
+import { type Activation, type BlockLayout, LLAMA_LAYOUT, type ModelConfig } from './config.js';
 import { type LinearInputTransform, linearInputTransform } from './input-ops.js';
 
 export interface ForwardHooks {
@@ -41,6 +52,7 @@ export class Scratch {
 const QKV = ['self_attn.q_proj', 'self_attn.k_proj', 'self_attn.v_proj'] as const;
 const O_PROJ = ['self_attn.o_proj'] as const;
 const GATE_UP = ['mlp.gate_proj', 'mlp.up_proj'] as const;
+const UP = ['mlp.up_proj'] as const;
 const DOWN_PROJ = ['mlp.down_proj'] as const;
 
 /** Thrown inside `block` to end a capture-only pass early; never escapes it. */
@@ -54,6 +66,15 @@ export class Decoder {
   };
   /** config.linearInputOps as a function (undefined: block linears read their inputs unchanged). */
   private readonly inputTransform: LinearInputTransform | undefined;
+  readonly layout: BlockLayout;
+  /** The linears reading the MLP input: gate and up, or up alone. */
+  private readonly mlpReaders: readonly BlockLinear[];
+  /**
+   * Parallel residual: the block input, kept when addAttentionOutput updates the residual
+   * stream x so that mlpInput(x) still normalizes the block input (keyed by the stream array,
+   * which sequential calibration passes to every stage of one chunk).
+   */
+  private readonly blockInputs = new WeakMap<Float32Array, { layer: number; x: Float32Array }>();
 
   constructor(
     readonly config: ModelConfig,
@@ -61,6 +82,8 @@ export class Decoder {
     readonly engine: ComputeEngine = getDefaultEngine(),
   ) {
     this.inputTransform = linearInputTransform(config.linearInputOps);
+    this.layout = config.layout ?? LLAMA_LAYOUT;
+    this.mlpReaders = this.layout.gatedMlp ? GATE_UP : UP;
   }
 
   /** A stage output x [rows, cols] as the block linears `readers` see it (config.linearInputOps applied). */
@@ -74,15 +97,33 @@ export class Decoder {
     return t.data;
   }
 
-  /** Token embeddings: [n, hidden]. */
-  embed(tokens: Int32Array): Float32Array {
+  /**
+   * Token embeddings [n, hidden] of windows of T tokens (positions restart at 0 every T),
+   * × embedScale (Gemma), + the learned position rows (GPT-2, OPT: row t + positionOffset).
+   */
+  embed(tokens: Int32Array, T = tokens.length): Float32Array {
     const { hiddenSize: D, vocabSize } = this.config;
+    const { embedScale, positions, positionOffset } = this.layout;
     const table = this.weight(EMBED);
+    const pos = positions === 'learned' ? this.weight(POSITION_EMBED) : undefined;
+    if (pos && T + positionOffset > pos.length / D) {
+      throw new ConfigError(
+        `windows of ${T} tokens exceed the model's ${pos.length / D - positionOffset} positions`,
+        {
+          field: POSITION_EMBED,
+        },
+      );
+    }
     const x = new Float32Array(tokens.length * D);
     tokens.forEach((id, i) => {
       if (id < 0 || id >= vocabSize)
         throw new ConfigError(`token id ${id} outside the vocabulary [0, ${vocabSize})`);
       x.set(table.subarray(id * D, (id + 1) * D), i * D);
+      if (embedScale !== 1) for (let j = i * D; j < (i + 1) * D; j++) x[j]! *= embedScale;
+      if (pos) {
+        const row = ((i % T) + positionOffset) * D;
+        for (let j = 0; j < D; j++) x[i * D + j]! += pos[row + j]!;
+      }
     });
     return x;
   }
@@ -112,16 +153,17 @@ export class Decoder {
         if (hooks?.stopAfterInputOf === name) throw STOP;
       }
     };
-    // Attention sub-block: x += o_proj(attn(rope(q), rope(k), v)) on rmsnorm(x).
+    // Attention sub-block: x += o_proj(attn(rope(q), rope(k), v)) on norm(x).
     const h = this.attentionInput(layer, x);
     capture(h, c.hiddenSize, ...QKV);
     const attn = await this.selfAttention(layer, h, B, T);
     capture(attn, c.numHeads * c.headDim, ...O_PROJ);
     const x1 = x.slice();
     await this.addAttentionOutput(layer, attn, x1);
-    // MLP sub-block (SwiGLU): x += down(silu(gate(h)) * up(h)) on rmsnorm(x).
+    // MLP sub-block: x += down(act(gate(h)) * up(h)) (or down(act(up(h)))) on norm(x), where x
+    // is the block input under a parallel residual (GPT-NeoX) and includes the attention otherwise.
     const h2 = this.mlpInput(layer, x1);
-    capture(h2, c.hiddenSize, ...GATE_UP);
+    capture(h2, c.hiddenSize, ...this.mlpReaders);
     const act = await this.mlpActivation(layer, h2, rows);
     capture(act, c.intermediateSize, ...DOWN_PROJ);
     await this.addMlpOutput(layer, act, x1);
@@ -136,11 +178,38 @@ export class Decoder {
    * memory instead of allocating it.
    */
 
-  /** RMSNorm(x) with the block's input norm: the input of q/k/v. */
+  /** x [rows, cols] through the norm whose gain is `name` (RMSNorm or LayerNorm, as the layout says). */
+  private norm(x: Float32Array, name: string, cols: number, out?: Float32Array): Float32Array {
+    const { norm, normOffset } = this.layout;
+    let w = this.weight(name);
+    // Gemma's gain is (1 + w), formed in float32 like Hugging Face's `1.0 + self.weight.float()`.
+    if (normOffset !== 0) w = w.map((v) => v + normOffset);
+    if (norm === 'layer') return layerNorm(x, w, this.weight(biasOf(name)), cols, this.config.normEps, out);
+    return rmsNorm(x, w, cols, this.config.normEps, out);
+  }
+
+  /** y = x·Wᵀ (+ b) for the linear `name` of `layer`. */
+  private async project(
+    layer: number,
+    name: BlockLinear,
+    x: Float32Array,
+    rows: number,
+    inDim: number,
+    outDim: number,
+    bias: boolean,
+    out?: Float32Array,
+  ): Promise<Float32Array> {
+    const w = `${blockPrefix(layer)}${name}.weight`;
+    const y = await this.engine.linear(x, this.weight(w), rows, inDim, outDim, out);
+    if (bias) addRowVector(y, this.weight(biasOf(w)));
+    return y;
+  }
+
+  /** The block's input norm of x: the input of q/k/v. */
   attentionInput(layer: number, x: Float32Array, out?: Float32Array): Float32Array {
     const c = this.config;
-    const w = this.weight(`${blockPrefix(layer)}input_layernorm.weight`);
-    return this.linearInput(layer, QKV, rmsNorm(x, w, c.hiddenSize, c.normEps, out), c.hiddenSize);
+    const h = this.norm(x, `${blockPrefix(layer)}input_layernorm.weight`, c.hiddenSize, out);
+    return this.linearInput(layer, QKV, h, c.hiddenSize);
   }
 
   /** q/k/v projections, rotary embedding and causal attention of h: the input of o_proj. */
@@ -153,25 +222,26 @@ export class Decoder {
     scratch?: Scratch,
   ): Promise<Float32Array> {
     const c = this.config;
+    const L = this.layout;
     const p = blockPrefix(layer);
     const rows = B * T;
     const qDim = c.numHeads * c.headDim;
     const kvDim = c.numKvHeads * c.headDim;
     const project = (name: BlockLinear, dim: number) =>
-      this.engine.linear(
-        h,
-        this.weight(`${p}${name}.weight`),
-        rows,
-        c.hiddenSize,
-        dim,
-        scratch?.get(name, rows * dim),
-      );
+      this.project(layer, name, h, rows, c.hiddenSize, dim, L.qkvBias, scratch?.get(name, rows * dim));
     const q = await project('self_attn.q_proj', qDim);
     const k = await project('self_attn.k_proj', kvDim);
     const v = await project('self_attn.v_proj', kvDim);
-    this.applyRope(q, B, T, c.numHeads);
-    this.applyRope(k, B, T, c.numKvHeads);
-    return this.linearInput(layer, O_PROJ, await this.attention(q, k, v, B, T, out), qDim);
+    if (L.qkNorm) {
+      // Qwen3: RMSNorm over each head's head_dim values of q and k, before the rotation.
+      rmsNorm(q, this.weight(`${p}self_attn.q_norm.weight`), c.headDim, c.normEps, q);
+      rmsNorm(k, this.weight(`${p}self_attn.k_norm.weight`), c.headDim, c.normEps, k);
+    }
+    if (L.positions === 'rope') {
+      this.applyRope(q, B, T, c.numHeads);
+      this.applyRope(k, B, T, c.numKvHeads);
+    }
+    return this.linearInput(layer, O_PROJ, await this.attention(layer, q, k, v, B, T, out), qDim);
   }
 
   /** x += o_proj(attn). */
@@ -182,23 +252,33 @@ export class Decoder {
     scratch?: Scratch,
   ): Promise<void> {
     const c = this.config;
+    const L = this.layout;
     const rows = x.length / c.hiddenSize;
-    const w = this.weight(`${blockPrefix(layer)}self_attn.o_proj.weight`);
     const qDim = c.numHeads * c.headDim;
-    addInPlace(
-      x,
-      await this.engine.linear(attn, w, rows, qDim, c.hiddenSize, scratch?.get('output', x.length)),
-    );
+    const out = scratch?.get('output', x.length);
+    let o = await this.project(layer, 'self_attn.o_proj', attn, rows, qDim, c.hiddenSize, L.oBias, out);
+    // Gemma-2 normalizes the attention output before the residual add.
+    if (L.postNorms)
+      o = this.norm(o, `${blockPrefix(layer)}post_attention_layernorm.weight`, c.hiddenSize, o);
+    if (L.parallelResidual) this.blockInputs.set(x, { layer, x: x.slice() });
+    addInPlace(x, o);
   }
 
-  /** RMSNorm(x) with the block's post-attention norm: the input of gate/up. */
+  /**
+   * The MLP's input norm (post_attention_layernorm; Gemma-2: pre_feedforward_layernorm) of x,
+   * or of the block input when the residual is parallel: the input of gate/up.
+   */
   mlpInput(layer: number, x: Float32Array, out?: Float32Array): Float32Array {
     const c = this.config;
-    const w = this.weight(`${blockPrefix(layer)}post_attention_layernorm.weight`);
-    return this.linearInput(layer, GATE_UP, rmsNorm(x, w, c.hiddenSize, c.normEps, out), c.hiddenSize);
+    const L = this.layout;
+    const kept = L.parallelResidual ? this.blockInputs.get(x) : undefined;
+    const input = kept?.layer === layer ? kept.x : x;
+    const name = L.postNorms ? 'pre_feedforward_layernorm' : 'post_attention_layernorm';
+    const h = this.norm(input, `${blockPrefix(layer)}${name}.weight`, c.hiddenSize, out);
+    return this.linearInput(layer, this.mlpReaders, h, c.hiddenSize);
   }
 
-  /** silu(h·gateᵀ) ⊙ (h·upᵀ): the input of down_proj. */
+  /** act(h·gateᵀ) ⊙ (h·upᵀ) for a gated MLP, act(h·upᵀ) otherwise (biases added): the input of down_proj. */
   async mlpActivation(
     layer: number,
     h: Float32Array,
@@ -206,39 +286,73 @@ export class Decoder {
     out?: Float32Array,
   ): Promise<Float32Array> {
     const c = this.config;
+    const L = this.layout;
     const p = blockPrefix(layer);
-    const gate = this.weight(`${p}mlp.gate_proj.weight`);
-    const up = this.weight(`${p}mlp.up_proj.weight`);
-    const act = await this.engine.linearSwiGlu(h, gate, up, rows, c.hiddenSize, c.intermediateSize, out);
-    return this.linearInput(layer, DOWN_PROJ, act, c.intermediateSize);
+    const [D, F] = [c.hiddenSize, c.intermediateSize];
+    let act: Float32Array;
+    if (L.gatedMlp && L.activation === 'silu' && !L.mlpBias) {
+      // SwiGLU fused on the engine (Llama's path).
+      const gate = this.weight(`${p}mlp.gate_proj.weight`);
+      const up = this.weight(`${p}mlp.up_proj.weight`);
+      act = await this.engine.linearSwiGlu(h, gate, up, rows, D, F, out);
+    } else if (L.gatedMlp) {
+      // GeGLU and biased gated MLPs: act(gate) ⊙ up element-wise.
+      act = await this.project(layer, 'mlp.gate_proj', h, rows, D, F, L.mlpBias, out);
+      const up = await this.project(layer, 'mlp.up_proj', h, rows, D, F, L.mlpBias);
+      applyActivation(act, L.activation);
+      for (let i = 0; i < act.length; i++) act[i]! *= up[i]!;
+    } else {
+      act = applyActivation(
+        await this.project(layer, 'mlp.up_proj', h, rows, D, F, L.mlpBias, out),
+        L.activation,
+      );
+    }
+    return this.linearInput(layer, DOWN_PROJ, act, F);
   }
 
-  /** x += down_proj(act). */
+  /** x += down_proj(act) (Gemma-2: normalized first). */
   async addMlpOutput(layer: number, act: Float32Array, x: Float32Array, scratch?: Scratch): Promise<void> {
     const c = this.config;
+    const L = this.layout;
     const rows = x.length / c.hiddenSize;
-    const w = this.weight(`${blockPrefix(layer)}mlp.down_proj.weight`);
     const out = scratch?.get('output', x.length);
-    addInPlace(x, await this.engine.linear(act, w, rows, c.intermediateSize, c.hiddenSize, out));
+    let d = await this.project(
+      layer,
+      'mlp.down_proj',
+      act,
+      rows,
+      c.intermediateSize,
+      c.hiddenSize,
+      L.mlpBias,
+      out,
+    );
+    if (L.postNorms)
+      d = this.norm(d, `${blockPrefix(layer)}post_feedforward_layernorm.weight`, c.hiddenSize, d);
+    this.blockInputs.delete(x);
+    addInPlace(x, d);
   }
 
   /** Final norm and language-model head: logits [rows, vocab]. */
   async head(x: Float32Array, rows: number): Promise<Float32Array> {
     const c = this.config;
-    const h = rmsNorm(x, this.weight(FINAL_NORM), c.hiddenSize, c.normEps);
+    const h = this.norm(x, FINAL_NORM, c.hiddenSize);
     const lmHead = this.weight(c.tiedEmbeddings ? EMBED : LM_HEAD);
-    return this.engine.linear(h, lmHead, rows, c.hiddenSize, c.vocabSize);
+    const logits = await this.engine.linear(h, lmHead, rows, c.hiddenSize, c.vocabSize);
+    const cap = this.layout.finalSoftcap;
+    if (cap) for (let i = 0; i < logits.length; i++) logits[i] = cap * Math.tanh(logits[i]! / cap);
+    return logits;
   }
 
   /** Logits [B*T, vocab] for B windows of T tokens each (tokens row-major [B, T]). */
   async forward(tokens: Int32Array, B: number, T: number, hooks?: ForwardHooks): Promise<Float32Array> {
-    let x = this.embed(tokens);
+    let x = this.embed(tokens, T);
     for (let layer = 0; layer < this.config.numLayers; layer++)
       x = (await this.blockBody(layer, x, B, T, hooks))!;
     return this.head(x, B * T);
   }
 
   private attention(
+    layer: number,
     q: Float32Array,
     k: Float32Array,
     v: Float32Array,
@@ -247,14 +361,27 @@ export class Decoder {
     out?: Float32Array,
   ) {
     const { numHeads: heads, numKvHeads: kvHeads, headDim } = this.config;
-    const shape = { batch: B, seqLen: T, heads, kvHeads, headDim, scale: 1 / Math.sqrt(headDim) };
+    const { attentionScale, attentionSoftcap, windows } = this.layout;
+    const shape = {
+      batch: B,
+      seqLen: T,
+      heads,
+      kvHeads,
+      headDim,
+      scale: attentionScale ?? 1 / Math.sqrt(headDim),
+      window: windows?.[layer] || undefined,
+      softcap: attentionSoftcap,
+    };
     return this.engine.causalAttention(q, k, v, shape, out);
   }
 
-  /** Rotary embedding, rotate_half convention: pairs (i, i + d/2) of each head rotate by pos·θ^(-2i/d). */
+  /**
+   * Rotary embedding, rotate_half convention over the first r = rotaryDim dimensions of each
+   * head (all of them unless partial): pairs (i, i + r/2) rotate by pos·θ_i; the rest pass.
+   */
   private applyRope(x: Float32Array, B: number, T: number, heads: number): void {
     const d = this.config.headDim;
-    const half = d / 2;
+    const half = (this.layout.rotaryDim ?? d) / 2;
     const { cos, sin } = this.ropeTables(T);
     for (let b = 0; b < B; b++) {
       for (let t = 0; t < T; t++) {
@@ -276,12 +403,12 @@ export class Decoder {
 
   private ropeTables(T: number) {
     if (this.rope.T < T) {
-      const d = this.config.headDim;
+      const d = this.layout.rotaryDim ?? this.config.headDim;
       const half = d / 2;
       const cos = new Float32Array(T * half);
       const sin = new Float32Array(T * half);
       for (let i = 0; i < half; i++) {
-        const invFreq = 1 / this.config.ropeTheta ** ((2 * i) / d);
+        const invFreq = this.scaledFrequency(1 / this.config.ropeTheta ** ((2 * i) / d));
         for (let t = 0; t < T; t++) {
           cos[t * half + i] = Math.cos(t * invFreq);
           sin[t * half + i] = Math.sin(t * invFreq);
@@ -290,6 +417,23 @@ export class Decoder {
       Object.assign(this.rope, { cos, sin, T });
     }
     return this.rope;
+  }
+
+  /**
+   * θ_i under rope_scaling. 'llama3' (Llama 3.1's _compute_llama3_parameters): wavelengths
+   * 2π/θ above original/low_freq_factor are divided by `factor`, those below
+   * original/high_freq_factor kept, and in between interpolated with
+   * s = (original/λ − low) / (high − low): θ' = (1 − s)·θ/factor + s·θ.
+   */
+  private scaledFrequency(invFreq: number): number {
+    const r = this.layout.ropeScaling;
+    if (!r) return invFreq;
+    if (r.type === 'linear') return invFreq / r.factor;
+    const wavelen = (2 * Math.PI) / invFreq;
+    if (wavelen < r.originalMaxPositions / r.highFreqFactor) return invFreq;
+    if (wavelen > r.originalMaxPositions / r.lowFreqFactor) return invFreq / r.factor;
+    const s = (r.originalMaxPositions / wavelen - r.lowFreqFactor) / (r.highFreqFactor - r.lowFreqFactor);
+    return ((1 - s) * invFreq) / r.factor + s * invFreq;
   }
 }
 
@@ -311,6 +455,81 @@ export function rmsNorm(
   return out;
 }
 
+/** LayerNorm (Ba et al. 2016): (x − mean) / sqrt(var + eps) · w + b per row of width D (biased variance). */
+export function layerNorm(
+  x: Float32Array,
+  w: Float32Array,
+  b: Float32Array,
+  D: number,
+  eps: number,
+  result?: Float32Array,
+): Float32Array {
+  const out = result ?? new Float32Array(x.length);
+  for (let r = 0; r < x.length; r += D) {
+    let sum = 0;
+    for (let i = 0; i < D; i++) sum += x[r + i]!;
+    const mean = sum / D;
+    let ss = 0;
+    for (let i = 0; i < D; i++) ss += (x[r + i]! - mean) ** 2;
+    const inv = 1 / Math.sqrt(ss / D + eps);
+    for (let i = 0; i < D; i++) out[r + i] = (x[r + i]! - mean) * inv * w[i]! + b[i]!;
+  }
+  return out;
+}
+
+const SQRT_2_OVER_PI = Math.sqrt(2 / Math.PI);
+
+/** erf through Numerical Recipes' Chebyshev fit of erfc (fractional error < 1.2e-7: float32-exact). */
+function erf(x: number): number {
+  const z = Math.abs(x);
+  const t = 1 / (1 + 0.5 * z);
+  const r =
+    t *
+    Math.exp(
+      -z * z -
+        1.26551223 +
+        t *
+          (1.00002368 +
+            t *
+              (0.37409196 +
+                t *
+                  (0.09678418 +
+                    t *
+                      (-0.18628806 +
+                        t *
+                          (0.27886807 +
+                            t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277)))))))),
+    );
+  return x >= 0 ? 1 - r : r - 1;
+}
+
+/** The MLP activation in place (Hugging Face ACT2FN semantics). */
+function applyActivation(x: Float32Array, act: Activation): Float32Array {
+  switch (act) {
+    case 'silu':
+      for (let i = 0; i < x.length; i++) x[i] = x[i]! / (1 + Math.exp(-x[i]!));
+      break;
+    case 'gelu': // exact: x·Φ(x) (Hendrycks & Gimpel 2016)
+      for (let i = 0; i < x.length; i++) x[i] = 0.5 * x[i]! * (1 + erf(x[i]! / Math.SQRT2));
+      break;
+    case 'gelu_tanh': // GPT-2's gelu_new = torch gelu(approximate='tanh')
+      for (let i = 0; i < x.length; i++) {
+        const v = x[i]!;
+        x[i] = 0.5 * v * (1 + Math.tanh(SQRT_2_OVER_PI * (v + 0.044715 * v * v * v)));
+      }
+      break;
+    case 'relu':
+      for (let i = 0; i < x.length; i++) x[i] = Math.max(0, x[i]!);
+      break;
+  }
+  return x;
+}
+
 function addInPlace(a: Float32Array, b: Float32Array): void {
   for (let i = 0; i < a.length; i++) a[i]! += b[i]!;
+}
+
+/** y[r, :] += b for every row r. */
+function addRowVector(y: Float32Array, b: Float32Array): void {
+  for (let r = 0; r < y.length; r += b.length) for (let i = 0; i < b.length; i++) y[r + i]! += b[i]!;
 }

@@ -96,6 +96,8 @@ async function loadDirectory(dir: string, options: LoadOptions): Promise<LoadedM
   } else {
     weights = await readSafetensorsWeights(dir);
   }
+  // Checkpoint names -> canonical names (renames, Conv1D transposes, fused splits): architecture.ts.
+  weights = arch.canonicalize(weights, config, dir);
   normalizeTiedEmbeddings(weights, config, dir);
   checkShapes(weights, arch, config, dir);
 

@@ -159,7 +159,7 @@ export async function runSequential(
   checkGroups(options.groups);
   const n = windows.length / seqlen;
   const D = decoder.config.hiddenSize;
-  const x = await profile.phase('forward', () => decoder.embed(windows));
+  const x = await profile.phase('forward', () => decoder.embed(windows, seqlen));
   const layers = decoder.config.numLayers;
   const totalRows = n * seqlen;
   const { hiddenSize, intermediateSize, numHeads, headDim } = decoder.config;
