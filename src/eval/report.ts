@@ -209,8 +209,10 @@ function ticksOf(
 ): [number, string][] {
   const ticks = scale.ticks(count);
   // Within one decade d3's log ticks are linear ones and its log format would hide most: label all.
+  // Over several decades d3 labels a few per decade; '~g' writes them as plain numbers (0.02,
+  // 0.0002) instead of d3's default SI prefixes (20m, 200µ), which read as units on a KLD axis.
   const format =
-    ticks.length <= 10 ? (t: number) => String(Number(t.toPrecision(6))) : scale.tickFormat(count);
+    ticks.length <= 10 ? (t: number) => String(Number(t.toPrecision(6))) : scale.tickFormat(count, '~g');
   return ticks.map((t) => [Number(scale(t).toFixed(2)), format(t)]);
 }
 
