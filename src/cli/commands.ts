@@ -29,6 +29,7 @@ import {
   modelSize,
   quantizeModel,
 } from '../quant/quantize-model.js';
+import { assertResumable, removeResumeState, resumeDirFor } from '../quant/resume.js';
 import { untiedHfConfig } from '../quant/rotate.js';
 import { DEFAULT_PALETTE } from '../quant/sensitivity.js';
 import { SINQ_DEFAULTS } from '../quant/sinq.js';
@@ -132,6 +133,8 @@ export interface QuantizeArgs {
   sensitivityTokens?: number;
   /** A fixed llama.cpp-like mix (allocate.ts PRESETS) instead of a budget. */
   preset?: string;
+  /** Continue an interrupted gptq/awq run from its last finished block (state in <output>.ptq-resume). */
+  resume?: boolean;
 }
 
 export async function quantizeCommand(modelPath: string, args: QuantizeArgs, out: Output) {
@@ -153,6 +156,19 @@ export async function quantizeCommand(modelPath: string, args: QuantizeArgs, out
   }
   await assertWritableOutput(args.output);
   if (exportTo) await assertWritableOutput(exportTo);
+  // Calibrated runs save their state block by block beside the output (quant/resume.ts).
+  const resume = METHODS[method].calibrated
+    ? { dir: resumeDirFor(args.output), resume: !!args.resume }
+    : undefined;
+  if (args.resume && !resume) {
+    throw new UsageError(`nothing to resume: ${method} does not calibrate block by block`, {
+      field: 'resume',
+      expected: 'gptq or awq',
+      got: method,
+      hint: 'run without --resume',
+    });
+  }
+  if (resume?.resume) await assertResumable(resume.dir);
   const model = await loadModel(modelPath, { tokenizer: args.tokenizer });
   const calibration = args.calib ? await calibrationFor(model, args) : undefined;
   const mixed = await mixedPrecisionPlan(model, args, out);
@@ -169,12 +185,15 @@ export async function quantizeCommand(modelPath: string, args: QuantizeArgs, out
     rotate: args.rotate as 'hadamard' | undefined,
     rotation: { seed: args.rotateSeed },
     trueSequential: args.trueSequential,
+    resume,
     onProgress: (p) => progress.update(p.layer, p.layers),
   });
   progress.finish();
   // A rotation unties the embeddings: config.json must say so, or the loader drops lm_head.
   const hfConfig = q.config.tiedEmbeddings ? model.hfConfig : untiedHfConfig(model.hfConfig);
   await writePtqCheckpoint(args.output, { ...model, hfConfig, weights: q.weights }, q.quantization);
+  // Only now is the state no longer needed: a kill before this line resumes to the same output.
+  if (resume) await removeResumeState(resume.dir);
   const size = modelSize(q.weights, q.quantization.tensors);
   const result = {
     model: model.path,
@@ -187,6 +206,7 @@ export async function quantizeCommand(modelPath: string, args: QuantizeArgs, out
     bitsPerWeight: size.bitsPerWeight,
     bytes: size.totalBytes,
     seconds: q.seconds,
+    ...(q.resumedBlocks !== undefined && { resumedBlocks: q.resumedBlocks }),
     peakRssMiB: peakRssMiB(),
     layers: q.layers,
     ...(mixed && {
@@ -209,6 +229,9 @@ export async function quantizeCommand(modelPath: string, args: QuantizeArgs, out
   }
   if (mixed) printAllocation(mixed.report, result.allocation!.achievedBits, out);
   const rotated = args.rotate ? `, ${args.rotate}-rotated` : '';
+  if (q.resumedBlocks !== undefined) {
+    out.log(`resumed: ${q.resumedBlocks} of ${model.config.numLayers} blocks from the interrupted run`);
+  }
   if (q.layers.length) {
     out.log(
       formatTable(

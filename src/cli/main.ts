@@ -170,6 +170,10 @@ withCalibrationOptions(
   )
   .option('--sensitivity-tokens <n>', 'tokens of each one-layer KLD measurement', integer, 512)
   .option('--preset <name>', 'a fixed llama.cpp-like mix instead of a budget: q4_k_m-like, q3_k_m-like')
+  .option(
+    '--resume',
+    'gptq, awq: continue an interrupted run from its last finished block (state saved in <output>.ptq-resume); same command otherwise',
+  )
   .option('--tokenizer <file>', 'tokenizer to use instead of the one next to the model')
   .option('--json', 'print JSON')
   .action((model, o, cmd: Command) => {

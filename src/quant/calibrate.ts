@@ -9,7 +9,7 @@
  */
 import type { ComputeEngine } from '../compute/engine.js';
 import { profile } from '../compute/profile.js';
-import { UsageError } from '../errors.js';
+import { ShapeError, UsageError } from '../errors.js';
 import { BLOCK_LINEARS, type BlockLinear } from '../model/architecture.js';
 import { type Decoder, Scratch } from '../model/decoder.js';
 import { mulberry32 } from '../random.js';
@@ -76,6 +76,15 @@ export interface SequentialOptions {
   /** Quantize (and write back into the decoder's weights) the linears of one group. */
   quantizeGroup(layer: number, linears: BlockLinear[], stats: Map<BlockLinear, LinearStats>): Promise<void>;
   onProgress?(layer: number, layers: number): void;
+  /**
+   * Continue an interrupted run (resume.ts) at block `layer`, whose input — the residual stream
+   * of all windows, [n, seqlen, hidden] — is `x`: blocks before it are already quantized in the
+   * decoder's weights (`x` may be absent when all are). The rest of the run is then the same
+   * computation as an uninterrupted one.
+   */
+  start?: { layer: number; x?: Float32Array };
+  /** Block `layer` is finished; `x` is the residual stream entering block layer + 1 (resume.ts saves it). */
+  onBlockDone?(layer: number, x: Float32Array): Promise<void>;
 }
 
 export const ALL_AT_ONCE: BlockLinear[][] = [[...BLOCK_LINEARS]];
@@ -159,14 +168,23 @@ export async function runSequential(
   checkGroups(options.groups);
   const n = windows.length / seqlen;
   const D = decoder.config.hiddenSize;
-  const x = await profile.phase('forward', () => decoder.embed(windows, seqlen));
   const layers = decoder.config.numLayers;
+  const start = options.start?.layer ?? 0;
+  if (start === layers) return;
+  if (options.start && !(options.start.x?.length === n * seqlen * D && start >= 0 && start < layers)) {
+    throw new ShapeError('resumed calibration activations do not fit', {
+      field: `block ${start}`,
+      expected: `${n * seqlen * D} floats [${n}, ${seqlen}, ${D}] entering one of blocks 0..${layers - 1}`,
+      got: String(options.start.x?.length),
+    });
+  }
+  const x = options.start?.x ?? (await profile.phase('forward', () => decoder.embed(windows, seqlen)));
   const totalRows = n * seqlen;
   const { hiddenSize, intermediateSize, numHeads, headDim } = decoder.config;
   const buffers = new Buffers(
     options.chunk * seqlen * Math.max(hiddenSize, numHeads * headDim, intermediateSize),
   );
-  for (let layer = 0; layer < layers; layer++) {
+  for (let layer = start; layer < layers; layer++) {
     const chunks: ChunkState[] = [];
     for (let s0 = 0; s0 < n; s0 += options.chunk) {
       const s1 = Math.min(n, s0 + options.chunk);
@@ -225,6 +243,7 @@ export async function runSequential(
       }
     }
     for (const s of chunks) while (s.stage < BLOCK_OUTPUT) await advance(s);
+    await options.onBlockDone?.(layer, x);
     options.onProgress?.(layer + 1, layers);
   }
 }

@@ -4,12 +4,13 @@
  *
  * Calibration-free methods quantize each layer from its weights alone. Calibrated methods
  * run the sequential protocol of calibrate.ts: block i is quantized from the inputs produced
- * by the already-quantized blocks 0..i-1.
+ * by the already-quantized blocks 0..i-1. With `resume`, each finished block is saved
+ * (resume.ts) and an interrupted run continues from its last finished block, byte-identically.
  */
 import { type ComputeEngine, getDefaultEngine } from '../compute/index.js';
 import { UsageError } from '../errors.js';
 import type { PtqQuantization } from '../io/ptq-checkpoint.js';
-import { BLOCK_LINEARS, linearWeightName } from '../model/architecture.js';
+import { BLOCK_LINEARS, blockPrefix, linearWeightName } from '../model/architecture.js';
 import type { ModelConfig } from '../model/config.js';
 import { Decoder } from '../model/decoder.js';
 import type { TensorMap } from '../tensor.js';
@@ -27,6 +28,7 @@ import { HQQ_DEFAULTS, type HqqOptions, hqqGridSpec, quantizeHqq } from './hqq.j
 import { relativeOutputError } from './layer-error.js';
 import { assertFiniteQuantized, assertFiniteWeights } from './numerics.js';
 import { dequantize, type QuantizedTensor, storedBits } from './quantized-tensor.js';
+import { fingerprint, openResumeState, type ResumeTarget } from './resume.js';
 import { type RotateOptions, rotateModel } from './rotate.js';
 import { quantizeRtn } from './rtn.js';
 import { quantizeSinq, SINQ_DEFAULTS, type SinqOptions } from './sinq.js';
@@ -92,6 +94,12 @@ export interface QuantizeOptions {
   rotation?: Partial<RotateOptions>;
   engine?: ComputeEngine;
   onProgress?: (p: { layer: number; layers: number }) => void;
+  /**
+   * Calibrated methods: save the state after every finished block in `resume.dir`, and with
+   * `resume.resume` continue from the state found there (resume.ts). The caller removes the
+   * state once the output is written.
+   */
+  resume?: ResumeTarget;
 }
 
 export interface LayerReport {
@@ -110,6 +118,8 @@ export interface QuantizedModel {
   quantization: PtqQuantization;
   layers: LayerReport[];
   seconds: number;
+  /** With `resume.resume`: the blocks the interrupted run had finished (and this run skipped). */
+  resumedBlocks?: number;
 }
 
 export async function quantizeModel(
@@ -162,6 +172,7 @@ export async function quantizeModel(
   const out: TensorMap = options.inPlace ? weights : new Map(weights);
   const tensors = new Map<string, QuantizedTensor>();
   const layers: LayerReport[] = [];
+  let resumedBlocks: number | undefined;
   const store = (name: string, q: QuantizedTensor) => {
     const data = dequantize(q);
     assertFiniteQuantized(name, q, data); // numerics.ts: never a NaN/Inf in a finished quantization
@@ -219,6 +230,27 @@ export async function quantizeModel(
       { calibration: cal.description },
       options.method === 'gptq' ? { gptq, true_sequential: trueSequential } : { awq },
     );
+    // Resume state: restore the finished blocks exactly as the interrupted run left them.
+    const resumed = options.resume
+      ? await openResumeState<LayerReport>(
+          options.resume,
+          fingerprint(config, out, cal.windows, cal.seqlen, engine.name, settings),
+          config.numLayers,
+        )
+      : undefined;
+    if (resumed?.replacing) {
+      process.emitWarning(`replacing the resume state of an earlier run in ${options.resume!.dir}`, {
+        type: 'PtqWarning',
+        code: 'PTQ_RESUME_REPLACED',
+        detail: 'pass --resume to continue an interrupted run instead',
+      });
+    }
+    for (const block of resumed?.blocks ?? []) {
+      for (const [name, t] of block.tensors) out.set(name, t);
+      for (const [name, q] of block.quantized) store(name, q);
+      layers.push(...block.reports);
+    }
+    resumedBlocks = options.resume?.resume ? resumed!.blocks.length : undefined;
     const decoder = new Decoder(config, out, engine);
     // q/k/v (and gate/up) share their inputs, hence one Hessian and one factorization.
     const prepared = new WeakMap<Float64Array, Promise<PreparedHessian>>();
@@ -230,8 +262,23 @@ export async function quantizeModel(
       }
       return p;
     };
+    if (resumedBlocks) options.onProgress?.({ layer: resumedBlocks, layers: config.numLayers });
     await runSequential(decoder, cal.windows, cal.seqlen, {
       groups: trueSequential ? TRUE_SEQUENTIAL : ALL_AT_ONCE,
+      start: resumedBlocks ? { layer: resumedBlocks, x: resumed!.activations } : undefined,
+      // Everything block `layer` changed: its quantized linears, its other tensors, its reports.
+      onBlockDone:
+        resumed &&
+        ((layer, x) => {
+          const prefix = blockPrefix(layer);
+          const inBlock = <T>(m: Map<string, T>) =>
+            new Map([...m].filter(([name]) => name.startsWith(prefix)));
+          const quantized = inBlock(tensors);
+          const others = new Map([...inBlock(out)].filter(([name]) => !quantized.has(name)));
+          const reports = layers.filter((l) => l.name.startsWith(prefix));
+          const next = layer + 1 < config.numLayers ? x : undefined;
+          return resumed.state.commit({ layer, quantized, tensors: others, reports }, next);
+        }),
       chunk: Math.max(1, Math.floor(4096 / cal.seqlen)),
       // Only AWQ measures outputs on sampled input rows; GPTQ needs the Hessian alone.
       sampleRows: options.method === 'awq' ? 4096 : 0,
@@ -285,6 +332,7 @@ export async function quantizeModel(
     quantization: { method: options.method, settings, tensors },
     layers,
     seconds: (performance.now() - t0) / 1000,
+    ...(resumedBlocks !== undefined && { resumedBlocks }),
   };
 }
 
