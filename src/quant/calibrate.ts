@@ -10,7 +10,7 @@
 import type { ComputeEngine } from '../compute/engine.js';
 import { profile } from '../compute/profile.js';
 import { ShapeError, UsageError } from '../errors.js';
-import { BLOCK_LINEARS, type BlockLinear } from '../model/architecture.js';
+import { BLOCK_LINEARS, type BlockLinear, blockLinears } from '../model/architecture.js';
 import { type Decoder, Scratch } from '../model/decoder.js';
 import { mulberry32 } from '../random.js';
 
@@ -166,6 +166,9 @@ export async function runSequential(
   options: SequentialOptions,
 ): Promise<void> {
   checkGroups(options.groups);
+  // A model without some linear (no gate_proj in a plain MLP) skips it in every group.
+  const present = new Set(blockLinears(decoder.config));
+  const groups = options.groups.map((g) => g.filter((l) => present.has(l))).filter((g) => g.length > 0);
   const n = windows.length / seqlen;
   const D = decoder.config.hiddenSize;
   const layers = decoder.config.numLayers;
@@ -192,7 +195,7 @@ export async function runSequential(
     }
     const advance = (s: ChunkState) =>
       profile.phase('forward', () => advanceStage(decoder, layer, s, seqlen, buffers));
-    for (const group of options.groups) {
+    for (const group of groups) {
       const first = STAGE[group[0]!];
       const last = STAGE[group.at(-1)!];
       // Linears reading the same stage (q/k/v, gate/up) share one statistics object.

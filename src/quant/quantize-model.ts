@@ -10,7 +10,7 @@
 import { type ComputeEngine, getDefaultEngine } from '../compute/index.js';
 import { UsageError } from '../errors.js';
 import type { PtqQuantization } from '../io/ptq-checkpoint.js';
-import { BLOCK_LINEARS, blockPrefix, linearWeightName } from '../model/architecture.js';
+import { blockLinears, blockPrefix, linearWeightName } from '../model/architecture.js';
 import type { ModelConfig } from '../model/config.js';
 import { Decoder } from '../model/decoder.js';
 import type { TensorMap } from '../tensor.js';
@@ -180,7 +180,7 @@ export async function quantizeModel(
     out.set(name, { shape: [q.rows, q.cols], data });
   };
   // Fail on a grid that does not fit before any work.
-  for (const linear of BLOCK_LINEARS) {
+  for (const linear of blockLinears(config)) {
     const w = weights.get(linearWeightName(0, linear))!;
     grid.blockShape(w.shape[0]!, w.shape[1]!, linearWeightName(0, linear));
   }
@@ -202,7 +202,7 @@ export async function quantizeModel(
     if (options.method === 'hqq') settings.hqq = hqq;
     if (options.method === 'sinq') settings.sinq = sinq;
     for (let layer = 0; layer < config.numLayers; layer++) {
-      for (const linear of BLOCK_LINEARS) {
+      for (const linear of blockLinears(config)) {
         const name = linearWeightName(layer, linear);
         const w = weights.get(name)!;
         const q =

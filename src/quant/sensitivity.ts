@@ -11,7 +11,7 @@
  */
 import { UsageError } from '../errors.js';
 import { evaluate } from '../eval/perplexity.js';
-import { BLOCK_LINEARS, linearWeightName } from '../model/architecture.js';
+import { blockLinears, linearWeightName } from '../model/architecture.js';
 import type { ModelConfig } from '../model/config.js';
 import { Decoder } from '../model/decoder.js';
 import type { TensorMap } from '../tensor.js';
@@ -64,7 +64,7 @@ export function fittingPalette(
     const grid = makeGrid(spec);
     try {
       for (let layer = 0; layer < config.numLayers; layer++) {
-        for (const linear of BLOCK_LINEARS) {
+        for (const linear of blockLinears(config)) {
           const w = weights.get(linearWeightName(layer, linear))!;
           grid.blockShape(w.shape[0]!, w.shape[1]!, linearWeightName(layer, linear));
         }
@@ -180,9 +180,9 @@ export async function layerSensitivity(
   const model = new Decoder(config, probe);
   const layers: { name: string; weights: number }[] = [];
   const entries: SensitivityEntry[] = [];
-  const total = config.numLayers * BLOCK_LINEARS.length * grids.length;
+  const total = config.numLayers * blockLinears(config).length * grids.length;
   for (let layer = 0; layer < config.numLayers; layer++) {
-    for (const linear of BLOCK_LINEARS) {
+    for (const linear of blockLinears(config)) {
       const name = linearWeightName(layer, linear);
       const w = weights.get(name)!;
       const [rows, cols] = w.shape as [number, number];

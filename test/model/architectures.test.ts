@@ -8,21 +8,29 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { JsEngine } from '../../src/compute/js-engine.js';
 import { OrtEngine } from '../../src/compute/ort-engine.js';
-import { blockLinears, linearWeightName } from '../../src/model/architecture.js';
+import { type BlockLinear, blockLinears, linearWeightName } from '../../src/model/architecture.js';
 import { Decoder } from '../../src/model/decoder.js';
 import { loadModel } from '../../src/model/load.js';
+import { ALL_AT_ONCE, type LinearStats, runSequential, TRUE_SEQUENTIAL } from '../../src/quant/calibrate.js';
+import { quantizeModel } from '../../src/quant/quantize-model.js';
 import { maxAbsDiff, seededRandom, tempDir } from '../helpers.js';
 import { CASES, Ref, WeightMaker, writeCheckpoint } from './arch-reference.js';
 
 const B = 2;
 const T = 12;
 
+/** Case i written to a fresh directory: its checkpoint tensors and the directory. */
+async function writeCase(i: number) {
+  const dir = tempDir('ptq-arch-');
+  const w = new WeightMaker(100 + i);
+  CASES[i]!.tensors(w);
+  await writeCheckpoint(dir, CASES[i]!.config, w.map);
+  return { dir, w };
+}
+
 for (const [i, arch] of CASES.entries()) {
   test(`${arch.name}: ptqkit forward equals the reference ONNX graph`, async () => {
-    const dir = tempDir('ptq-arch-');
-    const w = new WeightMaker(100 + i);
-    arch.tensors(w);
-    await writeCheckpoint(dir, arch.config, w.map);
+    const { dir, w } = await writeCase(i);
     const rand = seededRandom(7 + i);
     const V = arch.config.vocab_size as number;
     const tokens = Int32Array.from({ length: B * T }, () => Math.floor(rand() * V));
@@ -60,4 +68,77 @@ test('sliding window and soft cap: onnxruntime attention equals the plain-loop r
   const own = await new OrtEngine().causalAttention(q!, k!, v!, { ...shape, window: 1 });
   assert.deepEqual(own.subarray(0, 8), v!.subarray(0, 8));
   assert.deepEqual(own.subarray(8, 16), v!.subarray(0, 8)); // query head 1 reads KV head 0
+});
+
+/*
+ * Sequential calibration runs the block in stages (calibrate.ts); for a parallel residual the
+ * MLP norm must read the block input although the attention output was already added, a plain
+ * MLP has no gate_proj, and learned positions restart in every window. With quantizeGroup a
+ * no-op, the staged Hessians must equal those captured in one plain forward pass.
+ */
+for (const type of ['gpt_neox', 'gpt2', 'opt']) {
+  test(`${type}: staged calibration statistics equal the forward pass's linear inputs`, async () => {
+    const i = CASES.findIndex((c) => c.config.model_type === type);
+    const model = await loadModel((await writeCase(i)).dir);
+    const rand = seededRandom(11);
+    const seqlen = 10;
+    const n = 3;
+    const windows = Int32Array.from({ length: n * seqlen }, () => Math.floor(rand() * 96));
+    const naive = new Map<string, Float64Array>();
+    await new Decoder(model.config, model.weights).forward(windows, n, seqlen, {
+      onLinearInput(layer, linear, x, rows, cols) {
+        const h = new Float64Array(cols * cols);
+        for (let r = 0; r < rows; r++)
+          for (let a = 0; a < cols; a++)
+            for (let b = 0; b < cols; b++)
+              h[a * cols + b]! += (2 / rows) * x[r * cols + a]! * x[r * cols + b]!;
+        naive.set(`${layer} ${linear}`, h);
+      },
+    });
+    assert.equal(naive.size, 2 * blockLinears(model.config).length);
+    for (const groups of [TRUE_SEQUENTIAL, ALL_AT_ONCE]) {
+      const staged = new Map<string, LinearStats>();
+      await runSequential(new Decoder(model.config, model.weights), windows, seqlen, {
+        groups,
+        chunk: 2,
+        sampleRows: 0,
+        quantizeGroup: async (layer, linears: BlockLinear[], stats) => {
+          for (const l of linears) staged.set(`${layer} ${l}`, stats.get(l)!);
+        },
+      });
+      assert.deepEqual([...staged.keys()].sort(), [...naive.keys()].sort());
+      for (const [key, h] of naive) {
+        const scale = h.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+        assert.ok(maxAbsDiff(staged.get(key)!.hessian, h) < 1e-5 * scale, key);
+      }
+    }
+  });
+}
+
+test('gpt_neox: GPTQ int8 of the canonical [out, in] linears keeps the logits', async () => {
+  const i = CASES.findIndex((c) => c.config.model_type === 'gpt_neox');
+  const model = await loadModel((await writeCase(i)).dir);
+  const rand = seededRandom(5);
+  const windows = Int32Array.from({ length: 4 * 12 }, () => Math.floor(rand() * 96));
+  const grid = {
+    bits: 8,
+    symmetric: true,
+    granularity: 'channel',
+    groupSize: -1,
+    scaleDtype: 'f32',
+  } as const;
+  const q = await quantizeModel(model.config, model.weights, {
+    method: 'gptq',
+    grid,
+    calibration: { windows, seqlen: 12 },
+  });
+  assert.deepEqual(
+    q.layers.map((l) => l.name),
+    [0, 1].flatMap((layer) => blockLinears(model.config).map((l) => linearWeightName(layer, l))),
+  );
+  const fp = await new Decoder(model.config, model.weights).forward(windows, 4, 12);
+  const int8 = await new Decoder(q.config, q.weights).forward(windows, 4, 12);
+  const range = fp.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+  console.log(`  gptq int8: max |Δlogit| ${maxAbsDiff(fp, int8).toExponential(2)} of ${range.toFixed(2)}`);
+  assert.ok(maxAbsDiff(fp, int8) < 0.02 * range);
 });
