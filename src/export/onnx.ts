@@ -9,7 +9,8 @@
  *   tokenizer.json, tokenizer_config.json, special_tokens_map.json   copied, or converted from a
  *                            llama2.c tokenizer.bin (tokenizer-json.ts)
  *   onnx/model.onnx          fp32 (dtype 'fp32')
- *   onnx/model_quantized.onnx  8-bit MatMulNBits ('q8'), onnx/model_q4.onnx ('q4'), onnx/model_q2.onnx ('q2')
+ *   onnx/model_quantized.onnx  8-bit MatMulNBits ('q8'), onnx/model_q4.onnx ('q4'), onnx/model_q2.onnx ('q2'),
+ *                            onnx/model_fp16.onnx ('fp16'), onnx/model_q4f16.onnx ('q4f16': q4, then float16)
  *   onnx/<file>.onnx_data[_1..]  external initializers (transformers.js' naming,
  *                            models/session.js + utils/model-loader.js)
  *
@@ -25,7 +26,7 @@
  *  - embeddings, norms and the LM head stay float, as in `ptq quantize`.
  */
 import { existsSync } from 'node:fs';
-import { copyFile, mkdir, open, readdir, stat, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, mkdtemp, open, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { ConfigError, UsageError } from '../errors.js';
 import { writeDirectoryAtomically } from '../io/atomic.js';
@@ -33,8 +34,10 @@ import { Llama2cTokenizer } from '../io/llama2c-tokenizer.js';
 import { buildOnnxModelExternal, type ExternalChunk, GraphAssembler } from '../io/onnx-builder.js';
 import { BLOCK_LINEARS, linearWeightName } from '../model/architecture.js';
 import type { LoadedModel } from '../model/load.js';
+import { convertToFloat16 } from '../onnx/fp16.js';
+import { OnnxModel, writeOnnxModel } from '../onnx/model-file.js';
 import { type GridSpec, gridName, IntGrid } from '../quant/grid.js';
-import type { QuantizedTensor } from '../quant/quantized-tensor.js';
+import { assertNoSideCorrections, type QuantizedTensor } from '../quant/quantized-tensor.js';
 import { quantizeRtn } from '../quant/rtn.js';
 import {
   encodeMatMulNBits,
@@ -55,7 +58,11 @@ export const ONNX_DTYPES = {
   },
   q4: { suffix: '_q4', bits: 4, description: '4-bit MatMulNBits (codes of <= 4-bit checkpoints kept)' },
   q2: { suffix: '_q2', bits: 2, description: '2-bit MatMulNBits (codes of 2-bit checkpoints kept)' },
+  // The q4 / fp32 graph, then converted to float16 by the ONNX quantizer's pass (src/onnx/fp16.ts).
+  fp16: { suffix: '_fp16', bits: 0, description: 'float16 graph (inputs and outputs float32)' },
+  q4f16: { suffix: '_q4f16', bits: 4, description: 'q4 with a float16 graph (inputs and outputs float32)' },
 } as const;
+const FLOAT16_DTYPES: ReadonlySet<string> = new Set(['fp16', 'q4f16']);
 export type OnnxDtype = keyof typeof ONNX_DTYPES;
 
 export const onnxFileName = (dtype: OnnxDtype) => `model${ONNX_DTYPES[dtype].suffix}.onnx`;
@@ -130,6 +137,7 @@ export async function exportOnnx(
       got: model.config.modelType,
     });
   }
+  assertNoSideCorrections(model.quantization?.tensors, 'ONNX');
   const dtypes = [...new Set(options.dtypes ?? [defaultOnnxDtype(model)])];
   for (const d of dtypes) {
     if (!(d in ONNX_DTYPES))
@@ -286,13 +294,28 @@ async function writeVariant(
       ? { location: `${file}_data`, threshold: EXTERNAL_THRESHOLD, maxChunkBytes: MAX_CHUNK_BYTES }
       : undefined,
   );
-  await writeFile(path.join(onnxDir, file), proto);
-  for (const chunk of chunks) await writeChunk(path.join(onnxDir, chunk.file), chunk);
+  // float16 variants: the graph is written to a scratch directory, then converted by onnx/fp16.ts.
+  const writeDir = FLOAT16_DTYPES.has(dtype) ? await mkdtemp(path.join(onnxDir, '.fp32-')) : onnxDir;
+  await writeFile(path.join(writeDir, file), proto);
+  for (const chunk of chunks) await writeChunk(path.join(writeDir, chunk.file), chunk);
+  let written = {
+    bytes: proto.byteLength + chunks.reduce((n, c) => n + c.bytes, 0),
+    externalFiles: chunks.map((c) => c.file),
+  };
+  if (writeDir !== onnxDir) {
+    const source = await OnnxModel.read(path.join(writeDir, file));
+    try {
+      await convertToFloat16(source);
+      written = await writeOnnxModel(source, path.join(onnxDir, file), { externalData: useExternal });
+    } finally {
+      await source.close();
+      await rm(writeDir, { recursive: true, force: true });
+    }
+  }
   return {
     dtype,
     file,
-    bytes: proto.byteLength + chunks.reduce((n, c) => n + c.bytes, 0),
-    externalFiles: chunks.map((c) => c.file),
+    ...written,
     linears,
     quantizedBitsPerWeight: quantizedWeights ? (quantizedBytes * 8) / quantizedWeights : undefined,
     quantizedWeights,

@@ -1,0 +1,225 @@
+/**
+ * Quantizing an existing ONNX model: ptqkit's own fp32 export of the real TinyStories-656K
+ * Llama (src/export/onnx.ts, weights in external data) goes through the ONNX quantizer
+ * (src/onnx/) to transformers.js' dtype files, and
+ *  - q4 runs in onnxruntime-node and in transformers.js with `dtype: 'q4'`; its perplexity is
+ *    within 1% of ptqkit's own RTN W4 (int4 g32 symmetric, f16 scales, the same block linears);
+ *  - q4f16, fp16 and q8 (dynamic) run in onnxruntime-node, perplexities measured;
+ *  - byte level: one MatMulNBits node's B / scales / zero_points, unpacked by a reader written
+ *    here from the com.microsoft MatMulNBits spec (not ptqkit's bit packing), hold exactly the
+ *    codes and scales ptqkit's RTN chooses for W = Bᵀ (symmetric, and asymmetric with zero points).
+ */
+import assert from 'node:assert/strict';
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { test } from 'node:test';
+import { AutoModelForCausalLM, env, Tensor } from '@huggingface/transformers';
+import { evaluate } from '../../src/eval/perplexity.js';
+import { exportOnnx } from '../../src/export/onnx.js';
+import { OnnxCausalLM } from '../../src/export/onnx-session.js';
+import { Decoder } from '../../src/model/decoder.js';
+import { loadModel } from '../../src/model/load.js';
+import { dimsOf, OnnxModel, onnx } from '../../src/onnx/model-file.js';
+import { quantizeOnnx } from '../../src/onnx/quantize-onnx.js';
+import { quantizeWeightsToNBits } from '../../src/onnx/weight-only.js';
+import type { GridSpec } from '../../src/quant/grid.js';
+import { IntGrid } from '../../src/quant/grid.js';
+import { quantizeModel } from '../../src/quant/quantize-model.js';
+import { unpackCodes } from '../../src/quant/quantized-tensor.js';
+import { quantizeRtn } from '../../src/quant/rtn.js';
+import { ASSETS, assetsPresent, REPO, tempDir } from '../helpers.js';
+
+/** Acceptance: q4 perplexity within 1% of ptqkit's RTN W4 on the same grid. */
+const PPL_REL_TOL = 0.01;
+const SOURCE = assetsPresent
+  ? path.join(ASSETS, 'models/tinystories-656k')
+  : path.join(REPO, 'models/tinystories-656k');
+const TEXT = assetsPresent
+  ? path.join(ASSETS, 'text/tinystories-valid-800k.txt')
+  : path.join(REPO, 'data/tinystories-valid-slice.txt');
+const PPL_TOKENS = 2048;
+const SESSION = { local_files_only: true, session_options: { intraOpNumThreads: 1, interOpNumThreads: 1 } };
+const PROTOCOL = { ctx: 512, stride: 512, dropPartial: true };
+const GRID: GridSpec = { bits: 4, symmetric: true, granularity: 'group', groupSize: 32, scaleDtype: 'f16' };
+
+env.allowRemoteModels = false;
+env.allowLocalModels = true;
+
+const tmp = tempDir('ptq-onnxq-');
+const fp = await loadModel(SOURCE);
+const tokens = fp.tokenizer.encode((await readFile(TEXT, 'utf8')).slice(0, 20_000)).slice(0, PPL_TOKENS);
+const fpDir = path.join(tmp, 'fp32');
+await exportOnnx(fp, fpDir, { dtypes: ['fp32'], externalData: true });
+const outDir = path.join(tmp, 'quantized');
+// The block linears, as `ptq quantize` quantizes them: the tied embedding / LM head stay float.
+const report = await quantizeOnnx(fpDir, outDir, {
+  dtypes: ['q4', 'q4f16', 'fp16', 'q8'],
+  blockSize: 32,
+  symmetric: true,
+  method: 'rtn',
+  gather: false,
+  exclude: [/^\/lm_head\//],
+});
+
+const ortPerplexity = async (
+  dtype: 'q4' | 'q4f16' | 'fp16' | 'q8' | 'fp32',
+  dir = outDir,
+  n = tokens.length,
+) => {
+  const lm = await OnnxCausalLM.load(dir, dtype, 1);
+  return (await evaluate(lm as unknown as Decoder, tokens.slice(0, n), { protocol: PROTOCOL })).perplexity;
+};
+/** fp16 runs slowly on onnxruntime's CPU kernels: the float16 and q8 files are scored on fewer tokens. */
+const SHORT_TOKENS = 1024;
+
+test('q4 of the fp32 export: onnxruntime and transformers.js perplexity within 1% of ptqkit RTN W4', async () => {
+  const q4 = report.graphs.find((g) => g.dtype === 'q4')!;
+  assert.equal(q4.file, path.join('onnx', 'model_q4.onnx'));
+  // 2 layers × 7 block linears; the LM head Gemm excluded by pattern.
+  assert.equal(q4.weightOnly!.quantized.length, 14);
+  assert.ok(q4.weightOnly!.quantized.every((n) => n.result === 'MatMulNBits b4 bs32'));
+  const config = JSON.parse(await readFile(path.join(outDir, 'config.json'), 'utf8'));
+  assert.equal(config['transformers.js_config'].dtype, 'q4');
+  assert.equal(config['transformers.js_config'].use_external_data_format['model_q4.onnx'], 1);
+
+  const rtn = await quantizeModel(fp.config, fp.weights, { method: 'rtn', grid: GRID });
+  const mine = (await evaluate(new Decoder(fp.config, rtn.weights), tokens, { protocol: PROTOCOL }))
+    .perplexity;
+  const fp32 = await ortPerplexity('fp32', fpDir);
+  const ort = await ortPerplexity('q4');
+
+  const model = await AutoModelForCausalLM.from_pretrained(outDir, { ...SESSION, dtype: 'q4' });
+  const viaTransformers = {
+    config: fp.config,
+    forward: async (ids: Int32Array, B: number, T: number) => {
+      const r = (await model({
+        input_ids: new Tensor('int64', BigInt64Array.from(Array.from(ids, BigInt)), [B, T]),
+        attention_mask: new Tensor('int64', new BigInt64Array(B * T).fill(1n), [B, T]),
+      })) as { logits: Tensor };
+      return r.logits.data as Float32Array;
+    },
+  } as unknown as Decoder;
+  const tjs = (await evaluate(viaTransformers, tokens, { protocol: PROTOCOL })).perplexity;
+  console.log(
+    `  ${tokens.length} tokens, ctx 512: fp32 ONNX ${fp32.toFixed(4)}; ptqkit RTN W4 ${mine.toFixed(4)}; ` +
+      `ONNX q4 onnxruntime ${ort.toFixed(4)} (rel. ${(ort / mine - 1).toExponential(2)}), transformers.js ${tjs.toFixed(4)} ` +
+      `(rel. ${(tjs / mine - 1).toExponential(2)}); model_q4.onnx ${q4.bytes} bytes (fp32 ${q4.sourceBytes})`,
+  );
+  assert.ok(Math.abs(ort / mine - 1) < PPL_REL_TOL);
+  assert.ok(Math.abs(tjs / mine - 1) < PPL_REL_TOL);
+});
+
+test('q4f16, fp16 and q8 files run in onnxruntime: perplexities against fp32 and q4', async () => {
+  const fp32 = await ortPerplexity('fp32', fpDir, SHORT_TOKENS);
+  const q4 = await ortPerplexity('q4', outDir, SHORT_TOKENS);
+  const result: Record<string, number> = {};
+  for (const dtype of ['fp16', 'q4f16', 'q8'] as const)
+    result[dtype] = await ortPerplexity(dtype, outDir, SHORT_TOKENS);
+  const size = (d: string) => report.graphs.find((g) => g.dtype === d)!.bytes;
+  console.log(
+    `  ${SHORT_TOKENS} tokens: perplexity fp32 ${fp32.toFixed(4)}, fp16 ${result.fp16!.toFixed(4)} (${size('fp16')} B), q4 ${q4.toFixed(4)}, ` +
+      `q4f16 ${result.q4f16!.toFixed(4)} (${size('q4f16')} B), q8 ${result.q8!.toFixed(4)} (${size('q8')} B)`,
+  );
+  // fp16 rounding of weights and activations: a few 1e-4 relative; q8's per-tensor uint8 activations: ~1%.
+  assert.ok(Math.abs(result.fp16! / fp32 - 1) < 2e-3);
+  assert.ok(Math.abs(result.q4f16! / q4 - 1) < 2e-3);
+  assert.ok(Math.abs(result.q8! / fp32 - 1) < 2e-2);
+  // fp16 keeps float32 inputs and outputs (keep_io_types): transformers.js feeds a float32 cache.
+  const f16 = await OnnxModel.read(path.join(outDir, 'onnx/model_fp16.onnx'));
+  const elem = (v: { type?: { tensorType?: { elemType?: number | null } | null } | null }) =>
+    v.type?.tensorType?.elemType;
+  assert.ok(f16.graph.input.filter((i) => i.name.startsWith('past_key_values')).every((i) => elem(i) === 1));
+  assert.equal(elem(f16.graph.output.find((o) => o.name === 'logits')!), 1);
+  assert.ok(f16.graph.initializer.every((t) => t.dataType !== onnx.TensorProto.DataType.FLOAT));
+});
+
+/**
+ * Independent MatMulNBits reader (onnxruntime docs/ContribOperators.md): B uint8 [N, k_blocks,
+ * blob]; element k of block b of row n is bits (k·bits mod 8).. of byte ⌊k·bits/8⌋ of that blob;
+ * zero_points uint8 [N, ⌈k_blocks·bits/8⌉] packed the same way, absent = 2^(bits−1).
+ */
+function readMatMulNBits(
+  B: Uint8Array,
+  zp: Uint8Array | undefined,
+  N: number,
+  K: number,
+  bits: number,
+  bs: number,
+) {
+  const kBlocks = Math.ceil(K / bs);
+  const blob = (bs * bits) / 8;
+  const mask = (1 << bits) - 1;
+  const codes = new Uint8Array(N * K);
+  const zeros = new Uint8Array(N * kBlocks);
+  const zpRow = Math.ceil((kBlocks * bits) / 8);
+  for (let n = 0; n < N; n++) {
+    for (let b = 0; b < kBlocks; b++) {
+      zeros[n * kBlocks + b] = zp
+        ? (zp[n * zpRow + ((b * bits) >> 3)]! >> ((b * bits) & 7)) & mask
+        : 1 << (bits - 1);
+      for (let j = 0; j < bs && b * bs + j < K; j++) {
+        const byte = B[n * kBlocks * blob + b * blob + ((j * bits) >> 3)]!;
+        codes[n * K + b * bs + j] = (byte >> ((j * bits) & 7)) & mask;
+      }
+    }
+  }
+  return { codes, zeros };
+}
+
+for (const symmetric of [true, false]) {
+  test(`byte level (${symmetric ? 'symmetric' : 'asymmetric, zero points'}): one MatMulNBits node holds ptqkit's RTN codes exactly`, async () => {
+    const src = path.join(fpDir, 'onnx/model.onnx');
+    const model = await OnnxModel.read(src);
+    const original = await OnnxModel.read(src);
+    // q_proj of layer 0: MatMul(h, W_T) with W_T = Wᵀ [K, N].
+    const nodeName = model.graph.node.find(
+      (n) => n.opType === 'MatMul' && n.input[1]?.includes('layers.0.self_attn.q_proj'),
+    )!.name;
+    await quantizeWeightsToNBits(model, {
+      bits: 4,
+      blockSize: 32,
+      symmetric,
+      method: 'rtn',
+      include: [new RegExp(`^${nodeName}$`)],
+    });
+    const node = model.graph.node.find((n) => n.name === nodeName)!;
+    assert.equal(node.opType, 'MatMulNBits');
+    assert.equal(node.domain, 'com.microsoft');
+    const attr = (name: string) => Number(node.attribute.find((a) => a.name === name)!.i);
+    const [K, N, bits, bs] = ['K', 'N', 'bits', 'block_size'].map(attr) as [number, number, number, number];
+    assert.deepEqual([K, N, bits, bs], [128, 128, 4, 32]);
+    const B = model.initializer(node.input[1]!)!;
+    assert.deepEqual(dimsOf(B), [N, K / bs, (bs * bits) / 8]);
+    const scales = await model.floatData(model.initializer(node.input[2]!)!);
+    const zpInit = node.input[3] ? model.initializer(node.input[3]) : undefined;
+    assert.equal(zpInit !== undefined, !symmetric);
+    const read = readMatMulNBits(
+      await model.tensorBytes(B),
+      zpInit && (await model.tensorBytes(zpInit)),
+      N,
+      K,
+      bits,
+      bs,
+    );
+
+    // The intended codes: ptqkit's RTN of W = Bᵀ on int4 g32.
+    const wT = await original.floatData(
+      original.initializer(original.graph.node.find((n) => n.name === nodeName)!.input[1]!)!,
+    );
+    const W = new Float32Array(N * K);
+    for (let k = 0; k < K; k++) for (let n = 0; n < N; n++) W[n * K + k] = wT[k * N + n]!;
+    const q = quantizeRtn({ shape: [N, K], data: W }, new IntGrid({ ...GRID, symmetric }));
+    assert.deepEqual(read.codes, unpackCodes(q));
+    assert.deepEqual(scales, q.scales);
+    assert.deepEqual(Float32Array.from(read.zeros), q.zeros);
+    const first = Array.from(read.codes.subarray(0, 8));
+    console.log(
+      `  ${nodeName}: row 0 codes ${first.join(' ')} (B bytes ${Array.from((await model.tensorBytes(B)).subarray(0, 4), (x) => x.toString(16).padStart(2, '0')).join(' ')}), ` +
+        `scale ${scales[0]}, zero ${read.zeros[0]}`,
+    );
+    // Low nibble first: byte 0 = code 0 | code 1 << 4.
+    assert.equal((await model.tensorBytes(B))[0], first[0]! | (first[1]! << 4));
+    await model.close();
+    await original.close();
+  });
+}
