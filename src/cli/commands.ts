@@ -212,6 +212,8 @@ export async function quantizeCommand(modelPath: string, args: QuantizeArgs, out
     ...(mixed && {
       allocation: {
         ...mixed.report,
+        // The whole quantized model's KLD next to the allocation's predicted (summed) loss.
+        ...(mixed.measure && (await mixed.measure({ config: q.config, weights: q.weights }))),
         achievedBits: size.bitsPerWeight * quantizedWeightCount(q.quantization.tensors),
       },
     }),
@@ -227,7 +229,7 @@ export async function quantizeCommand(modelPath: string, args: QuantizeArgs, out
     const exported = exportTo ? { export: JSON.parse(exportLines.join('\n')) } : {};
     return out.log(JSON.stringify({ ...result, ...exported }, null, 2));
   }
-  if (mixed) printAllocation(mixed.report, result.allocation!.achievedBits, out);
+  if (mixed) printAllocation(result.allocation as MixedReport, result.allocation!.achievedBits, out);
   const rotated = args.rotate ? `, ${args.rotate}-rotated` : '';
   if (q.resumedBlocks !== undefined) {
     out.log(`resumed: ${q.resumedBlocks} of ${model.config.numLayers} blocks from the interrupted run`);
@@ -287,11 +289,13 @@ async function mixedPrecisionPlan(model: LoadedModel, args: QuantizeArgs, out: O
     onProgress: (done, total) => progress.update(done, total),
   });
   progress.finish();
-  return { perLayerGrid: plan.perLayerGrid, report: plan.report as MixedReport };
+  return { perLayerGrid: plan.perLayerGrid, report: plan.report as MixedReport, measure: plan.measure };
 }
 
 type MixedReport = Partial<AllocationPlan['report']> & {
   preset?: string;
+  measuredLoss?: number;
+  measuredTokens?: number;
   layers: { name: string; grid: string; bits?: number; loss?: number }[];
 };
 
@@ -316,7 +320,8 @@ function printAllocation(r: MixedReport, achievedBits: number, out: Output): voi
   const rho = r.spearman === undefined ? '' : `, proxy/measured Spearman ρ ${r.spearman.toFixed(3)}`;
   out.log(
     `allocation (${r.solver}, ${r.sensitivity} sensitivity${rho}): budget ${r.budgetBits} bits, ` +
-      `predicted ${r.predictedBits} bits (${r.predictedBitsPerWeight!.toFixed(3)} bits/weight), achieved ${achievedBits} bits`,
+      `predicted ${r.predictedBits} bits (${r.predictedBitsPerWeight!.toFixed(3)} bits/weight), achieved ${achievedBits} bits; ` +
+      `predicted loss ${r.predictedLoss!.toPrecision(4)}, measured KLD ${r.measuredLoss!.toPrecision(4)} on ${r.measuredTokens} calibration tokens`,
   );
 }
 

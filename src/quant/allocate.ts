@@ -18,11 +18,13 @@
  * does not fit.
  */
 import { UsageError } from '../errors.js';
+import { evaluate } from '../eval/perplexity.js';
 import { BLOCK_LINEARS, type BlockLinear, linearWeightName } from '../model/architecture.js';
 import type { ModelConfig } from '../model/config.js';
+import { Decoder } from '../model/decoder.js';
 import type { TensorMap } from '../tensor.js';
 import type { GridSpec } from './grid.js';
-import { layerSensitivity, parseGridName } from './sensitivity.js';
+import { layerSensitivity, parseGridName, SENSITIVITY_DEFAULTS } from './sensitivity.js';
 
 export interface AllocOption {
   grid: string;
@@ -311,6 +313,16 @@ export interface AllocationPlan {
     layers: { name: string; grid: string; bits: number; loss: number; proxy: number; measured?: number }[];
     sensitivitySeconds: number;
   };
+  /**
+   * The measured counterpart of `report.predictedLoss`: KL(P_fp ‖ P_q) in nats/token of the whole
+   * quantized model on the calibration tokens (and windows) the one-layer KLDs were measured on.
+   * Their difference is what the additive model misses (layers' errors interact through the
+   * network). In proxy mode the prediction is in proxy units; the KLD is measured the same way.
+   */
+  measure(quantized: { config: ModelConfig; weights: TensorMap }): Promise<{
+    measuredLoss: number;
+    measuredTokens: number;
+  }>;
 }
 
 /** Sensitivity of every layer at every palette grid, then the budgeted choice of one grid per layer. */
@@ -342,7 +354,16 @@ export async function planAllocation(
   }));
   const a = allocate(layers, budget, o.solver);
   const chosen = entries.map((es, i) => es[a.choice[i]!]!);
+  const measureTokens = o.tokens.slice(0, o.measureTokens || SENSITIVITY_DEFAULTS.measureTokens);
+  const ctx = SENSITIVITY_DEFAULTS.ctx;
   return {
+    async measure(quantized) {
+      const r = await evaluate(new Decoder(quantized.config, quantized.weights), measureTokens, {
+        protocol: { ctx, stride: ctx, dropPartial: false },
+        reference: new Decoder(config, weights),
+      });
+      return { measuredLoss: r.kld!, measuredTokens: measureTokens.length };
+    },
     perLayerGrid: new Map(chosen.map((e) => [e.layer, e.spec])),
     report: {
       sensitivity: o.sensitivity,
