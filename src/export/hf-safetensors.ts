@@ -12,7 +12,7 @@
 import { existsSync } from 'node:fs';
 import { copyFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { ShapeError } from '../errors.js';
+import { ConfigError, ShapeError } from '../errors.js';
 import { writeDirectoryAtomically } from '../io/atomic.js';
 import { Llama2cTokenizer } from '../io/llama2c-tokenizer.js';
 import { type TensorToWrite, writeSafetensors } from '../io/safetensors.js';
@@ -72,6 +72,15 @@ export interface PlannedLinear {
  * so that the model keeps one scheme).
  */
 export function quantizedLinears(model: LoadedModel): PlannedLinear[] {
+  // Tensors go out under ptqkit's canonical names, which only Llama-layout model types share.
+  if (!model.arch.hfNamesAreCanonical) {
+    throw new ConfigError('this export writes Llama-layout tensor names', {
+      file: model.path,
+      field: 'model_type',
+      got: model.arch.modelType,
+      expected: 'llama, mistral, qwen2, qwen3, gemma or gemma2',
+    });
+  }
   if (model.quantization) {
     return [...model.quantization.tensors].map(([name, q]) => ({ name, q, source: 'codes' as const }));
   }

@@ -36,6 +36,11 @@ export function blockLinears(config: ModelConfig): BlockLinear[] {
 
 export interface Architecture {
   readonly modelType: string;
+  /**
+   * Its Hugging Face checkpoints use the canonical (Llama) tensor names: a weight map written
+   * back under them is a checkpoint of this model_type (false for phi3, gpt2, opt, gpt_neox).
+   */
+  readonly hfNamesAreCanonical: boolean;
   /** Normalize a Hugging Face config.json; `file` names it in errors. */
   parseConfig(json: Record<string, unknown>, file: string): ModelConfig;
   /** Every tensor the model needs, under its canonical name, with its [out,in] / [n] shape. */
@@ -423,6 +428,7 @@ function describe(d: Description): Architecture {
   const prefixes = ['', ...(d.prefixes ?? [])];
   return {
     modelType: d.modelType,
+    hfNamesAreCanonical: rules.length === 0,
     parseConfig: (json, file) => parseWith(d, json, file),
     expectedShapes: expectedShapesOf,
     canonicalize(weights, c, file) {

@@ -17,8 +17,9 @@
  * Then each layer is quantized with RTN on the same grid (the paper's setting).
  */
 import type { ComputeEngine } from '../compute/engine.js';
+import { UsageError } from '../errors.js';
 import { type BlockLinear, blockPrefix } from '../model/architecture.js';
-import type { ModelConfig } from '../model/config.js';
+import { LLAMA_LAYOUT, type ModelConfig } from '../model/config.js';
 import type { Tensor, TensorMap } from '../tensor.js';
 import type { LinearStats } from './calibrate.js';
 import type { Grid } from './grid.js';
@@ -49,6 +50,25 @@ interface ScaleGroup {
 }
 
 function scaleGroups(config: ModelConfig, layer: number): ScaleGroup[] {
+  // diag(s)⁻¹ folds exactly into an RMSNorm gain w (not Gemma's 1 + w, not a LayerNorm's bias,
+  // not past Gemma-2's post-norm) and into bias-free up/v rows across an elementwise product
+  // (SwiGLU), not across a GELU of a plain MLP.
+  const L = config.layout ?? LLAMA_LAYOUT;
+  const vFold = config.numHeads === config.numKvHeads;
+  if (
+    L.norm !== 'rms' ||
+    L.normOffset !== 0 ||
+    L.postNorms ||
+    !L.gatedMlp ||
+    L.mlpBias ||
+    (vFold && L.qkvBias)
+  ) {
+    throw new UsageError('awq cannot fold its scales into this architecture', {
+      field: 'method',
+      got: config.modelType,
+      hint: 'awq needs RMSNorm gains and a bias-free gated MLP (Llama, Mistral, Qwen, Phi-3); use gptq, rtn, hqq or sinq',
+    });
+  }
   const p = blockPrefix(layer);
   const groups: ScaleGroup[] = [
     {

@@ -7,6 +7,8 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { JsEngine } from '../../src/compute/js-engine.js';
+import { ConfigError, UsageError } from '../../src/errors.js';
+import { quantizedLinears } from '../../src/export/hf-safetensors.js';
 import { OrtEngine } from '../../src/compute/ort-engine.js';
 import { type BlockLinear, blockLinears, linearWeightName } from '../../src/model/architecture.js';
 import { Decoder } from '../../src/model/decoder.js';
@@ -141,4 +143,21 @@ test('gpt_neox: GPTQ int8 of the canonical [out, in] linears keeps the logits', 
   const range = fp.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
   console.log(`  gptq int8: max |Δlogit| ${maxAbsDiff(fp, int8).toExponential(2)} of ${range.toFixed(2)}`);
   assert.ok(maxAbsDiff(fp, int8) < 0.02 * range);
+});
+
+test('what cannot hold a layout is refused: AWQ scales on Gemma norms, Llama tensor names for GPT-2', async () => {
+  const gemma = await loadModel(
+    (await writeCase(CASES.findIndex((c) => c.config.model_type === 'gemma'))).dir,
+  );
+  const windows = Int32Array.from({ length: 24 }, (_, t) => t);
+  await assert.rejects(
+    quantizeModel(gemma.config, gemma.weights, {
+      method: 'awq',
+      grid: { bits: 4, symmetric: false, granularity: 'group', groupSize: 16, scaleDtype: 'f16' },
+      calibration: { windows, seqlen: 12 },
+    }),
+    (e) => e instanceof UsageError && /awq cannot fold/.test(e.message),
+  );
+  const gpt2 = await loadModel((await writeCase(CASES.findIndex((c) => c.config.model_type === 'gpt2'))).dir);
+  assert.throws(() => quantizedLinears(gpt2), ConfigError);
 });
