@@ -1,7 +1,9 @@
 /**
- * `npm run bench`: quantization time, CPU time and peak RSS on a synthetic Llama-shaped model.
+ * `npm run bench`: quantization time, CPU time and peak RSS on a synthetic Llama-shaped model,
+ * and `ptq compare` on the bundled demo model (compare-demo.ts) against the issue's 2 minutes.
  * Each case runs in its own process so its peak RSS is its own. Prints a table (and the time
- * per phase of the calibrated cases) and writes bench/results.json.
+ * per phase of the calibrated cases) and writes bench/results.json (a case run alone replaces
+ * its own entry and keeps the others).
  *
  *   npm run bench                 all cases
  *   npm run bench -- gptq-100M    one case
@@ -10,14 +12,14 @@
  * time grows with every other process.
  */
 import { spawnSync } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { formatTable } from '../src/cli/table.js';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 
-const CASES = ['rtn-100M', 'hqq-100M', 'sinq-100M', 'gptq-100M', 'awq-100M'];
+const CASES = ['rtn-100M', 'hqq-100M', 'sinq-100M', 'gptq-100M', 'awq-100M', 'compare-demo'];
 
 interface Phase {
   seconds: number;
@@ -32,22 +34,33 @@ interface Result {
   cpuSeconds: number;
   peakRssMiB: number;
   phases: Record<string, Phase>;
+  /** compare-demo: the wall-time target, the load average at the start, time per run. */
+  targetSeconds?: number;
+  loadAverage?: number;
+  runs?: { label: string; quantizeSeconds: number; evalSeconds: number }[];
 }
 
 const selected = process.argv.slice(2).filter((a) => !a.startsWith('-'));
 const results: Result[] = [];
 for (const name of selected.length ? selected : CASES) {
   process.stderr.write(`bench ${name} ...\n`);
-  const r = spawnSync(process.execPath, ['--import', 'tsx', path.join(HERE, 'case.ts'), name], {
+  const script = name === 'compare-demo' ? 'compare-demo.ts' : 'case.ts';
+  const r = spawnSync(process.execPath, ['--import', 'tsx', path.join(HERE, script), name], {
     encoding: 'utf8',
     stdio: ['ignore', 'pipe', 'inherit'],
   });
   if (r.status !== 0) throw new Error(`bench case ${name} failed`);
   results.push(JSON.parse(r.stdout));
 }
+const file = path.join(HERE, 'results.json');
+const kept: Result[] = existsSync(file)
+  ? (JSON.parse(readFileSync(file, 'utf8')).results as Result[]).filter(
+      (old) => !results.some((r) => r.case === old.case),
+    )
+  : [];
 writeFileSync(
-  path.join(HERE, 'results.json'),
-  `${JSON.stringify({ date: new Date().toISOString(), results }, null, 2)}\n`,
+  file,
+  `${JSON.stringify({ date: new Date().toISOString(), results: [...kept, ...results] }, null, 2)}\n`,
 );
 console.log(
   formatTable(
@@ -63,7 +76,7 @@ console.log(
     ]),
   ),
 );
-for (const r of results.filter((r) => r.calibration !== 'none')) {
+for (const r of results.filter((r) => r.calibration !== 'none' && Object.keys(r.phases).length)) {
   console.log(`\n${r.case} by phase`);
   console.log(
     formatTable(
@@ -76,6 +89,19 @@ for (const r of results.filter((r) => r.calibration !== 'none')) {
           p.cpuSeconds.toFixed(1),
           `${((100 * p.cpuSeconds) / r.cpuSeconds).toFixed(0)}%`,
         ]),
+    ),
+  );
+}
+for (const r of results.filter((r) => r.targetSeconds !== undefined)) {
+  const verdict = r.seconds <= r.targetSeconds! ? 'within' : 'OVER';
+  console.log(
+    `\n${r.case}: ${r.seconds.toFixed(1)} s wall (${verdict} the ${r.targetSeconds} s target), ${r.cpuSeconds.toFixed(1)} CPU s, ` +
+      `load average ${r.loadAverage!.toFixed(1)} at the start`,
+  );
+  console.log(
+    formatTable(
+      ['run', 'quantize s', 'eval s'],
+      r.runs!.map((x) => [x.label, x.quantizeSeconds.toFixed(2), x.evalSeconds.toFixed(2)]),
     ),
   );
 }
