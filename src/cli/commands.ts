@@ -14,6 +14,7 @@ import { exportGptq } from '../export/gptq-safetensors.js';
 import type { SafetensorsExportReport } from '../export/hf-safetensors.js';
 import { exportOnnx, ONNX_DTYPES, type OnnxDtype } from '../export/onnx.js';
 import { assertWritableOutput, writeDirectoryAtomically } from '../io/atomic.js';
+import { emulateLlamaCpp, ggufStorage } from '../io/gguf-model.js';
 import { writePtqCheckpoint } from '../io/ptq-checkpoint.js';
 import { Decoder } from '../model/decoder.js';
 import { type LoadedModel, loadModel } from '../model/load.js';
@@ -364,6 +365,8 @@ export interface EvalArgs {
   ref?: string;
   maxTokens?: number;
   tokenizer?: string;
+  /** GGUF input: convert every matmul input as llama.cpp's CPU backend does (io/gguf-activations.ts). */
+  emulateLlamaCpp?: boolean;
 }
 
 export function protocolFor(
@@ -383,6 +386,7 @@ export function protocolFor(
 
 export async function evalCommand(modelPath: string, args: EvalArgs, out: Output) {
   const model = await loadModel(modelPath, { tokenizer: args.tokenizer });
+  if (args.emulateLlamaCpp) await emulateLlamaCpp(model);
   const reference = args.ref ? await loadModel(args.ref, { tokenizer: args.tokenizer }) : undefined;
   let tokens = model.tokenizer.encode(await readText(args.text));
   if (args.maxTokens) tokens = tokens.slice(0, args.maxTokens);
@@ -393,7 +397,11 @@ export async function evalCommand(modelPath: string, args: EvalArgs, out: Output
     onProgress: (p) => progress.update(p.windowsDone, p.windowsTotal, `${p.tokensDone} tokens`),
   });
   progress.finish();
-  const size = modelSize(model.weights, model.quantization?.tensors);
+  // A GGUF's weights load dequantized: its size is what the file stores.
+  const size =
+    model.source === 'gguf'
+      ? await ggufStorage(model.path)
+      : modelSize(model.weights, model.quantization?.tensors);
   const report = {
     model: model.path,
     text: args.text,

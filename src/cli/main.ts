@@ -191,6 +191,10 @@ program
   .option('--ref <model>', 'full-precision model to compare against')
   .option('--max-tokens <n>', 'evaluate only the first n tokens', integer)
   .option('--tokenizer <file>', 'tokenizer to use instead of the one next to the model')
+  .option(
+    '--emulate-llama-cpp',
+    "GGUF input: quantize each matmul's input as llama.cpp's CPU backend does (Q8_0/Q8_K/F16)",
+  )
   .option('--json', 'print JSON')
   .action((model, o) => evalCommand(model, o, consoleOutput(!!o.json)));
 

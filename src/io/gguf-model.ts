@@ -5,11 +5,19 @@
  * GGUF v1 files written from llama2.c checkpoints ("Meta AI original pth" layout) are in
  * llama.cpp's row order too, so the same inverse applies.
  */
-import { ConfigError } from '../errors.js';
+import { ConfigError, UsageError } from '../errors.js';
 import { hfTensorName, inverseOrder, qkRowOrder } from '../export/gguf-names.js';
 import type { ModelConfig } from '../model/config.js';
+import type { LinearInputOps } from '../model/input-ops.js';
+import type { LoadedModel } from '../model/load.js';
 import type { TensorMap } from '../tensor.js';
 import { GgufFile } from './gguf.js';
+import {
+  amxMultipliesInFloat,
+  type GgmlQuantizer,
+  hostGgmlQuantizer,
+  hostHasAmx,
+} from './gguf-activations.js';
 import { GgufTokenizer } from './gguf-tokenizer.js';
 
 export async function readGgufModel(
@@ -84,4 +92,76 @@ export async function readGgufModel(
   } finally {
     await g.close();
   }
+}
+
+export interface GgufStorage {
+  /** ggml type name of every tensor, by Hugging Face name. */
+  types: Record<string, string>;
+  /** GGUF dims (ne: innermost first, [in, out] for a matrix) of every tensor, by Hugging Face name. */
+  dims: Record<string, number[]>;
+  /** Bits per weight of the 2-D tensors as the file stores them (what the export reports). */
+  bitsPerWeight: number;
+  /** Bytes of tensor data. */
+  totalBytes: number;
+}
+
+/** How a GGUF stores its tensors (header only; no tensor data is read). */
+export async function ggufStorage(file: string): Promise<GgufStorage> {
+  const g = await GgufFile.open(file);
+  try {
+    const types: Record<string, string> = {};
+    const dims: Record<string, number[]> = {};
+    let matrixBits = 0;
+    let matrixWeights = 0;
+    let totalBytes = 0;
+    for (const t of g.tensors) {
+      const name = hfTensorName(t.name, file);
+      types[name] = t.type.name;
+      dims[name] = t.dims;
+      totalBytes += t.byteLength;
+      if (t.dims.length === 2) {
+        matrixBits += t.byteLength * 8;
+        matrixWeights += t.dims.reduce((a, b) => a * b, 1);
+      }
+    }
+    return { types, dims, bitsPerWeight: matrixWeights ? matrixBits / matrixWeights : 0, totalBytes };
+  } finally {
+    await g.close();
+  }
+}
+
+/**
+ * The LinearInputOps under which ptqkit's forward of this GGUF computes what llama.cpp's CPU
+ * backend computes: every matmul input converted for its weight's type (gguf-activations.ts).
+ * The map gives each weight the type llama.cpp multiplies it as: its stored type, except F16
+ * matrices the AMX buffer takes (`amx`, default: the host has AMX), which it multiplies in float32.
+ */
+export async function llamaCppInputOps(
+  file: string,
+  options: { quantizer?: GgmlQuantizer; amx?: boolean } = {},
+): Promise<LinearInputOps> {
+  const { types, dims } = await ggufStorage(file);
+  const amx = options.amx ?? hostHasAmx();
+  const ggmlWeightTypes = Object.fromEntries(
+    Object.entries(types).map(([name, type]) => {
+      const d = dims[name]!;
+      return [name, amx && d.length === 2 && amxMultipliesInFloat(type, d[0]!, d[1]!) ? 'F32' : type];
+    }),
+  );
+  return { ggmlWeightTypes, ggmlQuantizer: options.quantizer ?? hostGgmlQuantizer() };
+}
+
+/**
+ * `ptq eval file.gguf --emulate-llama-cpp`: the model's forward then converts every matmul input
+ * as llama.cpp's CPU backend does for the file's tensor types (llamaCppInputOps).
+ */
+export async function emulateLlamaCpp(model: LoadedModel): Promise<void> {
+  if (model.source !== 'gguf') {
+    throw new UsageError('llama.cpp emulation needs a GGUF model', {
+      file: model.path,
+      hint: 'export it first: ptq export <model> --format gguf',
+    });
+  }
+  const ops = await llamaCppInputOps(model.path);
+  model.config = { ...model.config, linearInputOps: { ...model.config.linearInputOps, ...ops } };
 }

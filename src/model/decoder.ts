@@ -25,7 +25,7 @@ import {
   POSITION_EMBED,
 } from './architecture.js';
 import { type Activation, type BlockLayout, LLAMA_LAYOUT, type ModelConfig } from './config.js';
-import { type LinearInputTransform, linearInputTransform } from './input-ops.js';
+import { headInputTransform, type LinearInputTransform, linearInputTransform } from './input-ops.js';
 
 export interface ForwardHooks {
   /** Called with the input activations [rows, cols] of every block linear, before its product. */
@@ -75,6 +75,8 @@ export class Decoder {
    * which sequential calibration passes to every stage of one chunk).
    */
   private readonly blockInputs = new WeakMap<Float32Array, { layer: number; x: Float32Array }>();
+  /** lm_head's input conversion (llama.cpp emulation, config.linearInputOps.ggmlWeightTypes). */
+  private readonly headInput: ReturnType<typeof headInputTransform>;
 
   constructor(
     readonly config: ModelConfig,
@@ -84,6 +86,7 @@ export class Decoder {
     this.inputTransform = linearInputTransform(config.linearInputOps);
     this.layout = config.layout ?? LLAMA_LAYOUT;
     this.mlpReaders = this.layout.gatedMlp ? GATE_UP : UP;
+    this.headInput = headInputTransform(config.linearInputOps, config.tiedEmbeddings);
   }
 
   /** A stage output x [rows, cols] as the block linears `readers` see it (config.linearInputOps applied). */
@@ -337,7 +340,8 @@ export class Decoder {
     const c = this.config;
     const h = this.norm(x, FINAL_NORM, c.hiddenSize);
     const lmHead = this.weight(c.tiedEmbeddings ? EMBED : LM_HEAD);
-    const logits = await this.engine.linear(h, lmHead, rows, c.hiddenSize, c.vocabSize);
+    const input = this.headInput ? this.headInput(h, rows, c.hiddenSize) : h;
+    const logits = await this.engine.linear(input, lmHead, rows, c.hiddenSize, c.vocabSize);
     const cap = this.layout.finalSoftcap;
     if (cap) for (let i = 0; i < logits.length; i++) logits[i] = cap * Math.tanh(logits[i]! / cap);
     return logits;

@@ -6,6 +6,11 @@
  * forward pass (decoder.ts) applies them wherever a block linear reads its input.
  */
 import { UsageError } from '../errors.js';
+import {
+  type GgmlQuantizer,
+  ggmlHeadInputTransform,
+  ggmlLinearInputTransform,
+} from '../io/gguf-activations.js';
 import type { BlockLinear } from './architecture.js';
 
 /** Dynamic symmetric integer quantization of activations, fake-quantized (quantize then dequantize). */
@@ -17,6 +22,14 @@ export interface ActivationQuantSpec {
 
 export interface LinearInputOps {
   activations?: ActivationQuantSpec;
+  /**
+   * llama.cpp emulation (`ptq eval file.gguf --emulate-llama-cpp`): the ggml type each weight is
+   * stored in, by Hugging Face name; each linear's input (lm_head's too) is then converted as
+   * llama.cpp's CPU matmul converts it for that type (io/gguf-activations.ts).
+   */
+  ggmlWeightTypes?: Record<string, string>;
+  /** Which Q8_0/Q8_1 activation quantizer that llama.cpp build runs; default: the host's SIMD one. */
+  ggmlQuantizer?: GgmlQuantizer;
 }
 
 /**
@@ -69,7 +82,21 @@ export function fakeQuantizeActivations(
 /** The transform a model's LinearInputOps describe, or undefined when there is none. */
 export function linearInputTransform(ops: LinearInputOps | undefined): LinearInputTransform | undefined {
   const activations = ops?.activations;
-  if (!activations) return undefined;
+  const ggml = ops?.ggmlWeightTypes && ggmlLinearInputTransform(ops.ggmlWeightTypes, ops.ggmlQuantizer);
+  if (!activations) return ggml;
   checkActivationQuant(activations);
-  return (_layer, _readers, x, rows, cols) => fakeQuantizeActivations(x, rows, cols, activations);
+  return (layer, readers, x, rows, cols) => {
+    const q = fakeQuantizeActivations(x, rows, cols, activations);
+    return ggml ? ggml(layer, readers, q, rows, cols) : q;
+  };
+}
+
+/** The conversion of lm_head's input (llama.cpp emulation only), or undefined. */
+export function headInputTransform(
+  ops: LinearInputOps | undefined,
+  tiedEmbeddings: boolean,
+): ((x: Float32Array, rows: number, cols: number) => Float32Array) | undefined {
+  return (
+    ops?.ggmlWeightTypes && ggmlHeadInputTransform(ops.ggmlWeightTypes, tiedEmbeddings, ops.ggmlQuantizer)
+  );
 }
