@@ -348,9 +348,9 @@ function gpt2(g: Ref, c: HfConfig): string {
   const H = num(c, 'n_head');
   const d = D / H;
   const eps = num(c, 'layer_norm_epsilon');
-  let x = g.op('Add', [g.embed('transformer.wte.weight'), g.positions('transformer.wpe.weight', 0)]);
+  let x = g.op('Add', [g.embed('wte.weight'), g.positions('wpe.weight', 0)]);
   for (let l = 0; l < num(c, 'n_layer'); l++) {
-    const p = `transformer.h.${l}.`;
+    const p = `h.${l}.`;
     const [q, k, v] = g.split(g.conv1d(g.layerNorm(x, `${p}ln_1`, eps), `${p}attn.c_attn`), [D, D, D], 2);
     const a = g.attention(g.heads(q!, H, d), g.heads(k!, H, d), g.heads(v!, H, d), {
       heads: H,
@@ -365,7 +365,7 @@ function gpt2(g: Ref, c: HfConfig): string {
     );
     x = g.op('Add', [x, m]);
   }
-  return g.logits(g.layerNorm(x, 'transformer.ln_f', eps), 'transformer.wte.weight');
+  return g.logits(g.layerNorm(x, 'ln_f', eps), 'wte.weight');
 }
 
 /** modeling_opt.py (do_layer_norm_before): positions offset by 2, q scaled before q·k, ReLU. */
@@ -607,11 +607,12 @@ export const CASES: ArchCase[] = [
       activation_function: 'gelu_new',
       layer_norm_epsilon: 1e-5,
     },
+    // Names as openai-community/gpt2's model.safetensors (saved from GPT2Model: no `transformer.`).
     tensors(w) {
-      w.add('transformer.wte.weight', [V, 32], 0.5);
-      w.add('transformer.wpe.weight', [32, 32], 0.3);
+      w.add('wte.weight', [V, 32], 0.5);
+      w.add('wpe.weight', [32, 32], 0.3);
       for (let l = 0; l < 2; l++) {
-        const p = `transformer.h.${l}.`;
+        const p = `h.${l}.`;
         w.norm(`${p}ln_1`, 32, true);
         w.norm(`${p}ln_2`, 32, true);
         w.conv1d(`${p}attn.c_attn`, 32, 96);
@@ -621,7 +622,7 @@ export const CASES: ArchCase[] = [
         // The causal-mask buffer old GPT-2 checkpoints carry: not a weight.
         w.map.set(`${p}attn.bias`, { shape: [1, 1, 32, 32], data: new Float32Array(32 * 32).fill(1) });
       }
-      w.norm('transformer.ln_f', 32, true);
+      w.norm('ln_f', 32, true);
     },
     graph: gpt2,
   },

@@ -5,17 +5,24 @@
  * (arch-reference.ts). Logits must agree to 1e-4 of their range.
  */
 import assert from 'node:assert/strict';
+import path from 'node:path';
 import { test } from 'node:test';
 import { JsEngine } from '../../src/compute/js-engine.js';
 import { ConfigError, UsageError } from '../../src/errors.js';
 import { quantizedLinears } from '../../src/export/hf-safetensors.js';
 import { OrtEngine } from '../../src/compute/ort-engine.js';
-import { type BlockLinear, blockLinears, linearWeightName } from '../../src/model/architecture.js';
+import {
+  architectureFor,
+  type BlockLinear,
+  blockLinears,
+  linearWeightName,
+} from '../../src/model/architecture.js';
+import { SafetensorsModel } from '../../src/io/safetensors.js';
 import { Decoder } from '../../src/model/decoder.js';
 import { loadModel } from '../../src/model/load.js';
 import { ALL_AT_ONCE, type LinearStats, runSequential, TRUE_SEQUENTIAL } from '../../src/quant/calibrate.js';
 import { quantizeModel } from '../../src/quant/quantize-model.js';
-import { maxAbsDiff, seededRandom, tempDir } from '../helpers.js';
+import { ASSETS, assetsPresent, maxAbsDiff, seededRandom, tempDir } from '../helpers.js';
 import { CASES, Ref, WeightMaker, writeCheckpoint } from './arch-reference.js';
 
 const B = 2;
@@ -160,4 +167,42 @@ test('what cannot hold a layout is refused: AWQ scales on Gemma norms, Llama ten
   );
   const gpt2 = await loadModel((await writeCase(CASES.findIndex((c) => c.config.model_type === 'gpt2'))).dir);
   assert.throws(() => quantizedLinears(gpt2), ConfigError);
+});
+
+test('real GPT-2 small tensors (GPT2LMHeadModel names) map to canonical [out, in] linears', {
+  skip: !assetsPresent,
+}, async () => {
+  const st = await SafetensorsModel.open(
+    path.join(ASSETS, 'weights/gpt2-small-partial/gpt2_small_partial.safetensors'),
+  );
+  const weights = new Map();
+  for (const name of st.names())
+    weights.set(name, { shape: [...st.info(name).shape], data: await st.readFloat32(name) });
+  await st.close();
+  const arch = architectureFor('gpt2', 'gpt2-small');
+  const config = arch.parseConfig(
+    { model_type: 'gpt2', vocab_size: 50257, n_embd: 768, n_head: 12, n_layer: 12 },
+    'gpt2',
+  );
+  const c = arch.canonicalize(weights, config, 'gpt2-small');
+  const cAttn = weights.get('transformer.h.0.attn.c_attn.weight')!.data;
+  // The assets' check values: c_attn.weight[0, :3] = -0.4738, -0.2614, -0.0978 (in 0, outs 0..2 of q).
+  const q = c.get('model.layers.0.self_attn.q_proj.weight')!;
+  assert.deepEqual(q.shape, [768, 768]);
+  assert.deepEqual(
+    [0, 1, 2].map((o) => Number(q.data[o * 768]!.toFixed(4))),
+    [-0.4738, -0.2614, -0.0978],
+  );
+  // v_proj row o, input i = c_attn[i, 1536 + o]; its bias = c_attn.bias[1536 + o].
+  const v = c.get('model.layers.11.self_attn.v_proj.weight')!.data;
+  const cAttn11 = weights.get('transformer.h.11.attn.c_attn.weight')!.data;
+  assert.equal(v[5 * 768 + 7], cAttn11[7 * 2304 + 1536 + 5]);
+  assert.equal(
+    c.get('model.layers.0.self_attn.v_proj.bias')!.data[3],
+    weights.get('transformer.h.0.attn.c_attn.bias')!.data[1539],
+  );
+  assert.equal(c.get('model.layers.3.input_layernorm.bias'), weights.get('transformer.h.3.ln_1.bias'));
+  assert.ok(c.has('model.norm.weight') && c.has('model.embed_positions.weight'));
+  assert.ok(![...c.keys()].some((n) => n.startsWith('transformer.')), 'every GPT-2 name is mapped');
+  assert.equal(cAttn.length, 768 * 2304);
 });
