@@ -24,9 +24,11 @@
  * block's activations, an older run's blocks) are removed after each commit. A fresh run (no
  * --resume) leaves an older state in place until its own first block replaces it.
  * Never a model: the directory holds no config.json or safetensors, and every file starts with
- * MAGIC, which no loader accepts (as a llama2.c header it declares dim 0x4b515450 > any limit).
+ * MAGIC, which no loader accepts (read as a llama2.c header: dim 1263621200 and negative sizes).
  * The fingerprint (SHA-256 of the model's weights and config as quantized, of the calibration
  * windows, the engine and every recorded setting) must match for --resume to use a state.
+ * Cost, tinystories-656k with the default 128 windows × 512 tokens: 33.5 MB of activations and
+ * 148 KB per block; 0.2-0.4 s per block commit including fsync (a few % of the GPTQ run).
  */
 import { createHash } from 'node:crypto';
 import { mkdir, open, readdir, readFile, rename, rm } from 'node:fs/promises';
@@ -36,7 +38,7 @@ import type { ModelConfig } from '../model/config.js';
 import type { TensorMap } from '../tensor.js';
 import type { QuantizedTensor } from './quantized-tensor.js';
 
-export const RESUME_SUFFIX = '.ptq-resume';
+const RESUME_SUFFIX = '.ptq-resume';
 const MANIFEST = 'state.json';
 const FORMAT = 'ptqkit-resume';
 const VERSION = 1;
@@ -207,11 +209,6 @@ export class ResumeState<Report> {
     private readonly layers: number,
     private readonly blocks: BlockRecord<Report>[],
   ) {}
-
-  /** Blocks finished so far (resumed ones included). */
-  get finished(): number {
-    return this.blocks.length;
-  }
 
   /**
    * Durably record a finished block and the residual stream entering the next one
