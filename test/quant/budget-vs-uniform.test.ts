@@ -1,8 +1,8 @@
 /**
- * Issue 7's acceptance on both real models: `ptq quantize --target-bpw T --json` (RTN, measured
- * sensitivity) stores at most T bits/weight and has a lower KLD on held-out text than the BEST
- * uniform RTN grid at T — every integer (2..8 bits, symmetric or asymmetric, groups of 4..128 or
- * per channel), float (FP4/FP6/FP8 at the same granularities), NVFP4, MX and ternary/binary grid
+ * Issue 7's acceptance on both real models: `ptq quantize --target-bpw T --json` (the CLI in a
+ * child process; RTN, measured sensitivity) stores at most T bits/weight and has a lower KLD on
+ * held-out text than the BEST uniform RTN grid at T — every integer (2..8 bits, symmetric or
+ * asymmetric, groups of 4..128 or per channel), float (FP4/FP6/FP8 at the same granularities), NVFP4, MX and ternary/binary grid
  * that tiles the model and stores ≤ T bits/weight (+ 0.01, so NVFP4's per-tensor scale does not
  * exclude it at 4.5). Its JSON carries the chosen grid of every layer with the loss the
  * allocation predicted for it, the one-layer KLD measured for it, and the whole model's
@@ -18,7 +18,6 @@ import assert from 'node:assert/strict';
 import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { test } from 'node:test';
-import { quantizeCommand } from '../../src/cli/commands.js';
 import { evaluate } from '../../src/eval/perplexity.js';
 import { BLOCK_LINEARS, linearWeightName } from '../../src/model/architecture.js';
 import { Decoder } from '../../src/model/decoder.js';
@@ -28,6 +27,7 @@ import { type FormatName, gridSpecFor } from '../../src/quant/number-formats.js'
 import { modelSize, quantizeModel } from '../../src/quant/quantize-model.js';
 import { DEFAULT_PALETTE, parseGridName } from '../../src/quant/sensitivity.js';
 import type { TensorMap } from '../../src/tensor.js';
+import { runCli } from '../cli/run-cli.js';
 import { ASSETS, assetsPresent, REPO, tempDir } from '../helpers.js';
 
 const PROTOCOL = { ctx: 128, stride: 128, dropPartial: false };
@@ -103,30 +103,36 @@ async function budgetBeatsUniform(m: LoadedModel, c: Case) {
   }
   uniform.sort((a, b) => a.kld - b.kld);
 
-  // The budgeted mix through the CLI's quantize command, read back from its checkpoint.
+  // The budgeted mix: the `ptq` CLI in a child process, its checkpoint read back here.
   const dir = tempDir('ptq-budget-uniform-');
-  const lines: string[] = [];
-  await quantizeCommand(
+  const cli = runCli([
+    'quantize',
     c.model,
-    {
-      method: 'rtn',
-      grid: parseGridName(c.reference),
-      output: path.join(dir, 'q'),
-      calib: c.calib,
-      nsamples: 8,
-      seqlen: 128,
-      seed: 0,
-      damp: 0.01,
-      blockSize: 128,
-      trueSequential: true,
-      awqClip: true,
-      targetBpw: target,
-      palette: c.palette.join(','),
-      sensitivityTokens: 256,
-    },
-    { json: true, log: (t) => lines.push(t) },
-  );
-  const json = JSON.parse(lines.join('\n'));
+    '-o',
+    path.join(dir, 'q'),
+    '--method',
+    'rtn',
+    // The base grid (every layer gets a palette grid; it must still fit the shapes).
+    '--bits',
+    String(parseGridName(c.reference).bits),
+    '--group-size',
+    String(parseGridName(c.reference).groupSize || -1),
+    '--calib',
+    c.calib,
+    '--nsamples',
+    '8',
+    '--seqlen',
+    '128',
+    '--target-bpw',
+    String(target),
+    '--palette',
+    c.palette.join(','),
+    '--sensitivity-tokens',
+    '256',
+    '--json',
+  ]);
+  assert.equal(cli.code, 0, cli.stderr);
+  const json = JSON.parse(cli.stdout);
   const back = await loadModel(path.join(dir, 'q'));
   const mix = {
     bpw: modelSize(back.weights, back.quantization!.tensors).bitsPerWeight,
