@@ -4,7 +4,7 @@
  * User errors print one line and exit 1; `--debug` adds the stack trace.
  */
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { PtqError } from '../errors.js';
+import { PtqError, UsageError } from '../errors.js';
 import { GGUF_EXPORT_TYPES } from '../export/gguf.js';
 import { CALIBRATION_DEFAULTS } from '../quant/calibrate.js';
 import { GPTQ_DEFAULTS } from '../quant/gptq.js';
@@ -24,6 +24,8 @@ import {
   quantizeCommand,
 } from './commands.js';
 import { demoCommand } from './demo.js';
+import { onnxEvalCommand, quantizeOnnxCommand } from '../onnx/commands.js';
+import { isOnnxModelPath, ONNX_QUANT_DTYPES } from '../onnx/quantize-onnx.js';
 
 function integer(value: string): number {
   const n = Number(value);
@@ -174,17 +176,37 @@ withCalibrationOptions(
     '--resume',
     'gptq, awq: continue an interrupted run from its last finished block (state saved in <output>.ptq-resume); same command otherwise',
   )
+  .option(
+    '--dtype <list>',
+    `ONNX input: files to write, comma-separated: ${Object.keys(ONNX_QUANT_DTYPES).join(',')} (default from --bits; --block-size or --group-size is the MatMulNBits block)`,
+  )
+  .option(
+    '--include <patterns>',
+    'ONNX input: quantize only nodes whose name matches one of these regular expressions',
+  )
+  .option(
+    '--exclude <patterns>',
+    'ONNX input: leave nodes whose name matches one of these regular expressions',
+  )
+  .option('--accuracy-level <n>', 'ONNX input: MatMulNBits accuracy_level (0-4; 4 = int8 compute)', integer)
+  .option('--no-gather', 'ONNX input: keep Gather embedding tables float (default: GatherBlockQuantized)')
   .option('--tokenizer <file>', 'tokenizer to use instead of the one next to the model')
   .option('--json', 'print JSON')
   .action((model, o, cmd: Command) => {
+    if (isOnnxModelPath(model)) {
+      const onnxBlockSize = cmd.getOptionValueSource('blockSize') === 'cli' ? o.blockSize : undefined;
+      return quantizeOnnxCommand(model, { ...o, onnxBlockSize }, consoleOutput(!!o.json));
+    }
     const grid = gridFromOptions(o, (k) => cmd.getOptionValueSource(k) === 'cli');
     return quantizeCommand(model, { ...o, grid }, consoleOutput(!!o.json));
   });
 
 program
   .command('eval <model>')
-  .description('perplexity on a text; KLD and top-1 agreement against --ref')
-  .requiredOption('--text <file>', 'text file to evaluate on')
+  .description(
+    'perplexity on a text; KLD and top-1 agreement against --ref; ONNX files: output error against --ref',
+  )
+  .option('--text <file>', 'text file to evaluate on (required, except to compare two .onnx graphs)')
   .option('--ctx <n>', 'tokens per window (default: the model context, at most 2048)', integer)
   .option('--stride <n>', 'window step (default: ctx, non-overlapping)', integer)
   .option('--keep-partial', 'also score the last, shorter window')
@@ -196,7 +218,12 @@ program
     "GGUF input: quantize each matmul's input as llama.cpp's CPU backend does (Q8_0/Q8_K/F16)",
   )
   .option('--json', 'print JSON')
-  .action((model, o) => evalCommand(model, o, consoleOutput(!!o.json)));
+  .action((model, o) => {
+    if (model.endsWith('.onnx')) return onnxEvalCommand(model, o, consoleOutput(!!o.json));
+    if (!o.text)
+      throw new UsageError('--text is required', { field: 'text', hint: 'ptq eval <model> --text <file>' });
+    return evalCommand(model, o, consoleOutput(!!o.json));
+  });
 
 program
   .command('export <model>')
