@@ -237,13 +237,40 @@ function ropeScaling(json: Record<string, unknown>, file: string): RopeScaling |
   if (typeof r !== 'object' || Array.isArray(r)) refuse(file, 'rope_scaling', 'an object or null', r);
   const o = r as Record<string, unknown>;
   const type = o.rope_type ?? o.type;
-  const factor = () => positiveNumber(o, 'factor', file, Number.NaN);
+  const factorKey = () => positiveNumber(o, 'factor', file, Number.NaN);
   if (type === 'default') return undefined;
-  if (type === 'linear') return { type: 'linear', factor: factor() };
+  if (type === 'linear') return { type: 'linear', factor: factorKey() };
+  if (type === 'longrope') {
+    // Phi-3 keeps the pretrained context at the top level; the factor is then the context ratio.
+    const original = json.original_max_position_embeddings ?? o.original_max_position_embeddings;
+    const originalMaxPositions = positiveNumber({ original }, 'original', file, Number.NaN);
+    const max = positiveNumber(json, 'max_position_embeddings', file, Number.NaN);
+    const factor = json.original_max_position_embeddings != null ? max / originalMaxPositions : factorKey();
+    const given = o.attention_factor;
+    const attentionFactor =
+      given != null
+        ? positiveNumber(o, 'attention_factor', file, Number.NaN)
+        : factor <= 1
+          ? 1
+          : Math.sqrt(1 + Math.log(factor) / Math.log(originalMaxPositions));
+    const list = (key: string) => {
+      const v = o[key];
+      if (!Array.isArray(v) || !v.every((x) => typeof x === 'number' && x > 0))
+        refuse(file, `rope_scaling.${key}`, 'an array of positive numbers', v);
+      return v as number[];
+    };
+    return {
+      type: 'longrope',
+      shortFactor: list('short_factor'),
+      longFactor: list('long_factor'),
+      originalMaxPositions,
+      attentionFactor,
+    };
+  }
   if (type === 'llama3') {
     const ropeScaling: RopeScaling = {
       type: 'llama3',
-      factor: factor(),
+      factor: factorKey(),
       lowFreqFactor: positiveNumber(o, 'low_freq_factor', file, Number.NaN),
       highFreqFactor: positiveNumber(o, 'high_freq_factor', file, Number.NaN),
       originalMaxPositions: positiveNumber(o, 'original_max_position_embeddings', file, Number.NaN),
@@ -252,7 +279,7 @@ function ropeScaling(json: Record<string, unknown>, file: string): RopeScaling |
       refuse(file, 'rope_scaling.high_freq_factor', 'greater than low_freq_factor', o.high_freq_factor);
     return ropeScaling;
   }
-  return refuse(file, 'rope_scaling.rope_type', 'default, linear or llama3', type);
+  return refuse(file, 'rope_scaling.rope_type', 'default, linear, llama3 or longrope', type);
 }
 
 /** The rotating leading dimensions of each head: head_dim × fraction, even (rotate_half pairs i, i + r/2). */
@@ -335,6 +362,15 @@ function parseWith(d: Description, json: Record<string, unknown>, file: string):
     if (headDim % 2 !== 0) refuse(file, 'head_dim', 'an even integer (rotary embeddings)', headDim);
   }
   d.configure?.(json, file, c, layout);
+  const r = layout.ropeScaling;
+  const half = (layout.rotaryDim ?? headDim) / 2;
+  if (r?.type === 'longrope' && (r.shortFactor.length !== half || r.longFactor.length !== half))
+    refuse(
+      file,
+      'rope_scaling.short_factor',
+      `${half} factors (one per rotary frequency)`,
+      r.shortFactor.length,
+    );
   return c;
 }
 

@@ -35,7 +35,10 @@ export type Activation = 'silu' | 'gelu' | 'gelu_tanh' | 'relu';
  * RoPE frequency rescaling for contexts beyond training (Hugging Face `rope_scaling`):
  * 'linear' divides every frequency by `factor` (position interpolation, arXiv:2306.15595);
  * 'llama3' divides only the low frequencies, with a smooth ramp between the two wavelength
- * thresholds (Llama 3.1's `_compute_llama3_parameters`).
+ * thresholds (Llama 3.1's `_compute_llama3_parameters`); 'longrope' (Phi-3 128k, Phi-3.5,
+ * Phi-4-mini; LongRoPE arXiv:2402.13753) divides frequency i by short_factor[i], or by
+ * long_factor[i] for windows longer than the original context, and scales cos/sin by
+ * `attentionFactor` (Hugging Face's `_compute_longrope_parameters`).
  */
 export type RopeScaling =
   | { type: 'linear'; factor: number }
@@ -45,6 +48,13 @@ export type RopeScaling =
       lowFreqFactor: number;
       highFreqFactor: number;
       originalMaxPositions: number;
+    }
+  | {
+      type: 'longrope';
+      shortFactor: number[];
+      longFactor: number[];
+      originalMaxPositions: number;
+      attentionFactor: number;
     };
 
 /**

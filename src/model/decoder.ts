@@ -59,10 +59,12 @@ const DOWN_PROJ = ['mlp.down_proj'] as const;
 const STOP = Symbol('stop');
 
 export class Decoder {
-  private readonly rope: { cos: Float32Array; sin: Float32Array; T: number } = {
+  /** cos/sin of positions 0..T-1; `long`: built with LongRoPE's long factors (windows beyond the original context). */
+  private readonly rope: { cos: Float32Array; sin: Float32Array; T: number; long: boolean } = {
     cos: new Float32Array(0),
     sin: new Float32Array(0),
     T: 0,
+    long: false,
   };
   /** config.linearInputOps as a function (undefined: block linears read their inputs unchanged). */
   private readonly inputTransform: LinearInputTransform | undefined;
@@ -406,33 +408,38 @@ export class Decoder {
   }
 
   private ropeTables(T: number) {
-    if (this.rope.T < T) {
+    const r = this.layout.ropeScaling;
+    const long = r?.type === 'longrope' && T > r.originalMaxPositions;
+    if (this.rope.T < T || this.rope.long !== long) {
       const d = this.layout.rotaryDim ?? this.config.headDim;
       const half = d / 2;
       const cos = new Float32Array(T * half);
       const sin = new Float32Array(T * half);
+      // LongRoPE scales cos and sin (hence q·k by its square); other schemes leave them unit.
+      const m = r?.type === 'longrope' ? r.attentionFactor : 1;
       for (let i = 0; i < half; i++) {
-        const invFreq = this.scaledFrequency(1 / this.config.ropeTheta ** ((2 * i) / d));
+        const invFreq = this.scaledFrequency(1 / this.config.ropeTheta ** ((2 * i) / d), i, long);
         for (let t = 0; t < T; t++) {
-          cos[t * half + i] = Math.cos(t * invFreq);
-          sin[t * half + i] = Math.sin(t * invFreq);
+          cos[t * half + i] = m * Math.cos(t * invFreq);
+          sin[t * half + i] = m * Math.sin(t * invFreq);
         }
       }
-      Object.assign(this.rope, { cos, sin, T });
+      Object.assign(this.rope, { cos, sin, T, long });
     }
     return this.rope;
   }
 
   /**
-   * θ_i under rope_scaling. 'llama3' (Llama 3.1's _compute_llama3_parameters): wavelengths
+   * θ_i under rope_scaling ('longrope': θ_i / factor_i, config.ts). 'llama3' (Llama 3.1's _compute_llama3_parameters): wavelengths
    * 2π/θ above original/low_freq_factor are divided by `factor`, those below
    * original/high_freq_factor kept, and in between interpolated with
    * s = (original/λ − low) / (high − low): θ' = (1 − s)·θ/factor + s·θ.
    */
-  private scaledFrequency(invFreq: number): number {
+  private scaledFrequency(invFreq: number, i: number, long: boolean): number {
     const r = this.layout.ropeScaling;
     if (!r) return invFreq;
     if (r.type === 'linear') return invFreq / r.factor;
+    if (r.type === 'longrope') return invFreq / (long ? r.longFactor : r.shortFactor)[i]!;
     const wavelen = (2 * Math.PI) / invFreq;
     if (wavelen < r.originalMaxPositions / r.highFreqFactor) return invFreq;
     if (wavelen > r.originalMaxPositions / r.lowFreqFactor) return invFreq / r.factor;

@@ -165,14 +165,14 @@ export class Ref {
    * rotate_half rotary embedding on the first r dims of x [B, h, T, d] (Hugging Face
    * apply_rotary_pos_emb; cos/sin [T, r] = cat(freqs, freqs)).
    */
-  rope(x: string, d: number, r: number, invFreq: number[]): string {
+  rope(x: string, d: number, r: number, invFreq: number[], attentionScaling = 1): string {
     const cos: number[] = [];
     const sin: number[] = [];
     for (let t = 0; t < this.T; t++) {
       for (let j = 0; j < r; j++) {
         const f = Math.fround(t * invFreq[j % (r / 2)]!);
-        cos.push(Math.cos(f));
-        sin.push(Math.sin(f));
+        cos.push(Math.cos(f) * attentionScaling);
+        sin.push(Math.sin(f) * attentionScaling);
       }
     }
     const [rot, pass] = r < d ? this.split(x, [r, d - r], 3) : [x, undefined];
@@ -283,7 +283,7 @@ const num = (c: HfConfig, key: string, fallback?: number): number =>
   (c[key] as number | undefined) ?? fallback!;
 
 /** modeling_{llama,mistral,qwen2,qwen3,gemma,gemma2,phi3}.py as one graph, switched on model_type. */
-function llamaFamily(g: Ref, c: HfConfig): string {
+function llamaFamily(g: Ref, c: HfConfig, T: number): string {
   const type = c.model_type as string;
   const D = num(c, 'hidden_size');
   const H = num(c, 'num_attention_heads');
@@ -294,7 +294,19 @@ function llamaFamily(g: Ref, c: HfConfig): string {
   const gemma = type === 'gemma' || type === 'gemma2';
   const offset = gemma ? 1 : 0;
   const r = d * num(c, 'partial_rotary_factor', 1);
-  const invFreq = invFrequencies(num(c, 'rope_theta', 10000), r, c.rope_scaling as Record<string, number>);
+  const scaling = c.rope_scaling as Record<string, number | string | number[]> | undefined;
+  let invFreq: number[];
+  let attentionScaling = 1;
+  if (scaling?.rope_type === 'longrope') {
+    // _compute_longrope_parameters, with Phi-3's top-level original_max_position_embeddings.
+    const original = num(c, 'original_max_position_embeddings');
+    const factor = num(c, 'max_position_embeddings') / original;
+    attentionScaling = Math.sqrt(1 + Math.log(factor) / Math.log(original));
+    const ext = (T > original ? scaling.long_factor : scaling.short_factor) as number[];
+    invFreq = invFrequencies(num(c, 'rope_theta', 10000), r).map((f, i) => f / ext[i]!);
+  } else {
+    invFreq = invFrequencies(num(c, 'rope_theta', 10000), r, scaling as Record<string, number>);
+  }
   let x = g.embed('model.embed_tokens.weight');
   if (gemma) x = g.op('Mul', [x, g.c([Math.fround(Math.sqrt(D))], [])]);
   for (let l = 0; l < num(c, 'num_hidden_layers'); l++) {
@@ -311,8 +323,8 @@ function llamaFamily(g: Ref, c: HfConfig): string {
       q = g.rmsNorm(q, `${p}self_attn.q_norm`, eps);
       k = g.rmsNorm(k, `${p}self_attn.k_norm`, eps);
     }
-    q = g.rope(q, d, r, invFreq);
-    k = g.rope(k, d, r, invFreq);
+    q = g.rope(q, d, r, invFreq, attentionScaling);
+    k = g.rope(k, d, r, invFreq, attentionScaling);
     let window: number | undefined;
     if (type === 'mistral' || type === 'phi3') window = c.sliding_window as number;
     if (type === 'gemma2' && l % 2 === 0) window = c.sliding_window as number;
@@ -477,7 +489,7 @@ const llamaCase = (name: string, config: HfConfig): ArchCase => ({
   name,
   config,
   tensors: (w) => llamaTensors(config, w),
-  graph: (g, c) => llamaFamily(g, c),
+  graph: (g, c, T) => llamaFamily(g, c, T),
 });
 
 const common = { vocab_size: V, num_hidden_layers: 2, max_position_embeddings: 64, torch_dtype: 'float32' };
@@ -593,6 +605,31 @@ export const CASES: ArchCase[] = [
     hidden_act: 'silu',
     tie_word_embeddings: false,
   }),
+  // Phi-3.5 / Phi-4-mini style LongRoPE; windows of 12 tokens use the long factors past an
+  // original context of 8 and the short ones within 16.
+  ...[8, 16].map((original) =>
+    llamaCase(`phi3 (LongRoPE, ${original < 12 ? 'long' : 'short'} factors)`, {
+      ...common,
+      model_type: 'phi3',
+      hidden_size: 64,
+      intermediate_size: 64,
+      num_attention_heads: 4,
+      num_key_value_heads: 4,
+      partial_rotary_factor: 0.75,
+      rms_norm_eps: 1e-5,
+      rope_theta: 10000,
+      max_position_embeddings: 256,
+      original_max_position_embeddings: original,
+      rope_scaling: {
+        type: 'longrope',
+        rope_type: 'longrope',
+        short_factor: [1, 1.1, 1.3, 2, 3.5, 6],
+        long_factor: [1.2, 1.8, 3, 6, 12, 30],
+      },
+      hidden_act: 'silu',
+      tie_word_embeddings: false,
+    }),
+  ),
   {
     name: 'gpt2 (Conv1D, fused c_attn, learned positions, gelu_new)',
     config: {
