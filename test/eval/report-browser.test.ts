@@ -217,6 +217,19 @@ describe('report.html in headless Chromium', { skip }, () => {
     for (const cell of heat.cells) assert.ok(cell.area > 0);
     // Errors differ over layers and grids: the log colour scale gives many distinct colours.
     assert.ok(new Set(heat.cells.map((c) => c.fill)).size > marks / 2);
+    // Cells run over runs, then layers (all runs have the same layers here): a larger error is
+    // never drawn lighter (luma of the rgb() fill, Rec. 601 weights).
+    const errors = results.runs.flatMap((r) => r.layers.map((l) => l.relativeError));
+    const luma = heat.cells.map((c) => {
+      assert.match(c.fill, /^rgb\(\d+, \d+, \d+\)$/);
+      const [r, g, b] = c.fill.match(/\d+/g)!.map(Number) as [number, number, number];
+      return 0.299 * r + 0.587 * g + 0.114 * b;
+    });
+    for (let i = 0; i < marks; i++) {
+      for (let j = 0; j < marks; j++) {
+        if (errors[i]! < errors[j]!) assert.ok(luma[i]! >= luma[j]!, `cell ${i} vs ${j}`);
+      }
+    }
     // Both error metrics appear: GPTQ's output error and the calibration-free runs' weight error.
     assert.deepEqual(new Set(results.runs.map((r) => r.layerMetric)), new Set(['output', 'weight']));
     const bits = charts.get('bits')!;
