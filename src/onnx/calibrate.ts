@@ -23,7 +23,7 @@ import type { ComputeEngine } from '../compute/engine.js';
 import { getDefaultEngine } from '../compute/index.js';
 import { UsageError } from '../errors.js';
 import { type NodeFilter, selected } from './graph-edit.js';
-import { OnnxModel, onnx } from './model-file.js';
+import { DT, num, OnnxModel, onnx } from './model-file.js';
 
 export interface InputStats {
   K: number;
@@ -89,4 +89,45 @@ export async function collectInputStats(
   }
   for (const s of stats.values()) for (let i = 0; i < s.H.length; i++) s.H[i] = (2 / s.rows) * s.H[i]!;
   return stats;
+}
+
+/**
+ * Calibration feeds for a decoder graph: windows of `seqlen` tokens as input_ids, attention_mask
+ * all ones, position_ids 0..S−1, empty past_key_values (declared dims, past length 0).
+ */
+export function decoderFeeds(model: OnnxModel, windows: Int32Array, seqlen: number) {
+  const tensor = ort.Tensor;
+  const feeds: Record<string, ort.Tensor>[] = [];
+  for (let w = 0; w * seqlen < windows.length; w++) {
+    const ids = windows.subarray(w * seqlen, (w + 1) * seqlen);
+    const f: Record<string, ort.Tensor> = {};
+    for (const input of model.graph.input) {
+      if (model.initializer(input.name)) continue;
+      const tt = input.type?.tensorType;
+      const big = (f: (i: number) => number) =>
+        new tensor(
+          'int64',
+          BigInt64Array.from({ length: seqlen }, (_, i) => BigInt(f(i))),
+          [1, seqlen],
+        );
+      if (input.name === 'input_ids') f[input.name] = big((i) => ids[i]!);
+      else if (input.name === 'attention_mask') f[input.name] = big(() => 1);
+      else if (input.name === 'position_ids') f[input.name] = big((i) => i);
+      else if (input.name === 'token_type_ids') f[input.name] = big(() => 0);
+      else if (/past/.test(input.name) && tt?.elemType === DT.FLOAT) {
+        const dims = (tt.shape?.dim ?? []).map((d, i) => (i === 0 ? 1 : d.dimValue ? num(d.dimValue) : 0));
+        f[input.name] = new tensor('float32', new Float32Array(0), dims);
+      } else {
+        throw new UsageError(
+          'GPTQ calibration feeds decoder graphs (input_ids, attention_mask, position_ids, past_key_values)',
+          {
+            field: input.name,
+            hint: 'use --method rtn, hqq or sinq for this graph',
+          },
+        );
+      }
+    }
+    feeds.push(f);
+  }
+  return feeds;
 }

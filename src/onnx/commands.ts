@@ -9,7 +9,6 @@
  */
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
-import type * as ort from 'onnxruntime-node';
 import { FileError, UsageError } from '../errors.js';
 import { evaluate } from '../eval/perplexity.js';
 import { ONNX_DTYPES, type OnnxDtype } from '../export/onnx.js';
@@ -17,10 +16,10 @@ import { OnnxCausalLM } from '../export/onnx-session.js';
 import { HfTokenizer } from '../io/hf-tokenizer.js';
 import type { Decoder } from '../model/decoder.js';
 import { sampleCalibrationWindows } from '../quant/calibrate.js';
-import { collectInputStats } from './calibrate.js';
+import { collectInputStats, decoderFeeds } from './calibrate.js';
 import { compareOnnxFiles } from './compare.js';
 import { parsePatterns } from './graph-edit.js';
-import { DT, num, OnnxModel } from './model-file.js';
+import { OnnxModel } from './model-file.js';
 import { ONNX_QUANT_DTYPES, type OnnxQuantDtype, quantizeOnnx } from './quantize-onnx.js';
 import { ONNX_METHODS, type OnnxMethod } from './weight-only.js';
 
@@ -71,46 +70,6 @@ async function readConfig(dir: string): Promise<Record<string, unknown> | undefi
   }
 }
 
-/**
- * Calibration feeds for a decoder graph: windows of `seqlen` tokens as input_ids, attention_mask
- * all ones, position_ids 0..S−1, empty past_key_values (declared dims, past length 0).
- */
-function tokenFeeds(model: OnnxModel, windows: Int32Array, seqlen: number, tensor: typeof ort.Tensor) {
-  const feeds: Record<string, ort.Tensor>[] = [];
-  for (let w = 0; w * seqlen < windows.length; w++) {
-    const ids = windows.subarray(w * seqlen, (w + 1) * seqlen);
-    const f: Record<string, ort.Tensor> = {};
-    for (const input of model.graph.input) {
-      if (model.initializer(input.name)) continue;
-      const tt = input.type?.tensorType;
-      const big = (f: (i: number) => number) =>
-        new tensor(
-          'int64',
-          BigInt64Array.from({ length: seqlen }, (_, i) => BigInt(f(i))),
-          [1, seqlen],
-        );
-      if (input.name === 'input_ids') f[input.name] = big((i) => ids[i]!);
-      else if (input.name === 'attention_mask') f[input.name] = big(() => 1);
-      else if (input.name === 'position_ids') f[input.name] = big((i) => i);
-      else if (input.name === 'token_type_ids') f[input.name] = big(() => 0);
-      else if (/past/.test(input.name) && tt?.elemType === DT.FLOAT) {
-        const dims = (tt.shape?.dim ?? []).map((d, i) => (i === 0 ? 1 : d.dimValue ? num(d.dimValue) : 0));
-        f[input.name] = new tensor('float32', new Float32Array(0), dims);
-      } else {
-        throw new UsageError(
-          'GPTQ calibration feeds decoder graphs (input_ids, attention_mask, position_ids, past_key_values)',
-          {
-            field: input.name,
-            hint: 'use --method rtn, hqq or sinq for this graph',
-          },
-        );
-      }
-    }
-    feeds.push(f);
-  }
-  return feeds;
-}
-
 export async function quantizeOnnxCommand(input: string, args: OnnxQuantizeArgs, out: Output) {
   if (!(ONNX_METHODS as readonly string[]).includes(args.method))
     throw new UsageError('method not available for ONNX graphs', {
@@ -150,8 +109,7 @@ export async function quantizeOnnxCommand(input: string, args: OnnxQuantizeArgs,
     });
     const file = input.endsWith('.onnx') ? input : path.join(input, 'onnx', 'model.onnx');
     const model = await OnnxModel.read(file);
-    const ortModule = await import('onnxruntime-node');
-    const feeds = tokenFeeds(model, windows, args.seqlen, ortModule.Tensor);
+    const feeds = decoderFeeds(model, windows, args.seqlen);
     await model.close();
     const stats = await collectInputStats(file, feeds, filter);
     hessian = (name) => stats.get(name)?.H;

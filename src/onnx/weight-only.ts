@@ -83,6 +83,8 @@ export interface NodeReport {
   method?: OnnxMethod | 'rtn (table)';
   /** ‖W − Ŵ‖² / ‖W‖² of the stored weight. */
   relativeError?: number;
+  /** ‖(W − Ŵ)X‖² / ‖WX‖² on the calibration inputs, when their H is known. */
+  outputError?: number;
 }
 
 export interface WeightOnlyReport {
@@ -160,6 +162,31 @@ function transpose(b: Float32Array, K: number, N: number): Float32Array {
   const w = new Float32Array(K * N);
   for (let k = 0; k < K; k++) for (let n = 0; n < N; n++) w[n * K + k] = b[k * N + n]!;
   return w;
+}
+
+/**
+ * ‖(W − Ŵ)X‖² / ‖WX‖² = tr(ΔW H ΔWᵀ) / tr(W H Wᵀ) with H = Σ x xᵀ (GPTQ's objective, Eq. 1),
+ * over the first `cols` columns of the padded quantized tensor.
+ */
+function outputError(w: Float32Array, q: QuantizedTensor, cols: number, H: Float64Array): number {
+  const d = dequantize(q);
+  const delta = new Float64Array(cols);
+  let num = 0;
+  let den = 0;
+  for (let r = 0; r < q.rows; r++) {
+    for (let c = 0; c < cols; c++) delta[c] = w[r * cols + c]! - d[r * q.cols + c]!;
+    for (let i = 0; i < cols; i++) {
+      let hd = 0;
+      let hw = 0;
+      for (let j = 0; j < cols; j++) {
+        hd += H[i * cols + j]! * delta[j]!;
+        hw += H[i * cols + j]! * w[r * cols + j]!;
+      }
+      num += delta[i]! * hd;
+      den += w[r * cols + i]! * hw;
+    }
+  }
+  return den === 0 ? 0 : num / den;
 }
 
 /** ‖W − Ŵ‖² / ‖W‖² over the first `cols` columns of the padded quantized tensor. */
@@ -267,9 +294,12 @@ export async function quantizeWeightsToNBits(
         throw new UsageError(`cannot store ${name} as MatMulNBits: ${plan.reason}`, { field: name });
       const nb = encodeMatMulNBits(q, plan);
       const relErr = relativeError(w, q, K);
+      const H = o.hessian?.(node.input[0]!);
+      const outErr = H ? outputError(w, q, K, H) : undefined;
       w = new Float32Array(0);
       entry = storeNBits(edit, view.init, nb, K, o);
       entry.relErr = relErr;
+      entry.outErr = outErr;
       cache.set(key, entry);
     }
     let a = node.input[0]!;
@@ -333,6 +363,7 @@ export async function quantizeWeightsToNBits(
       N,
       method: o.method,
       relativeError: entry.relErr,
+      outputError: entry.outErr,
     });
     report.weights += K * N;
     report.storedBytes += entry.bytes;
@@ -359,6 +390,7 @@ interface StoredNBits {
   permutation?: string;
   bytes: number;
   relErr: number;
+  outErr?: number;
 }
 
 /** Add the MatMulNBits initializers of `nb`; returns the node inputs after A and its attributes. */
