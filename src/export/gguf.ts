@@ -16,7 +16,8 @@
  *    .swapaxes(1, 2). For llama2.c checkpoints this restores the file's original order
  *    (llama2.c's own export applies the same permute to HF models).
  *  - types: 1-D tensors stay F32 (as llama-quantize keeps them); every matrix gets the chosen
- *    type, or llama-quantize's fallback when its rows are not whole blocks (warned). Matrices a
+ *    type, or its type in a llama-quantize mix (gguf-mix.ts), or llama-quantize's fallback when
+ *    its rows are not whole blocks (warned). Matrices a
  *    ptqkit checkpoint did not quantize (the embedding) stay F32, as the checkpoint holds them.
  *  - a ptqkit checkpoint keeps its codes and scales when the grid fits the type's blocks
  *    (gguf-blocks.ts); otherwise its dequantized weights are re-quantized, with a warning.
@@ -26,9 +27,11 @@ import { ConfigError, UsageError } from '../errors.js';
 import { encodeValues, type GgmlType, ggmlType, rowBytes, typeForRow } from '../formats/ggml.js';
 import { type GgufKv, type GgufTensorToWrite, kv, writeGguf } from '../io/gguf.js';
 import { EMBED, LM_HEAD } from '../model/architecture.js';
+import { refuseActivationQuant } from '../model/input-ops.js';
 import type { LoadedModel } from '../model/load.js';
-import type { QuantizedTensor } from '../quant/quantized-tensor.js';
+import { assertNoSideCorrections, type QuantizedTensor } from '../quant/quantized-tensor.js';
 import { codesToBlocks, typesHoldingCodes } from './gguf-blocks.js';
+import { GGUF_MIXES, mixTensorType } from './gguf-mix.js';
 import { ggufTensorName, qkRowOrder } from './gguf-names.js';
 import {
   type GgufVocab,
@@ -55,6 +58,15 @@ export const GGUF_EXPORT_TYPES = [
   'q6_k',
   'tq1_0',
   'tq2_0',
+  // llama-quantize's K-quant mixes (gguf-mix.ts); q2_k and q6_k above name its Q2_K / Q6_K mixes too.
+  'q2_k_s',
+  'q3_k_s',
+  'q3_k_m',
+  'q3_k_l',
+  'q4_k_s',
+  'q4_k_m',
+  'q5_k_s',
+  'q5_k_m',
 ] as const;
 
 /** llama.h `enum llama_ftype` of a pure model of each type (K-quants: the _S / _M variant llama-quantize names). */
@@ -77,8 +89,13 @@ const FILE_TYPE: Record<string, number> = {
 };
 
 export interface GgufExportOptions {
-  /** A ggml type name, or 'auto': the type holding a ptqkit checkpoint's codes exactly, else F32. */
+  /**
+   * A ggml type name, a llama-quantize mix (q4_k_m...; q2_k and q6_k are mixes too), or 'auto':
+   * the type holding a ptqkit checkpoint's codes exactly, else F32.
+   */
   type: string;
+  /** As llama-quantize --pure: a mix's base type for every matrix. */
+  pure?: boolean;
   /** Called with each warning (fallbacks, re-quantization, inexact mappings). */
   onWarning?(message: string): void;
 }
@@ -108,14 +125,18 @@ export async function exportGguf(
   options: GgufExportOptions,
 ): Promise<GgufExportReport> {
   const { config } = model;
+  assertNoSideCorrections(model.quantization?.tensors, 'GGUF');
   if (config.modelType !== 'llama')
     throw new ConfigError('GGUF export supports Llama-family models', { got: config.modelType });
+  refuseActivationQuant(config.linearInputOps, model.path, 'gguf');
   const warnings: string[] = [];
   const warn = (m: string) => {
     warnings.push(m);
     options.onWarning?.(m);
   };
   const target = resolveType(model, options.type);
+  const typeName = options.type.toLowerCase();
+  const mix = !options.pure && GGUF_MIXES[typeName] ? typeName : undefined;
   const vocab = await vocabOf(model);
 
   const tensors: GgufTensorToWrite[] = [];
@@ -128,10 +149,11 @@ export async function exportGguf(
     // A ptqkit checkpoint's unquantized tensors (embeddings) stay as it stores them, float32:
     // the GGUF then holds exactly the weights `ptq eval` measured.
     const isMatrix = t.shape.length === 2 && (!model.quantization || q !== undefined);
-    let type = isMatrix ? typeForRow(target, t.shape[1]!) : ggmlType('F32');
-    if (type !== target && isMatrix) {
+    const chosen = mix ? mixTensorType(mix, hfName, t.shape[1]!, config) : target;
+    let type = isMatrix ? typeForRow(chosen, t.shape[1]!) : ggmlType('F32');
+    if (type !== chosen && isMatrix) {
       warn(
-        `${name}: rows of ${t.shape[1]} are not whole ${target.name} blocks of ${target.blockSize}; stored as ${type.name} (llama-quantize's fallback)`,
+        `${name}: rows of ${t.shape[1]} are not whole ${chosen.name} blocks of ${chosen.blockSize}; stored as ${type.name} (llama-quantize's fallback)`,
       );
     }
     let source: ExportedTensor['source'] = 'float';
@@ -146,7 +168,7 @@ export async function exportGguf(
   const metadata: GgufKv[] = [
     kv.str('general.architecture', 'llama'),
     kv.str('general.name', path.basename(model.path).replace(/\.(bin|gguf)$/, '')),
-    kv.u32('general.file_type', FILE_TYPE[target.name]!),
+    kv.u32('general.file_type', GGUF_MIXES[typeName]?.ftype ?? FILE_TYPE[target.name]!),
     kv.u32('general.quantization_version', 2),
     kv.u32('llama.context_length', config.maxPositions),
     kv.u32('llama.embedding_length', config.hiddenSize),
@@ -172,7 +194,7 @@ export async function exportGguf(
   const count = matrices.reduce((s, e) => s + e.dims[0]! * e.dims[1]!, 0);
   return {
     file: path.resolve(out),
-    type: target.name,
+    type: mix ? mix.toUpperCase() : target.name,
     bytes,
     tensors: exported,
     bitsPerWeight: bits / count,
@@ -189,7 +211,7 @@ function resolveType(model: LoadedModel, name: string): GgmlType {
         got: name,
       });
     }
-    return ggmlType(name);
+    return ggmlType(GGUF_MIXES[name.toLowerCase()]?.base ?? name);
   }
   const quantized = [...(model.quantization?.tensors.values() ?? [])];
   if (quantized.length === 0) return ggmlType('F32');

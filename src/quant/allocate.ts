@@ -238,12 +238,12 @@ export function bitBudget(
 /**
  * llama.cpp's "more bits" rule for attn_v / ffn_down in the K-quant mixes
  * (llama.cpp src/llama-quant.cpp, llama_tensor_get_type, `use_more_bits`): the first and last
- * eighth of the blocks and every third block in between.
+ * eighth of the blocks and every third block in between. The divisions are C's integer ones
+ * (2 blocks: block 1 only, as llama-quantize chooses).
  */
 export function useMoreBits(layer: number, numLayers: number): boolean {
-  return (
-    layer < numLayers / 8 || layer >= (7 * numLayers) / 8 || (layer - Math.floor(numLayers / 8)) % 3 === 2
-  );
+  const eighth = Math.floor(numLayers / 8);
+  return layer < eighth || layer >= Math.floor((7 * numLayers) / 8) || (layer - eighth) % 3 === 2;
 }
 
 /**
@@ -260,7 +260,7 @@ export const PRESETS = {
   'q3_k_m-like': (layer: number, n: number, linear: BlockLinear): string => {
     if (linear === 'self_attn.v_proj') return layer < 2 ? 'int5-g32' : 'int4-g32';
     if (linear === 'mlp.down_proj')
-      return layer < n / 16 ? 'int5-g32' : useMoreBits(layer, n) ? 'int4-g32' : 'int3-g32';
+      return layer < Math.floor(n / 16) ? 'int5-g32' : useMoreBits(layer, n) ? 'int4-g32' : 'int3-g32';
     return 'int3-g32';
   },
 } as const;

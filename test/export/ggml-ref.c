@@ -3,7 +3,7 @@
  * libraries node-llama-cpp ships, against headers of the llama.cpp source it bundles.
  *   ggml-ref chunk <ggml_type> <n_per_row> <in.f32> <out.bin>   ggml_quantize_chunk, no imatrix
  *   ggml-ref dequant <ggml_type> <in.bin> <out.f32>             the type's to_float (dequantize_row_*)
- *   ggml-ref model <in.gguf> <out.gguf> <llama_ftype>            llama_model_quantize, pure
+ *   ggml-ref model <in.gguf> <out.gguf> <llama_ftype> [mix]      llama_model_quantize, pure (mix: not)
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -51,11 +51,11 @@ static int dequant(int type, const char *in, const char *out) {
   return 0;
 }
 
-static int model(const char *in, const char *out, int ftype) {
+static int model(const char *in, const char *out, int ftype, int pure) {
   llama_backend_init();
   struct llama_model_quantize_params p = llama_model_quantize_default_params();
   p.ftype = (enum llama_ftype)ftype;
-  p.pure = true;
+  p.pure = pure;
   p.nthread = 1;
   return llama_model_quantize(in, out, &p) == 0 ? 0 : 5;
 }
@@ -63,7 +63,9 @@ static int model(const char *in, const char *out, int ftype) {
 int main(int argc, char **argv) {
   if (argc == 6 && strcmp(argv[1], "chunk") == 0) return chunk(atoi(argv[2]), atol(argv[3]), argv[4], argv[5]);
   if (argc == 5 && strcmp(argv[1], "dequant") == 0) return dequant(atoi(argv[2]), argv[3], argv[4]);
-  if (argc == 5 && strcmp(argv[1], "model") == 0) return model(argv[2], argv[3], atoi(argv[4]));
-  fprintf(stderr, "usage: ggml-ref chunk <type> <n_per_row> <in.f32> <out.bin> | dequant <type> <in.bin> <out.f32> | model <in.gguf> <out.gguf> <ftype>\n");
+  if (argc == 5 && strcmp(argv[1], "model") == 0) return model(argv[2], argv[3], atoi(argv[4]), 1);
+  if (argc == 6 && strcmp(argv[1], "model") == 0 && strcmp(argv[5], "mix") == 0)
+    return model(argv[2], argv[3], atoi(argv[4]), 0);
+  fprintf(stderr, "usage: ggml-ref chunk <type> <n_per_row> <in.f32> <out.bin> | dequant <type> <in.bin> <out.f32> | model <in.gguf> <out.gguf> <ftype> [mix]\n");
   return 1;
 }

@@ -11,6 +11,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
 import { exportGguf } from '../../src/export/gguf.js';
+import { GGUF_MIXES } from '../../src/export/gguf-mix.js';
 import { GgufFile } from '../../src/io/gguf.js';
 import { llamaCppInputOps } from '../../src/io/gguf-model.js';
 import { writePtqCheckpoint } from '../../src/io/ptq-checkpoint.js';
@@ -321,6 +322,66 @@ for (const spec of MODELS) {
         await b.close();
       }
     }
+  });
+}
+
+for (const spec of MODELS) {
+  test(`${spec.key}: llama-quantize's mixes: our per-tensor types and bytes are llama_model_quantize's, and llama.cpp runs them`, async (t) => {
+    if (!assetsPresent) return t.skip('shared assets not present');
+    const exe = refHarness();
+    if (typeof exe !== 'string') return t.skip(exe.reason);
+    const llama = await getLlamaRuntime();
+    if (typeof llama === 'string') return t.skip(llama);
+    const model = await loadModel(path.join(ASSETS, spec.path));
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'ptq-gguf-mix-'));
+    const f32 = path.join(dir, 'f32.gguf');
+    await exportGguf(model, f32, { type: 'f32' });
+    const window = model.tokenizer.encode(text()).slice(0, WINDOW);
+    const V = model.config.vocabSize;
+    const rows: string[] = [];
+    for (const [mix, { ftype }] of Object.entries(GGUF_MIXES)) {
+      const ours = path.join(dir, `ours-${mix}.gguf`);
+      const theirs = path.join(dir, `llama-${mix}.gguf`);
+      const report = await exportGguf(model, ours, { type: mix });
+      execFileSync(exe, ['model', f32, theirs, String(ftype), 'mix'], { stdio: 'pipe' });
+      const [a, b] = [await GgufFile.open(ours), await GgufFile.open(theirs)];
+      try {
+        assert.equal(a.get('general.file_type'), b.get('general.file_type'), `${mix}: general.file_type`);
+        assert.deepEqual(
+          a.tensors.map((x) => `${x.name} ${x.type.name}`).sort(),
+          b.tensors.map((x) => `${x.name} ${x.type.name}`).sort(),
+          `${mix}: the type of every tensor`,
+        );
+        for (const info of a.tensors)
+          assert.deepEqual(await a.readRaw(info.name), await b.readRaw(info.name), `${mix}: ${info.name}`);
+      } finally {
+        await a.close();
+        await b.close();
+      }
+      // llama.cpp loads the mix; its perplexity is ptqkit's (plain and emulated) within 1%.
+      const back = await loadModel(ours);
+      const lm = await llama.loadModel({ modelPath: ours });
+      const llamaLp = await llamaLogProbs(lm, window, V).finally(() => lm.dispose());
+      const config = { ...back.config, linearInputOps: await llamaCppInputOps(ours) };
+      const forward = async (c: typeof config) =>
+        logSoftmax(
+          await new Decoder(c, back.weights).forward(Int32Array.from(window), 1, window.length),
+          window.length,
+          V,
+        );
+      const [plain, emulated] = [await forward(back.config), await forward(config)];
+      const [pplLlama, pplPlain, pplEmu] = [llamaLp, plain, emulated].map((lp) => perplexity(lp, window, V));
+      const { agree } = compareLogits(llamaLp, emulated, window.length, V);
+      const types = [...new Set(report.tensors.filter((x) => x.dims.length === 2).map((x) => x.type))];
+      rows.push(
+        `${spec.key} ${mix.padEnd(6)} ${report.bitsPerWeight.toFixed(3)} bpw [${types.join(' ')}]  ppl llama.cpp ${pplLlama.toFixed(4)}` +
+          ` ptqkit ${pplPlain.toFixed(4)} emulated ${pplEmu.toFixed(4)}  top-1 ${agree}/${window.length}`,
+      );
+      for (const p of [pplPlain, pplEmu])
+        assert.ok(Math.abs(pplLlama / p - 1) < PPL_REL_TOL, `${mix}: perplexity ${pplLlama} vs ${p}`);
+      assert.ok(agree / window.length >= QUANT_TOP1_MIN, `${mix}: top-1 ${agree}/${window.length}`);
+    }
+    console.log(rows.join('\n'));
   });
 }
 

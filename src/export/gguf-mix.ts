@@ -1,0 +1,74 @@
+/**
+ * llama-quantize's K-quant mixes (llama.cpp src/llama-quant.cpp, `llama_tensor_get_type` with
+ * `pure` off, no importance matrix, no overrides) for a Llama model: the ftype's base type
+ * everywhere, except
+ *
+ *   output (token_embd when tied)  Q6_K; Q8_0 when its rows are not whole 256-blocks
+ *   attn_v      Q2_K: Q3_K (Q4_K if n_head/n_head_kv >= 4)   Q2_K_S: Q4_K if that ratio >= 4
+ *               Q3_K_M: Q5_K in the first two blocks, Q4_K after   Q3_K_L: Q5_K
+ *               Q4_K_M, Q5_K_M: Q6_K where useMoreBits   Q4_K_S: Q5_K in the first four blocks
+ *   ffn_down    Q2_K: Q3_K   Q2_K_S: Q4_K in the first n/8 blocks
+ *               Q3_K_M: Q5_K in the first n/16 blocks, Q4_K after   Q3_K_L: Q5_K
+ *               Q4_K_M, Q5_K_M: Q6_K where useMoreBits   Q4_K_S: Q5_K in the first n/8 blocks
+ *   attn_output Q2_K: Q3_K   Q3_K_M: Q4_K   Q3_K_L: Q5_K
+ *
+ * (n/8 and n/16 are C integer divisions; the 70B and 8-expert special cases do not apply to the
+ * models ptqkit loads.) The row-length fallback (typeForRow) comes after, as in llama-quantize.
+ */
+import { type GgmlType, ggmlType } from '../formats/ggml.js';
+import { EMBED, LM_HEAD } from '../model/architecture.js';
+import type { ModelConfig } from '../model/config.js';
+import { useMoreBits } from '../quant/allocate.js';
+
+/** `--type` names of the mixes, with llama.h's llama_ftype and the base type. */
+export const GGUF_MIXES: Readonly<Record<string, { ftype: number; base: string }>> = {
+  q2_k: { ftype: 10, base: 'Q2_K' },
+  q2_k_s: { ftype: 21, base: 'Q2_K' },
+  q3_k_s: { ftype: 11, base: 'Q3_K' },
+  q3_k_m: { ftype: 12, base: 'Q3_K' },
+  q3_k_l: { ftype: 13, base: 'Q3_K' },
+  q4_k_s: { ftype: 14, base: 'Q4_K' },
+  q4_k_m: { ftype: 15, base: 'Q4_K' },
+  q5_k_s: { ftype: 16, base: 'Q5_K' },
+  q5_k_m: { ftype: 17, base: 'Q5_K' },
+  q6_k: { ftype: 18, base: 'Q6_K' },
+};
+
+/** The mix's type of one matrix (before the row-length fallback). */
+export function mixTensorType(mix: string, hfName: string, inDim: number, config: ModelConfig): GgmlType {
+  const { base } = GGUF_MIXES[mix]!;
+  const n = config.numLayers;
+  const gqa = config.numHeads / config.numKvHeads;
+  const isOutput = hfName === LM_HEAD || (config.tiedEmbeddings && hfName === EMBED);
+  if (isOutput) return ggmlType(inDim % ggmlType(base).blockSize !== 0 ? 'Q8_0' : 'Q6_K');
+  const m = /^model\.layers\.(\d+)\.(.+)\.weight$/.exec(hfName);
+  if (!m) return ggmlType(base); // token_embd (untied) keeps the base type
+  const layer = Number(m[1]);
+  const pick = (rules: Record<string, string | undefined>) => ggmlType(rules[mix] ?? base);
+  switch (m[2]) {
+    case 'self_attn.v_proj':
+      return pick({
+        q2_k: gqa >= 4 ? 'Q4_K' : 'Q3_K',
+        q2_k_s: gqa >= 4 ? 'Q4_K' : undefined,
+        q3_k_m: layer < 2 ? 'Q5_K' : 'Q4_K',
+        q3_k_l: 'Q5_K',
+        q4_k_m: useMoreBits(layer, n) ? 'Q6_K' : undefined,
+        q5_k_m: useMoreBits(layer, n) ? 'Q6_K' : undefined,
+        q4_k_s: layer < 4 ? 'Q5_K' : undefined,
+      });
+    case 'mlp.down_proj':
+      return pick({
+        q2_k: 'Q3_K',
+        q2_k_s: layer < Math.floor(n / 8) ? 'Q4_K' : undefined,
+        q3_k_m: layer < Math.floor(n / 16) ? 'Q5_K' : 'Q4_K',
+        q3_k_l: 'Q5_K',
+        q4_k_m: useMoreBits(layer, n) ? 'Q6_K' : undefined,
+        q5_k_m: useMoreBits(layer, n) ? 'Q6_K' : undefined,
+        q4_k_s: layer < Math.floor(n / 8) ? 'Q5_K' : undefined,
+      });
+    case 'self_attn.o_proj':
+      return pick({ q2_k: 'Q3_K', q3_k_m: 'Q4_K', q3_k_l: 'Q5_K' });
+    default:
+      return ggmlType(base);
+  }
+}
