@@ -32,6 +32,7 @@ import {
 } from '../quant/quantize-model.js';
 import { assertResumable, removeResumeState, resumeDirFor } from '../quant/resume.js';
 import { untiedHfConfig } from '../quant/rotate.js';
+import { rejectSideExport } from '../quant/quantized-tensor.js';
 import { DEFAULT_PALETTE } from '../quant/sensitivity.js';
 import { SINQ_DEFAULTS } from '../quant/sinq.js';
 import { createProgress } from './progress.js';
@@ -134,6 +135,10 @@ export interface QuantizeArgs {
   sensitivityTokens?: number;
   /** A fixed llama.cpp-like mix (allocate.ts PRESETS) instead of a budget. */
   preset?: string;
+  /** SpQR outliers: fraction of every quantized weight kept in FP16 (quant/outliers.ts). */
+  outliers?: number;
+  /** LoRC: rank of the FP16 error correction (quant/lorc.ts). */
+  lorcRank?: number;
   /** Continue an interrupted gptq/awq run from its last finished block (state in <output>.ptq-resume). */
   resume?: boolean;
 }
@@ -149,6 +154,7 @@ export async function quantizeCommand(modelPath: string, args: QuantizeArgs, out
   const method = args.method as MethodName;
   validateGrid(args.grid);
   const exportTo = args.export && exportTarget(args.export, args.output, args.exportOut);
+  if (exportTo && (args.outliers || args.lorcRank)) rejectSideExport(args.export!);
   if (METHODS[method].calibrated && !args.calib) {
     throw new UsageError(`${method} needs calibration text`, {
       field: 'calib',
@@ -186,6 +192,8 @@ export async function quantizeCommand(modelPath: string, args: QuantizeArgs, out
     rotate: args.rotate as 'hadamard' | undefined,
     rotation: { seed: args.rotateSeed },
     trueSequential: args.trueSequential,
+    outliers: args.outliers,
+    lorcRank: args.lorcRank,
     resume,
     onProgress: (p) => progress.update(p.layer, p.layers),
   });

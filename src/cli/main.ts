@@ -173,6 +173,16 @@ withCalibrationOptions(
   .option('--sensitivity-tokens <n>', 'tokens of each one-layer KLD measurement', integer, 512)
   .option('--preset <name>', 'a fixed llama.cpp-like mix instead of a budget: q4_k_m-like, q3_k_m-like')
   .option(
+    '--outliers <fraction>',
+    'SpQR: keep this fraction (0..0.1, e.g. 0.01) of every quantized weight in FP16 as a sparse side matrix',
+    Number,
+  )
+  .option(
+    '--lorc-rank <r>',
+    "LoRC: add a rank-r FP16 correction U Vᵀ of each layer's quantization error",
+    integer,
+  )
+  .option(
     '--resume',
     'gptq, awq: continue an interrupted run from its last finished block (state saved in <output>.ptq-resume); same command otherwise',
   )

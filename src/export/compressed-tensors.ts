@@ -48,7 +48,7 @@ import type { TensorToWrite } from '../io/safetensors.js';
 import type { LoadedModel } from '../model/load.js';
 import { blockShapeOf, type GridSpec } from '../quant/grid.js';
 import { type FormatName, formatInfo } from '../quant/number-formats.js';
-import { type QuantizedTensor, unpackCodes } from '../quant/quantized-tensor.js';
+import { assertNoSideCorrections, type QuantizedTensor, unpackCodes } from '../quant/quantized-tensor.js';
 import {
   groupColumns,
   hasActOrder,
@@ -309,6 +309,7 @@ export async function exportCompressedTensors(
   outDir: string,
   options: CompressedTensorsExportOptions = {},
 ): Promise<SafetensorsExportReport> {
+  assertNoSideCorrections(model.quantization?.tensors, 'compressed-tensors');
   const { warnings, warn } = warningCollector(options.onWarning);
   const planned = quantizedLinears(model).map((l) => planCompressedTensorsLinear(l, warn));
   if (planned.length === 0) throw new ConfigError('no linear layers to quantize', { file: model.path });

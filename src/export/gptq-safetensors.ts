@@ -41,7 +41,12 @@ import type { TensorToWrite } from '../io/safetensors.js';
 import type { LoadedModel } from '../model/load.js';
 import { blockShapeOf, type GridSpec, gridName } from '../quant/grid.js';
 import { formatBits } from '../quant/number-formats.js';
-import { dequantize, type QuantizedTensor, unpackCodes } from '../quant/quantized-tensor.js';
+import {
+  assertNoSideCorrections,
+  dequantize,
+  type QuantizedTensor,
+  unpackCodes,
+} from '../quant/quantized-tensor.js';
 import {
   groupColumns,
   hasActOrder,
@@ -264,6 +269,7 @@ export async function exportGptq(
   outDir: string,
   options: GptqExportOptions = {},
 ): Promise<SafetensorsExportReport> {
+  assertNoSideCorrections(model.quantization?.tensors, 'GPTQ');
   const { warnings, warn } = warningCollector(options.onWarning);
   const planned = quantizedLinears(model).map((l) => planGptqLinear(l, warn));
   if (planned.length === 0) throw new ConfigError('no linear layers to quantize', { file: model.path });

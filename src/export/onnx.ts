@@ -37,7 +37,7 @@ import type { LoadedModel } from '../model/load.js';
 import { convertToFloat16 } from '../onnx/fp16.js';
 import { OnnxModel, writeOnnxModel } from '../onnx/model-file.js';
 import { type GridSpec, gridName, IntGrid } from '../quant/grid.js';
-import type { QuantizedTensor } from '../quant/quantized-tensor.js';
+import { assertNoSideCorrections, type QuantizedTensor } from '../quant/quantized-tensor.js';
 import { quantizeRtn } from '../quant/rtn.js';
 import {
   encodeMatMulNBits,
@@ -137,6 +137,7 @@ export async function exportOnnx(
       got: model.config.modelType,
     });
   }
+  assertNoSideCorrections(model.quantization?.tensors, 'ONNX');
   const dtypes = [...new Set(options.dtypes ?? [defaultOnnxDtype(model)])];
   for (const d of dtypes) {
     if (!(d in ONNX_DTYPES))

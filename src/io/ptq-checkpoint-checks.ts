@@ -9,6 +9,9 @@
  *  - rows·cols is at most 8 codes per stored qweight byte (every format spends >= 1 bit per
  *    weight), so a 1e6 × 1e6 claim over a few bytes is refused instead of allocated;
  *  - g_idx holds [cols] group indices within [0, cols);
+ *  - SpQR outliers are a complete CSR: values F16 [nnz], columns [nnz] within [0, cols) and
+ *    increasing per row, row pointers [rows + 1] from 0 to nnz, non-decreasing;
+ *  - LoRC factors are F16 lorc_u [rows, r] and lorc_v [cols, r] with the same r ≥ 1;
  * and after reading, every dequantized weight is finite (a scale or group index out of range
  * reads as NaN there).
  */
@@ -17,7 +20,7 @@ import { FormatError } from '../errors.js';
 import type { TensorMap } from '../tensor.js';
 import { isPlainObject, jsonKind, parseJsonBytes } from './json.js';
 import { CHECKPOINT_FILE, type PtqQuantization } from './ptq-checkpoint.js';
-import { DTYPE_BYTES, SafetensorsModel } from './safetensors.js';
+import { DTYPE_BYTES, SafetensorsModel, type TensorInfo } from './safetensors.js';
 
 /** The safetensors dtype each scale storage dtype is written as (ptq-checkpoint.ts encodeParams). */
 const SCALE_TENSOR_DTYPE: Record<string, string> = {
@@ -119,6 +122,7 @@ async function checkEntry(st: SafetensorsModel, name: string, entry: unknown, fi
   if (grid.symmetric === false && grid.zeroPoint !== 'float') component('qzeros', ['U8']);
   if (grid.symmetric === false && grid.zeroPoint === 'float')
     component('zeros', scaleDtype ? [scaleDtype] : allDtypes());
+  await checkSide(st, base, r, c, component, file);
   const gIdx = component('g_idx', ['I32'], false);
   if (gIdx) {
     if (gIdx.shape.length !== 1 || gIdx.shape[0] !== c) {
@@ -141,6 +145,82 @@ async function checkEntry(st: SafetensorsModel, name: string, entry: unknown, fi
         });
       }
     }
+  }
+}
+
+/** The CSR outliers and LoRC factors of quantized-tensor.ts, when present, complete and in range. */
+async function checkSide(
+  st: SafetensorsModel,
+  base: string,
+  rows: number,
+  cols: number,
+  component: (suffix: string, dtypes: readonly string[], required?: boolean) => TensorInfo | undefined,
+  file: string,
+): Promise<void> {
+  const bad = (suffix: string, message: string, expected: string, got: string) => {
+    throw new FormatError(message, { file, field: `${base}.${suffix}`, expected, got });
+  };
+  const ints = async (suffix: string, info: TensorInfo) => {
+    const raw = (await st.readRaw(`${base}.${suffix}`)).slice();
+    return info.dtype === 'I16' ? Int32Array.from(new Int16Array(raw.buffer)) : new Int32Array(raw.buffer);
+  };
+  const anyOutliers = ['outlier_values', 'outlier_cols', 'outlier_rowptr'].some((x) =>
+    st.names().includes(`${base}.${x}`),
+  );
+  if (anyOutliers) {
+    const values = component('outlier_values', ['F16'])!;
+    const colInfo = component('outlier_cols', ['I16', 'I32'])!;
+    const ptrInfo = component('outlier_rowptr', ['I16', 'I32'])!;
+    const nnz = values.shape.length === 1 ? values.shape[0]! : -1;
+    if (nnz < 0 || nnz > rows * cols)
+      bad('outlier_values', 'outlier count out of range', `[0..${rows * cols}]`, `[${values.shape}]`);
+    if (colInfo.shape.length !== 1 || colInfo.shape[0] !== nnz)
+      bad('outlier_cols', 'outlier columns disagree with the values', `[${nnz}]`, `[${colInfo.shape}]`);
+    if (ptrInfo.shape.length !== 1 || ptrInfo.shape[0] !== rows + 1)
+      bad(
+        'outlier_rowptr',
+        'outlier row pointers disagree with the weight',
+        `[${rows + 1}]`,
+        `[${ptrInfo.shape}]`,
+      );
+    const ptr = await ints('outlier_rowptr', ptrInfo);
+    const col = await ints('outlier_cols', colInfo);
+    if (ptr[0] !== 0 || ptr[rows] !== nnz)
+      bad(
+        'outlier_rowptr',
+        'outlier row pointers do not span the values',
+        `0 .. ${nnz}`,
+        `${ptr[0]} .. ${ptr[rows]}`,
+      );
+    for (let r = 0; r < rows; r++) {
+      if (ptr[r + 1]! < ptr[r]!)
+        bad(
+          'outlier_rowptr',
+          'outlier row pointers decrease',
+          'non-decreasing',
+          `${ptr[r]} then ${ptr[r + 1]} at row ${r}`,
+        );
+      for (let k = ptr[r]!; k < ptr[r + 1]!; k++) {
+        const prev = k > ptr[r]! ? col[k - 1]! : -1;
+        if (col[k]! <= prev || col[k]! >= cols)
+          bad(
+            'outlier_cols',
+            'outlier column out of range or out of order',
+            `increasing within [0, ${cols}) per row`,
+            `${col[k]} at entry ${k} (row ${r})`,
+          );
+      }
+    }
+  }
+  const u = component('lorc_u', ['F16'], false);
+  const v = component('lorc_v', ['F16'], !!u);
+  if (v && !u) component('lorc_u', ['F16']);
+  if (u && v) {
+    const rank = u.shape[1] ?? 0;
+    if (u.shape.length !== 2 || u.shape[0] !== rows || rank < 1)
+      bad('lorc_u', 'LoRC factor U disagrees with the weight', `[${rows}, r ≥ 1]`, `[${u.shape}]`);
+    if (v.shape.length !== 2 || v.shape[0] !== cols || v.shape[1] !== rank)
+      bad('lorc_v', 'LoRC factor V disagrees with the weight and U', `[${cols}, ${rank}]`, `[${v.shape}]`);
   }
 }
 

@@ -16,6 +16,12 @@
  *                        X.zeros    F16|BF16|F32 like the scales (asymmetric float zeros, HQQ)
  *                        X.col_scales F16|BF16|F32 [in] per-input-column scales (SINQ)
  *                        X.g_idx    I32  [in] group of each input column (act-order only)
+ *                        X.outlier_values F16 [nnz]  SpQR outliers (CSR, original columns):
+ *                        X.outlier_cols   I16|I32 [nnz] column of each, increasing per row
+ *                                         (I16 when in ≤ 2^15)
+ *                        X.outlier_rowptr I16|I32 [out + 1] (I16 when nnz < 2^15)
+ *                        X.lorc_u   F16  [out, r] LoRC factors: w += U Vᵀ
+ *                        X.lorc_v   F16  [in, r]
  *                      __metadata__["ptqkit"] = JSON {tensors: {X.weight: {rows, cols, grid}}}
  *   tokenizer files    copied from the source model
  */
@@ -27,7 +33,7 @@ import { FP8_E4M3 } from '../formats/element-formats.js';
 import { decodeBf16, decodeF16, encodeBf16, encodeF16 } from '../formats/half.js';
 import { E8M0 } from '../formats/minifloat.js';
 import { type GridSpec, makeGrid } from '../quant/grid.js';
-import { dequantize, type QuantizedTensor } from '../quant/quantized-tensor.js';
+import { dequantize, outlierIndexDtypes, type QuantizedTensor } from '../quant/quantized-tensor.js';
 import type { TensorMap } from '../tensor.js';
 import { writeDirectoryAtomically } from './atomic.js';
 import { SafetensorsModel, writeSafetensors } from './safetensors.js';
@@ -92,6 +98,7 @@ export async function writePtqCheckpoint(
     }
     if (qt.groupIndex)
       tensors.push({ name: `${b}.g_idx`, dtype: 'I32', shape: [qt.cols], data: qt.groupIndex });
+    tensors.push(...sideTensors(b, qt));
     if (globalScale !== undefined) {
       tensors.push({
         name: `${b}.global_scale`,
@@ -162,6 +169,7 @@ export async function readPtqCheckpoint(
         zeros,
         groupIndex,
         ...(columnScales && { columnScales }),
+        ...(await readSide(name, entry.rows, entry.cols, has, read, (s) => st.info(`${b}.${s}`))),
       };
       quantized.set(name, qt);
       weights.set(name, { shape: [entry.rows, entry.cols], data: dequantize(qt) });
@@ -174,6 +182,69 @@ export async function readPtqCheckpoint(
   } finally {
     await st.close();
   }
+}
+
+/** SpQR outliers as CSR (FP16 values, narrowest index dtypes) and LoRC factors (FP16). */
+function sideTensors(b: string, q: QuantizedTensor): Parameters<typeof writeSafetensors>[1] {
+  const out: Parameters<typeof writeSafetensors>[1] = [];
+  const o = q.outliers;
+  if (o) {
+    const dt = outlierIndexDtypes(q.cols, o.values.length);
+    const ints = (d: 'I16' | 'I32', v: Int32Array) => (d === 'I16' ? Int16Array.from(v) : v);
+    const nnz = o.values.length;
+    out.push(
+      { name: `${b}.outlier_values`, dtype: 'F16', shape: [nnz], data: encodeF16(o.values) },
+      { name: `${b}.outlier_cols`, dtype: dt.cols, shape: [nnz], data: ints(dt.cols, o.colIndex) },
+      { name: `${b}.outlier_rowptr`, dtype: dt.rowPtr, shape: [q.rows + 1], data: ints(dt.rowPtr, o.rowPtr) },
+    );
+  }
+  const lr = q.lowRank;
+  if (lr) {
+    out.push(
+      { name: `${b}.lorc_u`, dtype: 'F16', shape: [q.rows, lr.rank], data: encodeF16(lr.u) },
+      { name: `${b}.lorc_v`, dtype: 'F16', shape: [q.cols, lr.rank], data: encodeF16(lr.v) },
+    );
+  }
+  return out;
+}
+
+/** The side tensors of sideTensors back (their shapes and ranges were checked by ptq-checkpoint-checks.ts). */
+async function readSide(
+  name: string,
+  rows: number,
+  cols: number,
+  has: (suffix: string) => boolean,
+  read: (suffix: string) => Promise<Uint8Array>,
+  info: (suffix: string) => { dtype: string; shape: readonly number[] },
+): Promise<Pick<QuantizedTensor, 'outliers' | 'lowRank'>> {
+  const f16 = (raw: Uint8Array) => decodeF16(new Uint16Array(raw.slice().buffer));
+  const ints = async (suffix: string) => {
+    const raw = (await read(suffix)).slice();
+    return info(suffix).dtype === 'I16'
+      ? Int32Array.from(new Int16Array(raw.buffer))
+      : new Int32Array(raw.buffer);
+  };
+  const side: Pick<QuantizedTensor, 'outliers' | 'lowRank'> = {};
+  if (has('outlier_values')) {
+    side.outliers = {
+      values: f16(await read('outlier_values')),
+      colIndex: await ints('outlier_cols'),
+      rowPtr: await ints('outlier_rowptr'),
+    };
+  }
+  if (has('lorc_u')) {
+    const rank = info('lorc_u').shape[1] ?? 0;
+    const u = f16(await read('lorc_u'));
+    const v = f16(await read('lorc_v'));
+    if (rank < 1 || u.length !== rows * rank || v.length !== cols * rank)
+      throw new FormatError('LoRC factors do not match the weight', {
+        field: name,
+        expected: `lorc_u [${rows}, r] and lorc_v [${cols}, r]`,
+        got: `${u.length} and ${v.length} values, r = ${rank}`,
+      });
+    side.lowRank = { rank, u, v };
+  }
+  return side;
 }
 
 function groupColumns(q: QuantizedTensor): number {

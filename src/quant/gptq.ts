@@ -26,6 +26,7 @@
 import type { ComputeEngine } from '../compute/engine.js';
 import { profiled } from '../compute/profile.js';
 import { NumericError } from '../errors.js';
+import { roundToF16 } from '../formats/half.js';
 import type { Tensor } from '../tensor.js';
 import type { Grid } from './grid.js';
 import { inverseCholeskyUpperFast, NotPositiveDefiniteError } from './linalg.js';
@@ -41,6 +42,19 @@ export interface GptqOptions {
 }
 
 export const GPTQ_DEFAULTS: GptqOptions = { blockSize: 128, damp: 0.01, actOrder: false };
+
+/**
+ * SpQR outliers inside the loop (arXiv:2306.03078 Alg. 1; outliers.ts GptqOutlierSelector), in
+ * GPTQ's column order: `begin` sees the initial weights, `group` chooses a statistics group's
+ * outliers when its parameters are fitted and returns the weights to fit them on (outliers
+ * left out); flagged weights are kept at their FP16 value in `values` and feed back no error.
+ */
+export interface GptqOutliers {
+  begin(W: Float32Array, rows: number, cols: number, grid: Grid, blockRows: number, groupCols: number): void;
+  group(M: Float32Array, width: number, c0: number, c1: number, col: number): Float32Array;
+  readonly mask: Uint8Array;
+  readonly values: Float32Array;
+}
 
 /** What GPTQ derives from a layer's Hessian alone; layers fed by the same inputs share it. */
 export interface PreparedHessian {
@@ -137,6 +151,7 @@ async function quantizeColumns(
   options: GptqOptions,
   engine: ComputeEngine,
   tensorName?: string,
+  outliers?: GptqOutliers,
 ): Promise<QuantizedTensor> {
   const [rows, cols] = weight.shape as [number, number];
   // Per-tensor parameters (NVFP4's global scale) come from the weight before any update.
@@ -151,7 +166,11 @@ async function quantizeColumns(
   const codes = new Uint8Array(rows * cols);
   const scales = new Float32Array((rows / blockRows) * numGroups);
   const zeros = new Float32Array(scales.length);
-  if (!grouped) setParams(grid, Wp, rows, cols, 0, cols, blockRows, scales, zeros, 1, 0);
+  outliers?.begin(Wp, rows, cols, grid, blockRows, grouped ? groupCols : cols);
+  if (!grouped) {
+    const fitOn = outliers ? outliers.group(Wp, cols, 0, cols, 0) : Wp;
+    setParams(grid, fitOn, rows, cols, 0, cols, blockRows, scales, zeros, 1, 0);
+  }
 
   const B = grouped
     ? Math.max(groupCols, Math.floor(options.blockSize / groupCols) * groupCols)
@@ -176,6 +195,7 @@ async function quantizeColumns(
       blockRows,
       numGroups,
       groupCols: grouped ? groupCols : 0,
+      outliers,
     };
     quantizeLazyBlock(grid, block);
 
@@ -266,6 +286,7 @@ interface LazyBlock {
   numGroups: number;
   /** Columns per group, 0 when the grid's parameters were fixed before the first column. */
   groupCols: number;
+  outliers?: GptqOutliers;
 }
 
 /**
@@ -275,13 +296,16 @@ interface LazyBlock {
  */
 function quantizeLazyBlock(grid: Grid, b: LazyBlock): void {
   const { Wp, W1, Err1, rows, count, i1, cols, U, codes, scales, zeros, blockRows, numGroups, groupCols } = b;
+  const mask = b.outliers?.mask;
   for (let r = 0; r < rows; r++) W1.set(Wp.subarray(r * cols + i1, r * cols + i1 + count), r * count);
   // This column's errors at full precision (Err1 keeps them as float32 for the engine).
   const E = new Float64Array(rows);
   for (let i = 0; i < count; i++) {
     const col = i1 + i;
-    if (groupCols && col % groupCols === 0)
-      setParams(grid, W1, rows, count, i, i + groupCols, 1, scales, zeros, numGroups, col / groupCols);
+    if (groupCols && col % groupCols === 0) {
+      const fitOn = b.outliers ? b.outliers.group(W1, count, i, i + groupCols, col) : W1;
+      setParams(grid, fitOn, rows, count, i, i + groupCols, 1, scales, zeros, numGroups, col / groupCols);
+    }
     const g = groupCols ? (col / groupCols) | 0 : 0;
     const uRow = col * cols + i1;
     const d = U[uRow + i]!;
@@ -293,7 +317,10 @@ function quantizeLazyBlock(grid: Grid, b: LazyBlock): void {
       const zero = zeros[p]!;
       const q = grid.encode(w, scale, zero);
       codes[r * cols + col] = q;
-      const err = (w - grid.decode(q, scale, zero)) / d;
+      // An outlier keeps its current value in FP16 and feeds back only that rounding (SpQR Alg. 1).
+      const kept = mask?.[r * cols + col] ? roundToF16(w) : undefined;
+      if (kept !== undefined) b.outliers!.values[r * cols + col] = kept;
+      const err = (w - (kept ?? grid.decode(q, scale, zero))) / d;
       Err1[wRow + i] = err;
       E[r] = err;
     }

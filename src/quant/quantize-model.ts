@@ -26,11 +26,14 @@ import {
 import { type GridSpec, gridName, type IntGrid, makeGrid } from './grid.js';
 import { HQQ_DEFAULTS, type HqqOptions, hqqGridSpec, quantizeHqq } from './hqq.js';
 import { relativeOutputError } from './layer-error.js';
+import { LORC_DEFAULTS, type LorcOptions, lowRankCorrection } from './lorc.js';
 import { assertFiniteQuantized, assertFiniteWeights } from './numerics.js';
+import { GptqOutlierSelector, quantizeWithOutliers, validateSideOptions } from './outliers.js';
 import { dequantize, type QuantizedTensor, storedBits } from './quantized-tensor.js';
 import { fingerprint, openResumeState, type ResumeTarget } from './resume.js';
 import { type RotateOptions, rotateModel } from './rotate.js';
 import { quantizeRtn } from './rtn.js';
+import { inputSecondMoments } from './sensitivity.js';
 import { quantizeSinq, SINQ_DEFAULTS, type SinqOptions } from './sinq.js';
 
 /** The methods, one row each: this table drives the CLI's choices and help. */
@@ -94,6 +97,11 @@ export interface QuantizeOptions {
   rotation?: Partial<RotateOptions>;
   engine?: ComputeEngine;
   onProgress?: (p: { layer: number; layers: number }) => void;
+  /** SpQR-style outliers: this fraction of every quantized weight kept in FP16 (outliers.ts). */
+  outliers?: number;
+  /** LoRC: rank of the FP16 correction U Vᵀ of each layer's quantization error (lorc.ts). */
+  lorcRank?: number;
+  lorc?: Partial<LorcOptions>;
   /**
    * Calibrated methods: save the state after every finished block in `resume.dir`, and with
    * `resume.resume` continue from the state found there (resume.ts). The caller removes the
@@ -191,6 +199,13 @@ export async function quantizeModel(
   }
 
   const settings: Record<string, unknown> = { grid: spec, grid_name: gridName(spec) };
+  Object.assign(settings, validateSideOptions(options, weights, options.method));
+  // LoRC on the error of the finished layer against the weight it replaces (ZeroQuant-V2 §5).
+  const lorc = { ...LORC_DEFAULTS, ...options.lorc };
+  const compensate = (q: QuantizedTensor, target: Float32Array): QuantizedTensor =>
+    options.lorcRank
+      ? { ...q, lowRank: lowRankCorrection(target, dequantize(q), q.rows, q.cols, options.lorcRank, lorc) }
+      : q;
   if (layerGrids.size)
     settings.per_layer_grid = Object.fromEntries(
       [...options.perLayerGrid!].map(([n, g]) => [n, gridName(g)]),
@@ -201,17 +216,25 @@ export async function quantizeModel(
     const sinq = { ...SINQ_DEFAULTS, ...options.sinq };
     if (options.method === 'hqq') settings.hqq = hqq;
     if (options.method === 'sinq') settings.sinq = sinq;
+    // Outlier scores weight column j by E[x_j²] when calibration text is given (one fp forward).
+    const cal = options.outliers ? options.calibration : undefined;
+    const hdiag = cal
+      ? await inputSecondMoments(new Decoder(config, out, engine), Array.from(cal.windows), cal.seqlen)
+      : undefined;
     for (let layer = 0; layer < config.numLayers; layer++) {
       for (const linear of blockLinears(config)) {
         const name = linearWeightName(layer, linear);
         const w = weights.get(name)!;
-        const q =
+        const quantizeOne = (t: typeof w) =>
           options.method === 'hqq'
-            ? quantizeHqq(w, gridOf(name) as IntGrid, hqq, name).quantized
+            ? quantizeHqq(t, gridOf(name) as IntGrid, hqq, name).quantized
             : options.method === 'sinq'
-              ? quantizeSinq(w, gridOf(name) as IntGrid, sinq, name).quantized
-              : quantizeRtn(w, gridOf(name), name);
-        store(name, q);
+              ? quantizeSinq(t, gridOf(name) as IntGrid, sinq, name).quantized
+              : quantizeRtn(t, gridOf(name), name);
+        const q = options.outliers
+          ? quantizeWithOutliers(w, gridOf(name), options.outliers, hdiag?.get(name), quantizeOne, name)
+          : quantizeOne(w);
+        store(name, compensate(q, w.data));
       }
       options.onProgress?.({ layer: layer + 1, layers: config.numLayers });
     }
@@ -300,18 +323,30 @@ export async function quantizeModel(
           // AWQ scaled W's columns by s and so the layer's inputs by 1/s.
           const scaled = awqScales.get(linear);
           const H = scaled ? unscaleHessian(st.hessian, scaled.scales) : st.hessian;
-          const q =
-            options.method === 'gptq'
-              ? await gptqQuantize(
+          const target = replaced.get(linear) ?? w.data;
+          let q: QuantizedTensor;
+          if (options.method === 'gptq') {
+            const prep = await prepare(st.hessian, st.cols, name);
+            // SpQR Alg. 1: outliers chosen inside GPTQ's loop, weighted by 1/U_jj² of H⁻¹.
+            const selector = options.outliers ? new GptqOutlierSelector(options.outliers, prep.U) : undefined;
+            q = await gptqQuantize(w, prep, gridOf(name), gptq, engine, name, selector);
+            if (selector) q = { ...q, outliers: selector.finish(prep.perm) };
+          } else {
+            // AWQ quantizes with RTN (no error feedback): scores weighted by H_jj = E[x_j²].
+            const rtn = (t: typeof w) => quantizeRtn(t, gridOf(name), name);
+            q = options.outliers
+              ? quantizeWithOutliers(
                   w,
-                  await prepare(st.hessian, st.cols, name),
                   gridOf(name),
-                  gptq,
-                  engine,
+                  options.outliers,
+                  diagonal(H, w.shape[1]!),
+                  rtn,
                   name,
+                  target,
                 )
-              : quantizeRtn(w, gridOf(name), name);
-          store(name, q);
+              : rtn(w);
+          }
+          store(name, compensate(q, target));
           const relativeError = await relativeOutputError(
             replaced.get(linear) ?? w.data,
             out.get(name)!.data,
@@ -334,6 +369,11 @@ export async function quantizeModel(
     seconds: (performance.now() - t0) / 1000,
     ...(resumedBlocks !== undefined && { resumedBlocks }),
   };
+}
+
+/** The diagonal of the n×n H. */
+function diagonal(H: Float64Array, n: number): Float64Array {
+  return Float64Array.from({ length: n }, (_, i) => H[i * n + i]!);
 }
 
 /** S⁻¹HS⁻¹: the Hessian of inputs scaled by 1/s per channel. */
