@@ -14,6 +14,7 @@ import { compareOnnxFiles, type OutputComparison } from '../../src/onnx/compare.
 import { dimsOf, OnnxModel, onnx, writeOnnxModel } from '../../src/onnx/model-file.js';
 import { type OnnxQuantDtype, quantizeOnnx } from '../../src/onnx/quantize-onnx.js';
 import type { OnnxMethod } from '../../src/onnx/weight-only.js';
+import { runCli } from '../cli/run-cli.js';
 import { tempDir } from '../helpers.js';
 import { buildEncoder, ENCODER } from './encoder-fixture.js';
 
@@ -131,4 +132,74 @@ test('model file: external data round trip by offset, hostile locations refused'
   );
   await assert.rejects(bad({ location: 'encoder.onnx_data', offset: '0', length: '12' }), /length disagrees/);
   await back.close();
+});
+
+test('CLI: ptq quantize encoder.onnx --dtype q4,q8 and ptq eval against the source', async () => {
+  const out = path.join(tmp, 'cli');
+  const q = runCli([
+    'quantize',
+    source,
+    '-o',
+    out,
+    '--dtype',
+    'q4,q8',
+    '--block-size',
+    '64',
+    '--asym',
+    '--exclude',
+    '^/classifier/',
+    '--json',
+  ]);
+  assert.equal(q.code, 0, q.stderr);
+  const report = JSON.parse(q.stdout);
+  assert.deepEqual(
+    report.graphs.map((g: { file: string }) => g.file),
+    ['onnx/encoder_q4.onnx', 'onnx/encoder_quantized.onnx'],
+  );
+  const q4 = report.graphs[0].weightOnly;
+  // The classifier Gemm excluded by pattern; every other product and the table at block 64 with zero points.
+  assert.ok(
+    q4.quantized.every(
+      (n: { node: string; result: string }) =>
+        !n.node.startsWith('/classifier/') && / bs64 zp$/.test(n.result),
+    ),
+  );
+  assert.equal(q4.quantized.length, 7);
+  const e = runCli(['eval', path.join(out, 'onnx/encoder_q4.onnx'), '--ref', source, '--json']);
+  assert.equal(e.code, 0, e.stderr);
+  const outputs = JSON.parse(e.stdout).outputs as OutputComparison[];
+  const lib = await compareOnnxFiles(source, path.join(out, 'onnx/encoder_q4.onnx'));
+  assert.deepEqual(
+    outputs.map((o) => o.cosine),
+    lib.map((o) => o.cosine),
+  );
+  console.log(`  ptq eval: ${outputs.map((o) => `${o.name} cos ${o.cosine.toFixed(6)}`).join(', ')}`);
+  const bad = runCli(['quantize', source, '-o', path.join(tmp, 'bad'), '--method', 'awq']);
+  assert.equal(bad.code, 1);
+  assert.match(bad.stderr, /method not available for ONNX graphs.*expected rtn, hqq, sinq, gptq/);
+});
+
+test('external data in chunks: a tensor never straddles two files, onnxruntime reads them all', async () => {
+  const model = await OnnxModel.read(source);
+  const dir = path.join(tmp, 'chunks');
+  await (await import('node:fs/promises')).mkdir(dir);
+  // 1.2 MB chunks (> 2 GiB models split at 2 GiB − 64 MiB the same way).
+  const written = await writeOnnxModel(model, path.join(dir, 'encoder.onnx'), {
+    externalData: true,
+    maxChunkBytes: 1_200_000,
+  });
+  // 2.2 MB of weights: three chunk files named as transformers.js loads them (`_data`, `_data_1`, ...).
+  assert.deepEqual(written.externalFiles, [
+    'encoder.onnx_data',
+    'encoder.onnx_data_1',
+    'encoder.onnx_data_2',
+  ]);
+  const back = await OnnxModel.read(path.join(dir, 'encoder.onnx'));
+  for (const t of back.graph.initializer.filter((x) => x.externalData.length > 0)) {
+    const kv = Object.fromEntries(t.externalData.map((e) => [e.key, e.value]));
+    assert.ok(Number(kv.offset) + Number(kv.length) <= 1_200_000 || Number(kv.offset) === 0, t.name);
+  }
+  const cmp = await compareOnnxFiles(source, path.join(dir, 'encoder.onnx'), FEEDS);
+  assert.ok(cmp.every((c) => c.maxAbs === 0));
+  await model.close();
 });
