@@ -12,6 +12,7 @@ import {
   ggmlLinearInputTransform,
 } from '../io/gguf-activations.js';
 import type { BlockLinear } from './architecture.js';
+import { type InputRotationSpec, inputRotationTransform } from './input-rotation.js';
 
 /** Dynamic symmetric integer quantization of activations, fake-quantized (quantize then dequantize). */
 export interface ActivationQuantSpec {
@@ -22,6 +23,8 @@ export interface ActivationQuantSpec {
 
 export interface LinearInputOps {
   activations?: ActivationQuantSpec;
+  /** Online Hadamard rotation x ← x·Q of some inputs (input-rotation.ts), applied before the others. */
+  rotation?: InputRotationSpec;
   /**
    * llama.cpp emulation (`ptq eval file.gguf --emulate-llama-cpp`): the ggml type each weight is
    * stored in, by Hugging Face name; each linear's input (lm_head's too) is then converted as
@@ -81,6 +84,14 @@ export function fakeQuantizeActivations(
 
 /** The transform a model's LinearInputOps describe, or undefined when there is none. */
 export function linearInputTransform(ops: LinearInputOps | undefined): LinearInputTransform | undefined {
+  // The rotation comes first: the weights hold W·Q, so whatever follows sees x·Q (QuaRot §4).
+  const rotate = ops?.rotation && inputRotationTransform(ops.rotation);
+  const rest = unrotatedInputTransform(ops);
+  if (!rotate || !rest) return rotate || rest;
+  return (layer, readers, x, rows, cols) => rest(layer, readers, rotate(layer, readers, x, rows, cols), rows, cols);
+}
+
+function unrotatedInputTransform(ops: LinearInputOps | undefined): LinearInputTransform | undefined {
   const activations = ops?.activations;
   const ggml = ops?.ggmlWeightTypes && ggmlLinearInputTransform(ops.ggmlWeightTypes, ops.ggmlQuantizer);
   if (!activations) return ggml;

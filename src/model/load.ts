@@ -20,6 +20,7 @@ import type { TextTokenizer } from '../io/tokenizer.js';
 import type { TensorMap } from '../tensor.js';
 import { type Architecture, architectureFor, EMBED, LM_HEAD } from './architecture.js';
 import type { ModelConfig } from './config.js';
+import { onlineRotationOf } from './input-rotation.js';
 
 /** config.json is a few KiB; anything past this is not a configuration. */
 const MAX_CONFIG_BYTES = 4 * 1024 * 1024;
@@ -85,7 +86,7 @@ async function loadDirectory(dir: string, options: LoadOptions): Promise<LoadedM
   const configFile = path.join(dir, 'config.json');
   const hfConfig = await readConfig(configFile);
   const arch = architectureFor(hfConfig.model_type, configFile);
-  const config = arch.parseConfig(hfConfig, configFile);
+  let config = arch.parseConfig(hfConfig, configFile);
   const isPtq =
     (hfConfig.quantization_config as { quant_method?: string } | undefined)?.quant_method === 'ptqkit';
 
@@ -93,6 +94,9 @@ async function loadDirectory(dir: string, options: LoadOptions): Promise<LoadedM
   let quantization: PtqQuantization | undefined;
   if (isPtq) {
     ({ weights, quantization } = await readCheckedPtqCheckpoint(dir));
+    // An online rotation belongs to the model: the saved weights hold W·Q (input-rotation.ts).
+    const rotation = onlineRotationOf(quantization.settings.rotation, configFile);
+    if (rotation) config = { ...config, linearInputOps: { ...config.linearInputOps, rotation } };
   } else {
     weights = await readSafetensorsWeights(dir);
   }

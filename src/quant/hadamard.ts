@@ -283,16 +283,18 @@ export class RandomizedHadamard {
     const M = this.M;
     if (!M) return;
     const seg = this.scratch;
+    // Element (i, j) of M or of Mᵀ: M[i·si + j·sj].
+    const si = transposed ? 1 : m;
+    const sj = transposed ? m : 1;
     for (let a = 0; a < pow2; a++) {
       const base = a * m;
-      seg.fill(0);
       // seg = R[a, :] · M, or R[a, :] · Mᵀ.
-      for (let i = 0; i < m; i++) {
-        const v = row[base + i]!;
-        if (transposed) for (let j = 0; j < m; j++) seg[j]! += v * M[j * m + i]!;
-        else for (let j = 0; j < m; j++) seg[j]! += v * M[i * m + j]!;
+      for (let j = 0; j < m; j++) {
+        let acc = 0;
+        for (let i = 0; i < m; i++) acc += row[base + i]! * M[i * si + j * sj]!;
+        seg[j] = acc;
       }
-      row.set(seg, base);
+      for (let j = 0; j < m; j++) row[base + j] = seg[j]!;
     }
   }
 }

@@ -34,6 +34,7 @@
  */
 import { ConfigError, ShapeError, UsageError } from '../errors.js';
 import {
+  BLOCK_LINEARS,
   type BlockLinear,
   blockPrefix,
   EMBED,
@@ -42,6 +43,14 @@ import {
   linearWeightName,
 } from '../model/architecture.js';
 import type { ModelConfig } from '../model/config.js';
+import {
+  checkInputRotation,
+  type InputRotationSpec,
+  inputRotation,
+  LINEAR_INPUTS,
+  type LinearInput,
+  linearInputOf,
+} from '../model/input-rotation.js';
 import { mulberry32 } from '../random.js';
 import type { Tensor, TensorMap } from '../tensor.js';
 import { RandomizedHadamard } from './hadamard.js';
@@ -54,6 +63,13 @@ export interface RotateOptions {
   /** Rotate each head's values / o_proj inputs by a head_dim transform (QuaRot/SpinQuant R2). */
   heads: boolean;
 }
+
+/**
+ * 'hadamard': absorbed into the weights (rotateModel); 'hadamard-online': weights W·Q with the
+ * forward pass rotating o_proj's and down_proj's inputs (rotateOnline).
+ */
+export const ROTATIONS = ['hadamard', 'hadamard-online'] as const;
+export type RotationKind = (typeof ROTATIONS)[number];
 
 export const ROTATE_DEFAULTS: RotateOptions = { seed: 0, residual: true, heads: true };
 
@@ -244,4 +260,65 @@ function transposed(a: ArrayLike<number>, rows: number, cols: number): Float64Ar
   const t = new Float64Array(rows * cols);
   for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) t[c * rows + r] = a[r * cols + c]!;
   return t;
+}
+
+/**
+ * The inputs `--rotate hadamard-online` rotates: o_proj's (the attention output) and down_proj's
+ * (the SwiGLU product), QuaRot's online pair (its R2 acts on o_proj's input per head, R4 is the
+ * online Hadamard before down_proj, arXiv:2404.00456 §4). These inputs come out of products
+ * (softmax·V, silu(g)·u), not out of an RMSNorm, and carry the activation outliers. Rotating the
+ * RMSNorm-fed inputs of q/k/v and gate/up as well costs quality on both real models
+ * (test/quant/rotate-online.test.ts measures every variant).
+ */
+export const ONLINE_INPUTS: readonly LinearInput[] = ['o_proj', 'down_proj'];
+
+export interface OnlineRotateOptions {
+  seed: number;
+  inputs: readonly LinearInput[];
+}
+
+/**
+ * Online rotation (input-rotation.ts): every block linear W reading a rotated input becomes
+ * W Q (Q = the randomized Hadamard of that layer and input, rebuilt from the seed), and the
+ * returned config's linearInputOps.rotation makes the forward pass rotate the input x ← x Q,
+ * so x Wᵀ = (x Q)(W Q)ᵀ. Nothing is folded or untied; each product is computed in float64 and
+ * rounded once to float32.
+ */
+export function rotateOnline(
+  config: ModelConfig,
+  weights: TensorMap,
+  options: Partial<OnlineRotateOptions> = {},
+): RotatedModel {
+  const spec: InputRotationSpec = {
+    kind: 'hadamard',
+    seed: options.seed ?? ROTATE_DEFAULTS.seed,
+    inputs: LINEAR_INPUTS.filter((i) => (options.inputs ?? ONLINE_INPUTS).includes(i)),
+  };
+  checkInputRotation(spec);
+  if (config.linearInputOps?.rotation)
+    throw new ConfigError('the model already rotates its linear inputs online', {
+      got: JSON.stringify(config.linearInputOps.rotation),
+    });
+  const out: TensorMap = new Map(weights);
+  for (let layer = 0; layer < config.numLayers; layer++) {
+    for (const linear of BLOCK_LINEARS) {
+      const input = linearInputOf(linear);
+      if (!spec.inputs.includes(input)) continue;
+      const name = linearWeightName(layer, linear);
+      const w = weights.get(name);
+      if (!w || w.shape.length !== 2)
+        throw new ShapeError('cannot rotate: missing or misshapen tensor', {
+          field: name,
+          got: w && `[${w.shape}]`,
+        });
+      const [rows, cols] = w.shape as [number, number];
+      const Q = inputRotation(spec.seed, layer, input, cols);
+      out.set(name, { shape: [rows, cols], data: rotateReader(w.data, rows, cols, Q) });
+    }
+  }
+  return {
+    config: { ...config, linearInputOps: { ...config.linearInputOps, rotation: spec } },
+    weights: out,
+    description: { method: 'hadamard-online', seed: spec.seed, inputs: spec.inputs },
+  };
 }
