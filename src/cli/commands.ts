@@ -17,6 +17,7 @@ import { assertWritableOutput, writeDirectoryAtomically } from '../io/atomic.js'
 import { emulateLlamaCpp, ggufStorage } from '../io/gguf-model.js';
 import { writePtqCheckpoint } from '../io/ptq-checkpoint.js';
 import { Decoder } from '../model/decoder.js';
+import { refuseOnlineRotation } from '../model/input-rotation.js';
 import { type LoadedModel, loadModel } from '../model/load.js';
 import { type AllocationPlan, parseSize, planAllocation, presetGrids } from '../quant/allocate.js';
 import { sampleCalibrationWindows } from '../quant/calibrate.js';
@@ -31,7 +32,7 @@ import {
   quantizeModel,
 } from '../quant/quantize-model.js';
 import { assertResumable, removeResumeState, resumeDirFor } from '../quant/resume.js';
-import { untiedHfConfig } from '../quant/rotate.js';
+import { type RotationKind, untiedHfConfig } from '../quant/rotate.js';
 import { rejectSideExport } from '../quant/quantized-tensor.js';
 import { DEFAULT_PALETTE } from '../quant/sensitivity.js';
 import { SINQ_DEFAULTS } from '../quant/sinq.js';
@@ -189,7 +190,7 @@ export async function quantizeCommand(modelPath: string, args: QuantizeArgs, out
     awq: { clip: args.awqClip },
     hqq: { iters: args.hqqIters ?? HQQ_DEFAULTS.iters, lpNorm: args.lpNorm ?? HQQ_DEFAULTS.lpNorm },
     sinq: { iters: args.sinqIters ?? SINQ_DEFAULTS.iters },
-    rotate: args.rotate as 'hadamard' | undefined,
+    rotate: args.rotate as RotationKind | undefined,
     rotation: { seed: args.rotateSeed },
     trueSequential: args.trueSequential,
     outliers: args.outliers,
@@ -483,6 +484,7 @@ export interface ExportArgs {
 async function exportGgufCommand(modelPath: string, args: ExportArgs, out: Output) {
   await assertWritableOutput(args.output);
   const model = await loadModel(modelPath, { tokenizer: args.tokenizer });
+  refuseOnlineRotation(model.config, model.path, 'gguf');
   const report = await exportGguf(model, args.output, {
     type: args.type ?? 'auto',
     onWarning: out.json ? undefined : (m) => console.error(`ptq: warning: ${m}`),
@@ -530,6 +532,7 @@ async function exportSafetensorsCommand(
 ) {
   await assertWritableOutput(args.output);
   const model = await loadModel(modelPath, { tokenizer: args.tokenizer });
+  refuseOnlineRotation(model.config, model.path, 'safetensors');
   const report: SafetensorsExportReport = await write(model, args.output, {
     onWarning: out.json ? undefined : (m) => console.error(`ptq: warning: ${m}`),
   });
@@ -563,6 +566,7 @@ async function exportOnnxCommand(modelPath: string, args: ExportArgs, out: Outpu
   }
   await assertWritableOutput(args.output);
   const model = await loadModel(modelPath, { tokenizer: args.tokenizer });
+  refuseOnlineRotation(model.config, model.path, 'onnx');
   const report = await exportOnnx(model, args.output, {
     dtypes,
     externalData: args.externalData ?? 'auto',

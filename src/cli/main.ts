@@ -12,7 +12,7 @@ import type { GridSpec, ScaleDtype } from '../quant/grid.js';
 import { HQQ_DEFAULTS } from '../quant/hqq.js';
 import { FORMAT_NAMES, type FormatName, gridSpecFor, QUANT_FORMATS } from '../quant/number-formats.js';
 import { METHODS } from '../quant/quantize-model.js';
-import { ROTATE_DEFAULTS } from '../quant/rotate.js';
+import { ROTATE_DEFAULTS, ROTATIONS } from '../quant/rotate.js';
 import { SINQ_DEFAULTS } from '../quant/sinq.js';
 import {
   compareCommand,
@@ -139,8 +139,8 @@ withCalibrationOptions(
   .addOption(
     new Option(
       '--rotate <kind>',
-      'rotate before quantizing, with any method (QuaRot, arXiv:2404.00456)',
-    ).choices(['hadamard']),
+      'rotate before quantizing (QuaRot, arXiv:2404.00456): hadamard absorbed into the weights, any method; hadamard-online rotates o_proj/down_proj inputs at run time (not with awq)',
+    ).choices([...ROTATIONS]),
   )
   .option('--rotate-seed <n>', "seed of the rotation's random signs", integer, ROTATE_DEFAULTS.seed)
   .addOption(

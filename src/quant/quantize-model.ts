@@ -31,7 +31,7 @@ import { assertFiniteQuantized, assertFiniteWeights } from './numerics.js';
 import { GptqOutlierSelector, quantizeWithOutliers, validateSideOptions } from './outliers.js';
 import { dequantize, type QuantizedTensor, storedBits } from './quantized-tensor.js';
 import { fingerprint, openResumeState, type ResumeTarget } from './resume.js';
-import { type RotateOptions, rotateModel } from './rotate.js';
+import { ROTATIONS, type RotateOptions, type RotationKind, rotateModel, rotateOnline } from './rotate.js';
 import { quantizeRtn } from './rtn.js';
 import { inputSecondMoments } from './sensitivity.js';
 import { quantizeSinq, SINQ_DEFAULTS, type SinqOptions } from './sinq.js';
@@ -93,7 +93,7 @@ export interface QuantizeOptions {
    * and attention values rotated by randomized Hadamard transforms, QuaRot arXiv:2404.00456).
    * The returned `config` then has untied embeddings.
    */
-  rotate?: 'hadamard';
+  rotate?: RotationKind;
   rotation?: Partial<RotateOptions>;
   engine?: ComputeEngine;
   onProgress?: (p: { layer: number; layers: number }) => void;
@@ -138,14 +138,25 @@ export async function quantizeModel(
   const t0 = performance.now();
   assertFiniteWeights(weights);
   // Rotation first: the method then quantizes the rotated weights (QuaRot §4 runs RTN or GPTQ on them).
-  if (options.rotate !== undefined && options.rotate !== 'hadamard') {
+  if (options.rotate !== undefined && !ROTATIONS.includes(options.rotate)) {
     throw new UsageError('unknown rotation', {
       field: 'rotate',
-      expected: 'hadamard',
+      expected: ROTATIONS.join(', '),
       got: String(options.rotate),
     });
   }
-  const rotated = options.rotate ? rotateModel(config, weights, options.rotation) : undefined;
+  // AWQ folds 1/s into the op before each input (v_proj, up_proj): wrong once that input is rotated.
+  if (options.rotate === 'hadamard-online' && options.method === 'awq')
+    throw new UsageError('awq cannot fold its scales across an online rotation', {
+      field: 'rotate',
+      hint: 'use --rotate hadamard with awq, or another method',
+    });
+  const rotated =
+    options.rotate === 'hadamard-online'
+      ? rotateOnline(config, weights, { seed: options.rotation?.seed })
+      : options.rotate
+        ? rotateModel(config, weights, options.rotation)
+        : undefined;
   if (rotated) {
     config = rotated.config;
     if (!options.inPlace) weights = rotated.weights;
