@@ -11,24 +11,16 @@ import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { test } from 'node:test';
-import { evaluate } from '../../src/eval/perplexity.js';
 import { exportOnnx } from '../../src/export/onnx.js';
-import { OnnxCausalLM } from '../../src/export/onnx-session.js';
-import type { Decoder } from '../../src/model/decoder.js';
 import { loadModel } from '../../src/model/load.js';
 import { collectInputStats, decoderFeeds } from '../../src/onnx/calibrate.js';
 import { OnnxModel } from '../../src/onnx/model-file.js';
 import { quantizeOnnx } from '../../src/onnx/quantize-onnx.js';
 import { quantizeWeightsToNBits } from '../../src/onnx/weight-only.js';
 import { sampleCalibrationWindows } from '../../src/quant/calibrate.js';
-import { ASSETS, assetsPresent, REPO, tempDir } from '../helpers.js';
+import { tempDir } from '../helpers.js';
+import { onnxPerplexity, SOURCE, TEXT } from './setup.js';
 
-const SOURCE = assetsPresent
-  ? path.join(ASSETS, 'models/tinystories-656k')
-  : path.join(REPO, 'models/tinystories-656k');
-const TEXT = assetsPresent
-  ? path.join(ASSETS, 'text/tinystories-valid-800k.txt')
-  : path.join(REPO, 'data/tinystories-valid-slice.txt');
 const EVAL_TOKENS = 2048;
 const SEQLEN = 128;
 const NSAMPLES = 32;
@@ -114,18 +106,9 @@ test('GPTQ beats RTN on its objective per layer and in perplexity', async () => 
       exclude,
       hessian: (name) => stats.get(name)?.H,
     });
-  const ppl = async (dir: string) =>
-    (
-      await evaluate((await OnnxCausalLM.load(dir, 'q4', 1)) as unknown as Decoder, evalTokens, {
-        protocol: { ctx: 512, stride: 512, dropPartial: true },
-      })
-    ).perplexity;
-  const [pRtn, pGptq] = [await ppl(out('rtn')), await ppl(out('gptq'))];
-  const fpPpl = (
-    await evaluate((await OnnxCausalLM.load(fpDir, 'fp32', 1)) as unknown as Decoder, evalTokens, {
-      protocol: { ctx: 512, stride: 512, dropPartial: true },
-    })
-  ).perplexity;
+  const pRtn = await onnxPerplexity(out('rtn'), 'q4', evalTokens);
+  const pGptq = await onnxPerplexity(out('gptq'), 'q4', evalTokens);
+  const fpPpl = await onnxPerplexity(fpDir, 'fp32', evalTokens);
   console.log(
     `  ${EVAL_TOKENS} tokens, ctx 512: fp32 ${fpPpl.toFixed(4)}, ONNX q4 RTN ${pRtn.toFixed(4)}, ONNX q4 GPTQ ${pGptq.toFixed(4)} ` +
       `(calibration ${NSAMPLES} × ${SEQLEN} tokens, one float pass)`,

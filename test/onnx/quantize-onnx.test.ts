@@ -13,10 +13,9 @@ import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { test } from 'node:test';
-import { AutoModelForCausalLM, env, Tensor } from '@huggingface/transformers';
+import { AutoModelForCausalLM, env } from '@huggingface/transformers';
 import { evaluate } from '../../src/eval/perplexity.js';
 import { exportOnnx } from '../../src/export/onnx.js';
-import { OnnxCausalLM } from '../../src/export/onnx-session.js';
 import { Decoder } from '../../src/model/decoder.js';
 import { loadModel } from '../../src/model/load.js';
 import { dimsOf, OnnxModel, onnx } from '../../src/onnx/model-file.js';
@@ -27,19 +26,13 @@ import { IntGrid } from '../../src/quant/grid.js';
 import { quantizeModel } from '../../src/quant/quantize-model.js';
 import { unpackCodes } from '../../src/quant/quantized-tensor.js';
 import { quantizeRtn } from '../../src/quant/rtn.js';
-import { ASSETS, assetsPresent, REPO, tempDir } from '../helpers.js';
+import { tempDir } from '../helpers.js';
+import { onnxPerplexity, PROTOCOL, SOURCE, TEXT, transformersDecoder } from './setup.js';
 
 /** Acceptance: q4 perplexity within 1% of ptqkit's RTN W4 on the same grid. */
 const PPL_REL_TOL = 0.01;
-const SOURCE = assetsPresent
-  ? path.join(ASSETS, 'models/tinystories-656k')
-  : path.join(REPO, 'models/tinystories-656k');
-const TEXT = assetsPresent
-  ? path.join(ASSETS, 'text/tinystories-valid-800k.txt')
-  : path.join(REPO, 'data/tinystories-valid-slice.txt');
 const PPL_TOKENS = 2048;
 const SESSION = { local_files_only: true, session_options: { intraOpNumThreads: 1, interOpNumThreads: 1 } };
-const PROTOCOL = { ctx: 512, stride: 512, dropPartial: true };
 const GRID: GridSpec = { bits: 4, symmetric: true, granularity: 'group', groupSize: 32, scaleDtype: 'f16' };
 
 env.allowRemoteModels = false;
@@ -61,14 +54,8 @@ const report = await quantizeOnnx(fpDir, outDir, {
   exclude: [/^\/lm_head\//],
 });
 
-const ortPerplexity = async (
-  dtype: 'q4' | 'q4f16' | 'fp16' | 'q8' | 'fp32',
-  dir = outDir,
-  n = tokens.length,
-) => {
-  const lm = await OnnxCausalLM.load(dir, dtype, 1);
-  return (await evaluate(lm as unknown as Decoder, tokens.slice(0, n), { protocol: PROTOCOL })).perplexity;
-};
+const ortPerplexity = (dtype: 'q4' | 'q4f16' | 'fp16' | 'q8' | 'fp32', dir = outDir, n = tokens.length) =>
+  onnxPerplexity(dir, dtype, tokens.slice(0, n));
 /** fp16 runs slowly on onnxruntime's CPU kernels: the float16 and q8 files are scored on fewer tokens. */
 const SHORT_TOKENS = 1024;
 
@@ -89,17 +76,8 @@ test('q4 of the fp32 export: onnxruntime and transformers.js perplexity within 1
   const ort = await ortPerplexity('q4');
 
   const model = await AutoModelForCausalLM.from_pretrained(outDir, { ...SESSION, dtype: 'q4' });
-  const viaTransformers = {
-    config: fp.config,
-    forward: async (ids: Int32Array, B: number, T: number) => {
-      const r = (await model({
-        input_ids: new Tensor('int64', BigInt64Array.from(Array.from(ids, BigInt)), [B, T]),
-        attention_mask: new Tensor('int64', new BigInt64Array(B * T).fill(1n), [B, T]),
-      })) as { logits: Tensor };
-      return r.logits.data as Float32Array;
-    },
-  } as unknown as Decoder;
-  const tjs = (await evaluate(viaTransformers, tokens, { protocol: PROTOCOL })).perplexity;
+  const tjs = (await evaluate(transformersDecoder(model, fp.config), tokens, { protocol: PROTOCOL }))
+    .perplexity;
   console.log(
     `  ${tokens.length} tokens, ctx 512: fp32 ONNX ${fp32.toFixed(4)}; ptqkit RTN W4 ${mine.toFixed(4)}; ` +
       `ONNX q4 onnxruntime ${ort.toFixed(4)} (rel. ${(ort / mine - 1).toExponential(2)}), transformers.js ${tjs.toFixed(4)} ` +
