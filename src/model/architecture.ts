@@ -240,7 +240,8 @@ function ropeScaling(json: Record<string, unknown>, file: string): RopeScaling |
   const factorKey = () => positiveNumber(o, 'factor', file, Number.NaN);
   if (type === 'default') return undefined;
   if (type === 'linear') return { type: 'linear', factor: factorKey() };
-  if (type === 'longrope') {
+  // 'su' is the name Phi-3 128k configs first shipped LongRoPE under.
+  if (type === 'longrope' || type === 'su') {
     // Phi-3 keeps the pretrained context at the top level; the factor is then the context ratio.
     const original = json.original_max_position_embeddings ?? o.original_max_position_embeddings;
     const originalMaxPositions = positiveNumber({ original }, 'original', file, Number.NaN);
@@ -500,23 +501,26 @@ function describe(d: Description): Architecture {
 const QKV_MODULES = ['q_proj', 'k_proj', 'v_proj'].map((m) => inBlock(`self_attn.${m}`));
 const qkvSizes = (c: ModelConfig) => [c.numHeads, c.numKvHeads, c.numKvHeads].map((h) => h * c.headDim);
 
+/** A model type of Llama's config keys and defaults, with what `d` changes. */
+const llamaLike = (d: Pick<Description, 'modelType'> & Partial<Description>): Architecture =>
+  describe({
+    keys: LLAMA_KEYS,
+    defaults: { tiedEmbeddings: false, normEps: 1e-6, activation: 'silu' },
+    activationKey: 'hidden_act',
+    layout: {},
+    ...d,
+  });
+
 /** Llama and the models that share its layout (RMSNorm, RoPE, GQA, SwiGLU). */
-export const LLAMA = describe({
+export const LLAMA = llamaLike({
   modelType: 'llama',
-  keys: LLAMA_KEYS,
   // llama2.c-converted checkpoints omit tie_word_embeddings and share the matrix.
   defaults: { tiedEmbeddings: true, normEps: 1e-6, activation: 'silu' },
-  activationKey: 'hidden_act',
-  layout: {},
 });
 
 /** Mistral: Llama with a sliding attention window on every layer. */
-const MISTRAL = describe({
+const MISTRAL = llamaLike({
   modelType: 'mistral',
-  keys: LLAMA_KEYS,
-  defaults: { tiedEmbeddings: false, normEps: 1e-6, activation: 'silu' },
-  activationKey: 'hidden_act',
-  layout: {},
   configure(json, file, c, layout) {
     const w = windowSize(json, 'sliding_window', file);
     if (w) layout.windows = Array(c.numLayers).fill(w);
@@ -532,21 +536,15 @@ function qwenWindows(json: Record<string, unknown>, file: string, c: ModelConfig
 }
 
 /** Qwen2 / Qwen2.5: Llama with biases on q, k and v. */
-const QWEN2 = describe({
+const QWEN2 = llamaLike({
   modelType: 'qwen2',
-  keys: LLAMA_KEYS,
-  defaults: { tiedEmbeddings: false, normEps: 1e-6, activation: 'silu' },
-  activationKey: 'hidden_act',
   layout: { qkvBias: true },
   configure: qwenWindows,
 });
 
 /** Qwen3: Llama with an RMSNorm over each head of q and k (no q/k/v bias). */
-const QWEN3 = describe({
+const QWEN3 = llamaLike({
   modelType: 'qwen3',
-  keys: LLAMA_KEYS,
-  defaults: { tiedEmbeddings: false, normEps: 1e-6, activation: 'silu' },
-  activationKey: 'hidden_act',
   layout: { qkNorm: true },
   configure: qwenWindows,
 });
@@ -557,9 +555,8 @@ const gemmaEmbedScale = (c: ModelConfig, layout: BlockLayout) => {
   // Hugging Face casts sqrt(hidden) to the activations' dtype (float32 here).
   layout.embedScale = Math.fround(Math.sqrt(c.hiddenSize));
 };
-const GEMMA = describe({
+const GEMMA = llamaLike({
   modelType: 'gemma',
-  keys: LLAMA_KEYS,
   defaults: { tiedEmbeddings: true, normEps: 1e-6, activation: 'gelu_pytorch_tanh' },
   // gemma-2b/7b configs say hidden_act "gelu" but the model uses hidden_activation (tanh GELU).
   activationKey: 'hidden_activation',
@@ -568,9 +565,8 @@ const GEMMA = describe({
 });
 
 /** Gemma-2: Gemma + post-norms, soft-capping, query_pre_attn_scalar, sliding window on even layers. */
-const GEMMA2 = describe({
+const GEMMA2 = llamaLike({
   modelType: 'gemma2',
-  keys: LLAMA_KEYS,
   defaults: { tiedEmbeddings: true, normEps: 1e-6, activation: 'gelu_pytorch_tanh' },
   activationKey: 'hidden_activation',
   layout: { ...GEMMA_LAYOUT, postNorms: true },
@@ -586,12 +582,9 @@ const GEMMA2 = describe({
 });
 
 /** Phi-3: Llama with fused qkv_proj and gate_up_proj, optional partial rotary and sliding window. */
-const PHI3 = describe({
+const PHI3 = llamaLike({
   modelType: 'phi3',
-  keys: LLAMA_KEYS,
   defaults: { tiedEmbeddings: false, normEps: 1e-5, activation: 'silu' },
-  activationKey: 'hidden_act',
-  layout: {},
   rules: [
     { hf: inBlock('self_attn.qkv_proj'), to: QKV_MODULES, split: qkvSizes },
     // gate_up_proj's first half is the gate (Phi3MLP: gate, up = chunk(2)).

@@ -282,14 +282,24 @@ export function invFrequencies(
 const num = (c: HfConfig, key: string, fallback?: number): number =>
   (c[key] as number | undefined) ?? fallback!;
 
-/** modeling_{llama,mistral,qwen2,qwen3,gemma,gemma2,phi3}.py as one graph, switched on model_type. */
-function llamaFamily(g: Ref, c: HfConfig, T: number): string {
-  const type = c.model_type as string;
+/** The dimensions of a Llama-layout config.json. */
+function llamaDims(c: HfConfig) {
   const D = num(c, 'hidden_size');
   const H = num(c, 'num_attention_heads');
-  const KVH = num(c, 'num_key_value_heads', H);
   const d = num(c, 'head_dim', D / H);
-  const I = num(c, 'intermediate_size');
+  return {
+    type: c.model_type as string,
+    D,
+    H,
+    KVH: num(c, 'num_key_value_heads', H),
+    d,
+    I: num(c, 'intermediate_size'),
+  };
+}
+
+/** modeling_{llama,mistral,qwen2,qwen3,gemma,gemma2,phi3}.py as one graph, switched on model_type. */
+function llamaFamily(g: Ref, c: HfConfig, T: number): string {
+  const { type, D, H, KVH, d, I } = llamaDims(c);
   const eps = num(c, 'rms_norm_eps');
   const gemma = type === 'gemma' || type === 'gemma2';
   const offset = gemma ? 1 : 0;
@@ -447,12 +457,7 @@ const V = 96;
 
 /** Llama-layout tensors (names of modeling_llama and the models that copy it). */
 function llamaTensors(c: HfConfig, w: WeightMaker): void {
-  const type = c.model_type as string;
-  const D = num(c, 'hidden_size');
-  const H = num(c, 'num_attention_heads');
-  const KVH = num(c, 'num_key_value_heads', H);
-  const d = num(c, 'head_dim', D / H);
-  const I = num(c, 'intermediate_size');
+  const { type, D, H, KVH, d, I } = llamaDims(c);
   const center = type.startsWith('gemma') ? 0 : 1;
   const bias = type === 'qwen2';
   w.add('model.embed_tokens.weight', [V, D], 0.5);
