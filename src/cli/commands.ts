@@ -477,8 +477,10 @@ export interface ExportArgs {
   dtype?: string;
   /** onnx: weights in .onnx_data files: 'auto' (above 1 GiB), true, false. */
   externalData?: boolean | 'auto';
-  /** gguf: ggml type of the matrices, or 'auto'. */
+  /** gguf: ggml type of the matrices, a llama-quantize mix (q4_k_m...), or 'auto'. */
   type?: string;
+  /** gguf: a mix's base type for every matrix (llama-quantize --pure). */
+  pure?: boolean;
 }
 
 async function exportGgufCommand(modelPath: string, args: ExportArgs, out: Output) {
@@ -487,6 +489,7 @@ async function exportGgufCommand(modelPath: string, args: ExportArgs, out: Outpu
   refuseOnlineRotation(model.config, model.path, 'gguf');
   const report = await exportGguf(model, args.output, {
     type: args.type ?? 'auto',
+    pure: args.pure,
     onWarning: out.json ? undefined : (m) => console.error(`ptq: warning: ${m}`),
   });
   if (out.json) return out.log(JSON.stringify(report, null, 2));

@@ -255,9 +255,10 @@ program
   )
   .option(
     '--type <name>',
-    `gguf: ${GGUF_EXPORT_TYPES.join('|')}, or auto (a checkpoint's exact block type, else f32)`,
+    `gguf: ${GGUF_EXPORT_TYPES.join('|')} (q2_k, q6_k and the _s/_m/_l names: llama-quantize's mixes), or auto (a checkpoint's exact block type, else f32)`,
     'auto',
   )
+  .option('--pure', "gguf: a mix's base type for every matrix (as llama-quantize --pure)")
   .option('--external-data', 'onnx: store weights in .onnx_data files (default: only above 1 GiB)')
   .option('--no-external-data', 'onnx: keep every weight inside the .onnx file')
   .option('--tokenizer <file>', 'tokenizer to use instead of the one next to the model')
