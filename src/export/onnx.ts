@@ -306,7 +306,10 @@ async function writeVariant(
     const source = await OnnxModel.read(path.join(writeDir, file));
     try {
       await convertToFloat16(source);
-      written = await writeOnnxModel(source, path.join(onnxDir, file), { externalData: useExternal });
+      const { bytes, externalFiles } = await writeOnnxModel(source, path.join(onnxDir, file), {
+        externalData: useExternal,
+      });
+      written = { bytes, externalFiles };
     } finally {
       await source.close();
       await rm(writeDir, { recursive: true, force: true });

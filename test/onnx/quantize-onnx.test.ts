@@ -201,3 +201,28 @@ for (const symmetric of [true, false]) {
     await original.close();
   });
 }
+
+test('ptq export --dtype fp16,q4f16 goes through the same float16 pass', async () => {
+  const dir = path.join(tmp, 'export-f16');
+  const exported = await exportOnnx(fp, dir, { dtypes: ['q4f16', 'fp16'] });
+  assert.deepEqual(
+    exported.variants.map((v) => v.file),
+    ['model_q4f16.onnx', 'model_fp16.onnx'],
+  );
+  const short = tokens.slice(0, SHORT_TOKENS);
+  const [theirs, ours] = [
+    await onnxPerplexity(dir, 'q4f16', short),
+    await onnxPerplexity(outDir, 'q4f16', short),
+  ];
+  const [fp16Export, fp16Ours] = [
+    await onnxPerplexity(dir, 'fp16', short),
+    await onnxPerplexity(outDir, 'fp16', short),
+  ];
+  console.log(
+    `  ${SHORT_TOKENS} tokens: exporter q4f16 ${theirs.toFixed(4)} / quantizer q4f16 ${ours.toFixed(4)}; ` +
+      `exporter fp16 ${fp16Export.toFixed(4)} / quantizer fp16 ${fp16Ours.toFixed(4)}`,
+  );
+  // The exporter's q4 graph holds the same RTN codes and scales (int4 g32 sym, block linears) as the quantizer's.
+  assert.ok(Math.abs(theirs / ours - 1) < 1e-4);
+  assert.ok(Math.abs(fp16Export / fp16Ours - 1) < 1e-4);
+});
