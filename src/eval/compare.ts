@@ -8,8 +8,10 @@
  */
 
 import { UsageError } from '../errors.js';
+import type { ModelConfig } from '../model/config.js';
 import { Decoder } from '../model/decoder.js';
 import type { LoadedModel } from '../model/load.js';
+import { awqFoldable } from '../quant/awq.js';
 import type { GridSpec } from '../quant/grid.js';
 import { gridName, validateGrid } from '../quant/grid.js';
 import { type FormatName, formatBits, gridSpecFor } from '../quant/number-formats.js';
@@ -94,7 +96,13 @@ export interface CompareResults {
 }
 
 /** The runnable cells of methods × formats × bits, and why the others cannot exist. */
-export function planCompare(methods: MethodName[], formats: FormatName[], bits: number[], groupSize: number) {
+export function planCompare(
+  methods: MethodName[],
+  formats: FormatName[],
+  bits: number[],
+  groupSize: number,
+  config?: ModelConfig,
+) {
   const runs: PlannedRun[] = [];
   const skipped: SkippedRun[] = [];
   for (const method of methods) {
@@ -108,7 +116,14 @@ export function planCompare(methods: MethodName[], formats: FormatName[], bits: 
     for (const format of formats) {
       for (const b of bits) {
         const fixed = formatBits(format);
-        if (format !== 'int' && (method === 'hqq' || method === 'sinq')) {
+        if (method === 'awq' && config && !awqFoldable(config)) {
+          skipped.push({
+            method,
+            format,
+            bits: b,
+            reason: `awq cannot fold its scales into ${config.modelType}`,
+          });
+        } else if (format !== 'int' && (method === 'hqq' || method === 'sinq')) {
           // quantizeModel refuses these: HQQ/SINQ optimize an integer grid's scales and zeros.
           skipped.push({ method, format, bits: b, reason: `${method} optimizes integer grids only` });
         } else if (fixed !== undefined && fixed !== b) {
@@ -148,6 +163,7 @@ export async function runCompare(
     options.formats,
     options.bits,
     options.groupSize,
+    model.config,
   );
   if (plan.length === 0)
     throw new UsageError('no runnable combination in the grid', {

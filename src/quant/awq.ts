@@ -49,20 +49,26 @@ interface ScaleGroup {
   previous: { kind: 'norm' | 'linear'; name: string };
 }
 
-function scaleGroups(config: ModelConfig, layer: number): ScaleGroup[] {
-  // diag(s)⁻¹ folds exactly into an RMSNorm gain w (not Gemma's 1 + w, not a LayerNorm's bias,
-  // not past Gemma-2's post-norm) and into bias-free up/v rows across an elementwise product
-  // (SwiGLU), not across a GELU of a plain MLP.
+/**
+ * Whether AWQ's scales fold exactly into this model: diag(s)⁻¹ goes into an RMSNorm gain w (not
+ * Gemma's 1 + w, not a LayerNorm's bias, not past Gemma-2's post-norm) and into bias-free up/v
+ * rows across an elementwise product (SwiGLU), not across a GELU of a plain MLP.
+ */
+export function awqFoldable(config: ModelConfig): boolean {
   const L = config.layout ?? LLAMA_LAYOUT;
   const vFold = config.numHeads === config.numKvHeads;
-  if (
-    L.norm !== 'rms' ||
-    L.normOffset !== 0 ||
-    L.postNorms ||
-    !L.gatedMlp ||
-    L.mlpBias ||
-    (vFold && L.qkvBias)
-  ) {
+  return (
+    L.norm === 'rms' &&
+    L.normOffset === 0 &&
+    !L.postNorms &&
+    L.gatedMlp &&
+    !L.mlpBias &&
+    !(vFold && L.qkvBias)
+  );
+}
+
+function scaleGroups(config: ModelConfig, layer: number): ScaleGroup[] {
+  if (!awqFoldable(config)) {
     throw new UsageError('awq cannot fold its scales into this architecture', {
       field: 'method',
       got: config.modelType,

@@ -9,6 +9,7 @@ import path from 'node:path';
 import { test } from 'node:test';
 import { JsEngine } from '../../src/compute/js-engine.js';
 import { ConfigError, UsageError } from '../../src/errors.js';
+import { planCompare } from '../../src/eval/compare.js';
 import { quantizedLinears } from '../../src/export/hf-safetensors.js';
 import { OrtEngine } from '../../src/compute/ort-engine.js';
 import {
@@ -167,6 +168,13 @@ test('what cannot hold a layout is refused: AWQ scales on Gemma norms, Llama ten
   );
   const gpt2 = await loadModel((await writeCase(CASES.findIndex((c) => c.config.model_type === 'gpt2'))).dir);
   assert.throws(() => quantizedLinears(gpt2), ConfigError);
+  // ptq compare lists the AWQ cells as skipped instead of failing the grid.
+  const plan = planCompare(['rtn', 'awq'], ['int'], [4], 16, gpt2.config);
+  assert.deepEqual(
+    plan.runs.map((r) => r.method),
+    ['rtn'],
+  );
+  assert.equal(plan.skipped[0]?.reason, 'awq cannot fold its scales into gpt2');
 });
 
 test('real GPT-2 small tensors (GPT2LMHeadModel names) map to canonical [out, in] linears', {
