@@ -6,14 +6,15 @@
  */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
+import { evalCommand } from '../../src/cli/commands.js';
 import { exportGguf } from '../../src/export/gguf.js';
 import { GGUF_MIXES } from '../../src/export/gguf-mix.js';
 import { GgufFile } from '../../src/io/gguf.js';
-import { llamaCppInputOps } from '../../src/io/gguf-model.js';
+import { ggufStorage, llamaCppInputOps } from '../../src/io/gguf-model.js';
 import { writePtqCheckpoint } from '../../src/io/ptq-checkpoint.js';
 import { Decoder } from '../../src/model/decoder.js';
 import { greedyGenerate } from '../../src/model/generate.js';
@@ -253,6 +254,19 @@ for (const spec of MODELS) {
         // Until float summation order first flips an activation code, the emulation is llama.cpp.
         assert.ok(exactEmu >= EXACT_PREFIX, `${type}: emulated log-probs part at position ${exactEmu}`);
         if (exactPlain < window.length) assert.ok(exactEmu > exactPlain, `${type}: emulation gains nothing`);
+        // The file's own bits per weight (what `ptq eval` reports), and `ptq eval --emulate-llama-cpp`.
+        assert.equal((await ggufStorage(file)).bitsPerWeight, report.bitsPerWeight);
+        if (type === 'q4_0') {
+          const textFile = path.join(dir, 'text.txt');
+          writeFileSync(textFile, text());
+          const lines: string[] = [];
+          const args = { text: textFile, ctx: WINDOW, maxTokens: WINDOW, emulateLlamaCpp: true };
+          await evalCommand(file, args, { json: true, log: (l) => lines.push(l) });
+          const evaluated = JSON.parse(lines.join('\n'));
+          // 4.5 (656K), 6.941 (260K: ffn_down F16): what the file stores, not the dequantized 32.
+          assert.equal(evaluated.bitsPerWeight, report.bitsPerWeight, 'ptq eval: bits/w as stored');
+          assert.ok(Math.abs(evaluated.perplexity / pplEmu - 1) < 1e-6, `ptq eval ${evaluated.perplexity}`);
+        }
         if (type === 'f32') {
           assert.ok(maxDiff < F32_LOGPROB_TOL, `f32: max |Δlog-prob| ${maxDiff} >= ${F32_LOGPROB_TOL}`);
           assert.equal(agree, window.length);
