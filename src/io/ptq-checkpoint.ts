@@ -28,7 +28,7 @@
 import { copyFile, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { FormatError } from '../errors.js';
-import { packBits, unpackBits } from '../formats/bitpack.js';
+import { packBits, packedByteLength, unpackBits } from '../formats/bitpack.js';
 import { FP8_E4M3 } from '../formats/element-formats.js';
 import { decodeBf16, decodeF16, encodeBf16, encodeF16 } from '../formats/half.js';
 import { E8M0 } from '../formats/minifloat.js';
@@ -36,7 +36,7 @@ import { type GridSpec, makeGrid } from '../quant/grid.js';
 import { dequantize, outlierIndexDtypes, type QuantizedTensor } from '../quant/quantized-tensor.js';
 import type { TensorMap } from '../tensor.js';
 import { writeDirectoryAtomically } from './atomic.js';
-import { SafetensorsModel, writeSafetensors } from './safetensors.js';
+import { SafetensorsModel, type TensorHeader, type TensorToWrite, writeSafetensors } from './safetensors.js';
 
 export const CHECKPOINT_FILE = 'model.safetensors';
 
@@ -49,7 +49,7 @@ export interface PtqQuantization {
   tensors: Map<string, QuantizedTensor>;
 }
 
-interface TensorEntry {
+export interface TensorEntry {
   rows: number;
   cols: number;
   grid: GridSpec;
@@ -68,7 +68,7 @@ export async function writePtqCheckpoint(
   model: CheckpointSource,
   q: PtqQuantization,
 ): Promise<void> {
-  const tensors: Parameters<typeof writeSafetensors>[1] = [];
+  const tensors: TensorToWrite[] = [];
   const entries: Record<string, TensorEntry> = {};
   for (const [name, t] of model.weights) {
     const qt = q.tensors.get(name);
@@ -76,54 +76,108 @@ export async function writePtqCheckpoint(
       tensors.push({ name, dtype: 'F32', shape: t.shape, data: t.data });
       continue;
     }
-    // The per-tensor scale is a tensor of its own, not metadata.
-    const { globalScale, ...grid } = qt.spec;
-    entries[name] = { rows: qt.rows, cols: qt.cols, grid };
-    const b = base(name);
-    tensors.push({ name: `${b}.qweight`, dtype: 'U8', shape: [qt.qweight.length], data: qt.qweight });
-    const scaleShape = [qt.scales.length / (qt.cols / groupColumns(qt)), qt.cols / groupColumns(qt)];
-    tensors.push({ name: `${b}.scales`, ...encodeParams(qt.scales, qt.spec.scaleDtype), shape: scaleShape });
-    if (!qt.spec.symmetric && qt.spec.zeroPoint === 'float') {
-      tensors.push({ name: `${b}.zeros`, ...encodeParams(qt.zeros, qt.spec.scaleDtype), shape: scaleShape });
-    } else if (!qt.spec.symmetric) {
-      const packed = packBits(Uint8Array.from(qt.zeros), qt.spec.bits);
-      tensors.push({ name: `${b}.qzeros`, dtype: 'U8', shape: [packed.length], data: packed });
-    }
-    if (qt.columnScales) {
-      tensors.push({
-        name: `${b}.col_scales`,
-        ...encodeParams(qt.columnScales, qt.spec.scaleDtype),
-        shape: [qt.cols],
-      });
-    }
-    if (qt.groupIndex)
-      tensors.push({ name: `${b}.g_idx`, dtype: 'I32', shape: [qt.cols], data: qt.groupIndex });
-    tensors.push(...sideTensors(b, qt));
-    if (globalScale !== undefined) {
-      tensors.push({
-        name: `${b}.global_scale`,
-        dtype: 'F32',
-        shape: [1],
-        data: Float32Array.of(globalScale),
-      });
-    }
+    entries[name] = checkpointEntry(qt);
+    tensors.push(...quantizedTensorsToWrite(name, qt));
   }
+  await writeDirectoryAtomically(outDir, async (tmp) => {
+    await writeSafetensors(path.join(tmp, CHECKPOINT_FILE), tensors, checkpointMetadata(entries));
+    await finishCheckpointDirectory(tmp, model, q);
+  });
+}
+
+/** The metadata entry of a quantized weight: the per-tensor scale is a tensor of its own, not metadata. */
+export function checkpointEntry(qt: QuantizedTensor): TensorEntry {
+  const { globalScale, ...grid } = qt.spec;
+  return { rows: qt.rows, cols: qt.cols, grid };
+}
+
+export function checkpointMetadata(entries: Record<string, TensorEntry>): Record<string, string> {
+  return { format: 'pt', ptqkit: JSON.stringify({ tensors: entries }) };
+}
+
+/** config.json (with quantization_config) and the tokenizer files, beside the weights. */
+export async function finishCheckpointDirectory(
+  tmp: string,
+  model: Pick<CheckpointSource, 'hfConfig' | 'tokenizerFiles'>,
+  q: Pick<PtqQuantization, 'method' | 'settings'>,
+): Promise<void> {
   const config = {
     ...model.hfConfig,
     quantization_config: { quant_method: 'ptqkit', format_version: 1, method: q.method, ...q.settings },
   };
-  await writeDirectoryAtomically(outDir, async (tmp) => {
-    await writeSafetensors(path.join(tmp, CHECKPOINT_FILE), tensors, {
-      format: 'pt',
-      ptqkit: JSON.stringify({ tensors: entries }),
+  await writeJson(path.join(tmp, 'config.json'), config);
+  for (const file of model.tokenizerFiles) {
+    // llama2.c tokenizers travel as tokenizer.bin, the name the directory loader looks for.
+    const name = file.endsWith('.bin') ? 'tokenizer.bin' : path.basename(file);
+    await copyFile(file, path.join(tmp, name));
+  }
+}
+
+/** The stored tensors of one quantized weight `name`, in file order. */
+export function quantizedTensorsToWrite(name: string, qt: QuantizedTensor): TensorToWrite[] {
+  const tensors: TensorToWrite[] = [];
+  const b = base(name);
+  tensors.push({ name: `${b}.qweight`, dtype: 'U8', shape: [qt.qweight.length], data: qt.qweight });
+  const scaleShape = [qt.scales.length / (qt.cols / groupColumns(qt)), qt.cols / groupColumns(qt)];
+  tensors.push({ name: `${b}.scales`, ...encodeParams(qt.scales, qt.spec.scaleDtype), shape: scaleShape });
+  if (!qt.spec.symmetric && qt.spec.zeroPoint === 'float') {
+    tensors.push({ name: `${b}.zeros`, ...encodeParams(qt.zeros, qt.spec.scaleDtype), shape: scaleShape });
+  } else if (!qt.spec.symmetric) {
+    const packed = packBits(Uint8Array.from(qt.zeros), qt.spec.bits);
+    tensors.push({ name: `${b}.qzeros`, dtype: 'U8', shape: [packed.length], data: packed });
+  }
+  if (qt.columnScales) {
+    tensors.push({
+      name: `${b}.col_scales`,
+      ...encodeParams(qt.columnScales, qt.spec.scaleDtype),
+      shape: [qt.cols],
     });
-    await writeJson(path.join(tmp, 'config.json'), config);
-    for (const file of model.tokenizerFiles) {
-      // llama2.c tokenizers travel as tokenizer.bin, the name the directory loader looks for.
-      const name = file.endsWith('.bin') ? 'tokenizer.bin' : path.basename(file);
-      await copyFile(file, path.join(tmp, name));
-    }
-  });
+  }
+  if (qt.groupIndex)
+    tensors.push({ name: `${b}.g_idx`, dtype: 'I32', shape: [qt.cols], data: qt.groupIndex });
+  tensors.push(...sideTensors(b, qt));
+  if (qt.spec.globalScale !== undefined) {
+    tensors.push({
+      name: `${b}.global_scale`,
+      dtype: 'F32',
+      shape: [1],
+      data: Float32Array.of(qt.spec.globalScale),
+    });
+  }
+  return tensors;
+}
+
+/**
+ * What `quantizedTensorsToWrite` will store for a [rows, cols] weight on the grid of `spec`,
+ * known before the weight is quantized (the streaming writer's header): sizes follow from the
+ * grid alone. Without g_idx, outliers or LoRC factors, whose presence or size depend on the
+ * method's run; `columnScales` says whether SINQ keeps its column scales.
+ */
+export function quantizedLayout(
+  name: string,
+  rows: number,
+  cols: number,
+  spec: GridSpec,
+  columnScales: boolean,
+): TensorHeader[] {
+  const grid = makeGrid(spec);
+  const [blockRows, blockCols] = grid.blockShape(rows, cols, name);
+  const params = (rows / blockRows) * (cols / blockCols);
+  const groups = cols / (spec.granularity === 'group' ? spec.groupSize : cols);
+  const scaleDtype = PARAM_DTYPES[spec.scaleDtype];
+  const b = base(name);
+  const out: TensorHeader[] = [
+    { name: `${b}.qweight`, dtype: 'U8', shape: [grid.packing.byteLength(rows * cols)] },
+    { name: `${b}.scales`, dtype: scaleDtype, shape: [params / groups, groups] },
+  ];
+  if (!spec.symmetric && spec.zeroPoint === 'float') {
+    out.push({ name: `${b}.zeros`, dtype: scaleDtype, shape: [params / groups, groups] });
+  } else if (!spec.symmetric) {
+    out.push({ name: `${b}.qzeros`, dtype: 'U8', shape: [packedByteLength(params, spec.bits)] });
+  }
+  if (columnScales) out.push({ name: `${b}.col_scales`, dtype: scaleDtype, shape: [cols] });
+  if (grid.bitsPerTensorParams() > 0) out.push({ name: `${b}.global_scale`, dtype: 'F32', shape: [1] });
+  return out;
 }
 
 export async function readPtqCheckpoint(
@@ -185,8 +239,8 @@ export async function readPtqCheckpoint(
 }
 
 /** SpQR outliers as CSR (FP16 values, narrowest index dtypes) and LoRC factors (FP16). */
-function sideTensors(b: string, q: QuantizedTensor): Parameters<typeof writeSafetensors>[1] {
-  const out: Parameters<typeof writeSafetensors>[1] = [];
+function sideTensors(b: string, q: QuantizedTensor): TensorToWrite[] {
+  const out: TensorToWrite[] = [];
   const o = q.outliers;
   if (o) {
     const dt = outlierIndexDtypes(q.cols, o.values.length);
@@ -252,21 +306,24 @@ function groupColumns(q: QuantizedTensor): number {
 }
 
 /** Scales, float zeros and column scales are stored in the grid's scale dtype (values already rounded to it). */
+/** The safetensors dtype each scale dtype is stored as (encodeParams). */
+const PARAM_DTYPES = { e4m3: 'F8_E4M3', e8m0: 'U8', f16: 'F16', bf16: 'BF16', f32: 'F32' } as const;
+
 export function encodeParams(
   values: Float32Array,
   dtype: GridSpec['scaleDtype'],
-): { dtype: 'F16' | 'BF16' | 'F32' | 'F8_E4M3' | 'U8'; data: ArrayBufferView } {
+): { dtype: (typeof PARAM_DTYPES)[GridSpec['scaleDtype']]; data: ArrayBufferView } {
   switch (dtype) {
     case 'e4m3':
-      return { dtype: 'F8_E4M3', data: Uint8Array.from(values, (v) => FP8_E4M3.encode(v)) };
+      return { dtype: PARAM_DTYPES[dtype], data: Uint8Array.from(values, (v) => FP8_E4M3.encode(v)) };
     case 'e8m0':
-      return { dtype: 'U8', data: Uint8Array.from(values, (v) => E8M0.encode(v)) };
+      return { dtype: PARAM_DTYPES[dtype], data: Uint8Array.from(values, (v) => E8M0.encode(v)) };
     case 'f16':
-      return { dtype: 'F16', data: encodeF16(values) };
+      return { dtype: PARAM_DTYPES[dtype], data: encodeF16(values) };
     case 'bf16':
-      return { dtype: 'BF16', data: encodeBf16(values) };
+      return { dtype: PARAM_DTYPES[dtype], data: encodeBf16(values) };
     case 'f32':
-      return { dtype: 'F32', data: values };
+      return { dtype: PARAM_DTYPES[dtype], data: values };
   }
 }
 

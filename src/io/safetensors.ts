@@ -87,6 +87,29 @@ export class SafetensorsFile {
     return bytes;
   }
 
+  /** `length` bytes of tensor `name` from byte `offset` of its data: one positional read (streaming). */
+  async readRawRange(name: string, offset: number, length: number): Promise<Uint8Array> {
+    const info = this.info(name);
+    if (offset < 0 || length < 0 || info.begin + offset + length > info.end) {
+      throw new FormatError('read outside the tensor', {
+        file: this.file,
+        field: name,
+        expected: `a range within ${info.end - info.begin} bytes`,
+        got: `[${offset}, ${offset + length})`,
+      });
+    }
+    const bytes = new Uint8Array(length);
+    const { bytesRead } = await this.handle.read(bytes, 0, length, info.begin + offset);
+    if (bytesRead !== length) {
+      throw new FormatError('file truncated while reading a tensor', {
+        file: this.file,
+        field: name,
+        offset: info.begin + offset,
+      });
+    }
+    return bytes;
+  }
+
   info(name: string): TensorInfo {
     const info = this.tensors.get(name);
     if (!info) throw new FormatError('no such tensor', { file: this.file, field: name });
@@ -429,6 +452,10 @@ export class SafetensorsModel {
     return this.ownerOf(name).readRaw(name);
   }
 
+  readRawRange(name: string, offset: number, length: number): Promise<Uint8Array> {
+    return this.ownerOf(name).readRawRange(name, offset, length);
+  }
+
   async readFloat32(name: string): Promise<Float32Array> {
     return toFloat32(await this.readRaw(name), this.info(name).dtype);
   }
@@ -444,11 +471,47 @@ export class SafetensorsModel {
   }
 }
 
-export interface TensorToWrite {
+/** A tensor's header entry, without its data: what the streaming writer is told up front. */
+export interface TensorHeader {
   name: string;
   dtype: SafetensorsDtype;
   shape: number[];
+}
+
+export interface TensorToWrite extends TensorHeader {
   data: ArrayBufferView;
+}
+
+const tensorBytes = (t: TensorHeader) => t.shape.reduce((a, b) => a * b, 1) * DTYPE_BYTES[t.dtype];
+
+/** u64 LE length + JSON header padded with spaces to a multiple of 8 bytes, tensors at consecutive offsets. */
+function encodeHeader(tensors: readonly TensorHeader[], metadata?: Record<string, string>): Buffer {
+  const header: Record<string, unknown> = {};
+  if (metadata) header.__metadata__ = metadata;
+  let offset = 0;
+  for (const t of tensors) {
+    const bytes = tensorBytes(t);
+    header[t.name] = { dtype: t.dtype, shape: t.shape, data_offsets: [offset, offset + bytes] };
+    offset += bytes;
+  }
+  let json = JSON.stringify(header);
+  json += ' '.repeat((8 - (Buffer.byteLength(json) % 8)) % 8);
+  const headerBytes = Buffer.from(json, 'utf8');
+  const prefix = Buffer.alloc(8);
+  prefix.writeBigUInt64LE(BigInt(headerBytes.length));
+  return Buffer.concat([prefix, headerBytes]);
+}
+
+async function openTemp(file: string): Promise<{ tmp: string; handle: FileHandle }> {
+  const tmp = `${file}.tmp-${process.pid}-${Math.random().toString(36).slice(2)}`;
+  try {
+    return { tmp, handle: await open(tmp, 'w') };
+  } catch (e) {
+    throw new FileError('cannot write the safetensors file', {
+      file,
+      got: (e as NodeJS.ErrnoException).code,
+    });
+  }
 }
 
 /** Write tensors in order; header padded to 8 bytes; through a temp file renamed at the end. */
@@ -457,11 +520,8 @@ export async function writeSafetensors(
   tensors: TensorToWrite[],
   metadata?: Record<string, string>,
 ): Promise<void> {
-  const header: Record<string, unknown> = {};
-  if (metadata) header.__metadata__ = metadata;
-  let offset = 0;
   for (const t of tensors) {
-    const expected = t.shape.reduce((a, b) => a * b, 1) * DTYPE_BYTES[t.dtype];
+    const expected = tensorBytes(t);
     if (t.data.byteLength !== expected) {
       throw new FormatError('tensor data does not match its dtype and shape', {
         file,
@@ -470,28 +530,10 @@ export async function writeSafetensors(
         got: `${t.data.byteLength}`,
       });
     }
-    header[t.name] = { dtype: t.dtype, shape: t.shape, data_offsets: [offset, offset + expected] };
-    offset += expected;
   }
-  let json = JSON.stringify(header);
-  json += ' '.repeat((8 - (Buffer.byteLength(json) % 8)) % 8);
-  const headerBytes = Buffer.from(json, 'utf8');
-  const prefix = Buffer.alloc(8);
-  prefix.writeBigUInt64LE(BigInt(headerBytes.length));
-
-  const tmp = `${file}.tmp-${process.pid}-${Math.random().toString(36).slice(2)}`;
-  let handle: FileHandle;
+  const { tmp, handle } = await openTemp(file);
   try {
-    handle = await open(tmp, 'w');
-  } catch (e) {
-    throw new FileError('cannot write the safetensors file', {
-      file,
-      got: (e as NodeJS.ErrnoException).code,
-    });
-  }
-  try {
-    await handle.write(prefix);
-    await handle.write(headerBytes);
+    await handle.write(encodeHeader(tensors, metadata));
     for (const t of tensors)
       await handle.write(new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength));
     await handle.close();
@@ -500,5 +542,94 @@ export async function writeSafetensors(
     await handle.close().catch(() => {});
     await rm(tmp, { force: true });
     throw new FileError(`writing failed: ${(e as Error).message}`, { file });
+  }
+}
+
+/**
+ * A safetensors file written as its tensors are produced: the header (every name, dtype and
+ * shape, hence every offset) is written first, then each tensor's bytes are appended in that
+ * order, in as many pieces as the caller likes. Bytes equal `writeSafetensors` of the same
+ * tensors. Nothing but the piece being written is held; `finish` checks every byte arrived and
+ * renames the temp file into place, `abort` removes it.
+ */
+export class SafetensorsWriter {
+  private index = 0;
+  /** Bytes still due for tensor `index`. */
+  private due: number;
+
+  private constructor(
+    readonly file: string,
+    private readonly tmp: string,
+    private readonly handle: FileHandle,
+    private readonly tensors: readonly TensorHeader[],
+  ) {
+    this.due = tensors.length ? tensorBytes(tensors[0]!) : 0;
+  }
+
+  static async create(
+    file: string,
+    tensors: readonly TensorHeader[],
+    metadata?: Record<string, string>,
+  ): Promise<SafetensorsWriter> {
+    const { tmp, handle } = await openTemp(file);
+    const w = new SafetensorsWriter(file, tmp, handle, tensors);
+    try {
+      await handle.write(encodeHeader(tensors, metadata));
+    } catch (e) {
+      await w.abort();
+      throw new FileError(`writing failed: ${(e as Error).message}`, { file });
+    }
+    return w;
+  }
+
+  /** The tensor the next bytes belong to (undefined once all are written). */
+  get next(): TensorHeader | undefined {
+    this.skipEmpty();
+    return this.tensors[this.index];
+  }
+
+  /** Append a piece of tensor `name`'s data; the pieces of one tensor come in order, tensors in header order. */
+  async write(name: string, data: ArrayBufferView): Promise<void> {
+    const t = this.next;
+    if (!t || t.name !== name || data.byteLength > this.due) {
+      throw new FormatError('tensor written out of the announced order or size', {
+        file: this.file,
+        field: name,
+        expected: t ? `at most ${this.due} more bytes of '${t.name}'` : 'no more tensors',
+        got: `${data.byteLength} bytes`,
+      });
+    }
+    try {
+      await this.handle.write(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+    } catch (e) {
+      throw new FileError(`writing failed: ${(e as Error).message}`, { file: this.file, field: name });
+    }
+    this.due -= data.byteLength;
+  }
+
+  async finish(): Promise<void> {
+    const t = this.next;
+    if (t) {
+      throw new FormatError('tensor data missing at the end of the file', {
+        file: this.file,
+        field: t.name,
+        expected: `${this.due} more bytes`,
+      });
+    }
+    await this.handle.close();
+    await rename(this.tmp, this.file);
+  }
+
+  async abort(): Promise<void> {
+    await this.handle.close().catch(() => {});
+    await rm(this.tmp, { force: true });
+  }
+
+  private skipEmpty(): void {
+    while (this.due === 0 && this.index < this.tensors.length) {
+      this.index++;
+      const t = this.tensors[this.index];
+      if (t) this.due = tensorBytes(t);
+    }
   }
 }
