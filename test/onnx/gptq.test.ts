@@ -16,7 +16,6 @@ import { loadModel } from '../../src/model/load.js';
 import { collectInputStats, decoderFeeds } from '../../src/onnx/calibrate.js';
 import { OnnxModel } from '../../src/onnx/model-file.js';
 import { quantizeOnnx } from '../../src/onnx/quantize-onnx.js';
-import { quantizeWeightsToNBits } from '../../src/onnx/weight-only.js';
 import { sampleCalibrationWindows } from '../../src/quant/calibrate.js';
 import { tempDir } from '../helpers.js';
 import { onnxPerplexity, SOURCE, TEXT } from './setup.js';
@@ -76,36 +75,23 @@ test('H from the ONNX graph equals the Gram matrix of ptqkit’s own layer-0 att
 });
 
 test('GPTQ beats RTN on its objective per layer and in perplexity', async () => {
-  const layerErrors = async (method: 'rtn' | 'gptq') => {
-    const model = await OnnxModel.read(file);
-    const r = await quantizeWeightsToNBits(model, {
-      bits: 4,
-      blockSize: 32,
-      symmetric: true,
-      method,
-      gather: false,
-      exclude,
-      hessian: (name) => stats.get(name)?.H,
-    });
-    await model.close();
-    return r;
-  };
-  const rtn = await layerErrors('rtn');
-  const gptq = await layerErrors('gptq');
+  const out = (method: 'rtn' | 'gptq') => path.join(tmp, method);
+  const quantize = async (method: 'rtn' | 'gptq') =>
+    (
+      await quantizeOnnx(fpDir, out(method), {
+        dtypes: ['q4'],
+        blockSize: 32,
+        symmetric: true,
+        method,
+        gather: false,
+        exclude,
+        hessian: (name) => stats.get(name)?.H,
+      })
+    ).graphs[0]!.weightOnly!;
+  const rtn = await quantize('rtn');
+  const gptq = await quantize('gptq');
   assert.equal(gptq.quantized.length, 14);
   assert.equal(gptq.skipped.length, 0);
-
-  const out = (method: 'rtn' | 'gptq') => path.join(tmp, method);
-  for (const method of ['rtn', 'gptq'] as const)
-    await quantizeOnnx(fpDir, out(method), {
-      dtypes: ['q4'],
-      blockSize: 32,
-      symmetric: true,
-      method,
-      gather: false,
-      exclude,
-      hessian: (name) => stats.get(name)?.H,
-    });
   const pRtn = await onnxPerplexity(out('rtn'), 'q4', evalTokens);
   const pGptq = await onnxPerplexity(out('gptq'), 'q4', evalTokens);
   const fpPpl = await onnxPerplexity(fpDir, 'fp32', evalTokens);
