@@ -16,9 +16,8 @@
  * models ptqkit loads.) The row-length fallback (typeForRow) comes after, as in llama-quantize.
  */
 import { type GgmlType, ggmlType } from '../formats/ggml.js';
-import { EMBED, LM_HEAD } from '../model/architecture.js';
+import { BLOCK_LINEARS, type BlockLinear, EMBED, LM_HEAD } from '../model/architecture.js';
 import type { ModelConfig } from '../model/config.js';
-import { useMoreBits } from '../quant/allocate.js';
 
 /** `--type` names of the mixes, with llama.h's llama_ftype and the base type. */
 export const GGUF_MIXES: Readonly<Record<string, { ftype: number; base: string }>> = {
@@ -34,18 +33,43 @@ export const GGUF_MIXES: Readonly<Record<string, { ftype: number; base: string }
   q6_k: { ftype: 18, base: 'Q6_K' },
 };
 
+/**
+ * llama.cpp's "more bits" rule for attn_v / ffn_down (`use_more_bits`): the first and last
+ * eighth of the blocks and every third block in between, with C's integer divisions
+ * (2 blocks: block 1 only, as llama-quantize chooses).
+ */
+export function useMoreBits(layer: number, numLayers: number): boolean {
+  const eighth = Math.floor(numLayers / 8);
+  return layer < eighth || layer >= Math.floor((7 * numLayers) / 8) || (layer - eighth) % 3 === 2;
+}
+
 /** The mix's type of one matrix (before the row-length fallback). */
 export function mixTensorType(mix: string, hfName: string, inDim: number, config: ModelConfig): GgmlType {
   const { base } = GGUF_MIXES[mix]!;
-  const n = config.numLayers;
-  const gqa = config.numHeads / config.numKvHeads;
   const isOutput = hfName === LM_HEAD || (config.tiedEmbeddings && hfName === EMBED);
   if (isOutput) return ggmlType(inDim % ggmlType(base).blockSize !== 0 ? 'Q8_0' : 'Q6_K');
   const m = /^model\.layers\.(\d+)\.(.+)\.weight$/.exec(hfName);
-  if (!m) return ggmlType(base); // token_embd (untied) keeps the base type
-  const layer = Number(m[1]);
-  const pick = (rules: Record<string, string | undefined>) => ggmlType(rules[mix] ?? base);
-  switch (m[2]) {
+  const linear = BLOCK_LINEARS.find((l) => l === m?.[2]);
+  if (!m || !linear) return ggmlType(base); // token_embd (untied) keeps the base type
+  const gqa = config.numHeads / config.numKvHeads;
+  return ggmlType(mixBlockLinearType(mix, Number(m[1]), config.numLayers, linear, gqa));
+}
+
+/**
+ * The mix's type name for a block linear of layer `layer` of `numLayers` (gqa: n_head / n_head_kv,
+ * used by Q2_K's attn_v only). allocate.ts's llama.cpp-like presets read the same rules.
+ */
+export function mixBlockLinearType(
+  mix: string,
+  layer: number,
+  numLayers: number,
+  linear: BlockLinear,
+  gqa = 1,
+): string {
+  const { base } = GGUF_MIXES[mix]!;
+  const n = numLayers;
+  const pick = (rules: Record<string, string | undefined>) => rules[mix] ?? base;
+  switch (linear) {
     case 'self_attn.v_proj':
       return pick({
         q2_k: gqa >= 4 ? 'Q4_K' : 'Q3_K',
@@ -69,6 +93,6 @@ export function mixTensorType(mix: string, hfName: string, inDim: number, config
     case 'self_attn.o_proj':
       return pick({ q2_k: 'Q3_K', q3_k_m: 'Q4_K', q3_k_l: 'Q5_K' });
     default:
-      return ggmlType(base);
+      return base;
   }
 }

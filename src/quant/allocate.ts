@@ -19,6 +19,7 @@
  */
 import { UsageError } from '../errors.js';
 import { evaluate } from '../eval/perplexity.js';
+import { mixBlockLinearType, useMoreBits } from '../export/gguf-mix.js';
 import { BLOCK_LINEARS, type BlockLinear, linearWeightName } from '../model/architecture.js';
 import type { ModelConfig } from '../model/config.js';
 import { Decoder } from '../model/decoder.js';
@@ -235,34 +236,31 @@ export function bitBudget(
   return left;
 }
 
-/**
- * llama.cpp's "more bits" rule for attn_v / ffn_down in the K-quant mixes
- * (llama.cpp src/llama-quant.cpp, llama_tensor_get_type, `use_more_bits`): the first and last
- * eighth of the blocks and every third block in between. The divisions are C's integer ones
- * (2 blocks: block 1 only, as llama-quantize chooses).
- */
-export function useMoreBits(layer: number, numLayers: number): boolean {
-  const eighth = Math.floor(numLayers / 8);
-  return layer < eighth || layer >= Math.floor((7 * numLayers) / 8) || (layer - eighth) % 3 === 2;
-}
+export { useMoreBits };
+
+/** The integer g32 grid of each K-quant's code width: what the presets use for the K-quant. */
+const K_QUANT_GRID: Record<string, string> = {
+  Q2_K: 'int2-g32',
+  Q3_K: 'int3-g32',
+  Q4_K: 'int4-g32',
+  Q5_K: 'int5-g32',
+  Q6_K: 'int6-g32',
+};
+const likeMix =
+  (mix: string) =>
+  (layer: number, n: number, linear: BlockLinear): string =>
+    K_QUANT_GRID[mixBlockLinearType(mix, layer, n, linear)]!;
 
 /**
- * Fixed-rule baselines after llama.cpp's K-quant mixes (llama_tensor_get_type): Q4_K_M puts
- * attn_v and ffn_down at Q6_K where useMoreBits, Q4_K elsewhere; Q3_K_M puts attn_v at Q5_K in
- * the first two blocks (Q4_K after), ffn_down at Q5_K in the first 1/16 of blocks and Q4_K where
- * useMoreBits, Q3_K elsewhere. K-quants map to integer g32 grids of the same code width here.
+ * Fixed-rule baselines after llama.cpp's K-quant mixes, read from export/gguf-mix.ts (the one
+ * place for llama_tensor_get_type's rules): Q4_K_M puts attn_v and ffn_down at Q6_K where
+ * useMoreBits, Q4_K elsewhere; Q3_K_M puts attn_v at Q5_K in the first two blocks (Q4_K after),
+ * ffn_down at Q5_K in the first n/16 blocks and Q4_K after, attn_output at Q4_K, Q3_K elsewhere.
+ * K-quants map to integer g32 grids of the same code width here.
  */
 export const PRESETS = {
-  'q4_k_m-like': (layer: number, n: number, linear: BlockLinear): string =>
-    (linear === 'self_attn.v_proj' || linear === 'mlp.down_proj') && useMoreBits(layer, n)
-      ? 'int6-g32'
-      : 'int4-g32',
-  'q3_k_m-like': (layer: number, n: number, linear: BlockLinear): string => {
-    if (linear === 'self_attn.v_proj') return layer < 2 ? 'int5-g32' : 'int4-g32';
-    if (linear === 'mlp.down_proj')
-      return layer < Math.floor(n / 16) ? 'int5-g32' : useMoreBits(layer, n) ? 'int4-g32' : 'int3-g32';
-    return 'int3-g32';
-  },
+  'q4_k_m-like': likeMix('q4_k_m'),
+  'q3_k_m-like': likeMix('q3_k_m'),
 } as const;
 export type PresetName = keyof typeof PRESETS;
 
