@@ -89,7 +89,8 @@ export async function quantizeOnnxCommand(input: string, args: OnnxQuantizeArgs,
         expected: Object.keys(ONNX_QUANT_DTYPES).join(', '),
         got: d || `(none for --bits ${args.bits})`,
       });
-  const blockSize = args.onnxBlockSize ?? args.groupSize;
+  // --group-size -1 (or 0) is ptq's per-channel grid: one MatMulNBits block per row.
+  const blockSize = args.onnxBlockSize ?? Math.max(0, args.groupSize);
   const filter = {
     include: parsePatterns(args.include, 'include'),
     exclude: parsePatterns(args.exclude, 'exclude'),

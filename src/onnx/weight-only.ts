@@ -48,13 +48,18 @@ import {
 import { DT, dimsOf, makeTensor, type NodeProto, type OnnxModel, type TensorProto } from './model-file.js';
 
 export const NBITS_BITS = [2, 4, 8] as const;
+const MIN_BLOCK = 16;
+const MAX_BLOCK = 256;
 export const GATHER_BITS = [4, 8] as const;
 export const ONNX_METHODS = ['rtn', 'hqq', 'sinq', 'gptq'] as const;
 export type OnnxMethod = (typeof ONNX_METHODS)[number];
 
 export interface WeightOnlyOptions extends NodeFilter {
   bits: number;
-  /** Block along K: a power of two from 16 to 256 (MatMulNBits' kernels). */
+  /**
+   * Block along K: a power of two from 16 to 256 (MatMulNBits' kernels), or 0 for one block per
+   * row (per channel: the next power of two ≥ K, at most 256, zero-padded past K).
+   */
   blockSize: number;
   symmetric: boolean;
   method: OnnxMethod;
@@ -98,10 +103,13 @@ export interface WeightOnlyReport {
 export function validateWeightOnly(o: WeightOnlyOptions): void {
   if (!(NBITS_BITS as readonly number[]).includes(o.bits))
     throw new UsageError('MatMulNBits takes 2, 4 or 8-bit codes', { field: 'bits', got: String(o.bits) });
-  if (!(o.blockSize >= 16 && o.blockSize <= 256 && (o.blockSize & (o.blockSize - 1)) === 0))
+  if (
+    o.blockSize !== 0 &&
+    !(o.blockSize >= 16 && o.blockSize <= 256 && (o.blockSize & (o.blockSize - 1)) === 0)
+  )
     throw new UsageError('invalid block size', {
       field: 'block-size',
-      expected: 'a power of two from 16 to 256',
+      expected: 'a power of two from 16 to 256, or 0 (per channel)',
       got: String(o.blockSize),
     });
   if (o.method === 'hqq' && o.bits === 8)
@@ -218,32 +226,39 @@ export async function quantizeWeightsToNBits(
   validateWeightOnly(o);
   const edit = new GraphEditor(model);
   const engine = o.engine ?? getDefaultEngine();
-  const spec: GridSpec = {
-    bits: o.bits,
-    symmetric: o.symmetric,
-    granularity: 'group',
-    groupSize: o.blockSize,
-    scaleDtype: o.scaleDtype ?? 'f16',
+  /** The grid of a matrix whose rows are `cols` wide (per channel: one block of the next power of two). */
+  const gridFor = (cols: number) => {
+    const bs = o.blockSize || Math.max(MIN_BLOCK, 2 ** Math.ceil(Math.log2(cols)));
+    if (bs > MAX_BLOCK) return undefined;
+    const spec: GridSpec = {
+      bits: o.bits,
+      symmetric: o.symmetric,
+      granularity: 'group',
+      groupSize: bs,
+      scaleDtype: o.scaleDtype ?? 'f16',
+    };
+    return new IntGrid(spec);
   };
-  const grid = new IntGrid(spec);
   const report: WeightOnlyReport = { quantized: [], skipped: [], weights: 0, storedBytes: 0 };
   /** Quantized weights by (initializer, layout, α): shared weights are quantized and stored once. */
   const cache = new Map<string, StoredNBits>();
   const nodes = model.graph.node;
-  const todo = nodes.filter(
-    (n) =>
-      selected(n, o) &&
-      (candidate(model, n) !== undefined || (o.gather !== false && isEmbeddingGather(model, n))),
+  const todo = new Set(
+    nodes.filter(
+      (n) =>
+        selected(n, o) &&
+        (candidate(model, n) !== undefined || (o.gather !== false && isEmbeddingGather(model, n))),
+    ),
   );
   let done = 0;
 
   for (let index = 0; index < nodes.length; index++) {
     const node = nodes[index]!;
-    if (!todo.includes(node)) continue;
-    o.onProgress?.(done++, todo.length, node.name);
+    if (!todo.has(node)) continue;
+    o.onProgress?.(done++, todo.size, node.name);
     const name = node.name || node.output[0]!;
     if (node.opType === 'Gather') {
-      const r = await gatherToBlockQuantized(model, edit, node, grid, o);
+      const r = await gatherToBlockQuantized(model, edit, node, gridFor, o);
       if (typeof r === 'string') report.skipped.push({ node: name, op: node.opType, reason: r });
       else {
         nodes[index] = r.node;
@@ -261,12 +276,22 @@ export async function quantizeWeightsToNBits(
     const dims = dimsOf(view.init);
     const [K, N] = view.transposed ? [dims[0]!, dims[1]!] : [dims[1]!, dims[0]!];
     const key = `${view.init.name}|${view.transposed}|${view.alpha}`;
+    const grid = gridFor(K);
+    if (!grid) {
+      report.skipped.push({
+        node: name,
+        op: node.opType,
+        reason: `per-channel block of ${K} columns exceeds ${MAX_BLOCK}`,
+      });
+      continue;
+    }
+    const bs = grid.spec.groupSize;
     let entry = cache.get(key);
     if (!entry) {
       let w = await model.floatData(view.init);
       if (view.transposed) w = transpose(w, K, N);
       if (view.alpha !== 1) w = w.map((x) => x * view.alpha);
-      const K2 = Math.ceil(K / o.blockSize) * o.blockSize;
+      const K2 = Math.ceil(K / bs) * bs;
       const padded = { shape: [N, K2], data: padColumns(w, N, K, K2) };
       let q: QuantizedTensor;
       if (o.method === 'rtn') q = quantizeRtn(padded, grid, name);
@@ -358,7 +383,7 @@ export async function quantizeWeightsToNBits(
     report.quantized.push({
       node: name,
       op: node.opType,
-      result: `MatMulNBits b${o.bits} bs${o.blockSize}${entry.inputs[2] ? ' zp' : ''}${entry.columnScales ? ' +column scales' : ''}`,
+      result: `MatMulNBits b${o.bits} bs${bs}${entry.inputs[2] ? ' zp' : ''}${entry.columnScales ? ' +column scales' : ''}`,
       K,
       N,
       method: o.method,
@@ -466,7 +491,7 @@ async function gatherToBlockQuantized(
   model: OnnxModel,
   edit: GraphEditor,
   node: NodeProto,
-  grid: IntGrid,
+  gridFor: (cols: number) => IntGrid | undefined,
   o: WeightOnlyOptions,
 ): Promise<{ node: NodeProto; report: NodeReport; bytes: number } | string> {
   const table = model.initializer(node.input[0]!)!;
@@ -477,7 +502,9 @@ async function gatherToBlockQuantized(
     return `GatherBlockQuantized is used at 4 and 8 bits here, not ${bits}`;
   const [V, D] = dimsOf(table) as [number, number];
   if ((D * bits) % 8 !== 0) return `row width ${D} does not fill whole bytes at ${bits} bits`;
-  const bs = o.blockSize;
+  const grid = gridFor(D);
+  if (!grid) return `per-channel block of ${D} columns exceeds ${MAX_BLOCK}`;
+  const bs = grid.spec.groupSize;
   const D2 = Math.ceil(D / bs) * bs;
   const w = await model.floatData(table);
   const q = quantizeRtn({ shape: [V, D2], data: padColumns(w, V, D, D2) }, grid, node.name);

@@ -26,7 +26,7 @@ import { IntGrid } from '../../src/quant/grid.js';
 import { quantizeModel } from '../../src/quant/quantize-model.js';
 import { unpackCodes } from '../../src/quant/quantized-tensor.js';
 import { quantizeRtn } from '../../src/quant/rtn.js';
-import { tempDir } from '../helpers.js';
+import { ASSETS, assetsPresent, tempDir } from '../helpers.js';
 import { onnxPerplexity, PROTOCOL, SOURCE, TEXT, transformersDecoder } from './setup.js';
 
 /** Acceptance: q4 perplexity within 1% of ptqkit's RTN W4 on the same grid. */
@@ -225,4 +225,38 @@ test('ptq export --dtype fp16,q4f16 goes through the same float16 pass', async (
   // The exporter's q4 graph holds the same RTN codes and scales (int4 g32 sym, block linears) as the quantizer's.
   assert.ok(Math.abs(theirs / ours - 1) < 1e-4);
   assert.ok(Math.abs(fp16Export / fp16Ours - 1) < 1e-4);
+});
+
+test('llama2.c stories260K, per channel (block 0 → 64 / 256 for FFN width 172): q4 perplexity within 1% of ptqkit RTN W4', {
+  skip: !assetsPresent,
+}, async () => {
+  const m = await loadModel(path.join(ASSETS, 'models/stories260k/stories260K.bin'));
+  const dir = path.join(tmp, 'fp32-260k');
+  await exportOnnx(m, dir, { dtypes: ['fp32'] });
+  const out = path.join(tmp, 'q4-260k');
+  const r = await quantizeOnnx(dir, out, {
+    dtypes: ['q4'],
+    blockSize: 0,
+    symmetric: true,
+    method: 'rtn',
+    gather: false,
+    exclude: [/^\/lm_head\//],
+  });
+  const blocks = new Set(r.graphs[0]!.weightOnly!.quantized.map((n) => n.result));
+  assert.deepEqual([...blocks].sort(), ['MatMulNBits b4 bs256', 'MatMulNBits b4 bs64']);
+  const text = m.tokenizer.encode((await readFile(TEXT, 'utf8')).slice(0, 12_000)).slice(0, PPL_TOKENS);
+  const grid: GridSpec = {
+    bits: 4,
+    symmetric: true,
+    granularity: 'channel',
+    groupSize: 0,
+    scaleDtype: 'f16',
+  };
+  const rtn = await quantizeModel(m.config, m.weights, { method: 'rtn', grid });
+  const mine = (await evaluate(new Decoder(m.config, rtn.weights), text, { protocol: PROTOCOL })).perplexity;
+  const ort = await onnxPerplexity(out, 'q4', text);
+  console.log(
+    `  stories260K, ${text.length} tokens: ptqkit RTN int4 per-channel ${mine.toFixed(4)}, ONNX q4 ${ort.toFixed(4)} (rel. ${(ort / mine - 1).toExponential(2)})`,
+  );
+  assert.ok(Math.abs(ort / mine - 1) < PPL_REL_TOL);
 });
