@@ -347,29 +347,34 @@ export async function quantizeWeightsToNBits(
     if (node.opType === 'Gemm' && node.input[2]) {
       const beta = attrNumber(node, 'beta', 1);
       const c = model.initializer(node.input[2]);
-      if (c && beta === 1) {
-        // C broadcasts over rows: any C with N elements adds the same vector to every row.
-        if (dimsOf(c).reduce((x, y) => x * y, 1) === N && c.dims.length <= 2) {
-          const bias =
-            c.dims.length === 1
-              ? c.name
-              : edit.addInitializer(
-                  makeTensor(edit.fresh(`${c.name}_flat`), c.dataType, [N], await model.tensorBytes(c)),
-                );
-          while (inputs.length < 5) inputs.push('');
-          inputs.push(bias);
-        } else {
-          output = edit.fresh(`${name}/product`);
-          post.push(makeNode('Add', [output, c.name], [node.output[0]!], edit.fresh(`${name}/Bias`)));
-        }
+      if (c && dimsOf(c).reduce((x, y) => x * y, 1) === N && c.dims.length <= 2) {
+        // A constant C with N elements adds the same vector to every row: β·C is MatMulNBits' bias.
+        const bias =
+          c.dims.length === 1 && beta === 1
+            ? c.name
+            : edit.addInitializer(
+                makeTensor(
+                  edit.fresh(`${c.name}_bias`),
+                  c.dataType,
+                  [N],
+                  floatBytes(
+                    (await model.floatData(c)).map((x) => beta * x),
+                    c.dataType,
+                  ),
+                ),
+              );
+        while (inputs.length < 5) inputs.push('');
+        inputs.push(bias);
       } else {
         output = edit.fresh(`${name}/product`);
         let bias = node.input[2];
         if (beta !== 1) {
-          const scaled = edit.fresh(`${name}/beta_C`);
+          // β in the graph's float type (B's), which C and the product share.
+          const type = view.init.dataType;
           const betaInit = edit.addInitializer(
-            makeTensor(edit.fresh(`${name}/beta`), DT.FLOAT, [], Float32Array.of(beta)),
+            makeTensor(edit.fresh(`${name}/beta`), type, [], floatBytes(Float32Array.of(beta), type)),
           );
+          const scaled = edit.fresh(`${name}/beta_C`);
           post.push(makeNode('Mul', [bias, betaInit], [scaled], edit.fresh(`${name}/Beta`)));
           bias = scaled;
         }

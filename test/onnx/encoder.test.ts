@@ -203,3 +203,33 @@ test('external data in chunks: a tensor never straddles two files, onnxruntime r
   assert.ok(cmp.every((c) => c.maxAbs === 0));
   await model.close();
 });
+
+test('an fp16 source graph: MatMulNBits scales, zeros and column scales follow its float16 type', async () => {
+  const f16 = await quantizeOnnx(source, path.join(tmp, 'f16-source'), {
+    dtypes: ['fp16'],
+    blockSize: 32,
+    symmetric: true,
+    method: 'rtn',
+  });
+  const f16File = path.join(tmp, 'f16-source', f16.graphs[0]!.file);
+  for (const method of ['hqq', 'sinq'] as const) {
+    const out = path.join(tmp, `f16-${method}`);
+    const r = await quantizeOnnx(f16File, out, {
+      dtypes: ['q4'],
+      blockSize: 32,
+      symmetric: method === 'sinq',
+      method,
+    });
+    assert.equal(r.graphs[0]!.file, path.join('onnx', 'encoder_fp16_q4.onnx'));
+    const q = await OnnxModel.read(path.join(out, r.graphs[0]!.file));
+    const node = q.graph.node.find((n) => n.opType === 'MatMulNBits')!;
+    // scales (and HQQ's float zero points) in the graph's float16, as MatMulNBits requires of T1.
+    assert.equal(q.initializer(node.input[2]!)!.dataType, onnx.TensorProto.DataType.FLOAT16);
+    if (method === 'hqq')
+      assert.equal(q.initializer(node.input[3]!)!.dataType, onnx.TensorProto.DataType.FLOAT16);
+    await q.close();
+    const cmp = await compareOnnxFiles(source, path.join(out, r.graphs[0]!.file), FEEDS);
+    show(`fp16 → q4 ${method}`, cmp, r.graphs[0]!.bytes);
+    for (const c of cmp) assert.ok(c.cosine > COSINE_FLOOR.q4!, `${method} ${c.name}: ${c.cosine}`);
+  }
+});
