@@ -72,7 +72,7 @@ export async function loadModel(modelPath: string, options: LoadOptions = {}): P
 }
 
 /** Token ids the tokenizer can produce must index the embedding matrix. */
-function checkTokenizerFits(m: LoadedModel): void {
+function checkTokenizerFits(m: Pick<LoadedModel, 'tokenizer' | 'config' | 'tokenizerFiles' | 'path'>): void {
   if (m.tokenizer.vocabSize > m.config.vocabSize) {
     throw new ConfigError('tokenizer has more tokens than the model embeds', {
       file: m.tokenizerFiles[0] ?? m.path,
@@ -117,6 +117,44 @@ async function loadDirectory(dir: string, options: LoadOptions): Promise<LoadedM
     tokenizerFiles: files,
     quantization,
   };
+}
+
+/** A Hugging Face safetensors directory opened without reading its weights (quant/stream-quantize.ts). */
+export interface LazyModel extends Omit<LoadedModel, 'weights' | 'quantization' | 'source'> {
+  /** The shards, read one tensor (or one piece of one) at a time; the caller closes them. */
+  tensors: SafetensorsModel;
+}
+
+/** True for what `openModelLazily` opens: a Hugging Face directory that is not a ptqkit checkpoint. */
+export async function isPlainHfDirectory(modelPath: string): Promise<boolean> {
+  const info = await stat(modelPath).catch(() => undefined);
+  const configFile = path.join(modelPath, 'config.json');
+  if (!info?.isDirectory() || isTemporaryOutput(modelPath) || !existsSync(configFile)) return false;
+  const hfConfig = await readConfig(configFile);
+  return (hfConfig.quantization_config as { quant_method?: string } | undefined)?.quant_method === undefined;
+}
+
+export async function openModelLazily(dir: string, options: LoadOptions = {}): Promise<LazyModel> {
+  if (!(await isPlainHfDirectory(dir))) {
+    throw new FileError('not an unquantized Hugging Face model directory', {
+      file: dir,
+      expected: 'config.json without quantization_config, and safetensors weights',
+    });
+  }
+  const configFile = path.join(dir, 'config.json');
+  const hfConfig = await readConfig(configFile);
+  const arch = architectureFor(hfConfig.model_type, configFile);
+  const config = arch.parseConfig(hfConfig, configFile);
+  const { tokenizer, files } = await openTokenizer(dir, config, options);
+  const tensors = await SafetensorsModel.open(dir);
+  const model = { path: dir, arch, config, hfConfig, tokenizer, tokenizerFiles: files, tensors };
+  try {
+    checkTokenizerFits(model);
+  } catch (e) {
+    await tensors.close();
+    throw e;
+  }
+  return model;
 }
 
 async function loadLlama2c(file: string, options: LoadOptions): Promise<LoadedModel> {
@@ -200,7 +238,7 @@ async function readSafetensorsWeights(dir: string): Promise<TensorMap> {
 }
 
 /** Tied models may store the shared matrix under either name; keep it under the embedding's. */
-function normalizeTiedEmbeddings(weights: TensorMap, config: ModelConfig, where: string): void {
+export function normalizeTiedEmbeddings(weights: TensorMap, config: ModelConfig, where: string): void {
   if (!config.tiedEmbeddings) return;
   const head = weights.get(LM_HEAD);
   if (!weights.has(EMBED) && head) weights.set(EMBED, head);
@@ -208,7 +246,12 @@ function normalizeTiedEmbeddings(weights: TensorMap, config: ModelConfig, where:
   if (!weights.has(EMBED)) throw new ShapeError('missing tensor', { file: where, field: EMBED });
 }
 
-function checkShapes(weights: TensorMap, arch: Architecture, config: ModelConfig, where: string): void {
+export function checkShapes(
+  weights: TensorMap,
+  arch: Architecture,
+  config: ModelConfig,
+  where: string,
+): void {
   for (const [name, shape] of arch.expectedShapes(config)) {
     const t = weights.get(name);
     if (!t)

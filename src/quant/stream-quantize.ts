@@ -1,0 +1,322 @@
+/**
+ * Streaming quantization for the calibration-free methods (RTN, HQQ, SINQ): a Hugging Face
+ * safetensors model is read, quantized and written one tensor at a time, so peak memory is
+ * one tensor's working set, not the model (an 8B FP16 model, 16 GB on disk, stays under 4 GB:
+ * bench/streaming-8b.ts).
+ *
+ *   1. Plan from the shard headers alone: every tensor's canonical name and shape (the
+ *      architecture's renames, Conv1D transposes and fused splits applied to shape-only
+ *      placeholders), tied embeddings normalized and shapes checked as `loadModel` does.
+ *   2. The checkpoint's safetensors header is written up front: a quantized weight's stored
+ *      tensors follow from its shape and grid (ptq-checkpoint.ts quantizedLayout). SINQ's
+ *      column scales depend on the kurtosis gate (sinq.ts), so SINQ first reads each block
+ *      linear once to evaluate the gate — the only method that reads weights twice.
+ *   3. Tensors are appended in the in-memory path's order: a block linear is read (one
+ *      positional read, F16/BF16 -> float32), quantized and its codes and parameters written;
+ *      any other tensor is copied through in 64 MiB pieces converted to float32 (the format
+ *      stores unquantized tensors as F32), so even a 128256 × 4096 embedding never sits in memory.
+ * The output is byte-identical to `quantizeModel` + `writePtqCheckpoint` of the same model
+ * (test/quant/streaming.test.ts) and is written inside `writeDirectoryAtomically`.
+ *
+ * Memory: peak ≈ the largest block linear in its source dtype + 2 × float32 copies of it
+ * (weights and dequantized check) + its codes (1 byte per weight before packing) + one
+ * 64 MiB piece; for Llama-3-8B's 14336 × 4096 MLP weights about 0.8 GB.
+ */
+import path from 'node:path';
+import { FormatError, PtqError, UsageError } from '../errors.js';
+import { writeDirectoryAtomically } from '../io/atomic.js';
+import {
+  CHECKPOINT_FILE,
+  checkpointEntry,
+  checkpointMetadata,
+  finishCheckpointDirectory,
+  quantizedLayout,
+  quantizedTensorsToWrite,
+  type TensorEntry,
+} from '../io/ptq-checkpoint.js';
+import {
+  DTYPE_BYTES,
+  type SafetensorsModel,
+  SafetensorsWriter,
+  type TensorHeader,
+  toFloat32,
+} from '../io/safetensors.js';
+import { blockLinears, linearWeightName } from '../model/architecture.js';
+import type { ModelConfig } from '../model/config.js';
+import {
+  checkShapes,
+  type LazyModel,
+  type LoadOptions,
+  normalizeTiedEmbeddings,
+  openModelLazily,
+} from '../model/load.js';
+import type { Tensor, TensorMap } from '../tensor.js';
+import { type GridSpec, gridName, type IntGrid, makeGrid } from './grid.js';
+import { HQQ_DEFAULTS, type HqqOptions, hqqGridSpec, quantizeHqq } from './hqq.js';
+import { assertFiniteQuantized, assertFiniteWeights } from './numerics.js';
+import { dequantize, type QuantizedTensor, storedBits } from './quantized-tensor.js';
+import { untiedHfConfig } from './rotate.js';
+import { quantizeRtn } from './rtn.js';
+import { kurtosis, quantizeSinq, SINQ_DEFAULTS, type SinqOptions } from './sinq.js';
+
+export const STREAMING_METHODS = ['rtn', 'hqq', 'sinq'] as const;
+export type StreamingMethod = (typeof STREAMING_METHODS)[number];
+
+export interface StreamQuantizeOptions {
+  method: StreamingMethod;
+  grid: GridSpec;
+  hqq?: Partial<HqqOptions>;
+  sinq?: Partial<SinqOptions>;
+  /** Tokenizer file instead of the model's own (load.ts LoadOptions). */
+  tokenizer?: LoadOptions['tokenizer'];
+  onProgress?: (p: { layer: number; layers: number }) => void;
+  /** Bytes per piece when copying unquantized tensors (tests use small pieces to cross boundaries). */
+  copyPieceBytes?: number;
+}
+
+export interface StreamQuantizeResult {
+  config: ModelConfig;
+  hfConfig: Record<string, unknown>;
+  settings: Record<string, unknown>;
+  /** Bits per weight of the quantized linears, and the stored size (modelSize's accounting). */
+  bitsPerWeight: number;
+  totalBytes: number;
+  parameters: number;
+  quantizedParameters: number;
+  /** Wall time of the whole run: reading, quantizing and writing. */
+  seconds: number;
+}
+
+/** Bytes of source data read per piece when an unquantized tensor is copied through. */
+const COPY_PIECE_BYTES = 64 * 1024 * 1024;
+
+/** A canonical tensor before it is read: where its data comes from. */
+interface Planned extends Tensor {
+  source: string;
+  /** Its name out of canonicalize (before tied embeddings are normalized). */
+  canonical: string;
+  /** Its data is the source tensor's, unchanged (no transpose, no split): copied in pieces. */
+  passThrough: boolean;
+}
+
+export async function streamQuantize(
+  modelDir: string,
+  outDir: string,
+  options: StreamQuantizeOptions,
+): Promise<StreamQuantizeResult> {
+  const t0 = performance.now();
+  if (!STREAMING_METHODS.includes(options.method)) {
+    throw new UsageError('streaming quantizes with calibration-free methods only', {
+      field: 'method',
+      expected: STREAMING_METHODS.join(', '),
+      got: options.method,
+    });
+  }
+  // As quantizeModel: HQQ and SINQ optimize integer grids; HQQ's is asymmetric with float zeros.
+  if (options.method !== 'rtn' && (options.grid.format ?? 'int') !== 'int') {
+    throw new UsageError(`${options.method} quantizes to integer grids`, {
+      field: 'format',
+      expected: 'int',
+      got: options.grid.format,
+    });
+  }
+  const spec = options.method === 'hqq' ? hqqGridSpec(options.grid) : options.grid;
+  const grid = makeGrid(spec);
+  const hqq = { ...HQQ_DEFAULTS, ...options.hqq };
+  const sinq = { ...SINQ_DEFAULTS, ...options.sinq };
+  // quantization_config exactly as quantizeModel records it (same keys, same order).
+  const settings: Record<string, unknown> = { grid: spec, grid_name: gridName(spec) };
+  if (options.method === 'hqq') settings.hqq = hqq;
+  if (options.method === 'sinq') settings.sinq = sinq;
+
+  const model = await openModelLazily(modelDir, { tokenizer: options.tokenizer });
+  // As `ptq quantize` writes it: config.json states untied embeddings explicitly when they are.
+  const hfConfig = model.config.tiedEmbeddings ? model.hfConfig : untiedHfConfig(model.hfConfig);
+  try {
+    const plan = planTensors(model);
+    // The block linears, by their layer (the progress count).
+    const quantized = new Map<string, number>();
+    for (let l = 0; l < model.config.numLayers; l++)
+      for (const linear of blockLinears(model.config)) quantized.set(linearWeightName(l, linear), l);
+    const reader = new CanonicalReader(model);
+    const quantizeOne = (name: string, w: Tensor): QuantizedTensor =>
+      options.method === 'hqq'
+        ? quantizeHqq(w, grid as IntGrid, hqq, name).quantized
+        : options.method === 'sinq'
+          ? quantizeSinq(w, grid as IntGrid, sinq, name).quantized
+          : quantizeRtn(w, grid, name);
+    // SINQ keeps column scales unless the kurtosis gate sends a matrix to plain RTN (sinq.ts).
+    const columnScales = new Map<string, boolean>();
+    if (options.method === 'sinq') {
+      for (const name of quantized.keys()) {
+        const w = await reader.read(name, plan.get(name)!);
+        columnScales.set(
+          name,
+          sinq.kurtosisThreshold === null || !(kurtosis(w.data) > sinq.kurtosisThreshold),
+        );
+      }
+    }
+    const headers: TensorHeader[] = [];
+    const entries: Record<string, TensorEntry> = {};
+    for (const [name, t] of plan) {
+      if (!quantized.has(name)) {
+        headers.push({ name, dtype: 'F32', shape: t.shape });
+        continue;
+      }
+      const [rows, cols] = t.shape as [number, number];
+      const { globalScale, ...entryGrid } = spec;
+      entries[name] = { rows, cols, grid: entryGrid };
+      headers.push(...quantizedLayout(name, rows, cols, spec, columnScales.get(name) ?? false));
+    }
+
+    let quantizedBits = 0;
+    let quantizedParameters = 0;
+    let otherBytes = 0;
+    let parameters = 0;
+    const pieceBytes = options.copyPieceBytes ?? COPY_PIECE_BYTES;
+    const remaining = Array.from({ length: model.config.numLayers }, () => blockLinears(model.config).length);
+    await writeDirectoryAtomically(outDir, async (tmp) => {
+      const file = path.join(tmp, CHECKPOINT_FILE);
+      const writer = await SafetensorsWriter.create(file, headers, checkpointMetadata(entries));
+      try {
+        for (const [name, t] of plan) {
+          const count = t.shape.reduce((a, b) => a * b, 1);
+          parameters += count;
+          if (!quantized.has(name)) {
+            otherBytes += count * 4;
+            if (t.passThrough) await copyAsFloat32(model.tensors, t.source, name, writer, pieceBytes);
+            else await writer.write(name, checked(name, await reader.read(name, t)).data);
+            continue;
+          }
+          const w = checked(name, await reader.read(name, t));
+          const q = quantizeOne(name, w);
+          assertFiniteQuantized(name, q, dequantize(q)); // numerics.ts, as quantizeModel's store()
+          if (JSON.stringify(checkpointEntry(q)) !== JSON.stringify(entries[name])) {
+            throw new PtqError(`internal: ${name} was quantized on another grid than the header announced`);
+          }
+          for (const piece of quantizedTensorsToWrite(name, q)) {
+            const next = writer.next;
+            if (
+              next?.name !== piece.name ||
+              next.dtype !== piece.dtype ||
+              `${next.shape}` !== `${piece.shape}`
+            ) {
+              throw new PtqError(
+                `internal: ${piece.name} ${piece.dtype} [${piece.shape}] differs from the header's ${next?.name} ${next?.dtype} [${next?.shape}]`,
+              );
+            }
+            await writer.write(piece.name, piece.data);
+          }
+          quantizedBits += storedBits(q);
+          quantizedParameters += count;
+          const layer = quantized.get(name)!;
+          if (--remaining[layer]! === 0)
+            options.onProgress?.({ layer: layer + 1, layers: model.config.numLayers });
+        }
+        await writer.finish();
+      } catch (e) {
+        await writer.abort();
+        throw e;
+      }
+      await finishCheckpointDirectory(
+        tmp,
+        { hfConfig, tokenizerFiles: model.tokenizerFiles },
+        { method: options.method, settings },
+      );
+    });
+    return {
+      config: model.config,
+      hfConfig,
+      settings,
+      bitsPerWeight: quantizedParameters ? quantizedBits / quantizedParameters : 32,
+      totalBytes: Math.ceil(quantizedBits / 8) + otherBytes,
+      parameters,
+      quantizedParameters,
+      seconds: (performance.now() - t0) / 1000,
+    };
+  } finally {
+    await model.tensors.close();
+  }
+}
+
+/**
+ * Canonical names and shapes from the headers: each source tensor goes through the
+ * architecture's canonicalize alone, as a placeholder without data, so renames, transposes
+ * and splits give exactly the names and order `loadModel` produces.
+ */
+function planTensors(model: LazyModel): Map<string, Planned> {
+  const plan: TensorMap = new Map();
+  const empty = new Float32Array(0);
+  for (const source of model.tensors.names()) {
+    const placeholder = { shape: [...model.tensors.info(source).shape], data: empty };
+    for (const [name, t] of model.arch.canonicalize(
+      new Map([[source, placeholder]]),
+      model.config,
+      model.path,
+    )) {
+      const planned: Planned = {
+        shape: t.shape,
+        data: empty,
+        source,
+        canonical: name,
+        passThrough: t === placeholder,
+      };
+      plan.set(name, planned);
+    }
+  }
+  normalizeTiedEmbeddings(plan, model.config, model.path);
+  checkShapes(plan, model.arch, model.config, model.path);
+  return plan as Map<string, Planned>;
+}
+
+/** Reads a canonical tensor; keeps the last transposed/split source so its parts are read once. */
+class CanonicalReader {
+  private cached?: { source: string; tensors: TensorMap };
+
+  constructor(private readonly model: LazyModel) {}
+
+  async read(name: string, t: Planned): Promise<Tensor> {
+    const st = this.model.tensors;
+    if (t.passThrough) return { shape: t.shape, data: await st.readFloat32(t.source) };
+    if (this.cached?.source !== t.source) {
+      this.cached = undefined; // free the previous source before reading the next
+      const source = new Map([
+        [t.source, { shape: [...st.info(t.source).shape], data: await st.readFloat32(t.source) }],
+      ]);
+      this.cached = {
+        source: t.source,
+        tensors: this.model.arch.canonicalize(source, this.model.config, this.model.path),
+      };
+    }
+    const tensor = this.cached.tensors.get(t.canonical);
+    if (!tensor)
+      throw new FormatError('tensor missing from its source', { field: name, expected: `in ${t.source}` });
+    return tensor;
+  }
+}
+
+/** An unquantized tensor copied through in pieces, each converted to float32 and checked finite. */
+async function copyAsFloat32(
+  st: SafetensorsModel,
+  source: string,
+  name: string,
+  writer: SafetensorsWriter,
+  pieceBytes: number,
+) {
+  const info = st.info(source);
+  const total = info.end - info.begin;
+  // Whole elements per piece (at least one).
+  const elementBytes = DTYPE_BYTES[info.dtype];
+  const step = Math.max(elementBytes, pieceBytes - (pieceBytes % elementBytes));
+  for (let at = 0; at < total; at += step) {
+    const raw = await st.readRawRange(source, at, Math.min(step, total - at));
+    const data = toFloat32(raw, info.dtype);
+    assertFiniteWeights(new Map([[name, { shape: [data.length], data }]]));
+    await writer.write(name, data);
+  }
+}
+
+function checked(name: string, t: Tensor): Tensor {
+  assertFiniteWeights(new Map([[name, t]]));
+  return t;
+}
