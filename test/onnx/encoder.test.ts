@@ -6,7 +6,7 @@
  * above the documented floors below, and the model file round trip with external data.
  */
 import assert from 'node:assert/strict';
-import { writeFile } from 'node:fs/promises';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { test } from 'node:test';
 import { FormatError } from '../../src/errors.js';
@@ -93,7 +93,7 @@ test('every dtype and method: outputs within the documented cosine similarity of
 test('model file: external data round trip by offset, hostile locations refused', async () => {
   const model = await OnnxModel.read(source);
   const ext = path.join(tmp, 'ext', 'encoder.onnx');
-  await (await import('node:fs/promises')).mkdir(path.dirname(ext));
+  await mkdir(path.dirname(ext));
   const written = await writeOnnxModel(model, ext, { externalData: true, threshold: 1024 });
   assert.deepEqual(written.externalFiles, ['encoder.onnx_data']);
   const back = await OnnxModel.read(ext);
@@ -182,7 +182,7 @@ test('CLI: ptq quantize encoder.onnx --dtype q4,q8 and ptq eval against the sour
 test('external data in chunks: a tensor never straddles two files, onnxruntime reads them all', async () => {
   const model = await OnnxModel.read(source);
   const dir = path.join(tmp, 'chunks');
-  await (await import('node:fs/promises')).mkdir(dir);
+  await mkdir(dir);
   // 1.2 MB chunks (> 2 GiB models split at 2 GiB − 64 MiB the same way).
   const written = await writeOnnxModel(model, path.join(dir, 'encoder.onnx'), {
     externalData: true,
@@ -232,4 +232,40 @@ test('an fp16 source graph: MatMulNBits scales, zeros and column scales follow i
     show(`fp16 → q4 ${method}`, cmp, r.graphs[0]!.bytes);
     for (const c of cmp) assert.ok(c.cosine > COSINE_FLOOR.q4!, `${method} ${c.name}: ${c.cosine}`);
   }
+});
+
+test('a directory of several graphs (encoder + decoder layout): each fp32 graph per dtype, config updated', async () => {
+  const dir = path.join(tmp, 'seq2seq');
+  await mkdir(path.join(dir, 'onnx'), { recursive: true });
+  await writeFile(path.join(dir, 'onnx/encoder_model.onnx'), buildEncoder(1));
+  await writeFile(path.join(dir, 'onnx/decoder_model_merged.onnx'), buildEncoder(2));
+  // An already-quantized file in the source directory is not a source graph.
+  await writeFile(path.join(dir, 'onnx/encoder_model_quantized.onnx'), buildEncoder(3));
+  await writeFile(path.join(dir, 'config.json'), JSON.stringify({ model_type: 'whisper-like' }));
+  await writeFile(path.join(dir, 'tokenizer.json'), '{}');
+  const out = path.join(tmp, 'seq2seq-out');
+  const r = await quantizeOnnx(dir, out, {
+    dtypes: ['q4f16', 'q4'],
+    blockSize: 32,
+    symmetric: true,
+    method: 'rtn',
+  });
+  assert.deepEqual(
+    r.graphs.map((g) => g.file),
+    [
+      'onnx/decoder_model_merged_q4f16.onnx',
+      'onnx/decoder_model_merged_q4.onnx',
+      'onnx/encoder_model_q4f16.onnx',
+      'onnx/encoder_model_q4.onnx',
+    ],
+  );
+  assert.deepEqual(r.copied.sort(), ['config.json', 'tokenizer.json']);
+  const config = JSON.parse(await readFile(path.join(out, 'config.json'), 'utf8'));
+  assert.deepEqual(config['transformers.js_config'], { dtype: 'q4f16' });
+  const cmp = await compareOnnxFiles(
+    path.join(dir, 'onnx/encoder_model.onnx'),
+    path.join(out, 'onnx/encoder_model_q4.onnx'),
+    FEEDS,
+  );
+  assert.ok(cmp.every((c) => c.cosine > COSINE_FLOOR.q4!));
 });
