@@ -16,6 +16,7 @@ import { test } from 'node:test';
 import { AutoModelForCausalLM, env } from '@huggingface/transformers';
 import { evaluate } from '../../src/eval/perplexity.js';
 import { exportOnnx } from '../../src/export/onnx.js';
+import { OnnxCausalLM } from '../../src/export/onnx-session.js';
 import { Decoder } from '../../src/model/decoder.js';
 import { loadModel } from '../../src/model/load.js';
 import { dimsOf, OnnxModel, onnx } from '../../src/onnx/model-file.js';
@@ -26,7 +27,7 @@ import { IntGrid } from '../../src/quant/grid.js';
 import { quantizeModel } from '../../src/quant/quantize-model.js';
 import { unpackCodes } from '../../src/quant/quantized-tensor.js';
 import { quantizeRtn } from '../../src/quant/rtn.js';
-import { ASSETS, assetsPresent, tempDir } from '../helpers.js';
+import { ASSETS, assetsPresent, maxAbsDiff, tempDir } from '../helpers.js';
 import { onnxPerplexity, PROTOCOL, SOURCE, TEXT, transformersDecoder } from './setup.js';
 
 /** Acceptance: q4 perplexity within 1% of ptqkit's RTN W4 on the same grid. */
@@ -87,7 +88,7 @@ test('q4 of the fp32 export: onnxruntime and transformers.js perplexity within 1
   assert.ok(Math.abs(tjs / mine - 1) < PPL_REL_TOL);
 });
 
-test('q4f16, fp16 and q8 files run in onnxruntime: perplexities against fp32 and q4', async () => {
+test('q4f16, fp16 and q8 files run in onnxruntime (q4f16 in transformers.js too): perplexities against fp32 and q4', async () => {
   const fp32 = await ortPerplexity('fp32', fpDir, SHORT_TOKENS);
   const q4 = await ortPerplexity('q4', outDir, SHORT_TOKENS);
   const result: Record<string, number> = {};
@@ -109,6 +110,16 @@ test('q4f16, fp16 and q8 files run in onnxruntime: perplexities against fp32 and
   assert.ok(f16.graph.input.filter((i) => i.name.startsWith('past_key_values')).every((i) => elem(i) === 1));
   assert.equal(elem(f16.graph.output.find((o) => o.name === 'logits')!), 1);
   assert.ok(f16.graph.initializer.every((t) => t.dataType !== onnx.TensorProto.DataType.FLOAT));
+  await f16.close();
+
+  // transformers.js picks model_q4f16.onnx for dtype 'q4f16' and feeds its float32 cache.
+  const window = Int32Array.from(tokens.slice(0, 64));
+  const tjs = await AutoModelForCausalLM.from_pretrained(outDir, { ...SESSION, dtype: 'q4f16' });
+  const theirs = await transformersDecoder(tjs, fp.config).forward(window, 1, 64);
+  const ours = await (await OnnxCausalLM.load(outDir, 'q4f16', 1)).forward(window, 1, 64);
+  const diff = maxAbsDiff(theirs, ours);
+  console.log(`  transformers.js q4f16 logits vs onnxruntime's: max diff ${diff.toExponential(2)}`);
+  assert.ok(diff < 1e-3);
 });
 
 /**
