@@ -18,7 +18,7 @@ import { emulateLlamaCpp, ggufStorage } from '../io/gguf-model.js';
 import { writePtqCheckpoint } from '../io/ptq-checkpoint.js';
 import { Decoder } from '../model/decoder.js';
 import { refuseOnlineRotation } from '../model/input-rotation.js';
-import { type LoadedModel, loadModel } from '../model/load.js';
+import { isPlainHfDirectory, type LoadedModel, loadModel } from '../model/load.js';
 import { type AllocationPlan, parseSize, planAllocation, presetGrids } from '../quant/allocate.js';
 import { sampleCalibrationWindows } from '../quant/calibrate.js';
 import { type GridSpec, gridName, validateGrid } from '../quant/grid.js';
@@ -36,6 +36,7 @@ import { type RotationKind, untiedHfConfig } from '../quant/rotate.js';
 import { rejectSideExport } from '../quant/quantized-tensor.js';
 import { DEFAULT_PALETTE } from '../quant/sensitivity.js';
 import { SINQ_DEFAULTS } from '../quant/sinq.js';
+import { STREAMING_METHODS, type StreamingMethod, streamQuantize } from '../quant/stream-quantize.js';
 import { createProgress } from './progress.js';
 import { fmt, formatTable } from './table.js';
 
@@ -177,6 +178,10 @@ export async function quantizeCommand(modelPath: string, args: QuantizeArgs, out
     });
   }
   if (resume?.resume) await assertResumable(resume.dir);
+  // Calibration-free and nothing model-wide: read, quantize and write one tensor at a time.
+  if (streamable(method, args) && (await isPlainHfDirectory(modelPath))) {
+    return streamQuantizeCommand(modelPath, method as StreamingMethod, args, exportTo, out);
+  }
   const model = await loadModel(modelPath, { tokenizer: args.tokenizer });
   const calibration = args.calib ? await calibrationFor(model, args) : undefined;
   const mixed = await mixedPrecisionPlan(model, args, out);
@@ -196,6 +201,9 @@ export async function quantizeCommand(modelPath: string, args: QuantizeArgs, out
     outliers: args.outliers,
     lorcRank: args.lorcRank,
     resume,
+    // One copy of the weights: the fp32 originals are freed as their layers are quantized
+    // (a measured allocation still compares against them).
+    inPlace: !mixed?.measure,
     onProgress: (p) => progress.update(p.layer, p.layers),
   });
   progress.finish();
@@ -255,6 +263,76 @@ export async function quantizeCommand(modelPath: string, args: QuantizeArgs, out
   out.log(
     `quantized ${model.path} with ${method} ${mixed ? `per-layer grids (others ${result.grid})` : result.grid}${rotated}: ${result.bitsPerWeight.toFixed(3)} bits/weight, ` +
       `${fmt.bytes(result.bytes)}, ${result.seconds.toFixed(2)} s -> ${result.output}`,
+  );
+  for (const line of exportLines) out.log(line);
+}
+
+/** Options that need the whole model in memory (rotation, calibration, mixed precision, side corrections...). */
+const WHOLE_MODEL_OPTIONS = [
+  'calib',
+  'rotate',
+  'outliers',
+  'lorcRank',
+  'targetBpw',
+  'targetSize',
+  'preset',
+  'actBits',
+  'smoothquant',
+] as const;
+
+/** Whether `ptq quantize` streams (quant/stream-quantize.ts): a calibration-free method and none of the above. */
+function streamable(method: MethodName, args: QuantizeArgs): boolean {
+  const set = args as unknown as Record<string, unknown>;
+  return (
+    (STREAMING_METHODS as readonly string[]).includes(method) &&
+    WHOLE_MODEL_OPTIONS.every((k) => set[k] === undefined || set[k] === false || set[k] === 0)
+  );
+}
+
+/** `ptq quantize` of a Hugging Face directory, one tensor at a time; output byte-identical to the in-memory path. */
+async function streamQuantizeCommand(
+  modelPath: string,
+  method: StreamingMethod,
+  args: QuantizeArgs,
+  exportTo: string | undefined,
+  out: Output,
+) {
+  const progress = createProgress('quantize: layer', !out.json);
+  const r = await streamQuantize(modelPath, args.output, {
+    method,
+    grid: args.grid,
+    hqq: { iters: args.hqqIters ?? HQQ_DEFAULTS.iters, lpNorm: args.lpNorm ?? HQQ_DEFAULTS.lpNorm },
+    sinq: { iters: args.sinqIters ?? SINQ_DEFAULTS.iters },
+    tokenizer: args.tokenizer,
+    onProgress: (p) => progress.update(p.layer, p.layers),
+  });
+  progress.finish();
+  const result = {
+    model: modelPath,
+    output: path.resolve(args.output),
+    method,
+    grid: String(r.settings.grid_name),
+    streamed: true,
+    bitsPerWeight: r.bitsPerWeight,
+    bytes: r.totalBytes,
+    parameters: r.parameters,
+    seconds: r.seconds,
+    peakRssMiB: peakRssMiB(),
+    layers: [],
+  };
+  const exportLines: string[] = [];
+  if (exportTo) {
+    const capture = { json: out.json, log: (t: string) => exportLines.push(t) };
+    const exportArgs = { format: args.export!, output: exportTo, tokenizer: args.tokenizer };
+    await exportCommand(args.output, exportArgs, capture);
+  }
+  if (out.json) {
+    const exported = exportTo ? { export: JSON.parse(exportLines.join('\n')) } : {};
+    return out.log(JSON.stringify({ ...result, ...exported }, null, 2));
+  }
+  out.log(
+    `quantized ${modelPath} with ${method} ${result.grid} (streamed): ${result.bitsPerWeight.toFixed(3)} bits/weight, ` +
+      `${fmt.bytes(result.bytes)}, ${result.seconds.toFixed(2)} s, peak RSS ${result.peakRssMiB.toFixed(0)} MiB -> ${result.output}`,
   );
   for (const line of exportLines) out.log(line);
 }

@@ -138,6 +138,11 @@ export async function streamQuantize(
     const quantized = new Map<string, number>();
     for (let l = 0; l < model.config.numLayers; l++)
       for (const linear of blockLinears(model.config)) quantized.set(linearWeightName(l, linear), l);
+    // Fail on a grid that does not fit before any work, naming the layer quantizeModel names.
+    for (const linear of blockLinears(model.config)) {
+      const [rows, cols] = plan.get(linearWeightName(0, linear))!.shape as [number, number];
+      grid.blockShape(rows, cols, linearWeightName(0, linear));
+    }
     const reader = new CanonicalReader(model);
     const quantizeOne = (name: string, w: Tensor): QuantizedTensor =>
       options.method === 'hqq'
