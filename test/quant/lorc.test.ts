@@ -22,7 +22,7 @@ import { dequantize, type QuantizedTensor, storedBits } from '../../src/quant/qu
 import { quantizeRtn } from '../../src/quant/rtn.js';
 import { assetsPresent, seededRandom, tempDir } from '../helpers.js';
 import { assertMeasured, calibrationWindows, loadWithValidTokens } from './quality-setup.js';
-import { SIDE_MODELS, type SideBench, sideBench } from './side-quality.js';
+import { PLAIN_W3, SIDE_MODELS, type SideBench, sideBench } from './side-quality.js';
 
 const int3pc: GridSpec = {
   bits: 3,

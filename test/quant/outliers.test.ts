@@ -9,6 +9,7 @@
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import { before, describe, test } from 'node:test';
+import { type QuantizeArgs, quantizeCommand } from '../../src/cli/commands.js';
 import { getDefaultEngine } from '../../src/compute/index.js';
 import { FormatError, UsageError } from '../../src/errors.js';
 import { exportGguf } from '../../src/export/gguf.js';
@@ -25,7 +26,7 @@ import { dequantize, type QuantizedTensor, storedBits } from '../../src/quant/qu
 import { quantizeRtn } from '../../src/quant/rtn.js';
 import { ASSETS, assetsPresent, tempDir } from '../helpers.js';
 import { assertMeasured } from './quality-setup.js';
-import { SIDE_MODELS, type SideBench, sideBench } from './side-quality.js';
+import { PLAIN_W3, SIDE_MODELS, type SideBench, sideBench } from './side-quality.js';
 
 const int3 = (groupSize: number, scaleDtype: GridSpec['scaleDtype'] = 'f16'): GridSpec => ({
   bits: 3,
@@ -239,6 +240,20 @@ describe('outliers through the checkpoint and the exporters', {
         (e: unknown) => e instanceof UsageError && /outlier fraction out of range/.test(String(e)),
       );
     }
+  });
+
+  test('ptq quantize --outliers with --export is refused before any work', async () => {
+    const args = {
+      method: 'rtn',
+      grid: int3(0),
+      output: path.join(dir, 'never'),
+      outliers: 0.01,
+      export: 'gguf',
+    };
+    await assert.rejects(
+      quantizeCommand('/nonexistent/model', args as unknown as QuantizeArgs, { json: true, log: () => {} }),
+      (e: unknown) => e instanceof UsageError && /GGUF|gguf/.test(String(e)) && /outliers/.test(String(e)),
+    );
   });
 
   test('CSR written and read back bit-exactly', async () => {
