@@ -17,6 +17,7 @@ import { assertWritableOutput, writeDirectoryAtomically } from '../io/atomic.js'
 import { emulateLlamaCpp, ggufStorage } from '../io/gguf-model.js';
 import { writePtqCheckpoint } from '../io/ptq-checkpoint.js';
 import { Decoder } from '../model/decoder.js';
+import { type ActivationQuantSpec, checkActivationQuant } from '../model/input-ops.js';
 import { refuseOnlineRotation } from '../model/input-rotation.js';
 import { isPlainHfDirectory, type LoadedModel, loadModel } from '../model/load.js';
 import { type AllocationPlan, parseSize, planAllocation, presetGrids } from '../quant/allocate.js';
@@ -37,6 +38,11 @@ import { rejectSideExport } from '../quant/quantized-tensor.js';
 import { DEFAULT_PALETTE } from '../quant/sensitivity.js';
 import { SINQ_DEFAULTS } from '../quant/sinq.js';
 import { STREAMING_METHODS, type StreamingMethod, streamQuantize } from '../quant/stream-quantize.js';
+import {
+  checkSmoothQuantOptions,
+  SMOOTHQUANT_DEFAULTS,
+  type SmoothQuantOptions,
+} from '../quant/smoothquant.js';
 import { createProgress } from './progress.js';
 import { fmt, formatTable } from './table.js';
 
@@ -143,6 +149,12 @@ export interface QuantizeArgs {
   lorcRank?: number;
   /** Continue an interrupted gptq/awq run from its last finished block (state in <output>.ptq-resume). */
   resume?: boolean;
+  /** Activation bits of every block linear's input (W8A8... simulation), and their scale granularity. */
+  actBits?: number;
+  actGranularity?: string;
+  /** SmoothQuant's α (`--smoothquant` alone: true, α = 0.5) and which inputs it smooths. */
+  smoothquant?: number | true;
+  smoothquantGroups?: string;
 }
 
 export async function quantizeCommand(modelPath: string, args: QuantizeArgs, out: Output) {
@@ -163,6 +175,7 @@ export async function quantizeCommand(modelPath: string, args: QuantizeArgs, out
       hint: 'pass --calib <text file>, disjoint from the evaluation text',
     });
   }
+  const { activations, smoothquant } = activationOptions(args);
   await assertWritableOutput(args.output);
   if (exportTo) await assertWritableOutput(exportTo);
   // Calibrated runs save their state block by block beside the output (quant/resume.ts).
@@ -204,6 +217,8 @@ export async function quantizeCommand(modelPath: string, args: QuantizeArgs, out
     // One copy of the weights: the fp32 originals are freed as their layers are quantized
     // (a measured allocation still compares against them).
     inPlace: !mixed?.measure,
+    activations,
+    smoothquant,
     onProgress: (p) => progress.update(p.layer, p.layers),
   });
   progress.finish();
@@ -221,6 +236,8 @@ export async function quantizeCommand(modelPath: string, args: QuantizeArgs, out
     grid: String(q.quantization.settings.grid_name ?? gridName(args.grid)),
     calibration: calibration?.description,
     rotation: q.quantization.settings.rotation,
+    ...(activations && { activations }),
+    ...(smoothquant && { smoothquant: q.quantization.settings.smoothquant }),
     bitsPerWeight: size.bitsPerWeight,
     bytes: size.totalBytes,
     seconds: q.seconds,
@@ -248,7 +265,10 @@ export async function quantizeCommand(modelPath: string, args: QuantizeArgs, out
     return out.log(JSON.stringify({ ...result, ...exported }, null, 2));
   }
   if (mixed) printAllocation(result.allocation as MixedReport, result.allocation!.achievedBits, out);
-  const rotated = args.rotate ? `, ${args.rotate}-rotated` : '';
+  const rotated =
+    (args.rotate ? `, ${args.rotate}-rotated` : '') +
+    (smoothquant ? `, SmoothQuant α ${smoothquant.alpha ?? SMOOTHQUANT_DEFAULTS.alpha}` : '') +
+    (activations ? `, activations int${activations.bits} ${activations.granularity}` : '');
   if (q.resumedBlocks !== undefined) {
     out.log(`resumed: ${q.resumedBlocks} of ${model.config.numLayers} blocks from the interrupted run`);
   }
@@ -265,6 +285,55 @@ export async function quantizeCommand(modelPath: string, args: QuantizeArgs, out
       `${fmt.bytes(result.bytes)}, ${result.seconds.toFixed(2)} s -> ${result.output}`,
   );
   for (const line of exportLines) out.log(line);
+}
+
+/** --act-bits/--act-granularity and --smoothquant, validated before any work. */
+function activationOptions(args: QuantizeArgs): {
+  activations?: ActivationQuantSpec;
+  smoothquant?: Partial<SmoothQuantOptions>;
+} {
+  if (args.actBits === undefined && args.actGranularity !== undefined) {
+    throw new UsageError('--act-granularity needs --act-bits', {
+      field: 'act-granularity',
+      hint: 'pass --act-bits 8',
+    });
+  }
+  const activations =
+    args.actBits === undefined
+      ? undefined
+      : ({ bits: args.actBits, granularity: args.actGranularity ?? 'per-token' } as ActivationQuantSpec);
+  if (activations) checkActivationQuant(activations);
+  if (activations?.granularity === 'per-tensor-static' && !args.calib) {
+    throw new UsageError('static activation scales are measured on calibration text', {
+      field: 'calib',
+      hint: 'pass --calib <text file>, or --act-granularity per-token',
+    });
+  }
+  if (activations && args.export) {
+    throw new UsageError(
+      `cannot export to ${args.export}: the format holds weights only, not activation quantization`,
+      { field: 'export', hint: 'drop --export, or quantize without --act-bits' },
+    );
+  }
+  if (args.smoothquant === undefined) {
+    if (args.smoothquantGroups !== undefined)
+      throw new UsageError('--smoothquant-groups needs --smoothquant', { field: 'smoothquant-groups' });
+    return { activations };
+  }
+  const smoothquant: Partial<SmoothQuantOptions> = {
+    ...(args.smoothquant !== true && { alpha: args.smoothquant }),
+    ...(args.smoothquantGroups !== undefined && {
+      groups: args.smoothquantGroups as SmoothQuantOptions['groups'],
+    }),
+  };
+  checkSmoothQuantOptions({ ...SMOOTHQUANT_DEFAULTS, ...smoothquant });
+  if (!args.calib) {
+    throw new UsageError('SmoothQuant measures activation maxima on calibration text', {
+      field: 'calib',
+      hint: 'pass --calib <text file>',
+    });
+  }
+  return { activations, smoothquant };
 }
 
 /** Options that need the whole model in memory (rotation, calibration, mixed precision, side corrections...). */

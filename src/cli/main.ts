@@ -143,6 +143,24 @@ withCalibrationOptions(
     ).choices([...ROTATIONS]),
   )
   .option('--rotate-seed <n>', "seed of the rotation's random signs", integer, ROTATE_DEFAULTS.seed)
+  .option(
+    '--act-bits <n>',
+    'also quantize every block linear input at run time to n-bit integers (W8A8/W4A8/W4A4 simulation, 2..16; saved in the model)',
+    integer,
+  )
+  .option(
+    '--act-granularity <g>',
+    'with --act-bits: per-token (one dynamic scale per row, SmoothQuant O1, default), per-tensor (one dynamic scale per input matrix, O2) or per-tensor-static (one scale per input from --calib, O3)',
+  )
+  .option(
+    '--smoothquant [alpha]',
+    'SmoothQuant (arXiv:2211.10438): migrate activation outliers into the weights, s = max|X|^α/max|W|^(1−α) folded into the norms; α default 0.5; needs --calib',
+    Number,
+  )
+  .option(
+    '--smoothquant-groups <g>',
+    'with --smoothquant: norms (q/k/v and gate/up, the paper) or all (also o_proj via v_proj and down_proj via up_proj)',
+  )
   .addOption(
     new Option('--export <format>', 'also export the quantized model (as ptq export --format)').choices(
       Object.keys(EXPORT_FORMATS),

@@ -45,6 +45,7 @@ import { packBits } from '../formats/bitpack.js';
 import { ELEMENT_FORMATS, FP8_E4M3 } from '../formats/element-formats.js';
 import { encodeParams } from '../io/ptq-checkpoint.js';
 import type { TensorToWrite } from '../io/safetensors.js';
+import { refuseActivationQuant } from '../model/input-ops.js';
 import type { LoadedModel } from '../model/load.js';
 import { blockShapeOf, type GridSpec } from '../quant/grid.js';
 import { type FormatName, formatInfo } from '../quant/number-formats.js';
@@ -309,6 +310,7 @@ export async function exportCompressedTensors(
   outDir: string,
   options: CompressedTensorsExportOptions = {},
 ): Promise<SafetensorsExportReport> {
+  refuseActivationQuant(model.config.linearInputOps, model.path, 'compressed-tensors');
   assertNoSideCorrections(model.quantization?.tensors, 'compressed-tensors');
   const { warnings, warn } = warningCollector(options.onWarning);
   const planned = quantizedLinears(model).map((l) => planCompressedTensorsLinear(l, warn));

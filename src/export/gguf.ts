@@ -27,6 +27,7 @@ import { ConfigError, UsageError } from '../errors.js';
 import { encodeValues, type GgmlType, ggmlType, rowBytes, typeForRow } from '../formats/ggml.js';
 import { type GgufKv, type GgufTensorToWrite, kv, writeGguf } from '../io/gguf.js';
 import { EMBED, LM_HEAD } from '../model/architecture.js';
+import { refuseActivationQuant } from '../model/input-ops.js';
 import type { LoadedModel } from '../model/load.js';
 import { assertNoSideCorrections, type QuantizedTensor } from '../quant/quantized-tensor.js';
 import { codesToBlocks, typesHoldingCodes } from './gguf-blocks.js';
@@ -127,6 +128,7 @@ export async function exportGguf(
   assertNoSideCorrections(model.quantization?.tensors, 'GGUF');
   if (config.modelType !== 'llama')
     throw new ConfigError('GGUF export supports Llama-family models', { got: config.modelType });
+  refuseActivationQuant(config.linearInputOps, model.path, 'gguf');
   const warnings: string[] = [];
   const warn = (m: string) => {
     warnings.push(m);

@@ -38,6 +38,7 @@
 import { ConfigError, UsageError } from '../errors.js';
 import { encodeF16, roundToF16 } from '../formats/half.js';
 import type { TensorToWrite } from '../io/safetensors.js';
+import { refuseActivationQuant } from '../model/input-ops.js';
 import type { LoadedModel } from '../model/load.js';
 import { blockShapeOf, type GridSpec, gridName } from '../quant/grid.js';
 import { formatBits } from '../quant/number-formats.js';
@@ -269,6 +270,7 @@ export async function exportGptq(
   outDir: string,
   options: GptqExportOptions = {},
 ): Promise<SafetensorsExportReport> {
+  refuseActivationQuant(model.config.linearInputOps, model.path, 'gptq');
   assertNoSideCorrections(model.quantization?.tensors, 'GPTQ');
   const { warnings, warn } = warningCollector(options.onWarning);
   const planned = quantizedLinears(model).map((l) => planGptqLinear(l, warn));

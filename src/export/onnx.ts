@@ -33,6 +33,7 @@ import { writeDirectoryAtomically } from '../io/atomic.js';
 import { Llama2cTokenizer } from '../io/llama2c-tokenizer.js';
 import { buildOnnxModelExternal, type ExternalChunk, GraphAssembler } from '../io/onnx-builder.js';
 import { BLOCK_LINEARS, linearWeightName } from '../model/architecture.js';
+import { refuseActivationQuant } from '../model/input-ops.js';
 import type { LoadedModel } from '../model/load.js';
 import { convertToFloat16 } from '../onnx/fp16.js';
 import { OnnxModel, writeOnnxModel } from '../onnx/model-file.js';
@@ -137,6 +138,7 @@ export async function exportOnnx(
       got: model.config.modelType,
     });
   }
+  refuseActivationQuant(model.config.linearInputOps, model.path, 'onnx');
   assertNoSideCorrections(model.quantization?.tensors, 'ONNX');
   const dtypes = [...new Set(options.dtypes ?? [defaultOnnxDtype(model)])];
   for (const d of dtypes) {

@@ -5,20 +5,26 @@
  * that runs the quantized model must apply them too), so they live in ModelConfig and the
  * forward pass (decoder.ts) applies them wherever a block linear reads its input.
  */
-import { UsageError } from '../errors.js';
+import { FormatError, UsageError } from '../errors.js';
 import {
   type GgmlQuantizer,
   ggmlHeadInputTransform,
   ggmlLinearInputTransform,
 } from '../io/gguf-activations.js';
-import type { BlockLinear } from './architecture.js';
+import { type BlockLinear, linearWeightName } from './architecture.js';
 import { type InputRotationSpec, inputRotationTransform } from './input-rotation.js';
 
-/** Dynamic symmetric integer quantization of activations, fake-quantized (quantize then dequantize). */
+/** Symmetric integer quantization of activations, fake-quantized (quantize then dequantize). */
 export interface ActivationQuantSpec {
   bits: number;
-  /** 'per-token': one scale per row (SmoothQuant's dynamic per-token); 'per-tensor': one per input matrix. */
-  granularity: 'per-token' | 'per-tensor';
+  /**
+   * 'per-token': one dynamic scale per row (SmoothQuant's O1); 'per-tensor': one dynamic scale
+   * per input matrix (O2); 'per-tensor-static': one fixed scale per input from calibration,
+   * `absMax` (O3, SmoothQuant §5: static scales need no max reduction at run time).
+   */
+  granularity: 'per-token' | 'per-tensor' | 'per-tensor-static';
+  /** per-tensor-static: max|X| over the calibration tokens, keyed by the weight name of each linear reading X. */
+  absMax?: Record<string, number>;
 }
 
 export interface LinearInputOps {
@@ -50,8 +56,13 @@ export type LinearInputTransform = (
 export function checkActivationQuant(spec: ActivationQuantSpec): void {
   if (!Number.isInteger(spec.bits) || spec.bits < 2 || spec.bits > 16)
     throw new UsageError(`activation bits must be an integer in 2..16, got ${spec.bits}`);
-  if (spec.granularity !== 'per-token' && spec.granularity !== 'per-tensor')
-    throw new UsageError(`activation granularity must be per-token or per-tensor, got ${spec.granularity}`);
+  if (!['per-token', 'per-tensor', 'per-tensor-static'].includes(spec.granularity))
+    throw new UsageError(
+      `activation granularity must be per-token, per-tensor or per-tensor-static, got ${spec.granularity}`,
+    );
+  for (const [name, m] of Object.entries(spec.absMax ?? {}))
+    if (!(Number.isFinite(m) && m >= 0))
+      throw new UsageError(`static activation max of ${name} must be a finite number >= 0, got ${m}`);
 }
 
 /**
@@ -63,19 +74,25 @@ export function fakeQuantizeActivations(
   rows: number,
   cols: number,
   spec: ActivationQuantSpec,
+  staticAbsMax?: number,
 ): Float32Array {
   const qmax = 2 ** (spec.bits - 1) - 1;
   const quantizeRange = (start: number, end: number, absMax: number) => {
     if (absMax === 0) return; // an all-zero range stays zero
     const s = absMax / qmax;
-    for (let i = start; i < end; i++) x[i] = Math.round(x[i]! / s) * s;
+    // A static scale saturates values beyond the calibrated range (dynamic ones never exceed qmax).
+    for (let i = start; i < end; i++) x[i] = Math.min(qmax, Math.max(-qmax, Math.round(x[i]! / s))) * s;
   };
   const absMaxOf = (start: number, end: number) => {
     let m = 0;
     for (let i = start; i < end; i++) m = Math.max(m, Math.abs(x[i]!));
     return m;
   };
-  if (spec.granularity === 'per-tensor') quantizeRange(0, rows * cols, absMaxOf(0, rows * cols));
+  if (spec.granularity === 'per-tensor-static') {
+    if (staticAbsMax === undefined)
+      throw new UsageError('per-tensor-static activations need a calibrated max|X|');
+    quantizeRange(0, rows * cols, staticAbsMax);
+  } else if (spec.granularity === 'per-tensor') quantizeRange(0, rows * cols, absMaxOf(0, rows * cols));
   else
     for (let r = 0; r < rows; r++)
       quantizeRange(r * cols, (r + 1) * cols, absMaxOf(r * cols, (r + 1) * cols));
@@ -97,7 +114,8 @@ function unrotatedInputTransform(ops: LinearInputOps | undefined): LinearInputTr
   if (!activations) return ggml;
   checkActivationQuant(activations);
   return (layer, readers, x, rows, cols) => {
-    const q = fakeQuantizeActivations(x, rows, cols, activations);
+    const fixedMax = staticAbsMaxOf(activations, layer, readers);
+    const q = fakeQuantizeActivations(x, rows, cols, activations, fixedMax);
     return ggml ? ggml(layer, readers, q, rows, cols) : q;
   };
 }
@@ -109,5 +127,60 @@ export function headInputTransform(
 ): ((x: Float32Array, rows: number, cols: number) => Float32Array) | undefined {
   return (
     ops?.ggmlWeightTypes && ggmlHeadInputTransform(ops.ggmlWeightTypes, tiedEmbeddings, ops.ggmlQuantizer)
+  );
+}
+
+/** The calibrated max|X| of the input `readers` of `layer` read (per-tensor-static only). */
+function staticAbsMaxOf(spec: ActivationQuantSpec, layer: number, readers: readonly BlockLinear[]) {
+  if (spec.granularity !== 'per-tensor-static') return undefined;
+  const name = linearWeightName(layer, readers[0]!);
+  const m = spec.absMax?.[name];
+  if (m === undefined)
+    throw new UsageError('no calibrated activation max for this linear', {
+      field: `activations.absMax.${name}`,
+    });
+  return m;
+}
+
+/**
+ * The activation quantization a ptqkit checkpoint's quantization_config.activations records
+ * (written by quantize-model.ts), to put back into its config when it is loaded: `ptq eval`
+ * of the saved directory then simulates the same W8A8/W4A8 model. Undefined when absent.
+ */
+export function activationQuantOf(value: unknown, file: string): ActivationQuantSpec | undefined {
+  if (value === undefined) return undefined;
+  const v = value as { bits?: unknown; granularity?: unknown; absMax?: unknown } | null;
+  const spec = { bits: v?.bits, granularity: v?.granularity } as ActivationQuantSpec;
+  if (v?.absMax !== undefined) spec.absMax = v.absMax as Record<string, number>;
+  try {
+    if (spec.absMax !== undefined && (typeof spec.absMax !== 'object' || spec.absMax === null))
+      throw new UsageError('absMax must be an object of numbers');
+    if ((spec.granularity === 'per-tensor-static') !== (spec.absMax !== undefined))
+      throw new UsageError('absMax goes with granularity per-tensor-static, and only with it');
+    checkActivationQuant(spec);
+  } catch (e) {
+    throw new FormatError(`invalid activation quantization: ${(e as Error).message}`, {
+      file,
+      field: 'quantization_config.activations',
+      got: JSON.stringify(value),
+    });
+  }
+  return spec;
+}
+
+/**
+ * Export formats hold weights only (GGUF, GPTQ, compressed-tensors, ONNX's MatMulNBits): a
+ * model whose evaluation fake-quantizes its activations would run with float activations
+ * there and not be the model ptqkit measured, so refuse it.
+ */
+export function refuseActivationQuant(ops: LinearInputOps | undefined, file: string, format: string): void {
+  const a = ops?.activations;
+  if (!a) return;
+  throw new UsageError(
+    `cannot export to ${format}: the model quantizes its activations (int${a.bits} ${a.granularity}), which the format does not record`,
+    {
+      file,
+      hint: 'quantize without --act-bits to export; activation quantization is an evaluation-time simulation',
+    },
   );
 }

@@ -20,6 +20,7 @@ import type { TextTokenizer } from '../io/tokenizer.js';
 import type { TensorMap } from '../tensor.js';
 import { type Architecture, architectureFor, EMBED, LM_HEAD } from './architecture.js';
 import type { ModelConfig } from './config.js';
+import { activationQuantOf } from './input-ops.js';
 import { onlineRotationOf } from './input-rotation.js';
 
 /** config.json is a few KiB; anything past this is not a configuration. */
@@ -97,6 +98,9 @@ async function loadDirectory(dir: string, options: LoadOptions): Promise<LoadedM
     // An online rotation belongs to the model: the saved weights hold W·Q (input-rotation.ts).
     const rotation = onlineRotationOf(quantization.settings.rotation, configFile);
     if (rotation) config = { ...config, linearInputOps: { ...config.linearInputOps, rotation } };
+    // So does its activation quantization (W8A8/W4A8 simulation): `ptq eval` measures the same model.
+    const activations = activationQuantOf(quantization.settings.activations, configFile);
+    if (activations) config = { ...config, linearInputOps: { ...config.linearInputOps, activations } };
   } else {
     weights = await readSafetensorsWeights(dir);
   }

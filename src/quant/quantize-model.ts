@@ -13,6 +13,7 @@ import type { PtqQuantization } from '../io/ptq-checkpoint.js';
 import { blockLinears, blockPrefix, linearWeightName } from '../model/architecture.js';
 import type { ModelConfig } from '../model/config.js';
 import { Decoder } from '../model/decoder.js';
+import { type ActivationQuantSpec, checkActivationQuant } from '../model/input-ops.js';
 import type { TensorMap } from '../tensor.js';
 import { AWQ_DEFAULTS, type AwqOptions, applyAwqClip, applyAwqScales } from './awq.js';
 import { ALL_AT_ONCE, runSequential, TRUE_SEQUENTIAL } from './calibrate.js';
@@ -35,6 +36,7 @@ import { ROTATIONS, type RotateOptions, type RotationKind, rotateModel, rotateOn
 import { quantizeRtn } from './rtn.js';
 import { inputSecondMoments } from './sensitivity.js';
 import { quantizeSinq, SINQ_DEFAULTS, type SinqOptions } from './sinq.js';
+import { calibrateActivations, type SmoothQuantOptions, smoothQuant } from './smoothquant.js';
 
 /** The methods, one row each: this table drives the CLI's choices and help. */
 export const METHODS = {
@@ -95,6 +97,10 @@ export interface QuantizeOptions {
    */
   rotate?: RotationKind;
   rotation?: Partial<RotateOptions>;
+  /** SmoothQuant (smoothquant.ts): migrate activation outliers into the weights before the method. */
+  smoothquant?: Partial<SmoothQuantOptions>;
+  /** Activation quantization of every block linear's input (W8A8/W4A8), recorded in the returned config. */
+  activations?: ActivationQuantSpec;
   engine?: ComputeEngine;
   onProgress?: (p: { layer: number; layers: number }) => void;
   /** SpQR-style outliers: this fraction of every quantized weight kept in FP16 (outliers.ts). */
@@ -163,6 +169,17 @@ export async function quantizeModel(
     else for (const [name, t] of rotated.weights) weights.set(name, t);
   }
   const engine = options.engine ?? getDefaultEngine();
+  if (options.activations) checkActivationQuant(options.activations);
+  const smoothed = options.smoothquant
+    ? await smoothQuant(config, weights, options.calibration, options.smoothquant, engine)
+    : undefined;
+  if (smoothed) {
+    if (!options.inPlace) weights = smoothed.weights;
+    else for (const [name, t] of smoothed.weights) weights.set(name, t);
+  }
+  const activations =
+    options.activations &&
+    (await calibrateActivations(config, weights, options.activations, options.calibration, engine));
   // HQQ and SINQ optimize an integer grid's scales and zero points (the casts below); formats have none.
   if ((options.method === 'hqq' || options.method === 'sinq') && (options.grid.format ?? 'int') !== 'int') {
     throw new UsageError(`${options.method} quantizes to integer grids`, {
@@ -222,6 +239,8 @@ export async function quantizeModel(
       [...options.perLayerGrid!].map(([n, g]) => [n, gridName(g)]),
     );
   if (rotated) settings.rotation = rotated.description;
+  if (smoothed) settings.smoothquant = smoothed.description;
+  if (activations) settings.activations = activations;
   if (!METHODS[options.method].calibrated) {
     const hqq = { ...HQQ_DEFAULTS, ...options.hqq };
     const sinq = { ...SINQ_DEFAULTS, ...options.sinq };
@@ -373,7 +392,7 @@ export async function quantizeModel(
   }
   if (layers.length) settings.layer_errors = Object.fromEntries(layers.map((l) => [l.name, l.relativeError]));
   return {
-    config,
+    config: activations ? { ...config, linearInputOps: { ...config.linearInputOps, activations } } : config,
     weights: out,
     quantization: { method: options.method, settings, tensors },
     layers,

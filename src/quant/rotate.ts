@@ -306,7 +306,7 @@ export function rotateOnline(
       if (!spec.inputs.includes(input)) continue;
       const name = linearWeightName(layer, linear);
       const w = weights.get(name);
-      if (!w || w.shape.length !== 2)
+      if (w?.shape.length !== 2)
         throw new ShapeError('cannot rotate: missing or misshapen tensor', {
           field: name,
           got: w && `[${w.shape}]`,
