@@ -15,6 +15,7 @@
  * takes float32); Gather tables stay float.
  */
 import { roundHalfEven } from '../quant/grid.js';
+import { assertFiniteWeights } from '../quant/numerics.js';
 import { attrNumber, GraphEditor, isInitializer, makeNode, type NodeFilter, selected } from './graph-edit.js';
 import { DT, dimsOf, makeTensor, type NodeProto, type OnnxModel } from './model-file.js';
 
@@ -78,6 +79,7 @@ export async function quantizeDynamicQ8(model: OnnxModel, filter: NodeFilter = {
     if (!w) {
       const data = await model.floatData(b);
       const [r, c] = dimsOf(b) as [number, number];
+      assertFiniteWeights(new Map([[b.name, { shape: [r, c], data }]]));
       const [K, N] = transB ? [c, r] : [r, c];
       const B = new Float32Array(K * N);
       for (let k = 0; k < K; k++)

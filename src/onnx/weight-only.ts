@@ -33,6 +33,7 @@ import { encodeF16 } from '../formats/half.js';
 import { GPTQ_DEFAULTS, type GptqOptions, gptqQuantize, prepareHessian } from '../quant/gptq.js';
 import { type GridSpec, IntGrid, type ScaleDtype } from '../quant/grid.js';
 import { type HqqOptions, quantizeHqq } from '../quant/hqq.js';
+import { assertFiniteQuantized, assertFiniteWeights } from '../quant/numerics.js';
 import { dequantize, type QuantizedTensor, unpackCodes } from '../quant/quantized-tensor.js';
 import { quantizeRtn } from '../quant/rtn.js';
 import { quantizeSinq, type SinqOptions } from '../quant/sinq.js';
@@ -176,8 +177,13 @@ function transpose(b: Float32Array, K: number, N: number): Float32Array {
  * ‖(W − Ŵ)X‖² / ‖WX‖² = tr(ΔW H ΔWᵀ) / tr(W H Wᵀ) with H = Σ x xᵀ (GPTQ's objective, Eq. 1),
  * over the first `cols` columns of the padded quantized tensor.
  */
-function outputError(w: Float32Array, q: QuantizedTensor, cols: number, H: Float64Array): number {
-  const d = dequantize(q);
+function outputError(
+  w: Float32Array,
+  q: QuantizedTensor,
+  d: Float32Array,
+  cols: number,
+  H: Float64Array,
+): number {
   const delta = new Float64Array(cols);
   let num = 0;
   let den = 0;
@@ -198,8 +204,7 @@ function outputError(w: Float32Array, q: QuantizedTensor, cols: number, H: Float
 }
 
 /** ‖W − Ŵ‖² / ‖W‖² over the first `cols` columns of the padded quantized tensor. */
-function relativeError(w: Float32Array, q: QuantizedTensor, cols: number): number {
-  const d = dequantize(q);
+function relativeError(w: Float32Array, q: QuantizedTensor, d: Float32Array, cols: number): number {
   let num = 0;
   let den = 0;
   for (let r = 0; r < q.rows; r++) {
@@ -240,7 +245,10 @@ export async function quantizeWeightsToNBits(
     return new IntGrid(spec);
   };
   const report: WeightOnlyReport = { quantized: [], skipped: [], weights: 0, storedBytes: 0 };
-  /** Quantized weights by (initializer, layout, α): shared weights are quantized and stored once. */
+  /**
+   * Quantized weights by (initializer, layout, α): shared weights are quantized and stored once
+   * (GPTQ from the first reader's inputs, whose errors the report gives for every reader).
+   */
   const cache = new Map<string, StoredNBits>();
   const nodes = model.graph.node;
   const todo = new Set(
@@ -289,6 +297,7 @@ export async function quantizeWeightsToNBits(
     let entry = cache.get(key);
     if (!entry) {
       let w = await model.floatData(view.init);
+      assertFiniteWeights(new Map([[view.init.name, { shape: dims, data: w }]]));
       if (view.transposed) w = transpose(w, K, N);
       if (view.alpha !== 1) w = w.map((x) => x * view.alpha);
       const K2 = Math.ceil(K / bs) * bs;
@@ -318,9 +327,12 @@ export async function quantizeWeightsToNBits(
       if (!plan.ok)
         throw new UsageError(`cannot store ${name} as MatMulNBits: ${plan.reason}`, { field: name });
       const nb = encodeMatMulNBits(q, plan);
-      const relErr = relativeError(w, q, K);
+      // What is stored is what is measured: finite parameters, errors of the dequantized codes.
+      const deq = dequantize(q);
+      assertFiniteQuantized(view.init.name, q, deq);
+      const relErr = relativeError(w, q, deq, K);
       const H = o.hessian?.(node.input[0]!);
-      const outErr = H ? outputError(w, q, K, H) : undefined;
+      const outErr = H ? outputError(w, q, deq, K, H) : undefined;
       w = new Float32Array(0);
       entry = storeNBits(edit, view.init, nb, K, o);
       entry.relErr = relErr;
@@ -512,7 +524,10 @@ async function gatherToBlockQuantized(
   const bs = grid.spec.groupSize;
   const D2 = Math.ceil(D / bs) * bs;
   const w = await model.floatData(table);
+  assertFiniteWeights(new Map([[table.name, { shape: [V, D], data: w }]]));
   const q = quantizeRtn({ shape: [V, D2], data: padColumns(w, V, D, D2) }, grid, node.name);
+  const deq = dequantize(q);
+  assertFiniteQuantized(table.name, q, deq);
   const codes = unpackCodes(q);
   const nb = D2 / bs;
   const rowBytes = (D * bits) / 8;
@@ -552,7 +567,7 @@ async function gatherToBlockQuantized(
       K: D,
       N: V,
       method: 'rtn (table)',
-      relativeError: relativeError(w, q, D),
+      relativeError: relativeError(w, q, deq, D),
     },
     bytes,
   };

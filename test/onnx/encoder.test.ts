@@ -9,9 +9,9 @@ import assert from 'node:assert/strict';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { test } from 'node:test';
-import { FormatError } from '../../src/errors.js';
+import { FormatError, NumericError } from '../../src/errors.js';
 import { compareOnnxFiles, type OutputComparison } from '../../src/onnx/compare.js';
-import { dimsOf, OnnxModel, onnx, writeOnnxModel } from '../../src/onnx/model-file.js';
+import { dimsOf, makeTensor, OnnxModel, onnx, writeOnnxModel } from '../../src/onnx/model-file.js';
 import { type OnnxQuantDtype, quantizeOnnx } from '../../src/onnx/quantize-onnx.js';
 import type { OnnxMethod } from '../../src/onnx/weight-only.js';
 import { runCli } from '../cli/run-cli.js';
@@ -268,4 +268,29 @@ test('a directory of several graphs (encoder + decoder layout): each fp32 graph 
     FEEDS,
   );
   assert.ok(cmp.every((c) => c.cosine > COSINE_FLOOR.q4!));
+});
+
+test('a NaN weight is refused with the tensor and position named', async () => {
+  const model = await OnnxModel.read(source);
+  const t = model.initializer('attention.query.weight')!;
+  const values = await model.floatData(t);
+  values[3 * ENCODER.hidden + 5] = Number.NaN;
+  model.graph.initializer[model.graph.initializer.indexOf(t)] = makeTensor(
+    t.name,
+    t.dataType,
+    dimsOf(t),
+    values,
+  );
+  const file = path.join(tmp, 'nan.onnx');
+  await writeOnnxModel(model, file, { externalData: false });
+  await assert.rejects(
+    quantizeOnnx(file, path.join(tmp, 'nan-out'), {
+      dtypes: ['q4'],
+      blockSize: 32,
+      symmetric: true,
+      method: 'rtn',
+    }),
+    (e: Error) =>
+      e instanceof NumericError && /attention\.query\.weight.*NaN at row 3, column 5/.test(e.message),
+  );
 });
