@@ -16,6 +16,7 @@ import { Decoder } from '../model/decoder.js';
 import { type ActivationQuantSpec, checkActivationQuant } from '../model/input-ops.js';
 import type { TensorMap } from '../tensor.js';
 import { AWQ_DEFAULTS, type AwqOptions, applyAwqClip, applyAwqScales } from './awq.js';
+import { quantizeAsinq } from './asinq.js';
 import { ALL_AT_ONCE, runSequential, TRUE_SEQUENTIAL } from './calibrate.js';
 import {
   GPTQ_DEFAULTS,
@@ -58,6 +59,11 @@ export const METHODS = {
     calibrated: false,
     description:
       'SINQ: Sinkhorn-balanced per-row and per-column scales, then RTN (no data; arXiv:2509.22944)',
+  },
+  asinq: {
+    calibrated: true,
+    description:
+      'A-SINQ: SINQ with activation-aware (AWQ) column factors searched on calibration data (arXiv:2509.22944)',
   },
 } as const;
 export type MethodName = keyof typeof METHODS;
@@ -181,7 +187,10 @@ export async function quantizeModel(
     options.activations &&
     (await calibrateActivations(config, weights, options.activations, options.calibration, engine));
   // HQQ and SINQ optimize an integer grid's scales and zero points (the casts below); formats have none.
-  if ((options.method === 'hqq' || options.method === 'sinq') && (options.grid.format ?? 'int') !== 'int') {
+  if (
+    (options.method === 'hqq' || options.method === 'sinq' || options.method === 'asinq') &&
+    (options.grid.format ?? 'int') !== 'int'
+  ) {
     throw new UsageError(`${options.method} quantizes to integer grids`, {
       field: 'format',
       expected: 'int',
@@ -195,7 +204,10 @@ export async function quantizeModel(
   // Mixed precision: each layer's own grid (HQQ's made asymmetric like the base one).
   const layerGrids = new Map<string, ReturnType<typeof makeGrid>>();
   for (const [name, g] of options.perLayerGrid ?? []) {
-    if ((options.method === 'hqq' || options.method === 'sinq') && (g.format ?? 'int') !== 'int') {
+    if (
+      (options.method === 'hqq' || options.method === 'sinq' || options.method === 'asinq') &&
+      (g.format ?? 'int') !== 'int'
+    ) {
       throw new UsageError(`${options.method} quantizes to integer grids`, {
         field: name,
         expected: 'int',
@@ -277,11 +289,16 @@ export async function quantizeModel(
       });
     const gptq = { ...GPTQ_DEFAULTS, ...options.gptq };
     const awq = { ...AWQ_DEFAULTS, ...options.awq };
+    const sinq = { ...SINQ_DEFAULTS, ...options.sinq };
     const trueSequential = options.method === 'gptq' && options.trueSequential !== false;
     Object.assign(
       settings,
       { calibration: cal.description },
-      options.method === 'gptq' ? { gptq, true_sequential: trueSequential } : { awq },
+      options.method === 'gptq'
+        ? { gptq, true_sequential: trueSequential }
+        : options.method === 'asinq'
+          ? { sinq }
+          : { awq },
     );
     // Resume state: restore the finished blocks exactly as the interrupted run left them.
     const resumed = options.resume
@@ -334,7 +351,7 @@ export async function quantizeModel(
         }),
       chunk: Math.max(1, Math.floor(4096 / cal.seqlen)),
       // Only AWQ measures outputs on sampled input rows; GPTQ needs the Hessian alone.
-      sampleRows: options.method === 'awq' ? 4096 : 0,
+      sampleRows: options.method === 'awq' || options.method === 'asinq' ? 4096 : 0,
       onProgress: (layer, total) => options.onProgress?.({ layer, layers: total }),
       quantizeGroup: async (layer, linears, stats) => {
         const awqScales = new Map<string, { alpha: number; scales: Float64Array }>();
@@ -363,7 +380,11 @@ export async function quantizeModel(
             if (selector) q = { ...q, outliers: selector.finish(prep.perm) };
           } else {
             // AWQ quantizes with RTN (no error feedback): scores weighted by H_jj = E[x_j²].
-            const rtn = (t: typeof w) => quantizeRtn(t, gridOf(name), name);
+            // A-SINQ searches its column factors on this layer's inputs (asinq.ts).
+            const rtn = (t: typeof w) =>
+              options.method === 'asinq'
+                ? quantizeAsinq(t, gridOf(name) as IntGrid, st, sinq, name).quantized
+                : quantizeRtn(t, gridOf(name), name);
             q = options.outliers
               ? quantizeWithOutliers(
                   w,

@@ -205,23 +205,54 @@ export function quantizeSinq(
   }
   const [rows, cols] = weight.shape as [number, number];
   const [, blockCols] = grid.blockShape(rows, cols, tensorName);
-  const groups = cols / blockCols;
   const w = weight.data;
   const k = kurtosis(w);
   const gated = o.kurtosisThreshold !== null && k > o.kurtosisThreshold;
+  const { colScale, tiles } = gated
+    ? { colScale: undefined, tiles: [] }
+    : sinkhornColumnScales(w, rows, cols, blockCols, o.iters);
+  const quantized = quantizeWithColumnScales(weight, grid, colScale, tensorName);
+  return { quantized, tiles, kurtosis: k, gated };
+}
 
-  // t: per-column scales in their storage dtype, so codes are chosen against the stored values.
-  const t = new Float32Array(cols).fill(1);
+/**
+ * One Sinkhorn run per tile of `blockCols` columns (the reference's 1D tiling): the column
+ * scales t of every input column, and each tile's imbalance trace.
+ */
+export function sinkhornColumnScales(
+  w: Float32Array,
+  rows: number,
+  cols: number,
+  blockCols: number,
+  iters: number,
+): { colScale: Float64Array; tiles: number[][] } {
+  const colScale = new Float64Array(cols);
   const tiles: number[][] = [];
-  if (!gated) {
-    for (let g = 0; g < groups; g++) {
-      const { colScale, trace } = sinkhorn(w, cols, g * blockCols, rows, blockCols, o.iters);
-      tiles.push(trace);
-      for (let c = 0; c < blockCols; c++) t[g * blockCols + c] = grid.roundParam(colScale[c]!);
-    }
+  for (let c0 = 0; c0 < cols; c0 += blockCols) {
+    const r = sinkhorn(w, cols, c0, rows, blockCols, iters);
+    tiles.push(r.trace);
+    colScale.set(r.colScale, c0);
   }
+  return { colScale, tiles };
+}
 
-  // RTN of W ⊘ t per (row, group): the row scale s is absorbed by each block's own scale.
+/**
+ * RTN of W ⊘ t per (row, group) on the grid, t rounded to the scale dtype first so that codes are
+ * chosen against the stored values (the row scale s is absorbed by each block's own scale);
+ * t stored as the tensor's column scales. Without t: plain RTN of W.
+ */
+export function quantizeWithColumnScales(
+  weight: Tensor,
+  grid: IntGrid,
+  colScale: ArrayLike<number> | undefined,
+  tensorName?: string,
+): QuantizedTensor {
+  const [rows, cols] = weight.shape as [number, number];
+  const [, blockCols] = grid.blockShape(rows, cols, tensorName);
+  const groups = cols / blockCols;
+  const w = weight.data;
+  const t = new Float32Array(cols).fill(1);
+  if (colScale) for (let c = 0; c < cols; c++) t[c] = grid.roundParam(colScale[c]!);
   const scales = new Float32Array(rows * groups);
   const zeros = new Float32Array(rows * groups);
   const codes = new Uint8Array(rows * cols);
@@ -244,6 +275,6 @@ export function quantizeSinq(
     }
   }
   const quantized = fromCodes(rows, cols, grid.spec, codes, scales, zeros);
-  if (!gated) quantized.columnScales = t;
-  return { quantized, tiles, kurtosis: k, gated };
+  if (colScale) quantized.columnScales = t;
+  return quantized;
 }

@@ -1,0 +1,113 @@
+/**
+ * A-SINQ — the calibrated variant of SINQ (Müller et al. 2025, arXiv:2509.22944, "A-SINQ":
+ * SINQ combined with AWQ's activation-aware scaling; reference huawei-csl/SINQ `sinq/awq.py`,
+ * `compute_awq_scale` with `sinq_fake_quant`).
+ *
+ * SINQ (sinq.ts) approximates W ≈ s ⊙ (Q − z) ⊙ t with Sinkhorn-balanced column scales t. A-SINQ
+ * multiplies each normalized tile W ⊘ t by an activation-aware column factor a before rounding
+ * and divides it back out of the column scales:
+ *
+ *   Ŵ = s ⊙ RTN((W ⊘ t) ⊙ a) ⊙ (t ⊘ a)
+ *
+ * so the stored column scales become t / a (no op is folded into another layer, unlike AWQ), and a
+ * column with large inputs (large a) gets a finer effective step. The factor is AWQ's
+ * (arXiv:2306.00978 §3.2, with the weight term of its reference implementation):
+ *
+ *   a_c = μx_c^α / (μw_c^(1−α) + 1e-4),  then a ← a / √(max a · min a)
+ *
+ * with μx_c = mean |x_c| over the calibration inputs of the layer and μw_c = mean_r |W_rc|; α
+ * runs over {0, 1/20, ..., 19/20} and the a with the smallest output error on the calibration
+ * inputs is kept, measured as ‖(W − Ŵ) X‖² ∝ Σ_r ΔW_r H ΔW_rᵀ with GPTQ's H = 2/N · Σ x xᵀ (the
+ * reference measures the same squared error on the activations themselves).
+ *
+ * Deviations: a ≡ 1 (SINQ itself) is one more candidate, so on its own objective A-SINQ never
+ * does worse than SINQ (the reference's α = 0 still divides by μw); SINQ's kurtosis gate is kept
+ * (a gated matrix has t = 1, the factor a still applies); the search is per layer on the grid the
+ * layer is quantized to (the reference: per layer, tiles of 64).
+ */
+import type { Tensor } from '../tensor.js';
+import type { LinearStats } from './calibrate.js';
+import type { IntGrid } from './grid.js';
+import { dequantize, type QuantizedTensor } from './quantized-tensor.js';
+import { kurtosis, quantizeWithColumnScales, SINQ_DEFAULTS, type SinqOptions, sinkhornColumnScales } from './sinq.js';
+
+/** The reference's grid: α = i / 20, i < 20. */
+export const ASINQ_ALPHAS = Array.from({ length: 20 }, (_, i) => i / 20);
+
+export interface AsinqResult {
+  quantized: QuantizedTensor;
+  /** The chosen exponent, or null when a ≡ 1 (plain SINQ) had the smallest error. */
+  alpha: number | null;
+  /** Σ_r ΔW_r H ΔW_rᵀ of the chosen candidate and of plain SINQ (a ≡ 1). */
+  error: number;
+  sinqError: number;
+}
+
+/** Σ_r Δ_r H Δ_rᵀ for Δ = W − Ŵ ([rows, cols]) and H [cols, cols]. */
+export function hessianError(w: Float32Array, wq: Float32Array, H: Float64Array, rows: number, cols: number) {
+  const d = new Float64Array(cols);
+  let total = 0;
+  for (let r = 0; r < rows; r++) {
+    for (let c = 0; c < cols; c++) d[c] = w[r * cols + c]! - wq[r * cols + c]!;
+    for (let i = 0; i < cols; i++) {
+      const di = d[i]!;
+      if (di === 0) continue;
+      let acc = 0;
+      const row = i * cols;
+      for (let j = 0; j < cols; j++) acc += H[row + j]! * d[j]!;
+      total += di * acc;
+    }
+  }
+  return total;
+}
+
+/** AWQ's activation-aware column factor for exponent α, normalized to √(max · min) = 1. */
+export function awqColumnFactor(absMeanX: ArrayLike<number>, absMeanW: ArrayLike<number>, alpha: number) {
+  const n = absMeanW.length;
+  const a = new Float64Array(n);
+  let max = 0;
+  let min = Infinity;
+  for (let c = 0; c < n; c++) {
+    a[c] = Math.max(1e-4, Math.max(1e-4, absMeanX[c]! ** alpha) / (absMeanW[c]! ** (1 - alpha) + 1e-4));
+    max = Math.max(max, a[c]!);
+    min = Math.min(min, a[c]!);
+  }
+  const norm = Math.sqrt(max * min);
+  for (let c = 0; c < n; c++) a[c]! /= norm;
+  return a;
+}
+
+export function quantizeAsinq(
+  weight: Tensor,
+  grid: IntGrid,
+  stats: Pick<LinearStats, 'hessian' | 'absMean'>,
+  options: Partial<SinqOptions> = {},
+  tensorName?: string,
+): AsinqResult {
+  const o = { ...SINQ_DEFAULTS, ...options };
+  const [rows, cols] = weight.shape as [number, number];
+  const [, blockCols] = grid.blockShape(rows, cols, tensorName);
+  const w = weight.data;
+  const gated = o.kurtosisThreshold !== null && kurtosis(w) > o.kurtosisThreshold;
+  const t = gated ? new Float64Array(cols).fill(1) : sinkhornColumnScales(w, rows, cols, blockCols, o.iters).colScale;
+  const absMeanW = new Float64Array(cols);
+  for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) absMeanW[c]! += Math.abs(w[r * cols + c]!) / rows;
+
+  const errorOf = (q: QuantizedTensor) => hessianError(w, dequantize(q), stats.hessian, rows, cols);
+  // a ≡ 1: SINQ exactly (no column scales at all when gated).
+  const sinq = quantizeWithColumnScales(weight, grid, gated ? undefined : t, tensorName);
+  const sinqError = errorOf(sinq);
+  let best: AsinqResult = { quantized: sinq, alpha: null, error: sinqError, sinqError };
+  for (const alpha of ASINQ_ALPHAS) {
+    const a = awqColumnFactor(stats.absMean, absMeanW, alpha);
+    const q = quantizeWithColumnScales(
+      weight,
+      grid,
+      t.map((v, c) => v / a[c]!),
+      tensorName,
+    );
+    const error = errorOf(q);
+    if (error < best.error) best = { quantized: q, alpha, error, sinqError };
+  }
+  return best;
+}
