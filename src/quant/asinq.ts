@@ -29,7 +29,13 @@ import type { Tensor } from '../tensor.js';
 import type { LinearStats } from './calibrate.js';
 import type { IntGrid } from './grid.js';
 import { dequantize, type QuantizedTensor } from './quantized-tensor.js';
-import { kurtosis, quantizeWithColumnScales, SINQ_DEFAULTS, type SinqOptions, sinkhornColumnScales } from './sinq.js';
+import {
+  kurtosis,
+  quantizeWithColumnScales,
+  SINQ_DEFAULTS,
+  type SinqOptions,
+  sinkhornColumnScales,
+} from './sinq.js';
 
 /** The reference's grid: α = i / 20, i < 20. */
 export const ASINQ_ALPHAS = Array.from({ length: 20 }, (_, i) => i / 20);
@@ -89,9 +95,12 @@ export function quantizeAsinq(
   const [, blockCols] = grid.blockShape(rows, cols, tensorName);
   const w = weight.data;
   const gated = o.kurtosisThreshold !== null && kurtosis(w) > o.kurtosisThreshold;
-  const t = gated ? new Float64Array(cols).fill(1) : sinkhornColumnScales(w, rows, cols, blockCols, o.iters).colScale;
+  const t = gated
+    ? new Float64Array(cols).fill(1)
+    : sinkhornColumnScales(w, rows, cols, blockCols, o.iters).colScale;
   const absMeanW = new Float64Array(cols);
-  for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) absMeanW[c]! += Math.abs(w[r * cols + c]!) / rows;
+  for (let r = 0; r < rows; r++)
+    for (let c = 0; c < cols; c++) absMeanW[c]! += Math.abs(w[r * cols + c]!) / rows;
 
   const errorOf = (q: QuantizedTensor) => hessianError(w, dequantize(q), stats.hessian, rows, cols);
   // a ≡ 1: SINQ exactly (no column scales at all when gated).
