@@ -168,6 +168,15 @@ export async function quantizeCommand(modelPath: string, args: QuantizeArgs, out
   const method = args.method as MethodName;
   validateGrid(args.grid);
   const exportTo = args.export && exportTarget(args.export, args.output, args.exportOut);
+  // Refused before any work: export formats have no x ← x·Q step (input-rotation.ts).
+  if (exportTo && args.rotate === 'hadamard-online')
+    throw new UsageError(
+      `cannot export to ${args.export}: --rotate hadamard-online rotates inputs at run time`,
+      {
+        field: 'export',
+        hint: 'drop --export, or use --rotate hadamard (absorbed into the weights)',
+      },
+    );
   if (exportTo && (args.outliers || args.lorcRank)) rejectSideExport(args.export!);
   if (METHODS[method].calibrated && !args.calib) {
     throw new UsageError(`${method} needs calibration text`, {
