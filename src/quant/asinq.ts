@@ -10,20 +10,24 @@
  *   Ŵ = s ⊙ RTN((W ⊘ t) ⊙ a) ⊙ (t ⊘ a)
  *
  * so the stored column scales become t / a (no op is folded into another layer, unlike AWQ), and a
- * column with large inputs (large a) gets a finer effective step. The factor is AWQ's
- * (arXiv:2306.00978 §3.2, with the weight term of its reference implementation):
+ * column with large inputs (large a) gets a finer effective step. The factor is AWQ's (Lin et al.
+ * 2023, arXiv:2306.00978 §3.3, Eq. 5):
  *
- *   a_c = μx_c^α / (μw_c^(1−α) + 1e-4),  then a ← a / √(max a · min a)
+ *   a_c = μx_c^α,  then a ← a / √(max a · min a)
  *
- * with μx_c = mean |x_c| over the calibration inputs of the layer and μw_c = mean_r |W_rc|; α
- * runs over {0, 1/20, ..., 19/20} and the a with the smallest output error on the calibration
- * inputs is kept, measured as ‖(W − Ŵ) X‖² ∝ Σ_r ΔW_r H ΔW_rᵀ with GPTQ's H = 2/N · Σ x xᵀ (the
- * reference measures the same squared error on the activations themselves).
+ * with μx_c = mean |x_c| over the calibration inputs of the layer; α runs over {0, 1/20, ..., 19/20}
+ * and the a with the smallest output error on the calibration inputs is kept, measured as
+ * ‖(W − Ŵ) X‖² ∝ Σ_r ΔW_r H ΔW_rᵀ with GPTQ's H = 2/N · Σ x xᵀ (the reference measures the same
+ * squared error on the activations themselves).
  *
- * Deviations: a ≡ 1 (SINQ itself) is one more candidate, so on its own objective A-SINQ never
- * does worse than SINQ (the reference's α = 0 still divides by μw); SINQ's kurtosis gate is kept
- * (a gated matrix has t = 1, the factor a still applies); the search is per layer on the grid the
- * layer is quantized to (the reference: per layer, tiles of 64).
+ * Deviations, measured (test/quant/asinq.test.ts, README): the SINQ reference's `compute_awq_scale`
+ * divides by μw_c^(1−α) as well (AutoAWQ's weight term, `use_weightscale`); here that term is
+ * optional (`weightTerm`) and off by default: it balances raw column magnitudes, which the
+ * Sinkhorn scales t have already balanced, and with it A-SINQ lost to SINQ at 3 bits on stories260K
+ * (8.6121 / 0.7549 against 8.4584 / 0.7238) where without it it wins (7.9914 / 0.6695). a ≡ 1
+ * (SINQ itself) is one more candidate, so on its own objective A-SINQ never does worse than SINQ;
+ * SINQ's kurtosis gate is kept (a gated matrix has t = 1, the factor a still applies); the search
+ * is per layer on the grid the layer is quantized to (the reference: per layer, tiles of 64).
  */
 import type { Tensor } from '../tensor.js';
 import type { LinearStats } from './calibrate.js';
@@ -67,14 +71,18 @@ export function hessianError(w: Float32Array, wq: Float32Array, H: Float64Array,
   return total;
 }
 
-/** AWQ's activation-aware column factor for exponent α, normalized to √(max · min) = 1. */
-export function awqColumnFactor(absMeanX: ArrayLike<number>, absMeanW: ArrayLike<number>, alpha: number) {
-  const n = absMeanW.length;
+/**
+ * AWQ's activation-aware column factor μx^α for exponent α (with the reference's weight term
+ * 1 / (μw^(1−α) + 1e-4) when absMeanW is given), normalized to √(max · min) = 1.
+ */
+export function awqColumnFactor(absMeanX: ArrayLike<number>, alpha: number, absMeanW?: ArrayLike<number>) {
+  const n = absMeanX.length;
   const a = new Float64Array(n);
   let max = 0;
   let min = Infinity;
   for (let c = 0; c < n; c++) {
-    a[c] = Math.max(1e-4, Math.max(1e-4, absMeanX[c]! ** alpha) / (absMeanW[c]! ** (1 - alpha) + 1e-4));
+    const x = Math.max(1e-4, absMeanX[c]! ** alpha);
+    a[c] = absMeanW ? Math.max(1e-4, x / (absMeanW[c]! ** (1 - alpha) + 1e-4)) : x;
     max = Math.max(max, a[c]!);
     min = Math.min(min, a[c]!);
   }
@@ -83,14 +91,19 @@ export function awqColumnFactor(absMeanX: ArrayLike<number>, absMeanW: ArrayLike
   return a;
 }
 
+export interface AsinqOptions extends SinqOptions {
+  /** Divide the factor by μw^(1−α) as the SINQ reference's `use_weightscale` does (off: AWQ Eq. 5). */
+  weightTerm: boolean;
+}
+
 export function quantizeAsinq(
   weight: Tensor,
   grid: IntGrid,
   stats: Pick<LinearStats, 'hessian' | 'absMean'>,
-  options: Partial<SinqOptions> = {},
+  options: Partial<AsinqOptions> = {},
   tensorName?: string,
 ): AsinqResult {
-  const o = { ...SINQ_DEFAULTS, ...options };
+  const o = { ...SINQ_DEFAULTS, weightTerm: false, ...options };
   const [rows, cols] = weight.shape as [number, number];
   const [, blockCols] = grid.blockShape(rows, cols, tensorName);
   const w = weight.data;
@@ -108,7 +121,7 @@ export function quantizeAsinq(
   const sinqError = errorOf(sinq);
   let best: AsinqResult = { quantized: sinq, alpha: null, error: sinqError, sinqError };
   for (const alpha of ASINQ_ALPHAS) {
-    const a = awqColumnFactor(stats.absMean, absMeanW, alpha);
+    const a = awqColumnFactor(stats.absMean, alpha, o.weightTerm ? absMeanW : undefined);
     const q = quantizeWithColumnScales(
       weight,
       grid,
