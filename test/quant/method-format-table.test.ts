@@ -1,21 +1,9 @@
 /**
  * Method × format on tinystories-656k (method-format-table.ts): every method on int4 g32 sym/asym,
- * int4 g128, NVFP4, MXFP4, FP4 E2M1 g32, int3 g32/g64, ternary and binary g32.
+ * int4 g128, NVFP4, MXFP4, FP4 E2M1 g32, int3 g32/g64, ternary and binary g32 (the AWQ and
+ * GPTQ + online-rotation rows: method-format-table-awq.test.ts).
  */
-import { type Column, int, methodFormatTable } from './method-format-table.js';
-
-const COLUMNS: Column[] = [
-  int(4, 32),
-  int(4, 32, true),
-  int(4, 128),
-  { label: 'nvfp4', format: 'nvfp4', options: {} },
-  { label: 'mxfp4', format: 'mxfp4', options: {} },
-  { label: 'fp4-e2m1 g32', format: 'fp4-e2m1', options: { groupSize: 32 } },
-  int(3, 32),
-  int(3, 64),
-  { label: 'ternary g32', format: 'ternary', options: {} },
-  { label: 'binary g32', format: 'binary', options: {} },
-];
+import { methodFormatTable, TINYSTORIES_COLUMNS } from './method-format-table.js';
 
 /** Measured (perplexity, KLD) per `model | row | column`, pinned to 1%; FP32 perplexity 36.7854. */
 const MEASURED: Record<string, [number, number]> = {
@@ -59,26 +47,6 @@ const MEASURED: Record<string, [number, number]> = {
   'tinystories-656k | gptq | int3 g64': [47.4657, 0.3179],
   'tinystories-656k | gptq | ternary g32': [471.3787, 2.865],
   'tinystories-656k | gptq | binary g32': [914.1964, 3.458],
-  'tinystories-656k | gptq + hadamard-online | int4 g32': [39.3027, 0.05532],
-  'tinystories-656k | gptq + hadamard-online | int4 g32 asym': [37.8905, 0.03808],
-  'tinystories-656k | gptq + hadamard-online | int4 g128': [39.1616, 0.07299],
-  'tinystories-656k | gptq + hadamard-online | nvfp4': [39.1787, 0.05523],
-  'tinystories-656k | gptq + hadamard-online | mxfp4': [41.4342, 0.09073],
-  'tinystories-656k | gptq + hadamard-online | fp4-e2m1 g32': [38.2471, 0.05947],
-  'tinystories-656k | gptq + hadamard-online | int3 g32': [47.0579, 0.2566],
-  'tinystories-656k | gptq + hadamard-online | int3 g64': [48.6946, 0.3096],
-  'tinystories-656k | gptq + hadamard-online | ternary g32': [470.5178, 2.907],
-  'tinystories-656k | gptq + hadamard-online | binary g32': [898.6646, 3.478],
-  'tinystories-656k | awq | int4 g32': [40.4772, 0.07394],
-  'tinystories-656k | awq | int4 g32 asym': [37.7194, 0.05366],
-  'tinystories-656k | awq | int4 g128': [40.4424, 0.09593],
-  'tinystories-656k | awq | nvfp4': [39.1338, 0.07206],
-  'tinystories-656k | awq | mxfp4': [40.5881, 0.1084],
-  'tinystories-656k | awq | fp4-e2m1 g32': [39.6728, 0.07281],
-  'tinystories-656k | awq | int3 g32': [49.1368, 0.3168],
-  'tinystories-656k | awq | int3 g64': [50.698, 0.3661],
-  'tinystories-656k | awq | ternary g32': [1163.9048, 3.712],
-  'tinystories-656k | awq | binary g32': [2641.7159, 4.791],
   'tinystories-656k | hqq | int4 g32 asym': [37.5672, 0.05362],
   'tinystories-656k | hqq | int4 g128': [40.0488, 0.09305],
   'tinystories-656k | hqq | int3 g32': [42.776, 0.2397],
@@ -90,4 +58,11 @@ const MEASURED: Record<string, [number, number]> = {
   'tinystories-656k | sinq | int3 g64': [62.0715, 0.4596],
 };
 
-methodFormatTable('tinystories-656k', 'models/tinystories-656k', COLUMNS, MEASURED);
+methodFormatTable('tinystories-656k', 'models/tinystories-656k', TINYSTORIES_COLUMNS, MEASURED, [
+  'rtn',
+  'rtn + hadamard',
+  'rtn + hadamard-online',
+  'gptq',
+  'hqq',
+  'sinq',
+]);
