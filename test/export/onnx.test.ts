@@ -474,5 +474,5 @@ test('ptq export --format onnx writes the directory and reports sizes', async ()
   );
   const bad = runCli(['export', BUNDLED, '--format', 'onnx', '--dtype', 'q3', '-o', path.join(tmp, 'bad')]);
   assert.equal(bad.code, 1);
-  assert.match(bad.stderr, /unknown ONNX dtype; expected fp32, q8, q4, q2, got q3/);
+  assert.match(bad.stderr, /unknown ONNX dtype; expected fp32, q8, q4, q2, fp16, q4f16, got q3/);
 });
