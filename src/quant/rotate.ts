@@ -21,9 +21,10 @@
  *      becomes a_h R2, and o_proj's columns of head h W_h ← W_h R2 undo it. q/k (and so RoPE
  *      and the attention scores) are untouched.
  * Tied embeddings are untied: E Q (no gain) and W_head = E diag(γ_final) Q differ.
- * No operation is added to the forward pass (the online R3/R4 Hadamards of QuaRot are not
- * used), so the rotated model runs on the unchanged decoder; down_proj's input (the FFN
- * width, behind SwiGLU's nonlinearity) cannot be rotated offline and is left as is.
+ * rotateModel adds no operation to the forward pass, so the rotated model runs on the unchanged
+ * decoder; down_proj's input (the FFN width, behind SwiGLU's nonlinearity) cannot be rotated
+ * offline and is left as is. rotateOnline (below, `--rotate hadamard-online`) is QuaRot's online
+ * alternative: no folding, and the forward pass rotates chosen linear inputs at run time.
  * Q = diag(s) H / √D from hadamard.ts, with seeded signs s.
  *
  * Step 1 is not free for quantization: a small γ_c no longer damps the errors of column c,
