@@ -176,6 +176,8 @@ export async function quantizeModel(
   }
   const engine = options.engine ?? getDefaultEngine();
   if (options.activations) checkActivationQuant(options.activations);
+  // SmoothQuant after any rotation and before the method, which quantizes the smoothed weights
+  // (arXiv:2211.10438 §4); static activation maxima then come from the smoothed float model.
   const smoothed = options.smoothquant
     ? await smoothQuant(config, weights, options.calibration, options.smoothquant, engine)
     : undefined;
