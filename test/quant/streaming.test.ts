@@ -10,7 +10,7 @@ import { rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { test } from 'node:test';
 import { FormatError } from '../../src/errors.js';
-import { encodeBf16, encodeF16 } from '../../src/formats/half.js';
+import { decodeF16, encodeBf16, encodeF16, f16ToF32 } from '../../src/formats/half.js';
 import { writePtqCheckpoint } from '../../src/io/ptq-checkpoint.js';
 import { SafetensorsModel, SafetensorsWriter, writeSafetensors } from '../../src/io/safetensors.js';
 import { loadModel } from '../../src/model/load.js';
@@ -169,4 +169,15 @@ test('SafetensorsWriter: pieces out of order or missing bytes are refused; whole
   await w.write('b', Uint8Array.of(9));
   await w.finish();
   assert.ok(readFileSync(file).equals(readFileSync(ref)));
+});
+
+test('decodeF16 by table (long inputs) equals f16ToF32 on all 65536 codes', () => {
+  const all = Uint16Array.from({ length: 65536 }, (_, h) => h);
+  const table = decodeF16(all);
+  for (let h = 0; h < 65536; h++) assert.ok(Object.is(table[h], Math.fround(f16ToF32(h))), `code ${h}`);
+  // Corner values of IEEE binary16: max normal, min subnormal, -0, +inf.
+  assert.deepEqual(
+    [table[0x7bff], table[0x0001], table[0x8000], table[0x7c00]],
+    [65504, 2 ** -24, -0, Infinity],
+  );
 });

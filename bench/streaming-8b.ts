@@ -1,0 +1,278 @@
+/**
+ * Streaming RTN of an 8B Llama-3-shaped FP16 model (issue #8 acceptance: peak RSS < 4 GB).
+ *
+ * 1. Generates on disk (default os.tmpdir(), or BENCH_8B_DIR) a Llama-3-8B-shaped model:
+ *    hidden 4096, 32 layers, 32 heads / 8 KV heads, intermediate 14336, vocab 128256, untied;
+ *    deterministic random FP16 weights (xorshift32 bits made into FP16 of magnitude
+ *    2^-7..2^-3 with random signs), written piece by piece in ~5 GB shards with
+ *    model.safetensors.index.json, as Hugging Face shards them (16 GB in all).
+ * 2. Times a plain sequential read of every shard (the floor any quantizer pays).
+ * 3. Runs `ptq quantize --method rtn --bits 4 --group-size 128` on it in a child process under
+ *    `nice -n 10 /usr/bin/time`: wall, CPU and peak RSS (max resident set of the child).
+ * 4. Checks one layer of the output against quantizeRtn of the same source tensor in memory
+ *    (codes and scales byte-equal), then deletes model and output (BENCH_KEEP=1 keeps them).
+ * Prints one JSON line (bench/run.ts: `BENCH_HEAVY=1 npm run bench` or `npm run bench -- streaming-8b`).
+ * Needs ~26 GB free: 16 GB of input and ~8.7 GB of output (embedding and lm_head stay F32).
+ */
+import { spawnSync } from 'node:child_process';
+import { mkdirSync, readFileSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
+import { open } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { CHECKPOINT_FILE, encodeParams } from '../src/io/ptq-checkpoint.js';
+import { SafetensorsModel, SafetensorsWriter, type TensorHeader } from '../src/io/safetensors.js';
+import { blockLinears, LLAMA, linearWeightName } from '../src/model/architecture.js';
+import { makeGrid } from '../src/quant/grid.js';
+import { quantizeRtn } from '../src/quant/rtn.js';
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const CLI = path.join(HERE, '../src/cli/main.ts');
+const GiB = 2 ** 30;
+
+const HF_CONFIG = {
+  architectures: ['LlamaForCausalLM'],
+  model_type: 'llama',
+  hidden_size: 4096,
+  intermediate_size: 14336,
+  // BENCH_8B_LAYERS: fewer blocks for a quick run of the same shapes (default Llama-3-8B's 32).
+  num_hidden_layers: Number(process.env.BENCH_8B_LAYERS ?? 32),
+  num_attention_heads: 32,
+  num_key_value_heads: 8,
+  vocab_size: 128256,
+  max_position_embeddings: 8192,
+  rope_theta: 500000,
+  rms_norm_eps: 1e-5,
+  tie_word_embeddings: false,
+  hidden_act: 'silu',
+  bos_token_id: 128000,
+  eos_token_id: 128001,
+  torch_dtype: 'float16',
+};
+const SHARD_BYTES = 5e9;
+const PIECE_BYTES = 64 * 1024 * 1024;
+
+const root = process.env.BENCH_8B_DIR ?? path.join(os.tmpdir(), `ptq-bench-8b-${process.pid}`);
+const modelDir = path.join(root, 'llama3-8b-shaped');
+const outDir = path.join(root, 'llama3-8b-rtn-int4-g128');
+const { bavail, bsize } = statfsSync(path.dirname(root));
+if (bavail * bsize < 26 * GiB) {
+  throw new Error(
+    `${path.dirname(root)}: ${((bavail * bsize) / GiB).toFixed(1)} GiB free, the bench needs 26 GiB`,
+  );
+}
+mkdirSync(modelDir, { recursive: true });
+
+try {
+  const t0 = performance.now();
+  const { parameters, quantizedParameters, shards } = await generate(modelDir);
+  const generateSeconds = (performance.now() - t0) / 1000;
+  process.stderr.write(
+    `  generated ${(parameters / 1e9).toFixed(2)}B params in ${generateSeconds.toFixed(0)} s\n`,
+  );
+
+  const readSeconds = await readAll(shards);
+  process.stderr.write(`  read all shards in ${readSeconds.toFixed(1)} s\n`);
+
+  const timeFile = path.join(root, 'time.txt');
+  const r = spawnSync(
+    'nice',
+    [
+      '-n',
+      '10',
+      '/usr/bin/time',
+      '-f',
+      '%e %U %S %M',
+      '-o',
+      timeFile,
+      process.execPath,
+      '--import',
+      'tsx',
+      CLI,
+    ].concat([
+      'quantize',
+      modelDir,
+      '--method',
+      'rtn',
+      '--bits',
+      '4',
+      '--group-size',
+      '128',
+      '-o',
+      outDir,
+      '--json',
+    ]),
+    { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'], maxBuffer: 64 * 1024 * 1024 },
+  );
+  if (r.status !== 0) throw new Error(`ptq quantize failed (status ${r.status})`);
+  const cli = JSON.parse(r.stdout);
+  const [wall, user, sys, maxRssKiB] = readFileSync(timeFile, 'utf8')
+    .trim()
+    .split(/\s+/)
+    .map(Number) as number[];
+  const checked = await checkOneLayer(modelDir, outDir);
+  const outputBytes = (await SafetensorsModel.open(outDir).then(async (st) => {
+    const names = st.names();
+    const bytes = names.reduce((s, n) => s + (st.info(n).end - st.info(n).begin), 0);
+    await st.close();
+    return bytes;
+  })) as number;
+  console.log(
+    JSON.stringify({
+      case: 'streaming-8b',
+      parameters,
+      quantizedParameters,
+      calibration: 'none',
+      grid: 'int4 g128 sym (rtn, streamed)',
+      seconds: wall,
+      cpuSeconds: user! + sys!,
+      peakRssMiB: maxRssKiB! / 1024,
+      phases: {},
+      streamed: cli.streamed === true,
+      inputBytes: shards.reduce((s, x) => s + x.bytes, 0),
+      outputBytes,
+      generateSeconds,
+      readSeconds,
+      readRatio: wall! / readSeconds,
+      paramsPerSecond: parameters / wall!,
+      loadAverage: os.loadavg()[0],
+      checked,
+    }),
+  );
+} finally {
+  if (process.env.BENCH_KEEP !== '1') rmSync(root, { recursive: true, force: true });
+}
+
+/** xorshift32 bits as FP16: random sign and 10-bit mantissa, exponent 8..11 (|w| in [2^-7, 2^-3)). */
+function fillRandomHalf(out: Uint32Array, state: { s: number }): void {
+  let s = state.s;
+  for (let i = 0; i < out.length; i++) {
+    s ^= s << 13;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    // Two halves per word: keep sign and mantissa bits, set exponent 8 + (2 random bits).
+    out[i] = (s & 0x83ff83ff) | ((((s >>> 10) & 0x00030003) + 0x00080008) << 10);
+  }
+  state.s = s;
+}
+
+async function generate(dir: string) {
+  const config = LLAMA.parseConfig(HF_CONFIG, 'bench');
+  const shapes = [...LLAMA.expectedShapes(config)];
+  let quantizedParameters = 0;
+  for (let l = 0; l < config.numLayers; l++)
+    for (const linear of blockLinears(config))
+      quantizedParameters += shapes
+        .find(([n]) => n === linearWeightName(l, linear))![1]
+        .reduce((a, b) => a * b, 1);
+  // Shards of at most SHARD_BYTES, in the order of the canonical names.
+  const groups: TensorHeader[][] = [[]];
+  let inShard = 0;
+  let parameters = 0;
+  for (const [name, shape] of shapes) {
+    const bytes = shape.reduce((a, b) => a * b, 1) * 2;
+    parameters += bytes / 2;
+    if (inShard + bytes > SHARD_BYTES && groups.at(-1)!.length) {
+      groups.push([]);
+      inShard = 0;
+    }
+    groups.at(-1)!.push({ name, dtype: 'F16', shape });
+    inShard += bytes;
+  }
+  const weightMap: Record<string, string> = {};
+  const shards: { file: string; bytes: number }[] = [];
+  const buf = new Uint32Array(PIECE_BYTES / 4);
+  let seed = 1;
+  for (const [i, group] of groups.entries()) {
+    const file = `model-${String(i + 1).padStart(5, '0')}-of-${String(groups.length).padStart(5, '0')}.safetensors`;
+    const w = await SafetensorsWriter.create(path.join(dir, file), group, { format: 'pt' });
+    let bytes = 0;
+    for (const t of group) {
+      weightMap[t.name] = file;
+      const total = t.shape.reduce((a, b) => a * b, 1) * 2;
+      const state = { s: 0x9e3779b9 ^ seed++ };
+      const norm = t.shape.length === 1;
+      for (let at = 0; at < total; at += PIECE_BYTES) {
+        const n = Math.min(PIECE_BYTES, total - at);
+        if (norm)
+          buf.fill(0x3c003c00); // RMSNorm gains of 1.0
+        else fillRandomHalf(buf, state);
+        await w.write(t.name, new Uint8Array(buf.buffer, 0, n));
+      }
+      bytes += total;
+    }
+    await w.finish();
+    shards.push({ file: path.join(dir, file), bytes });
+    process.stderr.write(`  wrote ${file} (${(bytes / GiB).toFixed(2)} GiB)\n`);
+  }
+  writeFileSync(
+    path.join(dir, 'model.safetensors.index.json'),
+    JSON.stringify({
+      metadata: { total_size: shards.reduce((s, x) => s + x.bytes, 0) },
+      weight_map: weightMap,
+    }),
+  );
+  writeFileSync(path.join(dir, 'config.json'), JSON.stringify(HF_CONFIG, null, 2));
+  // A word-level tokenizer of 1000 words: the vocabulary only has to fit the 128256 embeddings.
+  const vocab = Object.fromEntries(Array.from({ length: 1000 }, (_, i) => [`w${i}`, i]));
+  writeFileSync(
+    path.join(dir, 'tokenizer.json'),
+    JSON.stringify({
+      version: '1.0',
+      added_tokens: [],
+      normalizer: null,
+      pre_tokenizer: { type: 'Whitespace' },
+      post_processor: null,
+      decoder: null,
+      model: { type: 'WordLevel', vocab, unk_token: 'w0' },
+    }),
+  );
+  return { parameters, quantizedParameters, shards };
+}
+
+/** Seconds to read every byte of the shards sequentially in 64 MiB pieces. */
+async function readAll(shards: { file: string }[]): Promise<number> {
+  const t0 = performance.now();
+  const buf = Buffer.alloc(PIECE_BYTES);
+  for (const { file } of shards) {
+    const h = await open(file, 'r');
+    let at = 0;
+    for (;;) {
+      const { bytesRead } = await h.read(buf, 0, buf.length, at);
+      if (!bytesRead) break;
+      at += bytesRead;
+    }
+    await h.close();
+  }
+  return (performance.now() - t0) / 1000;
+}
+
+/** The last block's down_proj [4096, 14336]: streamed codes and scales equal quantizeRtn of the source in memory. */
+async function checkOneLayer(model: string, out: string): Promise<string> {
+  const name = linearWeightName(HF_CONFIG.num_hidden_layers - 1, 'mlp.down_proj');
+  const src = await SafetensorsModel.open(model);
+  const dst = await SafetensorsModel.open(out);
+  try {
+    const w = { shape: [...src.info(name).shape], data: await src.readFloat32(name) };
+    const grid = makeGrid({
+      bits: 4,
+      symmetric: true,
+      granularity: 'group',
+      groupSize: 128,
+      scaleDtype: 'f16',
+    });
+    const q = quantizeRtn(w, grid, name);
+    const base = name.replace(/\.weight$/, '');
+    const codes = await dst.readRaw(`${base}.qweight`);
+    const scales = await dst.readRaw(`${base}.scales`);
+    const expectedScales = encodeParams(q.scales, 'f16').data as Uint16Array;
+    const same = (a: Uint8Array, b: ArrayBufferView) =>
+      Buffer.from(a).equals(Buffer.from(b.buffer, b.byteOffset, b.byteLength));
+    if (!same(codes, q.qweight) || !same(scales, expectedScales)) {
+      throw new Error(`${out}/${CHECKPOINT_FILE}: ${name} differs from quantizeRtn of the source`);
+    }
+    return `${name}: codes and scales byte-equal to in-memory quantizeRtn`;
+  } finally {
+    await Promise.all([src.close(), dst.close()]);
+  }
+}
