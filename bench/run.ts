@@ -7,6 +7,8 @@
  *
  *   npm run bench                 all cases
  *   npm run bench -- gptq-100M    one case
+ *   BENCH_HEAVY=1 npm run bench   also streaming-8b (streaming-8b.ts: a 16 GB FP16 model on disk,
+ *                                 ~26 GB free in os.tmpdir() or BENCH_8B_DIR; tens of minutes)
  *
  * CPU time is user + system over all threads; on a shared machine compare runs by it, wall
  * time grows with every other process.
@@ -20,6 +22,12 @@ import { formatTable } from '../src/cli/table.js';
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 
 const CASES = ['rtn-100M', 'hqq-100M', 'sinq-100M', 'gptq-100M', 'awq-100M', 'compare-demo'];
+if (process.env.BENCH_HEAVY === '1') CASES.push('streaming-8b');
+/** Cases with a script of their own; the others run case.ts. */
+const SCRIPTS: Record<string, string> = {
+  'compare-demo': 'compare-demo.ts',
+  'streaming-8b': 'streaming-8b.ts',
+};
 
 interface Phase {
   seconds: number;
@@ -38,13 +46,16 @@ interface Result {
   targetSeconds?: number;
   loadAverage?: number;
   runs?: { label: string; quantizeSeconds: number; evalSeconds: number }[];
+  /** streaming-8b: seconds to just read the shards, and the quantize/read ratio. */
+  readSeconds?: number;
+  readRatio?: number;
 }
 
 const selected = process.argv.slice(2).filter((a) => !a.startsWith('-'));
 const results: Result[] = [];
 for (const name of selected.length ? selected : CASES) {
   process.stderr.write(`bench ${name} ...\n`);
-  const script = name === 'compare-demo' ? 'compare-demo.ts' : 'case.ts';
+  const script = SCRIPTS[name] ?? 'case.ts';
   const r = spawnSync(process.execPath, ['--import', 'tsx', path.join(HERE, script), name], {
     encoding: 'utf8',
     stdio: ['ignore', 'pipe', 'inherit'],
@@ -104,5 +115,12 @@ for (const r of results.filter((r) => r.targetSeconds !== undefined)) {
       ['run', 'quantize s', 'eval s'],
       r.runs!.map((x) => [x.label, x.quantizeSeconds.toFixed(2), x.evalSeconds.toFixed(2)]),
     ),
+  );
+}
+for (const r of results.filter((r) => r.readRatio !== undefined)) {
+  console.log(
+    `\n${r.case}: ${r.seconds.toFixed(0)} s wall at ${r.peakRssMiB.toFixed(0)} MiB peak RSS (target < 4096), ` +
+      `${(r.parameters / r.seconds / 1e6).toFixed(1)}M params/s; reading the shards alone ${r.readSeconds!.toFixed(0)} s ` +
+      `(${r.readRatio!.toFixed(1)}x, target within 3x)`,
   );
 }
