@@ -20,7 +20,7 @@
  *
  * Memory: peak ≈ the largest block linear in its source dtype + 2 × float32 copies of it
  * (weights and dequantized check) + its codes (1 byte per weight before packing) + one
- * 64 MiB piece; for Llama-3-8B's 14336 × 4096 MLP weights about 0.8 GB.
+ * 64 MiB piece; for Llama-3-8B's 14336 × 4096 MLP weights about 0.7 GB.
  */
 import path from 'node:path';
 import { FormatError, PtqError, UsageError } from '../errors.js';
