@@ -138,7 +138,7 @@ function multiply(
  * enough", Giraud et al. 2005) for orthogonality at machine precision; a column that vanishes
  * (rank-deficient E) restarts from a random vector, orthogonalized like the others.
  */
-function orthonormalize(M: Float64Array, n: number, k: number): Float64Array {
+export function orthonormalize(M: Float64Array, n: number, k: number): Float64Array {
   const refill = mulberry32(k);
   for (let pass = 0; pass < 2; pass++) {
     for (let j = 0; j < k; j++) {

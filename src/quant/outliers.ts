@@ -218,6 +218,26 @@ export function toCsr(
   return { rowPtr, colIndex, values: vals };
 }
 
+/** looReductions of every group of `groupCols` columns of W [rows, cols], as one [rows, cols] array. */
+function scoreGroups(
+  grid: Grid,
+  W: Float32Array,
+  rows: number,
+  cols: number,
+  blockRows: number,
+  groupCols: number,
+  colWeight: (c0: number) => Float64Array,
+): Float64Array {
+  const scores = new Float64Array(rows * cols);
+  const part = new Float64Array(rows * groupCols);
+  for (let c0 = 0; c0 < cols; c0 += groupCols) {
+    looReductions(grid, W, cols, rows, c0, c0 + groupCols, blockRows, colWeight(c0), part);
+    for (let r = 0; r < rows; r++)
+      for (let j = 0; j < groupCols; j++) scores[r * cols + c0 + j] = part[r * groupCols + j]!;
+  }
+  return scores;
+}
+
 /** Statistics blocks of a grid over a [rows, cols] weight: [blockRows, columns per group]. */
 function blocksOf(grid: Grid, rows: number, cols: number, name?: string): [number, number] {
   return grid.blockShape(rows, cols, name);
@@ -242,13 +262,7 @@ export function quantizeWithOutliers(
   const g = grid.forTensor(weight.data);
   const [blockRows, groupCols] = blocksOf(g, rows, cols, name);
   const c = colWeight ?? new Float64Array(cols).fill(1);
-  const scores = new Float64Array(rows * cols);
-  const part = new Float64Array(rows * groupCols);
-  for (let c0 = 0; c0 < cols; c0 += groupCols) {
-    looReductions(g, weight.data, cols, rows, c0, c0 + groupCols, blockRows, c.subarray(c0), part);
-    for (let r = 0; r < rows; r++)
-      for (let j = 0; j < groupCols; j++) scores[r * cols + c0 + j] = part[r * groupCols + j]!;
-  }
+  const scores = scoreGroups(g, weight.data, rows, cols, blockRows, groupCols, (c0) => c.subarray(c0));
   const mask = topK(scores, outlierCount(rows, cols, fraction));
   const substituted = new Float32Array(rows * cols);
   const groupMask = new Uint8Array(rows * groupCols);
@@ -299,14 +313,9 @@ export class GptqOutlierSelector implements GptqOutliers {
     this.mask = new Uint8Array(rows * cols);
     this.values = new Float32Array(rows * cols);
     const numGroups = cols / groupCols;
-    const scores = new Float64Array(rows * cols);
-    const part = new Float64Array(rows * groupCols);
-    for (let g = 0; g < numGroups; g++) {
-      const c0 = g * groupCols;
-      looReductions(grid, W, cols, rows, c0, c0 + groupCols, blockRows, this.colWeights(c0, groupCols), part);
-      for (let r = 0; r < rows; r++)
-        for (let j = 0; j < groupCols; j++) scores[r * cols + c0 + j] = part[r * groupCols + j]!;
-    }
+    const scores = scoreGroups(grid, W, rows, cols, blockRows, groupCols, (c0) =>
+      this.colWeights(c0, groupCols),
+    );
     const chosen = topK(scores, outlierCount(rows, cols, this.fraction));
     this.quota = new Int32Array(numGroups);
     for (let i = 0; i < chosen.length; i++) if (chosen[i]) this.quota[Math.floor((i % cols) / groupCols)]!++;

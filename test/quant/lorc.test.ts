@@ -14,15 +14,14 @@ import { roundToF16 } from '../../src/formats/half.js';
 import { readPtqCheckpoint, writePtqCheckpoint } from '../../src/io/ptq-checkpoint.js';
 import { checkPtqCheckpoint } from '../../src/io/ptq-checkpoint-checks.js';
 import { type LoadedModel, loadModel } from '../../src/model/load.js';
-import type { GridSpec } from '../../src/quant/grid.js';
-import { makeGrid } from '../../src/quant/grid.js';
-import { jacobiEigen, lowRankCorrection, truncatedSvd } from '../../src/quant/lorc.js';
+import { type GridSpec, makeGrid } from '../../src/quant/grid.js';
+import { jacobiEigen, lowRankCorrection, orthonormalize, truncatedSvd } from '../../src/quant/lorc.js';
 import { type MethodName, quantizeModel } from '../../src/quant/quantize-model.js';
 import { dequantize, type QuantizedTensor, storedBits } from '../../src/quant/quantized-tensor.js';
 import { quantizeRtn } from '../../src/quant/rtn.js';
 import { assetsPresent, seededRandom, tempDir } from '../helpers.js';
 import { assertMeasured, calibrationWindows, loadWithValidTokens } from './quality-setup.js';
-import { PLAIN_W3, SIDE_MODELS, type SideBench, sideBench } from './side-quality.js';
+import { describeSideModels, PLAIN_W3 } from './side-quality.js';
 
 const int3pc: GridSpec = {
   bits: 3,
@@ -32,21 +31,14 @@ const int3pc: GridSpec = {
   scaleDtype: 'f16',
 };
 
-/** n×k matrix with orthonormal columns (Gram–Schmidt of seeded uniform noise). */
+/** n×k matrix with orthonormal columns: Gram–Schmidt (lorc.ts) of seeded uniform noise. */
 function orthonormal(n: number, k: number, seed: number): Float64Array {
   const rand = seededRandom(seed);
-  const M = Float64Array.from({ length: n * k }, () => rand() - 0.5);
-  for (let j = 0; j < k; j++) {
-    for (let p = 0; p < j; p++) {
-      let dot = 0;
-      for (let i = 0; i < n; i++) dot += M[i * k + p]! * M[i * k + j]!;
-      for (let i = 0; i < n; i++) M[i * k + j]! -= dot * M[i * k + p]!;
-    }
-    let norm = 0;
-    for (let i = 0; i < n; i++) norm += M[i * k + j]! ** 2;
-    for (let i = 0; i < n; i++) M[i * k + j]! /= Math.sqrt(norm);
-  }
-  return M;
+  return orthonormalize(
+    Float64Array.from({ length: n * k }, () => rand() - 0.5),
+    n,
+    k,
+  );
 }
 
 test('Jacobi eigen-decomposition of [[2, 1], [1, 2]]: λ = 3, 1 with (1, ±1)/√2', () => {
@@ -135,8 +127,8 @@ describe('LoRC with every method, and through the checkpoint', {
     calibration = calibrationWindows(tokens, 8);
   });
 
-  test('rank 0, 64 (= min(out, in)) and 1.5 are UsageErrors', async () => {
-    for (const bad of [0, 64, 1.5]) {
+  test('rank 0, 32 (= min(out, in) of the 32×64 k_proj) and 1.5 are UsageErrors', async () => {
+    for (const bad of [0, 32, 1.5]) {
       await assert.rejects(
         quantizeModel(model.config, model.weights, { method: 'rtn', grid: int3pc, lorcRank: bad }),
         (e: unknown) => e instanceof UsageError && /LoRC rank out of range/.test(String(e)),
@@ -193,35 +185,28 @@ describe('LoRC with every method, and through the checkpoint', {
   });
 });
 
-describe('LoRC on the real models', { skip: !assetsPresent && 'no ../shared/assets' }, () => {
-  /** Measured (16K evaluation tokens, 32 calibration windows): [perplexity, KLD] of W3 + LoRC rank 8. */
-  const MEASURED: Record<string, Record<string, [number, number]>> = {
-    'tinystories-656k': { rtn: [51.8277, 0.30276], gptq: [44.4351, 0.17953] },
-    stories260k: { rtn: [7.6842, 0.66473], gptq: [6.122, 0.42736] },
-  };
-  for (const { key, path: modelPath } of SIDE_MODELS) {
-    describe(key, () => {
-      let bench: SideBench;
-      before(async () => {
-        bench = await sideBench(key, modelPath);
-      });
-      for (const method of ['rtn', 'gptq'] as const) {
-        test(`${method} W3 + LoRC rank 8: lower KLD at its stored bits/weight`, async () => {
-          // Plain W3 under the same set-up is measured (and asserted) by outliers.test.ts.
-          const plain = PLAIN_W3[key]![method];
-          const lorc = await bench.run(method, { lorcRank: 8 });
-          assertMeasured(`${key} ${method}+lorc`, lorc.result, MEASURED[key]![method]!);
-          assert.ok(lorc.result.kld! < plain.measured[1], `KLD ${lorc.result.kld} vs ${plain.measured[1]}`);
-          // Honest size: plain bits + per layer 8 · (rows + cols) FP16 values.
-          let weightsCount = 0;
-          let extra = 0;
-          for (const q of lorc.tensors.values()) {
-            weightsCount += q.rows * q.cols;
-            extra += 8 * (q.rows + q.cols) * 16;
-          }
-          assert.ok(Math.abs(lorc.bitsPerWeight - (plain.bits + extra / weightsCount)) < 1e-4);
-        });
+/** Measured (16K evaluation tokens, 32 calibration windows): [perplexity, KLD] of W3 + LoRC rank 8. */
+const MEASURED: Record<string, Record<string, [number, number]>> = {
+  'tinystories-656k': { rtn: [51.8277, 0.30276], gptq: [44.4351, 0.17953] },
+  stories260k: { rtn: [7.6842, 0.66473], gptq: [6.122, 0.42736] },
+};
+
+describeSideModels('LoRC on the real models', (key, bench) => {
+  for (const method of ['rtn', 'gptq'] as const) {
+    test(`${method} W3 + LoRC rank 8: lower KLD at its stored bits/weight`, async () => {
+      // Plain W3 under the same set-up is measured (and asserted) by outliers.test.ts.
+      const plain = PLAIN_W3[key]![method];
+      const lorc = await bench().run(method, { lorcRank: 8 });
+      assertMeasured(`${key} ${method}+lorc`, lorc.result, MEASURED[key]![method]!);
+      assert.ok(lorc.result.kld! < plain.measured[1], `KLD ${lorc.result.kld} vs ${plain.measured[1]}`);
+      // Honest size: plain bits + per layer 8 · (rows + cols) FP16 values.
+      let weightsCount = 0;
+      let extra = 0;
+      for (const q of lorc.tensors.values()) {
+        weightsCount += q.rows * q.cols;
+        extra += 8 * (q.rows + q.cols) * 16;
       }
+      assert.ok(Math.abs(lorc.bitsPerWeight - (plain.bits + extra / weightsCount)) < 1e-4);
     });
   }
 });

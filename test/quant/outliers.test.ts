@@ -26,7 +26,7 @@ import { dequantize, type QuantizedTensor, storedBits } from '../../src/quant/qu
 import { quantizeRtn } from '../../src/quant/rtn.js';
 import { ASSETS, assetsPresent, tempDir } from '../helpers.js';
 import { assertMeasured } from './quality-setup.js';
-import { PLAIN_W3, SIDE_MODELS, type SideBench, sideBench } from './side-quality.js';
+import { describeSideModels, PLAIN_W3 } from './side-quality.js';
 
 const int3 = (groupSize: number, scaleDtype: GridSpec['scaleDtype'] = 'f16'): GridSpec => ({
   bits: 3,
@@ -175,42 +175,31 @@ test('GPTQ with outliers under a real Hessian: exact count, lower output error, 
   }
 });
 
-describe('outliers on the real models', { skip: !assetsPresent && 'no ../shared/assets' }, () => {
-  /**
-   * Measured (16K evaluation tokens, 32 calibration windows): [perplexity, KLD] of plain W3 and
-   * of W3 + 1% outliers, and the stored bits/weight of the latter.
-   */
-  /** Measured (16K evaluation tokens, 32 calibration windows): [perplexity, KLD] of W3 + 1% outliers. */
-  const MEASURED: Record<string, Record<string, [number, number]>> = {
-    'tinystories-656k': { rtn: [50.0163, 0.26992], gptq: [43.9955, 0.16838] },
-    stories260k: { rtn: [9.0951, 0.8524], gptq: [6.6142, 0.52041] },
-  };
-  for (const { key, path: modelPath } of SIDE_MODELS) {
-    describe(key, () => {
-      let bench: SideBench;
-      before(async () => {
-        bench = await sideBench(key, modelPath);
-      });
-      for (const method of ['rtn', 'gptq'] as const) {
-        test(`${method} W3 + 1% outliers: lower KLD at its stored bits/weight`, async () => {
-          const plain = await bench.run(method);
-          const spqr = await bench.run(method, { outliers: 0.01 });
-          assertMeasured(`${key} ${method}`, plain.result, PLAIN_W3[key]![method].measured);
-          assert.ok(Math.abs(plain.bitsPerWeight - PLAIN_W3[key]![method].bits) < 1e-4);
-          assertMeasured(`${key} ${method}+outliers`, spqr.result, MEASURED[key]![method]!);
-          assert.ok(spqr.result.kld! < plain.result.kld!, `KLD ${spqr.result.kld} vs ${plain.result.kld}`);
-          // Honest size: plain bits + per layer round(1% · rows · cols) × (16 + 16) + (rows + 1) × 16.
-          let weightsCount = 0;
-          let extra = 0;
-          for (const q of spqr.tensors.values()) {
-            weightsCount += q.rows * q.cols;
-            const nnz = Math.round(0.01 * q.rows * q.cols);
-            assert.equal(q.outliers!.values.length, nnz, 'exactly 1% per layer');
-            extra += nnz * 32 + (q.rows + 1) * 16;
-          }
-          assert.ok(Math.abs(spqr.bitsPerWeight - (plain.bitsPerWeight + extra / weightsCount)) < 1e-12);
-        });
+/** Measured (16K evaluation tokens, 32 calibration windows): [perplexity, KLD] of W3 + 1% outliers. */
+const MEASURED: Record<string, Record<string, [number, number]>> = {
+  'tinystories-656k': { rtn: [50.0163, 0.26992], gptq: [43.9955, 0.16838] },
+  stories260k: { rtn: [9.0951, 0.8524], gptq: [6.6142, 0.52041] },
+};
+
+describeSideModels('outliers on the real models', (key, bench) => {
+  for (const method of ['rtn', 'gptq'] as const) {
+    test(`${method} W3 + 1% outliers: lower KLD at its stored bits/weight`, async () => {
+      const plain = await bench().run(method);
+      const spqr = await bench().run(method, { outliers: 0.01 });
+      assertMeasured(`${key} ${method}`, plain.result, PLAIN_W3[key]![method].measured);
+      assert.ok(Math.abs(plain.bitsPerWeight - PLAIN_W3[key]![method].bits) < 1e-4);
+      assertMeasured(`${key} ${method}+outliers`, spqr.result, MEASURED[key]![method]!);
+      assert.ok(spqr.result.kld! < plain.result.kld!, `KLD ${spqr.result.kld} vs ${plain.result.kld}`);
+      // Honest size: plain bits + per layer round(1% · rows · cols) × (16 + 16) + (rows + 1) × 16.
+      let weightsCount = 0;
+      let extra = 0;
+      for (const q of spqr.tensors.values()) {
+        weightsCount += q.rows * q.cols;
+        const nnz = Math.round(0.01 * q.rows * q.cols);
+        assert.equal(q.outliers!.values.length, nnz, 'exactly 1% per layer');
+        extra += nnz * 32 + (q.rows + 1) * 16;
       }
+      assert.ok(Math.abs(spqr.bitsPerWeight - (plain.bitsPerWeight + extra / weightsCount)) < 1e-12);
     });
   }
 });

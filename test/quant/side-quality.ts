@@ -3,6 +3,7 @@
  * plain and with a side correction, evaluated against FP32 (KLD, perplexity) with the bits per
  * weight that are stored.
  */
+import { before, describe } from 'node:test';
 import type { EvalResult } from '../../src/eval/perplexity.js';
 import type { LoadedModel } from '../../src/model/load.js';
 import type { GridSpec } from '../../src/quant/grid.js';
@@ -12,6 +13,7 @@ import {
   type QuantizeOptions,
   quantizeModel,
 } from '../../src/quant/quantize-model.js';
+import { assetsPresent } from '../helpers.js';
 import {
   type Calibration,
   calibrationWindows,
@@ -63,6 +65,24 @@ export interface SideBench {
   model: LoadedModel;
   calibration: Calibration;
   run(method: MethodName, extra?: Partial<QuantizeOptions>, grid?: GridSpec): Promise<SideRun>;
+}
+
+/**
+ * One suite per real model (skipped without the assets), its SideBench loaded once before the
+ * tests `body` declares.
+ */
+export function describeSideModels(title: string, body: (key: string, bench: () => SideBench) => void): void {
+  describe(title, { skip: !assetsPresent && 'no ../shared/assets' }, () => {
+    for (const { key, path: modelPath } of SIDE_MODELS) {
+      describe(key, () => {
+        let bench: SideBench;
+        before(async () => {
+          bench = await sideBench(key, modelPath);
+        });
+        body(key, () => bench);
+      });
+    }
+  });
 }
 
 /** Load `modelPath`, its validation tokens and calibration windows; `run` quantizes at W3 and evaluates. */
