@@ -181,6 +181,9 @@ export function rejectSideExport(format: string, tensor?: string): never {
 }
 
 /** Refuse, at an exporter's entry, quantized tensors that carry outliers or LoRC factors. */
-export function assertNoSideCorrections(tensors: Map<string, QuantizedTensor> | undefined, format: string): void {
+export function assertNoSideCorrections(
+  tensors: Map<string, QuantizedTensor> | undefined,
+  format: string,
+): void {
   for (const [name, q] of tensors ?? []) if (q.outliers || q.lowRank) rejectSideExport(format, name);
 }
