@@ -262,17 +262,8 @@ export async function quantizeCommand(modelPath: string, args: QuantizeArgs, out
       },
     }),
   };
-  // The export reads the checkpoint just written, through the same code as `ptq export`.
-  const exportLines: string[] = [];
-  if (exportTo) {
-    const capture = { json: out.json, log: (t: string) => exportLines.push(t) };
-    const exportArgs = { format: args.export!, output: exportTo, tokenizer: args.tokenizer };
-    await exportCommand(args.output, exportArgs, capture);
-  }
-  if (out.json) {
-    const exported = exportTo ? { export: JSON.parse(exportLines.join('\n')) } : {};
-    return out.log(JSON.stringify({ ...result, ...exported }, null, 2));
-  }
+  const exportLines = await exportAfterQuantize(args, exportTo, out);
+  if (out.json) return out.log(jsonWithExport(result, exportLines));
   if (mixed) printAllocation(result.allocation as MixedReport, result.allocation!.achievedBits, out);
   const rotated =
     (args.rotate ? `, ${args.rotate}-rotated` : '') +
@@ -345,6 +336,23 @@ function activationOptions(args: QuantizeArgs): {
   return { activations, smoothquant };
 }
 
+/** `--export` right after quantizing: the checkpoint just written, through the same code as `ptq export`. */
+async function exportAfterQuantize(args: QuantizeArgs, exportTo: string | undefined, out: Output) {
+  const lines: string[] = [];
+  if (exportTo) {
+    const capture = { json: out.json, log: (t: string) => lines.push(t) };
+    const exportArgs = { format: args.export!, output: exportTo, tokenizer: args.tokenizer };
+    await exportCommand(args.output, exportArgs, capture);
+  }
+  return lines;
+}
+
+/** The --json result of `ptq quantize`, with the export's own JSON under `export`. */
+function jsonWithExport(result: object, exportLines: string[]): string {
+  const exported = exportLines.length ? { export: JSON.parse(exportLines.join('\n')) } : {};
+  return JSON.stringify({ ...result, ...exported }, null, 2);
+}
+
 /** Options that need the whole model in memory (rotation, calibration, mixed precision, side corrections...). */
 const WHOLE_MODEL_OPTIONS = [
   'calib',
@@ -398,16 +406,8 @@ async function streamQuantizeCommand(
     peakRssMiB: peakRssMiB(),
     layers: [],
   };
-  const exportLines: string[] = [];
-  if (exportTo) {
-    const capture = { json: out.json, log: (t: string) => exportLines.push(t) };
-    const exportArgs = { format: args.export!, output: exportTo, tokenizer: args.tokenizer };
-    await exportCommand(args.output, exportArgs, capture);
-  }
-  if (out.json) {
-    const exported = exportTo ? { export: JSON.parse(exportLines.join('\n')) } : {};
-    return out.log(JSON.stringify({ ...result, ...exported }, null, 2));
-  }
+  const exportLines = await exportAfterQuantize(args, exportTo, out);
+  if (out.json) return out.log(jsonWithExport(result, exportLines));
   out.log(
     `quantized ${modelPath} with ${method} ${result.grid} (streamed): ${result.bitsPerWeight.toFixed(3)} bits/weight, ` +
       `${fmt.bytes(result.bytes)}, ${result.seconds.toFixed(2)} s, peak RSS ${result.peakRssMiB.toFixed(0)} MiB -> ${result.output}`,
