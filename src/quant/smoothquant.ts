@@ -263,17 +263,24 @@ export async function smoothQuant(
   engine: ComputeEngine,
 ): Promise<SmoothedModel> {
   checkSmoothQuantOptions({ ...SMOOTHQUANT_DEFAULTS, ...options });
-  if (!calibration)
-    throw new UsageError('SmoothQuant measures activation maxima on calibration text', {
-      field: 'calib',
-      hint: 'pass --calib <text file>',
-    });
-  const absMax = await activationAbsMax(
-    new Decoder(config, weights, engine),
-    calibration.windows,
-    calibration.seqlen,
-  );
+  const absMax = await calibratedAbsMax(config, weights, calibration, engine, {
+    what: 'SmoothQuant measures activation maxima',
+    hint: 'pass --calib <text file>',
+  });
   return smoothModel(config, weights, absMax, options);
+}
+
+/** activationAbsMax of the model `weights` on the calibration windows, which must be given. */
+async function calibratedAbsMax(
+  config: ModelConfig,
+  weights: TensorMap,
+  calibration: { windows: Int32Array; seqlen: number } | undefined,
+  engine: ComputeEngine,
+  missing: { what: string; hint: string },
+): Promise<ActivationAbsMax> {
+  if (!calibration)
+    throw new UsageError(`${missing.what} on calibration text`, { field: 'calib', hint: missing.hint });
+  return activationAbsMax(new Decoder(config, weights, engine), calibration.windows, calibration.seqlen);
 }
 
 /**
@@ -289,16 +296,10 @@ export async function calibrateActivations(
   engine: ComputeEngine,
 ): Promise<ActivationQuantSpec> {
   if (spec.granularity !== 'per-tensor-static' || spec.absMax) return spec;
-  if (!calibration)
-    throw new UsageError('static activation scales are measured on calibration text', {
-      field: 'calib',
-      hint: 'pass --calib <text file>, or use a dynamic --act-granularity',
-    });
-  const maxima = await activationAbsMax(
-    new Decoder(config, weights, engine),
-    calibration.windows,
-    calibration.seqlen,
-  );
+  const maxima = await calibratedAbsMax(config, weights, calibration, engine, {
+    what: 'static activation scales are measured',
+    hint: 'pass --calib <text file>, or use a dynamic --act-granularity',
+  });
   const absMax: Record<string, number> = {};
   for (const [name, m] of maxima) absMax[name] = m.reduce((a, v) => Math.max(a, v), 0);
   return { ...spec, absMax };

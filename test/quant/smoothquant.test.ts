@@ -9,12 +9,16 @@ import assert from 'node:assert/strict';
 import path from 'node:path';
 import { before, describe, test } from 'node:test';
 import { readText } from '../../src/cli/commands.js';
-import { UsageError } from '../../src/errors.js';
+import { FormatError, UsageError } from '../../src/errors.js';
 import { type EvalResult, evaluate } from '../../src/eval/perplexity.js';
 import { exportGguf } from '../../src/export/gguf.js';
 import { LLAMA_LAYOUT, type ModelConfig } from '../../src/model/config.js';
 import { Decoder } from '../../src/model/decoder.js';
-import type { ActivationQuantSpec } from '../../src/model/input-ops.js';
+import {
+  type ActivationQuantSpec,
+  activationQuantOf,
+  fakeQuantizeActivations,
+} from '../../src/model/input-ops.js';
 import { type LoadedModel, loadModel } from '../../src/model/load.js';
 import { sampleCalibrationWindows } from '../../src/quant/calibrate.js';
 import { quantizeModel } from '../../src/quant/quantize-model.js';
@@ -92,6 +96,26 @@ test('Eq. 4 by hand: s = max|X|^α / max|W|^(1−α), 1/s into the RMSNorm gain,
     alpha: 0.5,
   });
   assert.deepEqual(get(gemma.weights, 'input_layernorm.weight'), [0, 5]); // (1+1)/2 − 1, (1+2)/0.5 − 1
+});
+
+test('static per-tensor activations (O3): the calibrated max sets s, values beyond it saturate', () => {
+  // absMax 2.54 -> s = 0.02: 0.011 -> 1·s, -1 -> -50·s, 3 (beyond the calibrated range) -> 127·s.
+  const x = Float32Array.of(0.011, -1, 3, 0);
+  fakeQuantizeActivations(x, 2, 2, { bits: 8, granularity: 'per-tensor-static' }, 2.54);
+  const s = 2.54 / 127;
+  assert.deepEqual(Array.from(x), [s, -50 * s, 127 * s, 0].map(Math.fround));
+  // The checkpoint's record is distrusted: maxima go with per-tensor-static only, and are finite.
+  const spec = { bits: 8, granularity: 'per-tensor-static', absMax: { 'a.weight': 2 } };
+  assert.deepEqual(activationQuantOf(spec, 'config.json'), spec);
+  assert.throws(
+    () => activationQuantOf({ bits: 8, granularity: 'per-tensor-static' }, 'config.json'),
+    FormatError,
+  );
+  assert.throws(
+    () => activationQuantOf({ ...spec, absMax: { 'a.weight': -1 } }, 'config.json'),
+    /config.json 'quantization_config.activations': invalid activation quantization: static activation max of a.weight must be a finite number >= 0, got -1/,
+  );
+  assert.throws(() => activationQuantOf({ bits: 9.5, granularity: 'per-token' }, 'config.json'), FormatError);
 });
 
 /** KLD of every evaluation against one reference: its logits computed once per batch. */
