@@ -1,12 +1,20 @@
-/** One benchmark case in its own process; prints one JSON line (time, CPU time and peak RSS, per phase). */
+/**
+ * One benchmark case in its own process; prints one JSON line (time, CPU time and peak RSS, per phase).
+ *   case.ts <method>-<shape>   quantize the synthetic model in memory (int4 g128)
+ *   case.ts read-<shape>       read its F32 safetensors file (written first when missing), the
+ *                              baseline of "RTN within 3x of just reading the weights"
+ */
+import { closeSync, existsSync, mkdirSync, openSync, readSync } from 'node:fs';
+import path from 'node:path';
 import { profile } from '../src/compute/profile.js';
+import { writeSafetensors } from '../src/io/safetensors.js';
 import { BLOCK_LINEARS, LLAMA, linearWeightName } from '../src/model/architecture.js';
 import { METHODS, type MethodName, quantizeModel } from '../src/quant/quantize-model.js';
 import { mulberry32 } from '../src/random.js';
 import type { TensorMap } from '../src/tensor.js';
-import { syntheticConfig, syntheticWeights } from './synthetic.js';
+import { CACHE, type ShapeName, syntheticConfig, syntheticWeights } from './synthetic.js';
 
-const [method, shape] = process.argv[2]!.split('-') as [MethodName, '100M'];
+const [method, shape] = process.argv[2]!.split('-') as [MethodName | 'read', ShapeName];
 const config = syntheticConfig(shape);
 const shapes = LLAMA.expectedShapes(config);
 const count = (name: string) => shapes.get(name)!.reduce((a, b) => a * b, 1);
@@ -14,6 +22,48 @@ const parameters = [...shapes.keys()].reduce((n, name) => n + count(name), 0);
 let quantizedParameters = 0;
 for (let l = 0; l < config.numLayers; l++)
   for (const lin of BLOCK_LINEARS) quantizedParameters += count(linearWeightName(l, lin));
+if (method === 'read') {
+  const file = path.join(CACHE, `synthetic-${shape}.safetensors`);
+  if (!existsSync(file)) {
+    mkdirSync(CACHE, { recursive: true });
+    const tensors = [...syntheticWeights(config)].map(([name, t]) => ({
+      name,
+      dtype: 'F32' as const,
+      shape: t.shape,
+      data: t.data,
+    }));
+    await writeSafetensors(file, tensors);
+  }
+  // Every byte of the file through one reused 64 MiB buffer: the page cache is warm (the file
+  // was just written or read), so this is the fastest any loader could get the weights.
+  const piece = Buffer.allocUnsafe(64 * 2 ** 20);
+  const cpu0 = process.cpuUsage();
+  const t0 = performance.now();
+  const fd = openSync(file, 'r');
+  let bytes = 0;
+  for (;;) {
+    const n = readSync(fd, piece, 0, piece.length, bytes);
+    if (n === 0) break;
+    bytes += n;
+  }
+  closeSync(fd);
+  const seconds = (performance.now() - t0) / 1000;
+  const cpu = process.cpuUsage(cpu0);
+  console.log(
+    JSON.stringify({
+      case: `read-${shape}`,
+      parameters,
+      quantizedParameters,
+      calibration: 'none',
+      grid: `${(bytes / 2 ** 30).toFixed(2)} GiB F32 safetensors, page cache warm`,
+      seconds,
+      cpuSeconds: (cpu.user + cpu.system) / 1e6,
+      peakRssMiB: process.resourceUsage().maxRSS / 1024,
+      phases: {},
+    }),
+  );
+  process.exit(0);
+}
 const nsamples = 128;
 const seqlen = 512;
 const rand = mulberry32(7);

@@ -1,13 +1,15 @@
 /**
- * `npm run bench`: quantization time, CPU time and peak RSS on a synthetic Llama-shaped model,
- * and `ptq compare` on the bundled demo model (compare-demo.ts) against the issue's 2 minutes.
+ * `npm run bench`: quantization time, CPU time and peak RSS on synthetic Llama-shaped models,
+ * the time to just read their weights (read-*), eval throughput against llama.cpp (eval-*), and
+ * `ptq compare` on the bundled demo model (compare-demo.ts) against the issue's 2 minutes.
  * Each case runs in its own process so its peak RSS is its own. Prints a table (and the time
  * per phase of the calibrated cases) and writes bench/results.json (a case run alone replaces
  * its own entry and keeps the others).
  *
- *   npm run bench                 all cases
- *   npm run bench -- gptq-100M    one case
- *   BENCH_HEAVY=1 npm run bench   also streaming-8b (streaming-8b.ts: a 16 GB FP16 model on disk,
+ *   npm run bench                 default cases (~15 min on 2 idle cores)
+ *   npm run bench -- gptq-100M    these cases
+ *   BENCH_HEAVY=1 npm run bench   also 500M and 1B (quantization, reading, eval-1B: ~1 h) and
+ *                                 streaming-8b (streaming-8b.ts: a 16 GB FP16 model on disk,
  *                                 ~26 GB free in os.tmpdir() or BENCH_8B_DIR; tens of minutes)
  *
  * CPU time is user + system over all threads; on a shared machine compare runs by it, wall
@@ -18,11 +20,26 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { formatTable } from '../src/cli/table.js';
+import { type EvalSide, runEvalCase } from './eval-run.js';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 
-const CASES = ['rtn-100M', 'hqq-100M', 'sinq-100M', 'gptq-100M', 'awq-100M', 'compare-demo'];
-if (process.env.BENCH_HEAVY === '1') CASES.push('streaming-8b');
+const CASES = [
+  'read-100M',
+  'rtn-100M',
+  'hqq-100M',
+  'sinq-100M',
+  'gptq-100M',
+  'awq-100M',
+  'eval-100M',
+  'compare-demo',
+];
+const HEAVY = [
+  'eval-1B',
+  ...['500M', '1B'].flatMap((s) => ['read', 'rtn', 'hqq', 'sinq'].map((m) => `${m}-${s}`)),
+  'gptq-500M',
+];
+if (process.env.BENCH_HEAVY === '1') CASES.push(...HEAVY, 'streaming-8b');
 /** Cases with a script of their own; the others run case.ts. */
 const SCRIPTS: Record<string, string> = {
   'compare-demo': 'compare-demo.ts',
@@ -49,12 +66,21 @@ interface Result {
   /** streaming-8b: seconds to just read the shards, and the quantize/read ratio. */
   readSeconds?: number;
   readRatio?: number;
+  /** eval-*: ptqkit and llama.cpp side by side (tokens/s of perplexity), the load average of each run. */
+  ctx?: number;
+  threads?: number;
+  sides?: EvalSide[];
+  ratio?: number;
 }
 
 const selected = process.argv.slice(2).filter((a) => !a.startsWith('-'));
 const results: Result[] = [];
 for (const name of selected.length ? selected : CASES) {
   process.stderr.write(`bench ${name} ...\n`);
+  if (name.startsWith('eval-')) {
+    results.push((await runEvalCase(name.slice(5) as '100M')) as Result);
+    continue;
+  }
   const script = SCRIPTS[name] ?? 'case.ts';
   const r = spawnSync(process.execPath, ['--import', 'tsx', path.join(HERE, script), name], {
     encoding: 'utf8',
@@ -63,6 +89,8 @@ for (const name of selected.length ? selected : CASES) {
   if (r.status !== 0) throw new Error(`bench case ${name} failed`);
   results.push(JSON.parse(r.stdout));
 }
+// Quantization cases as a rate, and RTN against reading the same model's weights.
+const rate = (r: Result) => (r.case.startsWith('read-') ? r.parameters : r.quantizedParameters) / r.seconds;
 const file = path.join(HERE, 'results.json');
 const kept: Result[] = existsSync(file)
   ? (JSON.parse(readFileSync(file, 'utf8')).results as Result[]).filter(
@@ -73,21 +101,49 @@ writeFileSync(
   file,
   `${JSON.stringify({ date: new Date().toISOString(), results: [...kept, ...results] }, null, 2)}\n`,
 );
+const quantCases = results.filter((r) => r.sides === undefined);
 console.log(
   formatTable(
-    ['case', 'params', 'calibration', 'seconds', 'CPU s', 's / M params', 'peak RSS MiB'],
-    results.map((r) => [
+    ['case', 'params', 'calibration', 'seconds', 'CPU s', 'M params/s', 'peak RSS MiB'],
+    quantCases.map((r) => [
       r.case,
       `${(r.parameters / 1e6).toFixed(1)}M`,
       r.calibration,
       r.seconds.toFixed(1),
       r.cpuSeconds.toFixed(1),
       // compare-demo quantizes 15 times and evaluates 16 times: a rate per parameter means nothing.
-      r.targetSeconds === undefined ? (r.seconds / (r.quantizedParameters / 1e6)).toFixed(2) : '-',
+      r.targetSeconds === undefined ? (rate(r) / 1e6).toFixed(1) : '-',
       r.peakRssMiB.toFixed(0),
     ]),
   ),
 );
+for (const rtn of quantCases.filter((r) => r.case.startsWith('rtn-'))) {
+  const read = [...kept, ...results].find((r) => r.case === rtn.case.replace('rtn-', 'read-'));
+  if (read) {
+    console.log(
+      `\n${rtn.case}: ${rtn.seconds.toFixed(2)} s, ${(rtn.seconds / read.seconds).toFixed(1)}x the ${read.seconds.toFixed(2)} s to read its weights (target <= 3x)`,
+    );
+  }
+}
+for (const r of results.filter((r) => r.sides)) {
+  console.log(
+    `\n${r.case}: perplexity of ${r.sides![0]!.tokens} tokens, ctx ${r.ctx}, ${r.threads} threads; ptqkit / llama.cpp F32 = ${r.ratio!.toFixed(2)} (target >= 1.0)`,
+  );
+  console.log(
+    formatTable(
+      ['engine', 'weights', 'tokens/s', 'tokens / CPU s', 'perplexity', 'peak RSS MiB', 'load avg'],
+      r.sides!.map((s) => [
+        s.engine,
+        s.weights,
+        s.tokensPerSecond.toFixed(1),
+        s.tokensPerCpuSecond.toFixed(1),
+        Math.exp(s.nll).toFixed(1),
+        s.peakRssMiB.toFixed(0),
+        s.loadAverage.toFixed(1),
+      ]),
+    ),
+  );
+}
 for (const r of results.filter((r) => r.calibration !== 'none' && Object.keys(r.phases).length)) {
   console.log(`\n${r.case} by phase`);
   console.log(
