@@ -103,10 +103,14 @@ export interface FinishedBlock<Report> {
   reports: Report[];
 }
 
-/** How a value of a QuantizedTensor field is kept: an array in the block file, or JSON. */
+/**
+ * How a value of a QuantizedTensor field is kept: an array in the block file, an object whose
+ * fields hold arrays (outliers, LoRC factors) field by field, or JSON.
+ */
 type FieldRecord =
   | { array: ArrayName; offset: number; length: number }
   | { undefined: true }
+  | { object: Record<string, FieldRecord> }
   | { json: unknown };
 
 const ARRAYS = {
@@ -350,20 +354,26 @@ function layoutBlock<Report>(block: FinishedBlock<Report>) {
     offset += a.byteLength;
     return at;
   };
+  // Every field, whatever QuantizedTensor holds: arrays go to the file (also inside plain
+  // objects such as outliers and LoRC factors), the rest to JSON.
+  const recordFields = (value: object, at: string): Record<string, FieldRecord> => {
+    const fields: Record<string, FieldRecord> = {};
+    for (const [key, v] of Object.entries(value)) {
+      if (v === undefined) fields[key] = { undefined: true };
+      else if (ArrayBuffer.isView(v)) {
+        const array = v.constructor.name as ArrayName;
+        if (!(array in ARRAYS))
+          throw new UsageError('resume state: unsupported array', { field: `${at}.${key}` });
+        fields[key] = { array, offset: place(v), length: (v as Float32Array).length };
+      } else if (v !== null && typeof v === 'object' && !Array.isArray(v) && hasArray(v))
+        fields[key] = { object: recordFields(v, `${at}.${key}`) };
+      else fields[key] = { json: v };
+    }
+    return fields;
+  };
   const quantized: BlockRecord<Report>['quantized'] = {};
   for (const [name, q] of block.quantized) {
-    const fields: Record<string, FieldRecord> = {};
-    // Every field, whatever QuantizedTensor holds: arrays go to the file, the rest to JSON.
-    for (const [key, value] of Object.entries(q)) {
-      if (value === undefined) fields[key] = { undefined: true };
-      else if (ArrayBuffer.isView(value)) {
-        const array = value.constructor.name as ArrayName;
-        if (!(array in ARRAYS))
-          throw new UsageError('resume state: unsupported array', { field: `${name}.${key}` });
-        fields[key] = { array, offset: place(value), length: (value as Float32Array).length };
-      } else fields[key] = { json: value };
-    }
-    quantized[name] = fields;
+    quantized[name] = recordFields(q as object, name);
   }
   const tensors: BlockRecord<Report>['tensors'] = {};
   for (const [name, t] of block.tensors) {
@@ -387,13 +397,19 @@ async function readBlock<Report>(dir: string, b: BlockRecord<Report>): Promise<F
     }
     return new Ctor(payload.buffer.slice(start, end));
   };
+  const restoreFields = (fields: Record<string, FieldRecord>, at: string): Record<string, unknown> => {
+    const value: Record<string, unknown> = {};
+    for (const [key, f] of Object.entries(fields)) {
+      if ('undefined' in f) value[key] = undefined;
+      else if ('json' in f) value[key] = f.json;
+      else if ('object' in f) value[key] = restoreFields(f.object, `${at}.${key}`);
+      else value[key] = array(`${at}.${key}`, f);
+    }
+    return value;
+  };
   const quantized = new Map<string, QuantizedTensor>();
   for (const [name, fields] of Object.entries(b.quantized)) {
-    const q: Record<string, unknown> = {};
-    for (const [key, f] of Object.entries(fields)) {
-      q[key] = 'undefined' in f ? undefined : 'json' in f ? f.json : array(`${name}.${key}`, f);
-    }
-    quantized.set(name, q as unknown as QuantizedTensor);
+    quantized.set(name, restoreFields(fields, name) as unknown as QuantizedTensor);
   }
   const tensors: TensorMap = new Map();
   for (const [name, t] of Object.entries(b.tensors)) {
@@ -403,6 +419,11 @@ async function readBlock<Report>(dir: string, b: BlockRecord<Report>): Promise<F
     });
   }
   return { layer: b.layer, quantized, tensors, reports: b.reports };
+}
+
+/** True for an object with a typed array among its own values (kept field by field, not as JSON). */
+function hasArray(value: object): boolean {
+  return Object.values(value).some((v) => ArrayBuffer.isView(v));
 }
 
 /** Write MAGIC + parts to `<dir>/<name>` through a fsynced temporary file and a rename. */

@@ -113,6 +113,21 @@ test('library: AWQ (norms and folded scales restored) resumed after block 1: byt
   assert.ok(q.layers.some((l) => l.alpha !== undefined && l.name.startsWith('model.layers.0.')));
 });
 
+test('library: GPTQ with SpQR outliers and LoRC factors (nested arrays) resumed after block 2: byte-identical', async () => {
+  const o = await options({ outliers: 0.01, lorcRank: 2 });
+  await run(path.join(work, 'side-ref'), o);
+  const dir = path.join(work, 'side.ptq-resume');
+  await assert.rejects(
+    run(path.join(work, 'side'), { ...o, resume: { dir, resume: false } }, 2),
+    Interrupted,
+  );
+  const q = await run(path.join(work, 'side'), { ...o, resume: { dir, resume: true } });
+  assert.equal(q.resumedBlocks, 2);
+  const restored = [...q.quantization.tensors.values()][0]!;
+  assert.ok(restored.outliers!.values.length > 0 && restored.lowRank!.rank === 2);
+  assert.ok(same(snapshot(path.join(work, 'side')), snapshot(path.join(work, 'side-ref'))));
+});
+
 test('library: a state of other options or calibration is refused, a damaged one detected', async () => {
   const o = await options();
   const dir = path.join(work, 'bad.ptq-resume');
