@@ -89,7 +89,10 @@ async function ptqkit(shape: ShapeName): Promise<void> {
   );
 }
 
-const [mode, shape, type] = process.argv.slice(2) as [string, ShapeName, string];
-if (mode === 'prepare') await prepare(shape, type);
-else if (mode === 'ptqkit') await ptqkit(shape);
-else throw new Error(`eval-case.ts: unknown mode ${mode}`);
+// Run as a script (eval-run.ts imports the constants above).
+if (process.argv[1] === fileURLToPath(import.meta.url)) {
+  const [mode, shape, type] = process.argv.slice(2) as [string, ShapeName, string];
+  if (mode === 'prepare') await prepare(shape, type);
+  else if (mode === 'ptqkit') await ptqkit(shape);
+  else throw new Error(`eval-case.ts: unknown mode ${mode}`);
+}

@@ -61,8 +61,10 @@ function run(command: string, args: string[], engine: EvalSide['engine'], weight
 }
 
 export async function runEvalCase(shape: ShapeName) {
-  const tsx = (...args: string[]) =>
-    [process.execPath, ['--import', 'tsx', path.join(HERE, 'eval-case.ts'), ...args]] as const;
+  const tsx = (...args: string[]): [string, string[]] => [
+    process.execPath,
+    ['--import', 'tsx', path.join(HERE, 'eval-case.ts'), ...args],
+  ];
   for (const type of ['f32', 'q8_0', 'q4_0']) {
     const [cmd, args] = tsx('prepare', shape, type);
     if (spawnSync(cmd, args, { stdio: 'inherit' }).status !== 0)

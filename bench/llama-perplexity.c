@@ -28,6 +28,12 @@ static double cpuSeconds(const struct rusage *ru) {
   return ru->ru_utime.tv_sec + ru->ru_utime.tv_usec * 1e-6 + ru->ru_stime.tv_sec + ru->ru_stime.tv_usec * 1e-6;
 }
 
+static bool no_progress(float progress, void *data) {
+  (void)progress;
+  (void)data;
+  return true;
+}
+
 static void quiet(enum ggml_log_level level, const char *text, void *data) {
   (void)data;
   if (level >= GGML_LOG_LEVEL_ERROR) fputs(text, stderr);
@@ -55,6 +61,7 @@ int main(int argc, char **argv) {
   llama_backend_init();
   double t0 = now();
   struct llama_model_params mp = llama_model_default_params();
+  mp.progress_callback = no_progress;  // the default prints dots to stderr
   struct llama_model *model = llama_model_load_from_file(argv[2], mp);
   if (!model) return 4;
   struct llama_context_params cp = llama_context_default_params();
