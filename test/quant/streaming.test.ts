@@ -19,6 +19,7 @@ import { modelSize, quantizeModel } from '../../src/quant/quantize-model.js';
 import { untiedHfConfig } from '../../src/quant/rotate.js';
 import { type StreamingMethod, streamQuantize } from '../../src/quant/stream-quantize.js';
 import type { TensorMap } from '../../src/tensor.js';
+import { runCli } from '../cli/run-cli.js';
 import { REPO, tempDir } from '../helpers.js';
 import { CASES, WeightMaker, writeCheckpoint } from '../model/arch-reference.js';
 
@@ -180,4 +181,34 @@ test('decodeF16 by table (long inputs) equals f16ToF32 on all 65536 codes', () =
     [table[0x7bff], table[0x0001], table[0x8000], table[0x7c00]],
     [65504, 2 ** -24, -0, Infinity],
   );
+});
+
+test('ptq quantize streams rtn on a Hugging Face directory and writes what the in-memory path writes', async () => {
+  const out = path.join(work, 'cli-stream');
+  const r = runCli([
+    'quantize',
+    TINY,
+    '--method',
+    'rtn',
+    '--bits',
+    '4',
+    '--group-size',
+    '32',
+    '-o',
+    out,
+    '--json',
+  ]);
+  assert.equal(r.code, 0, r.stderr);
+  const result = JSON.parse(r.stdout);
+  assert.equal(result.streamed, true);
+  assert.equal(result.bitsPerWeight, 4.5); // 4-bit codes + one F16 scale per 32 weights
+  const ref = path.join(work, 'cli-memory');
+  await inMemory(TINY, ref, 'rtn', INT4_G32);
+  for (const file of ['model.safetensors', 'config.json'])
+    assert.ok(readFileSync(path.join(out, file)).equals(readFileSync(path.join(ref, file))), file);
+  // With a whole-model option (here --rotate) the CLI loads the model instead.
+  const rotated = path.join(work, 'cli-rotated');
+  const r2 = runCli(['quantize', TINY, '--method', 'rtn', '--rotate', 'hadamard', '-o', rotated, '--json']);
+  assert.equal(r2.code, 0, r2.stderr);
+  assert.equal(JSON.parse(r2.stdout).streamed, undefined);
 });
