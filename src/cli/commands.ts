@@ -32,17 +32,17 @@ import {
   modelSize,
   quantizeModel,
 } from '../quant/quantize-model.js';
+import { rejectSideExport } from '../quant/quantized-tensor.js';
 import { assertResumable, removeResumeState, resumeDirFor } from '../quant/resume.js';
 import { type RotationKind, untiedHfConfig } from '../quant/rotate.js';
-import { rejectSideExport } from '../quant/quantized-tensor.js';
 import { DEFAULT_PALETTE } from '../quant/sensitivity.js';
 import { SINQ_DEFAULTS } from '../quant/sinq.js';
-import { STREAMING_METHODS, type StreamingMethod, streamQuantize } from '../quant/stream-quantize.js';
 import {
   checkSmoothQuantOptions,
   SMOOTHQUANT_DEFAULTS,
   type SmoothQuantOptions,
 } from '../quant/smoothquant.js';
+import { STREAMING_METHODS, type StreamingMethod, streamQuantize } from '../quant/stream-quantize.js';
 import { createProgress } from './progress.js';
 import { fmt, formatTable } from './table.js';
 

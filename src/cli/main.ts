@@ -6,6 +6,8 @@
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { PtqError, UsageError } from '../errors.js';
 import { GGUF_EXPORT_TYPES } from '../export/gguf.js';
+import { onnxEvalCommand, quantizeOnnxCommand } from '../onnx/commands.js';
+import { isOnnxModelPath, ONNX_QUANT_DTYPES } from '../onnx/quantize-onnx.js';
 import { CALIBRATION_DEFAULTS } from '../quant/calibrate.js';
 import { GPTQ_DEFAULTS } from '../quant/gptq.js';
 import type { GridSpec, ScaleDtype } from '../quant/grid.js';
@@ -24,8 +26,6 @@ import {
   quantizeCommand,
 } from './commands.js';
 import { demoCommand } from './demo.js';
-import { onnxEvalCommand, quantizeOnnxCommand } from '../onnx/commands.js';
-import { isOnnxModelPath, ONNX_QUANT_DTYPES } from '../onnx/quantize-onnx.js';
 
 function integer(value: string): number {
   const n = Number(value);

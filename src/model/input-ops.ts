@@ -105,7 +105,8 @@ export function linearInputTransform(ops: LinearInputOps | undefined): LinearInp
   const rotate = ops?.rotation && inputRotationTransform(ops.rotation);
   const rest = unrotatedInputTransform(ops);
   if (!rotate || !rest) return rotate || rest;
-  return (layer, readers, x, rows, cols) => rest(layer, readers, rotate(layer, readers, x, rows, cols), rows, cols);
+  return (layer, readers, x, rows, cols) =>
+    rest(layer, readers, rotate(layer, readers, x, rows, cols), rows, cols);
 }
 
 function unrotatedInputTransform(ops: LinearInputOps | undefined): LinearInputTransform | undefined {

@@ -15,8 +15,8 @@ import type { ModelConfig } from '../model/config.js';
 import { Decoder } from '../model/decoder.js';
 import { type ActivationQuantSpec, checkActivationQuant } from '../model/input-ops.js';
 import type { TensorMap } from '../tensor.js';
-import { AWQ_DEFAULTS, type AwqOptions, applyAwqClip, applyAwqScales } from './awq.js';
 import { quantizeAsinq } from './asinq.js';
+import { AWQ_DEFAULTS, type AwqOptions, applyAwqClip, applyAwqScales } from './awq.js';
 import { ALL_AT_ONCE, runSequential, TRUE_SEQUENTIAL } from './calibrate.js';
 import {
   GPTQ_DEFAULTS,

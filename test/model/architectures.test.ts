@@ -8,17 +8,17 @@ import assert from 'node:assert/strict';
 import path from 'node:path';
 import { test } from 'node:test';
 import { JsEngine } from '../../src/compute/js-engine.js';
+import { OrtEngine } from '../../src/compute/ort-engine.js';
 import { ConfigError, UsageError } from '../../src/errors.js';
 import { planCompare } from '../../src/eval/compare.js';
 import { quantizedLinears } from '../../src/export/hf-safetensors.js';
-import { OrtEngine } from '../../src/compute/ort-engine.js';
+import { SafetensorsModel } from '../../src/io/safetensors.js';
 import {
   architectureFor,
   type BlockLinear,
   blockLinears,
   linearWeightName,
 } from '../../src/model/architecture.js';
-import { SafetensorsModel } from '../../src/io/safetensors.js';
 import { Decoder } from '../../src/model/decoder.js';
 import { loadModel } from '../../src/model/load.js';
 import { ALL_AT_ONCE, type LinearStats, runSequential, TRUE_SEQUENTIAL } from '../../src/quant/calibrate.js';
