@@ -189,18 +189,7 @@ export async function quantizeModel(
     options.activations &&
     (await calibrateActivations(config, weights, options.activations, options.calibration, engine));
   // HQQ and SINQ optimize an integer grid's scales and zero points (the casts below); formats have none.
-  if (
-    (options.method === 'hqq' || options.method === 'sinq' || options.method === 'asinq') &&
-    (options.grid.format ?? 'int') !== 'int'
-  ) {
-    throw new UsageError(`${options.method} quantizes to integer grids`, {
-      field: 'format',
-      expected: 'int',
-      got: options.grid.format,
-    });
-  }
-  // HQQ's zero points are its optimization variable: its grid is always asymmetric with float zeros.
-  const spec = options.method === 'hqq' ? hqqGridSpec(options.grid) : options.grid;
+  const spec = methodGridSpec(options.method, options.grid);
   // Any number format: the grid is the methods' plug-in (grid.ts, number-formats.ts).
   const grid = makeGrid(spec);
   // Mixed precision: each layer's own grid (HQQ's made asymmetric like the base one).
@@ -435,6 +424,21 @@ function unscaleHessian(H: Float64Array, s: Float64Array): Float64Array {
   const out = new Float64Array(H.length);
   for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) out[i * n + j] = H[i * n + j]! / (s[i]! * s[j]!);
   return out;
+}
+
+/**
+ * The grid `method` quantizes to: HQQ, SINQ and A-SINQ optimize integer grids (refused otherwise);
+ * HQQ's zero points are its optimization variable, so its grid is always asymmetric with float zeros.
+ */
+export function methodGridSpec(method: MethodName, grid: GridSpec): GridSpec {
+  if ((method === 'hqq' || method === 'sinq' || method === 'asinq') && (grid.format ?? 'int') !== 'int') {
+    throw new UsageError(`${method} quantizes to integer grids`, {
+      field: 'format',
+      expected: 'int',
+      got: grid.format,
+    });
+  }
+  return method === 'hqq' ? hqqGridSpec(grid) : grid;
 }
 
 /** Size accounting from what is stored: quantized tensors at their packed size, the rest as float32. */

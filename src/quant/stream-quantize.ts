@@ -52,8 +52,9 @@ import {
 } from '../model/load.js';
 import type { Tensor, TensorMap } from '../tensor.js';
 import { type GridSpec, gridName, type IntGrid, makeGrid } from './grid.js';
-import { HQQ_DEFAULTS, type HqqOptions, hqqGridSpec, quantizeHqq } from './hqq.js';
+import { HQQ_DEFAULTS, type HqqOptions, quantizeHqq } from './hqq.js';
 import { assertFiniteQuantized, assertFiniteWeights } from './numerics.js';
+import { methodGridSpec } from './quantize-model.js';
 import { dequantize, type QuantizedTensor, storedBits } from './quantized-tensor.js';
 import { untiedHfConfig } from './rotate.js';
 import { quantizeRtn } from './rtn.js';
@@ -112,15 +113,7 @@ export async function streamQuantize(
       got: options.method,
     });
   }
-  // As quantizeModel: HQQ and SINQ optimize integer grids; HQQ's is asymmetric with float zeros.
-  if (options.method !== 'rtn' && (options.grid.format ?? 'int') !== 'int') {
-    throw new UsageError(`${options.method} quantizes to integer grids`, {
-      field: 'format',
-      expected: 'int',
-      got: options.grid.format,
-    });
-  }
-  const spec = options.method === 'hqq' ? hqqGridSpec(options.grid) : options.grid;
+  const spec = methodGridSpec(options.method, options.grid);
   const grid = makeGrid(spec);
   const hqq = { ...HQQ_DEFAULTS, ...options.hqq };
   const sinq = { ...SINQ_DEFAULTS, ...options.sinq };
