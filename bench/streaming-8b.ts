@@ -25,6 +25,7 @@ import { SafetensorsModel, SafetensorsWriter, type TensorHeader } from '../src/i
 import { blockLinears, LLAMA, linearWeightName } from '../src/model/architecture.js';
 import { makeGrid } from '../src/quant/grid.js';
 import { quantizeRtn } from '../src/quant/rtn.js';
+import { wordLevelTokenizer } from '../test/model/arch-reference.js';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const CLI = path.join(HERE, '../src/cli/main.ts');
@@ -214,19 +215,7 @@ async function generate(dir: string) {
   );
   writeFileSync(path.join(dir, 'config.json'), JSON.stringify(HF_CONFIG, null, 2));
   // A word-level tokenizer of 1000 words: the vocabulary only has to fit the 128256 embeddings.
-  const vocab = Object.fromEntries(Array.from({ length: 1000 }, (_, i) => [`w${i}`, i]));
-  writeFileSync(
-    path.join(dir, 'tokenizer.json'),
-    JSON.stringify({
-      version: '1.0',
-      added_tokens: [],
-      normalizer: null,
-      pre_tokenizer: { type: 'Whitespace' },
-      post_processor: null,
-      decoder: null,
-      model: { type: 'WordLevel', vocab, unk_token: 'w0' },
-    }),
-  );
+  writeFileSync(path.join(dir, 'tokenizer.json'), JSON.stringify(wordLevelTokenizer(1000)));
   return { parameters, quantizedParameters, shards };
 }
 

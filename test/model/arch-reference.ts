@@ -60,10 +60,16 @@ export async function writeCheckpoint(dir: string, config: HfConfig, weights: We
     path.join(dir, 'model.safetensors'),
     [...weights].map(([name, t]) => ({ name, dtype: 'F32' as const, shape: t.shape, data: t.data })),
   );
-  const vocab = Object.fromEntries(
-    Array.from({ length: config.vocab_size as number }, (_, i) => [`w${i}`, i]),
+  await writeFile(
+    path.join(dir, 'tokenizer.json'),
+    JSON.stringify(wordLevelTokenizer(config.vocab_size as number)),
   );
-  const tokenizer = {
+}
+
+/** A tokenizer.json of `size` words w0, w1, ... (random-weight checkpoints need only a vocabulary). */
+export function wordLevelTokenizer(size: number) {
+  const vocab = Object.fromEntries(Array.from({ length: size }, (_, i) => [`w${i}`, i]));
+  return {
     version: '1.0',
     added_tokens: [],
     normalizer: null,
@@ -72,7 +78,6 @@ export async function writeCheckpoint(dir: string, config: HfConfig, weights: We
     decoder: null,
     model: { type: 'WordLevel', vocab, unk_token: 'w0' },
   };
-  await writeFile(path.join(dir, 'tokenizer.json'), JSON.stringify(tokenizer));
 }
 
 /** Graph-building helpers over [B, T, ·] float tensors; weights are initializers under checkpoint names. */
