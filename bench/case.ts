@@ -3,9 +3,12 @@
  *   case.ts <method>-<shape>   quantize the synthetic model in memory (int4 g128)
  *   case.ts read-<shape>       read its F32 safetensors file (written first when missing), the
  *                              baseline of "RTN within 3x of just reading the weights"
+ *   case.ts write-<shape>      write that file (read-<shape> runs it in a process of its own)
  */
+import { spawnSync } from 'node:child_process';
 import { closeSync, existsSync, mkdirSync, openSync, readSync } from 'node:fs';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { profile } from '../src/compute/profile.js';
 import { writeSafetensors } from '../src/io/safetensors.js';
 import { BLOCK_LINEARS, LLAMA, linearWeightName } from '../src/model/architecture.js';
@@ -14,7 +17,7 @@ import { mulberry32 } from '../src/random.js';
 import type { TensorMap } from '../src/tensor.js';
 import { CACHE, type ShapeName, syntheticConfig, syntheticWeights } from './synthetic.js';
 
-const [method, shape] = process.argv[2]!.split('-') as [MethodName | 'read', ShapeName];
+const [method, shape] = process.argv[2]!.split('-') as [MethodName | 'read' | 'write', ShapeName];
 const config = syntheticConfig(shape);
 const shapes = LLAMA.expectedShapes(config);
 const count = (name: string) => shapes.get(name)!.reduce((a, b) => a * b, 1);
@@ -22,17 +25,30 @@ const parameters = [...shapes.keys()].reduce((n, name) => n + count(name), 0);
 let quantizedParameters = 0;
 for (let l = 0; l < config.numLayers; l++)
   for (const lin of BLOCK_LINEARS) quantizedParameters += count(linearWeightName(l, lin));
+const safetensorsFile = path.join(CACHE, `synthetic-${shape}.safetensors`);
+if (method === 'write') {
+  mkdirSync(CACHE, { recursive: true });
+  const tensors = [...syntheticWeights(config)].map(([name, t]) => ({
+    name,
+    dtype: 'F32' as const,
+    shape: t.shape,
+    data: t.data,
+  }));
+  await writeSafetensors(safetensorsFile, tensors);
+  process.exit(0);
+}
 if (method === 'read') {
-  const file = path.join(CACHE, `synthetic-${shape}.safetensors`);
+  const file = safetensorsFile;
+  // Written by a process of its own: this one's peak RSS is the read's.
   if (!existsSync(file)) {
-    mkdirSync(CACHE, { recursive: true });
-    const tensors = [...syntheticWeights(config)].map(([name, t]) => ({
-      name,
-      dtype: 'F32' as const,
-      shape: t.shape,
-      data: t.data,
-    }));
-    await writeSafetensors(file, tensors);
+    const w = spawnSync(
+      process.execPath,
+      ['--import', 'tsx', fileURLToPath(import.meta.url), `write-${shape}`],
+      {
+        stdio: 'inherit',
+      },
+    );
+    if (w.status !== 0) throw new Error(`cannot write ${file}`);
   }
   // Every byte of the file through one reused 64 MiB buffer: the page cache is warm (the file
   // was just written or read), so this is the fastest any loader could get the weights.
