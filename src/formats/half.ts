@@ -74,13 +74,21 @@ export function decodeF16(src: Uint16Array, dst = new Float32Array(src.length)):
     for (let i = 0; i < src.length; i++) dst[i] = f16ToF32(src[i]!);
     return dst;
   }
+  const table = f16DecodeTable();
+  for (let i = 0; i < src.length; i++) dst[i] = table[src[i]!]!;
+  return dst;
+}
+
+/**
+ * The decode table itself, for loops that decode FP16 rows straight into their own buffer
+ * (stream-quantize.ts decodes one weight row at a time into the row RTN quantizes).
+ */
+export function f16DecodeTable(): Float32Array {
   if (!f16Table) {
     f16Table = new Float32Array(65536);
     for (let h = 0; h < 65536; h++) f16Table[h] = f16ToF32(h);
   }
-  const table = f16Table;
-  for (let i = 0; i < src.length; i++) dst[i] = table[src[i]!]!;
-  return dst;
+  return f16Table;
 }
 
 export function encodeF16(src: Float32Array, dst = new Uint16Array(src.length)): Uint16Array {

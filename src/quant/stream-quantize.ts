@@ -12,18 +12,25 @@
  *      column scales depend on the kurtosis gate (sinq.ts), so SINQ first reads each block
  *      linear once to evaluate the gate — the only method that reads weights twice.
  *   3. Tensors are appended in the in-memory path's order: a block linear is read (one
- *      positional read, F16/BF16 -> float32), quantized and its codes and parameters written;
- *      any other tensor is copied through in 64 MiB pieces converted to float32 (the format
- *      stores unquantized tensors as F32), so even a 128256 × 4096 embedding never sits in memory.
+ *      positional read), quantized and its codes and parameters written; any other tensor is
+ *      copied through in 64 MiB pieces converted to float32 (the format stores unquantized
+ *      tensors as F32), so even a 128256 × 4096 embedding never sits in memory.
+ *      RTN on a per-group or per-channel integer grid (the common case) never makes a float32
+ *      copy of the weight: each row is decoded from F16/BF16/F32 straight into one row buffer,
+ *      checked finite in the same loop and quantized and packed (rtn.ts RtnRows); its
+ *      dequantization check is a proof on the scales (numerics.ts assertFiniteQuantizedParams).
+ *      Other methods and grids read the weight as float32 and quantize it in memory.
  * The output is byte-identical to `quantizeModel` + `writePtqCheckpoint` of the same model
  * (test/quant/streaming.test.ts) and is written inside `writeDirectoryAtomically`.
  *
- * Memory: peak ≈ the largest block linear in its source dtype + 2 × float32 copies of it
- * (weights and dequantized check) + its codes (1 byte per weight before packing) + one
- * 64 MiB piece; for Llama-3-8B's 14336 × 4096 MLP weights about 0.7 GB.
+ * Memory: peak ≈ the largest block linear in its source dtype + one 64 MiB piece, plus for
+ * row-wise RTN its packed codes, otherwise a float32 copy, 1 byte of codes per weight and (for
+ * the grids without the proof) a dequantized float32 copy; for Llama-3-8B's 14336 × 4096 MLP
+ * weights about 0.15 GB (row-wise RTN) to 0.7 GB.
  */
 import path from 'node:path';
 import { FormatError, PtqError, UsageError } from '../errors.js';
+import { f16DecodeTable } from '../formats/half.js';
 import { writeDirectoryAtomically } from '../io/atomic.js';
 import {
   CHECKPOINT_FILE,
@@ -53,11 +60,16 @@ import {
 import type { Tensor, TensorMap } from '../tensor.js';
 import { type GridSpec, gridName, type IntGrid, makeGrid } from './grid.js';
 import { HQQ_DEFAULTS, type HqqOptions, quantizeHqq } from './hqq.js';
-import { assertFiniteQuantized, assertFiniteWeights } from './numerics.js';
+import {
+  assertFiniteQuantizedParams,
+  assertFiniteWeights,
+  firstNonFinite,
+  nonFiniteWeight,
+} from './numerics.js';
 import { methodGridSpec } from './quantize-model.js';
-import { dequantize, type QuantizedTensor, storedBits } from './quantized-tensor.js';
+import { type QuantizedTensor, storedBits } from './quantized-tensor.js';
 import { untiedHfConfig } from './rotate.js';
-import { quantizeRtn } from './rtn.js';
+import { quantizeRtn, RtnRows } from './rtn.js';
 import { kurtosis, quantizeSinq, SINQ_DEFAULTS, type SinqOptions } from './sinq.js';
 
 export const STREAMING_METHODS = ['rtn', 'hqq', 'sinq'] as const;
@@ -90,6 +102,9 @@ export interface StreamQuantizeResult {
 
 /** Bytes of source data read per piece when an unquantized tensor is copied through. */
 const COPY_PIECE_BYTES = 64 * 1024 * 1024;
+
+/** Source dtypes quantizeRtnRows decodes row by row. */
+const ROW_DTYPES = new Set(['F16', 'BF16', 'F32']);
 
 /** A canonical tensor before it is read: where its data comes from. */
 interface Planned extends Tensor {
@@ -137,6 +152,12 @@ export async function streamQuantize(
       grid.blockShape(rows, cols, linearWeightName(0, linear));
     }
     const reader = new CanonicalReader(model);
+    // RTN row by row from the source bytes (rtn.ts RtnRows) when the weight is stored as is.
+    const rowWise = (t: Planned) =>
+      options.method === 'rtn' &&
+      t.passThrough &&
+      RtnRows.fits(grid, grid.blockShape(t.shape[0]!, t.shape[1]!)[0]) &&
+      ROW_DTYPES.has(model.tensors.info(t.source).dtype);
     const quantizeOne = (name: string, w: Tensor): QuantizedTensor =>
       options.method === 'hqq'
         ? quantizeHqq(w, grid as IntGrid, hqq, name).quantized
@@ -186,9 +207,11 @@ export async function streamQuantize(
             else await writer.write(name, checked(name, await reader.read(name, t)).data);
             continue;
           }
-          const w = checked(name, await reader.read(name, t));
-          const q = quantizeOne(name, w);
-          assertFiniteQuantized(name, q, dequantize(q)); // numerics.ts, as quantizeModel's store()
+          const q = rowWise(t)
+            ? await quantizeRtnRows(model.tensors, t.source, name, grid as IntGrid)
+            : quantizeOne(name, checked(name, await reader.read(name, t)));
+          // numerics.ts: the check of quantizeModel's store(), without dequantizing.
+          assertFiniteQuantizedParams(name, q);
           if (JSON.stringify(checkpointEntry(q)) !== JSON.stringify(entries[name])) {
             throw new PtqError(`internal: ${name} was quantized on another grid than the header announced`);
           }
@@ -312,6 +335,58 @@ async function copyAsFloat32(
     assertFiniteWeights(new Map([[name, { shape: [data.length], data }]]));
     await writer.write(name, data);
   }
+}
+
+/**
+ * RTN of a [rows, cols] weight stored as is in `source`: one read of its bytes, then each row
+ * decoded into a float32 row buffer (FP16 by table lookup, BF16 by a 16-bit shift), checked
+ * finite in the same loop (an all-ones exponent field is NaN or ±Inf) and quantized. Same
+ * codes, parameters and errors as `quantizeRtn(checked(readFloat32(source)))`: rows are
+ * processed in order and the first non-finite weight (row-major) is reported before its row is used.
+ */
+async function quantizeRtnRows(
+  st: SafetensorsModel,
+  source: string,
+  name: string,
+  grid: IntGrid,
+): Promise<QuantizedTensor> {
+  const info = st.info(source);
+  const [rows, cols] = info.shape as [number, number];
+  let raw = await st.readRaw(source);
+  if (raw.byteOffset % 4 !== 0) raw = raw.slice(); // typed views need aligned offsets
+  const q = new RtnRows(grid, rows, cols, grid.blockShape(rows, cols, name)[1]);
+  const x = new Float32Array(cols);
+  const x32 = new Uint32Array(x.buffer);
+  const n = rows * cols;
+  const half = info.dtype === 'F32' ? undefined : new Uint16Array(raw.buffer, raw.byteOffset, n);
+  const f32 = info.dtype === 'F32' ? new Float32Array(raw.buffer, raw.byteOffset, n) : undefined;
+  const table = info.dtype === 'F16' ? f16DecodeTable() : undefined;
+  for (let r = 0, o = 0; r < rows; r++, o += cols) {
+    // bad gets bit 15 set by an element whose exponent field is all ones: (e + 1 ulp) carries.
+    let bad = 0;
+    if (table) {
+      for (let c = 0; c < cols; c++) {
+        const h = half![o + c]!;
+        x[c] = table[h]!;
+        bad |= (h & 0x7c00) + 0x0400;
+      }
+    } else if (half) {
+      for (let c = 0; c < cols; c++) {
+        const h = half[o + c]!;
+        x32[c] = h << 16; // bf16ToF32
+        bad |= (h & 0x7f80) + 0x0080;
+      }
+    } else {
+      x.set(f32!.subarray(o, o + cols));
+      bad = firstNonFinite(x) >= 0 ? 0x8000 : 0;
+    }
+    if (bad & 0x8000) {
+      const c = firstNonFinite(x);
+      throw nonFiniteWeight(name, [rows, cols], o + c, x[c]!);
+    }
+    q.row(r, x);
+  }
+  return q.result();
 }
 
 function checked(name: string, t: Tensor): Tensor {

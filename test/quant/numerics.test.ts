@@ -10,12 +10,14 @@ import path from 'node:path';
 import { test } from 'node:test';
 import { getDefaultEngine } from '../../src/compute/index.js';
 import { NumericError, UsageError } from '../../src/errors.js';
+import { packBits } from '../../src/formats/bitpack.js';
 import { loadModel } from '../../src/model/load.js';
 import { sampleCalibrationWindows } from '../../src/quant/calibrate.js';
 import { GPTQ_DEFAULTS, prepareHessian } from '../../src/quant/gptq.js';
 import { type GridSpec, IntGrid } from '../../src/quant/grid.js';
+import { assertFiniteQuantized, assertFiniteQuantizedParams } from '../../src/quant/numerics.js';
 import { quantizeModel } from '../../src/quant/quantize-model.js';
-import { dequantize, unpackCodes } from '../../src/quant/quantized-tensor.js';
+import { dequantize, type QuantizedTensor, unpackCodes } from '../../src/quant/quantized-tensor.js';
 import { quantizeRtn } from '../../src/quant/rtn.js';
 import type { TensorMap } from '../../src/tensor.js';
 import { REPO } from '../helpers.js';
@@ -173,4 +175,32 @@ test('calibration text shorter than one window is refused before any work; short
     { nsamples: 4, seqlen: 100, seed: 0 },
   );
   for (let s = 0; s < 4; s++) assert.ok(w[s * 100] === 0 || w[s * 100] === 1);
+});
+
+test('assertFiniteQuantizedParams: the scale bound proves finiteness, or the full check decides', () => {
+  const spec: GridSpec = { bits: 4, symmetric: true, granularity: 'group', groupSize: 2, scaleDtype: 'f32' };
+  const tensor = (codes: number[], scale: number): QuantizedTensor => ({
+    rows: 1,
+    cols: 2,
+    spec,
+    qweight: packBits(codes, 4),
+    scales: Float32Array.of(scale),
+    zeros: Float32Array.of(8),
+  });
+  // |s| · (15 + 8) = 23 · 2^100: finite in float32, so no code can overflow.
+  assert.doesNotThrow(() => assertFiniteQuantizedParams('w', tensor([0, 15], 2 ** 100)));
+  // s = 2^124: the bound 23 · 2^124 overflows, but codes 8 and 9 dequantize to 0 and 2^124.
+  assert.doesNotThrow(() => assertFiniteQuantizedParams('w', tensor([8, 9], 2 ** 124)));
+  // s = 2^125: code 15 gives 7 · 2^125 = 1.75 · 2^127, finite (max ≈ 2^128); code 0 gives −2^128.
+  const big = tensor([15, 0], 2 ** 125);
+  const expected = (e: unknown) =>
+    e instanceof NumericError &&
+    e.message ===
+      "'w': dequantized weight is not finite, got -Infinity at row 0, column 1 (scale × (code − zero) overflows float32; use --scale-dtype f32)";
+  assert.throws(() => assertFiniteQuantized('w', big, dequantize(big)), expected);
+  assert.throws(() => assertFiniteQuantizedParams('w', big), expected);
+  assert.throws(
+    () => assertFiniteQuantizedParams('w', tensor([0, 1], Number.NaN)),
+    /'w': scale is not finite; expected finite scales in f32, got NaN at block 0/,
+  );
 });

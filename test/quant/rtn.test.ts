@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { ShapeError, UsageError } from '../../src/errors.js';
+import { packBits } from '../../src/formats/bitpack.js';
 import { roundToF16 } from '../../src/formats/half.js';
 import { type GridSpec, IntGrid, roundHalfEven } from '../../src/quant/grid.js';
 import { dequantize, storedBits, unpackCodes } from '../../src/quant/quantized-tensor.js';
@@ -87,4 +88,66 @@ test('bad grids are rejected with actionable errors', () => {
     () => quantizeRtn({ shape: [1, 6], data: new Float32Array(6) }, grid({ groupSize: 4 }), 'layer.weight'),
     (e: unknown) => e instanceof ShapeError && /'layer.weight'.*divisible by 4, got 6/.test(e.message),
   );
+});
+
+/** The per-element reference: IntGrid.blockParams and IntGrid.encode per weight, then packBits. */
+function referenceRtn(w: Float32Array, rows: number, cols: number, g: IntGrid) {
+  const [, blockCols] = g.blockShape(rows, cols);
+  const scales: number[] = [];
+  const zeros: number[] = [];
+  const codes = new Uint8Array(rows * cols);
+  let ties = 0;
+  for (let r = 0; r < rows; r++) {
+    for (let c0 = 0; c0 < cols; c0 += blockCols) {
+      const { scale, zero } = g.blockParams(w, cols, r, r + 1, c0, c0 + blockCols);
+      scales.push(scale);
+      zeros.push(zero);
+      for (let c = c0; c < c0 + blockCols; c++) {
+        const v = w[r * cols + c]! / scale;
+        if (v - Math.floor(v) === 0.5) ties++;
+        codes[r * cols + c] = g.encode(w[r * cols + c]!, scale, zero);
+      }
+    }
+  }
+  return { qweight: packBits(codes, g.spec.bits), scales, zeros, ties };
+}
+
+test('the fused row loop (RtnRows) gives the per-element reference codes, scales and zeros', () => {
+  const rand = seededRandom(21);
+  const rows = 6;
+  // Row kinds: uniform floats; multiples of 1/64 (many exact ties x/s = k + 1/2); all zero; constant;
+  // tiny (scale below the f16 range -> smallest scale); huge (f16 scale overflows to Inf).
+  const rowValue = [
+    () => rand() - 0.5,
+    () => Math.round((rand() - 0.5) * 128) / 64,
+    () => 0,
+    () => 0.3,
+    () => (rand() - 0.5) * 1e-9,
+    () => (rand() - 0.5) * 1e7,
+  ];
+  let ties = 0;
+  for (let bits = 2; bits <= 8; bits++) {
+    for (const symmetric of [true, false]) {
+      for (const [granularity, groupSize, cols] of [
+        ['group', 32, 96],
+        ['group', 3, 9], // odd groups: rows and groups start mid-byte
+        ['channel', 0, 10],
+      ] as const) {
+        for (const scaleDtype of ['f16', 'bf16', 'f32', 'e4m3'] as const) {
+          const g = grid({ bits, symmetric, granularity, groupSize, scaleDtype });
+          const w = new Float32Array(rows * cols);
+          for (let i = 0; i < w.length; i++) w[i] = rowValue[Math.floor(i / cols)]!();
+          const q = quantizeRtn({ shape: [rows, cols], data: w }, g);
+          const ref = referenceRtn(w, rows, cols, g);
+          const label = `int${bits} ${symmetric ? 'sym' : 'asym'} ${granularity} ${groupSize} ${scaleDtype}`;
+          assert.deepEqual(q.qweight, ref.qweight, label);
+          assert.deepEqual([...q.scales], ref.scales, label);
+          assert.deepEqual([...q.zeros], ref.zeros, label);
+          ties += ref.ties;
+        }
+      }
+    }
+  }
+  // The dyadic rows do exercise round-half-to-even.
+  assert.ok(ties >= 250, `${ties} ties`);
 });

@@ -101,12 +101,19 @@ test('tinystories-656k: streaming RTN/HQQ/SINQ on int, asymmetric and float grid
 });
 
 /** A fixture's tensors as F16 (BF16 for the norms), in two shards with model.safetensors.index.json. */
-async function shardedHalf(label: string, caseName: string, seed: number): Promise<string> {
+async function shardedHalf(
+  label: string,
+  caseName: string,
+  seed: number,
+  bf16Names = /norm|ln_/,
+  edit?: (weights: TensorMap) => void,
+): Promise<string> {
   const i = CASES.findIndex((c) => c.name.startsWith(caseName));
   assert.ok(i >= 0, caseName);
   const dir = path.join(work, label);
   const w = new WeightMaker(seed);
   CASES[i]!.tensors(w);
+  edit?.(w.map as TensorMap);
   const { mkdir } = await import('node:fs/promises');
   await mkdir(dir);
   await writeCheckpoint(dir, CASES[i]!.config, w.map);
@@ -119,7 +126,7 @@ async function shardedHalf(label: string, caseName: string, seed: number): Promi
     const tensors = part.map((name) => {
       const t = (w.map as TensorMap).get(name)!;
       weightMap[name] = file;
-      const bf16 = /norm|ln_/.test(name);
+      const bf16 = bf16Names.test(name);
       return {
         name,
         dtype: bf16 ? ('BF16' as const) : ('F16' as const),
@@ -149,6 +156,28 @@ test('sharded F16/BF16 phi3 (fused splits) and gpt2 (Conv1D transposes): streami
   const name = src.names().find((n) => n.includes('wte'))!;
   assert.deepEqual(await st.readFloat32('model.embed_tokens.weight'), await src.readFloat32(name));
   await Promise.all([st.close(), src.close()]);
+});
+
+test('row-wise streaming RTN: BF16 int3 asymmetric equals the in-memory path; a NaN or Inf is the same error', async () => {
+  // BF16 rows decode by a shift; 3-bit codes of 16-column groups start mid-byte (the general packer).
+  const grid: GridSpec = { ...INT4_G32, bits: 3, symmetric: false, groupSize: 16 };
+  const llama = await shardedHalf('llama-bf16', 'llama (', 13, /./);
+  await rm(await assertSameCheckpoint(llama, 'llama-bf16-rtn', 'rtn', grid), { recursive: true });
+  const target = 'model.layers.1.mlp.down_proj.weight';
+  for (const [label, bf16, bad] of [
+    ['nan-f16', /norm/, Number.NaN],
+    ['inf-bf16', /./, -Infinity],
+  ] as const) {
+    const dir = await shardedHalf(label, 'llama (', 13, bf16, (weights) => {
+      const t = weights.get(target)!;
+      t.data[2 * t.shape[1]! + 5] = bad; // row 2, column 5
+    });
+    const message = `'${target}': weight is not finite; expected finite values in every tensor of a model to quantize, got ${bad} at row 2, column 5 (the checkpoint is corrupt or was saved after a diverged training step)`;
+    await assert.rejects(inMemory(dir, path.join(work, `${label}-memory`), 'rtn', grid), { message });
+    await assert.rejects(streamQuantize(dir, path.join(work, `${label}-stream`), { method: 'rtn', grid }), {
+      message,
+    });
+  }
 });
 
 test('SafetensorsWriter: pieces out of order or missing bytes are refused; whole output equals writeSafetensors', async () => {
