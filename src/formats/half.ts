@@ -105,3 +105,31 @@ export function encodeBf16(src: Float32Array, dst = new Uint16Array(src.length))
   for (let i = 0; i < src.length; i++) dst[i] = f32ToBf16(src[i]!);
   return dst;
 }
+
+/**
+ * dst.length FP16 values from src[begin..] decoded into dst (by table), with the finiteness
+ * check in the same pass: returns false when one of them is NaN or ±Inf. An all-ones exponent
+ * field (0x7c00) plus one exponent step (0x0400) carries into bit 15; any other field does not.
+ */
+export function decodeF16Checked(src: Uint16Array, begin: number, dst: Float32Array): boolean {
+  const table = f16DecodeTable();
+  let bad = 0;
+  for (let i = 0, j = begin; i < dst.length; i++, j++) {
+    const h = src[j]!;
+    dst[i] = table[h]!;
+    bad |= (h & 0x7c00) + 0x0400;
+  }
+  return (bad & 0x8000) === 0;
+}
+
+/** decodeF16Checked for BF16 (bf16ToF32 is a 16-bit shift; exponent field 0x7f80, step 0x0080). */
+export function decodeBf16Checked(src: Uint16Array, begin: number, dst: Float32Array): boolean {
+  const bits = new Uint32Array(dst.buffer, dst.byteOffset, dst.length);
+  let bad = 0;
+  for (let i = 0, j = begin; i < dst.length; i++, j++) {
+    const h = src[j]!;
+    bits[i] = h << 16;
+    bad |= (h & 0x7f80) + 0x0080;
+  }
+  return (bad & 0x8000) === 0;
+}

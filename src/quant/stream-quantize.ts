@@ -30,7 +30,7 @@
  */
 import path from 'node:path';
 import { FormatError, PtqError, UsageError } from '../errors.js';
-import { f16DecodeTable } from '../formats/half.js';
+import { decodeBf16Checked, decodeF16Checked } from '../formats/half.js';
 import { writeDirectoryAtomically } from '../io/atomic.js';
 import {
   CHECKPOINT_FILE,
@@ -316,7 +316,10 @@ class CanonicalReader {
   }
 }
 
-/** An unquantized tensor copied through in pieces, each converted to float32 and checked finite. */
+/**
+ * An unquantized tensor copied through in pieces, each converted to float32 and checked finite
+ * (F16/BF16/F32 in one pass into one reused buffer, as quantizeRtnRows decodes its rows).
+ */
 async function copyAsFloat32(
   st: SafetensorsModel,
   source: string,
@@ -329,10 +332,23 @@ async function copyAsFloat32(
   // Whole elements per piece (at least one).
   const elementBytes = DTYPE_BYTES[info.dtype];
   const step = Math.max(elementBytes, pieceBytes - (pieceBytes % elementBytes));
+  const buffer = ROW_DTYPES.has(info.dtype) ? new Float32Array(step / elementBytes) : undefined;
   for (let at = 0; at < total; at += step) {
-    const raw = await st.readRawRange(source, at, Math.min(step, total - at));
-    const data = toFloat32(raw, info.dtype);
-    assertFiniteWeights(new Map([[name, { shape: [data.length], data }]]));
+    let raw = await st.readRawRange(source, at, Math.min(step, total - at));
+    let data: Float32Array;
+    let finite: boolean;
+    if (buffer) {
+      if (raw.byteOffset % 4 !== 0) raw = raw.slice(); // typed views need aligned offsets
+      data = buffer.subarray(0, raw.length / elementBytes);
+      finite = decodeChecked(raw, info.dtype, 0, data);
+    } else {
+      data = toFloat32(raw, info.dtype);
+      finite = firstNonFinite(data) < 0;
+    }
+    if (!finite) {
+      const i = firstNonFinite(data);
+      throw nonFiniteWeight(name, info.shape, at / elementBytes + i, data[i]!);
+    }
     await writer.write(name, data);
   }
 }
@@ -340,9 +356,9 @@ async function copyAsFloat32(
 /**
  * RTN of a [rows, cols] weight stored as is in `source`: one read of its bytes, then each row
  * decoded into a float32 row buffer (FP16 by table lookup, BF16 by a 16-bit shift), checked
- * finite in the same loop (an all-ones exponent field is NaN or ±Inf) and quantized. Same
- * codes, parameters and errors as `quantizeRtn(checked(readFloat32(source)))`: rows are
- * processed in order and the first non-finite weight (row-major) is reported before its row is used.
+ * finite in the same loop and quantized. Same codes, parameters and errors as
+ * `quantizeRtn(checked(readFloat32(source)))`: rows are processed in order and the first
+ * non-finite weight (row-major) is reported before its row is used.
  */
 async function quantizeRtnRows(
   st: SafetensorsModel,
@@ -356,37 +372,27 @@ async function quantizeRtnRows(
   if (raw.byteOffset % 4 !== 0) raw = raw.slice(); // typed views need aligned offsets
   const q = new RtnRows(grid, rows, cols, grid.blockShape(rows, cols, name)[1]);
   const x = new Float32Array(cols);
-  const x32 = new Uint32Array(x.buffer);
-  const n = rows * cols;
-  const half = info.dtype === 'F32' ? undefined : new Uint16Array(raw.buffer, raw.byteOffset, n);
-  const f32 = info.dtype === 'F32' ? new Float32Array(raw.buffer, raw.byteOffset, n) : undefined;
-  const table = info.dtype === 'F16' ? f16DecodeTable() : undefined;
-  for (let r = 0, o = 0; r < rows; r++, o += cols) {
-    // bad gets bit 15 set by an element whose exponent field is all ones: (e + 1 ulp) carries.
-    let bad = 0;
-    if (table) {
-      for (let c = 0; c < cols; c++) {
-        const h = half![o + c]!;
-        x[c] = table[h]!;
-        bad |= (h & 0x7c00) + 0x0400;
-      }
-    } else if (half) {
-      for (let c = 0; c < cols; c++) {
-        const h = half[o + c]!;
-        x32[c] = h << 16; // bf16ToF32
-        bad |= (h & 0x7f80) + 0x0080;
-      }
-    } else {
-      x.set(f32!.subarray(o, o + cols));
-      bad = firstNonFinite(x) >= 0 ? 0x8000 : 0;
-    }
-    if (bad & 0x8000) {
+  for (let r = 0; r < rows; r++) {
+    if (!decodeChecked(raw, info.dtype, r * cols, x)) {
       const c = firstNonFinite(x);
-      throw nonFiniteWeight(name, [rows, cols], o + c, x[c]!);
+      throw nonFiniteWeight(name, [rows, cols], r * cols + c, x[c]!);
     }
     q.row(r, x);
   }
   return q.result();
+}
+
+/**
+ * Elements [begin, begin + dst.length) of raw F16/BF16/F32 bytes (4-byte aligned) into dst as
+ * float32; false when one of them is NaN or ±Inf (half.ts: decoded and checked in one pass).
+ */
+function decodeChecked(raw: Uint8Array, dtype: string, begin: number, dst: Float32Array): boolean {
+  if (dtype === 'F32') {
+    dst.set(new Float32Array(raw.buffer, raw.byteOffset + begin * 4, dst.length));
+    return firstNonFinite(dst) < 0;
+  }
+  const half = new Uint16Array(raw.buffer, raw.byteOffset + begin * 2, dst.length);
+  return dtype === 'F16' ? decodeF16Checked(half, 0, dst) : decodeBf16Checked(half, 0, dst);
 }
 
 function checked(name: string, t: Tensor): Tensor {

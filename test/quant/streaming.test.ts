@@ -163,20 +163,21 @@ test('row-wise streaming RTN: BF16 int3 asymmetric equals the in-memory path; a 
   const grid: GridSpec = { ...INT4_G32, bits: 3, symmetric: false, groupSize: 16 };
   const llama = await shardedHalf('llama-bf16', 'llama (', 13, /./);
   await rm(await assertSameCheckpoint(llama, 'llama-bf16-rtn', 'rtn', grid), { recursive: true });
-  const target = 'model.layers.1.mlp.down_proj.weight';
-  for (const [label, bf16, bad] of [
-    ['nan-f16', /norm/, Number.NaN],
-    ['inf-bf16', /./, -Infinity],
+  // Weights of a quantized linear (decoded row by row) and of the embedding (copied in pieces).
+  for (const [label, bf16, bad, target, row] of [
+    ['nan-f16', /norm/, Number.NaN, 'model.layers.1.mlp.down_proj.weight', 2],
+    ['inf-bf16', /./, -Infinity, 'model.layers.1.mlp.down_proj.weight', 2],
+    ['inf-embed', /norm/, Infinity, 'model.embed_tokens.weight', 9],
   ] as const) {
     const dir = await shardedHalf(label, 'llama (', 13, bf16, (weights) => {
       const t = weights.get(target)!;
-      t.data[2 * t.shape[1]! + 5] = bad; // row 2, column 5
+      t.data[row * t.shape[1]! + 5] = bad;
     });
-    const message = `'${target}': weight is not finite; expected finite values in every tensor of a model to quantize, got ${bad} at row 2, column 5 (the checkpoint is corrupt or was saved after a diverged training step)`;
+    const message = `'${target}': weight is not finite; expected finite values in every tensor of a model to quantize, got ${bad} at row ${row}, column 5 (the checkpoint is corrupt or was saved after a diverged training step)`;
     await assert.rejects(inMemory(dir, path.join(work, `${label}-memory`), 'rtn', grid), { message });
-    await assert.rejects(streamQuantize(dir, path.join(work, `${label}-stream`), { method: 'rtn', grid }), {
-      message,
-    });
+    // 1000-byte pieces: the embedding's bad value lies in a later piece than the first.
+    const options = { method: 'rtn' as const, grid, copyPieceBytes: 1000 };
+    await assert.rejects(streamQuantize(dir, path.join(work, `${label}-stream`), options), { message });
   }
 });
 
