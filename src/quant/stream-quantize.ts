@@ -198,7 +198,11 @@ export async function streamQuantize(
       const file = path.join(tmp, CHECKPOINT_FILE);
       const writer = await SafetensorsWriter.create(file, headers, checkpointMetadata(entries));
       try {
-        for (const [name, t] of plan) {
+        const order = [...plan];
+        // The next row-wise RTN weight's bytes, read while the current one is quantized.
+        let prefetch: { name: string; raw: Promise<Uint8Array> } | undefined;
+        for (let i = 0; i < order.length; i++) {
+          const [name, t] = order[i]!;
           const count = t.shape.reduce((a, b) => a * b, 1);
           parameters += count;
           if (!quantized.has(name)) {
@@ -207,9 +211,19 @@ export async function streamQuantize(
             else await writer.write(name, checked(name, await reader.read(name, t)).data);
             continue;
           }
-          const q = rowWise(t)
-            ? await quantizeRtnRows(model.tensors, t.source, name, grid as IntGrid)
-            : quantizeOne(name, checked(name, await reader.read(name, t)));
+          let q: QuantizedTensor;
+          if (rowWise(t)) {
+            const raw = prefetch?.name === name ? prefetch.raw : model.tensors.readRaw(t.source);
+            prefetch = undefined;
+            const [nextName, next] = order[i + 1] ?? [];
+            if (next && quantized.has(nextName!) && rowWise(next)) {
+              prefetch = { name: nextName!, raw: model.tensors.readRaw(next.source) };
+              prefetch.raw.catch(() => {}); // awaited when its turn comes; no unhandled rejection before
+            }
+            q = quantizeRtnRows(model.tensors.info(t.source), await raw, name, grid as IntGrid);
+          } else {
+            q = quantizeOne(name, checked(name, await reader.read(name, t)));
+          }
           // numerics.ts: the check of quantizeModel's store(), without dequantizing.
           assertFiniteQuantizedParams(name, q);
           if (JSON.stringify(checkpointEntry(q)) !== JSON.stringify(entries[name])) {
@@ -333,8 +347,15 @@ async function copyAsFloat32(
   const elementBytes = DTYPE_BYTES[info.dtype];
   const step = Math.max(elementBytes, pieceBytes - (pieceBytes % elementBytes));
   const buffer = ROW_DTYPES.has(info.dtype) ? new Float32Array(step / elementBytes) : undefined;
+  const read = (at: number) => st.readRawRange(source, at, Math.min(step, total - at));
+  let pending = read(0);
   for (let at = 0; at < total; at += step) {
-    let raw = await st.readRawRange(source, at, Math.min(step, total - at));
+    let raw = await pending;
+    // The next piece is read while this one is converted and written.
+    if (at + step < total) {
+      pending = read(at + step);
+      pending.catch(() => {}); // awaited in the next iteration; no unhandled rejection before
+    }
     let data: Float32Array;
     let finite: boolean;
     if (buffer) {
@@ -354,21 +375,19 @@ async function copyAsFloat32(
 }
 
 /**
- * RTN of a [rows, cols] weight stored as is in `source`: one read of its bytes, then each row
+ * RTN of a [rows, cols] weight from the bytes of its source tensor (`info`: dtype, shape): each row
  * decoded into a float32 row buffer (FP16 by table lookup, BF16 by a 16-bit shift), checked
  * finite in the same loop and quantized. Same codes, parameters and errors as
  * `quantizeRtn(checked(readFloat32(source)))`: rows are processed in order and the first
  * non-finite weight (row-major) is reported before its row is used.
  */
-async function quantizeRtnRows(
-  st: SafetensorsModel,
-  source: string,
+function quantizeRtnRows(
+  info: { dtype: string; shape: readonly number[] },
+  raw: Uint8Array,
   name: string,
   grid: IntGrid,
-): Promise<QuantizedTensor> {
-  const info = st.info(source);
+): QuantizedTensor {
   const [rows, cols] = info.shape as [number, number];
-  let raw = await st.readRaw(source);
   if (raw.byteOffset % 4 !== 0) raw = raw.slice(); // typed views need aligned offsets
   const q = new RtnRows(grid, rows, cols, grid.blockShape(rows, cols, name)[1]);
   const x = new Float32Array(cols);
