@@ -23,10 +23,11 @@
  * The output is byte-identical to `quantizeModel` + `writePtqCheckpoint` of the same model
  * (test/quant/streaming.test.ts) and is written inside `writeDirectoryAtomically`.
  *
- * Memory: peak ≈ the largest block linear in its source dtype + one 64 MiB piece, plus for
- * row-wise RTN its packed codes, otherwise a float32 copy, 1 byte of codes per weight and (for
- * the grids without the proof) a dequantized float32 copy; for Llama-3-8B's 14336 × 4096 MLP
- * weights about 0.15 GB (row-wise RTN) to 0.7 GB.
+ * Memory: peak ≈ the largest block linear in its source dtype + two 64 MiB pieces, plus for
+ * row-wise RTN the next weight's bytes (read while this one is quantized) and its packed codes,
+ * otherwise a float32 copy, 1 byte of codes per weight and (for the grids without the proof) a
+ * dequantized float32 copy; for Llama-3-8B's 14336 × 4096 MLP weights about 0.3 GB (row-wise
+ * RTN, 612 MiB peak RSS measured with Node's own) to 0.7 GB.
  */
 import path from 'node:path';
 import { FormatError, PtqError, UsageError } from '../errors.js';
