@@ -37,19 +37,22 @@ export async function writeDirectoryAtomically(
   const parent = path.dirname(target);
   const tag = `${path.basename(target)}-${process.pid}-${Date.now()}`;
   const tmp = path.join(parent, `${TMP_PREFIX}${tag}`);
+  // The handlers go in before the temporary directory exists: a signal arriving between its
+  // creation and the next tick of this process (long on a loaded machine) must still remove it.
+  const write: InFlight = { tmp, target };
+  const release = guardOnSignals(write);
   try {
     await mkdir(parent, { recursive: true });
     await removeStale(parent, path.basename(target));
     await mkdir(tmp);
   } catch (e) {
+    release();
     throw new FileError('cannot create the output directory', {
       file: outDir,
       got: (e as NodeJS.ErrnoException).code,
       hint: 'choose a writable location with -o',
     });
   }
-  const write: InFlight = { tmp, target };
-  const release = guardOnSignals(write);
   try {
     await fill(tmp);
     const existing = await stat(target).catch(() => undefined);
