@@ -18,7 +18,6 @@ import { emulateLlamaCpp, ggufStorage } from '../io/gguf-model.js';
 import { writePtqCheckpoint } from '../io/ptq-checkpoint.js';
 import { Decoder } from '../model/decoder.js';
 import { type ActivationQuantSpec, checkActivationQuant } from '../model/input-ops.js';
-import { refuseOnlineRotation } from '../model/input-rotation.js';
 import { isPlainHfDirectory, type LoadedModel, loadModel } from '../model/load.js';
 import { type AllocationPlan, parseSize, planAllocation, presetGrids } from '../quant/allocate.js';
 import { sampleCalibrationWindows } from '../quant/calibrate.js';
@@ -642,7 +641,6 @@ export interface ExportArgs {
 async function exportGgufCommand(modelPath: string, args: ExportArgs, out: Output) {
   await assertWritableOutput(args.output);
   const model = await loadModel(modelPath, { tokenizer: args.tokenizer });
-  refuseOnlineRotation(model.config, model.path, 'gguf');
   const report = await exportGguf(model, args.output, {
     type: args.type ?? 'auto',
     pure: args.pure,
@@ -691,7 +689,6 @@ async function exportSafetensorsCommand(
 ) {
   await assertWritableOutput(args.output);
   const model = await loadModel(modelPath, { tokenizer: args.tokenizer });
-  refuseOnlineRotation(model.config, model.path, 'safetensors');
   const report: SafetensorsExportReport = await write(model, args.output, {
     onWarning: out.json ? undefined : (m) => console.error(`ptq: warning: ${m}`),
   });
@@ -725,7 +722,6 @@ async function exportOnnxCommand(modelPath: string, args: ExportArgs, out: Outpu
   }
   await assertWritableOutput(args.output);
   const model = await loadModel(modelPath, { tokenizer: args.tokenizer });
-  refuseOnlineRotation(model.config, model.path, 'onnx');
   const report = await exportOnnx(model, args.output, {
     dtypes,
     externalData: args.externalData ?? 'auto',

@@ -45,11 +45,10 @@ import { packBits } from '../formats/bitpack.js';
 import { ELEMENT_FORMATS, FP8_E4M3 } from '../formats/element-formats.js';
 import { encodeParams } from '../io/ptq-checkpoint.js';
 import type { TensorToWrite } from '../io/safetensors.js';
-import { refuseActivationQuant } from '../model/input-ops.js';
 import type { LoadedModel } from '../model/load.js';
 import { blockShapeOf, type GridSpec } from '../quant/grid.js';
 import { type FormatName, formatInfo } from '../quant/number-formats.js';
-import { assertNoSideCorrections, type QuantizedTensor, unpackCodes } from '../quant/quantized-tensor.js';
+import { type QuantizedTensor, unpackCodes } from '../quant/quantized-tensor.js';
 import {
   groupColumns,
   hasActOrder,
@@ -66,6 +65,7 @@ import {
   writeQuantizedModel,
 } from './hf-safetensors.js';
 import { groupContiguousOrder } from './matmul-nbits.js';
+import { assertWeightOnly } from './weight-only.js';
 
 /** compressed-tensors' CompressionFormat of each layout written here. */
 export type CtFormat =
@@ -310,8 +310,7 @@ export async function exportCompressedTensors(
   outDir: string,
   options: CompressedTensorsExportOptions = {},
 ): Promise<SafetensorsExportReport> {
-  refuseActivationQuant(model.config.linearInputOps, model.path, 'compressed-tensors');
-  assertNoSideCorrections(model.quantization?.tensors, 'compressed-tensors');
+  assertWeightOnly(model, 'compressed-tensors');
   const { warnings, warn } = warningCollector(options.onWarning);
   const planned = quantizedLinears(model).map((l) => planCompressedTensorsLinear(l, warn));
   if (planned.length === 0) throw new ConfigError('no linear layers to quantize', { file: model.path });

@@ -27,9 +27,8 @@ import { ConfigError, UsageError } from '../errors.js';
 import { encodeValues, type GgmlType, ggmlType, rowBytes, typeForRow } from '../formats/ggml.js';
 import { type GgufKv, type GgufTensorToWrite, kv, writeGguf } from '../io/gguf.js';
 import { EMBED, LM_HEAD } from '../model/architecture.js';
-import { refuseActivationQuant } from '../model/input-ops.js';
 import type { LoadedModel } from '../model/load.js';
-import { assertNoSideCorrections, type QuantizedTensor } from '../quant/quantized-tensor.js';
+import type { QuantizedTensor } from '../quant/quantized-tensor.js';
 import { codesToBlocks, typesHoldingCodes } from './gguf-blocks.js';
 import { GGUF_MIXES, mixTensorType } from './gguf-mix.js';
 import { ggufTensorName, qkRowOrder } from './gguf-names.js';
@@ -40,6 +39,7 @@ import {
   vocabFromTokenizerJson,
   vocabMetadata,
 } from './gguf-vocab.js';
+import { assertWeightOnly } from './weight-only.js';
 
 /** `--type` choices: the types llama-quantize offers for a pure model, by their lower-case names. */
 export const GGUF_EXPORT_TYPES = [
@@ -125,10 +125,9 @@ export async function exportGguf(
   options: GgufExportOptions,
 ): Promise<GgufExportReport> {
   const { config } = model;
-  assertNoSideCorrections(model.quantization?.tensors, 'GGUF');
+  assertWeightOnly(model, 'gguf');
   if (config.modelType !== 'llama')
     throw new ConfigError('GGUF export supports Llama-family models', { got: config.modelType });
-  refuseActivationQuant(config.linearInputOps, model.path, 'gguf');
   const warnings: string[] = [];
   const warn = (m: string) => {
     warnings.push(m);

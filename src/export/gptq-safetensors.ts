@@ -38,16 +38,10 @@
 import { ConfigError, UsageError } from '../errors.js';
 import { encodeF16, roundToF16 } from '../formats/half.js';
 import type { TensorToWrite } from '../io/safetensors.js';
-import { refuseActivationQuant } from '../model/input-ops.js';
 import type { LoadedModel } from '../model/load.js';
 import { blockShapeOf, type GridSpec, gridName } from '../quant/grid.js';
 import { formatBits } from '../quant/number-formats.js';
-import {
-  assertNoSideCorrections,
-  dequantize,
-  type QuantizedTensor,
-  unpackCodes,
-} from '../quant/quantized-tensor.js';
+import { dequantize, type QuantizedTensor, unpackCodes } from '../quant/quantized-tensor.js';
 import {
   groupColumns,
   hasActOrder,
@@ -64,6 +58,7 @@ import {
   warningCollector,
   writeQuantizedModel,
 } from './hf-safetensors.js';
+import { assertWeightOnly } from './weight-only.js';
 
 /** Code widths the GPTQ v1 layout (and transformers' GPTQConfig) accepts. */
 export const GPTQ_BITS = [2, 3, 4, 8] as const;
@@ -270,8 +265,7 @@ export async function exportGptq(
   outDir: string,
   options: GptqExportOptions = {},
 ): Promise<SafetensorsExportReport> {
-  refuseActivationQuant(model.config.linearInputOps, model.path, 'gptq');
-  assertNoSideCorrections(model.quantization?.tensors, 'GPTQ');
+  assertWeightOnly(model, 'gptq');
   const { warnings, warn } = warningCollector(options.onWarning);
   const planned = quantizedLinears(model).map((l) => planGptqLinear(l, warn));
   if (planned.length === 0) throw new ConfigError('no linear layers to quantize', { file: model.path });

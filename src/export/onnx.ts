@@ -33,12 +33,11 @@ import { writeDirectoryAtomically } from '../io/atomic.js';
 import { Llama2cTokenizer } from '../io/llama2c-tokenizer.js';
 import { buildOnnxModelExternal, type ExternalChunk, GraphAssembler } from '../io/onnx-builder.js';
 import { BLOCK_LINEARS, linearWeightName } from '../model/architecture.js';
-import { refuseActivationQuant } from '../model/input-ops.js';
 import type { LoadedModel } from '../model/load.js';
 import { convertToFloat16 } from '../onnx/fp16.js';
 import { OnnxModel, writeOnnxModel } from '../onnx/model-file.js';
 import { type GridSpec, gridName, IntGrid } from '../quant/grid.js';
-import { assertNoSideCorrections, type QuantizedTensor } from '../quant/quantized-tensor.js';
+import type { QuantizedTensor } from '../quant/quantized-tensor.js';
 import { quantizeRtn } from '../quant/rtn.js';
 import {
   encodeMatMulNBits,
@@ -48,6 +47,7 @@ import {
 } from './matmul-nbits.js';
 import { buildDecoderGraph, type LinearWeight } from './onnx-graph.js';
 import { llama2cTokenizerJson } from './tokenizer-json.js';
+import { assertWeightOnly } from './weight-only.js';
 
 /** The dtypes transformers.js selects by file suffix, and the MatMulNBits width each uses here. */
 export const ONNX_DTYPES = {
@@ -138,8 +138,7 @@ export async function exportOnnx(
       got: model.config.modelType,
     });
   }
-  refuseActivationQuant(model.config.linearInputOps, model.path, 'onnx');
-  assertNoSideCorrections(model.quantization?.tensors, 'ONNX');
+  assertWeightOnly(model, 'onnx');
   const dtypes = [...new Set(options.dtypes ?? [defaultOnnxDtype(model)])];
   for (const d of dtypes) {
     if (!(d in ONNX_DTYPES))

@@ -12,6 +12,10 @@ import { before, describe, test } from 'node:test';
 import { evalCommand, exportCommand } from '../../src/cli/commands.js';
 import { UsageError } from '../../src/errors.js';
 import { type EvalResult, evaluate } from '../../src/eval/perplexity.js';
+import { exportCompressedTensors } from '../../src/export/compressed-tensors.js';
+import { exportGguf } from '../../src/export/gguf.js';
+import { exportGptq } from '../../src/export/gptq-safetensors.js';
+import { exportOnnx } from '../../src/export/onnx.js';
 import { writePtqCheckpoint } from '../../src/io/ptq-checkpoint.js';
 import { BLOCK_LINEARS, linearWeightName } from '../../src/model/architecture.js';
 import { Decoder } from '../../src/model/decoder.js';
@@ -193,6 +197,23 @@ describe('online rotation on the real models', { skip: !assetsPresent && 'no ../
               { json: true, log: () => {} },
             ),
             (e) => e instanceof UsageError && /rotates its o_proj, down_proj inputs online/.test(e.message),
+            format,
+          );
+        // The library's exporters refuse it themselves, not only the CLI.
+        const saved = await loadModel(dir);
+        const out = (f: string) => path.join(path.dirname(dir), `lib-${f}`);
+        const libraryExports = {
+          gguf: () => exportGguf(saved, out('gguf'), { type: 'auto' }),
+          gptq: () => exportGptq(saved, out('gptq')),
+          'compressed-tensors': () => exportCompressedTensors(saved, out('ct')),
+          onnx: () => exportOnnx(saved, out('onnx'), { dtypes: ['q4'] }),
+        };
+        for (const [format, run] of Object.entries(libraryExports))
+          await assert.rejects(
+            run(),
+            (e) =>
+              e instanceof UsageError &&
+              new RegExp(`cannot export to ${format}: the model rotates`).test(e.message),
             format,
           );
         await assert.rejects(
