@@ -10,7 +10,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { LLAMA } from '../src/model/architecture.js';
 import { CTX, ggufPath, THREADS, tokensPath } from './eval-case.js';
-import { buildLlamaPerplexity, LLAMA_LIBS } from './llama-cpp.js';
+import { buildLlamaPerplexity } from './llama-cpp.js';
 import { CACHE, type ShapeName, syntheticConfig } from './synthetic.js';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
@@ -70,11 +70,11 @@ export async function runEvalCase(shape: ShapeName) {
     if (spawnSync(cmd, args, { stdio: 'inherit' }).status !== 0)
       throw new Error(`cannot write ${ggufPath(shape, type)}`);
   }
-  const exe = buildLlamaPerplexity(CACHE);
+  const { exe, libDir } = buildLlamaPerplexity(CACHE);
   const llama = (type: string) =>
     run(
       exe,
-      [LLAMA_LIBS, ggufPath(shape, type), tokensPath(shape), String(CTX), String(THREADS)],
+      [libDir, ggufPath(shape, type), tokensPath(shape), String(CTX), String(THREADS)],
       'llama.cpp',
       type.toUpperCase(),
     );

@@ -51,50 +51,64 @@ function libraryDirs(): string[] {
   return dirs;
 }
 
+/**
+ * Compile the C file `source` into `<cacheDir>/<name>-<tag>` against the llama.cpp node-llama-cpp
+ * ships: the first of libraryDirs() and the headers of the release it bundles (a shallow clone of
+ * its git bundle, a few seconds, once per release tag in `cacheDir`; llama.cpp.info.json names the
+ * tag). Throws with the reason when the libraries, git or a C compiler are missing.
+ */
+export function buildAgainstLlamaCpp(
+  source: string,
+  name: string,
+  cacheDir: string,
+): { exe: string; libDir: string } {
+  const libDir = libraryDirs()[0];
+  if (!libDir) throw new Error('no llama.cpp libraries under node_modules');
+  const lib = (prefix: string) => {
+    const f = readdirSync(libDir).find((f) => f.startsWith(prefix) && f.endsWith('.so'));
+    if (!f) throw new Error(`no ${prefix}*.so in ${libDir}`);
+    return `-l:${f}`;
+  };
+  const { tag } = JSON.parse(readFileSync(path.join(NLC, 'llama', 'llama.cpp.info.json'), 'utf8')) as {
+    tag: string;
+  };
+  const src = path.join(cacheDir, `llama.cpp-${tag}`);
+  if (!existsSync(path.join(src, 'include', 'llama.h'))) {
+    mkdirSync(cacheDir, { recursive: true });
+    execFileSync('git', ['clone', '-q', '--depth', '1', path.join(NLC, 'llama', 'gitRelease.bundle'), src], {
+      stdio: 'pipe',
+    });
+  }
+  const exe = path.join(cacheDir, `${name}-${tag}`);
+  execFileSync(
+    'cc',
+    [
+      '-O2',
+      '-o',
+      exe,
+      source,
+      `-I${path.join(src, 'ggml', 'include')}`,
+      `-I${path.join(src, 'include')}`,
+      `-L${libDir}`,
+      lib('libggml-base'),
+      lib('libllama.'),
+      lib('libggml.'),
+      '-lm',
+      `-Wl,-rpath,${libDir}`,
+    ],
+    { stdio: 'pipe' },
+  );
+  return { exe, libDir };
+}
+
 let harness: string | { reason: string } | undefined;
 
 /** Path of the compiled ggml-ref harness, or why it could not be built. */
 export function refHarness(): string | { reason: string } {
   if (harness) return harness;
   try {
-    const libDir = libraryDirs()[0];
-    if (!libDir) throw new Error('no llama.cpp libraries under node_modules');
-    const lib = (prefix: string) =>
-      readdirSync(libDir).find((f) => f.startsWith(prefix) && f.endsWith('.so'));
-    // One checkout per bundled llama.cpp release (llama.cpp.info.json names it).
-    const { tag } = JSON.parse(readFileSync(path.join(NLC, 'llama', 'llama.cpp.info.json'), 'utf8')) as {
-      tag: string;
-    };
-    const work = path.join(os.tmpdir(), `ptq-ggml-ref-${process.getuid?.() ?? 0}-${tag}`);
-    const src = path.join(work, 'llama.cpp');
-    if (!existsSync(path.join(src, 'include', 'llama.h'))) {
-      mkdirSync(work, { recursive: true });
-      // The bundled source is a git bundle; a shallow clone gives its headers (a few seconds).
-      execFileSync(
-        'git',
-        ['clone', '-q', '--depth', '1', path.join(NLC, 'llama', 'gitRelease.bundle'), src],
-        { stdio: 'pipe' },
-      );
-    }
-    const exe = path.join(work, 'ggml-ref');
-    const libs = ['libggml-base', 'libllama.', 'libggml.'].map((p) => lib(p));
-    if (libs.some((l) => !l)) throw new Error(`missing libraries in ${libDir}`);
-    execFileSync(
-      'cc',
-      [
-        '-O1',
-        '-o',
-        exe,
-        path.join(REPO, 'test', 'export', 'ggml-ref.c'),
-        `-I${path.join(src, 'ggml', 'include')}`,
-        `-I${path.join(src, 'include')}`,
-        `-L${libDir}`,
-        ...libs.map((l) => `-l:${l}`),
-        `-Wl,-rpath,${libDir}`,
-      ],
-      { stdio: 'pipe' },
-    );
-    harness = exe;
+    const cacheDir = path.join(os.tmpdir(), `ptq-ggml-ref-${process.getuid?.() ?? 0}`);
+    harness = buildAgainstLlamaCpp(path.join(REPO, 'test', 'export', 'ggml-ref.c'), 'ggml-ref', cacheDir).exe;
   } catch (e) {
     harness = { reason: `cannot build the ggml-ref harness: ${(e as Error).message.split('\n')[0]}` };
   }
