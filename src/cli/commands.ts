@@ -16,6 +16,7 @@ import { exportOnnx, ONNX_DTYPES, type OnnxDtype } from '../export/onnx.js';
 import { assertWritableOutput, writeDirectoryAtomically } from '../io/atomic.js';
 import { emulateLlamaCpp, ggufStorage } from '../io/gguf-model.js';
 import { writePtqCheckpoint } from '../io/ptq-checkpoint.js';
+import { blockLinears } from '../model/architecture.js';
 import { Decoder } from '../model/decoder.js';
 import { type ActivationQuantSpec, checkActivationQuant } from '../model/input-ops.js';
 import { isPlainHfDirectory, type LoadedModel, loadModel } from '../model/load.js';
@@ -430,7 +431,7 @@ async function mixedPrecisionPlan(model: LoadedModel, args: QuantizeArgs, out: O
         hint: 'drop --target-bpw/--target-size',
       });
     }
-    const perLayerGrid = presetGrids(args.preset, model.config.numLayers);
+    const perLayerGrid = presetGrids(args.preset, model.config.numLayers, blockLinears(model.config));
     const layers = [...perLayerGrid].map(([name, g]) => ({ name, grid: gridName(g) }));
     return { perLayerGrid, report: { preset: args.preset, layers } as MixedReport };
   }

@@ -264,8 +264,12 @@ export const PRESETS = {
 } as const;
 export type PresetName = keyof typeof PRESETS;
 
-/** The per-layer grids of a preset. */
-export function presetGrids(preset: string, numLayers: number): Map<string, GridSpec> {
+/** The per-layer grids of a preset, for the block linears `linears` the model has (no gate in a plain MLP). */
+export function presetGrids(
+  preset: string,
+  numLayers: number,
+  linears: readonly BlockLinear[] = BLOCK_LINEARS,
+): Map<string, GridSpec> {
   const rule = (PRESETS as Record<string, (l: number, n: number, b: BlockLinear) => string>)[preset];
   if (!rule)
     throw new UsageError('unknown preset', {
@@ -275,7 +279,7 @@ export function presetGrids(preset: string, numLayers: number): Map<string, Grid
     });
   const out = new Map<string, GridSpec>();
   for (let layer = 0; layer < numLayers; layer++) {
-    for (const linear of BLOCK_LINEARS)
+    for (const linear of linears)
       out.set(linearWeightName(layer, linear), parseGridName(rule(layer, numLayers, linear)));
   }
   return out;

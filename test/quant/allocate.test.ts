@@ -139,4 +139,12 @@ test("use_more_bits matches llama.cpp's rule; the q4_k_m-like preset raises attn
   assert.equal(gridName(p.get('model.layers.6.mlp.down_proj.weight')!), 'int6-g32-sym');
   assert.equal(gridName(p.get('model.layers.6.mlp.up_proj.weight')!), 'int4-g32-sym');
   assert.throws(() => presetGrids('q9_k', 2), /unknown preset/);
+  // A plain (ungated) MLP, as GPT-2/OPT/NeoX have: no grid for a gate_proj the model lacks.
+  const plain = presetGrids('q4_k_m-like', 2, ['self_attn.q_proj', 'mlp.up_proj', 'mlp.down_proj']);
+  assert.deepEqual(
+    [...plain.keys()].sort(),
+    [0, 1].flatMap((l) =>
+      ['mlp.down_proj', 'mlp.up_proj', 'self_attn.q_proj'].map((n) => `model.layers.${l}.${n}.weight`),
+    ),
+  );
 });
