@@ -218,15 +218,23 @@ withCalibrationOptions(
   )
   .option('--accuracy-level <n>', 'ONNX input: MatMulNBits accuracy_level (0-4; 4 = int8 compute)', integer)
   .option('--no-gather', 'ONNX input: keep Gather embedding tables float (default: GatherBlockQuantized)')
+  .option(
+    '--overwrite',
+    'replace an existing output that ptq did not write (its files are kept; only files of the same names are replaced)',
+  )
   .option('--tokenizer <file>', 'tokenizer to use instead of the one next to the model')
   .option('--json', 'print JSON')
   .action((model, o, cmd: Command) => {
     if (isOnnxModelPath(model)) {
       const onnxBlockSize = cmd.getOptionValueSource('blockSize') === 'cli' ? o.blockSize : undefined;
-      return quantizeOnnxCommand(model, { ...o, onnxBlockSize }, consoleOutput(!!o.json));
+      return quantizeOnnxCommand(
+        model,
+        { ...o, onnxBlockSize, overwrite: !!o.overwrite },
+        consoleOutput(!!o.json),
+      );
     }
     const grid = gridFromOptions(o, (k) => cmd.getOptionValueSource(k) === 'cli');
-    return quantizeCommand(model, { ...o, grid }, consoleOutput(!!o.json));
+    return quantizeCommand(model, { ...o, grid, overwrite: !!o.overwrite }, consoleOutput(!!o.json));
   });
 
 program
@@ -279,9 +287,13 @@ program
   .option('--pure', "gguf: a mix's base type for every matrix (as llama-quantize --pure)")
   .option('--external-data', 'onnx: store weights in .onnx_data files (default: only above 1 GiB)')
   .option('--no-external-data', 'onnx: keep every weight inside the .onnx file')
+  .option(
+    '--overwrite',
+    'replace an existing output that ptq did not write (its files are kept; only files of the same names are replaced)',
+  )
   .option('--tokenizer <file>', 'tokenizer to use instead of the one next to the model')
   .option('--json', 'print JSON')
-  .action((model, o) => exportCommand(model, o, consoleOutput(!!o.json)));
+  .action((model, o) => exportCommand(model, { ...o, overwrite: !!o.overwrite }, consoleOutput(!!o.json)));
 
 /** A comma-separated list, each item one of `choices` (or any integer when choices is absent). */
 function listOf(choices?: readonly string[]) {
@@ -330,9 +342,17 @@ withCalibrationOptions(
   .option('--keep-partial', 'also score the last, shorter window')
   .option('--max-tokens <n>', 'evaluate only the first n tokens', integer)
   .option('--tokenizer <file>', 'tokenizer to use instead of the one next to the model')
+  .option(
+    '--overwrite',
+    'replace an existing output that ptq did not write (its files are kept; only files of the same names are replaced)',
+  )
   .option('--json', 'print JSON')
   .action(async (model, o) => {
-    await compareCommand(model, { ...o, bits: o.bits.map(Number) }, consoleOutput(!!o.json));
+    await compareCommand(
+      model,
+      { ...o, bits: o.bits.map(Number), overwrite: !!o.overwrite },
+      consoleOutput(!!o.json),
+    );
   });
 
 program
