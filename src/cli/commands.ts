@@ -9,11 +9,11 @@ import { type CompareResults, runCompare } from '../eval/compare.js';
 import { type EvalResult, evaluate, type WindowProtocol } from '../eval/perplexity.js';
 import { renderReport } from '../eval/report.js';
 import { exportCompressedTensors } from '../export/compressed-tensors.js';
-import { exportGguf } from '../export/gguf.js';
+import { exportGguf, isPtqGguf } from '../export/gguf.js';
 import { exportGptq } from '../export/gptq-safetensors.js';
 import type { SafetensorsExportReport } from '../export/hf-safetensors.js';
 import { exportOnnx, ONNX_DTYPES, type OnnxDtype } from '../export/onnx.js';
-import { assertWritableOutput, writeDirectoryAtomically } from '../io/atomic.js';
+import { checkOutput, type OutputOptions, writeDirectoryAtomically } from '../io/atomic.js';
 import { emulateLlamaCpp, ggufStorage } from '../io/gguf-model.js';
 import { writePtqCheckpoint } from '../io/ptq-checkpoint.js';
 import { blockLinears } from '../model/architecture.js';
@@ -52,6 +52,26 @@ export interface Output {
 }
 
 export const consoleOutput = (json: boolean): Output => ({ json, log: (t) => console.log(t) });
+
+/** Every writing command's output options: `--overwrite` and what the output must stay clear of. */
+export interface OutputArgs {
+  output: string;
+  /** Write into an existing output ptq did not write (io/atomic.ts: its other files are kept). */
+  overwrite?: boolean;
+}
+
+/**
+ * Check `args.output` before any long work (io/atomic.ts checkOutput: not an input, not inside or
+ * around one, replaces nothing ptq did not write) and return the options the writer enforces again.
+ */
+export async function guardOutput(
+  args: OutputArgs,
+  inputs: (string | undefined)[],
+  kind: 'directory' | 'file' = 'directory',
+): Promise<OutputOptions> {
+  await checkOutput(args.output, { kind, inputs, overwrite: args.overwrite, replaceable: isPtqGguf });
+  return { overwrite: args.overwrite, inputs };
+}
 
 export function peakRssMiB(): number {
   return process.resourceUsage().maxRSS / 1024;
@@ -109,10 +129,9 @@ export async function inspectCommand(modelPath: string, opts: { tokenizer?: stri
 
 // ---------- quantize ----------
 
-export interface QuantizeArgs {
+export interface QuantizeArgs extends OutputArgs {
   method: string;
   grid: GridSpec;
-  output: string;
   tokenizer?: string;
   calib?: string;
   nsamples: number;
@@ -185,8 +204,10 @@ export async function quantizeCommand(modelPath: string, args: QuantizeArgs, out
     });
   }
   const { activations, smoothquant } = activationOptions(args);
-  await assertWritableOutput(args.output);
-  if (exportTo) await assertWritableOutput(exportTo);
+  const inputs = [modelPath, args.tokenizer, args.calib];
+  const output = await guardOutput(args, inputs);
+  if (exportTo)
+    await guardOutput({ ...args, output: exportTo }, [...inputs, args.output], exportKind(args.export!));
   // Calibrated runs save their state block by block beside the output (quant/resume.ts).
   const resume = METHODS[method].calibrated
     ? { dir: resumeDirFor(args.output), resume: !!args.resume }
@@ -202,7 +223,7 @@ export async function quantizeCommand(modelPath: string, args: QuantizeArgs, out
   if (resume?.resume) await assertResumable(resume.dir);
   // Calibration-free and nothing model-wide: read, quantize and write one tensor at a time.
   if (streamable(method, args) && (await isPlainHfDirectory(modelPath))) {
-    return streamQuantizeCommand(modelPath, method as StreamingMethod, args, exportTo, out);
+    return streamQuantizeCommand(modelPath, method as StreamingMethod, args, output, exportTo, out);
   }
   const model = await loadModel(modelPath, { tokenizer: args.tokenizer });
   const calibration = args.calib ? await calibrationFor(model, args) : undefined;
@@ -233,7 +254,7 @@ export async function quantizeCommand(modelPath: string, args: QuantizeArgs, out
   progress.finish();
   // A rotation unties the embeddings: config.json must say so, or the loader drops lm_head.
   const hfConfig = q.config.tiedEmbeddings ? model.hfConfig : untiedHfConfig(model.hfConfig);
-  await writePtqCheckpoint(args.output, { ...model, hfConfig, weights: q.weights }, q.quantization);
+  await writePtqCheckpoint(args.output, { ...model, hfConfig, weights: q.weights }, q.quantization, output);
   // Only now is the state no longer needed: a kill before this line resumes to the same output.
   if (resume) await removeResumeState(resume.dir);
   const size = modelSize(q.weights, q.quantization.tensors);
@@ -341,7 +362,12 @@ async function exportAfterQuantize(args: QuantizeArgs, exportTo: string | undefi
   const lines: string[] = [];
   if (exportTo) {
     const capture = { json: out.json, log: (t: string) => lines.push(t) };
-    const exportArgs = { format: args.export!, output: exportTo, tokenizer: args.tokenizer };
+    const exportArgs = {
+      format: args.export!,
+      output: exportTo,
+      tokenizer: args.tokenizer,
+      overwrite: args.overwrite,
+    };
     await exportCommand(args.output, exportArgs, capture);
   }
   return lines;
@@ -380,6 +406,7 @@ async function streamQuantizeCommand(
   modelPath: string,
   method: StreamingMethod,
   args: QuantizeArgs,
+  output: OutputOptions,
   exportTo: string | undefined,
   out: Output,
 ) {
@@ -391,6 +418,7 @@ async function streamQuantizeCommand(
     sinq: { iters: args.sinqIters ?? SINQ_DEFAULTS.iters },
     tokenizer: args.tokenizer,
     onProgress: (p) => progress.update(p.layer, p.layers),
+    ...output,
   });
   progress.finish();
   const result = {
@@ -489,6 +517,11 @@ function printAllocation(r: MixedReport, achievedBits: number, out: Output): voi
       `predicted ${r.predictedBits} bits (${r.predictedBitsPerWeight!.toFixed(3)} bits/weight), achieved ${achievedBits} bits; ` +
       `predicted loss ${r.predictedLoss!.toPrecision(4)}, measured KLD ${r.measuredLoss!.toPrecision(4)} on ${r.measuredTokens} calibration tokens`,
   );
+}
+
+/** GGUF is one file, every other export a directory. */
+function exportKind(format: string): 'file' | 'directory' {
+  return format === 'gguf' ? 'file' : 'directory';
 }
 
 /** The path `ptq quantize --export` writes to (validated before any work). */
@@ -625,9 +658,8 @@ export const EXPORT_FORMATS = {
 } as const;
 export type ExportFormat = keyof typeof EXPORT_FORMATS;
 
-export interface ExportArgs {
+export interface ExportArgs extends OutputArgs {
   format: string;
-  output: string;
   tokenizer?: string;
   /** onnx: comma-separated dtypes (fp32, q8, q4, q2); default: the checkpoint's own width, or fp32. */
   dtype?: string;
@@ -640,9 +672,10 @@ export interface ExportArgs {
 }
 
 async function exportGgufCommand(modelPath: string, args: ExportArgs, out: Output) {
-  await assertWritableOutput(args.output);
+  const output = await guardOutput(args, [modelPath, args.tokenizer], 'file');
   const model = await loadModel(modelPath, { tokenizer: args.tokenizer });
   const report = await exportGguf(model, args.output, {
+    ...output,
     type: args.type ?? 'auto',
     pure: args.pure,
     onWarning: out.json ? undefined : (m) => console.error(`ptq: warning: ${m}`),
@@ -688,9 +721,10 @@ async function exportSafetensorsCommand(
   out: Output,
   write: typeof exportGptq | typeof exportCompressedTensors,
 ) {
-  await assertWritableOutput(args.output);
+  const output = await guardOutput(args, [modelPath, args.tokenizer]);
   const model = await loadModel(modelPath, { tokenizer: args.tokenizer });
   const report: SafetensorsExportReport = await write(model, args.output, {
+    ...output,
     onWarning: out.json ? undefined : (m) => console.error(`ptq: warning: ${m}`),
   });
   if (out.json) return out.log(JSON.stringify(report, null, 2));
@@ -721,9 +755,10 @@ async function exportOnnxCommand(modelPath: string, args: ExportArgs, out: Outpu
         got: d,
       });
   }
-  await assertWritableOutput(args.output);
+  const output = await guardOutput(args, [modelPath, args.tokenizer]);
   const model = await loadModel(modelPath, { tokenizer: args.tokenizer });
   const report = await exportOnnx(model, args.output, {
+    ...output,
     dtypes,
     externalData: args.externalData ?? 'auto',
     onWarning: out.json ? undefined : (m) => console.error(`ptq: warning: ${m}`),
@@ -753,12 +788,12 @@ async function exportOnnxCommand(modelPath: string, args: ExportArgs, out: Outpu
 // ---------- compare ----------
 
 export interface CompareArgs
-  extends Pick<EvalArgs, 'text' | 'ctx' | 'stride' | 'keepPartial' | 'maxTokens' | 'tokenizer'> {
+  extends Pick<EvalArgs, 'text' | 'ctx' | 'stride' | 'keepPartial' | 'maxTokens' | 'tokenizer'>,
+    OutputArgs {
   methods: string[];
   bits: number[];
   formats: string[];
   groupSize: number;
-  output: string;
   calib?: string;
   nsamples: number;
   seqlen: number;
@@ -771,7 +806,7 @@ export async function compareCommand(
   args: CompareArgs,
   out: Output,
 ): Promise<CompareResults> {
-  await assertWritableOutput(args.output);
+  const output = await guardOutput(args, [modelPath, args.tokenizer, args.text, args.calib]);
   const model = await loadModel(modelPath, { tokenizer: args.tokenizer });
   let tokens = model.tokenizer.encode(await readText(args.text));
   if (args.maxTokens) tokens = tokens.slice(0, args.maxTokens);
@@ -790,10 +825,14 @@ export async function compareCommand(
     onProgress: (p) => progress.update(p.run, p.runs, p.label),
   });
   progress.finish();
-  await writeDirectoryAtomically(args.output, async (dir) => {
-    await writeFile(path.join(dir, 'results.json'), `${JSON.stringify(results, null, 2)}\n`);
-    await writeFile(path.join(dir, 'report.html'), renderReport(results));
-  });
+  await writeDirectoryAtomically(
+    args.output,
+    async (dir) => {
+      await writeFile(path.join(dir, 'results.json'), `${JSON.stringify(results, null, 2)}\n`);
+      await writeFile(path.join(dir, 'report.html'), renderReport(results));
+    },
+    output,
+  );
   const summary = { output: path.resolve(args.output), ...results, peakRssMiB: peakRssMiB() };
   if (out.json) {
     out.log(JSON.stringify(summary, null, 2));

@@ -40,9 +40,11 @@
  *  - float zero points (HQQ), column scales (SINQ), E5M2 codes and act-order on formats without
  *    weight_g_idx (NVFP4, MX) are re-quantized with RTN from the dequantized weights.
  */
+
 import { ConfigError, UsageError } from '../errors.js';
 import { packBits } from '../formats/bitpack.js';
 import { ELEMENT_FORMATS, FP8_E4M3 } from '../formats/element-formats.js';
+import type { OutputOptions } from '../io/atomic.js';
 import { encodeParams } from '../io/ptq-checkpoint.js';
 import type { TensorToWrite } from '../io/safetensors.js';
 import type { LoadedModel } from '../model/load.js';
@@ -75,7 +77,7 @@ export type CtFormat =
   | 'mxfp4-pack-quantized'
   | 'mxfp8-quantized';
 
-export interface CompressedTensorsExportOptions {
+export interface CompressedTensorsExportOptions extends OutputOptions {
   onWarning?(message: string): void;
 }
 
@@ -351,6 +353,8 @@ export async function exportCompressedTensors(
     planned,
     encodeCompressedTensorsLinear,
     quantizationConfig,
+    {},
+    options,
   );
   const w = weights as {
     actorder: string | null;

@@ -3,6 +3,7 @@
  * "pure" llama-quantize would write it:
  *
  *  - metadata: general.architecture "llama", general.name, general.file_type (llama_ftype),
+ *    general.quantized_by "ptqkit" (what lets a later export replace the file),
  *    general.quantization_version 2, general.alignment 32, llama.context_length,
  *    embedding_length, block_count, feed_forward_length, rope.dimension_count, rope.freq_base,
  *    attention.head_count(_kv), attention.layer_norm_rms_epsilon, vocab_size; tokenizer.ggml.*
@@ -25,7 +26,8 @@
 import path from 'node:path';
 import { ConfigError, UsageError } from '../errors.js';
 import { encodeValues, type GgmlType, ggmlType, rowBytes, typeForRow } from '../formats/ggml.js';
-import { type GgufKv, type GgufTensorToWrite, kv, writeGguf } from '../io/gguf.js';
+import { checkOutput, type OutputOptions, yieldToSignals } from '../io/atomic.js';
+import { GgufFile, type GgufKv, type GgufTensorToWrite, kv, writeGguf } from '../io/gguf.js';
 import { EMBED, LM_HEAD } from '../model/architecture.js';
 import type { LoadedModel } from '../model/load.js';
 import type { QuantizedTensor } from '../quant/quantized-tensor.js';
@@ -88,7 +90,7 @@ const FILE_TYPE: Record<string, number> = {
   TQ2_0: 37,
 };
 
-export interface GgufExportOptions {
+export interface GgufExportOptions extends OutputOptions {
   /**
    * A ggml type name, a llama-quantize mix (q4_k_m...; q2_k and q6_k are mixes too), or 'auto':
    * the type holding a ptqkit checkpoint's codes exactly, else F32.
@@ -126,6 +128,12 @@ export async function exportGguf(
 ): Promise<GgufExportReport> {
   const { config } = model;
   assertWeightOnly(model, 'gguf');
+  await checkOutput(out, {
+    kind: 'file',
+    inputs: [model.path, ...model.tokenizerFiles, ...(options.inputs ?? [])],
+    overwrite: options.overwrite,
+    replaceable: isPtqGguf,
+  });
   if (config.modelType !== 'llama')
     throw new ConfigError('GGUF export supports Llama-family models', { got: config.modelType });
   const warnings: string[] = [];
@@ -156,7 +164,8 @@ export async function exportGguf(
       );
     }
     let source: ExportedTensor['source'] = 'float';
-    let data: () => Uint8Array = () => encodeValues(type, permuteRows(t.data, t.shape, rowOrder));
+    let data: GgufTensorToWrite['data'] = () =>
+      encodeInterruptibly(type, permuteRows(t.data, t.shape, rowOrder));
     if (q && isMatrix) {
       ({ source, data, type } = fromCodes(name, q, type, rowOrder, t.data, t.shape, warn));
     }
@@ -169,6 +178,7 @@ export async function exportGguf(
     kv.str('general.name', path.basename(model.path).replace(/\.(bin|gguf)$/, '')),
     kv.u32('general.file_type', GGUF_MIXES[typeName]?.ftype ?? FILE_TYPE[target.name]!),
     kv.u32('general.quantization_version', 2),
+    kv.str('general.quantized_by', QUANTIZED_BY),
     kv.u32('llama.context_length', config.maxPositions),
     kv.u32('llama.embedding_length', config.hiddenSize),
     kv.u32('llama.block_count', config.numLayers),
@@ -247,6 +257,34 @@ function permuteRows(data: Float32Array, shape: number[], order?: Int32Array): F
   return out;
 }
 
+/** Values encoded per piece (whole blocks): a pending Ctrl-C is handled between pieces. */
+const PIECE_VALUES = 1 << 18;
+
+/** `encodeValues` in pieces of whole blocks (blocks are independent: the bytes are identical). */
+async function encodeInterruptibly(type: GgmlType, x: Float32Array): Promise<Uint8Array> {
+  if (x.length % type.blockSize !== 0 || x.length <= PIECE_VALUES) return encodeValues(type, x);
+  const blocks = x.length / type.blockSize;
+  const blocksPerPiece = Math.max(1, Math.floor(PIECE_VALUES / type.blockSize));
+  const out = new Uint8Array(blocks * type.typeSize);
+  for (let b = 0; b < blocks; b += blocksPerPiece) {
+    const end = Math.min(blocks, b + blocksPerPiece);
+    out.set(encodeValues(type, x.subarray(b * type.blockSize, end * type.blockSize)), b * type.typeSize);
+    await yieldToSignals();
+  }
+  return out;
+}
+
+/** `general.quantized_by` of the files ptq writes: how a later export knows it may replace one. */
+const QUANTIZED_BY = 'ptqkit';
+
+/** Whether `file` is a GGUF file ptq wrote (so `ptq export -o file` may replace it). */
+export async function isPtqGguf(file: string): Promise<boolean> {
+  const gguf = await GgufFile.open(file).catch(() => undefined);
+  if (!gguf) return false;
+  await gguf.close();
+  return gguf.get('general.quantized_by') === QUANTIZED_BY;
+}
+
 function fromCodes(
   name: string,
   q: QuantizedTensor,
@@ -255,7 +293,7 @@ function fromCodes(
   dequantized: Float32Array,
   shape: number[],
   warn: (m: string) => void,
-): { source: ExportedTensor['source']; data: () => Uint8Array; type: GgmlType } {
+): { source: ExportedTensor['source']; data: GgufTensorToWrite['data']; type: GgmlType } {
   const mapped = codesToBlocks(q, type, rowOrder);
   if (mapped.ok) {
     if (mapped.inexactBlocks > 0) {
@@ -269,7 +307,7 @@ function fromCodes(
   warn(`${name}: ${mapped.reason}; re-quantized to ${type.name} from the dequantized weights`);
   return {
     source: 'requantized',
-    data: () => encodeValues(type, permuteRows(dequantized, shape, rowOrder)),
+    data: () => encodeInterruptibly(type, permuteRows(dequantized, shape, rowOrder)),
     type,
   };
 }

@@ -35,8 +35,10 @@
  *    with RTN onto the nearest GPTQ grid (same group size, 2/3/4/8 bits ≥ the element width)
  *    from the dequantized weights (announced).
  */
+
 import { ConfigError, UsageError } from '../errors.js';
 import { encodeF16, roundToF16 } from '../formats/half.js';
+import type { OutputOptions } from '../io/atomic.js';
 import type { TensorToWrite } from '../io/safetensors.js';
 import type { LoadedModel } from '../model/load.js';
 import { blockShapeOf, type GridSpec, gridName } from '../quant/grid.js';
@@ -63,7 +65,7 @@ import { assertWeightOnly } from './weight-only.js';
 /** Code widths the GPTQ v1 layout (and transformers' GPTQConfig) accepts. */
 export const GPTQ_BITS = [2, 3, 4, 8] as const;
 
-export interface GptqExportOptions {
+export interface GptqExportOptions extends OutputOptions {
   /** Called with each warning (re-quantization, mapped grids, f16 rounding, zero points). */
   onWarning?(message: string): void;
 }
@@ -304,9 +306,17 @@ export async function exportGptq(
     pack_dtype: 'int32',
     meta: { quantizer: ['ptqkit'], ptqkit_method: model.quantization?.method ?? 'rtn' },
   };
-  const written = await writeQuantizedModel(model, outDir, planned, encodeGptqTensors, quantizeConfig, {
-    'quantize_config.json': quantizeConfig,
-  });
+  const written = await writeQuantizedModel(
+    model,
+    outDir,
+    planned,
+    encodeGptqTensors,
+    quantizeConfig,
+    {
+      'quantize_config.json': quantizeConfig,
+    },
+    options,
+  );
   return {
     ...written,
     format: 'gptq',

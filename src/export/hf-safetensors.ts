@@ -13,7 +13,7 @@ import { existsSync } from 'node:fs';
 import { copyFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { ConfigError, ShapeError } from '../errors.js';
-import { writeDirectoryAtomically } from '../io/atomic.js';
+import { type OutputOptions, writeDirectoryAtomically } from '../io/atomic.js';
 import { Llama2cTokenizer } from '../io/llama2c-tokenizer.js';
 import { type TensorToWrite, writeSafetensors } from '../io/safetensors.js';
 import { BLOCK_LINEARS, linearWeightName } from '../model/architecture.js';
@@ -269,7 +269,8 @@ export async function writeQuantizedModel<L extends PlannedLinear>(
   planned: L[],
   encode: (base: string, l: L) => TensorToWrite[],
   quantizationConfig: Record<string, unknown>,
-  extra: Record<string, unknown> = {},
+  extra: Record<string, unknown>,
+  output: OutputOptions,
 ): Promise<Pick<SafetensorsExportReport, 'output' | 'linears' | 'bitsPerWeight' | 'bytes' | 'tokenizer'>> {
   const quantized = new Map(planned.map((l) => [l.name, l]));
   const tensors: TensorToWrite[] = [];
@@ -289,7 +290,14 @@ export async function writeQuantizedModel<L extends PlannedLinear>(
     linearBytes += bytes;
     linears.push({ name, grid: gridName(l.q.spec), source: l.source, bytes, note: l.note });
   }
-  const { bytes, tokenizer } = await writeHfDirectory(outDir, model, tensors, quantizationConfig, extra);
+  const { bytes, tokenizer } = await writeHfDirectory(
+    outDir,
+    model,
+    tensors,
+    quantizationConfig,
+    extra,
+    output,
+  );
   return {
     output: path.resolve(outDir),
     linears,
@@ -311,34 +319,39 @@ export async function writeHfDirectory(
   tensors: TensorToWrite[],
   quantizationConfig: Record<string, unknown>,
   extra: Record<string, unknown> = {},
+  output: OutputOptions = {},
 ): Promise<{ bytes: number; tokenizer: SafetensorsExportReport['tokenizer'] }> {
   const { quantization_config: _ptqkit, ...config } = model.hfConfig;
   let tokenizer: SafetensorsExportReport['tokenizer'] = 'none';
-  await writeDirectoryAtomically(outDir, async (tmp) => {
-    await writeSafetensors(path.join(tmp, SAFETENSORS_FILE), tensors, { format: 'pt' });
-    await writeJson(path.join(tmp, 'config.json'), { ...config, quantization_config: quantizationConfig });
-    for (const [file, json] of Object.entries(extra)) await writeJson(path.join(tmp, file), json);
-    const c = model.config;
-    const sourceGeneration = path.join(model.path, 'generation_config.json');
-    if (model.source === 'huggingface' && existsSync(sourceGeneration)) {
-      await copyFile(sourceGeneration, path.join(tmp, 'generation_config.json'));
-    } else {
-      await writeJson(path.join(tmp, 'generation_config.json'), {
-        ...(c.bosTokenId !== undefined && { bos_token_id: c.bosTokenId }),
-        ...(c.eosTokenId !== undefined && { eos_token_id: c.eosTokenId }),
-      });
-    }
-    if (model.tokenizer instanceof Llama2cTokenizer) {
-      for (const [name, json] of Object.entries(llama2cTokenizerJson(model.tokenizer.vocabulary(), c)))
-        await writeJson(path.join(tmp, name), json);
-      tokenizer = 'converted from tokenizer.bin';
-    } else {
-      // A GGUF source's vocabulary lives in the .gguf file itself: no Hugging Face files to copy.
-      const files = model.tokenizerFiles.filter((f) => !f.endsWith('.gguf'));
-      for (const f of files) await copyFile(f, path.join(tmp, path.basename(f)));
-      if (files.length) tokenizer = 'copied';
-    }
-  });
+  await writeDirectoryAtomically(
+    outDir,
+    async (tmp) => {
+      await writeSafetensors(path.join(tmp, SAFETENSORS_FILE), tensors, { format: 'pt' });
+      await writeJson(path.join(tmp, 'config.json'), { ...config, quantization_config: quantizationConfig });
+      for (const [file, json] of Object.entries(extra)) await writeJson(path.join(tmp, file), json);
+      const c = model.config;
+      const sourceGeneration = path.join(model.path, 'generation_config.json');
+      if (model.source === 'huggingface' && existsSync(sourceGeneration)) {
+        await copyFile(sourceGeneration, path.join(tmp, 'generation_config.json'));
+      } else {
+        await writeJson(path.join(tmp, 'generation_config.json'), {
+          ...(c.bosTokenId !== undefined && { bos_token_id: c.bosTokenId }),
+          ...(c.eosTokenId !== undefined && { eos_token_id: c.eosTokenId }),
+        });
+      }
+      if (model.tokenizer instanceof Llama2cTokenizer) {
+        for (const [name, json] of Object.entries(llama2cTokenizerJson(model.tokenizer.vocabulary(), c)))
+          await writeJson(path.join(tmp, name), json);
+        tokenizer = 'converted from tokenizer.bin';
+      } else {
+        // A GGUF source's vocabulary lives in the .gguf file itself: no Hugging Face files to copy.
+        const files = model.tokenizerFiles.filter((f) => !f.endsWith('.gguf'));
+        for (const f of files) await copyFile(f, path.join(tmp, path.basename(f)));
+        if (files.length) tokenizer = 'copied';
+      }
+    },
+    { ...output, inputs: [model.path, ...(output.inputs ?? [])] },
+  );
   const { size: bytes } = await stat(path.join(outDir, SAFETENSORS_FILE));
   return { bytes, tokenizer };
 }

@@ -29,7 +29,7 @@ import { existsSync } from 'node:fs';
 import { copyFile, mkdir, mkdtemp, open, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { ConfigError, UsageError } from '../errors.js';
-import { writeDirectoryAtomically } from '../io/atomic.js';
+import { type OutputOptions, writeDirectoryAtomically } from '../io/atomic.js';
 import { Llama2cTokenizer } from '../io/llama2c-tokenizer.js';
 import { buildOnnxModelExternal, type ExternalChunk, GraphAssembler } from '../io/onnx-builder.js';
 import { BLOCK_LINEARS, linearWeightName } from '../model/architecture.js';
@@ -79,7 +79,7 @@ const EXTERNAL_THRESHOLD = 1024;
 /** Largest .onnx_data chunk: under 2 GiB, so each chunk fits one ArrayBuffer in browsers too. */
 const MAX_CHUNK_BYTES = 2 ** 31 - 2 ** 26;
 
-export interface OnnxExportOptions {
+export interface OnnxExportOptions extends OutputOptions {
   /** Variants to write; default: the checkpoint's own width (q2/q4/q8), or fp32 for float models. */
   dtypes?: OnnxDtype[];
   /** Store weights in `<file>.onnx_data` files: always, never, or above 1 GiB of weights (default). */
@@ -157,29 +157,33 @@ export async function exportOnnx(
   const variants: OnnxVariantReport[] = [];
   const files: { path: string; bytes: number }[] = [];
   let tokenizer: OnnxExportReport['tokenizer'] = 'copied';
-  await writeDirectoryAtomically(outDir, async (tmp) => {
-    await mkdir(path.join(tmp, 'onnx'));
-    for (const dtype of dtypes)
-      variants.push(
-        await writeVariant(model, dtype, path.join(tmp, 'onnx'), options.externalData ?? 'auto', warn),
+  await writeDirectoryAtomically(
+    outDir,
+    async (tmp) => {
+      await mkdir(path.join(tmp, 'onnx'));
+      for (const dtype of dtypes)
+        variants.push(
+          await writeVariant(model, dtype, path.join(tmp, 'onnx'), options.externalData ?? 'auto', warn),
+        );
+      const external = Object.fromEntries(
+        variants.filter((v) => v.externalFiles.length).map((v) => [v.file, v.externalFiles.length]),
       );
-    const external = Object.fromEntries(
-      variants.filter((v) => v.externalFiles.length).map((v) => [v.file, v.externalFiles.length]),
-    );
-    await writeJson(path.join(tmp, 'config.json'), transformersConfig(model, dtypes[0]!, external));
-    const sourceGeneration = path.join(model.path, 'generation_config.json');
-    if (model.source !== 'llama2c' && existsSync(sourceGeneration))
-      await copyFile(sourceGeneration, path.join(tmp, 'generation_config.json'));
-    else await writeJson(path.join(tmp, 'generation_config.json'), generationConfig(model));
-    if (model.tokenizer instanceof Llama2cTokenizer) {
-      // llama2.c ships tokenizer.bin only: write the equivalent Hugging Face tokenizer files.
-      const converted = llama2cTokenizerJson(model.tokenizer.vocabulary(), model.config);
-      for (const [name, json] of Object.entries(converted)) await writeJson(path.join(tmp, name), json);
-      tokenizer = 'converted from tokenizer.bin';
-    } else {
-      for (const file of model.tokenizerFiles) await copyFile(file, path.join(tmp, path.basename(file)));
-    }
-  });
+      await writeJson(path.join(tmp, 'config.json'), transformersConfig(model, dtypes[0]!, external));
+      const sourceGeneration = path.join(model.path, 'generation_config.json');
+      if (model.source !== 'llama2c' && existsSync(sourceGeneration))
+        await copyFile(sourceGeneration, path.join(tmp, 'generation_config.json'));
+      else await writeJson(path.join(tmp, 'generation_config.json'), generationConfig(model));
+      if (model.tokenizer instanceof Llama2cTokenizer) {
+        // llama2.c ships tokenizer.bin only: write the equivalent Hugging Face tokenizer files.
+        const converted = llama2cTokenizerJson(model.tokenizer.vocabulary(), model.config);
+        for (const [name, json] of Object.entries(converted)) await writeJson(path.join(tmp, name), json);
+        tokenizer = 'converted from tokenizer.bin';
+      } else {
+        for (const file of model.tokenizerFiles) await copyFile(file, path.join(tmp, path.basename(file)));
+      }
+    },
+    { overwrite: options.overwrite, inputs: [model.path, ...(options.inputs ?? [])] },
+  );
   for (const name of await readdir(outDir, { recursive: true })) {
     const info = await stat(path.join(outDir, name));
     if (info.isFile()) files.push({ path: name, bytes: info.size });

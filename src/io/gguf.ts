@@ -25,10 +25,10 @@
  * complete (an interrupted export never leaves a file that looks finished).
  */
 import { readSync } from 'node:fs';
-import { open, rename, rm } from 'node:fs/promises';
-import path from 'node:path';
+import { open } from 'node:fs/promises';
 import { FileError, FormatError, PtqError } from '../errors.js';
 import { decodeValues, type GgmlType, ggmlTypeById, rowBytes } from '../formats/ggml.js';
+import { writeFileAtomically } from './atomic.js';
 
 export const GGUF_MAGIC = 0x46554747; // "GGUF" read as little-endian u32
 export const GGUF_DEFAULT_ALIGNMENT = 32;
@@ -737,8 +737,8 @@ export function encodeGgufHeader(
 }
 
 /**
- * Write a GGUF v3 file: header, then each tensor's bytes (aligned), streamed into
- * `<file>.ptq-tmp-<pid>` and renamed to `file` only when complete.
+ * Write a GGUF v3 file: header, then each tensor's bytes (aligned), streamed into an exclusively
+ * created temporary sibling that is renamed to `file` only when complete (io/atomic.ts).
  */
 export async function writeGguf(
   file: string,
@@ -747,19 +747,9 @@ export async function writeGguf(
   alignment = GGUF_DEFAULT_ALIGNMENT,
 ): Promise<{ bytes: number }> {
   const { header, sizes } = encodeGgufHeader(metadata, tensors, alignment);
-  const target = path.resolve(file);
-  const tmp = path.join(path.dirname(target), `.${path.basename(target)}.ptq-tmp-${process.pid}`);
-  const handle = await open(tmp, 'w').catch((e: NodeJS.ErrnoException) => {
-    throw new FileError('cannot create the output file', {
-      file,
-      got: e.code,
-      hint: 'choose a writable location with -o',
-    });
-  });
-  let written = 0;
-  try {
+  return writeFileAtomically(file, async (handle) => {
     await handle.write(header, 0, header.length, 0);
-    written = header.length;
+    let written = header.length;
     for (let i = 0; i < tensors.length; i++) {
       const t = tensors[i]!;
       const data = await t.data();
@@ -779,14 +769,6 @@ export async function writeGguf(
         written += pad;
       }
     }
-    await handle.sync();
-    await handle.close();
-    await rename(tmp, target);
     return { bytes: written };
-  } catch (e) {
-    await handle.close().catch(() => {});
-    await rm(tmp, { force: true });
-    if (e instanceof PtqError) throw e;
-    throw new FileError(`writing the GGUF file failed: ${(e as Error).message}`, { file });
-  }
+  });
 }

@@ -35,7 +35,7 @@ import { E8M0 } from '../formats/minifloat.js';
 import { type GridSpec, makeGrid } from '../quant/grid.js';
 import { dequantize, outlierIndexDtypes, type QuantizedTensor } from '../quant/quantized-tensor.js';
 import type { TensorMap } from '../tensor.js';
-import { writeDirectoryAtomically } from './atomic.js';
+import { type OutputOptions, writeDirectoryAtomically } from './atomic.js';
 import { SafetensorsModel, type TensorHeader, type TensorToWrite, writeSafetensors } from './safetensors.js';
 
 export const CHECKPOINT_FILE = 'model.safetensors';
@@ -67,6 +67,7 @@ export async function writePtqCheckpoint(
   outDir: string,
   model: CheckpointSource,
   q: PtqQuantization,
+  output: OutputOptions = {},
 ): Promise<void> {
   const tensors: TensorToWrite[] = [];
   const entries: Record<string, TensorEntry> = {};
@@ -79,10 +80,14 @@ export async function writePtqCheckpoint(
     entries[name] = checkpointEntry(qt);
     tensors.push(...quantizedTensorsToWrite(name, qt));
   }
-  await writeDirectoryAtomically(outDir, async (tmp) => {
-    await writeSafetensors(path.join(tmp, CHECKPOINT_FILE), tensors, checkpointMetadata(entries));
-    await finishCheckpointDirectory(tmp, model, q);
-  });
+  await writeDirectoryAtomically(
+    outDir,
+    async (tmp) => {
+      await writeSafetensors(path.join(tmp, CHECKPOINT_FILE), tensors, checkpointMetadata(entries));
+      await finishCheckpointDirectory(tmp, model, q);
+    },
+    output,
+  );
 }
 
 /** The metadata entry of a quantized weight: the per-tensor scale is a tensor of its own, not metadata. */

@@ -7,12 +7,14 @@
  *       [--accuracy-level 0..4] [--no-gather] [--calib text --nsamples n --seqlen n (gptq, LM dirs)]
  *   ptq eval <quantized.onnx> --ref <original.onnx> [--text file (LM dirs: perplexity, KLD)]
  */
+
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { FileError, UsageError } from '../errors.js';
 import { evaluate } from '../eval/perplexity.js';
 import { ONNX_DTYPES, type OnnxDtype } from '../export/onnx.js';
 import { OnnxCausalLM } from '../export/onnx-session.js';
+import { checkOutput } from '../io/atomic.js';
 import { HfTokenizer } from '../io/hf-tokenizer.js';
 import type { Decoder } from '../model/decoder.js';
 import { sampleCalibrationWindows } from '../quant/calibrate.js';
@@ -30,6 +32,8 @@ interface Output {
 
 export interface OnnxQuantizeArgs {
   output: string;
+  /** Write into an existing output ptq did not write (io/atomic.ts). */
+  overwrite?: boolean;
   method: string;
   bits: number;
   groupSize: number;
@@ -78,6 +82,9 @@ export async function quantizeOnnxCommand(input: string, args: OnnxQuantizeArgs,
       got: args.method,
     });
   const method = args.method as OnnxMethod;
+  // The whole model directory is the input: the output may not be it, hold it or sit inside it.
+  const inputs = [modelRoot(input), input, args.calib];
+  await checkOutput(args.output, { kind: 'directory', inputs, overwrite: args.overwrite });
   // --dtype names the files (and their bits); --bits only picks the default dtype.
   const dtypes = (args.dtype ?? DEFAULT_DTYPE[args.bits] ?? '')
     .split(',')
@@ -116,6 +123,8 @@ export async function quantizeOnnxCommand(input: string, args: OnnxQuantizeArgs,
     hessian = (name) => stats.get(name)?.H;
   }
   const report = await quantizeOnnx(input, args.output, {
+    overwrite: args.overwrite,
+    inputs,
     dtypes,
     blockSize,
     symmetric: !args.asym,

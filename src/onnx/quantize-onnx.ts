@@ -20,7 +20,7 @@ import { existsSync } from 'node:fs';
 import { copyFile, mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { FileError, UsageError } from '../errors.js';
-import { writeDirectoryAtomically } from '../io/atomic.js';
+import { type OutputOptions, writeDirectoryAtomically } from '../io/atomic.js';
 import { type DynamicQ8Report, quantizeDynamicQ8 } from './dynamic-q8.js';
 import { convertToFloat16, type Fp16Report } from './fp16.js';
 import { OnnxModel, writeOnnxModel } from './model-file.js';
@@ -60,7 +60,7 @@ export function isOnnxModelPath(p: string): boolean {
   );
 }
 
-export interface OnnxQuantizeOptions extends Omit<WeightOnlyOptions, 'bits'> {
+export interface OnnxQuantizeOptions extends Omit<WeightOnlyOptions, 'bits'>, OutputOptions {
   dtypes: OnnxQuantDtype[];
   externalData?: boolean | 'auto';
   onWarning?: (m: string) => void;
@@ -131,46 +131,50 @@ export async function quantizeOnnx(
   const { files, root } = await sourceGraphs(input);
   const graphs: OnnxGraphReport[] = [];
   const copied: string[] = [];
-  await writeDirectoryAtomically(outDir, async (tmp) => {
-    const onnxOut = path.join(tmp, 'onnx');
-    await mkdir(onnxOut);
-    for (const file of files) {
-      const base = path.basename(file, '.onnx');
-      for (const dtype of o.dtypes) {
-        o.onStage?.(`${path.basename(file)} → ${dtype}`);
-        const t0 = performance.now();
-        // Each dtype starts from the source graph: the passes edit the model in place.
-        const model = await OnnxModel.read(file);
-        try {
-          const passes = await applyDtype(model, dtype, o);
-          const target = path.join(onnxOut, `${base}${ONNX_QUANT_DTYPES[dtype].suffix}.onnx`);
-          const written = await writeOnnxModel(model, target, { externalData: o.externalData ?? 'auto' });
-          graphs.push({
-            source: file,
-            dtype,
-            file: path.relative(tmp, target),
-            bytes: written.bytes,
-            sourceBytes: await graphBytes(file),
-            externalFiles: written.externalFiles,
-            ...passes,
-            seconds: (performance.now() - t0) / 1000,
-          });
-        } finally {
-          await model.close();
+  await writeDirectoryAtomically(
+    outDir,
+    async (tmp) => {
+      const onnxOut = path.join(tmp, 'onnx');
+      await mkdir(onnxOut);
+      for (const file of files) {
+        const base = path.basename(file, '.onnx');
+        for (const dtype of o.dtypes) {
+          o.onStage?.(`${path.basename(file)} → ${dtype}`);
+          const t0 = performance.now();
+          // Each dtype starts from the source graph: the passes edit the model in place.
+          const model = await OnnxModel.read(file);
+          try {
+            const passes = await applyDtype(model, dtype, o);
+            const target = path.join(onnxOut, `${base}${ONNX_QUANT_DTYPES[dtype].suffix}.onnx`);
+            const written = await writeOnnxModel(model, target, { externalData: o.externalData ?? 'auto' });
+            graphs.push({
+              source: file,
+              dtype,
+              file: path.relative(tmp, target),
+              bytes: written.bytes,
+              sourceBytes: await graphBytes(file),
+              externalFiles: written.externalFiles,
+              ...passes,
+              seconds: (performance.now() - t0) / 1000,
+            });
+          } finally {
+            await model.close();
+          }
         }
       }
-    }
-    if (root) {
-      for (const name of await readdir(root)) {
-        const from = path.join(root, name);
-        if (name === 'onnx' || !(await stat(from)).isFile()) continue;
-        await copyFile(from, path.join(tmp, name));
-        copied.push(name);
+      if (root) {
+        for (const name of await readdir(root)) {
+          const from = path.join(root, name);
+          if (name === 'onnx' || !(await stat(from)).isFile()) continue;
+          await copyFile(from, path.join(tmp, name));
+          copied.push(name);
+        }
+        if (copied.includes('config.json'))
+          await updateConfig(path.join(tmp, 'config.json'), graphs, o.dtypes[0]!);
       }
-      if (copied.includes('config.json'))
-        await updateConfig(path.join(tmp, 'config.json'), graphs, o.dtypes[0]!);
-    }
-  });
+    },
+    { overwrite: o.overwrite, inputs: [input, ...(o.inputs ?? [])] },
+  );
   return { output: path.resolve(outDir), graphs, copied };
 }
 

@@ -32,7 +32,7 @@
 import path from 'node:path';
 import { FormatError, PtqError, UsageError } from '../errors.js';
 import { decodeBf16Checked, decodeF16Checked } from '../formats/half.js';
-import { writeDirectoryAtomically } from '../io/atomic.js';
+import { type OutputOptions, writeDirectoryAtomically } from '../io/atomic.js';
 import {
   CHECKPOINT_FILE,
   checkpointEntry,
@@ -76,7 +76,7 @@ import { kurtosis, quantizeSinq, SINQ_DEFAULTS, type SinqOptions } from './sinq.
 export const STREAMING_METHODS = ['rtn', 'hqq', 'sinq'] as const;
 export type StreamingMethod = (typeof STREAMING_METHODS)[number];
 
-export interface StreamQuantizeOptions {
+export interface StreamQuantizeOptions extends OutputOptions {
   method: StreamingMethod;
   grid: GridSpec;
   hqq?: Partial<HqqOptions>;
@@ -195,71 +195,75 @@ export async function streamQuantize(
     let parameters = 0;
     const pieceBytes = options.copyPieceBytes ?? COPY_PIECE_BYTES;
     const remaining = Array.from({ length: model.config.numLayers }, () => blockLinears(model.config).length);
-    await writeDirectoryAtomically(outDir, async (tmp) => {
-      const file = path.join(tmp, CHECKPOINT_FILE);
-      const writer = await SafetensorsWriter.create(file, headers, checkpointMetadata(entries));
-      try {
-        const order = [...plan];
-        // The next row-wise RTN weight's bytes, read while the current one is quantized.
-        let prefetch: { name: string; raw: Promise<Uint8Array> } | undefined;
-        for (let i = 0; i < order.length; i++) {
-          const [name, t] = order[i]!;
-          const count = t.shape.reduce((a, b) => a * b, 1);
-          parameters += count;
-          if (!quantized.has(name)) {
-            otherBytes += count * 4;
-            if (t.passThrough) await copyAsFloat32(model.tensors, t.source, name, writer, pieceBytes);
-            else await writer.write(name, checked(name, await reader.read(name, t)).data);
-            continue;
-          }
-          let q: QuantizedTensor;
-          if (rowWise(t)) {
-            const raw = prefetch?.name === name ? prefetch.raw : model.tensors.readRaw(t.source);
-            prefetch = undefined;
-            const [nextName, next] = order[i + 1] ?? [];
-            if (next && quantized.has(nextName!) && rowWise(next)) {
-              prefetch = { name: nextName!, raw: model.tensors.readRaw(next.source) };
-              prefetch.raw.catch(() => {}); // awaited when its turn comes; no unhandled rejection before
+    await writeDirectoryAtomically(
+      outDir,
+      async (tmp) => {
+        const file = path.join(tmp, CHECKPOINT_FILE);
+        const writer = await SafetensorsWriter.create(file, headers, checkpointMetadata(entries));
+        try {
+          const order = [...plan];
+          // The next row-wise RTN weight's bytes, read while the current one is quantized.
+          let prefetch: { name: string; raw: Promise<Uint8Array> } | undefined;
+          for (let i = 0; i < order.length; i++) {
+            const [name, t] = order[i]!;
+            const count = t.shape.reduce((a, b) => a * b, 1);
+            parameters += count;
+            if (!quantized.has(name)) {
+              otherBytes += count * 4;
+              if (t.passThrough) await copyAsFloat32(model.tensors, t.source, name, writer, pieceBytes);
+              else await writer.write(name, checked(name, await reader.read(name, t)).data);
+              continue;
             }
-            q = quantizeRtnRows(model.tensors.info(t.source), await raw, name, grid as IntGrid);
-          } else {
-            q = quantizeOne(name, checked(name, await reader.read(name, t)));
-          }
-          // numerics.ts: the check of quantizeModel's store(), without dequantizing.
-          assertFiniteQuantizedParams(name, q);
-          if (JSON.stringify(checkpointEntry(q)) !== JSON.stringify(entries[name])) {
-            throw new PtqError(`internal: ${name} was quantized on another grid than the header announced`);
-          }
-          for (const piece of quantizedTensorsToWrite(name, q)) {
-            const next = writer.next;
-            if (
-              next?.name !== piece.name ||
-              next.dtype !== piece.dtype ||
-              `${next.shape}` !== `${piece.shape}`
-            ) {
-              throw new PtqError(
-                `internal: ${piece.name} ${piece.dtype} [${piece.shape}] differs from the header's ${next?.name} ${next?.dtype} [${next?.shape}]`,
-              );
+            let q: QuantizedTensor;
+            if (rowWise(t)) {
+              const raw = prefetch?.name === name ? prefetch.raw : model.tensors.readRaw(t.source);
+              prefetch = undefined;
+              const [nextName, next] = order[i + 1] ?? [];
+              if (next && quantized.has(nextName!) && rowWise(next)) {
+                prefetch = { name: nextName!, raw: model.tensors.readRaw(next.source) };
+                prefetch.raw.catch(() => {}); // awaited when its turn comes; no unhandled rejection before
+              }
+              q = quantizeRtnRows(model.tensors.info(t.source), await raw, name, grid as IntGrid);
+            } else {
+              q = quantizeOne(name, checked(name, await reader.read(name, t)));
             }
-            await writer.write(piece.name, piece.data);
+            // numerics.ts: the check of quantizeModel's store(), without dequantizing.
+            assertFiniteQuantizedParams(name, q);
+            if (JSON.stringify(checkpointEntry(q)) !== JSON.stringify(entries[name])) {
+              throw new PtqError(`internal: ${name} was quantized on another grid than the header announced`);
+            }
+            for (const piece of quantizedTensorsToWrite(name, q)) {
+              const next = writer.next;
+              if (
+                next?.name !== piece.name ||
+                next.dtype !== piece.dtype ||
+                `${next.shape}` !== `${piece.shape}`
+              ) {
+                throw new PtqError(
+                  `internal: ${piece.name} ${piece.dtype} [${piece.shape}] differs from the header's ${next?.name} ${next?.dtype} [${next?.shape}]`,
+                );
+              }
+              await writer.write(piece.name, piece.data);
+            }
+            quantizedBits += storedBits(q);
+            quantizedParameters += count;
+            const layer = quantized.get(name)!;
+            if (--remaining[layer]! === 0)
+              options.onProgress?.({ layer: layer + 1, layers: model.config.numLayers });
           }
-          quantizedBits += storedBits(q);
-          quantizedParameters += count;
-          const layer = quantized.get(name)!;
-          if (--remaining[layer]! === 0)
-            options.onProgress?.({ layer: layer + 1, layers: model.config.numLayers });
+          await writer.finish();
+        } catch (e) {
+          await writer.abort();
+          throw e;
         }
-        await writer.finish();
-      } catch (e) {
-        await writer.abort();
-        throw e;
-      }
-      await finishCheckpointDirectory(
-        tmp,
-        { hfConfig, tokenizerFiles: model.tokenizerFiles },
-        { method: options.method, settings },
-      );
-    });
+        await finishCheckpointDirectory(
+          tmp,
+          { hfConfig, tokenizerFiles: model.tokenizerFiles },
+          { method: options.method, settings },
+        );
+      },
+      { overwrite: options.overwrite, inputs: [modelDir, options.tokenizer, ...(options.inputs ?? [])] },
+    );
     return {
       config: model.config,
       hfConfig,
