@@ -21,7 +21,11 @@ import { Decoder } from '../model/decoder.js';
 import { type ActivationQuantSpec, checkActivationQuant } from '../model/input-ops.js';
 import { isPlainHfDirectory, type LoadedModel, loadModel } from '../model/load.js';
 import { type AllocationPlan, parseSize, planAllocation, presetGrids } from '../quant/allocate.js';
-import { sampleCalibrationWindows } from '../quant/calibrate.js';
+import {
+  checkCalibrationMemory,
+  checkCalibrationOptions,
+  sampleCalibrationWindows,
+} from '../quant/calibrate.js';
 import { type GridSpec, gridName, validateGrid } from '../quant/grid.js';
 import { HQQ_DEFAULTS } from '../quant/hqq.js';
 import type { FormatName } from '../quant/number-formats.js';
@@ -77,12 +81,68 @@ export function peakRssMiB(): number {
   return process.resourceUsage().maxRSS / 1024;
 }
 
+/**
+ * A UTF-8 text file (--text, --calib). Invalid UTF-8 is refused with the byte offset of its first
+ * invalid sequence rather than silently replaced by U+FFFD (tokens the text does not contain).
+ * A byte-order mark is kept, as before.
+ */
 export async function readText(file: string): Promise<string> {
+  let bytes: Buffer;
   try {
-    return await readFile(file, 'utf8');
+    bytes = await readFile(file);
   } catch (e) {
     throw new FileError('cannot read the text file', { file, got: (e as NodeJS.ErrnoException).code });
   }
+  try {
+    return new TextDecoder('utf-8', { fatal: true, ignoreBOM: true }).decode(bytes);
+  } catch {
+    const offset = firstInvalidUtf8(bytes);
+    const shown = [...bytes.subarray(offset, offset + 4)].map((b) => b.toString(16).padStart(2, '0'));
+    throw new FileError('text is not valid UTF-8', {
+      file,
+      offset,
+      got: `bytes ${shown.join(' ')}`,
+      hint: `convert it from its encoding, e.g. iconv -f latin1 -t utf-8 ${file} > text-utf8.txt`,
+    });
+  }
+}
+
+/**
+ * Offset of the first byte that does not start a well-formed UTF-8 sequence (Unicode Table 3-7:
+ * no overlong forms, surrogates or code points above U+10FFFF, no truncated sequence), or −1.
+ */
+export function firstInvalidUtf8(bytes: Uint8Array): number {
+  const n = bytes.length;
+  for (let i = 0; i < n; ) {
+    const b = bytes[i]!;
+    if (b < 0x80) {
+      i++;
+      continue;
+    }
+    // Continuation bytes after b, and the allowed range of the first one.
+    let more: number;
+    let lo = 0x80;
+    let hi = 0xbf;
+    if (b >= 0xc2 && b <= 0xdf) more = 1;
+    else if (b >= 0xe0 && b <= 0xef) {
+      more = 2;
+      if (b === 0xe0) lo = 0xa0;
+      else if (b === 0xed) hi = 0x9f;
+    } else if (b >= 0xf0 && b <= 0xf4) {
+      more = 3;
+      if (b === 0xf0) lo = 0x90;
+      else if (b === 0xf4) hi = 0x8f;
+    } else return i;
+    if (i + more >= n) return i;
+    const c = bytes[i + 1]!;
+    if (c < lo || c > hi) return i;
+    for (let k = 2; k <= more; k++) {
+      const d = bytes[i + k]!;
+      if (d < 0x80 || d > 0xbf) return i;
+    }
+    i += more + 1;
+  }
+  return -1;
 }
 
 // ---------- inspect ----------
@@ -543,9 +603,12 @@ export async function calibrationFor(
   model: LoadedModel,
   args: Pick<QuantizeArgs, 'calib' | 'nsamples' | 'seqlen' | 'seed'>,
 ): Promise<Calibration> {
+  checkCalibrationOptions(args);
   const seqlen = Math.min(args.seqlen, model.config.maxPositions);
-  const tokens = model.tokenizer.encode(await readText(args.calib!));
   const options = { nsamples: args.nsamples, seqlen, seed: args.seed };
+  // The residual stream of all windows, before the text is read and anything allocated.
+  checkCalibrationMemory(options, model.config.hiddenSize);
+  const tokens = model.tokenizer.encode(await readText(args.calib!));
   return {
     windows: sampleCalibrationWindows(tokens, options),
     seqlen,

@@ -8,7 +8,7 @@ import { PtqError, UsageError } from '../errors.js';
 import { GGUF_EXPORT_TYPES } from '../export/gguf.js';
 import { onnxEvalCommand, quantizeOnnxCommand } from '../onnx/commands.js';
 import { isOnnxModelPath, ONNX_QUANT_DTYPES } from '../onnx/quantize-onnx.js';
-import { CALIBRATION_DEFAULTS } from '../quant/calibrate.js';
+import { CALIBRATION_DEFAULTS, checkCalibrationOptions, MIN_SEQLEN } from '../quant/calibrate.js';
 import { GPTQ_DEFAULTS } from '../quant/gptq.js';
 import type { GridSpec, ScaleDtype } from '../quant/grid.js';
 import { HQQ_DEFAULTS } from '../quant/hqq.js';
@@ -29,7 +29,20 @@ import { demoCommand } from './demo.js';
 
 function integer(value: string): number {
   const n = Number(value);
-  if (!Number.isInteger(n)) throw new InvalidArgumentError(`expected an integer, got '${value}'`);
+  if (value.trim() === '' || !Number.isInteger(n)) {
+    throw new InvalidArgumentError(`expected an integer, got '${value}'`);
+  }
+  return n;
+}
+
+/** `--group-size`: a positive number of input columns, or -1 (GPTQ's convention) for one scale per output channel. */
+function groupSize(value: string): number {
+  const n = integer(value);
+  if (n !== -1 && n < 1) {
+    throw new InvalidArgumentError(
+      `expected a positive integer or -1 (one scale per output channel), got '${value}'`,
+    );
+  }
   return n;
 }
 
@@ -43,7 +56,7 @@ interface GridOptions {
 }
 
 /**
- * `--group-size -1` (GPTQ's convention) or 0 means one scale per output channel. Formats fix some
+ * `--group-size -1` (GPTQ's convention) means one scale per output channel. Formats fix some
  * options (number-formats.ts): only options given on the command line can disagree with them.
  */
 function gridFromOptions(o: GridOptions, given: (option: keyof GridOptions) => boolean): GridSpec {
@@ -68,7 +81,7 @@ function withCalibrationOptions(command: Command): Command {
     .option('--nsamples <n>', 'calibration windows', integer, CALIBRATION_DEFAULTS.nsamples)
     .option(
       '--seqlen <n>',
-      'tokens per calibration window (capped at the model context)',
+      `tokens per calibration window, at least ${MIN_SEQLEN} (capped at the model context)`,
       integer,
       CALIBRATION_DEFAULTS.seqlen,
     )
@@ -77,8 +90,7 @@ function withCalibrationOptions(command: Command): Command {
 
 const program = new Command('ptq')
   .description('Post-training quantization for transformer language models')
-  .option('--debug', 'print stack traces of errors')
-  .showHelpAfterError();
+  .option('--debug', 'print stack traces of errors');
 
 program
   .command('inspect <model>')
@@ -104,7 +116,7 @@ withCalibrationOptions(
     )
     .addOption(new Option('--format <name>', FORMAT_HELP).choices(FORMAT_NAMES).default('int'))
     .option('--bits <n>', 'bits per weight code (int: 2..8; other formats fix it)', integer, 4)
-    .option('--group-size <n>', 'input columns per scale; -1 = per output channel', integer, 32)
+    .option('--group-size <n>', 'input columns per scale; -1 = per output channel', groupSize, 32)
     .option('--per-tensor', 'one scale for the whole tensor')
     .option('--asym', 'asymmetric grid with zero points (default symmetric)')
     .addOption(
@@ -225,6 +237,8 @@ withCalibrationOptions(
   .option('--tokenizer <file>', 'tokenizer to use instead of the one next to the model')
   .option('--json', 'print JSON')
   .action((model, o, cmd: Command) => {
+    // Before the model loads: calibration options are checked whether or not --calib is given.
+    checkCalibrationOptions(o);
     if (isOnnxModelPath(model)) {
       const onnxBlockSize = cmd.getOptionValueSource('blockSize') === 'cli' ? o.blockSize : undefined;
       return quantizeOnnxCommand(
@@ -335,7 +349,12 @@ withCalibrationOptions(
         .argParser(listOf(FORMAT_NAMES))
         .default(['int'], 'int'),
     )
-    .option('--group-size <n>', 'input columns per scale of int grids; -1 = per output channel', integer, 32),
+    .option(
+      '--group-size <n>',
+      'input columns per scale of int grids; -1 = per output channel',
+      groupSize,
+      32,
+    ),
 )
   .option('--ctx <n>', 'tokens per window (default: the model context, at most 2048)', integer)
   .option('--stride <n>', 'window step (default: ctx, non-overlapping)', integer)
@@ -348,6 +367,7 @@ withCalibrationOptions(
   )
   .option('--json', 'print JSON')
   .action(async (model, o) => {
+    checkCalibrationOptions(o);
     await compareCommand(
       model,
       { ...o, bits: o.bits.map(Number), overwrite: !!o.overwrite },
@@ -360,6 +380,22 @@ program
   .description('quantize the bundled model at 8/4/3 bits with RTN and print the quality table')
   .option('--json', 'print JSON')
   .action((o) => demoCommand(consoleOutput(!!o.json)));
+
+/**
+ * A bad option value, unknown option or missing argument: commander's message becomes one
+ * UsageError line with a pointer to the command's help (not the whole help after it).
+ * Help and version output (exit code 0, or `ptq` alone) exit as commander would.
+ */
+for (const command of [program, ...program.commands]) {
+  const name = command === program ? 'ptq' : `ptq ${command.name()}`;
+  command.configureOutput({ outputError: () => {} }).exitOverride((e) => {
+    if (e.exitCode === 0 || e.code === 'commander.help' || e.code === 'commander.helpDisplayed') {
+      process.exit(e.exitCode);
+    }
+    const message = e.message.replace(/^error: /, '').replace(/\s*\n\s*/g, ' ');
+    throw new UsageError(message, { hint: `see ${name} --help` });
+  });
+}
 
 try {
   await program.parseAsync();

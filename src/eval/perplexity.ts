@@ -10,8 +10,12 @@
  *
  * With a reference model, each scored position also yields KL(P_ref ‖ P_model) of the
  * next-token distributions and whether both argmaxes agree (llama.cpp's KLD / "same top").
+ *
+ * A scored row of logits holding NaN or +Inf (a forward pass that overflowed float32) is a
+ * NumericError naming the window and position, the first block linear whose input was not
+ * finite and the largest weight: a perplexity of NaN is never returned.
  */
-import { UsageError } from '../errors.js';
+import { NumericError, UsageError } from '../errors.js';
 import type { Decoder } from '../model/decoder.js';
 
 export interface WindowProtocol {
@@ -118,22 +122,38 @@ export async function evaluate(
     const logits = await model.forward(ids, batch.length, T);
     const refLogits = reference ? await reference.forward(ids, batch.length, T) : undefined;
 
-    batch.forEach((w, b) => {
+    const windowIndex = i - batch.length;
+    for (const [b, w] of batch.entries()) {
+      const where = {
+        window: windowIndex + b,
+        windows: windows.length,
+        at: w,
+        ids: ids.subarray(b * T, (b + 1) * T),
+      };
       for (let t = w.firstTarget; t < T; t++) {
         const row = (b * T + t - 1) * V;
         const target = ids[b * T + t]!;
         const q = logSoftmaxRow(logits, row, V);
-        acc.nll -= q.logProb(target);
+        const logProb = q.logProb(target);
+        // NaN or +Inf anywhere in the row makes logSumExp, hence logProb, non-finite.
+        if (!Number.isFinite(logProb)) throw await nonFiniteLogits(model, 'model', logits, row, V, where, t);
+        acc.nll -= logProb;
         if (refLogits) {
           const p = logSoftmaxRow(refLogits, row, V);
-          acc.refNll -= p.logProb(target);
-          acc.kld += klDivergence(p, q, V);
+          const refLogProb = p.logProb(target);
+          if (!Number.isFinite(refLogProb))
+            throw await nonFiniteLogits(reference!, 'reference model', refLogits, row, V, where, t);
+          acc.refNll -= refLogProb;
+          const kld = klDivergence(p, q, V);
+          // Only a −Inf logit of the model where the reference has mass makes the KLD infinite.
+          if (!Number.isFinite(kld)) throw await nonFiniteLogits(model, 'model', logits, row, V, where, t);
+          acc.kld += kld;
           if (p.argmax === q.argmax) acc.agree++;
         }
         acc.predictions++;
       }
       acc.tokensDone += T;
-    });
+    }
     options.onProgress?.({ windowsDone: i, windowsTotal: windows.length, tokensDone: acc.tokensDone });
   }
 
@@ -154,6 +174,70 @@ export async function evaluate(
     seconds,
     tokensPerSecond: acc.tokensDone / seconds,
   };
+}
+
+/** Where non-finite logits were found: window `window` (0-based) of `windows`, its token ids. */
+interface Place {
+  window: number;
+  windows: number;
+  at: Window;
+  ids: Int32Array;
+}
+
+/**
+ * The error for non-finite logits at position t of a window, with what locates the overflow:
+ * the window is run again alone and the first block linear whose input holds a non-finite value
+ * is named (the operation before it overflowed), with the largest |weight| of the model.
+ */
+async function nonFiniteLogits(
+  decoder: Decoder,
+  which: 'model' | 'reference model',
+  logits: Float32Array,
+  row: number,
+  V: number,
+  place: Place,
+  t: number,
+): Promise<NumericError> {
+  let bad = row;
+  while (bad < row + V - 1 && Number.isFinite(logits[bad]!)) bad++;
+  const got = `${logits[bad]} for vocabulary entry ${bad - row}`;
+  const clues: string[] = [];
+  try {
+    let first: string | undefined;
+    let inputs = 0;
+    await decoder.forward(place.ids, 1, place.ids.length, {
+      onLinearInput(layer, linear, x) {
+        inputs++;
+        if (first === undefined && !x.every(Number.isFinite)) first = `model.layers.${layer}.${linear}`;
+      },
+    });
+    // A model without block hooks (an ONNX graph) calls none: no location then.
+    if (first) clues.push(`the first non-finite activations enter ${first}`);
+    else if (inputs > 0)
+      clues.push('block activations stay finite: the final norm or the output head overflows');
+  } catch {
+    // The diagnosis is best effort: the error below is the finding.
+  }
+  const weights = (decoder as { weights?: unknown }).weights;
+  if (weights instanceof Map) {
+    let largest = { name: '', value: 0 };
+    for (const [name, tensor] of weights as Map<string, { data?: Float32Array }>) {
+      const data = tensor.data;
+      if (!(data instanceof Float32Array)) continue;
+      for (let k = 0; k < data.length; k++) {
+        const a = Math.abs(data[k]!);
+        if (!(a <= largest.value)) largest = { name, value: a };
+      }
+    }
+    if (largest.name) clues.push(`largest |weight| ${largest.value.toExponential(2)} in ${largest.name}`);
+  }
+  const { at } = place;
+  return new NumericError(`${which} logits are not finite: float32 overflow in the forward pass`, {
+    field: `window ${place.window + 1} of ${place.windows} (tokens ${at.start}..${at.end - 1}), token ${at.start + t - 1}`,
+    expected: 'finite logits (a perplexity, not NaN)',
+    got,
+    hint: clues.length ? clues.join('; ') : undefined,
+  });
 }
 
 interface LogSoftmaxRow {

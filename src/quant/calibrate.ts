@@ -7,6 +7,8 @@
  * between passes (the attention output, or the SwiGLU activation: N·L·intermediate floats)
  * and the statistics of the layers being quantized.
  */
+import { constants as bufferConstants } from 'node:buffer';
+import os from 'node:os';
 import type { ComputeEngine } from '../compute/engine.js';
 import { profile } from '../compute/profile.js';
 import { ShapeError, UsageError } from '../errors.js';
@@ -22,9 +24,22 @@ export interface CalibrationOptions {
 
 export const CALIBRATION_DEFAULTS: CalibrationOptions = { nsamples: 128, seqlen: 2048, seed: 0 };
 
-/** Random windows of `seqlen` tokens (the GPTQ/AutoGPTQ recipe: uniform start, fixed seed). */
-export function sampleCalibrationWindows(tokens: readonly number[], options: CalibrationOptions): Int32Array {
-  const { nsamples, seqlen, seed } = options;
+/**
+ * Shortest calibration window: a window of one token never runs attention over any context
+ * (every linear would see position-0 activations only).
+ */
+export const MIN_SEQLEN = 2;
+
+/** Throw UsageError unless nsamples ≥ 1 and seqlen ≥ MIN_SEQLEN are integers. */
+export function checkCalibrationOptions(options: Pick<CalibrationOptions, 'nsamples' | 'seqlen'>): void {
+  const { nsamples, seqlen } = options;
+  if (!Number.isInteger(seqlen) || seqlen < MIN_SEQLEN) {
+    throw new UsageError('invalid calibration window length', {
+      field: 'seqlen',
+      expected: `an integer >= ${MIN_SEQLEN} (tokens per calibration window)`,
+      got: String(seqlen),
+    });
+  }
   if (!Number.isInteger(nsamples) || nsamples < 1) {
     throw new UsageError('invalid number of calibration samples', {
       field: 'nsamples',
@@ -32,6 +47,55 @@ export function sampleCalibrationWindows(tokens: readonly number[], options: Cal
       got: String(nsamples),
     });
   }
+}
+
+/** Bytes this process can hope to allocate: physical memory, or the cgroup limit when lower. */
+export function availableMemoryBytes(): number {
+  const constrained = process.constrainedMemory?.() ?? 0;
+  const total = os.totalmem();
+  return constrained > 0 && constrained < total ? constrained : total;
+}
+
+/**
+ * Refuse, before anything is allocated, calibration activations that cannot exist: the residual
+ * stream of all windows is one float32 array of nsamples · seqlen · `floatsPerToken` (the hidden
+ * size; 1 for the token windows themselves), which must fit in a typed array and in memory.
+ * The rest of the sequential pass (one stage input, statistics, the model) needs more still, so
+ * this refuses only runs that could never finish.
+ */
+export function checkCalibrationMemory(
+  options: Pick<CalibrationOptions, 'nsamples' | 'seqlen'>,
+  floatsPerToken: number,
+  what = `hidden size ${floatsPerToken} float32 values`,
+): void {
+  const { nsamples, seqlen } = options;
+  const elements = nsamples * seqlen * floatsPerToken;
+  const bytes = elements * 4;
+  const available = availableMemoryBytes();
+  const maxElements = bufferConstants.MAX_LENGTH;
+  if (elements > maxElements || bytes > available) {
+    throw new UsageError('calibration activations do not fit in memory', {
+      field: 'nsamples',
+      expected: `--nsamples × --seqlen × ${what} within ${
+        elements > maxElements
+          ? `one typed array (${maxElements} elements)`
+          : `this machine's memory (${gib(available)})`
+      }`,
+      got: `${nsamples} × ${seqlen} × ${floatsPerToken} × 4 bytes = ${gib(bytes)}`,
+      hint: 'lower --nsamples or --seqlen',
+    });
+  }
+}
+
+function gib(bytes: number): string {
+  return `${(bytes / 2 ** 30).toPrecision(3)} GiB`;
+}
+
+/** Random windows of `seqlen` tokens (the GPTQ/AutoGPTQ recipe: uniform start, fixed seed). */
+export function sampleCalibrationWindows(tokens: readonly number[], options: CalibrationOptions): Int32Array {
+  const { nsamples, seqlen, seed } = options;
+  checkCalibrationOptions(options);
+  checkCalibrationMemory(options, 1, 'one int32 token id');
   if (tokens.length < seqlen + 1) {
     throw new UsageError('calibration text too short', {
       field: 'calib',
@@ -180,6 +244,10 @@ export async function runSequential(
       expected: `${n * seqlen * D} floats [${n}, ${seqlen}, ${D}] entering one of blocks 0..${layers - 1}`,
       got: String(options.start.x?.length),
     });
+  }
+  if (!options.start) {
+    checkCalibrationOptions({ nsamples: n, seqlen });
+    checkCalibrationMemory({ nsamples: n, seqlen }, D);
   }
   const x = options.start?.x ?? (await profile.phase('forward', () => decoder.embed(windows, seqlen)));
   const totalRows = n * seqlen;

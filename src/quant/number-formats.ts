@@ -113,7 +113,7 @@ export function formatBits(format: FormatName): number | undefined {
 /** Options as the CLI gives them; undefined = not given on the command line. */
 export interface FormatOptions {
   bits?: number;
-  /** Input columns per scale; ≤ 0 = per output channel. */
+  /** Input columns per scale; -1 (GPTQ's convention, the CLI's) or 0 = per output channel. */
   groupSize?: number;
   perTensor?: boolean;
   asym?: boolean;
@@ -131,6 +131,13 @@ export const GRID_DEFAULTS = { bits: 4, groupSize: 32, scaleDtype: 'f16' } as co
 export function gridSpecFor(format: FormatName, o: FormatOptions): GridSpec {
   const info = formatInfo(format);
   const groupSize = o.groupSize ?? info.groupSize ?? GRID_DEFAULTS.groupSize;
+  if (!Number.isInteger(groupSize) || groupSize < -1) {
+    throw new UsageError('invalid group size', {
+      field: 'group-size',
+      expected: 'a positive integer, or -1 for one scale per output channel',
+      got: String(groupSize),
+    });
+  }
   const granularity: Granularity = o.perTensor ? 'tensor' : groupSize <= 0 ? 'channel' : 'group';
   const base = { granularity, groupSize: Math.max(0, groupSize) };
   if (format === 'int') {
