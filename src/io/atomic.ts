@@ -116,6 +116,9 @@ export async function checkOutput(output: string, check: OutputCheck): Promise<v
   if (existing) await assertReplaceable(output, existing.isDirectory(), check);
   const ancestor = await nearestExisting(path.dirname(path.resolve(output)));
   try {
+    // The nearest existing ancestor is where the missing parents will be created: a directory.
+    const isDirectory = (await lstat(ancestor).catch(() => undefined))?.isDirectory();
+    if (!isDirectory) throw Object.assign(new Error('not a directory'), { code: 'ENOTDIR' });
     await access(ancestor, constants.W_OK);
   } catch (e) {
     throw new FileError('output location is not writable', {
