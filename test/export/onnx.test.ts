@@ -133,6 +133,7 @@ test('directory layout: transformers.js file names, config, tokenizer, q4 size',
   assert.deepEqual(
     fpReport.files.map((f) => f.path),
     [
+      '.ptq-output.json',
       'config.json',
       'generation_config.json',
       'onnx/model.onnx',
