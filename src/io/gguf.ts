@@ -25,10 +25,10 @@
  * complete (an interrupted export never leaves a file that looks finished).
  */
 import { readSync } from 'node:fs';
-import { open } from 'node:fs/promises';
 import { FileError, FormatError, PtqError } from '../errors.js';
-import { decodeValues, type GgmlType, ggmlTypeById, rowBytes } from '../formats/ggml.js';
+import { decodeValues, GGML_TYPES, type GgmlType, ggmlTypeById, rowBytes } from '../formats/ggml.js';
 import { writeFileAtomically } from './atomic.js';
+import { openRegularFile } from './confined-path.js';
 
 export const GGUF_MAGIC = 0x46554747; // "GGUF" read as little-endian u32
 export const GGUF_DEFAULT_ALIGNMENT = 32;
@@ -432,7 +432,12 @@ function parseHeader(fd: number, fileSize: number, file: string): ParsedHeader {
     const typeId = c.u32(`type of '${name}'`);
     const type = ggmlTypeById(typeId);
     if (!type)
-      c.fail(`unsupported ggml type of '${name}'`, 'a type of src/formats/ggml.ts', `${typeId}`, typeAt);
+      c.fail(
+        `unsupported ggml type of '${name}'`,
+        `one of ${GGML_TYPES.map((t) => `${t.name} (${t.id})`).join(', ')}`,
+        `${typeId}`,
+        typeAt,
+      );
     if (dims[0]! % type.blockSize !== 0) {
       c.fail(
         `row of '${name}' is not whole blocks`,
@@ -495,9 +500,8 @@ export class GgufFile {
   }
 
   static async open(file: string): Promise<GgufFile> {
-    const handle = await open(file, 'r').catch((e: NodeJS.ErrnoException) => {
-      throw new FileError('cannot open the GGUF file', { file, got: e.code });
-    });
+    // A regular file (a FIFO would block the read forever).
+    const handle = await openRegularFile(file, 'cannot open the GGUF file');
     try {
       const { size } = await handle.stat();
       // One synchronous forward pass over the header (positional reads through the window).

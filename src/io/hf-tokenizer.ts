@@ -34,11 +34,13 @@ export class HfTokenizer implements TextTokenizer {
         hint: 'a Hugging Face model directory needs tokenizer.json; pass --tokenizer <file> to use another',
       });
     }
-    const json = await readJsonObjectFile(file, 'tokenizer', { maxBytes: MAX_TOKENIZER_BYTES });
+    // Confined to `dir`: a tokenizer.json linking out of it is refused unread (confined-path.ts).
+    const json = await readJsonObjectFile(file, 'tokenizer', { maxBytes: MAX_TOKENIZER_BYTES, within: dir });
     const configFile = path.join(dir, 'tokenizer_config.json');
     const config =
       (await readOptionalJsonObjectFile(configFile, 'tokenizer configuration', {
         maxBytes: MAX_TOKENIZER_BYTES,
+        within: dir,
       })) ?? {};
     return HfTokenizer.fromJson(json, config, file, bosId);
   }

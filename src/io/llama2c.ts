@@ -12,19 +12,18 @@
  * head; Hugging Face's rotate_half rotates (i, i + d/2). The rows of wq and wk are permuted on
  * load (the `permute` of HF's convert_llama_weights_to_hf) so the one decoder serves both.
  */
-import { open } from 'node:fs/promises';
-import { FileError, FormatError } from '../errors.js';
+import { FormatError } from '../errors.js';
 import type { ModelConfig } from '../model/config.js';
 import type { TensorMap } from '../tensor.js';
+import { openRegularFile } from './confined-path.js';
 
 const HEADER_BYTES = 7 * 4;
 
 export async function loadLlama2cCheckpoint(
   file: string,
 ): Promise<{ config: ModelConfig; tensors: TensorMap }> {
-  const handle = await open(file, 'r').catch((e: NodeJS.ErrnoException) => {
-    throw new FileError('cannot open the llama2.c checkpoint', { file, got: e.code });
-  });
+  // A regular file (a FIFO would block the read forever).
+  const handle = await openRegularFile(file, 'cannot open the llama2.c checkpoint');
   try {
     const { size } = await handle.stat();
     if (size < HEADER_BYTES)

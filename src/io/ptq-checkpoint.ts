@@ -25,7 +25,7 @@
  *                      __metadata__["ptqkit"] = JSON {tensors: {X.weight: {rows, cols, grid}}}
  *   tokenizer files    copied from the source model
  */
-import { copyFile, readFile, writeFile } from 'node:fs/promises';
+import { copyFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { FormatError } from '../errors.js';
 import { packBits, packedByteLength, unpackBits } from '../formats/bitpack.js';
@@ -36,6 +36,7 @@ import { type GridSpec, makeGrid } from '../quant/grid.js';
 import { dequantize, outlierIndexDtypes, type QuantizedTensor } from '../quant/quantized-tensor.js';
 import type { TensorMap } from '../tensor.js';
 import { type OutputOptions, writeDirectoryAtomically } from './atomic.js';
+import { readJsonObjectFile } from './json.js';
 import { SafetensorsModel, type TensorHeader, type TensorToWrite, writeSafetensors } from './safetensors.js';
 
 export const CHECKPOINT_FILE = 'model.safetensors';
@@ -192,11 +193,17 @@ export async function readPtqCheckpoint(
   const st = await SafetensorsModel.open(dir);
   try {
     const meta = parseMetadata(st.metadata.ptqkit, file);
-    const config = JSON.parse(await readFile(path.join(dir, 'config.json'), 'utf8'));
+    // Checked like any config.json: size, strict JSON, and a regular file inside `dir`.
+    const config = await readJsonObjectFile(path.join(dir, 'config.json'), 'model configuration', {
+      maxBytes: 4 * 1024 * 1024,
+      maxDepth: 32,
+      within: dir,
+    });
     const { method, ...settings } = config.quantization_config as Record<string, unknown>;
     const quantized = new Map<string, QuantizedTensor>();
     const weights: TensorMap = new Map();
     const consumed = new Set<string>();
+    const names = new Set(st.names());
     for (const [name, entry] of Object.entries(meta.tensors)) {
       const b = base(name);
       const read = async (suffix: string) => {
@@ -206,7 +213,7 @@ export async function readPtqCheckpoint(
       const scalesRaw = await read('scales');
       const scaleCount = st.info(`${b}.scales`).shape.reduce((x, y) => x * y, 1);
       const scales = decodeParams(scalesRaw, entry.grid.scaleDtype);
-      const has = (suffix: string) => st.names().includes(`${b}.${suffix}`);
+      const has = (suffix: string) => names.has(`${b}.${suffix}`);
       const spec: GridSpec = has('global_scale')
         ? { ...entry.grid, globalScale: new Float32Array((await read('global_scale')).slice().buffer)[0]! }
         : entry.grid;

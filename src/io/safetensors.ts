@@ -8,12 +8,13 @@
  * bytes. Every header field is checked against the file size before anything is allocated.
  */
 import { existsSync } from 'node:fs';
-import { type FileHandle, open, rename, rm } from 'node:fs/promises';
+import { type FileHandle, open, rename, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { FileError, FormatError } from '../errors.js';
 import { FP8_E4M3, FP8_E5M2 } from '../formats/element-formats.js';
 import { decodeBf16, decodeF16 } from '../formats/half.js';
-import { isPlainObject, jsonKind, parseJsonObject, readJsonObjectFile } from './json.js';
+import { openRegularFile, type Within } from './confined-path.js';
+import { brief, isPlainObject, jsonKind, parseJsonObject, readJsonObjectFile } from './json.js';
 
 export const DTYPE_BYTES = {
   F64: 8,
@@ -35,6 +36,13 @@ export type SafetensorsDtype = keyof typeof DTYPE_BYTES;
 const MAX_HEADER_BYTES = 100_000_000;
 /** model.safetensors.index.json: a name and a file name per tensor. */
 const MAX_INDEX_BYTES = 64 * 1024 * 1024;
+/**
+ * Tensors in one file. Published checkpoints stay below ~10^5 even unsharded (DeepSeek-V3:
+ * 256 experts × 3 linears × 58 MoE layers, each with its FP8 scale, ~9·10^4); 2^18 leaves room
+ * and refuses a header of 10^6 entries after a fraction of it is scanned (it took 1.2 GB and
+ * tens of seconds to parse before).
+ */
+export const MAX_TENSORS_PER_FILE = 1 << 18;
 
 export interface TensorInfo {
   name: string;
@@ -54,16 +62,10 @@ export class SafetensorsFile {
     readonly metadata: Record<string, string>,
   ) {}
 
-  static async open(file: string): Promise<SafetensorsFile> {
-    let handle: FileHandle;
-    try {
-      handle = await open(file, 'r');
-    } catch (e) {
-      throw new FileError('cannot open the safetensors file', {
-        file,
-        got: (e as NodeJS.ErrnoException).code,
-      });
-    }
+  /** Open `file`; with `within`, it must resolve inside that directory (confined-path.ts). */
+  static async open(file: string, within?: Within): Promise<SafetensorsFile> {
+    // A regular file: a FIFO named model.safetensors would block the read forever.
+    const handle = await openRegularFile(file, 'cannot open the safetensors file', within);
     try {
       const { tensors, metadata } = await readHeader(handle, file);
       return new SafetensorsFile(file, handle, tensors, metadata);
@@ -153,7 +155,20 @@ async function readHeader(handle: FileHandle, file: string) {
   // The reference refuses headers not starting with '{' (InvalidHeaderStart); depth 3 is all the format uses.
   if (headerBytes[0] !== 0x7b)
     throw new FormatError('header does not start with a JSON object', { file, offset: 8, expected: "'{'" });
-  const header = parseJsonObject(headerBytes, file, { maxBytes: MAX_HEADER_BYTES, maxDepth: 4 }, 8);
+  const header = parseJsonObject(
+    headerBytes,
+    file,
+    {
+      maxBytes: MAX_HEADER_BYTES,
+      maxDepth: 4,
+      topLevelKeys: {
+        max: MAX_TENSORS_PER_FILE + 1,
+        what: 'tensors in the header',
+        expected: `at most ${MAX_TENSORS_PER_FILE} tensors (and __metadata__)`,
+      },
+    },
+    8,
+  );
 
   const dataStart = 8 + headerLength;
   const dataLength = size - dataStart;
@@ -214,7 +229,7 @@ function checkEntry(
       file,
       field: name,
       expected: Object.keys(DTYPE_BYTES).join('|'),
-      got: JSON.stringify(e.dtype),
+      got: brief(e.dtype),
     });
   }
   const dtype = e.dtype as SafetensorsDtype;
@@ -223,7 +238,7 @@ function checkEntry(
       file,
       field: name,
       expected: 'non-negative integers',
-      got: JSON.stringify(e.shape),
+      got: brief(e.shape),
     });
   }
   const offsets = e.data_offsets;
@@ -236,7 +251,7 @@ function checkEntry(
       file,
       field: name,
       expected: '[begin, end]',
-      got: JSON.stringify(offsets),
+      got: brief(offsets),
     });
   }
   const [begin, end] = offsets as [number, number];
@@ -364,10 +379,18 @@ export class SafetensorsModel {
 
   /** A `.safetensors` file, or a directory with model.safetensors or model.safetensors.index.json. */
   static async open(pathOrDir: string): Promise<SafetensorsModel> {
-    if (pathOrDir.endsWith('.safetensors')) return SafetensorsModel.fromFiles([pathOrDir]);
+    // A directory may be named *.safetensors too.
+    const isDirectory = await stat(pathOrDir).then(
+      (s) => s.isDirectory(),
+      () => false,
+    );
+    if (pathOrDir.endsWith('.safetensors') && !isDirectory) return SafetensorsModel.fromFiles([pathOrDir]);
+    // Every file of a model directory is read confined to it (no symlink out of it).
+    const within = pathOrDir;
     const index = path.join(pathOrDir, 'model.safetensors.index.json');
-    if (!existsSync(index)) return SafetensorsModel.fromFiles([path.join(pathOrDir, 'model.safetensors')]);
-    const weightMap = (await readJsonObjectFile(index, 'shard index', { maxBytes: MAX_INDEX_BYTES }))
+    if (!existsSync(index))
+      return SafetensorsModel.fromFiles([path.join(pathOrDir, 'model.safetensors')], within);
+    const weightMap = (await readJsonObjectFile(index, 'shard index', { maxBytes: MAX_INDEX_BYTES, within }))
       .weight_map;
     if (!isPlainObject(weightMap)) {
       throw new FormatError('invalid shard index', {
@@ -390,12 +413,12 @@ export class SafetensorsModel {
           file: index,
           field: name,
           expected: 'a file name in the model directory',
-          got: JSON.stringify(shard),
+          got: brief(shard, 80),
         });
       }
     }
     const shards = [...new Set(Object.values(weightMap) as string[])].map((f) => path.join(pathOrDir, f));
-    const model = await SafetensorsModel.fromFiles(shards);
+    const model = await SafetensorsModel.fromFiles(shards, within);
     for (const [name, shard] of Object.entries(weightMap as Record<string, string>)) {
       if (model.owner.get(name)?.file !== path.join(pathOrDir, shard)) {
         await model.close();
@@ -409,12 +432,12 @@ export class SafetensorsModel {
     return model;
   }
 
-  private static async fromFiles(files: string[]): Promise<SafetensorsModel> {
+  private static async fromFiles(files: string[], within?: Within): Promise<SafetensorsModel> {
     const opened: SafetensorsFile[] = [];
     const owner = new Map<string, SafetensorsFile>();
     try {
       for (const f of files) {
-        const st = await SafetensorsFile.open(f);
+        const st = await SafetensorsFile.open(f, within);
         opened.push(st);
         for (const name of st.tensors.keys()) {
           if (owner.has(name))

@@ -3,11 +3,13 @@
  * (config.json + safetensors + tokenizer.json), a llama2.c checkpoint (+ tokenizer.bin),
  * or a ptqkit quantized directory (dequantized for evaluation, codes kept for export).
  */
-import { existsSync } from 'node:fs';
-import { stat } from 'node:fs/promises';
+import { constants, existsSync } from 'node:fs';
+import { open, realpath, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { ConfigError, FileError, FormatError, PtqError, ShapeError } from '../errors.js';
 import { isTemporaryOutput } from '../io/atomic.js';
+import { checkRegularFile, fileKind } from '../io/confined-path.js';
+import { GGUF_MAGIC } from '../io/gguf.js';
 import { readGgufModel } from '../io/gguf-model.js';
 import { HfTokenizer } from '../io/hf-tokenizer.js';
 import { readJsonObjectFile } from '../io/json.js';
@@ -63,13 +65,35 @@ export async function loadModel(modelPath: string, options: LoadOptions = {}): P
       hint: 'the run writing it was interrupted; quantize again',
     });
   }
+  // A FIFO or device would block or never end: refused from the stat, never opened.
+  if (!info.isDirectory() && !info.isFile()) {
+    throw new FileError('not a model: not a regular file or directory', {
+      file: modelPath,
+      expected: 'a Hugging Face directory, a GGUF file or a llama2.c .bin file',
+      got: fileKind(info),
+    });
+  }
+  // The format is the file's magic, not its name: a GGUF file named .bin is still GGUF.
   const model = await (info.isDirectory()
     ? loadDirectory(modelPath, options)
-    : modelPath.endsWith('.gguf')
+    : modelPath.endsWith('.gguf') || (await startsWithGgufMagic(modelPath))
       ? loadGguf(modelPath)
       : loadLlama2c(modelPath, options));
   checkTokenizerFits(model);
   return model;
+}
+
+/** True when the file's first 4 bytes are GGUF's magic (opened non-blocking: a regular file was stat'ed). */
+async function startsWithGgufMagic(file: string): Promise<boolean> {
+  const handle = await open(file, constants.O_RDONLY | constants.O_NONBLOCK).catch(() => undefined);
+  if (!handle) return false; // the loader reports why it cannot open it
+  try {
+    const head = Buffer.alloc(4);
+    const { bytesRead } = await handle.read(head, 0, 4, 0);
+    return bytesRead === 4 && head.readUInt32LE(0) === GGUF_MAGIC;
+  } finally {
+    await handle.close();
+  }
 }
 
 /** Token ids the tokenizer can produce must index the embedding matrix. */
@@ -166,6 +190,12 @@ async function loadLlama2c(file: string, options: LoadOptions): Promise<LoadedMo
   const arch = architectureFor(config.modelType, file);
   checkShapes(tensors, arch, config, file);
   const tokFile = options.tokenizer ?? findLlama2cTokenizer(file, config.vocabSize);
+  // The tokenizer found beside the checkpoint (its link or, for a symlinked checkpoint, its
+  // target) must resolve there; one named by --tokenizer is the user's choice.
+  const beside = options.tokenizer
+    ? undefined
+    : [path.dirname(file), path.dirname(await realpath(file).catch(() => file))];
+  await checkRegularFile(tokFile, 'cannot read the llama2.c tokenizer', beside);
   const tokenizer = await Llama2cTokenizer.load(tokFile, config.vocabSize);
   return {
     path: file,
@@ -203,7 +233,11 @@ async function readConfig(file: string): Promise<Record<string, unknown>> {
       hint: 'a Hugging Face model directory needs config.json',
     });
   }
-  return readJsonObjectFile(file, 'model configuration', { maxBytes: MAX_CONFIG_BYTES, maxDepth: 32 });
+  return readJsonObjectFile(file, 'model configuration', {
+    maxBytes: MAX_CONFIG_BYTES,
+    maxDepth: 32,
+    within: path.dirname(file),
+  });
 }
 
 /**
@@ -279,8 +313,15 @@ async function openTokenizer(dir: string, config: ModelConfig, options: LoadOpti
     const files = ['tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json']
       .map((f) => path.join(tokDir, f))
       .filter((f) => existsSync(f));
+    // These are copied next to derived models: none may be a link out of the directory.
+    for (const f of files) await checkRegularFile(f, 'cannot read the tokenizer', tokDir);
     return { tokenizer: tokenizer as TextTokenizer, files };
   }
+  await checkRegularFile(
+    llama2cFile,
+    'cannot read the llama2.c tokenizer',
+    options.tokenizer ? undefined : dir,
+  );
   return { tokenizer: await Llama2cTokenizer.load(llama2cFile, config.vocabSize), files: [llama2cFile] };
 }
 

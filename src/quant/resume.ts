@@ -23,6 +23,13 @@
  * whose files are all complete. Files no manifest refers to (an interrupted write, the previous
  * block's activations, an older run's blocks) are removed after each commit. A fresh run (no
  * --resume) leaves an older state in place until its own first block replaces it.
+ * One run at a time: `<output>.ptq-resume.lock` (beside the directory, so the directory holds
+ * only the state) is created with link(2), which fails when it exists, and holds the pid, host
+ * and start time of the run using the state; a second run refuses with a UsageError naming that
+ * pid; a lock whose process is gone (killed, or its pid now another process) is taken over.
+ * The lock goes with the state (removeResumeState) or when the process exits.
+ * Files the manifest names are plain names, read only as regular files whose real path is
+ * inside the directory (io/confined-path.ts): a manifest naming `../outside/x` is refused.
  * Never a model: the directory holds no config.json or safetensors, and every file starts with
  * MAGIC, which no loader accepts (read as a llama2.c header: dim 1263621200 and negative sizes).
  * The fingerprint (SHA-256 of the model's weights and config as quantized, of the calibration
@@ -30,16 +37,26 @@
  * Cost, tinystories-656k with the default 128 windows × 512 tokens: 33.5 MB of activations and
  * 148 KB per block; 0.2-0.4 s per block commit including fsync (a few % of the GPTQ run).
  */
-import { createHash } from 'node:crypto';
-import { mkdir, open, readdir, readFile, rename, rm } from 'node:fs/promises';
+import { createHash, randomBytes } from 'node:crypto';
+import { readFileSync, unlinkSync } from 'node:fs';
+import { link, mkdir, open, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
 import path from 'node:path';
-import { FormatError, UsageError } from '../errors.js';
+import { FileError, FormatError, UsageError } from '../errors.js';
+import { openRegularFile } from '../io/confined-path.js';
+import { brief } from '../io/json.js';
 import type { ModelConfig } from '../model/config.js';
 import type { TensorMap } from '../tensor.js';
 import type { QuantizedTensor } from './quantized-tensor.js';
 
 const RESUME_SUFFIX = '.ptq-resume';
 const MANIFEST = 'state.json';
+/** Suffix of the lock file beside the resume directory. */
+const LOCK_SUFFIX = '.lock';
+/** state.json holds the manifest and the layer reports: small; anything past this is not one. */
+const MAX_MANIFEST_BYTES = 256 * 1024 * 1024;
+/** The names the state's own files have (block-<run>-<i>.dat, act-<run>-<i>.dat). */
+const STATE_FILE_NAME = /^(block|act)-[A-Za-z0-9-]+\.dat$/;
 const FORMAT = 'ptqkit-resume';
 const VERSION = 1;
 /** 16 bytes at the start of every state file. */
@@ -170,6 +187,8 @@ export async function openResumeState<Report>(
   layers: number,
 ): Promise<OpenedState<Report>> {
   const run = `${Date.now().toString(36)}-${process.pid}`;
+  // One run per state: a second one would remove the first one's files under it.
+  await acquireResumeLock(target.dir);
   if (!target.resume) {
     // Even a damaged older state is simply replaced.
     const replacing = (await readManifest(target.dir).catch(() => true)) !== undefined;
@@ -270,6 +289,137 @@ export class ResumeState<Report> {
 /** Remove a resume state (after the output it led to is written). */
 export async function removeResumeState(dir: string): Promise<void> {
   await rm(dir, { recursive: true, force: true });
+  releaseResumeLock(dir);
+}
+
+// ---------- the lock ----------
+
+interface LockOwner {
+  pid: number;
+  host: string;
+  /** Start time of the process (Linux: clock ticks after boot, /proc/<pid>/stat field 22); detects pid reuse. */
+  started?: string;
+}
+
+/** Lock files this process holds (lock path -> its content). */
+const heldLocks = new Map<string, string>();
+let exitHookInstalled = false;
+
+/** The lock file of the resume directory `dir`. */
+export function resumeLockFor(dir: string): string {
+  return `${dir}${LOCK_SUFFIX}`;
+}
+
+/** Field 22 of /proc/<pid>/stat (start time), or undefined where there is no /proc. */
+function processStartTime(pid: number | 'self'): string | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
+    // After the command name "(...)", which may itself hold spaces and parentheses: fields 3...
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
+  } catch {
+    return undefined;
+  }
+}
+
+function parseLock(text: string): LockOwner | undefined {
+  try {
+    const v = JSON.parse(text) as Partial<LockOwner>;
+    if (Number.isSafeInteger(v.pid) && v.pid! > 0 && typeof v.host === 'string') return v as LockOwner;
+  } catch {}
+  return undefined;
+}
+
+/** False only when the owner is known to be gone: no such pid, or that pid started at another time. */
+function ownerAlive(o: LockOwner): boolean {
+  if (o.host !== os.hostname()) return true; // another machine's process: cannot tell
+  try {
+    process.kill(o.pid, 0);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ESRCH') return false;
+  }
+  const now = processStartTime(o.pid);
+  return !(o.started && now && now !== o.started);
+}
+
+/**
+ * Take the lock of the resume directory `dir` for this process, or throw a UsageError naming the
+ * process that holds it. Re-entrant within a process (sequential runs of the library).
+ */
+export async function acquireResumeLock(dir: string): Promise<void> {
+  const lock = resumeLockFor(dir);
+  if (heldLocks.has(lock)) return;
+  const mine = JSON.stringify({
+    pid: process.pid,
+    host: os.hostname(),
+    started: processStartTime('self'),
+    note: 'a ptq quantize run is using the resume state beside this file',
+  } satisfies LockOwner & { note: string });
+  await mkdir(path.dirname(lock), { recursive: true });
+  for (let attempt = 0; attempt < 8; attempt++) {
+    // Written whole, then linked into place: the lock never exists half-written, and link(2)
+    // fails with EEXIST when another process holds it (O_EXCL semantics, also on NFS).
+    const tmp = `${lock}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
+    try {
+      await writeFile(tmp, mine, { flag: 'wx' });
+      await link(tmp, lock);
+      heldLocks.set(lock, mine);
+      installExitHook();
+      return;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') {
+        throw new FileError('cannot create the resume lock', {
+          file: lock,
+          got: (e as NodeJS.ErrnoException).code,
+        });
+      }
+    } finally {
+      await rm(tmp, { force: true });
+    }
+    const text = await readFile(lock, 'latin1').catch(() => undefined);
+    if (text === undefined) continue; // released meanwhile
+    const owner = parseLock(text);
+    if (owner && ownerAlive(owner)) {
+      const who = `pid ${owner.pid}${owner.host === os.hostname() ? '' : ` on ${owner.host}`}`;
+      throw new UsageError(`the resume state is in use by another run (${who})`, {
+        file: dir,
+        expected: 'one run at a time per output',
+        hint: `wait for ${who} to finish or write to another -o; if no such process exists, remove ${lock}`,
+      });
+    }
+    // Stale (its process is gone): moved aside under a name of ours, and removed if it is still
+    // the lock we judged stale; a live lock another process took meanwhile is put back.
+    const aside = `${lock}.stale-${process.pid}-${randomBytes(4).toString('hex')}`;
+    try {
+      await rename(lock, aside);
+    } catch {
+      continue;
+    }
+    const moved = await readFile(aside, 'latin1').catch(() => undefined);
+    if (moved !== undefined && moved !== text) await link(aside, lock).catch(() => {});
+    await rm(aside, { force: true });
+  }
+  throw new UsageError('could not take the resume lock: other runs keep taking it', { file: lock });
+}
+
+/** Give up the lock of `dir` if this process holds it (its content is still ours). */
+export function releaseResumeLock(dir: string): void {
+  const lock = resumeLockFor(dir);
+  const mine = heldLocks.get(lock);
+  if (mine === undefined) return;
+  heldLocks.delete(lock);
+  try {
+    if (readFileSync(lock, 'latin1') === mine) unlinkSync(lock);
+  } catch {}
+}
+
+function installExitHook(): void {
+  if (exitHookInstalled) return;
+  exitHookInstalled = true;
+  // Synchronous: 'exit' handlers cannot await. A kill -9 leaves the lock; the next run sees its
+  // pid gone and takes it over.
+  process.on('exit', () => {
+    for (const lock of [...heldLocks.keys()]) releaseResumeLock(lock.slice(0, -LOCK_SUFFIX.length));
+  });
 }
 
 /** Blocks finished in the state at `dir` and the model's block count; undefined without a state. */
@@ -304,11 +454,20 @@ function damaged(dir: string, file: string, expected: string, got: string): Form
 
 async function readManifest<Report>(dir: string): Promise<Manifest<Report> | undefined> {
   let text: string;
+  let fh: Awaited<ReturnType<typeof open>>;
   try {
-    text = await readFile(path.join(dir, MANIFEST), 'utf8');
+    // A regular file inside the directory (a FIFO would block; a link out of it is refused).
+    fh = await openRegularFile(path.join(dir, MANIFEST), 'cannot read the resume state', dir);
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    if (e instanceof FileError && e.context.got === 'ENOENT') return undefined;
     throw e;
+  }
+  try {
+    const { size } = await fh.stat();
+    if (size > MAX_MANIFEST_BYTES) throw damaged(dir, MANIFEST, `<= ${MAX_MANIFEST_BYTES} bytes`, `${size}`);
+    text = (await fh.readFile()).toString('utf8');
+  } finally {
+    await fh.close();
   }
   let m: Manifest<Report>;
   try {
@@ -383,6 +542,7 @@ function layoutBlock<Report>(block: FinishedBlock<Report>) {
 }
 
 async function readBlock<Report>(dir: string, b: BlockRecord<Report>): Promise<FinishedBlock<Report>> {
+  checkStateFileName(dir, b);
   if (!(b.bytes >= MAGIC.length)) throw damaged(dir, b.file, 'a block file', `${b.bytes} bytes`);
   const payload = new Uint8Array(b.bytes - MAGIC.length);
   await readVerified(dir, b, [payload]);
@@ -471,12 +631,22 @@ async function syncDirectory(dir: string): Promise<void> {
   }
 }
 
+/** A name the state gives its own files, never a path (`../outside/x`). */
+function checkStateFileName(dir: string, r: FileRecord): void {
+  if (typeof r.file !== 'string' || !STATE_FILE_NAME.test(r.file)) {
+    throw damaged(dir, MANIFEST, 'block-<run>-<i>.dat or act-<run>-<i>.dat', brief(r.file, 80));
+  }
+}
+
 /** Read a state file (MAGIC, then exactly the bytes of `into`) and check its length and SHA-256. */
 async function readVerified(dir: string, r: FileRecord, into: ArrayBufferView[]): Promise<void> {
+  checkStateFileName(dir, r);
   const file = path.join(dir, r.file);
   const want = MAGIC.length + into.reduce((n, a) => n + a.byteLength, 0);
-  const fh = await open(file, 'r').catch(() => {
-    throw damaged(dir, r.file, 'a file the manifest names', 'missing');
+  const fh = await openRegularFile(file, 'cannot read the resume state', dir).catch((e) => {
+    if (e instanceof FileError && e.context.got === 'ENOENT')
+      throw damaged(dir, r.file, 'a file the manifest names', 'missing');
+    throw e;
   });
   try {
     const size = (await fh.stat()).size;

@@ -12,7 +12,7 @@ import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { ConfigError, FileError, FormatError, ShapeError } from '../../src/errors.js';
 import { runCli } from '../cli/run-cli.js';
-import { generateCorpus, type MalformedCase, openCase } from '../fixtures/malformed/generate.js';
+import { generateCorpus, type MalformedCase, openCase, SECRET } from '../fixtures/malformed/generate.js';
 import { REPO } from '../helpers.js';
 
 const work = mkdtempSync(path.join(os.tmpdir(), 'ptq-malformed-'));
@@ -54,6 +54,9 @@ test('every malformed file: its typed error, message fragment, and the file name
         failures.push(`${c.name}: message lacks "${c.fragment}": ${e.message}`);
       else if (!e.message.includes(c.path))
         failures.push(`${c.name}: message does not name ${c.path}: ${e.message}`);
+      // Never the content of a file that is not what it should be, never a source path.
+      else if (e.message.includes('PTQ-SECRET') || /\bsrc\/|\.ts\b/.test(e.message))
+        failures.push(`${c.name}: message echoes file content or names a source file: ${e.message}`);
     }
   }
   assert.deepEqual(failures, []);
@@ -71,6 +74,7 @@ test('a sample through the CLI: exit 1, one line naming the error, no stack trac
     assert.ok(lines[0]!.startsWith(`ptq: ${c.error}: `), `${c.name}: ${lines[0]}`);
     assert.ok(lines[0]!.includes(c.fragment), `${c.name}: ${lines[0]}`);
     assert.doesNotMatch(r.stderr, /\n\s+at /, `${c.name}: stack trace`);
+    assert.ok(!r.stderr.includes(SECRET.slice(0, 20)), `${c.name}: echoes the secret`);
     assert.equal(r.stdout, '', `${c.name}: nothing on stdout`);
   }
 });
