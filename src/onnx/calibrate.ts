@@ -24,6 +24,7 @@ import { getDefaultEngine } from '../compute/index.js';
 import { UsageError } from '../errors.js';
 import { type NodeFilter, selected } from './graph-edit.js';
 import { DT, num, OnnxModel, onnx } from './model-file.js';
+import { assertWeightShapes } from './shape-infer.js';
 
 export interface InputStats {
   K: number;
@@ -51,6 +52,8 @@ export async function collectInputStats(
   onProgress?: (done: number, total: number) => void,
 ): Promise<Map<string, InputStats>> {
   const model = await OnnxModel.read(file);
+  // A weight whose dims contradict its input: refused by name here, not by onnxruntime's session below.
+  assertWeightShapes(model);
   const inputs = weightProductInputs(model, filter);
   if (inputs.length === 0)
     throw new UsageError('no MatMul/Gemm with a constant weight to calibrate', { file });

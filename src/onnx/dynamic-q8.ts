@@ -18,6 +18,7 @@ import { roundHalfEven } from '../quant/grid.js';
 import { assertFiniteWeights } from '../quant/numerics.js';
 import { attrNumber, GraphEditor, isInitializer, makeNode, type NodeFilter, selected } from './graph-edit.js';
 import { DT, dimsOf, makeTensor, type NodeProto, type OnnxModel } from './model-file.js';
+import { assertWeightShapes, inferShapes } from './shape-infer.js';
 
 export interface DynamicQ8Report {
   quantized: { node: string; op: string; K: number; N: number; relativeError: number }[];
@@ -47,6 +48,7 @@ export async function quantizeDynamicQ8(model: OnnxModel, filter: NodeFilter = {
   const report: DynamicQ8Report = { quantized: [], skipped: [], weights: 0, storedBytes: 0 };
   const out: NodeProto[] = [];
   const cache = new Map<string, { q: string; s: string; K: number; N: number; relErr: number }>();
+  const shapes = inferShapes(model);
   for (const node of model.graph.node) {
     const name = node.name || node.output[0]!;
     const isProduct =
@@ -68,6 +70,12 @@ export async function quantizeDynamicQ8(model: OnnxModel, filter: NodeFilter = {
       skip(`B has rank ${b.dims.length}`);
       continue;
     }
+    if (dimsOf(b).includes(0)) {
+      skip(`B is empty [${dimsOf(b).join(', ')}]`);
+      continue;
+    }
+    // B as the node reads it: a reshaped weight is refused, not quantized to a wrong K × N.
+    assertWeightShapes(model, [node], shapes);
     if (node.opType === 'Gemm' && attrNumber(node, 'transA', 0) !== 0) {
       skip('Gemm with transA = 1');
       continue;

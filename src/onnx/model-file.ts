@@ -14,7 +14,8 @@
  *   FLOAT, int32_data for FLOAT16/BF16 bit patterns and the ≤ 32-bit integer types, int64_data,
  *   double_data); onnx.proto3, "TensorProto".
  */
-import { open, readFile, stat, writeFile } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { open, readFile, realpath, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import onnxProto from 'onnx-proto';
 import { FileError, FormatError, UsageError } from '../errors.js';
@@ -75,6 +76,121 @@ export function num(x: number | { toNumber(): number } | null | undefined): numb
 export const dimsOf = (t: TensorProto): number[] => t.dims.map(num);
 export const elementCount = (dims: readonly number[]) => dims.reduce((a, b) => a * b, 1);
 
+/**
+ * A tensor's dims as numbers, refused unless each is a non-negative integer and the element and
+ * byte counts stay below 2^53: ONNX dims are int64, and [-128, -128] or [-1, -16384] multiply to
+ * a plausible element count while describing no tensor (onnxruntime: "Out of bounds dimensions").
+ */
+export function checkedDims(t: TensorProto, file?: string): number[] {
+  const shape = () => `[${t.dims.map(String).join(', ')}]`;
+  let dims: number[];
+  try {
+    dims = dimsOf(t);
+  } catch {
+    throw new FormatError('tensor dimension beyond 2^53', { file, field: t.name, got: shape() });
+  }
+  if (dims.some((d) => d < 0))
+    throw new FormatError('negative tensor dimension', {
+      file,
+      field: t.name,
+      expected: 'dims >= 0',
+      got: shape(),
+    });
+  const count = elementCount(dims);
+  if (!Number.isSafeInteger(count * (ELEMENT_BYTES[t.dataType] ?? 1)))
+    throw new FormatError('tensor size beyond 2^53 bytes', { file, field: t.name, got: shape() });
+  return dims;
+}
+
+/** The typed repeated field holding a tensor's values when it has no raw_data (onnx.proto3, TensorProto). */
+function typedField(t: TensorProto): { name: string; length: number } {
+  switch (t.dataType) {
+    case DT.FLOAT:
+      return { name: 'float_data', length: t.floatData.length };
+    case DT.DOUBLE:
+      return { name: 'double_data', length: t.doubleData.length };
+    case DT.INT64:
+      return { name: 'int64_data', length: t.int64Data.length };
+    case DT.UINT32:
+    case DT.UINT64:
+      return { name: 'uint64_data', length: t.uint64Data.length };
+    default:
+      return { name: 'int32_data', length: t.int32Data.length };
+  }
+}
+
+/**
+ * An initializer's dims and the amount of data it holds (raw_data bytes, typed values, or the
+ * external `length` entry) agree, checked without reading external data.
+ */
+function checkInitializer(t: TensorProto, file: string): void {
+  const dims = checkedDims(t, file);
+  const elemBytes = ELEMENT_BYTES[t.dataType];
+  if (elemBytes === undefined) return; // strings and exotic types: checked when read
+  const count = elementCount(dims);
+  const expected = count * elemBytes;
+  const ext = externalEntry(t);
+  const shape = `[${dims.join(', ')}]`;
+  const disagree = (what: string, want: string, got: number) =>
+    new FormatError(`${what} disagrees with the tensor shape ${shape}`, {
+      file,
+      field: t.name,
+      expected: want,
+      got: String(got),
+    });
+  if (ext) {
+    if (ext.length !== undefined && ext.length !== expected)
+      throw disagree('external data length', `${expected} bytes`, ext.length);
+  } else if (t.rawData && t.rawData.byteLength > 0) {
+    if (t.rawData.byteLength !== expected)
+      throw disagree('raw_data length', `${expected} bytes`, t.rawData.byteLength);
+  } else {
+    const f = typedField(t);
+    if (f.length !== count) throw disagree(`${f.name} count`, `${count} values`, f.length);
+  }
+}
+
+/**
+ * `location` (relative to `dir`, the directory of the file that names it) as a real path, refused
+ * unless it is a regular file inside `dir`'s real path: the text of the location is checked first
+ * (no absolute path, no `..` out of `dir`), then its real path, so a symlink (the location itself
+ * or a directory on the way) leading outside is refused too, as onnxruntime does ("External data
+ * path escapes model directory"). Devices and FIFOs are refused before they are opened.
+ */
+export async function resolveInside(
+  dir: string,
+  location: string,
+  what: string,
+  context: { file?: string; field?: string } = {},
+): Promise<string> {
+  const file = path.resolve(dir, location);
+  const rel = path.relative(dir, file);
+  if (path.isAbsolute(location) || rel === '..' || rel.startsWith(`..${path.sep}`) || path.isAbsolute(rel))
+    throw new FormatError(`${what} location leaves the model directory`, {
+      ...context,
+      expected: `a path inside ${dir}`,
+      got: location,
+    });
+  const [realDir, real] = await Promise.all([
+    realpath(dir),
+    realpath(file).catch((e: NodeJS.ErrnoException) => {
+      throw new FileError(`cannot open ${what} (${e.code ?? e.message})`, { ...context, file });
+    }),
+  ]);
+  const realRel = path.relative(realDir, real);
+  if (realRel === '..' || realRel.startsWith(`..${path.sep}`) || path.isAbsolute(realRel))
+    throw new FileError(`${what} resolves outside the model directory`, {
+      ...context,
+      expected: `a file inside ${realDir}`,
+      got: `${location} -> ${real}`,
+      hint: 'copy the file into the model directory instead of linking it',
+    });
+  const info = await stat(real);
+  if (!info.isFile())
+    throw new FileError(`${what} is not a regular file`, { ...context, got: `${location} -> ${real}` });
+  return real;
+}
+
 /** The external-data entries of a tensor, or undefined when its data is inline. */
 function externalEntry(t: TensorProto): { location: string; offset: number; length?: number } | undefined {
   if (t.dataLocation !== onnx.TensorProto.DataLocation.EXTERNAL) return undefined;
@@ -107,6 +223,7 @@ export class OnnxModel {
     readonly proto: ModelProto,
   ) {
     this.dir = path.dirname(file);
+    for (const t of this.graph.initializer) checkInitializer(t, file);
     this.sourceExternal = this.graph.initializer.some((t) => externalEntry(t));
   }
 
@@ -153,10 +270,11 @@ export class OnnxModel {
   /** Bytes of a tensor's data (little-endian, row-major), inline or read from external data by offset. */
   async tensorBytes(t: TensorProto): Promise<Uint8Array> {
     const ext = externalEntry(t);
-    const dims = dimsOf(t);
+    const dims = checkedDims(t, this.file);
     const elemBytes = ELEMENT_BYTES[t.dataType];
     if (elemBytes === undefined)
       throw new FormatError('unsupported initializer element type', {
+        file: this.file,
         field: t.name,
         got: String(t.dataType),
       });
@@ -165,6 +283,7 @@ export class OnnxModel {
       const length = ext.length ?? expected;
       if (length !== expected)
         throw new FormatError('external data length disagrees with the tensor shape', {
+          file: this.file,
           field: t.name,
           expected: `${expected} bytes`,
           got: String(length),
@@ -174,6 +293,7 @@ export class OnnxModel {
     if (t.rawData && t.rawData.byteLength > 0) {
       if (t.rawData.byteLength !== expected)
         throw new FormatError('raw_data length disagrees with the tensor shape', {
+          file: this.file,
           field: t.name,
           expected: `${expected} bytes`,
           got: String(t.rawData.byteLength),
@@ -200,19 +320,24 @@ export class OnnxModel {
     length: number,
   ): Promise<Uint8Array> {
     const file = path.resolve(this.dir, location);
-    if (path.relative(this.dir, file).startsWith('..') || path.isAbsolute(location)) {
-      throw new FormatError('external data location leaves the model directory', {
-        field: name,
-        got: location,
-      });
-    }
     let h = this.handles.get(file);
     if (!h) {
       h = (async () => {
-        const fh = await open(file, 'r').catch((e: NodeJS.ErrnoException) => {
+        const real = await resolveInside(this.dir, location, 'external data', {
+          file: this.file,
+          field: name,
+        });
+        // O_NOFOLLOW: the real path's last component is no symlink unless it was swapped since.
+        const flags = constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK;
+        const fh = await open(real, flags).catch((e: NodeJS.ErrnoException) => {
           throw new FileError(`cannot open external data (${e.code ?? e.message})`, { file, field: name });
         });
-        return { fh, size: (await fh.stat()).size };
+        const info = await fh.stat();
+        if (!info.isFile()) {
+          await fh.close();
+          throw new FileError('external data is not a regular file', { file, field: name });
+        }
+        return { fh, size: info.size };
       })();
       this.handles.set(file, h);
     }
@@ -237,7 +362,11 @@ export class OnnxModel {
 
   /** Close the external data files. */
   async close(): Promise<void> {
-    for (const h of this.handles.values()) await (await h).fh.close();
+    for (const h of this.handles.values()) {
+      // A file that failed to open (refused, missing) has nothing to close.
+      const opened = await h.catch(() => undefined);
+      if (opened) await opened.fh.close();
+    }
     this.handles.clear();
   }
 }
@@ -249,6 +378,12 @@ function typedFieldBytes(t: TensorProto, expected: number): Uint8Array {
   const need = (len: number, field: string) => {
     if (len !== n) throw new FormatError(`${field} holds ${len} values for ${n} elements`, { field: t.name });
   };
+  if (t.dataType === DT.UINT32) {
+    // UINT32 values live in uint64_data (onnx.proto3).
+    need(t.uint64Data.length, 'uint64_data');
+    for (const [i, v] of t.uint64Data.entries()) view.setUint32(i * 4, num(v), true);
+    return out;
+  }
   switch (t.dataType) {
     case DT.FLOAT:
       need(t.floatData.length, 'float_data');

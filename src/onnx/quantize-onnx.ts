@@ -23,7 +23,8 @@ import { FileError, UsageError } from '../errors.js';
 import { type OutputOptions, writeDirectoryAtomically } from '../io/atomic.js';
 import { type DynamicQ8Report, quantizeDynamicQ8 } from './dynamic-q8.js';
 import { convertToFloat16, type Fp16Report } from './fp16.js';
-import { OnnxModel, writeOnnxModel } from './model-file.js';
+import { OnnxModel, resolveInside, writeOnnxModel } from './model-file.js';
+import { assertWeightShapes } from './shape-infer.js';
 import { quantizeWeightsToNBits, type WeightOnlyOptions, type WeightOnlyReport } from './weight-only.js';
 
 export const ONNX_QUANT_DTYPES = {
@@ -102,13 +103,18 @@ async function sourceGraphs(input: string): Promise<{ files: string[]; root?: st
       file: onnxDir,
       hint: 'expected onnx/model.onnx',
     });
-  return { files: names.sort().map((n) => path.join(onnxDir, n)), root: input };
+  const files = names.sort().map((n) => path.join(onnxDir, n));
+  // Each graph's real path lies inside the model directory (a symlink out of it, or to a device, is refused).
+  for (const file of files) await resolveInside(input, path.relative(input, file), 'ONNX graph', { file });
+  return { files, root: input };
 }
 
 /** Apply one dtype's passes to a freshly read graph. */
 async function applyDtype(model: OnnxModel, dtype: OnnxQuantDtype, o: OnnxQuantizeOptions) {
   const d = ONNX_QUANT_DTYPES[dtype];
   const out: Pick<OnnxGraphReport, 'weightOnly' | 'dynamic' | 'fp16'> = {};
+  // Every dtype, fp16 too: a graph onnxruntime would refuse is refused here first, naming the weight.
+  assertWeightShapes(model);
   if (dtype === 'q8') out.dynamic = await quantizeDynamicQ8(model, o);
   else if (d.bits > 0) out.weightOnly = await quantizeWeightsToNBits(model, { ...o, bits: d.bits });
   if (d.fp16) out.fp16 = await convertToFloat16(model);
@@ -165,8 +171,10 @@ export async function quantizeOnnx(
       if (root) {
         for (const name of await readdir(root)) {
           const from = path.join(root, name);
-          if (name === 'onnx' || !(await stat(from)).isFile()) continue;
-          await copyFile(from, path.join(tmp, name));
+          // Directories, FIFOs and dangling links are not model files; a regular file is copied from its
+          // real path, which must lie inside the model directory (a symlink out of it is refused).
+          if (name === 'onnx' || !(await stat(from).catch(() => undefined))?.isFile()) continue;
+          await copyFile(await resolveInside(root, name, 'model file', { file: from }), path.join(tmp, name));
           copied.push(name);
         }
         if (copied.includes('config.json'))

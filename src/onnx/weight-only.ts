@@ -47,6 +47,7 @@ import {
   selected,
 } from './graph-edit.js';
 import { DT, dimsOf, makeTensor, type NodeProto, type OnnxModel, type TensorProto } from './model-file.js';
+import { assertWeightShapes } from './shape-infer.js';
 
 export const NBITS_BITS = [2, 4, 8] as const;
 const MIN_BLOCK = 16;
@@ -146,6 +147,7 @@ function candidate(model: OnnxModel, node: NodeProto): WeightView | string | und
     if (isInitializer(model, node.input[0]!)) return 'both inputs are constants';
     if (!isFloat(b)) return `B is not float (type ${b.dataType})`;
     if (b.dims.length !== 2) return `B has rank ${b.dims.length}, not 2`;
+    if (dimsOf(b).includes(0)) return `B is empty [${dimsOf(b).join(', ')}]`;
     if (node.opType === 'MatMul') return { init: b, transposed: true, alpha: 1 };
     if (attrNumber(node, 'transA', 0) !== 0) return 'Gemm with transA = 1';
     return { init: b, transposed: attrNumber(node, 'transB', 0) === 0, alpha: attrNumber(node, 'alpha', 1) };
@@ -258,6 +260,8 @@ export async function quantizeWeightsToNBits(
         (candidate(model, n) !== undefined || (o.gather !== false && isEmbeddingGather(model, n))),
     ),
   );
+  // Each weight's dims as its node reads them: a reshaped weight is refused, not quantized to a wrong K × N.
+  assertWeightShapes(model, [...todo]);
   let done = 0;
 
   for (let index = 0; index < nodes.length; index++) {
@@ -518,6 +522,7 @@ async function gatherToBlockQuantized(
   if (!(GATHER_BITS as readonly number[]).includes(bits))
     return `GatherBlockQuantized is used at 4 and 8 bits here, not ${bits}`;
   const [V, D] = dimsOf(table) as [number, number];
+  if (V === 0 || D === 0) return `table is empty [${V}, ${D}]`;
   if ((D * bits) % 8 !== 0) return `row width ${D} does not fill whole bytes at ${bits} bits`;
   const grid = gridFor(D);
   if (!grid) return `per-channel block of ${D} columns exceeds ${MAX_BLOCK}`;
