@@ -20,6 +20,7 @@ import path from 'node:path';
 import onnxProto from 'onnx-proto';
 import { FileError, FormatError, UsageError } from '../errors.js';
 import { decodeF16 } from '../formats/half.js';
+import { allowedRoots } from '../io/confined-path.js';
 
 export const { onnx } = onnxProto;
 export type ModelProto = onnxProto.onnx.ModelProto;
@@ -155,7 +156,9 @@ function checkInitializer(t: TensorProto, file: string): void {
  * unless it is a regular file inside `dir`'s real path: the text of the location is checked first
  * (no absolute path, no `..` out of `dir`), then its real path, so a symlink (the location itself
  * or a directory on the way) leading outside is refused too, as onnxruntime does ("External data
- * path escapes model directory"). Devices and FIFOs are refused before they are opened.
+ * path escapes model directory"). The allowed trees are those of io/confined-path.ts (a Hugging
+ * Face cache snapshot's files may resolve into its repo's blobs/). Devices and FIFOs are refused
+ * before they are opened.
  */
 export async function resolveInside(
   dir: string,
@@ -171,17 +174,20 @@ export async function resolveInside(
       expected: `a path inside ${dir}`,
       got: location,
     });
-  const [realDir, real] = await Promise.all([
-    realpath(dir),
+  const [roots, real] = await Promise.all([
+    allowedRoots(dir),
     realpath(file).catch((e: NodeJS.ErrnoException) => {
       throw new FileError(`cannot open ${what} (${e.code ?? e.message})`, { ...context, file });
     }),
   ]);
-  const realRel = path.relative(realDir, real);
-  if (realRel === '..' || realRel.startsWith(`..${path.sep}`) || path.isAbsolute(realRel))
+  const inside = (root: string) => {
+    const r = path.relative(root, real);
+    return r !== '' && r !== '..' && !r.startsWith(`..${path.sep}`) && !path.isAbsolute(r);
+  };
+  if (!roots.some(inside))
     throw new FileError(`${what} resolves outside the model directory`, {
       ...context,
-      expected: `a file inside ${realDir}`,
+      expected: `a file inside ${roots.join(' or ')}`,
       got: `${location} -> ${real}`,
       hint: 'copy the file into the model directory instead of linking it',
     });

@@ -3,7 +3,8 @@
  * outside"), each refused with a typed one-line error naming the file and the tensor, before any
  * output is written:
  *  - external data or model files reached through a symlink out of the model directory (the
- *    location itself, or a directory on the way), or a FIFO; symlinks inside the directory work;
+ *    location itself, or a directory on the way), or a FIFO; symlinks inside the directory, and a
+ *    Hugging Face cache snapshot's links into its blobs/, work;
  *  - initializer dims that are negative ([-128, -128], [-1, -16384]: their products are plausible
  *    element counts), or that disagree with the data the tensor holds;
  *  - a weight whose dims were rewritten ([64, 256] stored as [256, 64]): onnxruntime refuses the
@@ -176,6 +177,25 @@ test('external data under a symlinked directory, or a FIFO: refused; a symlink i
   await symlink(path.join('blobs', 'abc'), path.join(okDir, 'model.onnx_data'));
   const r = await quantize(ok);
   assert.equal(r.graphs[0]!.weightOnly!.quantized.length, 1);
+
+  // A Hugging Face cache snapshot: files are links into the repo's blobs/ (io/confined-path.ts); onnxruntime loads it.
+  const repo = path.join(tmp, 'hub', 'models--org--tiny');
+  const snapshot = path.join(repo, 'snapshots', 'rev0', 'onnx');
+  await matmulModel(path.join(tmp, 'hub-src'), 'model', { K: 64, N: 32, externalData: true });
+  await mkdir(path.join(repo, 'blobs'), { recursive: true });
+  await mkdir(snapshot, { recursive: true });
+  for (const [name, blob] of [
+    ['model.onnx', 'aaa'],
+    ['model.onnx_data', 'bbb'],
+  ] as const) {
+    await rename(path.join(tmp, 'hub-src', name), path.join(repo, 'blobs', blob));
+    await symlink(path.join('..', '..', '..', 'blobs', blob), path.join(snapshot, name));
+  }
+  await ort.InferenceSession.create(path.join(snapshot, 'model.onnx'));
+  assert.equal(
+    (await quantize(path.join(snapshot, 'model.onnx'))).graphs[0]!.weightOnly!.quantized.length,
+    1,
+  );
 });
 
 test('a model directory whose graph or tokenizer links outside it: refused, nothing copied out', async () => {
