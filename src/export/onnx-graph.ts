@@ -17,7 +17,8 @@
  * Per block (Hugging Face modeling_llama semantics, as src/model/decoder.ts computes them):
  *   h = RMSNorm(x)                         SimplifiedLayerNormalization (x / √(mean x² + ε) · w)
  *   q, k, v = h·Wqᵀ, h·Wkᵀ, h·Wvᵀ          MatMul on a float [in, out] weight, or com.microsoft MatMulNBits
- *   q, k = RoPE(q, k; position_ids)        com.microsoft RotaryEmbedding, rotate_half layout, cos/sin caches
+ *   q, k = RoPE(q, k; position_ids)        com.microsoft RotaryEmbedding, rotate_half layout, cos/sin of the
+ *                                          call's positions computed in the graph (float64 angles)
  *   K, V = concat(past, k), concat(past, v)  → present
  *   attn = softmax(q·Kᵀ/√d + mask) · V     plain ops; query head h reads KV head ⌊h / (heads/kv_heads)⌋ by
  *                                          viewing q as [B, kv_heads, group, S, d] against K as [B, kv_heads, 1, T, d]
@@ -28,7 +29,7 @@
  */
 import type { GraphAssembler } from '../io/onnx-builder.js';
 import { type BlockLinear, blockPrefix, EMBED, FINAL_NORM, LM_HEAD } from '../model/architecture.js';
-import type { ModelConfig } from '../model/config.js';
+import type { ModelConfig, RopeScaling } from '../model/config.js';
 import type { TensorMap } from '../tensor.js';
 import type { MatMulNBitsWeight } from './matmul-nbits.js';
 
@@ -79,19 +80,28 @@ export function buildDecoderGraph(g: GraphAssembler, m: DecoderGraphInput) {
   const visible = g.op1('And', [causal, notPadding]); // [B, 1, 1, S, T]
   const attnBias = g.op1('Where', [visible, g.float32([0], []), g.float32([FLOAT32_MIN], [])]);
 
-  // ---- rotary caches: cos/sin(pos · θ^(−2i/d)) for every position, [max_positions, d/2] ----
+  // ---- rotary angles, computed in the graph from position_ids: no table of max_position_embeddings rows ----
+  // (a [max_positions, d/2] cache initializer is what optimum writes, but a config may ask for 2^27 positions).
+  // Angles pos · θ_i in float64, then cos/sin rounded to float32: the values the float64 table held, exact for
+  // any position. RotaryEmbedding reads row position_ids[b, s] of its caches; this call's caches hold one row per
+  // (b, s), so it gets the row index b·S + s.
+  g.scope = '/model/rotary';
   const half = d / 2;
-  const cos = new Float32Array(c.maxPositions * half);
-  const sin = new Float32Array(c.maxPositions * half);
-  for (let i = 0; i < half; i++) {
-    const invFreq = 1 / c.ropeTheta ** ((2 * i) / d);
-    for (let t = 0; t < c.maxPositions; t++) {
-      cos[t * half + i] = Math.cos(t * invFreq);
-      sin[t * half + i] = Math.sin(t * invFreq);
-    }
-  }
-  const cosCache = g.initializer('/model/rotary/cos_cache', 'float32', [c.maxPositions, half], cos);
-  const sinCache = g.initializer('/model/rotary/sin_cache', 'float32', [c.maxPositions, half], sin);
+  const invFreq = Float64Array.from({ length: half }, (_, i) =>
+    scaledFrequency(1 / c.ropeTheta ** ((2 * i) / d), c.layout?.ropeScaling),
+  );
+  const positions = g.op1('Reshape', [
+    g.op1('Cast', [POSITION_IDS], { to: 11 /* DOUBLE */ }),
+    g.int64([-1, 1]),
+  ]);
+  const angles = g.op1('Mul', [
+    positions,
+    g.initializer('/model/rotary/inv_freq', 'float64', [half], invFreq),
+  ]); // [B·S, d/2]
+  const cosCache = g.op1('Cast', [g.op1('Cos', [angles])], { to: 1 /* FLOAT */ });
+  const sinCache = g.op1('Cast', [g.op1('Sin', [angles])], { to: 1 /* FLOAT */ });
+  const rows = g.op1('Range', [g.int64([0], []), g.op1('Size', [POSITION_IDS]), g.int64([1], [])]);
+  const rotaryRows = g.op1('Reshape', [rows, g.op1('Shape', [POSITION_IDS])]); // [B, S]: b·S + s
 
   const rmsNorm = (x: string, name: string) =>
     g.op1('SimplifiedLayerNormalization', [x, g.initializer(name, 'float32', [D], weight(name))], {
@@ -113,7 +123,7 @@ export function buildDecoderGraph(g: GraphAssembler, m: DecoderGraphInput) {
     g.scope = `/model/layers.${layer}/attn`;
     const h = rmsNorm(x, `${p}input_layernorm.weight`);
     const rope = (t: string) =>
-      g.op1('RotaryEmbedding', [t, POSITION_IDS, cosCache, sinCache], { interleaved: 0 }, MS);
+      g.op1('RotaryEmbedding', [t, rotaryRows, cosCache, sinCache], { interleaved: 0 }, MS);
     const q = rope(linear(h, w('self_attn.q_proj')));
     const k = rope(linear(h, w('self_attn.k_proj')));
     const v = linear(h, w('self_attn.v_proj'));
@@ -178,6 +188,24 @@ export function buildDecoderGraph(g: GraphAssembler, m: DecoderGraphInput) {
       ...outputs.map((o) => ({ ...o, type: 'float32' as const })),
     ],
   };
+}
+
+/**
+ * θ_i under Llama's rope_scaling, as src/model/decoder.ts computes it: 'linear' divides every
+ * frequency by `factor`; 'llama3' (Llama 3.1's _compute_llama3_parameters) divides wavelengths
+ * 2π/θ above original/low_freq_factor by `factor`, keeps those below original/high_freq_factor and
+ * interpolates in between with s = (original/λ − low) / (high − low): θ' = (1 − s)·θ/factor + s·θ.
+ * 'longrope' switches its factors with the window length: the exporter refuses it (onnx.ts).
+ */
+export function scaledFrequency(invFreq: number, r: RopeScaling | undefined): number {
+  if (!r) return invFreq;
+  if (r.type === 'linear') return invFreq / r.factor;
+  if (r.type !== 'llama3') throw new Error(`rope_scaling ${r.type} is not exported`);
+  const wavelen = (2 * Math.PI) / invFreq;
+  if (wavelen < r.originalMaxPositions / r.highFreqFactor) return invFreq;
+  if (wavelen > r.originalMaxPositions / r.lowFreqFactor) return invFreq / r.factor;
+  const s = (r.originalMaxPositions / wavelen - r.lowFreqFactor) / (r.highFreqFactor - r.lowFreqFactor);
+  return ((1 - s) * invFreq) / r.factor + s * invFreq;
 }
 
 /** y = x·Wᵀ for a weight stored as float [in, out] (MatMul) or as MatMulNBits codes. */

@@ -35,7 +35,7 @@ import { buildOnnxModelExternal, type ExternalChunk, GraphAssembler } from '../i
 import { BLOCK_LINEARS, linearWeightName } from '../model/architecture.js';
 import type { LoadedModel } from '../model/load.js';
 import { convertToFloat16 } from '../onnx/fp16.js';
-import { OnnxModel, writeOnnxModel } from '../onnx/model-file.js';
+import { OnnxModel, resolveInside, writeOnnxModel } from '../onnx/model-file.js';
 import { type GridSpec, gridName, IntGrid } from '../quant/grid.js';
 import type { QuantizedTensor } from '../quant/quantized-tensor.js';
 import { quantizeRtn } from '../quant/rtn.js';
@@ -138,6 +138,7 @@ export async function exportOnnx(
       got: model.config.modelType,
     });
   }
+  assertLlamaGraph(model);
   assertWeightOnly(model, 'onnx');
   const dtypes = [...new Set(options.dtypes ?? [defaultOnnxDtype(model)])];
   for (const d of dtypes) {
@@ -171,7 +172,7 @@ export async function exportOnnx(
       await writeJson(path.join(tmp, 'config.json'), transformersConfig(model, dtypes[0]!, external));
       const sourceGeneration = path.join(model.path, 'generation_config.json');
       if (model.source !== 'llama2c' && existsSync(sourceGeneration))
-        await copyFile(sourceGeneration, path.join(tmp, 'generation_config.json'));
+        await copyFile(await sourceFile(model, sourceGeneration), path.join(tmp, 'generation_config.json'));
       else await writeJson(path.join(tmp, 'generation_config.json'), generationConfig(model));
       if (model.tokenizer instanceof Llama2cTokenizer) {
         // llama2.c ships tokenizer.bin only: write the equivalent Hugging Face tokenizer files.
@@ -179,7 +180,8 @@ export async function exportOnnx(
         for (const [name, json] of Object.entries(converted)) await writeJson(path.join(tmp, name), json);
         tokenizer = 'converted from tokenizer.bin';
       } else {
-        for (const file of model.tokenizerFiles) await copyFile(file, path.join(tmp, path.basename(file)));
+        for (const file of model.tokenizerFiles)
+          await copyFile(await sourceFile(model, file), path.join(tmp, path.basename(file)));
       }
     },
     { overwrite: options.overwrite, inputs: [model.path, ...(options.inputs ?? [])] },
@@ -190,6 +192,46 @@ export async function exportOnnx(
   }
   files.sort((a, b) => (a.path < b.path ? -1 : 1));
   return { output: path.resolve(outDir), variants, files, tokenizer, warnings };
+}
+
+/**
+ * A file of the model directory to copy into the output, by its real path: a symlink out of the
+ * directory is refused (its target would be copied out). Files outside it (named by the user) as given.
+ */
+async function sourceFile(model: LoadedModel, file: string): Promise<string> {
+  const rel = path.relative(model.path, file);
+  if (rel === '' || rel.startsWith('..') || path.isAbsolute(rel)) return file;
+  return resolveInside(model.path, rel, 'model file', { file });
+}
+
+/**
+ * The graph (onnx-graph.ts) computes the Llama block: no biases, SwiGLU, full rotary with plain,
+ * linear or llama3 frequencies, full causal attention. A llama config.json may ask for more
+ * (attention_bias, mlp_bias, hidden_act, rope_scaling longrope): refused rather than dropped.
+ */
+function assertLlamaGraph(model: LoadedModel): void {
+  const L = model.config.layout;
+  if (!L) return;
+  const file =
+    model.source === 'huggingface' || model.source === 'ptqkit'
+      ? path.join(model.path, 'config.json')
+      : model.path;
+  const refuse = (field: string, got: string, expected: string) => {
+    throw new ConfigError('the ONNX exporter does not write this Llama variant', {
+      file,
+      field,
+      expected,
+      got,
+    });
+  };
+  if (L.qkvBias || L.oBias) refuse('attention_bias', 'true', 'false (no attention biases in the graph)');
+  if (L.mlpBias) refuse('mlp_bias', 'true', 'false (no MLP biases in the graph)');
+  if (L.activation !== 'silu' || !L.gatedMlp) refuse('hidden_act', L.activation, 'silu (SwiGLU)');
+  if (L.ropeScaling && L.ropeScaling.type !== 'linear' && L.ropeScaling.type !== 'llama3')
+    refuse('rope_scaling', L.ropeScaling.type, 'null, linear or llama3');
+  if (L.rotaryDim !== undefined && L.rotaryDim !== model.config.headDim)
+    refuse('partial_rotary_factor', String(L.rotaryDim / model.config.headDim), '1 (full rotary)');
+  if (L.windows?.some((w) => w > 0)) refuse('sliding_window', String(Math.max(...L.windows)), 'none');
 }
 
 /** Build one variant's graph and write its .onnx (+ .onnx_data) into `onnxDir`. */

@@ -6,10 +6,11 @@ import onnxProto from 'onnx-proto';
 
 const { onnx } = onnxProto;
 
-export type ElemType = 'float32' | 'int64' | 'uint8' | 'float16' | 'int32';
+export type ElemType = 'float32' | 'float64' | 'int64' | 'uint8' | 'float16' | 'int32';
 
 const ELEM_TYPES: Record<ElemType, number> = {
   float32: onnx.TensorProto.DataType.FLOAT,
+  float64: onnx.TensorProto.DataType.DOUBLE,
   int64: onnx.TensorProto.DataType.INT64,
   uint8: onnx.TensorProto.DataType.UINT8,
   float16: onnx.TensorProto.DataType.FLOAT16,
