@@ -19,6 +19,7 @@ import {
   hostHasAmx,
 } from './gguf-activations.js';
 import { GgufTokenizer } from './gguf-tokenizer.js';
+import { brief } from './json.js';
 
 export async function readGgufModel(
   file: string,
@@ -31,7 +32,7 @@ export async function readGgufModel(
         file,
         field: 'general.architecture',
         expected: '"llama"',
-        got: JSON.stringify(arch),
+        got: brief(arch),
       });
     }
     const int = (key: string, fallback?: number): number => {
@@ -42,7 +43,7 @@ export async function readGgufModel(
           file,
           field: key,
           expected: 'a positive integer',
-          got: String(v),
+          got: typeof v === 'bigint' ? String(v) : brief(v),
         });
       }
       return n;

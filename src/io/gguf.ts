@@ -317,6 +317,11 @@ class HeaderCursor {
   }
 }
 
+/** A key or tensor name from the file, for messages: any length is valid, so long ones are cut. */
+function shown(s: string): string {
+  return s.length > 80 ? `${s.slice(0, 77)}...` : s;
+}
+
 interface ParsedHeader {
   version: number;
   metadata: Map<string, GgufKv>;
@@ -363,26 +368,27 @@ function parseHeader(fd: number, fileSize: number, file: string): ParsedHeader {
   for (let i = 0; i < nKv; i++) {
     const keyAt = c.pos;
     const key = c.string(`key of metadata entry ${i}`);
-    if (metadata.has(key)) c.fail('duplicate metadata key', 'unique keys', key, keyAt);
-    const type = c.u32(`type of '${key}'`) as GgufValueType;
+    const k = shown(key);
+    if (metadata.has(key)) c.fail('duplicate metadata key', 'unique keys', k, keyAt);
+    const type = c.u32(`type of '${k}'`) as GgufValueType;
     if (type === GgufValueType.ARRAY) {
-      const itemType = c.u32(`element type of '${key}'`) as GgufValueType;
+      const itemType = c.u32(`element type of '${k}'`) as GgufValueType;
       if (
         itemType === GgufValueType.ARRAY ||
         (itemType !== GgufValueType.STRING && SCALAR_BYTES[itemType] === undefined)
       ) {
-        c.fail(`invalid element type of '${key}'`, 'a scalar or string GGUF type', `${itemType}`, c.pos - 4);
+        c.fail(`invalid element type of '${k}'`, 'a scalar or string GGUF type', `${itemType}`, c.pos - 4);
       }
       const minItem = itemType === GgufValueType.STRING ? (version >= 2 ? 8 : 4) : SCALAR_BYTES[itemType]!;
       // The count is bounded by the bytes left, so the array never outgrows the file.
-      const count = c.size(`element count of '${key}'`, Math.floor(c.remaining() / minItem));
+      const count = c.size(`element count of '${k}'`, Math.floor(c.remaining() / minItem));
       let value: GgufArray;
       if (itemType === GgufValueType.STRING) {
         const strings = new Array<string>(count);
-        for (let j = 0; j < count; j++) strings[j] = c.string(`'${key}'[${j}]`);
+        for (let j = 0; j < count; j++) strings[j] = c.string(`'${k}'[${j}]`);
         value = strings;
       } else {
-        value = c.numericArray(itemType, count, `'${key}'`);
+        value = c.numericArray(itemType, count, `'${k}'`);
       }
       metadata.set(key, {
         key,
@@ -391,7 +397,7 @@ function parseHeader(fd: number, fileSize: number, file: string): ParsedHeader {
         value,
       });
     } else {
-      metadata.set(key, { key, type, value: c.scalar(type, `'${key}'`) } as GgufKv);
+      metadata.set(key, { key, type, value: c.scalar(type, `'${k}'`) } as GgufKv);
     }
   }
   const alignKv = metadata.get('general.alignment');
@@ -415,41 +421,42 @@ function parseHeader(fd: number, fileSize: number, file: string): ParsedHeader {
   for (let i = 0; i < nTensors; i++) {
     const at = c.pos;
     const name = c.string(`name of tensor ${i}`);
-    if (names.has(name)) c.fail('duplicate tensor name', 'unique names', name, at);
+    const n = shown(name);
+    if (names.has(name)) c.fail('duplicate tensor name', 'unique names', n, at);
     names.add(name);
-    const nDims = c.u32(`n_dims of '${name}'`);
+    const nDims = c.u32(`n_dims of '${n}'`);
     if (nDims < 1 || nDims > MAX_DIMS)
-      c.fail(`invalid n_dims of '${name}'`, `1..${MAX_DIMS}`, `${nDims}`, c.pos - 4);
+      c.fail(`invalid n_dims of '${n}'`, `1..${MAX_DIMS}`, `${nDims}`, c.pos - 4);
     const dims: number[] = [];
     let count = 1;
     for (let d = 0; d < nDims; d++) {
-      const ne = c.size(`ne[${d}] of '${name}'`, fileSize * 8);
-      if (ne < 1) c.fail(`empty dimension of '${name}'`, 'ne >= 1', `${ne}`, c.pos - (version >= 2 ? 8 : 4));
+      const ne = c.size(`ne[${d}] of '${n}'`, fileSize * 8);
+      if (ne < 1) c.fail(`empty dimension of '${n}'`, 'ne >= 1', `${ne}`, c.pos - (version >= 2 ? 8 : 4));
       dims.push(ne);
       count *= ne;
     }
     const typeAt = c.pos;
-    const typeId = c.u32(`type of '${name}'`);
+    const typeId = c.u32(`type of '${n}'`);
     const type = ggmlTypeById(typeId);
     if (!type)
       c.fail(
-        `unsupported ggml type of '${name}'`,
+        `unsupported ggml type of '${n}'`,
         `one of ${GGML_TYPES.map((t) => `${t.name} (${t.id})`).join(', ')}`,
         `${typeId}`,
         typeAt,
       );
     if (dims[0]! % type.blockSize !== 0) {
       c.fail(
-        `row of '${name}' is not whole blocks`,
+        `row of '${n}' is not whole blocks`,
         `ne[0] divisible by ${type.blockSize} (${type.name})`,
         `${dims[0]}`,
         typeAt,
       );
     }
     const offsetAt = c.pos;
-    const offset = Number(c.u64(`offset of '${name}'`));
+    const offset = Number(c.u64(`offset of '${n}'`));
     if (offset % alignment !== 0)
-      c.fail(`misaligned data offset of '${name}'`, `a multiple of ${alignment}`, `${offset}`, offsetAt);
+      c.fail(`misaligned data offset of '${n}'`, `a multiple of ${alignment}`, `${offset}`, offsetAt);
     tensors.push({ name, dims, type, offset, byteLength: rowBytes(type, count) });
     offsetFields.push(offsetAt);
   }
