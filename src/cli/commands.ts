@@ -2,9 +2,9 @@
  * The work behind each `ptq` command, separate from argument parsing so that tests and the
  * library API call the same code. Commands print a table, or one JSON object with --json.
  */
-import { readFile, writeFile } from 'node:fs/promises';
+import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { FileError, UsageError } from '../errors.js';
+import { UsageError } from '../errors.js';
 import { type CompareResults, runCompare } from '../eval/compare.js';
 import { type EvalResult, evaluate, type WindowProtocol } from '../eval/perplexity.js';
 import { renderReport } from '../eval/report.js';
@@ -16,6 +16,7 @@ import { exportOnnx, ONNX_DTYPES, type OnnxDtype } from '../export/onnx.js';
 import { checkOutput, type OutputOptions, writeDirectoryAtomically } from '../io/atomic.js';
 import { emulateLlamaCpp, ggufStorage } from '../io/gguf-model.js';
 import { writePtqCheckpoint } from '../io/ptq-checkpoint.js';
+import { readText } from '../io/text.js';
 import { blockLinears } from '../model/architecture.js';
 import { Decoder } from '../model/decoder.js';
 import { type ActivationQuantSpec, checkActivationQuant } from '../model/input-ops.js';
@@ -79,70 +80,6 @@ export async function guardOutput(
 
 export function peakRssMiB(): number {
   return process.resourceUsage().maxRSS / 1024;
-}
-
-/**
- * A UTF-8 text file (--text, --calib). Invalid UTF-8 is refused with the byte offset of its first
- * invalid sequence rather than silently replaced by U+FFFD (tokens the text does not contain).
- * A byte-order mark is kept, as before.
- */
-export async function readText(file: string): Promise<string> {
-  let bytes: Buffer;
-  try {
-    bytes = await readFile(file);
-  } catch (e) {
-    throw new FileError('cannot read the text file', { file, got: (e as NodeJS.ErrnoException).code });
-  }
-  try {
-    return new TextDecoder('utf-8', { fatal: true, ignoreBOM: true }).decode(bytes);
-  } catch {
-    const offset = firstInvalidUtf8(bytes);
-    const shown = [...bytes.subarray(offset, offset + 4)].map((b) => b.toString(16).padStart(2, '0'));
-    throw new FileError('text is not valid UTF-8', {
-      file,
-      offset,
-      got: `bytes ${shown.join(' ')}`,
-      hint: `convert it from its encoding, e.g. iconv -f latin1 -t utf-8 ${file} > text-utf8.txt`,
-    });
-  }
-}
-
-/**
- * Offset of the first byte that does not start a well-formed UTF-8 sequence (Unicode Table 3-7:
- * no overlong forms, surrogates or code points above U+10FFFF, no truncated sequence), or −1.
- */
-export function firstInvalidUtf8(bytes: Uint8Array): number {
-  const n = bytes.length;
-  for (let i = 0; i < n; ) {
-    const b = bytes[i]!;
-    if (b < 0x80) {
-      i++;
-      continue;
-    }
-    // Continuation bytes after b, and the allowed range of the first one.
-    let more: number;
-    let lo = 0x80;
-    let hi = 0xbf;
-    if (b >= 0xc2 && b <= 0xdf) more = 1;
-    else if (b >= 0xe0 && b <= 0xef) {
-      more = 2;
-      if (b === 0xe0) lo = 0xa0;
-      else if (b === 0xed) hi = 0x9f;
-    } else if (b >= 0xf0 && b <= 0xf4) {
-      more = 3;
-      if (b === 0xf0) lo = 0x90;
-      else if (b === 0xf4) hi = 0x8f;
-    } else return i;
-    if (i + more >= n) return i;
-    const c = bytes[i + 1]!;
-    if (c < lo || c > hi) return i;
-    for (let k = 2; k <= more; k++) {
-      const d = bytes[i + k]!;
-      if (d < 0x80 || d > 0xbf) return i;
-    }
-    i += more + 1;
-  }
-  return -1;
 }
 
 // ---------- inspect ----------

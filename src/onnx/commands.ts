@@ -16,6 +16,7 @@ import { ONNX_DTYPES, type OnnxDtype } from '../export/onnx.js';
 import { OnnxCausalLM } from '../export/onnx-session.js';
 import { checkOutput } from '../io/atomic.js';
 import { HfTokenizer } from '../io/hf-tokenizer.js';
+import { readText } from '../io/text.js';
 import type { Decoder } from '../model/decoder.js';
 import { sampleCalibrationWindows } from '../quant/calibrate.js';
 import { collectInputStats, decoderFeeds } from './calibrate.js';
@@ -82,8 +83,10 @@ export async function quantizeOnnxCommand(input: string, args: OnnxQuantizeArgs,
       got: args.method,
     });
   const method = args.method as OnnxMethod;
-  // The whole model directory is the input: the output may not be it, hold it or sit inside it.
-  const inputs = [modelRoot(input), input, args.calib];
+  // A model directory (or a graph in its onnx/) is one input as a whole: the output may not be
+  // it, hold it or sit inside it. A bare .onnx file is an input of its own (with its data files).
+  const inModelDir = !input.endsWith('.onnx') || path.basename(path.dirname(input)) === 'onnx';
+  const inputs = [input, inModelDir ? modelRoot(input) : undefined, args.calib];
   await checkOutput(args.output, { kind: 'directory', inputs, overwrite: args.overwrite });
   // --dtype names the files (and their bits); --bits only picks the default dtype.
   const dtypes = (args.dtype ?? DEFAULT_DTYPE[args.bits] ?? '')
@@ -109,7 +112,7 @@ export async function quantizeOnnxCommand(input: string, args: OnnxQuantizeArgs,
     const root = modelRoot(input);
     const config = await readConfig(root);
     const tokenizer = await HfTokenizer.load(root, config?.bos_token_id as number | undefined);
-    const tokens = tokenizer.encode(await readFile(args.calib, 'utf8'));
+    const tokens = tokenizer.encode(await readText(args.calib));
     const windows = sampleCalibrationWindows(tokens, {
       nsamples: args.nsamples,
       seqlen: args.seqlen,
@@ -192,7 +195,7 @@ export async function onnxEvalCommand(file: string, args: OnnxEvalArgs, out: Out
     const model = await OnnxCausalLM.load(lm.dir, lm.dtype, 1);
     const reference = await OnnxCausalLM.load(ref.dir, ref.dtype, 1);
     const tokenizer = await HfTokenizer.load(lm.dir, model.config.bosTokenId);
-    let tokens = tokenizer.encode(await readFile(args.text, 'utf8'));
+    let tokens = tokenizer.encode(await readText(args.text));
     if (args.maxTokens) tokens = tokens.slice(0, args.maxTokens);
     const ctx = args.ctx ?? Math.min(model.config.maxPositions, 2048);
     report.perplexity = await evaluate(model as unknown as Decoder, tokens, {

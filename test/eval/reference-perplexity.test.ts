@@ -6,8 +6,8 @@
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import { test } from 'node:test';
-import { readText } from '../../src/cli/commands.js';
 import { evaluate } from '../../src/eval/perplexity.js';
+import { readText } from '../../src/io/text.js';
 import { Decoder } from '../../src/model/decoder.js';
 import { loadModel } from '../../src/model/load.js';
 import { ASSETS, assetsPresent } from '../helpers.js';

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import { test } from 'node:test';
-import { readText } from '../../src/cli/commands.js';
+import { readText } from '../../src/io/text.js';
 import { type BLOCK_LINEARS, blockPrefix } from '../../src/model/architecture.js';
 import { Decoder } from '../../src/model/decoder.js';
 import { loadModel } from '../../src/model/load.js';

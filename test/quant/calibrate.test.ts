@@ -1,8 +1,8 @@
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import { test } from 'node:test';
-import { readText } from '../../src/cli/commands.js';
 import { UsageError } from '../../src/errors.js';
+import { readText } from '../../src/io/text.js';
 import { type BlockLinear, linearWeightName } from '../../src/model/architecture.js';
 import { Decoder } from '../../src/model/decoder.js';
 import { loadModel } from '../../src/model/load.js';

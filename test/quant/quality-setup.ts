@@ -5,8 +5,8 @@
  */
 import assert from 'node:assert/strict';
 import path from 'node:path';
-import { readText } from '../../src/cli/commands.js';
 import { type EvalResult, evaluate } from '../../src/eval/perplexity.js';
+import { readText } from '../../src/io/text.js';
 import { Decoder } from '../../src/model/decoder.js';
 import { type LoadedModel, loadModel } from '../../src/model/load.js';
 import { sampleCalibrationWindows } from '../../src/quant/calibrate.js';

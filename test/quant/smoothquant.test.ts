@@ -8,10 +8,10 @@
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import { before, describe, test } from 'node:test';
-import { readText } from '../../src/cli/commands.js';
 import { FormatError, UsageError } from '../../src/errors.js';
 import { type EvalResult, evaluate } from '../../src/eval/perplexity.js';
 import { exportGguf } from '../../src/export/gguf.js';
+import { readText } from '../../src/io/text.js';
 import { LLAMA_LAYOUT, type ModelConfig } from '../../src/model/config.js';
 import { Decoder } from '../../src/model/decoder.js';
 import {
