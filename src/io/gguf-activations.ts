@@ -30,7 +30,12 @@
  * m · f16(d) · Σq differs by the f16 rounding of that one product per block (relative 2^−11).
  * On hosts with Intel AMX (node-llama-cpp then loads its sapphirerapids build), F16 weights
  * that the AMX buffer takes are multiplied with float32 inputs (amx/mmq.cpp: "f16 only has
- * avx512 kernels"), i.e. as F32 weights are (`amxMultipliesInFloat`).
+ * avx512 kernels"), i.e. as F32 weights are (`amxMultipliesInFloat`). Without AMX (e.g. the
+ * zen4 build on AVX-512 AMD EPYC) the input is first rounded by ggml_cpu_fp32_to_fp16 (nearest
+ * even), then llamafile's tinyBLAS multiplies F16×F16 (its F16 case takes no F32 input on x86),
+ * or ggml_vec_dot_f16 for one token: measured, llama.cpp's F16 matmul outputs equal W·f16(x)
+ * to 1e-7 relative (W·x only to 1e-4). An f16 step is ~2^13 float32 ulps, so float summation
+ * order flips such a rounding within the first positions (test/export/gguf.test.ts).
  */
 import { readFileSync } from 'node:fs';
 import { ConfigError } from '../errors.js';

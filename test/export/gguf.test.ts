@@ -44,6 +44,21 @@ const QUANT_LOGPROB_TOL = 1.0;
 const QUANT_TOP1_MIN = 0.97;
 /** Positions from the start where emulated log-probs must equal llama.cpp's (measured: 1–37, see README). */
 const EXACT_PREFIX = 1;
+/**
+ * Except for `--type f16` where the emulation rounds matmul inputs to f16 (hosts without AMX, and
+ * the matrices AMX does not take). Measured on an AMD EPYC (AVX-512, no AMX; node-llama-cpp loads
+ * libggml-cpu-zen4.so): llama.cpp rounds F16 matmul inputs exactly as emulated (llamafile tinyBLAS
+ * F16×F16 after ggml_cpu_fp32_to_fp16; its matmul outputs, dumped, equal W·f16(x) to 1e-7
+ * relative, W·x only to 1e-4). But a float32 ulp is ~2^-13 of an f16 step (at most ~2^-16 of a
+ * Q8_0 code step), so float summation order flips an f16 rounding within the first positions: in
+ * the 656K model onnxruntime's batched MatMul leaves layer 1's input 117 at position 0 three float
+ * ulps on one side of the f16 half (−0.10379026 vs −0.1037902832), llama.cpp's is two ulps on the
+ * other, and that one f16 step moves position 0's log-probs by 1.7e-3. The same emulation with
+ * JsEngine (float64 sums) is exact for 4 positions, and for 2 (either engine) on stories260K: the
+ * prefix is the engines' luck, so here the test asks only that the emulation brings position 0
+ * closer to llama.cpp than the plain forward (656K: 1.7e-3 vs 3.7e-3; 260K: 5.5e-6 vs 4.1e-3).
+ */
+const F16_INPUT_PREFIX = 0;
 const PPL_REL_TOL = 0.01;
 const WINDOW = 512;
 const GREEDY_STEPS = 20;
@@ -195,7 +210,8 @@ for (const spec of MODELS) {
         const pplOurs = perplexity(ours, window, V);
         const pplLlama = perplexity(theirs, window, V);
         // The same forward with every matmul input converted as llama.cpp's CPU backend converts it.
-        const emulatedConfig = { ...back.config, linearInputOps: await llamaCppInputOps(file) };
+        const emulatedOps = await llamaCppInputOps(file);
+        const emulatedConfig = { ...back.config, linearInputOps: emulatedOps };
         const emulated = logSoftmax(
           await new Decoder(emulatedConfig, back.weights).forward(Int32Array.from(window), 1, window.length),
           window.length,
@@ -205,6 +221,12 @@ for (const spec of MODELS) {
         const pplEmu = perplexity(emulated, window, V);
         const exactEmu = firstDeparture(theirs, emulated, window.length, V, F32_LOGPROB_TOL);
         const exactPlain = firstDeparture(theirs, ours, window.length, V, F32_LOGPROB_TOL);
+        // --type f16 with f16-rounded inputs (F16_INPUT_PREFIX); position 0's max |Δlog-prob|.
+        const f16Inputs = type === 'f16' && Object.values(emulatedOps.ggmlWeightTypes ?? {}).includes('F16');
+        const first = {
+          emulated: compareLogits(theirs, emulated, 1, V).maxDiff,
+          plain: compareLogits(theirs, ours, 1, V).maxDiff,
+        };
 
         // Greedy continuation of the prompt, 20 tokens, both sides stopping at EOS.
         const gctx = await lm.createContext({ contextSize: 64, ...EXACT_CONTEXT });
@@ -239,7 +261,8 @@ for (const spec of MODELS) {
             `  (quantization itself moved log-probs by ${quantEffect.toFixed(3)})  top-1 ${agree}/${window.length}` +
             `  ppl ${pplOurs.toFixed(4)} vs llama.cpp ${pplLlama.toFixed(4)}  greedy "${back.tokenizer.decode(greedyLlama)}"` +
             `\n  emulated: max|Δlog-prob| ${emu.maxDiff.toExponential(2)}  top-1 ${emu.agree}/${window.length}` +
-            `  ppl ${pplEmu.toFixed(4)}  equal for the first ${exactEmu} positions (without: ${exactPlain})`,
+            `  ppl ${pplEmu.toFixed(4)}  equal for the first ${exactEmu} positions (without: ${exactPlain})` +
+            `  position 0: ${first.emulated.toExponential(1)} (without: ${first.plain.toExponential(1)})${f16Inputs ? '  f16 inputs' : ''}`,
         );
         assert.ok(
           Math.abs(pplLlama / pplOurs - 1) < PPL_REL_TOL,
@@ -252,8 +275,16 @@ for (const spec of MODELS) {
         assert.ok(emu.maxDiff < QUANT_LOGPROB_TOL, `${type}: emulated max |Δlog-prob| ${emu.maxDiff}`);
         assert.ok(emu.agree / window.length >= QUANT_TOP1_MIN, `${type}: emulated top-1 ${emu.agree}`);
         // Until float summation order first flips an activation code, the emulation is llama.cpp.
-        assert.ok(exactEmu >= EXACT_PREFIX, `${type}: emulated log-probs part at position ${exactEmu}`);
-        if (exactPlain < window.length) assert.ok(exactEmu > exactPlain, `${type}: emulation gains nothing`);
+        // (f16-rounded inputs: summation order flips a rounding within the first positions, F16_INPUT_PREFIX.)
+        const prefix = f16Inputs ? F16_INPUT_PREFIX : EXACT_PREFIX;
+        assert.ok(exactEmu >= prefix, `${type}: emulated log-probs part at position ${exactEmu}`);
+        if (f16Inputs)
+          assert.ok(
+            first.emulated < first.plain,
+            `${type}: emulation gains nothing at position 0 (${first.emulated} vs ${first.plain})`,
+          );
+        else if (exactPlain < window.length)
+          assert.ok(exactEmu > exactPlain, `${type}: emulation gains nothing`);
         // The file's own bits per weight (what `ptq eval` reports), and `ptq eval --emulate-llama-cpp`.
         assert.equal((await ggufStorage(file)).bitsPerWeight, report.bitsPerWeight);
         if (type === 'q4_0') {
