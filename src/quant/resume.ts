@@ -216,6 +216,7 @@ export async function openResumeState<Report>(
   if (blocks.length < layers) {
     const a = manifest.activations;
     if (!a) throw damaged(target.dir, MANIFEST, 'activations', 'none');
+    await checkStateFileSize(target.dir, a, MAGIC.length + 4 * a.length);
     activations = new Float32Array(a.length);
     await readVerified(target.dir, a, [bytesOf(activations)]);
   }
@@ -542,8 +543,8 @@ function layoutBlock<Report>(block: FinishedBlock<Report>) {
 }
 
 async function readBlock<Report>(dir: string, b: BlockRecord<Report>): Promise<FinishedBlock<Report>> {
-  checkStateFileName(dir, b);
   if (!(b.bytes >= MAGIC.length)) throw damaged(dir, b.file, 'a block file', `${b.bytes} bytes`);
+  await checkStateFileSize(dir, b, b.bytes);
   const payload = new Uint8Array(b.bytes - MAGIC.length);
   await readVerified(dir, b, [payload]);
   const base = MAGIC.length;
@@ -635,6 +636,26 @@ async function syncDirectory(dir: string): Promise<void> {
 function checkStateFileName(dir: string, r: FileRecord): void {
   if (typeof r.file !== 'string' || !STATE_FILE_NAME.test(r.file)) {
     throw damaged(dir, MANIFEST, 'block-<run>-<i>.dat or act-<run>-<i>.dat', brief(r.file, 80));
+  }
+}
+
+/**
+ * Before allocating what the manifest declares: the file (a plain name, a regular file inside
+ * `dir`) must hold exactly `bytes` (a manifest claiming 10^15 bytes is damaged, not a RangeError).
+ */
+async function checkStateFileSize(dir: string, r: FileRecord, bytes: number): Promise<void> {
+  checkStateFileName(dir, r);
+  const fh = await openRegularFile(path.join(dir, r.file), 'cannot read the resume state', dir).catch((e) => {
+    if (e instanceof FileError && e.context.got === 'ENOENT')
+      throw damaged(dir, r.file, 'a file the manifest names', 'missing');
+    throw e;
+  });
+  try {
+    const { size } = await fh.stat();
+    if (!(Number.isSafeInteger(bytes) && size === bytes && size === r.bytes))
+      throw damaged(dir, r.file, `${r.bytes} bytes`, `${size}`);
+  } finally {
+    await fh.close();
   }
 }
 

@@ -8,7 +8,8 @@
  *  - 10^6 tensors in a 68 MB safetensors header: refused in bounded time and memory;
  *  - symlinks: a Hugging Face cache snapshot (every file a link into ../../blobs) and links
  *    inside a model directory load; links to another repo's blobs, a llama2.c tokenizer linked
- *    out of its directory, and resume-state files named `../outside/...` or linked out are refused;
+ *    out of its directory, and resume-state files named `../outside/...` or linked out are refused
+ *    (as are manifest sizes no file holds, before allocating them);
  *  - a GGUF file named .bin is read as GGUF (by its magic);
  *  - a tokenizer.json holding a secret is reported without echoing it.
  */
@@ -275,6 +276,20 @@ test('resume state: a block file named ../outside/... or linked out of the direc
     );
     return true;
   });
+  // Sizes no file holds: refused from the file's size, before allocating them.
+  for (const edit of [
+    (m: typeof manifest) => (m.blocks[0].bytes = 1e15),
+    (m: typeof manifest) => (m.activations.length = 1e15),
+  ]) {
+    const huge = structuredClone(manifest);
+    edit(huge);
+    writeFileSync(manifestFile, JSON.stringify(huge));
+    await assert.rejects(
+      openResumeState({ dir, resume: true }, fp, 2),
+      (e: unknown) =>
+        e instanceof FormatError && /damaged resume state; expected \d+ bytes, got \d+/.test(e.message),
+    );
+  }
   // A plain name, but a link out of the directory.
   writeFileSync(manifestFile, JSON.stringify(manifest));
   rmSync(path.join(dir, blockFile));
