@@ -13,7 +13,6 @@ import path from 'node:path';
 import { test } from 'node:test';
 import { exportCommand, type Output, type QuantizeArgs, quantizeCommand } from '../src/cli/commands.js';
 import { CALIBRATION_DEFAULTS } from '../src/quant/calibrate.js';
-import { GPTQ_DEFAULTS } from '../src/quant/gptq.js';
 import type { GridSpec } from '../src/quant/grid.js';
 import { gridSpecFor } from '../src/quant/number-formats.js';
 import { ASSETS, assetsPresent, REPO, tempDir } from './helpers.js';
@@ -89,10 +88,6 @@ function quantizeArgs(method: string, grid: GridSpec, output: string): QuantizeA
     nsamples: 4,
     seqlen: 64,
     seed: CALIBRATION_DEFAULTS.seed,
-    damp: GPTQ_DEFAULTS.damp,
-    blockSize: GPTQ_DEFAULTS.blockSize,
-    trueSequential: true,
-    awqClip: true,
     ...(CALIBRATED.has(method) && { calib: CALIB }),
   };
 }

@@ -28,11 +28,12 @@ import {
   sampleCalibrationWindows,
 } from '../quant/calibrate.js';
 import { type GridSpec, gridName, validateGrid } from '../quant/grid.js';
-import { HQQ_DEFAULTS } from '../quant/hqq.js';
+import { optionsFromCli } from '../quant/methods/method.js';
 import type { FormatName } from '../quant/number-formats.js';
 import {
   type Calibration,
-  METHODS,
+  getMethod,
+  isCalibrated,
   type MethodName,
   modelSize,
   quantizeModel,
@@ -41,13 +42,12 @@ import { rejectSideExport } from '../quant/quantized-tensor.js';
 import { assertResumable, removeResumeState, resumeDirFor } from '../quant/resume.js';
 import { type RotationKind, untiedHfConfig } from '../quant/rotate.js';
 import { DEFAULT_PALETTE } from '../quant/sensitivity.js';
-import { SINQ_DEFAULTS } from '../quant/sinq.js';
 import {
   checkSmoothQuantOptions,
   SMOOTHQUANT_DEFAULTS,
   type SmoothQuantOptions,
 } from '../quant/smoothquant.js';
-import { STREAMING_METHODS, type StreamingMethod, streamQuantize } from '../quant/stream-quantize.js';
+import { streamQuantize } from '../quant/stream-quantize.js';
 import { createProgress } from './progress.js';
 import { fmt, formatTable } from './table.js';
 
@@ -134,14 +134,6 @@ export interface QuantizeArgs extends OutputArgs {
   nsamples: number;
   seqlen: number;
   seed: number;
-  actOrder?: boolean;
-  damp: number;
-  blockSize: number;
-  trueSequential: boolean;
-  awqClip: boolean;
-  hqqIters?: number;
-  lpNorm?: number;
-  sinqIters?: number;
   rotate?: string;
   rotateSeed?: number;
   /** Export format written right after quantizing (EXPORT_FORMATS). */
@@ -171,17 +163,14 @@ export interface QuantizeArgs extends OutputArgs {
   /** SmoothQuant's α (`--smoothquant` alone: true, α = 0.5) and which inputs it smooths. */
   smoothquant?: number | true;
   smoothquantGroups?: string;
+  /** The methods' own options, by their command-line attribute (quant/methods: `options`). */
+  [methodOption: string]: unknown;
 }
 
 export async function quantizeCommand(modelPath: string, args: QuantizeArgs, out: Output) {
-  if (!(args.method in METHODS)) {
-    throw new UsageError('unknown method', {
-      field: 'method',
-      expected: Object.keys(METHODS).join(', '),
-      got: args.method,
-    });
-  }
-  const method = args.method as MethodName;
+  const record = getMethod(args.method);
+  const method = record.name;
+  const methodOptions = optionsFromCli(record, args);
   validateGrid(args.grid);
   const exportTo = args.export && exportTarget(args.export, args.output, args.exportOut);
   // Refused before any work: export formats have no x ← x·Q step (input-rotation.ts).
@@ -194,7 +183,7 @@ export async function quantizeCommand(modelPath: string, args: QuantizeArgs, out
       },
     );
   if (exportTo && (args.outliers || args.lorcRank)) rejectSideExport(args.export!);
-  if (METHODS[method].calibrated && !args.calib) {
+  if (isCalibrated(record) && !args.calib) {
     throw new UsageError(`${method} needs calibration text`, {
       field: 'calib',
       hint: 'pass --calib <text file>, disjoint from the evaluation text',
@@ -206,9 +195,7 @@ export async function quantizeCommand(modelPath: string, args: QuantizeArgs, out
   if (exportTo)
     await guardOutput({ ...args, output: exportTo }, [...inputs, args.output], exportKind(args.export!));
   // Calibrated runs save their state block by block beside the output (quant/resume.ts).
-  const resume = METHODS[method].calibrated
-    ? { dir: resumeDirFor(args.output), resume: !!args.resume }
-    : undefined;
+  const resume = isCalibrated(record) ? { dir: resumeDirFor(args.output), resume: !!args.resume } : undefined;
   if (args.resume && !resume) {
     throw new UsageError(`nothing to resume: ${method} does not calibrate block by block`, {
       field: 'resume',
@@ -219,8 +206,8 @@ export async function quantizeCommand(modelPath: string, args: QuantizeArgs, out
   }
   if (resume?.resume) await assertResumable(resume.dir);
   // Calibration-free and nothing model-wide: read, quantize and write one tensor at a time.
-  if (streamable(method, args) && (await isPlainHfDirectory(modelPath))) {
-    return streamQuantizeCommand(modelPath, method as StreamingMethod, args, output, exportTo, out);
+  if (record.quantizeWeight && streamable(args) && (await isPlainHfDirectory(modelPath))) {
+    return streamQuantizeCommand(modelPath, args, methodOptions, output, exportTo, out);
   }
   const model = await loadModel(modelPath, { tokenizer: args.tokenizer });
   const calibration = args.calib ? await calibrationFor(model, args) : undefined;
@@ -231,13 +218,9 @@ export async function quantizeCommand(modelPath: string, args: QuantizeArgs, out
     grid: args.grid,
     perLayerGrid: mixed?.perLayerGrid,
     calibration,
-    gptq: { actOrder: !!args.actOrder, damp: args.damp, blockSize: args.blockSize },
-    awq: { clip: args.awqClip },
-    hqq: { iters: args.hqqIters ?? HQQ_DEFAULTS.iters, lpNorm: args.lpNorm ?? HQQ_DEFAULTS.lpNorm },
-    sinq: { iters: args.sinqIters ?? SINQ_DEFAULTS.iters },
+    methodOptions,
     rotate: args.rotate as RotationKind | undefined,
     rotation: { seed: args.rotateSeed },
-    trueSequential: args.trueSequential,
     outliers: args.outliers,
     lorcRank: args.lorcRank,
     resume,
@@ -389,30 +372,26 @@ const WHOLE_MODEL_OPTIONS = [
   'smoothquant',
 ] as const;
 
-/** Whether `ptq quantize` streams (quant/stream-quantize.ts): a calibration-free method and none of the above. */
-function streamable(method: MethodName, args: QuantizeArgs): boolean {
-  const set = args as unknown as Record<string, unknown>;
-  return (
-    (STREAMING_METHODS as readonly string[]).includes(method) &&
-    WHOLE_MODEL_OPTIONS.every((k) => set[k] === undefined || set[k] === false || set[k] === 0)
-  );
+/** Whether `ptq quantize` of a calibration-free method streams (quant/stream-quantize.ts): none of the above. */
+function streamable(args: QuantizeArgs): boolean {
+  const set = args as Record<string, unknown>;
+  return WHOLE_MODEL_OPTIONS.every((k) => set[k] === undefined || set[k] === false || set[k] === 0);
 }
 
 /** `ptq quantize` of a Hugging Face directory, one tensor at a time; output byte-identical to the in-memory path. */
 async function streamQuantizeCommand(
   modelPath: string,
-  method: StreamingMethod,
   args: QuantizeArgs,
+  methodOptions: Record<string, unknown>,
   output: OutputOptions,
   exportTo: string | undefined,
   out: Output,
 ) {
   const progress = createProgress('quantize: layer', !out.json);
   const r = await streamQuantize(modelPath, args.output, {
-    method,
+    method: args.method,
     grid: args.grid,
-    hqq: { iters: args.hqqIters ?? HQQ_DEFAULTS.iters, lpNorm: args.lpNorm ?? HQQ_DEFAULTS.lpNorm },
-    sinq: { iters: args.sinqIters ?? SINQ_DEFAULTS.iters },
+    methodOptions,
     tokenizer: args.tokenizer,
     onProgress: (p) => progress.update(p.layer, p.layers),
     ...output,
@@ -421,7 +400,7 @@ async function streamQuantizeCommand(
   const result = {
     model: modelPath,
     output: path.resolve(args.output),
-    method,
+    method: args.method,
     grid: String(r.settings.grid_name),
     streamed: true,
     bitsPerWeight: r.bitsPerWeight,
@@ -434,7 +413,7 @@ async function streamQuantizeCommand(
   const exportLines = await exportAfterQuantize(args, exportTo, out);
   if (out.json) return out.log(jsonWithExport(result, exportLines));
   out.log(
-    `quantized ${modelPath} with ${method} ${result.grid} (streamed): ${result.bitsPerWeight.toFixed(3)} bits/weight, ` +
+    `quantized ${modelPath} with ${args.method} ${result.grid} (streamed): ${result.bitsPerWeight.toFixed(3)} bits/weight, ` +
       `${fmt.bytes(result.bytes)}, ${result.seconds.toFixed(2)} s, peak RSS ${result.peakRssMiB.toFixed(0)} MiB -> ${result.output}`,
   );
   for (const line of exportLines) out.log(line);
@@ -810,7 +789,7 @@ export async function compareCommand(
   const model = await loadModel(modelPath, { tokenizer: args.tokenizer });
   let tokens = model.tokenizer.encode(await readText(args.text));
   if (args.maxTokens) tokens = tokens.slice(0, args.maxTokens);
-  const needsCalibration = args.methods.some((m) => METHODS[m as MethodName]?.calibrated);
+  const needsCalibration = args.methods.some((m) => isCalibrated(getMethod(m, 'methods')));
   const calibration =
     args.calib && needsCalibration ? await calibrationFor(model, { ...args, calib: args.calib }) : undefined;
   const progress = createProgress('compare: run', !out.json);

@@ -9,13 +9,10 @@ import { GGUF_EXPORT_TYPES } from '../export/gguf.js';
 import { onnxEvalCommand, quantizeOnnxCommand } from '../onnx/commands.js';
 import { isOnnxModelPath, ONNX_QUANT_DTYPES } from '../onnx/quantize-onnx.js';
 import { CALIBRATION_DEFAULTS, checkCalibrationOptions, MIN_SEQLEN } from '../quant/calibrate.js';
-import { GPTQ_DEFAULTS } from '../quant/gptq.js';
 import type { GridSpec, ScaleDtype } from '../quant/grid.js';
-import { HQQ_DEFAULTS } from '../quant/hqq.js';
 import { FORMAT_NAMES, type FormatName, gridSpecFor, QUANT_FORMATS } from '../quant/number-formats.js';
-import { METHODS } from '../quant/quantize-model.js';
+import { METHOD_NAMES, METHODS } from '../quant/quantize-model.js';
 import { ROTATE_DEFAULTS, ROTATIONS } from '../quant/rotate.js';
-import { SINQ_DEFAULTS } from '../quant/sinq.js';
 import {
   compareCommand,
   consoleOutput,
@@ -99,55 +96,49 @@ program
   .option('--json', 'print JSON')
   .action((model, o) => inspectCommand(model, o, consoleOutput(!!o.json)));
 
-withCalibrationOptions(
-  program
-    .command('quantize <model>')
-    .description('quantize the linear layers of a model and save it')
-    .requiredOption('-o, --output <dir>', 'output directory')
-    .addOption(
-      new Option(
-        '--method <name>',
-        Object.entries(METHODS)
-          .map(([k, m]) => `${k}: ${m.description}`)
-          .join('; '),
+/** Every registered method's own options (quant/methods), each flag once (SINQ and A-SINQ share one). */
+function withMethodOptions(command: Command): Command {
+  const seen = new Set<string>();
+  for (const method of Object.values(METHODS)) {
+    for (const o of method.options) {
+      if (seen.has(o.flag)) continue;
+      seen.add(o.flag);
+      if (o.parse === 'integer') command.option(o.flag, o.help, integer);
+      else if (o.parse === 'number') command.option(o.flag, o.help, Number);
+      else command.option(o.flag, o.help);
+    }
+  }
+  return command;
+}
+
+withMethodOptions(
+  withCalibrationOptions(
+    program
+      .command('quantize <model>')
+      .description('quantize the linear layers of a model and save it')
+      .requiredOption('-o, --output <dir>', 'output directory')
+      .addOption(
+        new Option(
+          '--method <name>',
+          Object.values(METHODS)
+            .map((m) => `${m.name}: ${m.description}`)
+            .join('; '),
+        )
+          .choices(METHOD_NAMES)
+          .default('rtn'),
       )
-        .choices(Object.keys(METHODS))
-        .default('rtn'),
-    )
-    .addOption(new Option('--format <name>', FORMAT_HELP).choices(FORMAT_NAMES).default('int'))
-    .option('--bits <n>', 'bits per weight code (int: 2..8; other formats fix it)', integer, 4)
-    .option('--group-size <n>', 'input columns per scale; -1 = per output channel', groupSize, 32)
-    .option('--per-tensor', 'one scale for the whole tensor')
-    .option('--asym', 'asymmetric grid with zero points (default symmetric)')
-    .addOption(
-      new Option('--scale-dtype <dtype>', 'storage dtype of scales')
-        .choices(['f16', 'bf16', 'f32', 'e4m3'])
-        .default('f16'),
-    ),
+      .addOption(new Option('--format <name>', FORMAT_HELP).choices(FORMAT_NAMES).default('int'))
+      .option('--bits <n>', 'bits per weight code (int: 2..8; other formats fix it)', integer, 4)
+      .option('--group-size <n>', 'input columns per scale; -1 = per output channel', groupSize, 32)
+      .option('--per-tensor', 'one scale for the whole tensor')
+      .option('--asym', 'asymmetric grid with zero points (default symmetric)')
+      .addOption(
+        new Option('--scale-dtype <dtype>', 'storage dtype of scales')
+          .choices(['f16', 'bf16', 'f32', 'e4m3'])
+          .default('f16'),
+      ),
+  ),
 )
-  .option('--act-order', 'gptq: quantize columns by decreasing Hessian diagonal (stores g_idx)')
-  .option('--damp <x>', 'gptq: dampening, fraction of the mean Hessian diagonal', Number, GPTQ_DEFAULTS.damp)
-  .option('--block-size <n>', 'gptq: columns per lazy batch', integer, GPTQ_DEFAULTS.blockSize)
-  .option('--no-true-sequential', 'gptq: quantize all linears of a block from the same inputs')
-  .option('--no-awq-clip', 'awq: skip the clipping search after scaling')
-  .option(
-    '--hqq-iters <n>',
-    'hqq: maximum half-quadratic iterations (stops earlier when the error stops falling)',
-    integer,
-    HQQ_DEFAULTS.iters,
-  )
-  .option(
-    '--lp-norm <p>',
-    'hqq: p of the error ‖W − Ŵ‖_p^p it minimizes, 0 < p ≤ 1',
-    Number,
-    HQQ_DEFAULTS.lpNorm,
-  )
-  .option(
-    '--sinq-iters <n>',
-    'sinq: Sinkhorn iterations balancing row and column standard deviations',
-    integer,
-    SINQ_DEFAULTS.iters,
-  )
   .addOption(
     new Option(
       '--rotate <kind>',
@@ -220,6 +211,7 @@ withCalibrationOptions(
     '--dtype <list>',
     `ONNX input: files to write, comma-separated: ${Object.keys(ONNX_QUANT_DTYPES).join(',')} (default from --bits; --block-size or --group-size is the MatMulNBits block)`,
   )
+  .option('--block-size <n>', 'ONNX input: MatMulNBits block size (default: --group-size)', integer)
   .option(
     '--include <patterns>',
     'ONNX input: quantize only nodes whose name matches one of these regular expressions',
@@ -240,10 +232,9 @@ withCalibrationOptions(
     // Before the model loads: calibration options are checked whether or not --calib is given.
     checkCalibrationOptions(o);
     if (isOnnxModelPath(model)) {
-      const onnxBlockSize = cmd.getOptionValueSource('blockSize') === 'cli' ? o.blockSize : undefined;
       return quantizeOnnxCommand(
         model,
-        { ...o, onnxBlockSize, overwrite: !!o.overwrite },
+        { ...o, onnxBlockSize: o.blockSize, overwrite: !!o.overwrite },
         consoleOutput(!!o.json),
       );
     }

@@ -11,13 +11,13 @@ import { UsageError } from '../errors.js';
 import type { ModelConfig } from '../model/config.js';
 import { Decoder } from '../model/decoder.js';
 import type { LoadedModel } from '../model/load.js';
-import { awqFoldable } from '../quant/awq.js';
 import type { GridSpec } from '../quant/grid.js';
 import { gridName, validateGrid } from '../quant/grid.js';
 import { type FormatName, formatBits, gridSpecFor } from '../quant/number-formats.js';
 import {
   type Calibration,
-  METHODS,
+  getMethod,
+  isCalibrated,
   type MethodName,
   modelSize,
   quantizeModel,
@@ -106,25 +106,15 @@ export function planCompare(
   const runs: PlannedRun[] = [];
   const skipped: SkippedRun[] = [];
   for (const method of methods) {
-    if (!(method in METHODS)) {
-      throw new UsageError('unknown method', {
-        field: 'methods',
-        expected: Object.keys(METHODS).join(', '),
-        got: method,
-      });
-    }
+    const record = getMethod(method, 'methods');
+    const unsupported = record.unsupported?.({ config });
     for (const format of formats) {
       for (const b of bits) {
         const fixed = formatBits(format);
-        if (method === 'awq' && config && !awqFoldable(config)) {
-          skipped.push({
-            method,
-            format,
-            bits: b,
-            reason: `awq cannot fold its scales into ${config.modelType}`,
-          });
-        } else if (format !== 'int' && (method === 'hqq' || method === 'sinq')) {
-          // quantizeModel refuses these: HQQ/SINQ optimize an integer grid's scales and zeros.
+        if (unsupported) {
+          skipped.push({ method, format, bits: b, reason: unsupported });
+        } else if (format !== 'int' && record.integerOnly) {
+          // quantizeModel refuses these: the method optimizes an integer grid's scales and zeros.
           skipped.push({ method, format, bits: b, reason: `${method} optimizes integer grids only` });
         } else if (fixed !== undefined && fixed !== b) {
           skipped.push({ method, format, bits: b, reason: `${format} has ${fixed}-bit codes` });
@@ -171,7 +161,7 @@ export async function runCompare(
       got: skipped.map((s) => s.reason).join('; '),
     });
   if (!options.calibration) {
-    const needs = [...new Set(plan.filter((r) => METHODS[r.method].calibrated).map((r) => r.method))];
+    const needs = [...new Set(plan.filter((r) => isCalibrated(getMethod(r.method))).map((r) => r.method))];
     if (needs.length)
       throw new UsageError(`${needs.join(', ')} ${needs.length > 1 ? 'need' : 'needs'} calibration text`, {
         field: 'calib',

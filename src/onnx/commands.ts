@@ -19,6 +19,8 @@ import { HfTokenizer } from '../io/hf-tokenizer.js';
 import { readText } from '../io/text.js';
 import type { Decoder } from '../model/decoder.js';
 import { sampleCalibrationWindows } from '../quant/calibrate.js';
+import { getMethod } from '../quant/methods/index.js';
+import { optionsFromCli } from '../quant/methods/method.js';
 import { collectInputStats, decoderFeeds } from './calibrate.js';
 import { compareOnnxFiles } from './compare.js';
 import { parsePatterns } from './graph-edit.js';
@@ -51,11 +53,8 @@ export interface OnnxQuantizeArgs {
   nsamples: number;
   seqlen: number;
   seed: number;
-  damp: number;
-  actOrder?: boolean;
-  hqqIters?: number;
-  lpNorm?: number;
-  sinqIters?: number;
+  /** The methods' own options, by their command-line attribute (quant/methods: `options`). */
+  [methodOption: string]: unknown;
 }
 
 const DEFAULT_DTYPE: Record<number, OnnxQuantDtype> = { 2: 'q2', 4: 'q4', 8: 'q8' };
@@ -83,6 +82,7 @@ export async function quantizeOnnxCommand(input: string, args: OnnxQuantizeArgs,
       got: args.method,
     });
   const method = args.method as OnnxMethod;
+  const record = getMethod(method);
   // A model directory (or a graph in its onnx/) is one input as a whole: the output may not be
   // it, hold it or sit inside it. A bare .onnx file is an input of its own (with its data files).
   const inModelDir = !input.endsWith('.onnx') || path.basename(path.dirname(input)) === 'onnx';
@@ -107,8 +107,9 @@ export async function quantizeOnnxCommand(input: string, args: OnnxQuantizeArgs,
   };
 
   let hessian: ((name: string) => Float64Array | undefined) | undefined;
-  if (method === 'gptq') {
-    if (!args.calib) throw new UsageError('gptq needs calibration text', { field: 'calib' });
+  // A method that quantizes from a Hessian (GPTQ) measures it on calibration text through onnxruntime.
+  if (record.quantizeWithHessian) {
+    if (!args.calib) throw new UsageError(`${method} needs calibration text`, { field: 'calib' });
     const root = modelRoot(input);
     const config = await readConfig(root);
     const tokenizer = await HfTokenizer.load(root, config?.bos_token_id as number | undefined);
@@ -137,9 +138,7 @@ export async function quantizeOnnxCommand(input: string, args: OnnxQuantizeArgs,
     externalData: args.externalData,
     ...filter,
     hessian,
-    gptq: { damp: args.damp, actOrder: !!args.actOrder },
-    hqq: args.hqqIters !== undefined ? { iters: args.hqqIters, lpNorm: args.lpNorm } : undefined,
-    sinq: args.sinqIters !== undefined ? { iters: args.sinqIters } : undefined,
+    methodOptions: optionsFromCli(record, args),
   });
   if (out.json) return out.log(JSON.stringify(report, null, 2));
   for (const g of report.graphs) {

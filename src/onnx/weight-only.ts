@@ -30,13 +30,12 @@ import { UsageError } from '../errors.js';
 import { encodeMatMulNBits, type MatMulNBitsWeight, planMatMulNBits } from '../export/matmul-nbits.js';
 import { packBits } from '../formats/bitpack.js';
 import { encodeF16 } from '../formats/half.js';
-import { GPTQ_DEFAULTS, type GptqOptions, gptqQuantize, prepareHessian } from '../quant/gptq.js';
 import { type GridSpec, IntGrid, type ScaleDtype } from '../quant/grid.js';
-import { type HqqOptions, quantizeHqq } from '../quant/hqq.js';
+import { getMethod, METHODS } from '../quant/methods/index.js';
+import { methodOptions } from '../quant/methods/method.js';
 import { assertFiniteQuantized, assertFiniteWeights } from '../quant/numerics.js';
 import { dequantize, type QuantizedTensor, unpackCodes } from '../quant/quantized-tensor.js';
 import { quantizeRtn } from '../quant/rtn.js';
-import { quantizeSinq, type SinqOptions } from '../quant/sinq.js';
 import {
   attrNumber,
   GraphEditor,
@@ -53,8 +52,11 @@ export const NBITS_BITS = [2, 4, 8] as const;
 const MIN_BLOCK = 16;
 const MAX_BLOCK = 256;
 export const GATHER_BITS = [4, 8] as const;
-export const ONNX_METHODS = ['rtn', 'hqq', 'sinq', 'gptq'] as const;
-export type OnnxMethod = (typeof ONNX_METHODS)[number];
+/** Methods that quantize one initializer: from its values, or from a Hessian onnxruntime measured (GPTQ). */
+export const ONNX_METHODS = Object.values(METHODS)
+  .filter((m) => m.quantizeWeight || m.quantizeWithHessian)
+  .map((m) => m.name);
+export type OnnxMethod = string;
 
 export interface WeightOnlyOptions extends NodeFilter {
   bits: number;
@@ -73,9 +75,8 @@ export interface WeightOnlyOptions extends NodeFilter {
   gather?: boolean;
   /** GPTQ: H = Σ xxᵀ over calibration rows of a node's input tensor [K·K], from onnx/calibrate.ts. */
   hessian?: (inputName: string) => Float64Array | undefined;
-  gptq?: Partial<GptqOptions>;
-  hqq?: Partial<HqqOptions>;
-  sinq?: Partial<SinqOptions>;
+  /** The method's own options (defaults for those not given). */
+  methodOptions?: Record<string, unknown>;
   engine?: ComputeEngine;
   onProgress?: (done: number, total: number, node: string) => void;
 }
@@ -114,10 +115,18 @@ export function validateWeightOnly(o: WeightOnlyOptions): void {
       expected: 'a power of two from 16 to 256, or 0 (per channel)',
       got: String(o.blockSize),
     });
-  if (o.method === 'hqq' && o.bits === 8)
-    throw new UsageError('MatMulNBits takes float zero points (HQQ) at 2 and 4 bits only', {
+  const method = getMethod(o.method);
+  const probe: GridSpec = {
+    bits: o.bits,
+    symmetric: o.symmetric,
+    granularity: 'group',
+    groupSize: 32,
+    scaleDtype: 'f16',
+  };
+  if (o.bits === 8 && method.gridSpec?.(probe).zeroPoint === 'float')
+    throw new UsageError(`MatMulNBits takes float zero points (${method.name}) at 2 and 4 bits only`, {
       field: 'method',
-      got: 'hqq at 8 bits',
+      got: `${method.name} at 8 bits`,
     });
   if (
     o.accuracyLevel !== undefined &&
@@ -231,6 +240,8 @@ export async function quantizeWeightsToNBits(
   o: WeightOnlyOptions,
 ): Promise<WeightOnlyReport> {
   validateWeightOnly(o);
+  const method = getMethod(o.method);
+  const options = methodOptions(method, o.methodOptions);
   const edit = new GraphEditor(model);
   const engine = o.engine ?? getDefaultEngine();
   /** The grid of a matrix whose rows are `cols` wide (per channel: one block of the next power of two). */
@@ -307,9 +318,7 @@ export async function quantizeWeightsToNBits(
       const K2 = Math.ceil(K / bs) * bs;
       const padded = { shape: [N, K2], data: padColumns(w, N, K, K2) };
       let q: QuantizedTensor;
-      if (o.method === 'rtn') q = quantizeRtn(padded, grid, name);
-      else if (o.method === 'hqq') q = quantizeHqq(padded, grid, o.hqq, name).quantized;
-      else if (o.method === 'sinq') q = quantizeSinq(padded, grid, o.sinq, name).quantized;
+      if (method.quantizeWeight) q = method.quantizeWeight(padded, grid, options, name);
       else {
         const H = o.hessian?.(node.input[0]!);
         if (!H) {
@@ -320,12 +329,8 @@ export async function quantizeWeightsToNBits(
           });
           continue;
         }
-        const options = { ...GPTQ_DEFAULTS, ...o.gptq };
-        // Act-order permutes A's columns by a Gather; padded columns would index past K.
-        if (K2 !== K) options.actOrder = false;
         const Hp = K2 === K ? H : padHessian(H, K, K2);
-        const prepared = await prepareHessian(Hp, K2, options, engine, name);
-        q = await gptqQuantize(padded, prepared, grid, options, engine, name);
+        q = await method.quantizeWithHessian!(padded, grid, Hp, options, engine, name, K2 - K);
       }
       const plan = planMatMulNBits(q, o.bits);
       if (!plan.ok)

@@ -29,14 +29,18 @@
  * SINQ's kurtosis gate is kept (a gated matrix has t = 1, the factor a still applies); the search
  * is per layer on the grid the layer is quantized to (the reference: per layer, tiles of 64).
  */
+import { linearWeightName } from '../model/architecture.js';
 import type { Tensor } from '../tensor.js';
-import type { LinearStats } from './calibrate.js';
+import { ALL_AT_ONCE, type LinearStats } from './calibrate.js';
 import type { IntGrid } from './grid.js';
+import type { LayerResult, QuantMethod } from './methods/method.js';
+import { hessianDiagonal, quantizeWithOutliers } from './outliers.js';
 import { dequantize, type QuantizedTensor } from './quantized-tensor.js';
 import {
   kurtosis,
   quantizeWithColumnScales,
   SINQ_DEFAULTS,
+  SINQ_ITERS_OPTION,
   type SinqOptions,
   sinkhornColumnScales,
 } from './sinq.js';
@@ -133,3 +137,42 @@ export function quantizeAsinq(
   }
   return best;
 }
+
+export const asinq: QuantMethod<SinqOptions> = {
+  name: 'asinq',
+  description:
+    'A-SINQ: SINQ with activation-aware (AWQ) column factors searched on calibration data (arXiv:2509.22944)',
+  defaults: SINQ_DEFAULTS,
+  options: [SINQ_ITERS_OPTION],
+  integerOnly: true,
+  settings: (o) => ({ sinq: o }),
+  outlierSelection: 'before quantization, leave-one-out error weighted by E[x_j^2] (1 without calibration)',
+  calibration: {
+    // The column factors are searched on the layer's sampled inputs (|x| means).
+    sampleRows: 4096,
+    groups: () => ALL_AT_ONCE,
+    start: (o) => async (job) => {
+      const results: LayerResult[] = [];
+      for (const linear of job.linears) {
+        const name = linearWeightName(job.layer, linear);
+        const w = job.weights.get(name)!;
+        const st = job.stats.get(linear)!;
+        const grid = job.gridOf(name) as IntGrid;
+        const quantizeOne = (t: Tensor) => quantizeAsinq(t, grid, st, o, name).quantized;
+        const quantized = job.outliers
+          ? quantizeWithOutliers(
+              w,
+              grid,
+              job.outliers,
+              hessianDiagonal(st.hessian, w.shape[1]!),
+              quantizeOne,
+              name,
+              w.data,
+            )
+          : quantizeOne(w);
+        results.push({ name, quantized, target: w.data, hessian: st.hessian });
+      }
+      return results;
+    },
+  },
+};

@@ -18,11 +18,13 @@
  */
 import type { ComputeEngine } from '../compute/engine.js';
 import { UsageError } from '../errors.js';
-import { type BlockLinear, blockPrefix } from '../model/architecture.js';
+import { type BlockLinear, blockPrefix, linearWeightName } from '../model/architecture.js';
 import { LLAMA_LAYOUT, type ModelConfig } from '../model/config.js';
 import type { Tensor, TensorMap } from '../tensor.js';
-import type { LinearStats } from './calibrate.js';
+import { ALL_AT_ONCE, type LinearStats } from './calibrate.js';
 import type { Grid } from './grid.js';
+import type { LayerResult, QuantMethod } from './methods/method.js';
+import { hessianDiagonal, quantizeWithOutliers } from './outliers.js';
 import { dequantize } from './quantized-tensor.js';
 import { quantizeRtn } from './rtn.js';
 
@@ -277,3 +279,82 @@ export function scaleColumns(
   }
   return out;
 }
+
+/** S⁻¹HS⁻¹: the Hessian of inputs scaled by 1/s per channel. */
+function unscaleHessian(H: Float64Array, s: Float64Array): Float64Array {
+  const n = s.length;
+  const out = new Float64Array(H.length);
+  for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) out[i * n + j] = H[i * n + j]! / (s[i]! * s[j]!);
+  return out;
+}
+
+export const awq: QuantMethod<AwqOptions> = {
+  name: 'awq',
+  description: 'AWQ: activation-aware channel scaling, then RTN (arXiv:2306.00978)',
+  defaults: AWQ_DEFAULTS,
+  options: [
+    {
+      flag: '--no-awq-clip',
+      key: 'clip',
+      cliKey: 'awqClip',
+      help: 'awq: skip the clipping search after scaling',
+    },
+  ],
+  integerOnly: false,
+  settings: (o) => ({ awq: o }),
+  outlierSelection: 'before quantization, leave-one-out error weighted by E[x_j^2] (1 without calibration)',
+  unsupported({ config, rotate }) {
+    // AWQ folds 1/s into the op before each input (v_proj, up_proj): wrong once that input is rotated.
+    if (rotate === 'hadamard-online') return 'awq cannot fold its scales across an online rotation';
+    if (config && !awqFoldable(config)) return `awq cannot fold its scales into ${config.modelType}`;
+    return undefined;
+  },
+  calibration: {
+    // AWQ measures block outputs on sampled input rows.
+    sampleRows: 4096,
+    groups: () => ALL_AT_ONCE,
+    start: (o, engine) => async (job) => {
+      const reports = await applyAwqScales(
+        job.config,
+        job.weights,
+        job.layer,
+        job.stats,
+        job.grid,
+        o,
+        engine,
+      );
+      const scalesOf = new Map<string, AwqReport>();
+      for (const r of reports) for (const l of r.linears) scalesOf.set(l, r);
+      // The layer each quantized weight replaces, for its error: the scaled weights before clipping.
+      const replaced = new Map(
+        job.linears.map((l) => [l, job.weights.get(linearWeightName(job.layer, l))!.data] as const),
+      );
+      if (o.clip) await applyAwqClip(job.weights, job.layer, job.stats, reports, job.grid, engine);
+      const results: LayerResult[] = [];
+      for (const linear of job.linears) {
+        const name = linearWeightName(job.layer, linear);
+        const w = job.weights.get(name)!;
+        const scaled = scalesOf.get(linear);
+        // AWQ scaled W's columns by s and so the layer's inputs by 1/s.
+        const st = job.stats.get(linear)!;
+        const hessian = scaled ? unscaleHessian(st.hessian, scaled.scales) : st.hessian;
+        const target = replaced.get(linear)!;
+        const grid = job.gridOf(name);
+        // AWQ quantizes with RTN (no error feedback): outlier scores weighted by H_jj = E[x_j²].
+        const quantized = job.outliers
+          ? quantizeWithOutliers(
+              w,
+              grid,
+              job.outliers,
+              hessianDiagonal(hessian, w.shape[1]!),
+              (t) => quantizeRtn(t, grid, name),
+              name,
+              target,
+            )
+          : quantizeRtn(w, grid, name);
+        results.push({ name, quantized, target, hessian, ...(scaled && { alpha: scaled.alpha }) });
+      }
+      return results;
+    },
+  },
+};

@@ -27,9 +27,13 @@ import type { ComputeEngine } from '../compute/engine.js';
 import { profiled } from '../compute/profile.js';
 import { NumericError } from '../errors.js';
 import { roundToF16 } from '../formats/half.js';
+import { linearWeightName } from '../model/architecture.js';
 import type { Tensor } from '../tensor.js';
+import { ALL_AT_ONCE, TRUE_SEQUENTIAL } from './calibrate.js';
 import type { Grid } from './grid.js';
 import { inverseCholeskyUpperFast, NotPositiveDefiniteError } from './linalg.js';
+import type { LayerResult, QuantMethod } from './methods/method.js';
+import { GptqOutlierSelector, type GptqOutliers } from './outliers.js';
 import { fromCodes, type QuantizedTensor } from './quantized-tensor.js';
 
 export interface GptqOptions {
@@ -42,19 +46,6 @@ export interface GptqOptions {
 }
 
 export const GPTQ_DEFAULTS: GptqOptions = { blockSize: 128, damp: 0.01, actOrder: false };
-
-/**
- * SpQR outliers inside the loop (arXiv:2306.03078 Alg. 1; outliers.ts GptqOutlierSelector), in
- * GPTQ's column order: `begin` sees the initial weights, `group` chooses a statistics group's
- * outliers when its parameters are fitted and returns the weights to fit them on (outliers
- * left out); flagged weights are kept at their FP16 value in `values` and feed back no error.
- */
-export interface GptqOutliers {
-  begin(W: Float32Array, rows: number, cols: number, grid: Grid, blockRows: number, groupCols: number): void;
-  group(M: Float32Array, width: number, c0: number, c1: number, col: number): Float32Array;
-  readonly mask: Uint8Array;
-  readonly values: Float32Array;
-}
 
 /** What GPTQ derives from a layer's Hessian alone; layers fed by the same inputs share it. */
 export interface PreparedHessian {
@@ -394,3 +385,84 @@ function permuteSymmetric(H: Float64Array, n: number, perm: Int32Array): Float64
   for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) out[i * n + j] = H[perm[i]! * n + perm[j]!]!;
   return out;
 }
+
+/** GPTQ's options with the order of its groups: q/k/v, o, gate/up, down one after another (true sequential). */
+export interface GptqMethodOptions extends GptqOptions {
+  trueSequential: boolean;
+}
+
+export const gptq: QuantMethod<GptqMethodOptions> = {
+  name: 'gptq',
+  description: 'GPTQ: Hessian-aware column-wise rounding with error feedback (arXiv:2210.17323)',
+  defaults: { ...GPTQ_DEFAULTS, trueSequential: true },
+  options: [
+    {
+      flag: '--act-order',
+      key: 'actOrder',
+      cliKey: 'actOrder',
+      help: 'gptq: quantize columns by decreasing Hessian diagonal (stores g_idx)',
+    },
+    {
+      flag: '--damp <x>',
+      key: 'damp',
+      cliKey: 'damp',
+      help: 'gptq: dampening, fraction of the mean Hessian diagonal',
+      parse: 'number',
+    },
+    {
+      flag: '--gptq-block-size <n>',
+      key: 'blockSize',
+      cliKey: 'gptqBlockSize',
+      help: 'gptq: columns per lazy batch',
+      parse: 'integer',
+    },
+    {
+      flag: '--no-true-sequential',
+      key: 'trueSequential',
+      cliKey: 'trueSequential',
+      help: 'gptq: quantize all linears of a block from the same inputs',
+    },
+  ],
+  integerOnly: false,
+  settings: ({ trueSequential, ...o }) => ({ gptq: o, true_sequential: trueSequential }),
+  outlierSelection: 'inside GPTQ per statistics group (SpQR Alg. 1), leave-one-out error / U_jj^2',
+  calibration: {
+    sampleRows: 0,
+    groups: (o) => (o.trueSequential ? TRUE_SEQUENTIAL : ALL_AT_ONCE),
+    start(o, engine) {
+      const { trueSequential: _, ...options } = o;
+      // q/k/v (and gate/up) share their inputs, hence one Hessian and one factorization.
+      const prepared = new WeakMap<Float64Array, Promise<PreparedHessian>>();
+      const prepare = (H: Float64Array, cols: number, label: string) => {
+        let p = prepared.get(H);
+        if (!p) {
+          p = prepareHessian(H, cols, options, engine, label);
+          prepared.set(H, p);
+        }
+        return p;
+      };
+      return async (job) => {
+        const results: LayerResult[] = [];
+        for (const linear of job.linears) {
+          const name = linearWeightName(job.layer, linear);
+          const w = job.weights.get(name)!;
+          const st = job.stats.get(linear)!;
+          const prep = await prepare(st.hessian, st.cols, name);
+          // SpQR Alg. 1: outliers chosen inside GPTQ's loop, weighted by 1/U_jj² of H⁻¹.
+          const selector = job.outliers ? new GptqOutlierSelector(job.outliers, prep.U) : undefined;
+          let q = await gptqQuantize(w, prep, job.gridOf(name), options, engine, name, selector);
+          if (selector) q = { ...q, outliers: selector.finish(prep.perm) };
+          results.push({ name, quantized: q, target: w.data, hessian: st.hessian });
+        }
+        return results;
+      };
+    },
+  },
+  async quantizeWithHessian(weight, grid, hessian, o, engine, name, paddedColumns) {
+    const { trueSequential: _, ...options } = o;
+    // Act-order permutes A's columns by a Gather: padded columns would index past the input.
+    if (paddedColumns) options.actOrder = false;
+    const prepared = await prepareHessian(hessian, weight.shape[1]!, options, engine, name);
+    return gptqQuantize(weight, prepared, grid, options, engine, name);
+  },
+};

@@ -32,6 +32,7 @@
 import { UsageError } from '../errors.js';
 import type { Tensor } from '../tensor.js';
 import { type GridSpec, IntGrid, roundHalfEven } from './grid.js';
+import type { QuantMethod } from './methods/method.js';
 import { fromCodes, type QuantizedTensor } from './quantized-tensor.js';
 
 export interface HqqOptions {
@@ -242,3 +243,31 @@ export function quantizeHqq(
   }
   return { quantized: fromCodes(rows, cols, grid.spec, codes, scales, storedZeros), trace, best };
 }
+
+export const hqq: QuantMethod<HqqOptions> = {
+  name: 'hqq',
+  description:
+    'HQQ: half-quadratic lp-error optimization of float zero points, always asymmetric (no data; Badri & Shaji 2023)',
+  defaults: HQQ_DEFAULTS,
+  options: [
+    {
+      flag: '--hqq-iters <n>',
+      key: 'iters',
+      cliKey: 'hqqIters',
+      help: 'hqq: maximum half-quadratic iterations (stops earlier when the error stops falling)',
+      parse: 'integer',
+    },
+    {
+      flag: '--lp-norm <p>',
+      key: 'lpNorm',
+      cliKey: 'lpNorm',
+      help: 'hqq: p of the error ‖W − Ŵ‖_p^p it minimizes, 0 < p ≤ 1',
+      parse: 'number',
+    },
+  ],
+  integerOnly: true,
+  gridSpec: hqqGridSpec,
+  settings: (o) => ({ hqq: o }),
+  outlierSelection: 'before quantization, leave-one-out error weighted by E[x_j^2] (1 without calibration)',
+  quantizeWeight: (weight, grid, o, name) => quantizeHqq(weight, grid as IntGrid, o, name).quantized,
+};

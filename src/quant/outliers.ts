@@ -46,12 +46,24 @@ import { UsageError } from '../errors.js';
 import { roundToF16 } from '../formats/half.js';
 import { BLOCK_LINEARS, linearWeightName } from '../model/architecture.js';
 import type { Tensor, TensorMap } from '../tensor.js';
-import type { GptqOutliers } from './gptq.js';
 import type { Grid } from './grid.js';
 import { formatInfo } from './number-formats.js';
 import type { QuantizedTensor, SparseOutliers } from './quantized-tensor.js';
 
 /** Largest fraction `--outliers` accepts (SpQR keeps ≈ 1%; beyond 10% a sparse side matrix stops paying). */
+/**
+ * SpQR outliers inside the loop (arXiv:2306.03078 Alg. 1; outliers.ts GptqOutlierSelector), in
+ * GPTQ's column order: `begin` sees the initial weights, `group` chooses a statistics group's
+ * outliers when its parameters are fitted and returns the weights to fit them on (outliers
+ * left out); flagged weights are kept at their FP16 value in `values` and feed back no error.
+ */
+export interface GptqOutliers {
+  begin(W: Float32Array, rows: number, cols: number, grid: Grid, blockRows: number, groupCols: number): void;
+  group(M: Float32Array, width: number, c0: number, c1: number, col: number): Float32Array;
+  readonly mask: Uint8Array;
+  readonly values: Float32Array;
+}
+
 export const MAX_OUTLIER_FRACTION = 0.1;
 
 /** Number of outliers of a [rows, cols] weight at `fraction`. */
@@ -344,14 +356,20 @@ export class GptqOutlierSelector implements GptqOutliers {
   }
 }
 
+/** The diagonal of the n×n H: E[x_j²], the column weights of outlier scores (quantizeWithOutliers). */
+export function hessianDiagonal(H: Float64Array, n: number): Float64Array {
+  return Float64Array.from({ length: n }, (_, i) => H[i * n + i]!);
+}
+
 /**
  * Validate `outliers` (a fraction in [0, MAX_OUTLIER_FRACTION]) and `lorcRank` (a positive
- * integer below min(out, in) of every block linear) and describe them for quantization_config.
+ * integer below min(out, in) of every block linear) and describe them for quantization_config,
+ * with the method's way of selecting outliers.
  */
 export function validateSideOptions(
   options: { outliers?: number; lorcRank?: number },
   weights: TensorMap,
-  method: string,
+  outlierSelection: string,
 ): Record<string, unknown> {
   const settings: Record<string, unknown> = {};
   const { outliers, lorcRank } = options;
@@ -366,10 +384,7 @@ export function validateSideOptions(
     if (outliers > 0) {
       settings.outliers = {
         fraction: outliers,
-        selection:
-          method === 'gptq'
-            ? 'inside GPTQ per statistics group (SpQR Alg. 1), leave-one-out error / U_jj^2'
-            : 'before quantization, leave-one-out error weighted by E[x_j^2] (1 without calibration)',
+        selection: outlierSelection,
         storage: 'CSR: FP16 values, I16/I32 column indices, I16/I32 row pointers',
       };
     }

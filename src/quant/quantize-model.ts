@@ -15,58 +15,23 @@ import type { ModelConfig } from '../model/config.js';
 import { Decoder } from '../model/decoder.js';
 import { type ActivationQuantSpec, checkActivationQuant } from '../model/input-ops.js';
 import type { TensorMap } from '../tensor.js';
-import { quantizeAsinq } from './asinq.js';
-import { AWQ_DEFAULTS, type AwqOptions, applyAwqClip, applyAwqScales } from './awq.js';
-import { ALL_AT_ONCE, runSequential, TRUE_SEQUENTIAL } from './calibrate.js';
-import {
-  GPTQ_DEFAULTS,
-  type GptqOptions,
-  gptqQuantize,
-  type PreparedHessian,
-  prepareHessian,
-} from './gptq.js';
-import { type GridSpec, gridName, type IntGrid, makeGrid } from './grid.js';
-import { HQQ_DEFAULTS, type HqqOptions, hqqGridSpec, quantizeHqq } from './hqq.js';
+import { runSequential } from './calibrate.js';
+import { type GridSpec, gridName, makeGrid } from './grid.js';
 import { relativeOutputError } from './layer-error.js';
 import { LORC_DEFAULTS, type LorcOptions, lowRankCorrection } from './lorc.js';
+import { getMethod, methodGridSpec } from './methods/index.js';
+import { methodOptions } from './methods/method.js';
 import { assertFiniteQuantized, assertFiniteWeights } from './numerics.js';
-import { GptqOutlierSelector, quantizeWithOutliers, validateSideOptions } from './outliers.js';
+import { quantizeWithOutliers, validateSideOptions } from './outliers.js';
 import { dequantize, type QuantizedTensor, storedBits } from './quantized-tensor.js';
 import { fingerprint, openResumeState, type ResumeTarget } from './resume.js';
 import { ROTATIONS, type RotateOptions, type RotationKind, rotateModel, rotateOnline } from './rotate.js';
-import { quantizeRtn } from './rtn.js';
 import { inputSecondMoments } from './sensitivity.js';
-import { quantizeSinq, SINQ_DEFAULTS, type SinqOptions } from './sinq.js';
 import { calibrateActivations, type SmoothQuantOptions, smoothQuant } from './smoothquant.js';
 
-/** The methods, one row each: this table drives the CLI's choices and help. */
-export const METHODS = {
-  rtn: { calibrated: false, description: 'round to nearest, per block min/max (no data)' },
-  gptq: {
-    calibrated: true,
-    description: 'GPTQ: Hessian-aware column-wise rounding with error feedback (arXiv:2210.17323)',
-  },
-  awq: {
-    calibrated: true,
-    description: 'AWQ: activation-aware channel scaling, then RTN (arXiv:2306.00978)',
-  },
-  hqq: {
-    calibrated: false,
-    description:
-      'HQQ: half-quadratic lp-error optimization of float zero points, always asymmetric (no data; Badri & Shaji 2023)',
-  },
-  sinq: {
-    calibrated: false,
-    description:
-      'SINQ: Sinkhorn-balanced per-row and per-column scales, then RTN (no data; arXiv:2509.22944)',
-  },
-  asinq: {
-    calibrated: true,
-    description:
-      'A-SINQ: SINQ with activation-aware (AWQ) column factors searched on calibration data (arXiv:2509.22944)',
-  },
-} as const;
-export type MethodName = keyof typeof METHODS;
+export { getMethod, isCalibrated, METHOD_NAMES, METHODS, methodGridSpec } from './methods/index.js';
+/** A registered method's name (methods/index.ts). */
+export type MethodName = string;
 
 export interface Calibration {
   /** Token windows, row-major [nsamples, seqlen]. */
@@ -85,12 +50,8 @@ export interface QuantizeOptions {
    */
   perLayerGrid?: Map<string, GridSpec>;
   calibration?: Calibration;
-  gptq?: Partial<GptqOptions>;
-  awq?: Partial<AwqOptions>;
-  hqq?: Partial<HqqOptions>;
-  sinq?: Partial<SinqOptions>;
-  /** Quantize q/k/v, then o, then gate/up, then down, each from inputs through the quantized earlier ones. */
-  trueSequential?: boolean;
+  /** The method's own options (its record's `options`; defaults for those not given). */
+  methodOptions?: Record<string, unknown>;
   /**
    * Replace the quantized layers in `weights` itself instead of a copy of the map: the fp32
    * originals are freed as their layers are quantized (peak memory one copy of the model).
@@ -157,11 +118,13 @@ export async function quantizeModel(
       got: String(options.rotate),
     });
   }
-  // AWQ folds 1/s into the op before each input (v_proj, up_proj): wrong once that input is rotated.
-  if (options.rotate === 'hadamard-online' && options.method === 'awq')
-    throw new UsageError('awq cannot fold its scales across an online rotation', {
+  const method = getMethod(options.method);
+  const methodSettings = methodOptions(method, options.methodOptions);
+  const refusal = method.unsupported?.({ rotate: options.rotate });
+  if (refusal)
+    throw new UsageError(refusal, {
       field: 'rotate',
-      hint: 'use --rotate hadamard with awq, or another method',
+      hint: `use --rotate hadamard with ${method.name}, or another method`,
     });
   const rotated =
     options.rotate === 'hadamard-online'
@@ -188,25 +151,14 @@ export async function quantizeModel(
   const activations =
     options.activations &&
     (await calibrateActivations(config, weights, options.activations, options.calibration, engine));
-  // HQQ and SINQ optimize an integer grid's scales and zero points (the casts below); formats have none.
-  const spec = methodGridSpec(options.method, options.grid);
+  // Integer-only methods optimize an integer grid's scales and zero points; formats have none.
+  const spec = methodGridSpec(method, options.grid);
   // Any number format: the grid is the methods' plug-in (grid.ts, number-formats.ts).
   const grid = makeGrid(spec);
   // Mixed precision: each layer's own grid (HQQ's made asymmetric like the base one).
   const layerGrids = new Map<string, ReturnType<typeof makeGrid>>();
-  for (const [name, g] of options.perLayerGrid ?? []) {
-    if (
-      (options.method === 'hqq' || options.method === 'sinq' || options.method === 'asinq') &&
-      (g.format ?? 'int') !== 'int'
-    ) {
-      throw new UsageError(`${options.method} quantizes to integer grids`, {
-        field: name,
-        expected: 'int',
-        got: g.format,
-      });
-    }
-    layerGrids.set(name, makeGrid(options.method === 'hqq' ? hqqGridSpec(g) : g));
-  }
+  for (const [name, g] of options.perLayerGrid ?? [])
+    layerGrids.set(name, makeGrid(methodGridSpec(method, g, name)));
   const gridOf = (name: string) => layerGrids.get(name) ?? grid;
   const out: TensorMap = options.inPlace ? weights : new Map(weights);
   const tensors = new Map<string, QuantizedTensor>();
@@ -230,7 +182,7 @@ export async function quantizeModel(
   }
 
   const settings: Record<string, unknown> = { grid: spec, grid_name: gridName(spec) };
-  Object.assign(settings, validateSideOptions(options, weights, options.method));
+  Object.assign(settings, validateSideOptions(options, weights, method.outlierSelection));
   // LoRC on the error of the finished layer against the weight it replaces (ZeroQuant-V2 §5).
   const lorc = { ...LORC_DEFAULTS, ...options.lorc };
   const compensate = (q: QuantizedTensor, target: Float32Array): QuantizedTensor =>
@@ -244,11 +196,8 @@ export async function quantizeModel(
   if (rotated) settings.rotation = rotated.description;
   if (smoothed) settings.smoothquant = smoothed.description;
   if (activations) settings.activations = activations;
-  if (!METHODS[options.method].calibrated) {
-    const hqq = { ...HQQ_DEFAULTS, ...options.hqq };
-    const sinq = { ...SINQ_DEFAULTS, ...options.sinq };
-    if (options.method === 'hqq') settings.hqq = hqq;
-    if (options.method === 'sinq') settings.sinq = sinq;
+  if (method.quantizeWeight) {
+    Object.assign(settings, method.settings(methodSettings));
     // Outlier scores weight column j by E[x_j²] when calibration text is given (one fp forward).
     const cal = options.outliers ? options.calibration : undefined;
     const hdiag = cal
@@ -258,12 +207,7 @@ export async function quantizeModel(
       for (const linear of blockLinears(config)) {
         const name = linearWeightName(layer, linear);
         const w = weights.get(name)!;
-        const quantizeOne = (t: typeof w) =>
-          options.method === 'hqq'
-            ? quantizeHqq(t, gridOf(name) as IntGrid, hqq, name).quantized
-            : options.method === 'sinq'
-              ? quantizeSinq(t, gridOf(name) as IntGrid, sinq, name).quantized
-              : quantizeRtn(t, gridOf(name), name);
+        const quantizeOne = (t: typeof w) => method.quantizeWeight!(t, gridOf(name), methodSettings, name);
         const q = options.outliers
           ? quantizeWithOutliers(w, gridOf(name), options.outliers, hdiag?.get(name), quantizeOne, name)
           : quantizeOne(w);
@@ -272,25 +216,14 @@ export async function quantizeModel(
       options.onProgress?.({ layer: layer + 1, layers: config.numLayers });
     }
   } else {
+    const calibrated = method.calibration!;
     const cal = options.calibration;
     if (!cal)
-      throw new UsageError(`${options.method} needs calibration data`, {
+      throw new UsageError(`${method.name} needs calibration data`, {
         field: 'calib',
         hint: 'pass --calib <text file>',
       });
-    const gptq = { ...GPTQ_DEFAULTS, ...options.gptq };
-    const awq = { ...AWQ_DEFAULTS, ...options.awq };
-    const sinq = { ...SINQ_DEFAULTS, ...options.sinq };
-    const trueSequential = options.method === 'gptq' && options.trueSequential !== false;
-    Object.assign(
-      settings,
-      { calibration: cal.description },
-      options.method === 'gptq'
-        ? { gptq, true_sequential: trueSequential }
-        : options.method === 'asinq'
-          ? { sinq }
-          : { awq },
-    );
+    Object.assign(settings, { calibration: cal.description }, method.settings(methodSettings));
     // Resume state: restore the finished blocks exactly as the interrupted run left them.
     const resumed = options.resume
       ? await openResumeState<LayerReport>(
@@ -313,19 +246,10 @@ export async function quantizeModel(
     }
     resumedBlocks = options.resume?.resume ? resumed!.blocks.length : undefined;
     const decoder = new Decoder(config, out, engine);
-    // q/k/v (and gate/up) share their inputs, hence one Hessian and one factorization.
-    const prepared = new WeakMap<Float64Array, Promise<PreparedHessian>>();
-    const prepare = (H: Float64Array, cols: number, label: string) => {
-      let p = prepared.get(H);
-      if (!p) {
-        p = prepareHessian(H, cols, gptq, engine, label);
-        prepared.set(H, p);
-      }
-      return p;
-    };
+    const quantizeGroup = calibrated.start(methodSettings, engine);
     if (resumedBlocks) options.onProgress?.({ layer: resumedBlocks, layers: config.numLayers });
     await runSequential(decoder, cal.windows, cal.seqlen, {
-      groups: trueSequential ? TRUE_SEQUENTIAL : ALL_AT_ONCE,
+      groups: calibrated.groups(methodSettings),
       start: resumedBlocks ? { layer: resumedBlocks, x: resumed!.activations } : undefined,
       // Everything block `layer` changed: its quantized linears, its other tensors, its reports.
       onBlockDone:
@@ -341,63 +265,31 @@ export async function quantizeModel(
           return resumed.state.commit({ layer, quantized, tensors: others, reports }, next);
         }),
       chunk: Math.max(1, Math.floor(4096 / cal.seqlen)),
-      // Only AWQ measures outputs on sampled input rows; GPTQ needs the Hessian alone.
-      sampleRows: options.method === 'awq' || options.method === 'asinq' ? 4096 : 0,
+      sampleRows: calibrated.sampleRows,
       onProgress: (layer, total) => options.onProgress?.({ layer, layers: total }),
       quantizeGroup: async (layer, linears, stats) => {
-        const awqScales = new Map<string, { alpha: number; scales: Float64Array }>();
-        // The layer each quantized weight replaces, for its error: AWQ's scaled weights before clipping.
-        const replaced = new Map<string, Float32Array>();
-        if (options.method === 'awq') {
-          const reports = await applyAwqScales(config, out, layer, stats, grid, awq, engine);
-          for (const r of reports) for (const l of r.linears) awqScales.set(l, r);
-          for (const l of linears) replaced.set(l, out.get(linearWeightName(layer, l))!.data);
-          if (awq.clip) await applyAwqClip(out, layer, stats, reports, grid, engine);
-        }
-        for (const linear of linears) {
-          const name = linearWeightName(layer, linear);
-          const w = out.get(name)!;
-          const st = stats.get(linear)!;
-          // AWQ scaled W's columns by s and so the layer's inputs by 1/s.
-          const scaled = awqScales.get(linear);
-          const H = scaled ? unscaleHessian(st.hessian, scaled.scales) : st.hessian;
-          const target = replaced.get(linear) ?? w.data;
-          let q: QuantizedTensor;
-          if (options.method === 'gptq') {
-            const prep = await prepare(st.hessian, st.cols, name);
-            // SpQR Alg. 1: outliers chosen inside GPTQ's loop, weighted by 1/U_jj² of H⁻¹.
-            const selector = options.outliers ? new GptqOutlierSelector(options.outliers, prep.U) : undefined;
-            q = await gptqQuantize(w, prep, gridOf(name), gptq, engine, name, selector);
-            if (selector) q = { ...q, outliers: selector.finish(prep.perm) };
-          } else {
-            // AWQ quantizes with RTN (no error feedback): scores weighted by H_jj = E[x_j²].
-            // A-SINQ searches its column factors on this layer's inputs (asinq.ts).
-            const rtn = (t: typeof w) =>
-              options.method === 'asinq'
-                ? quantizeAsinq(t, gridOf(name) as IntGrid, st, sinq, name).quantized
-                : quantizeRtn(t, gridOf(name), name);
-            q = options.outliers
-              ? quantizeWithOutliers(
-                  w,
-                  gridOf(name),
-                  options.outliers,
-                  diagonal(H, w.shape[1]!),
-                  rtn,
-                  name,
-                  target,
-                )
-              : rtn(w);
-          }
-          store(name, compensate(q, target));
+        const results = await quantizeGroup({
+          config,
+          weights: out,
+          layer,
+          linears,
+          stats,
+          grid,
+          gridOf,
+          engine,
+          outliers: options.outliers,
+        });
+        for (const r of results) {
+          store(r.name, compensate(r.quantized, r.target));
           const relativeError = await relativeOutputError(
-            replaced.get(linear) ?? w.data,
-            out.get(name)!.data,
-            H,
-            q.rows,
-            q.cols,
+            r.target,
+            out.get(r.name)!.data,
+            r.hessian,
+            r.quantized.rows,
+            r.quantized.cols,
             engine,
           );
-          layers.push({ name, relativeError, ...(scaled && { alpha: scaled.alpha }) });
+          layers.push({ name: r.name, relativeError, ...(r.alpha !== undefined && { alpha: r.alpha }) });
         }
       },
     });
@@ -411,34 +303,6 @@ export async function quantizeModel(
     seconds: (performance.now() - t0) / 1000,
     ...(resumedBlocks !== undefined && { resumedBlocks }),
   };
-}
-
-/** The diagonal of the n×n H. */
-function diagonal(H: Float64Array, n: number): Float64Array {
-  return Float64Array.from({ length: n }, (_, i) => H[i * n + i]!);
-}
-
-/** S⁻¹HS⁻¹: the Hessian of inputs scaled by 1/s per channel. */
-function unscaleHessian(H: Float64Array, s: Float64Array): Float64Array {
-  const n = s.length;
-  const out = new Float64Array(H.length);
-  for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) out[i * n + j] = H[i * n + j]! / (s[i]! * s[j]!);
-  return out;
-}
-
-/**
- * The grid `method` quantizes to: HQQ, SINQ and A-SINQ optimize integer grids (refused otherwise);
- * HQQ's zero points are its optimization variable, so its grid is always asymmetric with float zeros.
- */
-export function methodGridSpec(method: MethodName, grid: GridSpec): GridSpec {
-  if ((method === 'hqq' || method === 'sinq' || method === 'asinq') && (grid.format ?? 'int') !== 'int') {
-    throw new UsageError(`${method} quantizes to integer grids`, {
-      field: 'format',
-      expected: 'int',
-      got: grid.format,
-    });
-  }
-  return method === 'hqq' ? hqqGridSpec(grid) : grid;
 }
 
 /** Size accounting from what is stored: quantized tensors at their packed size, the rest as float32. */

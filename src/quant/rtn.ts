@@ -14,6 +14,7 @@
 import { packBitsInto, packedByteLength } from '../formats/bitpack.js';
 import type { Tensor } from '../tensor.js';
 import { type Grid, IntGrid } from './grid.js';
+import type { QuantMethod } from './methods/method.js';
 import { fromCodes, type QuantizedTensor } from './quantized-tensor.js';
 
 export function quantizeRtn(weight: Tensor, grid: Grid, tensorName?: string): QuantizedTensor {
@@ -138,3 +139,15 @@ export class RtnRows {
     return { rows, cols, spec: grid.spec, qweight, scales, zeros, groupIndex: undefined };
   }
 }
+
+export const rtn: QuantMethod<Record<string, never>> = {
+  name: 'rtn',
+  description: 'round to nearest, per block min/max (no data)',
+  defaults: {},
+  options: [],
+  integerOnly: false,
+  settings: () => ({}),
+  outlierSelection: 'before quantization, leave-one-out error weighted by E[x_j^2] (1 without calibration)',
+  quantizeWeight: (weight, grid, _options, name) => quantizeRtn(weight, grid, name),
+  rowWise: true,
+};

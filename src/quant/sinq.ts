@@ -32,6 +32,7 @@
 import { UsageError } from '../errors.js';
 import type { Tensor } from '../tensor.js';
 import type { IntGrid } from './grid.js';
+import type { MethodOption, QuantMethod } from './methods/method.js';
 import { fromCodes, type QuantizedTensor } from './quantized-tensor.js';
 
 export interface SinqOptions {
@@ -278,3 +279,29 @@ export function quantizeWithColumnScales(
   if (colScale) quantized.columnScales = t;
   return quantized;
 }
+
+/** `--sinq-iters`, shared by SINQ and A-SINQ. */
+export const SINQ_ITERS_OPTION: MethodOption = {
+  flag: '--sinq-iters <n>',
+  key: 'iters',
+  cliKey: 'sinqIters',
+  help: 'sinq: Sinkhorn iterations balancing row and column standard deviations',
+  parse: 'integer',
+};
+
+/** Whether SINQ keeps column scales for this weight: the kurtosis gate sends outliers to plain RTN. */
+export function keepsColumnScales(w: ArrayLike<number>, o: SinqOptions): boolean {
+  return o.kurtosisThreshold === null || !(kurtosis(w) > o.kurtosisThreshold);
+}
+
+export const sinq: QuantMethod<SinqOptions> = {
+  name: 'sinq',
+  description: 'SINQ: Sinkhorn-balanced per-row and per-column scales, then RTN (no data; arXiv:2509.22944)',
+  defaults: SINQ_DEFAULTS,
+  options: [SINQ_ITERS_OPTION],
+  integerOnly: true,
+  settings: (o) => ({ sinq: o }),
+  outlierSelection: 'before quantization, leave-one-out error weighted by E[x_j^2] (1 without calibration)',
+  quantizeWeight: (weight, grid, o, name) => quantizeSinq(weight, grid as IntGrid, o, name).quantized,
+  storesColumnScales: keepsColumnScales,
+};

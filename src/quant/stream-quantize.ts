@@ -60,27 +60,29 @@ import {
 } from '../model/load.js';
 import type { Tensor, TensorMap } from '../tensor.js';
 import { type GridSpec, gridName, type IntGrid, makeGrid } from './grid.js';
-import { HQQ_DEFAULTS, type HqqOptions, quantizeHqq } from './hqq.js';
+import { getMethod, METHODS, methodGridSpec } from './methods/index.js';
+import { methodOptions } from './methods/method.js';
 import {
   assertFiniteQuantizedParams,
   assertFiniteWeights,
   firstNonFinite,
   nonFiniteWeight,
 } from './numerics.js';
-import { methodGridSpec } from './quantize-model.js';
 import { type QuantizedTensor, storedBits } from './quantized-tensor.js';
 import { untiedHfConfig } from './rotate.js';
-import { quantizeRtn, RtnRows } from './rtn.js';
-import { kurtosis, quantizeSinq, SINQ_DEFAULTS, type SinqOptions } from './sinq.js';
+import { RtnRows } from './rtn.js';
 
-export const STREAMING_METHODS = ['rtn', 'hqq', 'sinq'] as const;
-export type StreamingMethod = (typeof STREAMING_METHODS)[number];
+/** The methods that stream: calibration-free, from each weight alone (their records' `quantizeWeight`). */
+export const STREAMING_METHODS = Object.values(METHODS)
+  .filter((m) => m.quantizeWeight)
+  .map((m) => m.name);
 
 export interface StreamQuantizeOptions extends OutputOptions {
-  method: StreamingMethod;
+  /** A calibration-free method (its record has `quantizeWeight`). */
+  method: string;
   grid: GridSpec;
-  hqq?: Partial<HqqOptions>;
-  sinq?: Partial<SinqOptions>;
+  /** The method's own options (defaults for those not given). */
+  methodOptions?: Record<string, unknown>;
   /** Tokenizer file instead of the model's own (load.ts LoadOptions). */
   tokenizer?: LoadOptions['tokenizer'];
   onProgress?: (p: { layer: number; layers: number }) => void;
@@ -122,21 +124,19 @@ export async function streamQuantize(
   options: StreamQuantizeOptions,
 ): Promise<StreamQuantizeResult> {
   const t0 = performance.now();
-  if (!STREAMING_METHODS.includes(options.method)) {
+  const method = getMethod(options.method);
+  if (!method.quantizeWeight) {
     throw new UsageError('streaming quantizes with calibration-free methods only', {
       field: 'method',
       expected: STREAMING_METHODS.join(', '),
       got: options.method,
     });
   }
-  const spec = methodGridSpec(options.method, options.grid);
+  const spec = methodGridSpec(method, options.grid);
   const grid = makeGrid(spec);
-  const hqq = { ...HQQ_DEFAULTS, ...options.hqq };
-  const sinq = { ...SINQ_DEFAULTS, ...options.sinq };
+  const o = methodOptions(method, options.methodOptions);
   // quantization_config exactly as quantizeModel records it (same keys, same order).
-  const settings: Record<string, unknown> = { grid: spec, grid_name: gridName(spec) };
-  if (options.method === 'hqq') settings.hqq = hqq;
-  if (options.method === 'sinq') settings.sinq = sinq;
+  const settings: Record<string, unknown> = { grid: spec, grid_name: gridName(spec), ...method.settings(o) };
 
   const model = await openModelLazily(modelDir, { tokenizer: options.tokenizer });
   // As `ptq quantize` writes it: config.json states untied embeddings explicitly when they are.
@@ -155,25 +155,19 @@ export async function streamQuantize(
     const reader = new CanonicalReader(model);
     // RTN row by row from the source bytes (rtn.ts RtnRows) when the weight is stored as is.
     const rowWise = (t: Planned) =>
-      options.method === 'rtn' &&
+      method.rowWise &&
       t.passThrough &&
       RtnRows.fits(grid, grid.blockShape(t.shape[0]!, t.shape[1]!)[0]) &&
       ROW_DTYPES.has(model.tensors.info(t.source).dtype);
     const quantizeOne = (name: string, w: Tensor): QuantizedTensor =>
-      options.method === 'hqq'
-        ? quantizeHqq(w, grid as IntGrid, hqq, name).quantized
-        : options.method === 'sinq'
-          ? quantizeSinq(w, grid as IntGrid, sinq, name).quantized
-          : quantizeRtn(w, grid, name);
-    // SINQ keeps column scales unless the kurtosis gate sends a matrix to plain RTN (sinq.ts).
+      method.quantizeWeight!(w, grid, o, name);
+    // Methods whose weights may carry column scales (SINQ's kurtosis gate) decide each one first:
+    // the header lays out every tensor before any is written.
     const columnScales = new Map<string, boolean>();
-    if (options.method === 'sinq') {
+    if (method.storesColumnScales) {
       for (const name of quantized.keys()) {
         const w = await reader.read(name, plan.get(name)!);
-        columnScales.set(
-          name,
-          sinq.kurtosisThreshold === null || !(kurtosis(w.data) > sinq.kurtosisThreshold),
-        );
+        columnScales.set(name, method.storesColumnScales(w.data, o));
       }
     }
     const headers: TensorHeader[] = [];
@@ -259,7 +253,7 @@ export async function streamQuantize(
         await finishCheckpointDirectory(
           tmp,
           { hfConfig, tokenizerFiles: model.tokenizerFiles },
-          { method: options.method, settings },
+          { method: method.name, settings },
         );
       },
       { overwrite: options.overwrite, inputs: [modelDir, options.tokenizer, ...(options.inputs ?? [])] },

@@ -56,7 +56,7 @@ async function options(over: Partial<QuantizeOptions> = {}): Promise<QuantizeOpt
   return {
     method: 'gptq',
     grid: gridSpecFor('int', { bits: 4, groupSize: 4 }),
-    gptq: { actOrder: true },
+    methodOptions: { actOrder: true },
     calibration: await calibration(),
     ...over,
   };
@@ -146,7 +146,7 @@ test('library: a state of other options or calibration is refused, a damaged one
     /different grid \(.*"bits":4.* then, .*"bits":3.* now\)/,
   );
   await refused(
-    { gptq: { actOrder: true, damp: 0.05 } },
+    { methodOptions: { actOrder: true, damp: 0.05 } },
     /different gptq \(.*"damp":0\.01.* then, .*"damp":0\.05.* now\)/,
   );
   await refused(

@@ -107,7 +107,7 @@ test('GPTQ with act-order: g_idx and per-layer errors are saved, and the saved m
     method: 'gptq',
     grid: { bits: 4, symmetric: true, granularity: 'group', groupSize: 32, scaleDtype: 'f16' },
     calibration: { windows, seqlen: 128, description: {} },
-    gptq: { actOrder: true },
+    methodOptions: { actOrder: true },
   });
   const r = await evaluate(new Decoder(fp.config, inMemory.weights), tokens, {
     protocol: { ctx: 512, stride: 512, dropPartial: true },

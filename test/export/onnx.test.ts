@@ -95,7 +95,7 @@ async function quantizedCheckpoint(
     method,
     grid,
     calibration,
-    gptq: { actOrder: true },
+    methodOptions: { actOrder: true },
   });
   const dir = path.join(tmp, name);
   await writePtqCheckpoint(dir, { ...fp, weights: q.weights }, q.quantization);

@@ -32,7 +32,7 @@ export async function quantized(
     method,
     grid,
     calibration: method === 'gptq' ? calibration : undefined,
-    gptq: { actOrder },
+    methodOptions: { actOrder },
   });
   return { ...fp, weights: q.weights, quantization: q.quantization };
 }

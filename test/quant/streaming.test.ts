@@ -17,11 +17,13 @@ import { loadModel } from '../../src/model/load.js';
 import type { GridSpec } from '../../src/quant/grid.js';
 import { modelSize, quantizeModel } from '../../src/quant/quantize-model.js';
 import { untiedHfConfig } from '../../src/quant/rotate.js';
-import { type StreamingMethod, streamQuantize } from '../../src/quant/stream-quantize.js';
+import { streamQuantize } from '../../src/quant/stream-quantize.js';
 import type { TensorMap } from '../../src/tensor.js';
 import { runCli } from '../cli/run-cli.js';
 import { REPO, tempDir } from '../helpers.js';
 import { CASES, WeightMaker, writeCheckpoint } from '../model/arch-reference.js';
+
+type StreamingMethod = 'rtn' | 'hqq' | 'sinq';
 
 const TINY = path.join(REPO, 'models/tinystories-656k');
 const work = tempDir('ptq-stream-');
