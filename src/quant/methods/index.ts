@@ -9,13 +9,22 @@ import { gptq } from '../gptq.js';
 import type { GridSpec } from '../grid.js';
 import { hqq } from '../hqq.js';
 import { rtn } from '../rtn.js';
+import { rtnMse } from '../rtn-mse.js';
 import { sinq } from '../sinq.js';
 import type { QuantMethod } from './method.js';
 
 export type { QuantMethod } from './method.js';
 
 // biome-ignore lint/suspicious/noExplicitAny: each record has its own options type.
-export const METHODS: Record<string, QuantMethod<any>> = { rtn, gptq, awq, hqq, sinq, asinq };
+export const METHODS: Record<string, QuantMethod<any>> = {
+  rtn,
+  'rtn-mse': rtnMse,
+  gptq,
+  awq,
+  hqq,
+  sinq,
+  asinq,
+};
 
 export const METHOD_NAMES = Object.keys(METHODS);
 
