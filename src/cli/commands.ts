@@ -39,7 +39,7 @@ import {
   quantizeModel,
 } from '../quant/quantize-model.js';
 import { rejectSideExport } from '../quant/quantized-tensor.js';
-import { assertResumable, removeResumeState, resumeDirFor } from '../quant/resume.js';
+import { acquireResumeLock, assertResumable, removeResumeState, resumeDirFor } from '../quant/resume.js';
 import { type RotationKind, untiedHfConfig } from '../quant/rotate.js';
 import { DEFAULT_PALETTE } from '../quant/sensitivity.js';
 import {
@@ -205,6 +205,8 @@ export async function quantizeCommand(modelPath: string, args: QuantizeArgs, out
     });
   }
   if (resume?.resume) await assertResumable(resume.dir);
+  // One run per resume state: a second run is refused now, not after loading and calibrating.
+  if (resume) await acquireResumeLock(resume.dir);
   // Calibration-free and nothing model-wide: read, quantize and write one tensor at a time.
   if (record.quantizeWeight && streamable(args) && (await isPlainHfDirectory(modelPath))) {
     return streamQuantizeCommand(modelPath, args, methodOptions, output, exportTo, out);

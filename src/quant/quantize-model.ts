@@ -24,7 +24,7 @@ import { methodOptions } from './methods/method.js';
 import { assertFiniteQuantized, assertFiniteWeights } from './numerics.js';
 import { quantizeWithOutliers, validateSideOptions } from './outliers.js';
 import { dequantize, type QuantizedTensor, storedBits } from './quantized-tensor.js';
-import { fingerprint, openResumeState, type ResumeTarget } from './resume.js';
+import { fingerprint, openResumeState, type ResumeTarget, releaseResumeLock } from './resume.js';
 import { ROTATIONS, type RotateOptions, type RotationKind, rotateModel, rotateOnline } from './rotate.js';
 import { inputSecondMoments } from './sensitivity.js';
 import { calibrateActivations, type SmoothQuantOptions, smoothQuant } from './smoothquant.js';
@@ -248,6 +248,7 @@ export async function quantizeModel(
     const decoder = new Decoder(config, out, engine);
     const quantizeGroup = calibrated.start(methodSettings, engine);
     if (resumedBlocks) options.onProgress?.({ layer: resumedBlocks, layers: config.numLayers });
+    // A failed run gives up its resume lock at once (an in-process caller may run again).
     await runSequential(decoder, cal.windows, cal.seqlen, {
       groups: calibrated.groups(methodSettings),
       start: resumedBlocks ? { layer: resumedBlocks, x: resumed!.activations } : undefined,
@@ -292,6 +293,9 @@ export async function quantizeModel(
           layers.push({ name: r.name, relativeError, ...(r.alpha !== undefined && { alpha: r.alpha }) });
         }
       },
+    }).catch((e) => {
+      if (options.resume) releaseResumeLock(options.resume.dir);
+      throw e;
     });
   }
   if (layers.length) settings.layer_errors = Object.fromEntries(layers.map((l) => [l.name, l.relativeError]));
