@@ -16,6 +16,7 @@
  * which a generic ONNX graph does not give). The modified graph is written beside the source
  * (same directory, so external data resolves) and removed afterwards.
  */
+import { randomBytes } from 'node:crypto';
 import { rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import * as ort from 'onnxruntime-node';
@@ -60,12 +61,20 @@ export async function collectInputStats(
   const graphOutputs = new Set(model.graph.output.map((o) => o.name));
   for (const name of inputs)
     if (!graphOutputs.has(name)) model.graph.output.push(onnx.ValueInfoProto.create({ name }) as never);
-  const probe = path.join(model.dir, `.ptq-calibration-${process.pid}-${path.basename(file)}`);
-  await writeFile(probe, onnx.ModelProto.encode(model.proto).finish());
+  const bytes = onnx.ModelProto.encode(model.proto).finish();
+  // The probe graph runs from memory; only external data (located relative to the graph) needs
+  // it written beside the model, created exclusively under a random name and removed after.
+  const probe = model.sourceExternal
+    ? path.join(model.dir, `.ptq-calibration-${process.pid}-${randomBytes(4).toString('hex')}.onnx`)
+    : undefined;
+  if (probe) await writeFile(probe, bytes, { flag: 'wx' });
   const stats = new Map<string, InputStats>();
   let session: ort.InferenceSession | undefined;
   try {
-    session = await ort.InferenceSession.create(probe, { graphOptimizationLevel: 'disabled' });
+    const options = { graphOptimizationLevel: 'disabled' } as const;
+    session = await (probe
+      ? ort.InferenceSession.create(probe, options)
+      : ort.InferenceSession.create(bytes, options));
     for (let b = 0; b < feedsList.length; b++) {
       onProgress?.(b, feedsList.length);
       const out = await session.run(feedsList[b]!, inputs);
@@ -87,7 +96,7 @@ export async function collectInputStats(
     }
   } finally {
     await session?.release();
-    await rm(probe, { force: true });
+    if (probe) await rm(probe, { force: true });
     await model.close();
   }
   for (const s of stats.values()) for (let i = 0; i < s.H.length; i++) s.H[i] = (2 / s.rows) * s.H[i]!;
