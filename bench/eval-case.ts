@@ -13,12 +13,12 @@ import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from '
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { OrtEngine } from '../src/compute/ort-engine.js';
-import { evaluate } from '../src/eval/perplexity.js';
 import { exportGguf } from '../src/export/gguf.js';
 import { Llama2cTokenizer } from '../src/io/llama2c-tokenizer.js';
 import { LLAMA } from '../src/model/architecture.js';
 import { Decoder } from '../src/model/decoder.js';
 import type { LoadedModel } from '../src/model/load.js';
+import { evaluate } from '../src/model/perplexity.js';
 import { mulberry32 } from '../src/random.js';
 import { CACHE, type ShapeName, syntheticConfig, syntheticWeights } from './synthetic.js';
 

@@ -20,10 +20,10 @@ import { open } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { makeGrid } from '../src/formats/grid.js';
 import { CHECKPOINT_FILE, encodeParams } from '../src/io/ptq-checkpoint.js';
 import { SafetensorsModel, SafetensorsWriter, type TensorHeader } from '../src/io/safetensors.js';
 import { blockLinears, LLAMA, linearWeightName } from '../src/model/architecture.js';
-import { makeGrid } from '../src/quant/grid.js';
 import { quantizeRtn } from '../src/quant/rtn.js';
 import { wordLevelTokenizer } from '../test/model/arch-reference.js';
 

@@ -15,7 +15,6 @@ export {
   OrtEngine,
 } from './compute/index.js';
 export * from './errors.js';
-export { type EvalResult, evaluate, planWindows, type WindowProtocol } from './eval/perplexity.js';
 export { packBits, unpackBits } from './formats/bitpack.js';
 export {
   ELEMENT_FORMATS,
@@ -27,22 +26,24 @@ export {
   FP8_E5M2,
   SCALE_FORMATS,
 } from './formats/element-formats.js';
+export { type Grid, type GridSpec, gridName, IntGrid, makeGrid, ScaledGrid } from './formats/grid.js';
 export { decodeBf16, decodeF16, encodeBf16, encodeF16, roundToBf16, roundToF16 } from './formats/half.js';
 export { E8M0, Minifloat, type MinifloatSpec } from './formats/minifloat.js';
+export { FORMAT_NAMES, type FormatName, gridSpecFor, QUANT_FORMATS } from './formats/number-formats.js';
+export { dequantize, type QuantizedTensor, storedBits } from './formats/quantized-tensor.js';
 export { type PtqQuantization, readPtqCheckpoint, writePtqCheckpoint } from './io/ptq-checkpoint.js';
 export { SafetensorsModel, writeSafetensors } from './io/safetensors.js';
 export type { TextTokenizer } from './io/tokenizer.js';
+export { fwht, planHadamard, RandomizedHadamard } from './math/hadamard.js';
 export { type Architecture, architectureFor, BLOCK_LINEARS, type BlockLinear } from './model/architecture.js';
 export type { ModelConfig } from './model/config.js';
 export { Decoder, type ForwardHooks } from './model/decoder.js';
 export { greedyGenerate } from './model/generate.js';
 export { type LoadedModel, loadModel } from './model/load.js';
+export { type EvalResult, evaluate, planWindows, type WindowProtocol } from './model/perplexity.js';
 export { AWQ_DEFAULTS, type AwqOptions, applyAwqScales } from './quant/awq.js';
 export { CALIBRATION_DEFAULTS, sampleCalibrationWindows } from './quant/calibrate.js';
 export { GPTQ_DEFAULTS, type GptqOptions, gptqQuantize, prepareHessian } from './quant/gptq.js';
-export { type Grid, type GridSpec, gridName, IntGrid, makeGrid, ScaledGrid } from './quant/grid.js';
-export { fwht, planHadamard, RandomizedHadamard } from './quant/hadamard.js';
-export { FORMAT_NAMES, type FormatName, gridSpecFor, QUANT_FORMATS } from './quant/number-formats.js';
 export {
   type Calibration,
   METHODS,
@@ -51,7 +52,6 @@ export {
   type QuantizeOptions,
   quantizeModel,
 } from './quant/quantize-model.js';
-export { dequantize, type QuantizedTensor, storedBits } from './quant/quantized-tensor.js';
 export {
   foldNorms,
   ROTATE_DEFAULTS,

@@ -12,9 +12,9 @@ import { readdirSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
 import { exportCommand, type Output, type QuantizeArgs, quantizeCommand } from '../src/cli/commands.js';
+import type { GridSpec } from '../src/formats/grid.js';
+import { gridSpecFor } from '../src/formats/number-formats.js';
 import { CALIBRATION_DEFAULTS } from '../src/quant/calibrate.js';
-import type { GridSpec } from '../src/quant/grid.js';
-import { gridSpecFor } from '../src/quant/number-formats.js';
 import { ASSETS, assetsPresent, REPO, tempDir } from './helpers.js';
 
 const work = tempDir('ptq-hashes-');

@@ -6,30 +6,31 @@ import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { UsageError } from '../errors.js';
 import { type CompareResults, runCompare } from '../eval/compare.js';
-import { type EvalResult, evaluate, type WindowProtocol } from '../eval/perplexity.js';
 import { renderReport } from '../eval/report.js';
 import { exportCompressedTensors } from '../export/compressed-tensors.js';
 import { exportGguf, isPtqGguf } from '../export/gguf.js';
 import { exportGptq } from '../export/gptq-safetensors.js';
 import type { SafetensorsExportReport } from '../export/hf-safetensors.js';
 import { exportOnnx, ONNX_DTYPES, type OnnxDtype } from '../export/onnx.js';
+import { type GridSpec, gridName, validateGrid } from '../formats/grid.js';
+import type { FormatName } from '../formats/number-formats.js';
+import { rejectSideExport } from '../formats/quantized-tensor.js';
 import { checkOutput, type OutputOptions, writeDirectoryAtomically } from '../io/atomic.js';
-import { emulateLlamaCpp, ggufStorage } from '../io/gguf-model.js';
 import { writePtqCheckpoint } from '../io/ptq-checkpoint.js';
 import { readText } from '../io/text.js';
 import { blockLinears } from '../model/architecture.js';
 import { Decoder } from '../model/decoder.js';
 import { type ActivationQuantSpec, checkActivationQuant } from '../model/input-ops.js';
 import { isPlainHfDirectory, type LoadedModel, loadModel } from '../model/load.js';
+import { type EvalResult, evaluate, type WindowProtocol } from '../model/perplexity.js';
+import { emulateLlamaCpp, ggufStorage } from '../model/sources/gguf-model.js';
 import { type AllocationPlan, parseSize, planAllocation, presetGrids } from '../quant/allocate.js';
 import {
   checkCalibrationMemory,
   checkCalibrationOptions,
   sampleCalibrationWindows,
 } from '../quant/calibrate.js';
-import { type GridSpec, gridName, validateGrid } from '../quant/grid.js';
 import { optionsFromCli } from '../quant/methods/method.js';
-import type { FormatName } from '../quant/number-formats.js';
 import {
   type Calibration,
   getMethod,
@@ -38,7 +39,6 @@ import {
   modelSize,
   quantizeModel,
 } from '../quant/quantize-model.js';
-import { rejectSideExport } from '../quant/quantized-tensor.js';
 import { acquireResumeLock, assertResumable, removeResumeState, resumeDirFor } from '../quant/resume.js';
 import { type RotationKind, untiedHfConfig } from '../quant/rotate.js';
 import { DEFAULT_PALETTE } from '../quant/sensitivity.js';
@@ -544,7 +544,7 @@ export interface EvalArgs {
   ref?: string;
   maxTokens?: number;
   tokenizer?: string;
-  /** GGUF input: convert every matmul input as llama.cpp's CPU backend does (io/gguf-activations.ts). */
+  /** GGUF input: convert every matmul input as llama.cpp's CPU backend does (model/sources/gguf-activations.ts). */
   emulateLlamaCpp?: boolean;
 }
 

@@ -4,12 +4,12 @@
  */
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { evaluate } from '../eval/perplexity.js';
+import type { GridSpec } from '../formats/grid.js';
+import { gridName } from '../formats/grid.js';
 import { readText } from '../io/text.js';
 import { Decoder } from '../model/decoder.js';
 import { loadModel } from '../model/load.js';
-import type { GridSpec } from '../quant/grid.js';
-import { gridName } from '../quant/grid.js';
+import { evaluate } from '../model/perplexity.js';
 import { modelSize, quantizeModel } from '../quant/quantize-model.js';
 import { type Output, peakRssMiB, protocolFor, type ResultRow, resultTable } from './commands.js';
 import { createProgress } from './progress.js';

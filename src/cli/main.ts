@@ -6,11 +6,11 @@
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { PtqError, UsageError } from '../errors.js';
 import { GGUF_EXPORT_TYPES } from '../export/gguf.js';
+import type { GridSpec, ScaleDtype } from '../formats/grid.js';
+import { FORMAT_NAMES, type FormatName, gridSpecFor, QUANT_FORMATS } from '../formats/number-formats.js';
 import { onnxEvalCommand, quantizeOnnxCommand } from '../onnx/commands.js';
 import { isOnnxModelPath, ONNX_QUANT_DTYPES } from '../onnx/quantize-onnx.js';
 import { CALIBRATION_DEFAULTS, checkCalibrationOptions, MIN_SEQLEN } from '../quant/calibrate.js';
-import type { GridSpec, ScaleDtype } from '../quant/grid.js';
-import { FORMAT_NAMES, type FormatName, gridSpecFor, QUANT_FORMATS } from '../quant/number-formats.js';
 import { METHOD_NAMES, METHODS } from '../quant/quantize-model.js';
 import { ROTATE_DEFAULTS, ROTATIONS } from '../quant/rotate.js';
 import {
@@ -54,7 +54,7 @@ interface GridOptions {
 
 /**
  * `--group-size -1` (GPTQ's convention) means one scale per output channel. Formats fix some
- * options (number-formats.ts): only options given on the command line can disagree with them.
+ * options (formats/number-formats.ts): only options given on the command line can disagree with them.
  */
 function gridFromOptions(o: GridOptions, given: (option: keyof GridOptions) => boolean): GridSpec {
   const int = o.format === 'int';

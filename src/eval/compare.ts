@@ -8,12 +8,15 @@
  */
 
 import { UsageError } from '../errors.js';
+import type { GridSpec } from '../formats/grid.js';
+import { gridName, validateGrid } from '../formats/grid.js';
+import { type FormatName, formatBits, gridSpecFor } from '../formats/number-formats.js';
+import { storedBits } from '../formats/quantized-tensor.js';
 import type { ModelConfig } from '../model/config.js';
 import { Decoder } from '../model/decoder.js';
 import type { LoadedModel } from '../model/load.js';
-import type { GridSpec } from '../quant/grid.js';
-import { gridName, validateGrid } from '../quant/grid.js';
-import { type FormatName, formatBits, gridSpecFor } from '../quant/number-formats.js';
+import type { WindowProtocol } from '../model/perplexity.js';
+import { type EvalResult, evaluate } from '../model/perplexity.js';
 import {
   type Calibration,
   getMethod,
@@ -22,9 +25,6 @@ import {
   modelSize,
   quantizeModel,
 } from '../quant/quantize-model.js';
-import { storedBits } from '../quant/quantized-tensor.js';
-import type { WindowProtocol } from './perplexity.js';
-import { type EvalResult, evaluate } from './perplexity.js';
 
 export interface CompareOptions {
   methods: MethodName[];

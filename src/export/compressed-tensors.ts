@@ -44,13 +44,13 @@
 import { ConfigError, UsageError } from '../errors.js';
 import { packBits } from '../formats/bitpack.js';
 import { ELEMENT_FORMATS, FP8_E4M3 } from '../formats/element-formats.js';
+import { blockShapeOf, type GridSpec } from '../formats/grid.js';
+import { type FormatName, formatInfo } from '../formats/number-formats.js';
+import { type QuantizedTensor, unpackCodes } from '../formats/quantized-tensor.js';
 import type { OutputOptions } from '../io/atomic.js';
 import { encodeParams } from '../io/ptq-checkpoint.js';
 import type { TensorToWrite } from '../io/safetensors.js';
 import type { LoadedModel } from '../model/load.js';
-import { blockShapeOf, type GridSpec } from '../quant/grid.js';
-import { type FormatName, formatInfo } from '../quant/number-formats.js';
-import { type QuantizedTensor, unpackCodes } from '../quant/quantized-tensor.js';
 import {
   groupColumns,
   hasActOrder,

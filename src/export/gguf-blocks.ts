@@ -16,8 +16,8 @@
  */
 import { type GgmlType, rowBytes } from '../formats/ggml.js';
 import { readF16, viaF16, writeF16 } from '../formats/ggml-math.js';
-import { IntGrid } from '../quant/grid.js';
-import { type QuantizedTensor, unpackCodes } from '../quant/quantized-tensor.js';
+import { IntGrid } from '../formats/grid.js';
+import { type QuantizedTensor, unpackCodes } from '../formats/quantized-tensor.js';
 
 interface BlockMapping {
   /** Code offset added to q − z (symmetric types) or undefined for d·c + m types. */

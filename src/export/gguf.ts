@@ -8,7 +8,7 @@
  *    embedding_length, block_count, feed_forward_length, rope.dimension_count, rope.freq_base,
  *    attention.head_count(_kv), attention.layer_norm_rms_epsilon, vocab_size; tokenizer.ggml.*
  *    (gguf-vocab.ts).
- *  - tensors (gguf-names.ts): token_embd, blk.N.attn_q/k/v/output, ffn_gate/up/down, attn_norm,
+ *  - tensors (formats/gguf-names.ts): token_embd, blk.N.attn_q/k/v/output, ffn_gate/up/down, attn_norm,
  *    ffn_norm, output_norm, output (absent when tied: llama.cpp then reuses token_embd).
  *    ne = [in, out] (HF [out, in] reversed), data row-major as stored.
  *  - Q/K rows: ptqkit holds Hugging Face's rotate_half order (llama2.c checkpoints are
@@ -17,7 +17,7 @@
  *    .swapaxes(1, 2). For llama2.c checkpoints this restores the file's original order
  *    (llama2.c's own export applies the same permute to HF models).
  *  - types: 1-D tensors stay F32 (as llama-quantize keeps them); every matrix gets the chosen
- *    type, or its type in a llama-quantize mix (gguf-mix.ts), or llama-quantize's fallback when
+ *    type, or its type in a llama-quantize mix (formats/gguf-mix.ts), or llama-quantize's fallback when
  *    its rows are not whole blocks (warned). Matrices a
  *    ptqkit checkpoint did not quantize (the embedding) stay F32, as the checkpoint holds them.
  *  - a ptqkit checkpoint keeps its codes and scales when the grid fits the type's blocks
@@ -26,14 +26,14 @@
 import path from 'node:path';
 import { ConfigError, UsageError } from '../errors.js';
 import { encodeValues, type GgmlType, ggmlType, rowBytes, typeForRow } from '../formats/ggml.js';
+import { GGUF_MIXES, mixTensorType } from '../formats/gguf-mix.js';
+import { ggufTensorName, qkRowOrder } from '../formats/gguf-names.js';
+import type { QuantizedTensor } from '../formats/quantized-tensor.js';
 import { checkOutput, type OutputOptions, yieldToSignals } from '../io/atomic.js';
 import { GgufFile, type GgufKv, type GgufTensorToWrite, kv, writeGguf } from '../io/gguf.js';
 import { EMBED, LM_HEAD } from '../model/architecture.js';
 import type { LoadedModel } from '../model/load.js';
-import type { QuantizedTensor } from '../quant/quantized-tensor.js';
 import { codesToBlocks, typesHoldingCodes } from './gguf-blocks.js';
-import { GGUF_MIXES, mixTensorType } from './gguf-mix.js';
-import { ggufTensorName, qkRowOrder } from './gguf-names.js';
 import {
   type GgufVocab,
   vocabFromGguf,
@@ -60,7 +60,7 @@ export const GGUF_EXPORT_TYPES = [
   'q6_k',
   'tq1_0',
   'tq2_0',
-  // llama-quantize's K-quant mixes (gguf-mix.ts); q2_k and q6_k above name its Q2_K / Q6_K mixes too.
+  // llama-quantize's K-quant mixes (formats/gguf-mix.ts); q2_k and q6_k above are its Q2_K / Q6_K too.
   'q2_k_s',
   'q3_k_s',
   'q3_k_m',

@@ -37,13 +37,13 @@
  */
 
 import { ConfigError, UsageError } from '../errors.js';
+import { blockShapeOf, type GridSpec, gridName } from '../formats/grid.js';
 import { encodeF16, roundToF16 } from '../formats/half.js';
+import { formatBits } from '../formats/number-formats.js';
+import { dequantize, type QuantizedTensor, unpackCodes } from '../formats/quantized-tensor.js';
 import type { OutputOptions } from '../io/atomic.js';
 import type { TensorToWrite } from '../io/safetensors.js';
 import type { LoadedModel } from '../model/load.js';
-import { blockShapeOf, type GridSpec, gridName } from '../quant/grid.js';
-import { formatBits } from '../quant/number-formats.js';
-import { dequantize, type QuantizedTensor, unpackCodes } from '../quant/quantized-tensor.js';
 import {
   groupColumns,
   hasActOrder,

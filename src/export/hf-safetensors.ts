@@ -13,14 +13,14 @@ import { existsSync } from 'node:fs';
 import { copyFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { ConfigError, ShapeError } from '../errors.js';
+import { blockShapeOf, type GridSpec, gridName, makeGrid } from '../formats/grid.js';
+import { GRID_DEFAULTS } from '../formats/number-formats.js';
+import { dequantize, type QuantizedTensor, unpackCodes } from '../formats/quantized-tensor.js';
 import { type OutputOptions, writeDirectoryAtomically } from '../io/atomic.js';
 import { Llama2cTokenizer } from '../io/llama2c-tokenizer.js';
 import { type TensorToWrite, writeSafetensors } from '../io/safetensors.js';
 import { BLOCK_LINEARS, linearWeightName } from '../model/architecture.js';
 import type { LoadedModel } from '../model/load.js';
-import { blockShapeOf, type GridSpec, gridName, makeGrid } from '../quant/grid.js';
-import { GRID_DEFAULTS } from '../quant/number-formats.js';
-import { dequantize, type QuantizedTensor, unpackCodes } from '../quant/quantized-tensor.js';
 import { quantizeRtn } from '../quant/rtn.js';
 import { llama2cTokenizerJson } from './tokenizer-json.js';
 

@@ -29,8 +29,8 @@
  * at 8 bits) is reported with the reason; the exporter then keeps that layer in float.
  */
 import { packBits } from '../formats/bitpack.js';
-import { IntGrid } from '../quant/grid.js';
-import { type QuantizedTensor, unpackCodes } from '../quant/quantized-tensor.js';
+import { IntGrid } from '../formats/grid.js';
+import { type QuantizedTensor, unpackCodes } from '../formats/quantized-tensor.js';
 
 /** Bit widths onnxruntime's MatMulNBits kernels accept. */
 export const MATMUL_NBITS_BITS = [2, 4, 8] as const;

@@ -29,6 +29,8 @@ import { existsSync } from 'node:fs';
 import { copyFile, mkdir, mkdtemp, open, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { ConfigError, UsageError } from '../errors.js';
+import { type GridSpec, gridName, IntGrid } from '../formats/grid.js';
+import type { QuantizedTensor } from '../formats/quantized-tensor.js';
 import { type OutputOptions, writeDirectoryAtomically } from '../io/atomic.js';
 import { Llama2cTokenizer } from '../io/llama2c-tokenizer.js';
 import { buildOnnxModelExternal, type ExternalChunk, GraphAssembler } from '../io/onnx-builder.js';
@@ -36,8 +38,6 @@ import { BLOCK_LINEARS, linearWeightName } from '../model/architecture.js';
 import type { LoadedModel } from '../model/load.js';
 import { convertToFloat16 } from '../onnx/fp16.js';
 import { OnnxModel, resolveInside, writeOnnxModel } from '../onnx/model-file.js';
-import { type GridSpec, gridName, IntGrid } from '../quant/grid.js';
-import type { QuantizedTensor } from '../quant/quantized-tensor.js';
 import { quantizeRtn } from '../quant/rtn.js';
 import {
   encodeMatMulNBits,

@@ -5,10 +5,11 @@
  * as a different function there than the one ptqkit measured, so each exporter refuses it at its
  * entry, through this one check.
  */
+
+import { assertNoSideCorrections } from '../formats/quantized-tensor.js';
 import { refuseActivationQuant } from '../model/input-ops.js';
 import { refuseOnlineRotation } from '../model/input-rotation.js';
 import type { LoadedModel } from '../model/load.js';
-import { assertNoSideCorrections } from '../quant/quantized-tensor.js';
 
 export function assertWeightOnly(model: LoadedModel, format: string): void {
   refuseActivationQuant(model.config.linearInputOps, model.path, format);

@@ -12,7 +12,7 @@
  *   | ternary   | 2    | {−1, 0, +1}, packed 5 per byte (1.6 b)   | 1      | BitNet b1.58, arXiv:2402.17764 |
  *   | binary    | 1    | {−1, +1}                                 | 1      | XNOR-Net, arXiv:1603.05279   |
  *
- * Integer grids (int2..int8) keep their own codes q ∈ [0, 2^b − 1] (src/quant/grid.ts).
+ * Integer grids (int2..int8) keep their own codes q ∈ [0, 2^b − 1] (grid.ts).
  *
  *   | scale | bits | rounding                                 | stored as (safetensors)         |
  *   |-------|------|------------------------------------------|---------------------------------|

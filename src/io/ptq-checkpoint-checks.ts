@@ -148,7 +148,7 @@ async function checkEntry(st: SafetensorsModel, name: string, entry: unknown, fi
   }
 }
 
-/** The CSR outliers and LoRC factors of quantized-tensor.ts, when present, complete and in range. */
+/** The CSR outliers and LoRC factors of formats/quantized-tensor.ts, when present, complete and in range. */
 async function checkSide(
   st: SafetensorsModel,
   base: string,

@@ -7,6 +7,17 @@
  * matrix under its canonical name (BLOCK_LINEARS), whatever the checkpoint called it.
  */
 import { ConfigError, ShapeError } from '../errors.js';
+import {
+  BLOCK_LINEARS,
+  type BlockLinear,
+  biasOf,
+  blockPrefix,
+  EMBED,
+  FINAL_NORM,
+  LM_HEAD,
+  linearWeightName,
+  POSITION_EMBED,
+} from '../formats/tensor-names.js';
 import type { Tensor, TensorMap } from '../tensor.js';
 import {
   type Activation,
@@ -16,17 +27,18 @@ import {
   type RopeScaling,
 } from './config.js';
 
-/** The linear layers of one decoder block, in execution order (the order of sequential calibration). */
-export const BLOCK_LINEARS = [
-  'self_attn.q_proj',
-  'self_attn.k_proj',
-  'self_attn.v_proj',
-  'self_attn.o_proj',
-  'mlp.gate_proj',
-  'mlp.up_proj',
-  'mlp.down_proj',
-] as const;
-export type BlockLinear = (typeof BLOCK_LINEARS)[number];
+/** The canonical tensor names are storage facts (formats/tensor-names.ts); models take them from here too. */
+export {
+  BLOCK_LINEARS,
+  type BlockLinear,
+  biasOf,
+  blockPrefix,
+  EMBED,
+  FINAL_NORM,
+  LM_HEAD,
+  linearWeightName,
+  POSITION_EMBED,
+};
 
 /** The block linears a model has (no gate_proj without a gated MLP), in execution order. */
 export function blockLinears(config: ModelConfig): BlockLinear[] {
@@ -52,18 +64,6 @@ export interface Architecture {
    */
   canonicalize(weights: TensorMap, config: ModelConfig, file: string): TensorMap;
 }
-
-export const blockPrefix = (layer: number): string => `model.layers.${layer}.`;
-export const linearWeightName = (layer: number, linear: BlockLinear): string =>
-  `${blockPrefix(layer)}${linear}.weight`;
-
-export const EMBED = 'model.embed_tokens.weight';
-export const FINAL_NORM = 'model.norm.weight';
-export const LM_HEAD = 'lm_head.weight';
-/** Learned absolute positions (GPT-2 wpe, OPT embed_positions), [positions + offset, hidden]. */
-export const POSITION_EMBED = 'model.embed_positions.weight';
-/** The bias of a LayerNorm or linear stored as `<module>.weight`. */
-export const biasOf = (weightName: string): string => weightName.replace(/\.weight$/, '.bias');
 
 /**
  * Upper bounds on hyper-parameters: generous (10-100x the largest published models) yet far

@@ -25,7 +25,8 @@ import {
   POSITION_EMBED,
 } from './architecture.js';
 import { type Activation, type BlockLayout, LLAMA_LAYOUT, type ModelConfig } from './config.js';
-import { headInputTransform, type LinearInputTransform, linearInputTransform } from './input-ops.js';
+import { headInputTransform, linearInputTransform } from './input-ops.js';
+import type { LinearInputTransform } from './input-transform.js';
 
 export interface ForwardHooks {
   /** Called with the input activations [rows, cols] of every block linear, before its product. */

@@ -6,13 +6,14 @@
  * forward pass (decoder.ts) applies them wherever a block linear reads its input.
  */
 import { FormatError, UsageError } from '../errors.js';
+import { type BlockLinear, linearWeightName } from '../formats/tensor-names.js';
+import { type InputRotationSpec, inputRotationTransform } from './input-rotation.js';
+import type { LinearInputTransform } from './input-transform.js';
 import {
   type GgmlQuantizer,
   ggmlHeadInputTransform,
   ggmlLinearInputTransform,
-} from '../io/gguf-activations.js';
-import { type BlockLinear, linearWeightName } from './architecture.js';
-import { type InputRotationSpec, inputRotationTransform } from './input-rotation.js';
+} from './sources/gguf-activations.js';
 
 /** Symmetric integer quantization of activations, fake-quantized (quantize then dequantize). */
 export interface ActivationQuantSpec {
@@ -34,24 +35,12 @@ export interface LinearInputOps {
   /**
    * llama.cpp emulation (`ptq eval file.gguf --emulate-llama-cpp`): the ggml type each weight is
    * stored in, by Hugging Face name; each linear's input (lm_head's too) is then converted as
-   * llama.cpp's CPU matmul converts it for that type (io/gguf-activations.ts).
+   * llama.cpp's CPU matmul converts it for that type (sources/gguf-activations.ts).
    */
   ggmlWeightTypes?: Record<string, string>;
   /** Which Q8_0/Q8_1 activation quantizer that llama.cpp build runs; default: the host's SIMD one. */
   ggmlQuantizer?: GgmlQuantizer;
 }
-
-/**
- * x [rows, cols] as the block linears `readers` of layer `layer` see it. x is a stage output of
- * the forward pass that nothing else reads, so the transform may work in place and return it.
- */
-export type LinearInputTransform = (
-  layer: number,
-  readers: readonly BlockLinear[],
-  x: Float32Array,
-  rows: number,
-  cols: number,
-) => Float32Array;
 
 export function checkActivationQuant(spec: ActivationQuantSpec): void {
   if (!Number.isInteger(spec.bits) || spec.bits < 2 || spec.bits > 16)

@@ -4,18 +4,17 @@
  * processing (Tseng et al. 2024, arXiv:2402.04396 §3). For an input x of a linear W and an
  * orthogonal Q, x Wᵀ = (x Q)(W Q)ᵀ: the stored weights are W Q (rotate.ts, rotateOnline) and
  * the runtime rotates x ← x Q before the product, by a fast randomized Hadamard transform
- * (hadamard.ts, O(n log n) per row). No gain is folded and the residual stream is untouched,
+ * (math/hadamard.ts, O(n log n) per row). No gain is folded and the residual stream is untouched,
  * so only the linears' inputs change basis.
  *
  * Q is a property of the model: it is rebuilt from (seed, layer, input) wherever the model
  * runs, so a runtime needs the seed, not n×n matrices.
  */
 import { FormatError, UsageError } from '../errors.js';
-import { RandomizedHadamard } from '../quant/hadamard.js';
+import type { BlockLinear } from '../formats/tensor-names.js';
+import { RandomizedHadamard } from '../math/hadamard.js';
 import { mulberry32 } from '../random.js';
-import type { BlockLinear } from './architecture.js';
-import type { ModelConfig } from './config.js';
-import type { LinearInputTransform } from './input-ops.js';
+import type { LinearInputTransform } from './input-transform.js';
 
 /** The four inputs of a block's linears: q/k/v share one, gate/up another. */
 export const LINEAR_INPUTS = ['attention', 'o_proj', 'mlp', 'down_proj'] as const;
@@ -108,8 +107,13 @@ export function onlineRotationOf(rotation: unknown, file: string): InputRotation
 /**
  * Export formats store plain W x products (GGUF, GPTQ, compressed-tensors, ONNX's MatMulNBits):
  * weights W·Q without the runtime's x ← x·Q compute a different function, so refuse them.
+ * `config`: a ModelConfig (only its rotation is read).
  */
-export function refuseOnlineRotation(config: ModelConfig, file: string, format: string): void {
+export function refuseOnlineRotation(
+  config: { linearInputOps?: { rotation?: InputRotationSpec } },
+  file: string,
+  format: string,
+): void {
   const rotation = config.linearInputOps?.rotation;
   if (!rotation) return;
   throw new UsageError(

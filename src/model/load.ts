@@ -10,10 +10,8 @@ import { ConfigError, FileError, FormatError, PtqError, ShapeError } from '../er
 import { isTemporaryOutput } from '../io/atomic.js';
 import { checkRegularFile, fileKind } from '../io/confined-path.js';
 import { GGUF_MAGIC } from '../io/gguf.js';
-import { readGgufModel } from '../io/gguf-model.js';
 import { HfTokenizer } from '../io/hf-tokenizer.js';
 import { readJsonObjectFile } from '../io/json.js';
-import { loadLlama2cCheckpoint } from '../io/llama2c.js';
 import { Llama2cTokenizer } from '../io/llama2c-tokenizer.js';
 import { CHECKPOINT_FILE, type PtqQuantization, readPtqCheckpoint } from '../io/ptq-checkpoint.js';
 import { checkDequantized, checkPtqCheckpoint } from '../io/ptq-checkpoint-checks.js';
@@ -24,6 +22,8 @@ import { type Architecture, architectureFor, EMBED, LM_HEAD } from './architectu
 import type { ModelConfig } from './config.js';
 import { activationQuantOf } from './input-ops.js';
 import { onlineRotationOf } from './input-rotation.js';
+import { readGgufModel } from './sources/gguf-model.js';
+import { loadLlama2cCheckpoint } from './sources/llama2c.js';
 
 /** config.json is a few KiB; anything past this is not a configuration. */
 const MAX_CONFIG_BYTES = 4 * 1024 * 1024;
@@ -209,7 +209,7 @@ async function loadLlama2c(file: string, options: LoadOptions): Promise<LoadedMo
   };
 }
 
-/** A llama.cpp GGUF file: weights dequantized to float32, its own vocabulary (io/gguf-model.ts). */
+/** A llama.cpp GGUF file: weights dequantized to float32, its own vocabulary (sources/gguf-model.ts). */
 async function loadGguf(file: string): Promise<LoadedModel> {
   const { config, weights, tokenizer } = await readGgufModel(file);
   const arch = architectureFor(config.modelType, file);

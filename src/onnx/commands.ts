@@ -11,13 +11,13 @@
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { FileError, UsageError } from '../errors.js';
-import { evaluate } from '../eval/perplexity.js';
 import { ONNX_DTYPES, type OnnxDtype } from '../export/onnx.js';
 import { OnnxCausalLM } from '../export/onnx-session.js';
 import { checkOutput } from '../io/atomic.js';
 import { HfTokenizer } from '../io/hf-tokenizer.js';
 import { readText } from '../io/text.js';
 import type { Decoder } from '../model/decoder.js';
+import { evaluate } from '../model/perplexity.js';
 import { sampleCalibrationWindows } from '../quant/calibrate.js';
 import { getMethod } from '../quant/methods/index.js';
 import { optionsFromCli } from '../quant/methods/method.js';

@@ -14,7 +14,7 @@
  * transposed when transB = 1 and β·C added after. Only float32 activations (DynamicQuantizeLinear
  * takes float32); Gather tables stay float.
  */
-import { roundHalfEven } from '../quant/grid.js';
+import { roundHalfEven } from '../formats/grid.js';
 import { assertFiniteWeights } from '../quant/numerics.js';
 import { attrNumber, GraphEditor, isInitializer, makeNode, type NodeFilter, selected } from './graph-edit.js';
 import { DT, dimsOf, makeTensor, type NodeProto, type OnnxModel } from './model-file.js';

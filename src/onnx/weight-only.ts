@@ -29,12 +29,12 @@ import { getDefaultEngine } from '../compute/index.js';
 import { UsageError } from '../errors.js';
 import { encodeMatMulNBits, type MatMulNBitsWeight, planMatMulNBits } from '../export/matmul-nbits.js';
 import { packBits } from '../formats/bitpack.js';
+import { type GridSpec, IntGrid, type ScaleDtype } from '../formats/grid.js';
 import { encodeF16 } from '../formats/half.js';
-import { type GridSpec, IntGrid, type ScaleDtype } from '../quant/grid.js';
+import { dequantize, type QuantizedTensor, unpackCodes } from '../formats/quantized-tensor.js';
 import { getMethod, METHODS } from '../quant/methods/index.js';
 import { methodOptions } from '../quant/methods/method.js';
 import { assertFiniteQuantized, assertFiniteWeights } from '../quant/numerics.js';
-import { dequantize, type QuantizedTensor, unpackCodes } from '../quant/quantized-tensor.js';
 import { quantizeRtn } from '../quant/rtn.js';
 import {
   attrNumber,

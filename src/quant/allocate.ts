@@ -18,13 +18,13 @@
  * does not fit.
  */
 import { UsageError } from '../errors.js';
-import { evaluate } from '../eval/perplexity.js';
-import { mixBlockLinearType, useMoreBits } from '../export/gguf-mix.js';
+import { mixBlockLinearType, useMoreBits } from '../formats/gguf-mix.js';
+import type { GridSpec } from '../formats/grid.js';
 import { BLOCK_LINEARS, type BlockLinear, linearWeightName } from '../model/architecture.js';
 import type { ModelConfig } from '../model/config.js';
 import { Decoder } from '../model/decoder.js';
+import { evaluate } from '../model/perplexity.js';
 import type { TensorMap } from '../tensor.js';
-import type { GridSpec } from './grid.js';
 import { layerSensitivity, parseGridName, SENSITIVITY_DEFAULTS } from './sensitivity.js';
 
 export interface AllocOption {
@@ -252,7 +252,7 @@ const likeMix =
     K_QUANT_GRID[mixBlockLinearType(mix, layer, n, linear)]!;
 
 /**
- * Fixed-rule baselines after llama.cpp's K-quant mixes, read from export/gguf-mix.ts (the one
+ * Fixed-rule baselines after llama.cpp's K-quant mixes, read from formats/gguf-mix.ts (the one
  * place for llama_tensor_get_type's rules): Q4_K_M puts attn_v and ffn_down at Q6_K where
  * useMoreBits, Q4_K elsewhere; Q3_K_M puts attn_v at Q5_K in the first two blocks (Q4_K after),
  * ffn_down at Q5_K in the first n/16 blocks and Q4_K after, attn_output at Q4_K, Q3_K elsewhere.

@@ -18,14 +18,14 @@
  */
 import type { ComputeEngine } from '../compute/engine.js';
 import { UsageError } from '../errors.js';
+import type { Grid } from '../formats/grid.js';
+import { dequantize } from '../formats/quantized-tensor.js';
 import { type BlockLinear, blockPrefix, linearWeightName } from '../model/architecture.js';
 import { LLAMA_LAYOUT, type ModelConfig } from '../model/config.js';
 import type { Tensor, TensorMap } from '../tensor.js';
 import { ALL_AT_ONCE, type LinearStats } from './calibrate.js';
-import type { Grid } from './grid.js';
 import type { LayerResult, QuantMethod } from './methods/method.js';
 import { hessianDiagonal, quantizeWithOutliers } from './outliers.js';
-import { dequantize } from './quantized-tensor.js';
 import { quantizeRtn } from './rtn.js';
 
 export interface AwqOptions {

@@ -26,15 +26,15 @@
 import type { ComputeEngine } from '../compute/engine.js';
 import { profiled } from '../compute/profile.js';
 import { NumericError } from '../errors.js';
+import type { Grid } from '../formats/grid.js';
 import { roundToF16 } from '../formats/half.js';
+import { fromCodes, type QuantizedTensor } from '../formats/quantized-tensor.js';
 import { linearWeightName } from '../model/architecture.js';
 import type { Tensor } from '../tensor.js';
 import { ALL_AT_ONCE, TRUE_SEQUENTIAL } from './calibrate.js';
-import type { Grid } from './grid.js';
 import { inverseCholeskyUpperFast, NotPositiveDefiniteError } from './linalg.js';
 import type { LayerResult, QuantMethod } from './methods/method.js';
 import { GptqOutlierSelector, type GptqOutliers } from './outliers.js';
-import { fromCodes, type QuantizedTensor } from './quantized-tensor.js';
 
 export interface GptqOptions {
   /** Columns per lazy batch (paper: B = 128). */

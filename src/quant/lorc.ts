@@ -15,8 +15,8 @@
  * B Bᵀ (cyclic Jacobi). With k = r + p ≥ min(rows, cols) it is the exact SVD.
  */
 import { roundToF16 } from '../formats/half.js';
+import type { LowRankCorrection } from '../formats/quantized-tensor.js';
 import { mulberry32 } from '../random.js';
-import type { LowRankCorrection } from './quantized-tensor.js';
 
 export interface LorcOptions {
   /** Extra sampled directions p beyond the rank (Halko et al. recommend 5-10). */

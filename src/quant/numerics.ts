@@ -11,8 +11,8 @@
  * So a finished quantization never contains NaN or Inf.
  */
 import { NumericError } from '../errors.js';
+import { dequantize, type QuantizedTensor } from '../formats/quantized-tensor.js';
 import type { TensorMap } from '../tensor.js';
-import { dequantize, type QuantizedTensor } from './quantized-tensor.js';
 
 /** Index of the first NaN/±Inf in `data`, or −1. */
 export function firstNonFinite(data: ArrayLike<number>): number {

@@ -39,16 +39,16 @@
  * weight changes the block's parameters only if it is the block's minimum or maximum, so only
  * those two are re-fitted (exact); absmean-scaled formats (ternary, binary) re-fit every weight.
  *
- * Storage (honest bits, quantized-tensor.ts sideBits): FP16 value + column index (I16 when
+ * Storage (honest bits, formats/quantized-tensor.ts sideBits): FP16 value + column index (I16 when
  * cols ≤ 2^15, else I32) per outlier, plus rows + 1 row pointers (I16 when nnz < 2^15, else I32).
  */
 import { UsageError } from '../errors.js';
+import type { Grid } from '../formats/grid.js';
 import { roundToF16 } from '../formats/half.js';
+import { formatInfo } from '../formats/number-formats.js';
+import type { QuantizedTensor, SparseOutliers } from '../formats/quantized-tensor.js';
 import { BLOCK_LINEARS, linearWeightName } from '../model/architecture.js';
 import type { Tensor, TensorMap } from '../tensor.js';
-import type { Grid } from './grid.js';
-import { formatInfo } from './number-formats.js';
-import type { QuantizedTensor, SparseOutliers } from './quantized-tensor.js';
 
 /** Largest fraction `--outliers` accepts (SpQR keeps ≈ 1%; beyond 10% a sparse side matrix stops paying). */
 /**

@@ -9,6 +9,8 @@
  */
 import { type ComputeEngine, getDefaultEngine } from '../compute/index.js';
 import { UsageError } from '../errors.js';
+import { type GridSpec, gridName, makeGrid } from '../formats/grid.js';
+import { dequantize, type QuantizedTensor, storedBits } from '../formats/quantized-tensor.js';
 import type { PtqQuantization } from '../io/ptq-checkpoint.js';
 import { blockLinears, blockPrefix, linearWeightName } from '../model/architecture.js';
 import type { ModelConfig } from '../model/config.js';
@@ -16,14 +18,12 @@ import { Decoder } from '../model/decoder.js';
 import { type ActivationQuantSpec, checkActivationQuant } from '../model/input-ops.js';
 import type { TensorMap } from '../tensor.js';
 import { runSequential } from './calibrate.js';
-import { type GridSpec, gridName, makeGrid } from './grid.js';
 import { relativeOutputError } from './layer-error.js';
 import { LORC_DEFAULTS, type LorcOptions, lowRankCorrection } from './lorc.js';
 import { getMethod, methodGridSpec } from './methods/index.js';
 import { methodOptions } from './methods/method.js';
 import { assertFiniteQuantized, assertFiniteWeights } from './numerics.js';
 import { quantizeWithOutliers, validateSideOptions } from './outliers.js';
-import { dequantize, type QuantizedTensor, storedBits } from './quantized-tensor.js';
 import { fingerprint, openResumeState, type ResumeTarget, releaseResumeLock } from './resume.js';
 import { ROTATIONS, type RotateOptions, type RotationKind, rotateModel, rotateOnline } from './rotate.js';
 import { inputSecondMoments } from './sensitivity.js';
@@ -153,7 +153,7 @@ export async function quantizeModel(
     (await calibrateActivations(config, weights, options.activations, options.calibration, engine));
   // Integer-only methods optimize an integer grid's scales and zero points; formats have none.
   const spec = methodGridSpec(method, options.grid);
-  // Any number format: the grid is the methods' plug-in (grid.ts, number-formats.ts).
+  // Any number format: the grid is the methods' plug-in (formats/grid.ts, number-formats.ts).
   const grid = makeGrid(spec);
   // Mixed precision: each layer's own grid (HQQ's made asymmetric like the base one).
   const layerGrids = new Map<string, ReturnType<typeof makeGrid>>();

@@ -43,11 +43,11 @@ import { link, mkdir, open, readdir, readFile, rename, rm, writeFile } from 'nod
 import os from 'node:os';
 import path from 'node:path';
 import { FileError, FormatError, UsageError } from '../errors.js';
+import type { QuantizedTensor } from '../formats/quantized-tensor.js';
 import { openRegularFile } from '../io/confined-path.js';
 import { brief } from '../io/json.js';
 import type { ModelConfig } from '../model/config.js';
 import type { TensorMap } from '../tensor.js';
-import type { QuantizedTensor } from './quantized-tensor.js';
 
 const RESUME_SUFFIX = '.ptq-resume';
 const MANIFEST = 'state.json';

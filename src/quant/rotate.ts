@@ -25,7 +25,7 @@
  * decoder; down_proj's input (the FFN width, behind SwiGLU's nonlinearity) cannot be rotated
  * offline and is left as is. rotateOnline (below, `--rotate hadamard-online`) is QuaRot's online
  * alternative: no folding, and the forward pass rotates chosen linear inputs at run time.
- * Q = diag(s) H / √D from hadamard.ts, with seeded signs s.
+ * Q = diag(s) H / √D from math/hadamard.ts, with seeded signs s.
  *
  * Step 1 is not free for quantization: a small γ_c no longer damps the errors of column c,
  * so on models without outlier features (the two real models here, weight kurtosis ≈ 3)
@@ -34,6 +34,7 @@
  * activations have outlier channels, as in billion-parameter LLMs (QuaRot §5).
  */
 import { ConfigError, ShapeError, UsageError } from '../errors.js';
+import { RandomizedHadamard } from '../math/hadamard.js';
 import {
   BLOCK_LINEARS,
   type BlockLinear,
@@ -54,7 +55,6 @@ import {
 } from '../model/input-rotation.js';
 import { mulberry32 } from '../random.js';
 import type { Tensor, TensorMap } from '../tensor.js';
-import { RandomizedHadamard } from './hadamard.js';
 
 export interface RotateOptions {
   /** Seed of the random signs (and of any random-orthogonal factor). */

@@ -10,10 +10,10 @@
  * No calibration data; symmetric integer grids only.
  */
 import { UsageError } from '../errors.js';
+import { type Grid, type GridSpec, IntGrid, roundHalfEven } from '../formats/grid.js';
+import { fromCodes, type QuantizedTensor } from '../formats/quantized-tensor.js';
 import type { Tensor } from '../tensor.js';
-import { type Grid, type GridSpec, IntGrid, roundHalfEven } from './grid.js';
 import type { QuantMethod } from './methods/method.js';
-import { fromCodes, type QuantizedTensor } from './quantized-tensor.js';
 
 /** The candidate offsets k of iscale = (nmax + 0.1·k) / max|x| (make_qx_quants: is = −9..9). */
 const SEARCH_STEPS = 9;

@@ -10,14 +10,14 @@
  * Their Spearman rank correlation over layers × grids says how far the proxy can stand in.
  */
 import { UsageError } from '../errors.js';
-import { evaluate } from '../eval/perplexity.js';
+import { type GridSpec, makeGrid } from '../formats/grid.js';
+import { type FormatName, gridSpecFor } from '../formats/number-formats.js';
+import { dequantize, storedBits } from '../formats/quantized-tensor.js';
 import { blockLinears, linearWeightName } from '../model/architecture.js';
 import type { ModelConfig } from '../model/config.js';
 import { Decoder } from '../model/decoder.js';
+import { evaluate } from '../model/perplexity.js';
 import type { TensorMap } from '../tensor.js';
-import { type GridSpec, makeGrid } from './grid.js';
-import { type FormatName, gridSpecFor } from './number-formats.js';
-import { dequantize, storedBits } from './quantized-tensor.js';
 import { quantizeRtn } from './rtn.js';
 
 /** The default palette: integer g32 grids from 2 to 6 bits, int8 per channel, NVFP4. */

@@ -30,10 +30,10 @@
  * scales are kept in the scale dtype (the reference's default `quantAux` stores them in 8 bits).
  */
 import { UsageError } from '../errors.js';
+import type { IntGrid } from '../formats/grid.js';
+import { fromCodes, type QuantizedTensor } from '../formats/quantized-tensor.js';
 import type { Tensor } from '../tensor.js';
-import type { IntGrid } from './grid.js';
 import type { MethodOption, QuantMethod } from './methods/method.js';
-import { fromCodes, type QuantizedTensor } from './quantized-tensor.js';
 
 export interface SinqOptions {
   /** Sinkhorn iterations (the reference's `order`). */

@@ -31,7 +31,9 @@
  */
 import path from 'node:path';
 import { FormatError, PtqError, UsageError } from '../errors.js';
+import { type GridSpec, gridName, type IntGrid, makeGrid } from '../formats/grid.js';
 import { decodeBf16Checked, decodeF16Checked } from '../formats/half.js';
+import { type QuantizedTensor, storedBits } from '../formats/quantized-tensor.js';
 import { type OutputOptions, writeDirectoryAtomically } from '../io/atomic.js';
 import {
   CHECKPOINT_FILE,
@@ -59,7 +61,6 @@ import {
   openModelLazily,
 } from '../model/load.js';
 import type { Tensor, TensorMap } from '../tensor.js';
-import { type GridSpec, gridName, type IntGrid, makeGrid } from './grid.js';
 import { getMethod, METHODS, methodGridSpec } from './methods/index.js';
 import { methodOptions } from './methods/method.js';
 import {
@@ -68,7 +69,6 @@ import {
   firstNonFinite,
   nonFiniteWeight,
 } from './numerics.js';
-import { type QuantizedTensor, storedBits } from './quantized-tensor.js';
 import { untiedHfConfig } from './rotate.js';
 import { RtnRows } from './rtn.js';
 

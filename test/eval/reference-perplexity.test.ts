@@ -6,10 +6,10 @@
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import { test } from 'node:test';
-import { evaluate } from '../../src/eval/perplexity.js';
 import { readText } from '../../src/io/text.js';
 import { Decoder } from '../../src/model/decoder.js';
 import { loadModel } from '../../src/model/load.js';
+import { evaluate } from '../../src/model/perplexity.js';
 import { ASSETS, assetsPresent } from '../helpers.js';
 
 const TINYSTORIES = path.join(ASSETS, 'models/tinystories-656k');

@@ -12,11 +12,11 @@ import { compareCommand, compareTable, protocolFor } from '../../src/cli/command
 import { DEMO_MODEL, DEMO_TEXT } from '../../src/cli/demo.js';
 import type { CompareResults } from '../../src/eval/compare.js';
 import { weightRelativeError } from '../../src/eval/compare.js';
-import { evaluate } from '../../src/eval/perplexity.js';
 import { esc, paretoFrontier, renderReport } from '../../src/eval/report.js';
+import { gridSpecFor } from '../../src/formats/number-formats.js';
 import { Decoder } from '../../src/model/decoder.js';
 import { loadModel } from '../../src/model/load.js';
-import { gridSpecFor } from '../../src/quant/number-formats.js';
+import { evaluate } from '../../src/model/perplexity.js';
 import { modelSize, quantizeModel } from '../../src/quant/quantize-model.js';
 
 const MAX_TOKENS = 1024;

@@ -10,11 +10,11 @@ import { test } from 'node:test';
 import { exportGguf } from '../../src/export/gguf.js';
 import { blockScale, codesToBlocks } from '../../src/export/gguf-blocks.js';
 import { ggmlType } from '../../src/formats/ggml.js';
+import type { GridSpec } from '../../src/formats/grid.js';
+import { fromCodes } from '../../src/formats/quantized-tensor.js';
 import { writePtqCheckpoint } from '../../src/io/ptq-checkpoint.js';
 import { loadModel } from '../../src/model/load.js';
-import type { GridSpec } from '../../src/quant/grid.js';
 import { quantizeModel } from '../../src/quant/quantize-model.js';
-import { fromCodes } from '../../src/quant/quantized-tensor.js';
 import { ASSETS, assetsPresent } from '../helpers.js';
 
 const MODEL = path.join(ASSETS, 'models/tinystories-656k');

@@ -18,11 +18,11 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, test } from 'node:test';
 import { exportGptq, planGptqLinear } from '../../src/export/gptq-safetensors.js';
+import type { GridSpec } from '../../src/formats/grid.js';
+import { gridSpecFor } from '../../src/formats/number-formats.js';
+import { dequantize, fromCodes, type QuantizedTensor } from '../../src/formats/quantized-tensor.js';
 import { SafetensorsFile } from '../../src/io/safetensors.js';
 import { type LoadedModel, loadModel } from '../../src/model/load.js';
-import type { GridSpec } from '../../src/quant/grid.js';
-import { gridSpecFor } from '../../src/quant/number-formats.js';
-import { dequantize, fromCodes, type QuantizedTensor } from '../../src/quant/quantized-tensor.js';
 import { runCli } from '../cli/run-cli.js';
 import { BUNDLED, f16, fp, quantized, TINY_LINEAR, tinyModel } from './safetensors-fixtures.js';
 

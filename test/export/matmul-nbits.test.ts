@@ -16,9 +16,9 @@ import {
   planMatMulNBits,
 } from '../../src/export/matmul-nbits.js';
 import { applyLinear } from '../../src/export/onnx-graph.js';
+import type { GridSpec } from '../../src/formats/grid.js';
+import { dequantize, fromCodes, type QuantizedTensor } from '../../src/formats/quantized-tensor.js';
 import { buildOnnxModelExternal, GraphAssembler } from '../../src/io/onnx-builder.js';
-import type { GridSpec } from '../../src/quant/grid.js';
-import { dequantize, fromCodes, type QuantizedTensor } from '../../src/quant/quantized-tensor.js';
 import { maxAbsDiff, seededRandom } from '../helpers.js';
 
 /** Relative error allowed between onnxruntime's fp32 product and the float64 reference. */

@@ -6,11 +6,11 @@
  */
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
+import type { GridSpec } from '../../src/formats/grid.js';
+import { dequantize, type QuantizedTensor } from '../../src/formats/quantized-tensor.js';
 import { type LoadedModel, loadModel } from '../../src/model/load.js';
 import { sampleCalibrationWindows } from '../../src/quant/calibrate.js';
-import type { GridSpec } from '../../src/quant/grid.js';
 import { type MethodName, quantizeModel } from '../../src/quant/quantize-model.js';
-import { dequantize, type QuantizedTensor } from '../../src/quant/quantized-tensor.js';
 import { REPO } from '../helpers.js';
 
 export const BUNDLED = path.join(REPO, 'models/tinystories-656k');

@@ -19,12 +19,12 @@ import { PtqError } from '../../src/errors.js';
 import { GgufFile, GgufValueType } from '../../src/io/gguf.js';
 import { HfTokenizer } from '../../src/io/hf-tokenizer.js';
 import { parseJsonBytes } from '../../src/io/json.js';
-import { loadLlama2cCheckpoint } from '../../src/io/llama2c.js';
 import { Llama2cTokenizer } from '../../src/io/llama2c-tokenizer.js';
 import { writePtqCheckpoint } from '../../src/io/ptq-checkpoint.js';
 import { SafetensorsModel } from '../../src/io/safetensors.js';
 import { LLAMA } from '../../src/model/architecture.js';
 import { loadModel, readCheckedPtqCheckpoint } from '../../src/model/load.js';
+import { loadLlama2cCheckpoint } from '../../src/model/sources/llama2c.js';
 import { quantizeModel } from '../../src/quant/quantize-model.js';
 import {
   L2C_VOCAB,

@@ -7,9 +7,9 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, test } from 'node:test';
+import type { GridSpec } from '../../src/formats/grid.js';
+import { dequantize, fromCodes, storedBits } from '../../src/formats/quantized-tensor.js';
 import { readPtqCheckpoint, writePtqCheckpoint } from '../../src/io/ptq-checkpoint.js';
-import type { GridSpec } from '../../src/quant/grid.js';
-import { dequantize, fromCodes, storedBits } from '../../src/quant/quantized-tensor.js';
 
 const work = mkdtempSync(path.join(os.tmpdir(), 'ptq-ckpt-'));
 after(() => rmSync(work, { recursive: true, force: true }));

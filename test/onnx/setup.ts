@@ -2,11 +2,11 @@
 import path from 'node:path';
 import type { Tensor as TjsTensor } from '@huggingface/transformers';
 import { Tensor } from '@huggingface/transformers';
-import { evaluate } from '../../src/eval/perplexity.js';
 import type { OnnxDtype } from '../../src/export/onnx.js';
 import { OnnxCausalLM } from '../../src/export/onnx-session.js';
 import type { ModelConfig } from '../../src/model/config.js';
 import type { Decoder } from '../../src/model/decoder.js';
+import { evaluate } from '../../src/model/perplexity.js';
 import { ASSETS, assetsPresent, REPO } from '../helpers.js';
 
 export const SOURCE = assetsPresent

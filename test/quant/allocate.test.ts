@@ -4,6 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import { gridName } from '../../src/formats/grid.js';
 import {
   type AllocLayer,
   allocate,
@@ -14,7 +15,6 @@ import {
   presetGrids,
   useMoreBits,
 } from '../../src/quant/allocate.js';
-import { gridName } from '../../src/quant/grid.js';
 import { seededRandom } from '../helpers.js';
 
 /** Minimal loss over every combination with Σ bits ≤ budget (Infinity when none fits). */

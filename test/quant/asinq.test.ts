@@ -6,13 +6,13 @@
  */
 import assert from 'node:assert/strict';
 import { before, describe, test } from 'node:test';
-import { type EvalResult, evaluate } from '../../src/eval/perplexity.js';
+import { type IntGrid, makeGrid } from '../../src/formats/grid.js';
+import { dequantize } from '../../src/formats/quantized-tensor.js';
 import { Decoder } from '../../src/model/decoder.js';
 import type { LoadedModel } from '../../src/model/load.js';
+import { type EvalResult, evaluate } from '../../src/model/perplexity.js';
 import { awqColumnFactor, hessianError, quantizeAsinq } from '../../src/quant/asinq.js';
-import { type IntGrid, makeGrid } from '../../src/quant/grid.js';
 import { quantizeModel } from '../../src/quant/quantize-model.js';
-import { dequantize } from '../../src/quant/quantized-tensor.js';
 import { quantizeSinq } from '../../src/quant/sinq.js';
 import { assetsPresent, seededRandom } from '../helpers.js';
 import {

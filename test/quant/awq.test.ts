@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import { test } from 'node:test';
+import { IntGrid } from '../../src/formats/grid.js';
 import { readText } from '../../src/io/text.js';
 import { type BLOCK_LINEARS, blockPrefix } from '../../src/model/architecture.js';
 import { Decoder } from '../../src/model/decoder.js';
@@ -12,7 +13,6 @@ import {
   runSequential,
   sampleCalibrationWindows,
 } from '../../src/quant/calibrate.js';
-import { IntGrid } from '../../src/quant/grid.js';
 import { maxAbsDiff, REPO } from '../helpers.js';
 
 test('AWQ scales are folded so that the full-precision model is unchanged', async () => {

@@ -2,6 +2,8 @@ import assert from 'node:assert/strict';
 import path from 'node:path';
 import { test } from 'node:test';
 import { UsageError } from '../../src/errors.js';
+import { IntGrid } from '../../src/formats/grid.js';
+import { dequantize } from '../../src/formats/quantized-tensor.js';
 import { readText } from '../../src/io/text.js';
 import { type BlockLinear, linearWeightName } from '../../src/model/architecture.js';
 import { Decoder } from '../../src/model/decoder.js';
@@ -13,9 +15,7 @@ import {
   sampleCalibrationWindows,
   TRUE_SEQUENTIAL,
 } from '../../src/quant/calibrate.js';
-import { IntGrid } from '../../src/quant/grid.js';
 import { quantizeModel } from '../../src/quant/quantize-model.js';
-import { dequantize } from '../../src/quant/quantized-tensor.js';
 import { quantizeRtn } from '../../src/quant/rtn.js';
 import type { TensorMap } from '../../src/tensor.js';
 import { REPO } from '../helpers.js';

@@ -7,11 +7,11 @@
  */
 import assert from 'node:assert/strict';
 import { before, describe, test } from 'node:test';
-import { type EvalResult, evaluate } from '../../src/eval/perplexity.js';
+import { type FormatName, gridSpecFor } from '../../src/formats/number-formats.js';
 import { BLOCK_LINEARS, linearWeightName } from '../../src/model/architecture.js';
 import { Decoder } from '../../src/model/decoder.js';
 import type { LoadedModel } from '../../src/model/load.js';
-import { type FormatName, gridSpecFor } from '../../src/quant/number-formats.js';
+import { type EvalResult, evaluate } from '../../src/model/perplexity.js';
 import { type MethodName, modelSize, quantizeModel } from '../../src/quant/quantize-model.js';
 import { assetsPresent } from '../helpers.js';
 import {

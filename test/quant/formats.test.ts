@@ -12,19 +12,19 @@ import { after, test } from 'node:test';
 import { JsEngine } from '../../src/compute/index.js';
 import { UsageError } from '../../src/errors.js';
 import { FP4_E2M1, FP8_E4M3 } from '../../src/formats/element-formats.js';
+import { type GridSpec, gridName, IntGrid, makeGrid, validateGrid } from '../../src/formats/grid.js';
 import { roundToF16 } from '../../src/formats/half.js';
-import { readPtqCheckpoint, writePtqCheckpoint } from '../../src/io/ptq-checkpoint.js';
-import { SafetensorsModel } from '../../src/io/safetensors.js';
-import { GPTQ_DEFAULTS, gptqQuantize, prepareHessian } from '../../src/quant/gptq.js';
-import { type GridSpec, gridName, IntGrid, makeGrid, validateGrid } from '../../src/quant/grid.js';
-import { relativeOutputError } from '../../src/quant/layer-error.js';
-import { FORMAT_NAMES, type FormatName, gridSpecFor } from '../../src/quant/number-formats.js';
+import { FORMAT_NAMES, type FormatName, gridSpecFor } from '../../src/formats/number-formats.js';
 import {
   dequantize,
   type QuantizedTensor,
   storedBits,
   unpackCodes,
-} from '../../src/quant/quantized-tensor.js';
+} from '../../src/formats/quantized-tensor.js';
+import { readPtqCheckpoint, writePtqCheckpoint } from '../../src/io/ptq-checkpoint.js';
+import { SafetensorsModel } from '../../src/io/safetensors.js';
+import { GPTQ_DEFAULTS, gptqQuantize, prepareHessian } from '../../src/quant/gptq.js';
+import { relativeOutputError } from '../../src/quant/layer-error.js';
 import { quantizeRtn } from '../../src/quant/rtn.js';
 import { seededRandom } from '../helpers.js';
 

@@ -6,15 +6,15 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { JsEngine, OrtEngine } from '../../src/compute/index.js';
+import { type GridSpec, IntGrid } from '../../src/formats/grid.js';
+import { dequantize } from '../../src/formats/quantized-tensor.js';
 import {
   GPTQ_DEFAULTS,
   type GptqOptions,
   gptqQuantize as gptqFromPrepared,
   prepareHessian,
 } from '../../src/quant/gptq.js';
-import { type GridSpec, IntGrid } from '../../src/quant/grid.js';
 import { relativeOutputError } from '../../src/quant/layer-error.js';
-import { dequantize } from '../../src/quant/quantized-tensor.js';
 import { quantizeRtn } from '../../src/quant/rtn.js';
 import { seededRandom } from '../helpers.js';
 

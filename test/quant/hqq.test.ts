@@ -4,10 +4,10 @@
  */
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
+import { type GridSpec, IntGrid, roundHalfEven } from '../../src/formats/grid.js';
 import { roundToF16 } from '../../src/formats/half.js';
-import { type GridSpec, IntGrid, roundHalfEven } from '../../src/quant/grid.js';
+import { dequantize, unpackCodes } from '../../src/formats/quantized-tensor.js';
 import { HQQ_DEFAULTS, hqqStep, quantizeHqq, shrinkLp } from '../../src/quant/hqq.js';
-import { dequantize, unpackCodes } from '../../src/quant/quantized-tensor.js';
 import { quantizeRtn } from '../../src/quant/rtn.js';
 import { assetsPresent } from '../helpers.js';
 import { near, readGpt2Linear, weightErrors } from './real-weights.js';

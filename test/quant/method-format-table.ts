@@ -9,10 +9,10 @@
  */
 import assert from 'node:assert/strict';
 import { before, describe, test } from 'node:test';
-import { type EvalResult, evaluate } from '../../src/eval/perplexity.js';
+import { type FormatName, gridSpecFor } from '../../src/formats/number-formats.js';
 import { Decoder } from '../../src/model/decoder.js';
 import type { LoadedModel } from '../../src/model/load.js';
-import { type FormatName, gridSpecFor } from '../../src/quant/number-formats.js';
+import { type EvalResult, evaluate } from '../../src/model/perplexity.js';
 import { type MethodName, modelSize, quantizeModel } from '../../src/quant/quantize-model.js';
 import type { RotationKind } from '../../src/quant/rotate.js';
 import { assetsPresent } from '../helpers.js';

@@ -5,12 +5,12 @@
  */
 import assert from 'node:assert/strict';
 import path from 'node:path';
-import { type EvalResult, evaluate } from '../../src/eval/perplexity.js';
+import type { GridSpec } from '../../src/formats/grid.js';
 import { readText } from '../../src/io/text.js';
 import { Decoder } from '../../src/model/decoder.js';
 import { type LoadedModel, loadModel } from '../../src/model/load.js';
+import { type EvalResult, evaluate } from '../../src/model/perplexity.js';
 import { sampleCalibrationWindows } from '../../src/quant/calibrate.js';
-import type { GridSpec } from '../../src/quant/grid.js';
 import type { TensorMap } from '../../src/tensor.js';
 import { ASSETS } from '../helpers.js';
 

@@ -7,10 +7,10 @@
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import { before, describe, test } from 'node:test';
-import { type EvalResult, evaluate } from '../../src/eval/perplexity.js';
+import type { GridSpec } from '../../src/formats/grid.js';
 import { Decoder } from '../../src/model/decoder.js';
 import type { LoadedModel } from '../../src/model/load.js';
-import type { GridSpec } from '../../src/quant/grid.js';
+import { type EvalResult, evaluate } from '../../src/model/perplexity.js';
 import { type MethodName, quantizeModel } from '../../src/quant/quantize-model.js';
 import { assetsPresent } from '../helpers.js';
 import {

@@ -15,8 +15,8 @@ import path from 'node:path';
 import { test } from 'node:test';
 import fc from 'fast-check';
 import { packBits, packedByteLength, unpackBits } from '../../src/formats/bitpack.js';
-import { type GridSpec, IntGrid } from '../../src/quant/grid.js';
-import { dequantize, unpackCodes } from '../../src/quant/quantized-tensor.js';
+import { type GridSpec, IntGrid } from '../../src/formats/grid.js';
+import { dequantize, unpackCodes } from '../../src/formats/quantized-tensor.js';
 import { quantizeRtn } from '../../src/quant/rtn.js';
 import { FUZZ_RUNS, FUZZ_SEED, fuzzParams, fuzzScratch } from '../fuzz-settings.js';
 

@@ -2,9 +2,9 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { ShapeError, UsageError } from '../../src/errors.js';
 import { packBits } from '../../src/formats/bitpack.js';
+import { type GridSpec, IntGrid, roundHalfEven } from '../../src/formats/grid.js';
 import { roundToF16 } from '../../src/formats/half.js';
-import { type GridSpec, IntGrid, roundHalfEven } from '../../src/quant/grid.js';
-import { dequantize, storedBits, unpackCodes } from '../../src/quant/quantized-tensor.js';
+import { dequantize, storedBits, unpackCodes } from '../../src/formats/quantized-tensor.js';
 import { quantizeRtn } from '../../src/quant/rtn.js';
 import { seededRandom } from '../helpers.js';
 

@@ -9,12 +9,12 @@ import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
 import { quantizeCommand } from '../../src/cli/commands.js';
-import { evaluate } from '../../src/eval/perplexity.js';
+import { type GridSpec, gridName } from '../../src/formats/grid.js';
 import { writePtqCheckpoint } from '../../src/io/ptq-checkpoint.js';
 import { Decoder } from '../../src/model/decoder.js';
 import { loadModel } from '../../src/model/load.js';
+import { evaluate } from '../../src/model/perplexity.js';
 import { type AllocLayer, allocate } from '../../src/quant/allocate.js';
-import { type GridSpec, gridName } from '../../src/quant/grid.js';
 import { modelSize, quantizeModel } from '../../src/quant/quantize-model.js';
 import {
   diagonalHessianError,

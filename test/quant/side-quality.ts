@@ -4,9 +4,9 @@
  * weight that are stored.
  */
 import { before, describe } from 'node:test';
-import type { EvalResult } from '../../src/eval/perplexity.js';
+import type { GridSpec } from '../../src/formats/grid.js';
 import type { LoadedModel } from '../../src/model/load.js';
-import type { GridSpec } from '../../src/quant/grid.js';
+import type { EvalResult } from '../../src/model/perplexity.js';
 import {
   type MethodName,
   modelSize,

@@ -5,9 +5,9 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { UsageError } from '../../src/errors.js';
+import { type GridSpec, IntGrid } from '../../src/formats/grid.js';
 import { roundToF16 } from '../../src/formats/half.js';
-import { type GridSpec, IntGrid } from '../../src/quant/grid.js';
-import { dequantize, unpackCodes } from '../../src/quant/quantized-tensor.js';
+import { dequantize, unpackCodes } from '../../src/formats/quantized-tensor.js';
 import { quantizeRtn } from '../../src/quant/rtn.js';
 import { imbalance, kurtosis, quantizeSinq, rowColStd, sinkhorn } from '../../src/quant/sinq.js';
 import { assetsPresent } from '../helpers.js';

@@ -9,7 +9,6 @@ import assert from 'node:assert/strict';
 import path from 'node:path';
 import { before, describe, test } from 'node:test';
 import { FormatError, UsageError } from '../../src/errors.js';
-import { type EvalResult, evaluate } from '../../src/eval/perplexity.js';
 import { exportGguf } from '../../src/export/gguf.js';
 import { readText } from '../../src/io/text.js';
 import { LLAMA_LAYOUT, type ModelConfig } from '../../src/model/config.js';
@@ -20,6 +19,7 @@ import {
   fakeQuantizeActivations,
 } from '../../src/model/input-ops.js';
 import { type LoadedModel, loadModel } from '../../src/model/load.js';
+import { type EvalResult, evaluate } from '../../src/model/perplexity.js';
 import { sampleCalibrationWindows } from '../../src/quant/calibrate.js';
 import { quantizeModel } from '../../src/quant/quantize-model.js';
 import type { RotationKind } from '../../src/quant/rotate.js';

@@ -3,10 +3,10 @@
  * its own module. Adding a method = its module (algorithm + record) + one line here.
  */
 import { UsageError } from '../../errors.js';
+import type { GridSpec } from '../../formats/grid.js';
 import { asinq } from '../asinq.js';
 import { awq } from '../awq.js';
 import { gptq } from '../gptq.js';
-import type { GridSpec } from '../grid.js';
 import { hqq } from '../hqq.js';
 import { rtn } from '../rtn.js';
 import { rtnMse } from '../rtn-mse.js';

@@ -11,12 +11,12 @@
  *    a block's linears with the statistics of their inputs through the already quantized blocks.
  */
 import type { ComputeEngine } from '../../compute/index.js';
+import type { Grid, GridSpec } from '../../formats/grid.js';
+import type { QuantizedTensor } from '../../formats/quantized-tensor.js';
 import type { BlockLinear } from '../../model/architecture.js';
 import type { ModelConfig } from '../../model/config.js';
 import type { Tensor, TensorMap } from '../../tensor.js';
 import type { LinearStats } from '../calibrate.js';
-import type { Grid, GridSpec } from '../grid.js';
-import type { QuantizedTensor } from '../quantized-tensor.js';
 
 /** One command-line option of a method: `--hqq-iters <n>` sets the method option `iters`. */
 export interface MethodOption {

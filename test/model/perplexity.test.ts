@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { planWindows } from '../../src/eval/perplexity.js';
+import { planWindows } from '../../src/model/perplexity.js';
 
 test('non-overlapping chunks drop the partial tail and score ctx-1 tokens each', () => {
   const w = planWindows(1100, { ctx: 512, stride: 512, dropPartial: true });

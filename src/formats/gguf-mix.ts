@@ -15,9 +15,8 @@
  * (n/8 and n/16 are C integer divisions; the 70B and 8-expert special cases do not apply to the
  * models ptqkit loads.) The row-length fallback (typeForRow) comes after, as in llama-quantize.
  */
-import { type GgmlType, ggmlType } from '../formats/ggml.js';
-import { BLOCK_LINEARS, type BlockLinear, EMBED, LM_HEAD } from '../model/architecture.js';
-import type { ModelConfig } from '../model/config.js';
+import { type GgmlType, ggmlType } from './ggml.js';
+import { BLOCK_LINEARS, type BlockLinear, EMBED, LM_HEAD } from './tensor-names.js';
 
 /** `--type` names of the mixes, with llama.h's llama_ftype and the base type. */
 export const GGUF_MIXES: Readonly<Record<string, { ftype: number; base: string }>> = {
@@ -43,8 +42,13 @@ export function useMoreBits(layer: number, numLayers: number): boolean {
   return layer < eighth || layer >= Math.floor((7 * numLayers) / 8) || (layer - eighth) % 3 === 2;
 }
 
-/** The mix's type of one matrix (before the row-length fallback). */
-export function mixTensorType(mix: string, hfName: string, inDim: number, config: ModelConfig): GgmlType {
+/** The mix's type of one matrix (before the row-length fallback); `config`: a ModelConfig's counts. */
+export function mixTensorType(
+  mix: string,
+  hfName: string,
+  inDim: number,
+  config: { numLayers: number; numHeads: number; numKvHeads: number; tiedEmbeddings: boolean },
+): GgmlType {
   const { base } = GGUF_MIXES[mix]!;
   const isOutput = hfName === LM_HEAD || (config.tiedEmbeddings && hfName === EMBED);
   if (isOutput) return ggmlType(inDim % ggmlType(base).blockSize !== 0 ? 'Q8_0' : 'Q6_K');
@@ -57,7 +61,7 @@ export function mixTensorType(mix: string, hfName: string, inDim: number, config
 
 /**
  * The mix's type name for a block linear of layer `layer` of `numLayers` (gqa: n_head / n_head_kv,
- * used by Q2_K's attn_v only). allocate.ts's llama.cpp-like presets read the same rules.
+ * used by Q2_K's attn_v only). quant/allocate.ts's llama.cpp-like presets read the same rules.
  */
 export function mixBlockLinearType(
   mix: string,

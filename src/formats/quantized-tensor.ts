@@ -36,13 +36,13 @@ export interface QuantizedTensor {
   groupIndex?: Int32Array;
   /**
    * SpQR-style outliers (arXiv:2306.03078 §4.2): weights kept in FP16 instead of their grid
-   * value, as a CSR side matrix in original column order (outliers.ts). They replace the
+   * value, as a CSR side matrix in original column order (quant/outliers.ts). They replace the
    * decoded value at their position.
    */
   outliers?: SparseOutliers;
   /**
    * LoRC low-rank error compensation (ZeroQuant-V2, arXiv:2303.08302 §5): FP16 factors added
-   * to the decoded weight, w[r, c] += Σ_k u[r, k] · v[c, k] (lorc.ts).
+   * to the decoded weight, w[r, c] += Σ_k u[r, k] · v[c, k] (quant/lorc.ts).
    */
   lowRank?: LowRankCorrection;
 }

@@ -5,21 +5,20 @@
  * GGUF v1 files written from llama2.c checkpoints ("Meta AI original pth" layout) are in
  * llama.cpp's row order too, so the same inverse applies.
  */
-import { ConfigError, UsageError } from '../errors.js';
-import { hfTensorName, inverseOrder, qkRowOrder } from '../export/gguf-names.js';
-import type { ModelConfig } from '../model/config.js';
-import type { LinearInputOps } from '../model/input-ops.js';
-import type { LoadedModel } from '../model/load.js';
-import type { TensorMap } from '../tensor.js';
-import { GgufFile } from './gguf.js';
+import { ConfigError, UsageError } from '../../errors.js';
+import { hfTensorName, inverseOrder, qkRowOrder } from '../../formats/gguf-names.js';
+import { GgufFile } from '../../io/gguf.js';
+import { GgufTokenizer } from '../../io/gguf-tokenizer.js';
+import { brief } from '../../io/json.js';
+import type { TensorMap } from '../../tensor.js';
+import type { ModelConfig } from '../config.js';
+import type { LinearInputOps } from '../input-ops.js';
 import {
   amxMultipliesInFloat,
   type GgmlQuantizer,
   hostGgmlQuantizer,
   hostHasAmx,
 } from './gguf-activations.js';
-import { GgufTokenizer } from './gguf-tokenizer.js';
-import { brief } from './json.js';
 
 export async function readGgufModel(
   file: string,
@@ -154,9 +153,14 @@ export async function llamaCppInputOps(
 
 /**
  * `ptq eval file.gguf --emulate-llama-cpp`: the model's forward then converts every matmul input
- * as llama.cpp's CPU backend does for the file's tensor types (llamaCppInputOps).
+ * as llama.cpp's CPU backend does for the file's tensor types (llamaCppInputOps). `model` is a
+ * LoadedModel (model/load.ts, which reads GGUF files through this one).
  */
-export async function emulateLlamaCpp(model: LoadedModel): Promise<void> {
+export async function emulateLlamaCpp(model: {
+  source: string;
+  path: string;
+  config: ModelConfig;
+}): Promise<void> {
   if (model.source !== 'gguf') {
     throw new UsageError('llama.cpp emulation needs a GGUF model', {
       file: model.path,

@@ -3,7 +3,6 @@
  * MODEL_TENSOR.* for MODEL_ARCH.LLAMA), and the Q/K row order of llama.cpp's rope.
  */
 import { FormatError } from '../errors.js';
-import type { ModelConfig } from '../model/config.js';
 
 const BLOCK: Record<string, string> = {
   'input_layernorm.weight': 'attn_norm.weight',
@@ -46,8 +45,12 @@ export function hfTensorName(gguf: string, file?: string): string {
  * convert_hf_to_gguf's LlamaModel.permute as a row order (new row r = HF row order[r]):
  * within each head of d rows, HF's rotate_half halves (i, i + d/2) become llama.cpp's
  * adjacent pairs (2i, 2i + 1). K uses the KV head count. Undefined for other tensors.
+ * `c`: the head counts of a ModelConfig.
  */
-export function qkRowOrder(hfName: string, c: ModelConfig): Int32Array | undefined {
+export function qkRowOrder(
+  hfName: string,
+  c: { numHeads: number; numKvHeads: number; headDim: number },
+): Int32Array | undefined {
   const heads = hfName.endsWith('self_attn.q_proj.weight')
     ? c.numHeads
     : hfName.endsWith('self_attn.k_proj.weight')

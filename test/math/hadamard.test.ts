@@ -5,9 +5,9 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { fwht, paleyHadamard, planHadamard, RandomizedHadamard } from '../../src/quant/hadamard.js';
+import { fwht, paleyHadamard, planHadamard, RandomizedHadamard } from '../../src/math/hadamard.js';
 import { maxAbsDiff, seededRandom } from '../helpers.js';
-import { matmul, transpose } from './dense-reference.js';
+import { matmul, transpose } from '../quant/dense-reference.js';
 
 /** Orthogonality to float64 rounding over n ≤ 384 (errors measured ≈ 1e-15). */
 const ORTHO_TOL = 1e-12;

@@ -10,10 +10,36 @@
  *   | mxfp4/6/8   | E2M1/…   | 32               | E8M0                   | 4.25 / 6.25 / 8.25 |
  *   | ternary     | {−1,0,1} | tensor/chan/G    | mean|w| (BitNet b1.58) | 1.6 + 16/G       |
  *   | binary      | {−1,1}   | tensor/chan/G    | mean|w| (XNOR-Net)     | 1 + 16/G         |
+ *
+ * GridSpec, a grid as it is stored (bits, symmetry, granularity, scale dtype, format), is
+ * declared here with the formats it names; grid.ts builds the Grid that quantizes by it.
  */
 import { UsageError } from '../errors.js';
-import { ELEMENT_FORMATS, type ElementName } from '../formats/element-formats.js';
-import type { Granularity, GridSpec, ScaleDtype } from './grid.js';
+import { ELEMENT_FORMATS, type ElementName, type ScaleFormatName } from './element-formats.js';
+
+export type Granularity = 'tensor' | 'channel' | 'group';
+export type ScaleDtype = ScaleFormatName;
+
+export interface GridSpec {
+  bits: number;
+  symmetric: boolean;
+  granularity: Granularity;
+  /** Columns per group when granularity is 'group'. */
+  groupSize: number;
+  scaleDtype: ScaleDtype;
+  /**
+   * 'integer' (default): zero points are codes, stored packed like them (GPTQ/AWQ).
+   * 'float': zero points are real numbers stored in `scaleDtype` (HQQ optimizes them freely).
+   */
+  zeroPoint?: 'integer' | 'float';
+  /** Number format of the codes (QUANT_FORMATS below); absent means 'int'. */
+  format?: FormatName;
+  /**
+   * NVFP4's per-tensor FP32 scale (set on the grid bound to one tensor, `Grid.forTensor`):
+   * w = value(code) · s_block / globalScale.
+   */
+  globalScale?: number;
+}
 
 /**
  * How a block's scale is chosen:

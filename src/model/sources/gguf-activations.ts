@@ -38,11 +38,11 @@
  * order flips such a rounding within the first positions (test/export/gguf.test.ts).
  */
 import { readFileSync } from 'node:fs';
-import { ConfigError } from '../errors.js';
-import { nearestInt, roundHalfAway, viaF16 } from '../formats/ggml-math.js';
-import { roundToBf16, roundToF16 } from '../formats/half.js';
-import { type BlockLinear, EMBED, LM_HEAD, linearWeightName } from '../model/architecture.js';
-import type { LinearInputTransform } from '../model/input-ops.js';
+import { ConfigError } from '../../errors.js';
+import { nearestInt, roundHalfAway, viaF16 } from '../../formats/ggml-math.js';
+import { roundToBf16, roundToF16 } from '../../formats/half.js';
+import { type BlockLinear, EMBED, LM_HEAD, linearWeightName } from '../../formats/tensor-names.js';
+import type { LinearInputTransform } from '../input-transform.js';
 
 export type GgmlVecDotType = 'F32' | 'F16' | 'BF16' | 'Q8_0' | 'Q8_1' | 'Q8_K';
 

@@ -12,10 +12,10 @@
  * head; Hugging Face's rotate_half rotates (i, i + d/2). The rows of wq and wk are permuted on
  * load (the `permute` of HF's convert_llama_weights_to_hf) so the one decoder serves both.
  */
-import { FormatError } from '../errors.js';
-import type { ModelConfig } from '../model/config.js';
-import type { TensorMap } from '../tensor.js';
-import { openRegularFile } from './confined-path.js';
+import { FormatError } from '../../errors.js';
+import { openRegularFile } from '../../io/confined-path.js';
+import type { TensorMap } from '../../tensor.js';
+import type { ModelConfig } from '../config.js';
 
 const HEADER_BYTES = 7 * 4;
 

@@ -16,7 +16,7 @@
  * finite and the largest weight: a perplexity of NaN is never returned.
  */
 import { NumericError, UsageError } from '../errors.js';
-import type { Decoder } from '../model/decoder.js';
+import type { Decoder } from './decoder.js';
 
 export interface WindowProtocol {
   ctx: number;

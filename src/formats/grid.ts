@@ -14,7 +14,7 @@
  * The scale is rounded to its storage dtype *before* codes are chosen, so the stored
  * (codes, scale, zero) dequantize to exactly the weights that were evaluated.
  *
- * Other number formats (FP8/FP6/FP4, NVFP4, MX, ternary, binary; quant/number-formats.ts) are
+ * Other number formats (FP8/FP6/FP4, NVFP4, MX, ternary, binary; number-formats.ts) are
  * ScaledGrid below: symmetric, w ≈ s · value(code) with the element format's value table.
  * Both implement `Grid`, the plug-in every method (RTN, GPTQ, AWQ) quantizes through, so any
  * method composes with any format (gpt-fast's GPTQ takes the format's functions the same way).
@@ -28,35 +28,19 @@ import {
   FP4_E2M1,
   FP8_E4M3,
   SCALE_FORMATS,
-  type ScaleFormatName,
-} from '../formats/element-formats.js';
-import { roundToBf16, roundToF16 } from '../formats/half.js';
-import { E8M0, floorLog2, roundHalfEven } from '../formats/minifloat.js';
-import { type FormatName, formatInfo, type Scaling } from './number-formats.js';
+} from './element-formats.js';
+import { roundToBf16, roundToF16 } from './half.js';
+import { E8M0, floorLog2, roundHalfEven } from './minifloat.js';
+import {
+  formatInfo,
+  type Granularity,
+  type GridSpec,
+  type ScaleDtype,
+  type Scaling,
+} from './number-formats.js';
 
-export type Granularity = 'tensor' | 'channel' | 'group';
-export type ScaleDtype = ScaleFormatName;
-
-export interface GridSpec {
-  bits: number;
-  symmetric: boolean;
-  granularity: Granularity;
-  /** Columns per group when granularity is 'group'. */
-  groupSize: number;
-  scaleDtype: ScaleDtype;
-  /**
-   * 'integer' (default): zero points are codes, stored packed like them (GPTQ/AWQ).
-   * 'float': zero points are real numbers stored in `scaleDtype` (HQQ optimizes them freely).
-   */
-  zeroPoint?: 'integer' | 'float';
-  /** Number format of the codes (quant/number-formats.ts); absent means 'int'. */
-  format?: FormatName;
-  /**
-   * NVFP4's per-tensor FP32 scale (set on the grid bound to one tensor, `Grid.forTensor`):
-   * w = value(code) · s_block / globalScale.
-   */
-  globalScale?: number;
-}
+/** The stored description of a grid, declared with the number formats it names. */
+export type { Granularity, GridSpec, ScaleDtype };
 
 export const MIN_BITS = 2;
 export const MAX_BITS = 8;
