@@ -44,6 +44,7 @@ if (process.env.BENCH_HEAVY === '1') CASES.push(...HEAVY, 'streaming-8b');
 const SCRIPTS: Record<string, string> = {
   'compare-demo': 'compare-demo.ts',
   'streaming-8b': 'streaming-8b.ts',
+  tokenize: 'tokenize.ts', // npm run bench -- tokenize: piecewise tokenization at 1-50 MB (bench/tokenize.ts)
 };
 
 interface Phase {

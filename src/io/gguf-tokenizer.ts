@@ -8,7 +8,7 @@
  */
 import { ConfigError } from '../errors.js';
 import type { GgufFile } from './gguf.js';
-import type { TextTokenizer } from './tokenizer.js';
+import { cutPieces, type EncodeOptions, innerPairs, PIECE_SIZES, type TextTokenizer } from './tokenizer.js';
 
 /** A GGUF file's "llama" vocabulary (tokenizer.ggml.*), with llama.cpp's defaults for absent keys. */
 export interface LlamaVocab {
@@ -101,10 +101,31 @@ export class GgufTokenizer implements TextTokenizer {
     return new GgufTokenizer(v.tokens, Array.from(v.scores), v.bos, v.addBos, v.addSpacePrefix, v.unk);
   }
 
-  encode(text: string): number[] {
+  /**
+   * llama.cpp's tokenization of the whole text. A long text is merged in pieces of at least
+   * PIECE_SIZES.merge characters, cut between code points x, y that no token holds next to each
+   * other: a merge across the cut would make a token holding "xy", so none happens, and the
+   * pieces give the ids of the whole (`{ whole: true }`: one merge).
+   */
+  encode(text: string, options: EncodeOptions = {}): number[] {
     const out: number[] = this.addBos && this.bosId !== undefined ? [this.bosId] : [];
     if (text.length === 0) return out;
     const escaped = (this.addSpacePrefix ? ` ${text}` : text).replaceAll(' ', '▁');
+    if (options.whole || escaped.length < 2 * PIECE_SIZES.merge) this.encodePiece(escaped, out);
+    else {
+      this.joinable ??= innerPairs(this.tokens);
+      const joinable = this.joinable;
+      for (const piece of cutPieces(escaped, PIECE_SIZES.merge, (pair) => pair >= 0 && !joinable.has(pair)))
+        this.encodePiece(piece, out);
+    }
+    return out;
+  }
+
+  /** Pairs of code points that some token holds next to each other. */
+  private joinable: Set<number> | undefined;
+
+  /** Merge the characters of `escaped` and append their ids to `out`. */
+  private encodePiece(escaped: string, out: number[]): void {
     const sym = Array.from(escaped); // UTF-8 characters (code points)
     const n = sym.length;
     const next = Int32Array.from({ length: n }, (_, i) => (i + 1 < n ? i + 1 : -1));
@@ -173,7 +194,6 @@ export class GgufTokenizer implements TextTokenizer {
         out.push(byteId ?? this.unkId!);
       }
     }
-    return out;
   }
 
   decode(ids: readonly number[]): string {

@@ -11,7 +11,14 @@
  */
 import { open } from 'node:fs/promises';
 import { FileError, FormatError } from '../errors.js';
-import type { TextTokenizer } from './tokenizer.js';
+import {
+  CODE_POINTS,
+  cutPieces,
+  type EncodeOptions,
+  innerPairs,
+  PIECE_SIZES,
+  type TextTokenizer,
+} from './tokenizer.js';
 
 const BOS = 1;
 const BYTE_TOKEN_OFFSET = 3;
@@ -113,17 +120,47 @@ export class Llama2cTokenizer implements TextTokenizer {
     return new Llama2cTokenizer(pieces, scores);
   }
 
-  encode(text: string): number[] {
+  /**
+   * run.c's encode of the whole text. A long text is merged in pieces of at least
+   * PIECE_SIZES.merge characters, cut between two code points x, y that are pieces themselves
+   * (their symbols' strings are x and y) and that no piece holds next to each other: a merge
+   * across the cut would make a piece holding "xy", so none happens, and the pieces give the
+   * ids of the whole (`{ whole: true }`: one merge).
+   */
+  encode(text: string, options: EncodeOptions = {}): number[] {
     if (text.length === 0) return [BOS];
-    const symbols: number[] = [];
-    const encoder = new TextEncoder();
-    for (const ch of ` ${text}`) {
-      const id = this.ids.get(ch);
-      if (id !== undefined) symbols.push(id);
-      else for (const b of encoder.encode(ch)) symbols.push(b + BYTE_TOKEN_OFFSET);
+    const out = [BOS];
+    const whole = ` ${text}`;
+    let pieces = [whole];
+    if (!options.whole && whole.length >= 2 * PIECE_SIZES.merge) {
+      this.joinable ??= innerPairs(this.pieces);
+      const joinable = this.joinable;
+      const isPiece = (cp: number) => this.ids.has(String.fromCodePoint(cp));
+      pieces = cutPieces(
+        whole,
+        PIECE_SIZES.merge,
+        (pair) =>
+          pair >= 0 &&
+          !joinable.has(pair) &&
+          isPiece(Math.floor(pair / CODE_POINTS)) &&
+          isPiece(pair % CODE_POINTS),
+      );
     }
-    return [BOS, ...this.merge(symbols)];
+    const encoder = new TextEncoder();
+    for (const piece of pieces) {
+      const symbols: number[] = [];
+      for (const ch of piece) {
+        const id = this.ids.get(ch);
+        if (id !== undefined) symbols.push(id);
+        else for (const b of encoder.encode(ch)) symbols.push(b + BYTE_TOKEN_OFFSET);
+      }
+      for (const id of this.merge(symbols)) out.push(id);
+    }
+    return out;
   }
+
+  /** Pairs of code points that some piece holds next to each other. */
+  private joinable: Set<number> | undefined;
 
   /** Highest-score-first pair merging over a doubly linked list (run.c semantics). */
   private merge(tokens: number[]): number[] {
