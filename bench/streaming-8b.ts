@@ -24,7 +24,7 @@ import { makeGrid } from '../src/formats/grid.js';
 import { CHECKPOINT_FILE, encodeParams } from '../src/io/ptq-checkpoint.js';
 import { SafetensorsModel, SafetensorsWriter, type TensorHeader } from '../src/io/safetensors.js';
 import { blockLinears, LLAMA, linearWeightName } from '../src/model/architecture.js';
-import { quantizeRtn } from '../src/quant/rtn.js';
+import { quantizeRtn } from '../src/quant/methods/rtn.js';
 import { wordLevelTokenizer } from '../test/model/arch-reference.js';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));

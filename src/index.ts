@@ -41,9 +41,10 @@ export { Decoder, type ForwardHooks } from './model/decoder.js';
 export { greedyGenerate } from './model/generate.js';
 export { type LoadedModel, loadModel } from './model/load.js';
 export { type EvalResult, evaluate, planWindows, type WindowProtocol } from './model/perplexity.js';
-export { AWQ_DEFAULTS, type AwqOptions, applyAwqScales } from './quant/awq.js';
 export { CALIBRATION_DEFAULTS, sampleCalibrationWindows } from './quant/calibrate.js';
-export { GPTQ_DEFAULTS, type GptqOptions, gptqQuantize, prepareHessian } from './quant/gptq.js';
+export { AWQ_DEFAULTS, type AwqOptions, applyAwqScales } from './quant/methods/awq.js';
+export { GPTQ_DEFAULTS, type GptqOptions, gptqQuantize, prepareHessian } from './quant/methods/gptq.js';
+export { quantizeRtn } from './quant/methods/rtn.js';
 export {
   type Calibration,
   METHODS,
@@ -59,5 +60,4 @@ export {
   rotateModel,
   untiedHfConfig,
 } from './quant/rotate.js';
-export { quantizeRtn } from './quant/rtn.js';
 export type { Tensor, TensorMap } from './tensor.js';

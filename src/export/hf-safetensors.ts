@@ -21,7 +21,7 @@ import { Llama2cTokenizer } from '../io/llama2c-tokenizer.js';
 import { type TensorToWrite, writeSafetensors } from '../io/safetensors.js';
 import { BLOCK_LINEARS, linearWeightName } from '../model/architecture.js';
 import type { LoadedModel } from '../model/load.js';
-import { quantizeRtn } from '../quant/rtn.js';
+import { quantizeRtn } from '../quant/methods/rtn.js';
 import { llama2cTokenizerJson } from './tokenizer-json.js';
 
 export const SAFETENSORS_FILE = 'model.safetensors';

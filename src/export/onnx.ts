@@ -38,7 +38,7 @@ import { BLOCK_LINEARS, linearWeightName } from '../model/architecture.js';
 import type { LoadedModel } from '../model/load.js';
 import { convertToFloat16 } from '../onnx/fp16.js';
 import { OnnxModel, resolveInside, writeOnnxModel } from '../onnx/model-file.js';
-import { quantizeRtn } from '../quant/rtn.js';
+import { quantizeRtn } from '../quant/methods/rtn.js';
 import {
   encodeMatMulNBits,
   type MatMulNBitsPlan,

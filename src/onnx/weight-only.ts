@@ -34,8 +34,8 @@ import { encodeF16 } from '../formats/half.js';
 import { dequantize, type QuantizedTensor, unpackCodes } from '../formats/quantized-tensor.js';
 import { getMethod, METHODS } from '../quant/methods/index.js';
 import { methodOptions } from '../quant/methods/method.js';
+import { quantizeRtn } from '../quant/methods/rtn.js';
 import { assertFiniteQuantized, assertFiniteWeights } from '../quant/numerics.js';
-import { quantizeRtn } from '../quant/rtn.js';
 import {
   attrNumber,
   GraphEditor,

@@ -18,7 +18,7 @@ import type { ModelConfig } from '../model/config.js';
 import { Decoder } from '../model/decoder.js';
 import { evaluate } from '../model/perplexity.js';
 import type { TensorMap } from '../tensor.js';
-import { quantizeRtn } from './rtn.js';
+import { quantizeRtn } from './methods/rtn.js';
 
 /** The default palette: integer g32 grids from 2 to 6 bits, int8 per channel, NVFP4. */
 export const DEFAULT_PALETTE = [

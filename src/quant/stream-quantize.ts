@@ -63,6 +63,7 @@ import {
 import type { Tensor, TensorMap } from '../tensor.js';
 import { getMethod, METHODS, methodGridSpec } from './methods/index.js';
 import { methodOptions } from './methods/method.js';
+import { RtnRows } from './methods/rtn.js';
 import {
   assertFiniteQuantizedParams,
   assertFiniteWeights,
@@ -70,7 +71,6 @@ import {
   nonFiniteWeight,
 } from './numerics.js';
 import { untiedHfConfig } from './rotate.js';
-import { RtnRows } from './rtn.js';
 
 /** The methods that stream: calibration-free, from each weight alone (their records' `quantizeWeight`). */
 export const STREAMING_METHODS = Object.values(METHODS)

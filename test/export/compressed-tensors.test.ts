@@ -25,8 +25,8 @@ import { type FormatName, gridSpecFor } from '../../src/formats/number-formats.j
 import { dequantize, fromCodes } from '../../src/formats/quantized-tensor.js';
 import { SafetensorsFile } from '../../src/io/safetensors.js';
 import { type LoadedModel, loadModel } from '../../src/model/load.js';
+import { quantizeRtn } from '../../src/quant/methods/rtn.js';
 import type { MethodName } from '../../src/quant/quantize-model.js';
-import { quantizeRtn } from '../../src/quant/rtn.js';
 import { runCli } from '../cli/run-cli.js';
 import { ASSETS, assetsPresent } from '../helpers.js';
 import { BUNDLED, f16, quantized, TINY_LINEAR, tinyModel } from './safetensors-fixtures.js';

@@ -25,8 +25,8 @@ import { evaluate } from '../../src/model/perplexity.js';
 import { dimsOf, OnnxModel, onnx } from '../../src/onnx/model-file.js';
 import { quantizeOnnx } from '../../src/onnx/quantize-onnx.js';
 import { quantizeWeightsToNBits } from '../../src/onnx/weight-only.js';
+import { quantizeRtn } from '../../src/quant/methods/rtn.js';
 import { quantizeModel } from '../../src/quant/quantize-model.js';
-import { quantizeRtn } from '../../src/quant/rtn.js';
 import { ASSETS, assetsPresent, maxAbsDiff, tempDir } from '../helpers.js';
 import { onnxPerplexity, PROTOCOL, SOURCE, TEXT, transformersDecoder } from './setup.js';
 

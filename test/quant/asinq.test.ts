@@ -11,9 +11,9 @@ import { dequantize } from '../../src/formats/quantized-tensor.js';
 import { Decoder } from '../../src/model/decoder.js';
 import type { LoadedModel } from '../../src/model/load.js';
 import { type EvalResult, evaluate } from '../../src/model/perplexity.js';
-import { awqColumnFactor, hessianError, quantizeAsinq } from '../../src/quant/asinq.js';
+import { awqColumnFactor, hessianError, quantizeAsinq } from '../../src/quant/methods/asinq.js';
+import { quantizeSinq } from '../../src/quant/methods/sinq.js';
 import { quantizeModel } from '../../src/quant/quantize-model.js';
-import { quantizeSinq } from '../../src/quant/sinq.js';
 import { assetsPresent, seededRandom } from '../helpers.js';
 import {
   assertMeasured,

@@ -6,13 +6,13 @@ import { readText } from '../../src/io/text.js';
 import { type BLOCK_LINEARS, blockPrefix } from '../../src/model/architecture.js';
 import { Decoder } from '../../src/model/decoder.js';
 import { loadModel } from '../../src/model/load.js';
-import { AWQ_DEFAULTS, applyAwqScales } from '../../src/quant/awq.js';
 import {
   ALL_AT_ONCE,
   type LinearStats,
   runSequential,
   sampleCalibrationWindows,
 } from '../../src/quant/calibrate.js';
+import { AWQ_DEFAULTS, applyAwqScales } from '../../src/quant/methods/awq.js';
 import { maxAbsDiff, REPO } from '../helpers.js';
 
 test('AWQ scales are folded so that the full-precision model is unchanged', async () => {

@@ -15,8 +15,8 @@ import {
   sampleCalibrationWindows,
   TRUE_SEQUENTIAL,
 } from '../../src/quant/calibrate.js';
+import { quantizeRtn } from '../../src/quant/methods/rtn.js';
 import { quantizeModel } from '../../src/quant/quantize-model.js';
-import { quantizeRtn } from '../../src/quant/rtn.js';
 import type { TensorMap } from '../../src/tensor.js';
 import { REPO } from '../helpers.js';
 

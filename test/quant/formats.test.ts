@@ -23,9 +23,9 @@ import {
 } from '../../src/formats/quantized-tensor.js';
 import { readPtqCheckpoint, writePtqCheckpoint } from '../../src/io/ptq-checkpoint.js';
 import { SafetensorsModel } from '../../src/io/safetensors.js';
-import { GPTQ_DEFAULTS, gptqQuantize, prepareHessian } from '../../src/quant/gptq.js';
 import { relativeOutputError } from '../../src/quant/layer-error.js';
-import { quantizeRtn } from '../../src/quant/rtn.js';
+import { GPTQ_DEFAULTS, gptqQuantize, prepareHessian } from '../../src/quant/methods/gptq.js';
+import { quantizeRtn } from '../../src/quant/methods/rtn.js';
 import { seededRandom } from '../helpers.js';
 
 const spec = (format: FormatName, o: Parameters<typeof gridSpecFor>[1] = {}) => gridSpecFor(format, o);

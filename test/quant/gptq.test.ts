@@ -8,14 +8,14 @@ import { test } from 'node:test';
 import { JsEngine, OrtEngine } from '../../src/compute/index.js';
 import { type GridSpec, IntGrid } from '../../src/formats/grid.js';
 import { dequantize } from '../../src/formats/quantized-tensor.js';
+import { relativeOutputError } from '../../src/quant/layer-error.js';
 import {
   GPTQ_DEFAULTS,
   type GptqOptions,
   gptqQuantize as gptqFromPrepared,
   prepareHessian,
-} from '../../src/quant/gptq.js';
-import { relativeOutputError } from '../../src/quant/layer-error.js';
-import { quantizeRtn } from '../../src/quant/rtn.js';
+} from '../../src/quant/methods/gptq.js';
+import { quantizeRtn } from '../../src/quant/methods/rtn.js';
 import { seededRandom } from '../helpers.js';
 
 function invertGaussJordan(A: Float64Array, n: number): Float64Array {

@@ -7,8 +7,8 @@ import { describe, test } from 'node:test';
 import { type GridSpec, IntGrid, roundHalfEven } from '../../src/formats/grid.js';
 import { roundToF16 } from '../../src/formats/half.js';
 import { dequantize, unpackCodes } from '../../src/formats/quantized-tensor.js';
-import { HQQ_DEFAULTS, hqqStep, quantizeHqq, shrinkLp } from '../../src/quant/hqq.js';
-import { quantizeRtn } from '../../src/quant/rtn.js';
+import { HQQ_DEFAULTS, hqqStep, quantizeHqq, shrinkLp } from '../../src/quant/methods/hqq.js';
+import { quantizeRtn } from '../../src/quant/methods/rtn.js';
 import { assetsPresent } from '../helpers.js';
 import { near, readGpt2Linear, weightErrors } from './real-weights.js';
 

@@ -17,8 +17,8 @@ import { readPtqCheckpoint, writePtqCheckpoint } from '../../src/io/ptq-checkpoi
 import { checkPtqCheckpoint } from '../../src/io/ptq-checkpoint-checks.js';
 import { type LoadedModel, loadModel } from '../../src/model/load.js';
 import { jacobiEigen, lowRankCorrection, orthonormalize, truncatedSvd } from '../../src/quant/lorc.js';
+import { quantizeRtn } from '../../src/quant/methods/rtn.js';
 import { type MethodName, quantizeModel } from '../../src/quant/quantize-model.js';
-import { quantizeRtn } from '../../src/quant/rtn.js';
 import { assetsPresent, seededRandom, tempDir } from '../helpers.js';
 import { assertMeasured, calibrationWindows, loadWithValidTokens } from './quality-setup.js';
 import { describeSideModels, PLAIN_W3 } from './side-quality.js';

@@ -15,10 +15,10 @@ import { type GridSpec, IntGrid } from '../../src/formats/grid.js';
 import { dequantize, type QuantizedTensor, unpackCodes } from '../../src/formats/quantized-tensor.js';
 import { loadModel } from '../../src/model/load.js';
 import { sampleCalibrationWindows } from '../../src/quant/calibrate.js';
-import { GPTQ_DEFAULTS, prepareHessian } from '../../src/quant/gptq.js';
+import { GPTQ_DEFAULTS, prepareHessian } from '../../src/quant/methods/gptq.js';
+import { quantizeRtn } from '../../src/quant/methods/rtn.js';
 import { assertFiniteQuantized, assertFiniteQuantizedParams } from '../../src/quant/numerics.js';
 import { quantizeModel } from '../../src/quant/quantize-model.js';
-import { quantizeRtn } from '../../src/quant/rtn.js';
 import type { TensorMap } from '../../src/tensor.js';
 import { REPO } from '../helpers.js';
 

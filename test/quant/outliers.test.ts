@@ -20,10 +20,10 @@ import { dequantize, type QuantizedTensor, storedBits } from '../../src/formats/
 import { readPtqCheckpoint, writePtqCheckpoint } from '../../src/io/ptq-checkpoint.js';
 import { checkPtqCheckpoint } from '../../src/io/ptq-checkpoint-checks.js';
 import { type LoadedModel, loadModel } from '../../src/model/load.js';
-import { type GptqOptions, gptqQuantize, prepareHessian } from '../../src/quant/gptq.js';
+import { type GptqOptions, gptqQuantize, prepareHessian } from '../../src/quant/methods/gptq.js';
+import { quantizeRtn } from '../../src/quant/methods/rtn.js';
 import { GptqOutlierSelector, looReductions, quantizeWithOutliers, topK } from '../../src/quant/outliers.js';
 import { quantizeModel } from '../../src/quant/quantize-model.js';
-import { quantizeRtn } from '../../src/quant/rtn.js';
 import { ASSETS, assetsPresent, tempDir } from '../helpers.js';
 import { assertMeasured } from './quality-setup.js';
 import { describeSideModels, PLAIN_W3 } from './side-quality.js';

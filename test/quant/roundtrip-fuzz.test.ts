@@ -17,7 +17,7 @@ import fc from 'fast-check';
 import { packBits, packedByteLength, unpackBits } from '../../src/formats/bitpack.js';
 import { type GridSpec, IntGrid } from '../../src/formats/grid.js';
 import { dequantize, unpackCodes } from '../../src/formats/quantized-tensor.js';
-import { quantizeRtn } from '../../src/quant/rtn.js';
+import { quantizeRtn } from '../../src/quant/methods/rtn.js';
 import { FUZZ_RUNS, FUZZ_SEED, fuzzParams, fuzzScratch } from '../fuzz-settings.js';
 
 const RUNS = FUZZ_RUNS;

@@ -15,9 +15,9 @@ import { readText } from '../../src/io/text.js';
 import { Decoder } from '../../src/model/decoder.js';
 import { loadModel } from '../../src/model/load.js';
 import { evaluate } from '../../src/model/perplexity.js';
+import { quantizeRtn } from '../../src/quant/methods/rtn.js';
+import { quantizeRtnMse } from '../../src/quant/methods/rtn-mse.js';
 import { quantizeModel } from '../../src/quant/quantize-model.js';
-import { quantizeRtn } from '../../src/quant/rtn.js';
-import { quantizeRtnMse } from '../../src/quant/rtn-mse.js';
 import { runCli } from '../cli/run-cli.js';
 import { REPO, seededRandom, tempDir } from '../helpers.js';
 

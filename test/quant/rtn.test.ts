@@ -5,7 +5,7 @@ import { packBits } from '../../src/formats/bitpack.js';
 import { type GridSpec, IntGrid, roundHalfEven } from '../../src/formats/grid.js';
 import { roundToF16 } from '../../src/formats/half.js';
 import { dequantize, storedBits, unpackCodes } from '../../src/formats/quantized-tensor.js';
-import { quantizeRtn } from '../../src/quant/rtn.js';
+import { quantizeRtn } from '../../src/quant/methods/rtn.js';
 import { seededRandom } from '../helpers.js';
 
 const grid = (g: Partial<GridSpec>) =>

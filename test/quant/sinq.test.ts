@@ -8,8 +8,8 @@ import { UsageError } from '../../src/errors.js';
 import { type GridSpec, IntGrid } from '../../src/formats/grid.js';
 import { roundToF16 } from '../../src/formats/half.js';
 import { dequantize, unpackCodes } from '../../src/formats/quantized-tensor.js';
-import { quantizeRtn } from '../../src/quant/rtn.js';
-import { imbalance, kurtosis, quantizeSinq, rowColStd, sinkhorn } from '../../src/quant/sinq.js';
+import { quantizeRtn } from '../../src/quant/methods/rtn.js';
+import { imbalance, kurtosis, quantizeSinq, rowColStd, sinkhorn } from '../../src/quant/methods/sinq.js';
 import { assetsPresent } from '../helpers.js';
 import { near, readGpt2Linear, weightErrors } from './real-weights.js';
 

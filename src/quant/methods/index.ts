@@ -4,14 +4,14 @@
  */
 import { UsageError } from '../../errors.js';
 import type { GridSpec } from '../../formats/grid.js';
-import { asinq } from '../asinq.js';
-import { awq } from '../awq.js';
-import { gptq } from '../gptq.js';
-import { hqq } from '../hqq.js';
-import { rtn } from '../rtn.js';
-import { rtnMse } from '../rtn-mse.js';
-import { sinq } from '../sinq.js';
+import { asinq } from './asinq.js';
+import { awq } from './awq.js';
+import { gptq } from './gptq.js';
+import { hqq } from './hqq.js';
 import type { QuantMethod } from './method.js';
+import { rtn } from './rtn.js';
+import { rtnMse } from './rtn-mse.js';
+import { sinq } from './sinq.js';
 
 export type { QuantMethod } from './method.js';
 

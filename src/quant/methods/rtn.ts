@@ -11,11 +11,11 @@
  * array. Its codes, scales and zeros are those of the per-element reference below
  * (grid.blockParams + grid.encode, which every other grid still takes): test/quant/rtn.test.ts.
  */
-import { packBitsInto, packedByteLength } from '../formats/bitpack.js';
-import { type Grid, IntGrid } from '../formats/grid.js';
-import { fromCodes, type QuantizedTensor } from '../formats/quantized-tensor.js';
-import type { Tensor } from '../tensor.js';
-import type { QuantMethod } from './methods/method.js';
+import { packBitsInto, packedByteLength } from '../../formats/bitpack.js';
+import { type Grid, IntGrid } from '../../formats/grid.js';
+import { fromCodes, type QuantizedTensor } from '../../formats/quantized-tensor.js';
+import type { Tensor } from '../../tensor.js';
+import type { QuantMethod } from './method.js';
 
 export function quantizeRtn(weight: Tensor, grid: Grid, tensorName?: string): QuantizedTensor {
   const [rows, cols] = weight.shape as [number, number];

@@ -9,11 +9,11 @@
  * d rounded to the grid's scale dtype; the codes stay those chosen, as llama.cpp keeps L.
  * No calibration data; symmetric integer grids only.
  */
-import { UsageError } from '../errors.js';
-import { type Grid, type GridSpec, IntGrid, roundHalfEven } from '../formats/grid.js';
-import { fromCodes, type QuantizedTensor } from '../formats/quantized-tensor.js';
-import type { Tensor } from '../tensor.js';
-import type { QuantMethod } from './methods/method.js';
+import { UsageError } from '../../errors.js';
+import { type Grid, type GridSpec, IntGrid, roundHalfEven } from '../../formats/grid.js';
+import { fromCodes, type QuantizedTensor } from '../../formats/quantized-tensor.js';
+import type { Tensor } from '../../tensor.js';
+import type { QuantMethod } from './method.js';
 
 /** The candidate offsets k of iscale = (nmax + 0.1·k) / max|x| (make_qx_quants: is = −9..9). */
 const SEARCH_STEPS = 9;

@@ -16,16 +16,16 @@
  * layers on the captured inputs, not of the whole attention/MLP module.
  * Then each layer is quantized with RTN on the same grid (the paper's setting).
  */
-import type { ComputeEngine } from '../compute/engine.js';
-import { UsageError } from '../errors.js';
-import type { Grid } from '../formats/grid.js';
-import { dequantize } from '../formats/quantized-tensor.js';
-import { type BlockLinear, blockPrefix, linearWeightName } from '../model/architecture.js';
-import { LLAMA_LAYOUT, type ModelConfig } from '../model/config.js';
-import type { Tensor, TensorMap } from '../tensor.js';
-import { ALL_AT_ONCE, type LinearStats } from './calibrate.js';
-import type { LayerResult, QuantMethod } from './methods/method.js';
-import { hessianDiagonal, quantizeWithOutliers } from './outliers.js';
+import type { ComputeEngine } from '../../compute/engine.js';
+import { UsageError } from '../../errors.js';
+import type { Grid } from '../../formats/grid.js';
+import { dequantize } from '../../formats/quantized-tensor.js';
+import { type BlockLinear, blockPrefix, linearWeightName } from '../../model/architecture.js';
+import { LLAMA_LAYOUT, type ModelConfig } from '../../model/config.js';
+import type { Tensor, TensorMap } from '../../tensor.js';
+import { ALL_AT_ONCE, type LinearStats } from '../calibrate.js';
+import { hessianDiagonal, quantizeWithOutliers } from '../outliers.js';
+import type { LayerResult, QuantMethod } from './method.js';
 import { quantizeRtn } from './rtn.js';
 
 export interface AwqOptions {

@@ -29,11 +29,11 @@
  *     of the step after the last improvement, and its current revision no longer grows β — the
  *     paper's schedule and the reference before May 2025 do, as here).
  */
-import { UsageError } from '../errors.js';
-import { type GridSpec, IntGrid, roundHalfEven } from '../formats/grid.js';
-import { fromCodes, type QuantizedTensor } from '../formats/quantized-tensor.js';
-import type { Tensor } from '../tensor.js';
-import type { QuantMethod } from './methods/method.js';
+import { UsageError } from '../../errors.js';
+import { type GridSpec, IntGrid, roundHalfEven } from '../../formats/grid.js';
+import { fromCodes, type QuantizedTensor } from '../../formats/quantized-tensor.js';
+import type { Tensor } from '../../tensor.js';
+import type { QuantMethod } from './method.js';
 
 export interface HqqOptions {
   /** p of the ‖·‖_p^p error (reference `lp_norm`). */

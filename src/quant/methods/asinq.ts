@@ -30,13 +30,13 @@
  * is per layer on the grid the layer is quantized to (the reference: per layer, tiles of 64).
  */
 
-import type { IntGrid } from '../formats/grid.js';
-import { dequantize, type QuantizedTensor } from '../formats/quantized-tensor.js';
-import { linearWeightName } from '../model/architecture.js';
-import type { Tensor } from '../tensor.js';
-import { ALL_AT_ONCE, type LinearStats } from './calibrate.js';
-import type { LayerResult, QuantMethod } from './methods/method.js';
-import { hessianDiagonal, quantizeWithOutliers } from './outliers.js';
+import type { IntGrid } from '../../formats/grid.js';
+import { dequantize, type QuantizedTensor } from '../../formats/quantized-tensor.js';
+import { linearWeightName } from '../../model/architecture.js';
+import type { Tensor } from '../../tensor.js';
+import { ALL_AT_ONCE, type LinearStats } from '../calibrate.js';
+import { hessianDiagonal, quantizeWithOutliers } from '../outliers.js';
+import type { LayerResult, QuantMethod } from './method.js';
 import {
   kurtosis,
   quantizeWithColumnScales,

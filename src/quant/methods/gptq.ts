@@ -23,18 +23,18 @@
  * group size and parameters come from the fully updated columns, so the lazy algorithm equals
  * the unblocked Algorithm 1 exactly.
  */
-import type { ComputeEngine } from '../compute/engine.js';
-import { profiled } from '../compute/profile.js';
-import { NumericError } from '../errors.js';
-import type { Grid } from '../formats/grid.js';
-import { roundToF16 } from '../formats/half.js';
-import { fromCodes, type QuantizedTensor } from '../formats/quantized-tensor.js';
-import { linearWeightName } from '../model/architecture.js';
-import type { Tensor } from '../tensor.js';
-import { ALL_AT_ONCE, TRUE_SEQUENTIAL } from './calibrate.js';
-import { inverseCholeskyUpperFast, NotPositiveDefiniteError } from './linalg.js';
-import type { LayerResult, QuantMethod } from './methods/method.js';
-import { GptqOutlierSelector, type GptqOutliers } from './outliers.js';
+import type { ComputeEngine } from '../../compute/engine.js';
+import { profiled } from '../../compute/profile.js';
+import { NumericError } from '../../errors.js';
+import type { Grid } from '../../formats/grid.js';
+import { roundToF16 } from '../../formats/half.js';
+import { fromCodes, type QuantizedTensor } from '../../formats/quantized-tensor.js';
+import { linearWeightName } from '../../model/architecture.js';
+import type { Tensor } from '../../tensor.js';
+import { ALL_AT_ONCE, TRUE_SEQUENTIAL } from '../calibrate.js';
+import { inverseCholeskyUpperFast, NotPositiveDefiniteError } from '../linalg.js';
+import { GptqOutlierSelector, type GptqOutliers } from '../outliers.js';
+import type { LayerResult, QuantMethod } from './method.js';
 
 export interface GptqOptions {
   /** Columns per lazy batch (paper: B = 128). */

@@ -29,11 +29,11 @@
  * per-column scales are rounded to the scale dtype before the codes are chosen, and the group
  * scales are kept in the scale dtype (the reference's default `quantAux` stores them in 8 bits).
  */
-import { UsageError } from '../errors.js';
-import type { IntGrid } from '../formats/grid.js';
-import { fromCodes, type QuantizedTensor } from '../formats/quantized-tensor.js';
-import type { Tensor } from '../tensor.js';
-import type { MethodOption, QuantMethod } from './methods/method.js';
+import { UsageError } from '../../errors.js';
+import type { IntGrid } from '../../formats/grid.js';
+import { fromCodes, type QuantizedTensor } from '../../formats/quantized-tensor.js';
+import type { Tensor } from '../../tensor.js';
+import type { MethodOption, QuantMethod } from './method.js';
 
 export interface SinqOptions {
   /** Sinkhorn iterations (the reference's `order`). */
