@@ -7,11 +7,8 @@ import path from 'node:path';
 import { UsageError } from '../errors.js';
 import { type CompareResults, runCompare } from '../eval/compare.js';
 import { renderReport } from '../eval/report.js';
-import { exportCompressedTensors } from '../export/compressed-tensors.js';
-import { exportGguf, isPtqGguf } from '../export/gguf.js';
-import { exportGptq } from '../export/gptq-safetensors.js';
-import type { SafetensorsExportReport } from '../export/hf-safetensors.js';
-import { exportOnnx, ONNX_DTYPES, type OnnxDtype } from '../export/onnx.js';
+import type { Exporter } from '../export/exporter.js';
+import { exporterNamed } from '../export/registry.js';
 import { type GridSpec, gridName, validateGrid } from '../formats/grid.js';
 import type { FormatName } from '../formats/number-formats.js';
 import { rejectSideExport } from '../formats/quantized-tensor.js';
@@ -68,13 +65,15 @@ export interface OutputArgs {
 /**
  * Check `args.output` before any long work (io/atomic.ts checkOutput: not an input, not inside or
  * around one, replaces nothing ptq did not write) and return the options the writer enforces again.
+ * A file output may replace a file `replaceable` says ptq wrote (an exporter's record).
  */
 export async function guardOutput(
   args: OutputArgs,
   inputs: (string | undefined)[],
   kind: 'directory' | 'file' = 'directory',
+  replaceable?: (file: string) => Promise<boolean>,
 ): Promise<OutputOptions> {
-  await checkOutput(args.output, { kind, inputs, overwrite: args.overwrite, replaceable: isPtqGguf });
+  await checkOutput(args.output, { kind, inputs, overwrite: args.overwrite, replaceable });
   return { overwrite: args.overwrite, inputs };
 }
 
@@ -136,9 +135,9 @@ export interface QuantizeArgs extends OutputArgs {
   seed: number;
   rotate?: string;
   rotateSeed?: number;
-  /** Export format written right after quantizing (EXPORT_FORMATS). */
+  /** Exporter run right after quantizing (export/registry.ts). */
   export?: string;
-  /** Where the export goes; default: <output>.gguf for gguf, <output>-<format> otherwise. */
+  /** Where the export goes; default: `<output><extension>` for a file exporter, `<output>-<format>` otherwise. */
   exportOut?: string;
   /** Mixed precision (allocate.ts): a budget in bits/weight of the quantized linears... */
   targetBpw?: number;
@@ -172,9 +171,10 @@ export async function quantizeCommand(modelPath: string, args: QuantizeArgs, out
   const method = record.name;
   const methodOptions = optionsFromCli(record, args);
   validateGrid(args.grid);
-  const exportTo = args.export && exportTarget(args.export, args.output, args.exportOut);
-  // Refused before any work: export formats have no x ← x·Q step (input-rotation.ts).
-  if (exportTo && args.rotate === 'hadamard-online')
+  const exporter = args.export ? exporterNamed(args.export, 'export') : undefined;
+  const exportTo = exporter && exportTarget(exporter, args.output, args.exportOut);
+  // Refused before any work: weight-only formats have no x ← x·Q step (input-rotation.ts).
+  if (exporter?.weightOnly && args.rotate === 'hadamard-online')
     throw new UsageError(
       `cannot export to ${args.export}: --rotate hadamard-online rotates inputs at run time`,
       {
@@ -182,7 +182,7 @@ export async function quantizeCommand(modelPath: string, args: QuantizeArgs, out
         hint: 'drop --export, or use --rotate hadamard (absorbed into the weights)',
       },
     );
-  if (exportTo && (args.outliers || args.lorcRank)) rejectSideExport(args.export!);
+  if (exporter?.weightOnly && (args.outliers || args.lorcRank)) rejectSideExport(exporter.name);
   if (isCalibrated(record) && !args.calib) {
     throw new UsageError(`${method} needs calibration text`, {
       field: 'calib',
@@ -192,8 +192,13 @@ export async function quantizeCommand(modelPath: string, args: QuantizeArgs, out
   const { activations, smoothquant } = activationOptions(args);
   const inputs = [modelPath, args.tokenizer, args.calib];
   const output = await guardOutput(args, inputs);
-  if (exportTo)
-    await guardOutput({ ...args, output: exportTo }, [...inputs, args.output], exportKind(args.export!));
+  if (exporter && exportTo)
+    await guardOutput(
+      { ...args, output: exportTo },
+      [...inputs, args.output],
+      exporter.output,
+      exporter.replaceable,
+    );
   // Calibrated runs save their state block by block beside the output (quant/resume.ts).
   const resume = isCalibrated(record) ? { dir: resumeDirFor(args.output), resume: !!args.resume } : undefined;
   if (args.resume && !resume) {
@@ -205,14 +210,15 @@ export async function quantizeCommand(modelPath: string, args: QuantizeArgs, out
     });
   }
   if (resume?.resume) await assertResumable(resume.dir);
-  // One run per resume state: a second run is refused now, not after loading and calibrating.
-  if (resume) await acquireResumeLock(resume.dir);
   // Calibration-free and nothing model-wide: read, quantize and write one tensor at a time.
   if (record.quantizeWeight && streamable(args) && (await isPlainHfDirectory(modelPath))) {
     return streamQuantizeCommand(modelPath, args, methodOptions, output, exportTo, out);
   }
   const model = await loadModel(modelPath, { tokenizer: args.tokenizer });
   const calibration = args.calib ? await calibrationFor(model, args) : undefined;
+  // One run per resume state, refused before the calibration forward passes. Taken only once the
+  // model and text have loaded: a run refused for its inputs creates nothing beside -o.
+  if (resume) await acquireResumeLock(resume.dir);
   const mixed = await mixedPrecisionPlan(model, args, out);
   const progress = createProgress('quantize: layer', !out.json);
   const q = await quantizeModel(model.config, model.weights, {
@@ -312,7 +318,7 @@ function activationOptions(args: QuantizeArgs): {
       hint: 'pass --calib <text file>, or --act-granularity per-token',
     });
   }
-  if (activations && args.export) {
+  if (activations && args.export && exporterNamed(args.export, 'export').weightOnly) {
     throw new UsageError(
       `cannot export to ${args.export}: the format holds weights only, not activation quantization`,
       { field: 'export', hint: 'drop --export, or quantize without --act-bits' },
@@ -497,23 +503,11 @@ function printAllocation(r: MixedReport, achievedBits: number, out: Output): voi
   );
 }
 
-/** GGUF is one file, every other export a directory. */
-function exportKind(format: string): 'file' | 'directory' {
-  return format === 'gguf' ? 'file' : 'directory';
-}
-
-/** The path `ptq quantize --export` writes to (validated before any work). */
-function exportTarget(format: string, output: string, exportOut?: string): string {
-  if (!(format in EXPORT_FORMATS)) {
-    throw new UsageError('export format not available', {
-      field: 'export',
-      expected: Object.keys(EXPORT_FORMATS).join(', '),
-      got: format,
-    });
-  }
+/** The path `ptq quantize --export` writes to: `--export-out`, or `<output><extension>` (a file) / `<output>-<name>`. */
+function exportTarget(exporter: Exporter, output: string, exportOut?: string): string {
   if (exportOut) return exportOut;
   const base = path.resolve(output);
-  return format === 'gguf' ? `${base}.gguf` : `${base}-${format}`;
+  return exporter.output === 'file' ? `${base}${exporter.extension ?? ''}` : `${base}-${exporter.name}`;
 }
 
 /** Calibration windows from a text file; the window length is capped at the model's context. */
@@ -622,26 +616,11 @@ export function resultTable(rows: ResultRow[]): string {
 
 // ---------- export ----------
 
-/** The export formats, one row each: this table drives `ptq export --format` choices and help. */
-export const EXPORT_FORMATS = {
-  gguf: { description: 'GGUF v3 for llama.cpp' },
-  onnx: {
-    description: `ONNX decoder directory for onnxruntime and transformers.js (--dtype ${Object.keys(ONNX_DTYPES).join('|')}, comma-separated)`,
-  },
-  gptq: {
-    description:
-      'GPTQ v1 safetensors directory (qweight/qzeros/scales/g_idx): GPTQModel, AutoGPTQ, transformers',
-  },
-  'compressed-tensors': {
-    description:
-      'compressed-tensors directory (pack-quantized, float-quantized FP8, nvfp4/mxfp4/mxfp8): vLLM, transformers',
-  },
-} as const;
-export type ExportFormat = keyof typeof EXPORT_FORMATS;
-
 export interface ExportArgs extends OutputArgs {
+  /** An exporter's name (export/registry.ts). */
   format: string;
   tokenizer?: string;
+  // The exporters' own options (their records' `options`), by key:
   /** onnx: comma-separated dtypes (fp32, q8, q4, q2); default: the checkpoint's own width, or fp32. */
   dtype?: string;
   /** onnx: weights in .onnx_data files: 'auto' (above 1 GiB), true, false. */
@@ -652,118 +631,28 @@ export interface ExportArgs extends OutputArgs {
   pure?: boolean;
 }
 
-async function exportGgufCommand(modelPath: string, args: ExportArgs, out: Output) {
-  const output = await guardOutput(args, [modelPath, args.tokenizer], 'file');
-  const model = await loadModel(modelPath, { tokenizer: args.tokenizer });
-  const report = await exportGguf(model, args.output, {
-    ...output,
-    type: args.type ?? 'auto',
-    pure: args.pure,
-    onWarning: out.json ? undefined : (m) => console.error(`ptq: warning: ${m}`),
-  });
-  if (out.json) return out.log(JSON.stringify(report, null, 2));
-  const kinds = new Map<string, number>();
-  for (const t of report.tensors)
-    kinds.set(`${t.type} from ${t.source}`, (kinds.get(`${t.type} from ${t.source}`) ?? 0) + 1);
-  out.log(
-    formatTable(
-      ['tensors', 'storage'],
-      [...kinds].map(([k, n]) => [String(n), k]),
-    ),
-  );
-  out.log(
-    `exported ${model.path} as GGUF ${report.type}: ${report.bitsPerWeight.toFixed(3)} bits/weight (matrices), ` +
-      `${fmt.bytes(report.bytes)} -> ${report.file}`,
-  );
-}
-
+/** `ptq export`: the exporter `--format` names (export/registry.ts), on the loaded model. */
 export async function exportCommand(modelPath: string, args: ExportArgs, out: Output) {
-  switch (args.format) {
-    case 'onnx':
-      return exportOnnxCommand(modelPath, args, out);
-    case 'gguf':
-      return exportGgufCommand(modelPath, args, out);
-    case 'gptq':
-      return exportSafetensorsCommand(modelPath, args, out, exportGptq);
-    case 'compressed-tensors':
-      return exportSafetensorsCommand(modelPath, args, out, exportCompressedTensors);
-    default:
-      throw new UsageError('export format not available', {
-        field: 'format',
-        expected: Object.keys(EXPORT_FORMATS).join(', '),
-        got: args.format,
-      });
-  }
-}
-
-async function exportSafetensorsCommand(
-  modelPath: string,
-  args: ExportArgs,
-  out: Output,
-  write: typeof exportGptq | typeof exportCompressedTensors,
-) {
-  const output = await guardOutput(args, [modelPath, args.tokenizer]);
+  const exporter = exporterNamed(args.format);
+  const options = exporterOptions(exporter, args);
+  exporter.check?.(options);
+  const output = await guardOutput(args, [modelPath, args.tokenizer], exporter.output, exporter.replaceable);
   const model = await loadModel(modelPath, { tokenizer: args.tokenizer });
-  const report: SafetensorsExportReport = await write(model, args.output, {
+  const report = await exporter.run(model, args.output, {
+    ...options,
     ...output,
     onWarning: out.json ? undefined : (m) => console.error(`ptq: warning: ${m}`),
   });
   if (out.json) return out.log(JSON.stringify(report, null, 2));
-  const kinds = new Map<string, number>();
-  for (const l of report.linears) {
-    const kind = `${l.grid} from ${l.source}`;
-    kinds.set(kind, (kinds.get(kind) ?? 0) + 1);
-  }
-  out.log(
-    formatTable(
-      ['linears', 'storage'],
-      [...kinds].map(([k, n]) => [String(n), k]),
-    ),
-  );
-  out.log(
-    `exported ${model.path} as ${report.layout}: ${report.bitsPerWeight.toFixed(3)} bits/weight ` +
-      `(quantized linears), ${fmt.bytes(report.bytes)} -> ${report.output}`,
-  );
+  for (const line of exporter.summarize(report, model.path)) out.log(line);
 }
 
-async function exportOnnxCommand(modelPath: string, args: ExportArgs, out: Output) {
-  const dtypes = args.dtype?.split(',').map((d) => d.trim()) as OnnxDtype[] | undefined;
-  for (const d of dtypes ?? []) {
-    if (!(d in ONNX_DTYPES))
-      throw new UsageError('unknown ONNX dtype', {
-        field: 'dtype',
-        expected: Object.keys(ONNX_DTYPES).join(', '),
-        got: d,
-      });
-  }
-  const output = await guardOutput(args, [modelPath, args.tokenizer]);
-  const model = await loadModel(modelPath, { tokenizer: args.tokenizer });
-  const report = await exportOnnx(model, args.output, {
-    ...output,
-    dtypes,
-    externalData: args.externalData ?? 'auto',
-    onWarning: out.json ? undefined : (m) => console.error(`ptq: warning: ${m}`),
-  });
-  if (out.json) return out.log(JSON.stringify(report, null, 2));
-  for (const v of report.variants) {
-    const bpw =
-      v.quantizedBitsPerWeight === undefined
-        ? ''
-        : `, quantized linears ${v.quantizedBitsPerWeight.toFixed(3)} bits/weight`;
-    out.log(
-      `${v.dtype}: onnx/${v.file} ${fmt.bytes(v.bytes)}${v.externalFiles.length ? ` (+ ${v.externalFiles.join(', ')})` : ''}${bpw}`,
-    );
-    const kinds = new Map<string, number>();
-    for (const l of v.linears)
-      kinds.set(`${l.storage} from ${l.source}`, (kinds.get(`${l.storage} from ${l.source}`) ?? 0) + 1);
-    out.log(
-      formatTable(
-        ['linears', 'storage'],
-        [...kinds].map(([k, n]) => [String(n), k]),
-      ),
-    );
-  }
-  out.log(`exported ${model.path} as ONNX (tokenizer ${report.tokenizer}) -> ${report.output}`);
+/** The given options the exporter reads (its records' `options` keys). */
+function exporterOptions(exporter: Exporter, args: ExportArgs): Record<string, unknown> {
+  const given = args as unknown as Record<string, unknown>;
+  return Object.fromEntries(
+    exporter.options.filter((o) => given[o.key] !== undefined).map((o) => [o.key, given[o.key]]),
+  );
 }
 
 // ---------- compare ----------
