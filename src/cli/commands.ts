@@ -7,7 +7,7 @@ import path from 'node:path';
 import { UsageError } from '../errors.js';
 import { type CompareResults, runCompare } from '../eval/compare.js';
 import { renderReport } from '../eval/report.js';
-import type { Exporter } from '../export/exporter.js';
+import type { Exporter, SummaryText } from '../export/exporter.js';
 import { exporterNamed } from '../export/registry.js';
 import { type GridSpec, gridName, validateGrid } from '../formats/grid.js';
 import type { FormatName } from '../formats/number-formats.js';
@@ -644,8 +644,21 @@ export async function exportCommand(modelPath: string, args: ExportArgs, out: Ou
     onWarning: out.json ? undefined : (m) => console.error(`ptq: warning: ${m}`),
   });
   if (out.json) return out.log(JSON.stringify(report, null, 2));
-  for (const line of exporter.summarize(report, model.path)) out.log(line);
+  for (const line of exporter.summarize(report, model.path, SUMMARY_TEXT)) out.log(line);
 }
+
+/** What exporters' summaries print with: sizes, and one table of how many went out as each storage kind. */
+const SUMMARY_TEXT: SummaryText = {
+  bytes: fmt.bytes,
+  counts(header, kinds) {
+    const counts = new Map<string, number>();
+    for (const k of kinds) counts.set(k, (counts.get(k) ?? 0) + 1);
+    return formatTable(
+      [header, 'storage'],
+      [...counts].map(([k, n]) => [String(n), k]),
+    );
+  },
+};
 
 /** The given options the exporter reads (its records' `options` keys). */
 function exporterOptions(exporter: Exporter, args: ExportArgs): Record<string, unknown> {

@@ -5,7 +5,7 @@
  */
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { PtqError, UsageError } from '../errors.js';
-import { GGUF_EXPORT_TYPES } from '../export/gguf.js';
+import { EXPORTER_NAMES, EXPORTERS } from '../export/registry.js';
 import type { GridSpec, ScaleDtype } from '../formats/grid.js';
 import { FORMAT_NAMES, type FormatName, gridSpecFor, QUANT_FORMATS } from '../formats/number-formats.js';
 import { onnxEvalCommand, quantizeOnnxCommand } from '../onnx/commands.js';
@@ -16,7 +16,6 @@ import { ROTATE_DEFAULTS, ROTATIONS } from '../quant/rotate.js';
 import {
   compareCommand,
   consoleOutput,
-  EXPORT_FORMATS,
   evalCommand,
   exportCommand,
   inspectCommand,
@@ -166,10 +165,10 @@ withMethodOptions(
   )
   .addOption(
     new Option('--export <format>', 'also export the quantized model (as ptq export --format)').choices(
-      Object.keys(EXPORT_FORMATS),
+      EXPORTER_NAMES,
     ),
   )
-  .option('--export-out <path>', 'where --export writes (default: <output>.gguf, or <output>-<format>)')
+  .option('--export-out <path>', `where --export writes (default: ${defaultExportTargets()})`)
   .option(
     '--target-bpw <x>',
     'mixed precision: per-layer grids within x bits/weight over the quantized linears',
@@ -266,32 +265,44 @@ program
     return evalCommand(model, o, consoleOutput(!!o.json));
   });
 
-program
-  .command('export <model>')
-  .description('write a model (float or quantized) in a runtime format')
-  .addOption(
-    new Option(
-      '--format <name>',
-      Object.entries(EXPORT_FORMATS)
-        .map(([k, f]) => `${k}: ${f.description}`)
-        .join('; '),
+/** The exporters' own options (export/registry.ts), each help prefixed with its exporter's name. */
+function withExporterOptions(command: Command): Command {
+  for (const e of EXPORTERS) {
+    for (const o of e.options) {
+      const option = new Option(o.flag, `${e.name}: ${o.help}`);
+      command.addOption(o.default === undefined ? option : option.default(o.default));
+    }
+  }
+  return command;
+}
+
+/** Names of the exporters writing one file or a directory, for the -o help. */
+function exportersWriting(kind: 'file' | 'directory'): string {
+  return EXPORTERS.filter((e) => e.output === kind)
+    .map((e) => e.name)
+    .join(', ');
+}
+
+/** `ptq quantize --export`'s default targets: `<output><extension>` for file exporters, else `<output>-<format>`. */
+function defaultExportTargets(): string {
+  const files = EXPORTERS.filter((e) => e.output === 'file').map((e) => `<output>${e.extension ?? ''}`);
+  return [...files, '<output>-<format>'].join(', or ');
+}
+
+withExporterOptions(
+  program
+    .command('export <model>')
+    .description('write a model (float or quantized) in a runtime format')
+    .addOption(
+      new Option('--format <name>', EXPORTERS.map((e) => `${e.name}: ${e.description}`).join('; '))
+        .choices(EXPORTER_NAMES)
+        .makeOptionMandatory(),
     )
-      .choices(Object.keys(EXPORT_FORMATS))
-      .makeOptionMandatory(),
-  )
-  .requiredOption('-o, --output <path>', 'output directory (onnx, gptq, compressed-tensors) or file (gguf)')
-  .option(
-    '--dtype <list>',
-    "onnx: variants to write, e.g. fp32,q4 (default: the checkpoint's width, or fp32)",
-  )
-  .option(
-    '--type <name>',
-    `gguf: ${GGUF_EXPORT_TYPES.join('|')} (q2_k, q6_k and the _s/_m/_l names: llama-quantize's mixes), or auto (a checkpoint's exact block type, else f32)`,
-    'auto',
-  )
-  .option('--pure', "gguf: a mix's base type for every matrix (as llama-quantize --pure)")
-  .option('--external-data', 'onnx: store weights in .onnx_data files (default: only above 1 GiB)')
-  .option('--no-external-data', 'onnx: keep every weight inside the .onnx file')
+    .requiredOption(
+      '-o, --output <path>',
+      `output directory (${exportersWriting('directory')}) or file (${exportersWriting('file')})`,
+    ),
+)
   .option(
     '--overwrite',
     'replace an existing output that ptq did not write (its files are kept; only files of the same names are replaced)',

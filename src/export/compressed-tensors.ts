@@ -51,6 +51,7 @@ import type { OutputOptions } from '../io/atomic.js';
 import { encodeParams } from '../io/ptq-checkpoint.js';
 import type { TensorToWrite } from '../io/safetensors.js';
 import type { LoadedModel } from '../model/load.js';
+import type { Exporter } from './exporter.js';
 import {
   groupColumns,
   hasActOrder,
@@ -61,10 +62,12 @@ import {
   requantize,
   requantizedWarning,
   type SafetensorsExportReport,
+  summarizeSafetensors,
   ternaryAsInt2,
   warningCollector,
   wordCount,
   writeQuantizedModel,
+  writesLlamaNames,
 } from './hf-safetensors.js';
 import { groupContiguousOrder } from './matmul-nbits.js';
 import { assertWeightOnly } from './weight-only.js';
@@ -307,6 +310,19 @@ export function encodeCompressedTensorsLinear(base: string, l: CtPlannedLinear):
 }
 
 /** Export `model` (a ptqkit checkpoint, or a float model quantized with RTN int4 g32) as a compressed-tensors directory. */
+/** `ptq export --format compressed-tensors` (registry.ts). */
+export const COMPRESSED_TENSORS_EXPORTER: Exporter<object, SafetensorsExportReport> = {
+  name: 'compressed-tensors',
+  description:
+    'compressed-tensors directory (pack-quantized, float-quantized FP8, nvfp4/mxfp4/mxfp8): vLLM, transformers',
+  output: 'directory',
+  options: [],
+  weightOnly: true,
+  writes: writesLlamaNames,
+  run: (model, output, options) => exportCompressedTensors(model, output, options),
+  summarize: summarizeSafetensors,
+};
+
 export async function exportCompressedTensors(
   model: LoadedModel,
   outDir: string,

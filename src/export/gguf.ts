@@ -31,8 +31,9 @@ import { ggufTensorName, qkRowOrder } from '../formats/gguf-names.js';
 import type { QuantizedTensor } from '../formats/quantized-tensor.js';
 import { checkOutput, type OutputOptions, yieldToSignals } from '../io/atomic.js';
 import { GgufFile, type GgufKv, type GgufTensorToWrite, kv, writeGguf } from '../io/gguf.js';
-import { EMBED, LM_HEAD } from '../model/architecture.js';
+import { type Architecture, EMBED, LM_HEAD } from '../model/architecture.js';
 import type { LoadedModel } from '../model/load.js';
+import type { Exporter } from './exporter.js';
 import { codesToBlocks, typesHoldingCodes } from './gguf-blocks.js';
 import {
   type GgufVocab,
@@ -121,6 +122,37 @@ export interface GgufExportReport {
   warnings: string[];
 }
 
+/** `ptq export --format gguf` (registry.ts): one .gguf file. */
+export const GGUF_EXPORTER: Exporter<{ type?: string; pure?: boolean }, GgufExportReport> = {
+  name: 'gguf',
+  description: 'GGUF v3 for llama.cpp',
+  output: 'file',
+  extension: '.gguf',
+  replaceable: isPtqGguf,
+  options: [
+    {
+      flag: '--type <name>',
+      key: 'type',
+      help: `${GGUF_EXPORT_TYPES.join('|')} (q2_k, q6_k and the _s/_m/_l names: llama-quantize's mixes), or auto (a checkpoint's exact block type, else f32)`,
+      default: 'auto',
+    },
+    { flag: '--pure', key: 'pure', help: "a mix's base type for every matrix (as llama-quantize --pure)" },
+  ],
+  weightOnly: true,
+  // general.architecture "llama": the tensor names and hyperparameter keys written below.
+  writes: (arch: Architecture) => arch.modelType === 'llama',
+  run: (model, output, { type, ...options }) =>
+    exportGguf(model, output, { ...options, type: type ?? 'auto' }),
+  summarize: (r, model, text) => [
+    text.counts(
+      'tensors',
+      r.tensors.map((t) => `${t.type} from ${t.source}`),
+    ),
+    `exported ${model} as GGUF ${r.type}: ${r.bitsPerWeight.toFixed(3)} bits/weight (matrices), ` +
+      `${text.bytes(r.bytes)} -> ${r.file}`,
+  ],
+};
+
 export async function exportGguf(
   model: LoadedModel,
   out: string,
@@ -134,7 +166,7 @@ export async function exportGguf(
     overwrite: options.overwrite,
     replaceable: isPtqGguf,
   });
-  if (config.modelType !== 'llama')
+  if (!GGUF_EXPORTER.writes(model.arch))
     throw new ConfigError('GGUF export supports Llama-family models', { got: config.modelType });
   const warnings: string[] = [];
   const warn = (m: string) => {

@@ -44,6 +44,7 @@ import { dequantize, type QuantizedTensor, unpackCodes } from '../formats/quanti
 import type { OutputOptions } from '../io/atomic.js';
 import type { TensorToWrite } from '../io/safetensors.js';
 import type { LoadedModel } from '../model/load.js';
+import type { Exporter } from './exporter.js';
 import {
   groupColumns,
   hasActOrder,
@@ -56,9 +57,11 @@ import {
   requantizedWarning,
   requireWholeWords,
   type SafetensorsExportReport,
+  summarizeSafetensors,
   ternaryAsInt2,
   warningCollector,
   writeQuantizedModel,
+  writesLlamaNames,
 } from './hf-safetensors.js';
 import { assertWeightOnly } from './weight-only.js';
 
@@ -262,6 +265,19 @@ function liftZeroZero(
 }
 
 /** Export `model` (a ptqkit checkpoint, or a float model quantized with RTN int4 g32) as a GPTQ v1 directory. */
+/** `ptq export --format gptq` (registry.ts). */
+export const GPTQ_EXPORTER: Exporter<object, SafetensorsExportReport> = {
+  name: 'gptq',
+  description:
+    'GPTQ v1 safetensors directory (qweight/qzeros/scales/g_idx): GPTQModel, AutoGPTQ, transformers',
+  output: 'directory',
+  options: [],
+  weightOnly: true,
+  writes: writesLlamaNames,
+  run: (model, output, options) => exportGptq(model, output, options),
+  summarize: summarizeSafetensors,
+};
+
 export async function exportGptq(
   model: LoadedModel,
   outDir: string,

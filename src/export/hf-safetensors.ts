@@ -19,9 +19,10 @@ import { dequantize, type QuantizedTensor, unpackCodes } from '../formats/quanti
 import { type OutputOptions, writeDirectoryAtomically } from '../io/atomic.js';
 import { Llama2cTokenizer } from '../io/llama2c-tokenizer.js';
 import { type TensorToWrite, writeSafetensors } from '../io/safetensors.js';
-import { BLOCK_LINEARS, linearWeightName } from '../model/architecture.js';
+import { type Architecture, BLOCK_LINEARS, linearWeightName } from '../model/architecture.js';
 import type { LoadedModel } from '../model/load.js';
 import { quantizeRtn } from '../quant/methods/rtn.js';
+import type { SummaryText } from './exporter.js';
 import { llama2cTokenizerJson } from './tokenizer-json.js';
 
 export const SAFETENSORS_FILE = 'model.safetensors';
@@ -57,6 +58,21 @@ export interface SafetensorsExportReport {
   warnings: string[];
 }
 
+/** The model types both layouts write: those whose tensors go out under Llama's (canonical) names. */
+export const writesLlamaNames = (arch: Architecture): boolean => arch.hfNamesAreCanonical;
+
+/** What `ptq export` prints for a GPTQ or compressed-tensors export (both records' `summarize`). */
+export function summarizeSafetensors(r: SafetensorsExportReport, model: string, text: SummaryText): string[] {
+  return [
+    text.counts(
+      'linears',
+      r.linears.map((l) => `${l.grid} from ${l.source}`),
+    ),
+    `exported ${model} as ${r.layout}: ${r.bitsPerWeight.toFixed(3)} bits/weight ` +
+      `(quantized linears), ${text.bytes(r.bytes)} -> ${r.output}`,
+  ];
+}
+
 /** A linear as an exporter will store it, with where it came from. */
 export interface PlannedLinear {
   name: string;
@@ -73,7 +89,7 @@ export interface PlannedLinear {
  */
 export function quantizedLinears(model: LoadedModel): PlannedLinear[] {
   // Tensors go out under ptqkit's canonical names, which only Llama-layout model types share.
-  if (!model.arch.hfNamesAreCanonical) {
+  if (!writesLlamaNames(model.arch)) {
     throw new ConfigError('this export writes Llama-layout tensor names', {
       file: model.path,
       field: 'model_type',

@@ -34,11 +34,12 @@ import type { QuantizedTensor } from '../formats/quantized-tensor.js';
 import { type OutputOptions, writeDirectoryAtomically } from '../io/atomic.js';
 import { Llama2cTokenizer } from '../io/llama2c-tokenizer.js';
 import { buildOnnxModelExternal, type ExternalChunk, GraphAssembler } from '../io/onnx-builder.js';
-import { BLOCK_LINEARS, linearWeightName } from '../model/architecture.js';
+import { type Architecture, BLOCK_LINEARS, linearWeightName } from '../model/architecture.js';
 import type { LoadedModel } from '../model/load.js';
 import { convertToFloat16 } from '../onnx/fp16.js';
 import { OnnxModel, resolveInside, writeOnnxModel } from '../onnx/model-file.js';
 import { quantizeRtn } from '../quant/methods/rtn.js';
+import type { Exporter } from './exporter.js';
 import {
   encodeMatMulNBits,
   type MatMulNBitsPlan,
@@ -127,12 +128,79 @@ export function defaultOnnxDtype(model: Pick<LoadedModel, 'quantization'>): Onnx
   return bits <= 2 ? 'q2' : bits <= 4 ? 'q4' : 'q8';
 }
 
+/** `--dtype fp32,q4`: the listed dtypes, each checked (undefined: exportOnnx's default). */
+export function parseOnnxDtypes(list: string | undefined): OnnxDtype[] | undefined {
+  const dtypes = list?.split(',').map((d) => d.trim()) as OnnxDtype[] | undefined;
+  for (const d of dtypes ?? []) {
+    if (!(d in ONNX_DTYPES))
+      throw new UsageError('unknown ONNX dtype', {
+        field: 'dtype',
+        expected: Object.keys(ONNX_DTYPES).join(', '),
+        got: d,
+      });
+  }
+  return dtypes;
+}
+
+/** `ptq export --dtype` and `--[no-]external-data`, as the command line gives them. */
+interface OnnxExportFlags {
+  dtype?: string;
+  externalData?: boolean | 'auto';
+}
+
+/** `ptq export --format onnx` (registry.ts): a transformers.js model directory. */
+export const ONNX_EXPORTER: Exporter<OnnxExportFlags, OnnxExportReport> = {
+  name: 'onnx',
+  description: `ONNX decoder directory for onnxruntime and transformers.js (--dtype ${Object.keys(ONNX_DTYPES).join('|')}, comma-separated)`,
+  output: 'directory',
+  options: [
+    {
+      flag: '--dtype <list>',
+      key: 'dtype',
+      help: "variants to write, e.g. fp32,q4 (default: the checkpoint's width, or fp32)",
+    },
+    {
+      flag: '--external-data',
+      key: 'externalData',
+      help: 'store weights in .onnx_data files (default: only above 1 GiB)',
+    },
+    { flag: '--no-external-data', key: 'externalData', help: 'keep every weight inside the .onnx file' },
+  ],
+  weightOnly: true,
+  // The graph (onnx-graph.ts) is Llama's; assertLlamaGraph refuses the variants it does not compute.
+  writes: (arch: Architecture) => arch.modelType === 'llama',
+  check: ({ dtype }) => void parseOnnxDtypes(dtype),
+  run: (model, output, { dtype, externalData, ...options }) =>
+    exportOnnx(model, output, {
+      ...options,
+      dtypes: parseOnnxDtypes(dtype),
+      externalData: externalData ?? 'auto',
+    }),
+  summarize: (r, model, text) => [
+    ...r.variants.flatMap((v) => {
+      const external = v.externalFiles.length ? ` (+ ${v.externalFiles.join(', ')})` : '';
+      const bpw =
+        v.quantizedBitsPerWeight === undefined
+          ? ''
+          : `, quantized linears ${v.quantizedBitsPerWeight.toFixed(3)} bits/weight`;
+      return [
+        `${v.dtype}: onnx/${v.file} ${text.bytes(v.bytes)}${external}${bpw}`,
+        text.counts(
+          'linears',
+          v.linears.map((l) => `${l.storage} from ${l.source}`),
+        ),
+      ];
+    }),
+    `exported ${model} as ONNX (tokenizer ${r.tokenizer}) -> ${r.output}`,
+  ],
+};
+
 export async function exportOnnx(
   model: LoadedModel,
   outDir: string,
   options: OnnxExportOptions = {},
 ): Promise<OnnxExportReport> {
-  if (model.config.modelType !== 'llama') {
+  if (!ONNX_EXPORTER.writes(model.arch)) {
     throw new ConfigError('the ONNX exporter writes Llama-family decoders only', {
       field: 'model_type',
       got: model.config.modelType,
