@@ -47,11 +47,13 @@
  * while the worker announces each step (normalizer, a batch of pre-tokenization, decoding) with
  * its allowance, REGEX_BASE_MS plus REGEX_MS_PER_MCHAR per million characters; a step that
  * overruns terminates the worker (V8 interrupts a running match) and throws a FormatError
- * naming tokenizer.json and the patterns of that step. Before its first use the worker runs
- * each pattern on short probes (every pair of characters of the pattern and a few classes,
- * repeated, then a character that breaks the match), which catches nested quantifiers up front
- * and names the one pattern. Tokenizers without such patterns (the library's built-in regexes
- * are linear) run in the main thread.
+ * naming tokenizer.json and the patterns of that step. The allowance is wall time, so it is
+ * generous (a batch takes ~0.1 s, but a full garbage collection of a worker holding a 50 MB
+ * text on a loaded machine took over 3 s). Before its first use the worker runs each pattern
+ * on short probes (every pair of characters of the pattern and a few classes, repeated, then
+ * a character that breaks the match; PROBE_MS per pattern, ~10 ms of work when the pattern is
+ * sane), which catches nested quantifiers within seconds and names the one pattern. Tokenizers
+ * without such patterns (the library's built-in regexes are linear) run in the main thread.
  */
 import { existsSync } from 'node:fs';
 import path from 'node:path';
@@ -77,7 +79,9 @@ const MODEL_TYPES = ['BPE', 'WordPiece', 'WordLevel', 'Unigram'];
 const MAX_TOKEN_ID = 2 ** 24;
 
 /** Allowance of one step of a tokenizer with its own regexes: this much plus REGEX_MS_PER_MCHAR. */
-const REGEX_BASE_MS = 3000;
+const REGEX_BASE_MS = 10_000;
+/** Allowance of the probes of one pattern. */
+const PROBE_MS = 3000;
 /** Per million characters of a step; legitimate patterns run at well under 0.1 s per million. */
 const REGEX_MS_PER_MCHAR = 2000;
 /** The same for the library's one call (`{ whole: true }`, or a setup the stages do not reproduce). */
@@ -292,11 +296,20 @@ export class StreamingEncoder {
   }
 
   encode(text: string): number[] {
+    return this.encodeList(text).toArray();
+  }
+
+  /** The ids as int32, -1 for an undefined one (for the worker's reply). */
+  encodeInt32(text: string): Int32Array {
+    return this.encodeList(text).toInt32();
+  }
+
+  private encodeList(text: string): IdList {
     const out = new IdList();
     for (const token of this.before) out.push(this.id(token));
     this.encodeText(text, out);
     for (const token of this.after) out.push(this.id(token));
-    return out.toArray();
+    return out;
   }
 
   /** Tokenizer.encode's token -> id. */
@@ -642,12 +655,22 @@ class IdList {
   }
 
   toArray(): number[] {
-    const full = this.blocks.length * this.block.length;
-    const out = new Array<number>(full + this.used);
-    let k = 0;
-    for (const b of [...this.blocks, this.block.subarray(0, this.used)]) {
-      for (let i = 0; i < b.length; i++) out[k++] = b[i]! >= 0 ? b[i]! : (undefined as unknown as number);
-    }
+    return IdList.numbers(this.toInt32());
+  }
+
+  toInt32(): Int32Array {
+    const out = new Int32Array(this.blocks.length * this.block.length + this.used);
+    this.blocks.forEach((b, i) => {
+      out.set(b, i * b.length);
+    });
+    out.set(this.block.subarray(0, this.used), this.blocks.length * this.block.length);
+    return out;
+  }
+
+  /** int32 ids as an array of numbers, -1 as undefined. */
+  static numbers(ids: Int32Array): number[] {
+    const out = new Array<number>(ids.length);
+    for (let i = 0; i < ids.length; i++) out[i] = ids[i]! >= 0 ? ids[i]! : (undefined as unknown as number);
     return out;
   }
 }
@@ -1035,9 +1058,9 @@ class RegexSandbox {
 
   encode(text: string, whole: boolean): number[] {
     const request = { op: 'encode', text, whole, sizes: { ...PIECE_SIZES } };
-    const reply = this.call(request, text.length, 'encode') as { ids: Float64Array };
-    // NaN stands for an id the library left undefined (no unk token): the caller reports it.
-    return Array.from(reply.ids, (v) => (Number.isNaN(v) ? (undefined as unknown as number) : v));
+    const reply = this.call(request, text.length, 'encode') as { ids: Int32Array };
+    // -1 stands for an id the library left undefined (no unk token): the caller reports it.
+    return IdList.numbers(reply.ids);
   }
 
   decode(ids: readonly number[]): string {
@@ -1055,6 +1078,7 @@ class RegexSandbox {
     const { port1, port2 } = new MessageChannel();
     const worker = new Worker(bootstrap(), {
       eval: true,
+      execArgv: [],
       workerData: {
         [WORKER_FLAG]: true,
         port: port2,
@@ -1128,18 +1152,23 @@ class RegexSandbox {
   }
 }
 
-/** The worker's script: this module (through tsx's loader when running from source). */
+/**
+ * The worker's script: this module (registering tsx's loader first when running from source).
+ * It runs with no execArgv (a parent's --input-type=module or --eval would apply to it) and
+ * reports a failure to load through the port, as every reply.
+ */
 function bootstrap(): string {
   const self = import.meta.url;
   const tsx = self.endsWith('.ts') ? import.meta.resolve('tsx/esm/api') : undefined;
-  return `const { workerData } = require('node:worker_threads');
-(async () => {
-  ${tsx ? `(await import(${JSON.stringify(tsx)})).register();` : ''}
-  await import(${JSON.stringify(self)});
-})().catch((e) => {
-  workerData.port.postMessage({ error: 'the tokenizer worker did not start: ' + (e && e.message) });
-  Atomics.add(workerData.state, ${DONE}, 1);
-  Atomics.notify(workerData.state, ${DONE});
+  return `import('node:worker_threads').then(async ({ workerData }) => {
+  try {
+    ${tsx ? `(await import(${JSON.stringify(tsx)})).register();` : ''}
+    await import(${JSON.stringify(self)});
+  } catch (e) {
+    workerData.port.postMessage({ error: 'the tokenizer worker did not start: ' + (e && e.message) });
+    Atomics.add(workerData.state, ${DONE}, 1);
+    Atomics.notify(workerData.state, ${DONE});
+  }
 });`;
 }
 
@@ -1173,11 +1202,11 @@ function serveWorker(data: {
 }): void {
   const { port, state, json, config, patterns } = data;
   const step = (current: number, chars: number) => {
-    Atomics.store(
-      state,
-      ALLOW,
-      allowanceMs(chars, current === STEP_ALL ? WHOLE_MS_PER_MCHAR : REGEX_MS_PER_MCHAR),
-    );
+    const allowance =
+      current >= STEP_PROBE
+        ? PROBE_MS
+        : allowanceMs(chars, current === STEP_ALL ? WHOLE_MS_PER_MCHAR : REGEX_MS_PER_MCHAR);
+    Atomics.store(state, ALLOW, allowance);
     Atomics.store(state, CURRENT, current);
     Atomics.add(state, STEP, 1);
   };
@@ -1213,14 +1242,15 @@ function serveWorker(data: {
         } else if (request.op === 'encode') {
           const text = request.text!;
           Object.assign(PIECE_SIZES, request.sizes);
-          let ids: number[];
-          if (encoder && !request.whole) ids = encoder.encode(text);
+          let ids: Int32Array;
+          if (encoder && !request.whole) ids = encoder.encodeInt32(text);
           else {
             step(STEP_ALL, text.length);
-            ids = tokenizer!.encode(text).ids as number[];
+            ids = Int32Array.from(tokenizer!.encode(text).ids as unknown[], (v) =>
+              typeof v === 'number' ? v : -1,
+            );
           }
-          const f = Float64Array.from(ids, (v) => (typeof v === 'number' ? v : Number.NaN));
-          reply({ ids: f }, [f.buffer]);
+          reply({ ids }, [ids.buffer as ArrayBuffer]);
         } else if (request.op === 'decode') {
           step(STEP_DECODER, 16 * request.ids!.length);
           reply({ text: tokenizer!.decode(request.ids!, { skip_special_tokens: true }) });
