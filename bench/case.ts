@@ -12,7 +12,7 @@ import { fileURLToPath } from 'node:url';
 import { profile } from '../src/compute/profile.js';
 import { writeSafetensors } from '../src/io/safetensors.js';
 import { BLOCK_LINEARS, LLAMA, linearWeightName } from '../src/model/architecture.js';
-import { METHODS, type MethodName, quantizeModel } from '../src/quant/quantize-model.js';
+import { getMethod, isCalibrated, type MethodName, quantizeModel } from '../src/quant/quantize-model.js';
 import { mulberry32 } from '../src/random.js';
 import type { TensorMap } from '../src/tensor.js';
 import { CACHE, type ShapeName, syntheticConfig, syntheticWeights } from './synthetic.js';
@@ -93,7 +93,7 @@ const t0 = performance.now();
 const done = quantizeModel(config, weights, {
   method,
   grid: { bits: 4, symmetric: true, granularity: 'group', groupSize: 128, scaleDtype: 'f16' },
-  calibration: !METHODS[method].calibrated ? undefined : { windows, seqlen, description: {} },
+  calibration: !isCalibrated(getMethod(method)) ? undefined : { windows, seqlen, description: {} },
   inPlace: true,
   onProgress: (p) =>
     process.stderr.write(
@@ -118,7 +118,7 @@ console.log(
     case: `${method}-${shape}`,
     parameters,
     quantizedParameters,
-    calibration: !METHODS[method].calibrated ? 'none' : `${nsamples} x ${seqlen}`,
+    calibration: !isCalibrated(getMethod(method)) ? 'none' : `${nsamples} x ${seqlen}`,
     grid: 'int4 g128 sym',
     seconds,
     cpuSeconds,

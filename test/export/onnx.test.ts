@@ -24,7 +24,7 @@ import { greedyGenerate } from '../../src/model/generate.js';
 import { type LoadedModel, loadModel } from '../../src/model/load.js';
 import { evaluate } from '../../src/model/perplexity.js';
 import { sampleCalibrationWindows } from '../../src/quant/calibrate.js';
-import { METHODS, type MethodName, quantizeModel } from '../../src/quant/quantize-model.js';
+import { getMethod, isCalibrated, type MethodName, quantizeModel } from '../../src/quant/quantize-model.js';
 import { runCli } from '../cli/run-cli.js';
 import { ASSETS, assetsPresent, maxAbsDiff, REPO } from '../helpers.js';
 
@@ -80,7 +80,7 @@ async function quantizedCheckpoint(
   method: MethodName = 'rtn',
 ): Promise<LoadedModel> {
   // GPTQ with act-order: a small calibration set from tokens past the evaluated ones (disjoint).
-  const calibration = METHODS[method].calibrated
+  const calibration = isCalibrated(getMethod(method))
     ? {
         windows: sampleCalibrationWindows(textTokens.slice(PPL_TOKENS), {
           nsamples: 8,

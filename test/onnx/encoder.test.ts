@@ -176,7 +176,7 @@ test('CLI: ptq quantize encoder.onnx --dtype q4,q8 and ptq eval against the sour
   console.log(`  ptq eval: ${outputs.map((o) => `${o.name} cos ${o.cosine.toFixed(6)}`).join(', ')}`);
   const bad = runCli(['quantize', source, '-o', path.join(tmp, 'bad'), '--method', 'awq']);
   assert.equal(bad.code, 1);
-  assert.match(bad.stderr, /method not available for ONNX graphs.*expected rtn, hqq, sinq, gptq/);
+  assert.match(bad.stderr, /method not available for ONNX graphs.*expected rtn, rtn-mse, gptq, hqq, sinq/);
 });
 
 test('external data in chunks: a tensor never straddles two files, onnxruntime reads them all', async () => {
