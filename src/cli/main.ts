@@ -110,6 +110,63 @@ function withMethodOptions(command: Command): Command {
   return command;
 }
 
+/** Options of `ptq quantize` read for one kind of input only: given for the other, they are refused. */
+const INPUT_KIND_OPTIONS: Record<'onnx' | 'model', readonly string[]> = {
+  onnx: ['dtype', 'blockSize', 'include', 'exclude', 'accuracyLevel', 'gather'],
+  model: [
+    'rotate',
+    'rotateSeed',
+    'actBits',
+    'actGranularity',
+    'smoothquant',
+    'smoothquantGroups',
+    'export',
+    'exportOut',
+    'targetBpw',
+    'targetSize',
+    'palette',
+    'sensitivity',
+    'sensitivityTokens',
+    'preset',
+    'outliers',
+    'lorcRank',
+    'resume',
+    'perTensor',
+    'scaleDtype',
+    'format',
+  ],
+};
+
+/**
+ * One meaning per flag: an option given on the command line that the input kind or the chosen
+ * method does not read is refused (it would be silently ignored), naming what does read it.
+ */
+function refuseUnreadOptions(cmd: Command, kind: 'onnx' | 'model', method: string): void {
+  const given = (key: string) => cmd.getOptionValueSource(key) === 'cli';
+  const flag = (key: string) => cmd.options.find((o) => o.attributeName() === key)?.long ?? key;
+  const other = kind === 'onnx' ? 'model' : 'onnx';
+  for (const key of INPUT_KIND_OPTIONS[other]) {
+    if (given(key))
+      throw new UsageError(`${flag(key)} applies to ${other === 'onnx' ? 'ONNX' : 'model'} input only`, {
+        field: flag(key).replace(/^--/, ''),
+        hint: `drop ${flag(key)}`,
+      });
+  }
+  const chosen = METHODS[method];
+  for (const m of Object.values(METHODS)) {
+    for (const o of m.options) {
+      if (!given(o.cliKey) || chosen?.options.some((c) => c.cliKey === o.cliKey)) continue;
+      const owners = Object.values(METHODS)
+        .filter((x) => x.options.some((c) => c.cliKey === o.cliKey))
+        .map((x) => x.name);
+      throw new UsageError(`${flag(o.cliKey)} is an option of ${owners.join(', ')}, not of ${method}`, {
+        field: flag(o.cliKey).replace(/^--/, ''),
+        hint: `drop ${flag(o.cliKey)}, or pass --method ${owners[0]}`,
+      });
+    }
+  }
+}
+
 withMethodOptions(
   withCalibrationOptions(
     program
@@ -230,6 +287,7 @@ withMethodOptions(
   .action((model, o, cmd: Command) => {
     // Before the model loads: calibration options are checked whether or not --calib is given.
     checkCalibrationOptions(o);
+    refuseUnreadOptions(cmd, isOnnxModelPath(model) ? 'onnx' : 'model', o.method);
     if (isOnnxModelPath(model)) {
       return quantizeOnnxCommand(
         model,

@@ -202,3 +202,22 @@ test('a bad option value prints one line and a pointer to the help, not the help
   assert.equal(help.code, 0);
   assert.match(help.stdout, /^Usage: ptq quantize \[options\] <model>/);
 });
+
+test('an option the method or the input kind does not read is refused, naming what reads it (was: ignored)', () => {
+  expectRefusal(
+    ['quantize', MODEL, '-o', out(), '--damp', '0.1'],
+    /--damp is an option of gptq, not of rtn \(drop --damp, or pass --method gptq\)/,
+  );
+  expectRefusal(
+    ['quantize', MODEL, '-o', out(), '--method', 'asinq', '--calib', TEXT, '--hqq-iters', '3'],
+    /--hqq-iters is an option of hqq, not of asinq/,
+  );
+  expectRefusal(['quantize', MODEL, '-o', out(), '--dtype', 'q4'], /--dtype applies to ONNX input only/);
+  expectRefusal(
+    ['quantize', MODEL, '-o', out(), '--block-size', '64'],
+    /--block-size applies to ONNX input only/,
+  );
+  // Shared options are read by every method that declares them.
+  const r = runCli(['quantize', MODEL, '-o', out(), '--method', 'sinq', '--sinq-iters', '4', '--json']);
+  assert.equal(r.code, 0, r.stderr);
+});
