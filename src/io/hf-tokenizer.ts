@@ -175,6 +175,14 @@ export class HfTokenizer implements TextTokenizer {
     return ids;
   }
 
+  /**
+   * Whether long texts are tokenized in pieces (else in the library's one call: a setup the
+   * stages do not reproduce). With regexes of its own, this starts the tokenizer's worker.
+   */
+  get piecewise(): boolean {
+    return this.sandbox ? this.sandbox.piecewise() : this.pieces !== undefined;
+  }
+
   decode(ids: readonly number[]): string {
     if (this.sandbox?.decodes) return this.sandbox.decode(ids);
     try {
@@ -292,7 +300,29 @@ export class StreamingEncoder {
     const wrap = templateWrap(t);
     const stages = t.pre_tokenizer === null ? [] : flattenStages(t.pre_tokenizer);
     if (!wrap || !stages) return undefined;
-    return new StreamingEncoder(t, wrap.before, wrap.after, stages);
+    const encoder = new StreamingEncoder(t, wrap.before, wrap.after, stages);
+    return encoder.agrees(tokenizer) ? encoder : undefined;
+  }
+
+  /**
+   * Whether this encoder gives the library's ids on a sample text cut at every chance (tiny
+   * piece sizes): a safety net for a library version whose stages would differ from 0.2's, and
+   * a tokenizer the library cannot encode at all keeps the library's own error.
+   */
+  private agrees(tokenizer: Tokenizer): boolean {
+    const added = [...this.t.added_tokens_map.keys()].slice(0, 8).join(' \n');
+    const sample = `${SELF_CHECK_TEXT.repeat(3)}${added}\n${SELF_CHECK_TEXT}`;
+    const saved = { ...PIECE_SIZES };
+    Object.assign(PIECE_SIZES, { batch: 64, cut: 64, normalize: 128, merge: 64 });
+    try {
+      const mine = this.encode(sample);
+      const theirs = tokenizer.encode(sample).ids;
+      return mine.length === theirs.length && mine.every((id, i) => id === theirs[i]);
+    } catch {
+      return false;
+    } finally {
+      Object.assign(PIECE_SIZES, saved);
+    }
   }
 
   encode(text: string): number[] {
@@ -581,6 +611,11 @@ function localSteps(normalizer: LibNormalizer): LibNormalizer[] | undefined {
   };
   return visit(normalizer) ? out : undefined;
 }
+
+/** The sample StreamingEncoder.agrees checks (newlines, CRLF, runs of spaces, non-ASCII, long words). */
+const SELF_CHECK_TEXT =
+  'Once upon a time, there was a little girl named Lily.\nShe said: "Hi!"  It\'s 3.14 \u2014 na\u00efve caf\u00e9\r\n\r\n' +
+  '\u65e5\u672c\u8a9e \ud83e\udd16 e\u0301 \u00a0\u2028 \u2581x\t\tabcdefghijklmnopqrstuvwxyzabcdefghijklmnopqrstuvwxyz   \n\n\n';
 
 /** AdvanceStringIndex: past an empty match, one code unit, or one code point in unicode mode. */
 function advance(s: string, i: number, unicode: boolean): number {
@@ -1044,6 +1079,7 @@ class RegexSandbox {
   private port: MessagePort | undefined;
   private state: Int32Array | undefined;
   private failure: Error | undefined;
+  private pieces = false;
   readonly decodes: boolean;
 
   constructor(
@@ -1061,6 +1097,13 @@ class RegexSandbox {
     const reply = this.call(request, text.length, 'encode') as { ids: Int32Array };
     // -1 stands for an id the library left undefined (no unk token): the caller reports it.
     return IdList.numbers(reply.ids);
+  }
+
+  /** Whether the worker tokenizes in pieces (starting it if needed). */
+  piecewise(): boolean {
+    if (this.failure) throw this.failure;
+    if (!this.worker) this.start();
+    return this.pieces;
   }
 
   decode(ids: readonly number[]): string {
@@ -1096,7 +1139,7 @@ class RegexSandbox {
     this.port = port1;
     this.state = state;
     workers.register(this.owner, worker);
-    this.roundTrip({ op: 'init' }, WORKER_START_MS, 'start');
+    this.pieces = (this.roundTrip({ op: 'init' }, WORKER_START_MS, 'start') as { pieces: boolean }).pieces;
   }
 
   private roundTrip(request: object, allowance: number, what: 'start' | 'encode' | 'decode'): unknown {
@@ -1223,8 +1266,6 @@ function serveWorker(data: {
       try {
         if (request.op === 'init') {
           tokenizer = new Tokenizer(json, config);
-          encoder = StreamingEncoder.create(tokenizer);
-          if (encoder) encoder.onStep = step;
           patterns.forEach((p, k) => {
             step(STEP_PROBE + k, 0);
             const re = new SplitPreTokenizer({ type: 'Split', pattern: { Regex: p.source }, invert: false })
@@ -1238,7 +1279,11 @@ function serveWorker(data: {
               }
             }
           });
-          reply({ ok: true });
+          // The encoder checks itself on a sample with the library: after the probes.
+          step(STEP_ALL, 10_000);
+          encoder = StreamingEncoder.create(tokenizer);
+          if (encoder) encoder.onStep = step;
+          reply({ pieces: encoder !== undefined });
         } else if (request.op === 'encode') {
           const text = request.text!;
           Object.assign(PIECE_SIZES, request.sizes);

@@ -125,6 +125,13 @@ function withSmallPieces(fn: () => void): void {
   }
 }
 
+test('every tokenizer.json here is tokenized in pieces (none falls back to the one call)', () => {
+  for (const c of cases) {
+    if (c.tokenizer instanceof HfTokenizer) assert.ok(c.tokenizer.piecewise, c.name);
+  }
+  for (const [label, edit] of VARIANTS) assert.ok((variant(edit) as HfTokenizer).piecewise, label);
+});
+
 for (const c of cases) {
   test(`${c.name}: pieces give the one-call ids on adversarial strings`, () => {
     for (const [label, text] of adversarial()) sameIds(c, text, label);
