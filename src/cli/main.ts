@@ -367,7 +367,21 @@ withExporterOptions(
   )
   .option('--tokenizer <file>', 'tokenizer to use instead of the one next to the model')
   .option('--json', 'print JSON')
-  .action((model, o) => exportCommand(model, { ...o, overwrite: !!o.overwrite }, consoleOutput(!!o.json)));
+  .action((model, o, cmd: Command) => {
+    // One meaning per flag: another exporter's option would be silently ignored.
+    for (const e of EXPORTERS) {
+      if (e.name === o.format) continue;
+      for (const option of e.options) {
+        if (cmd.getOptionValueSource(option.key) !== 'cli') continue;
+        const flag = cmd.options.find((x) => x.attributeName() === option.key)?.long ?? option.key;
+        throw new UsageError(`${flag} is an option of --format ${e.name}, not of ${o.format}`, {
+          field: flag.replace(/^--/, ''),
+          hint: `drop ${flag}`,
+        });
+      }
+    }
+    return exportCommand(model, { ...o, overwrite: !!o.overwrite }, consoleOutput(!!o.json));
+  });
 
 /** A comma-separated list, each item one of `choices` (or any integer when choices is absent). */
 function listOf(choices?: readonly string[]) {

@@ -221,3 +221,14 @@ test('an option the method or the input kind does not read is refused, naming wh
   const r = runCli(['quantize', MODEL, '-o', out(), '--method', 'sinq', '--sinq-iters', '4', '--json']);
   assert.equal(r.code, 0, r.stderr);
 });
+
+test("another exporter's option is refused (was: ignored)", () => {
+  expectRefusal(
+    ['export', MODEL, '--format', 'gguf', '--dtype', 'q4', '-o', path.join(work, 'x.gguf')],
+    /--dtype is an option of --format onnx, not of gguf/,
+  );
+  expectRefusal(
+    ['export', MODEL, '--format', 'onnx', '--type', 'q4_0', '-o', out()],
+    /--type is an option of --format gguf, not of onnx/,
+  );
+});
