@@ -21,9 +21,10 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { makeGrid } from '../src/formats/grid.js';
+import { linearWeightName } from '../src/formats/tensor-names.js';
 import { CHECKPOINT_FILE, encodeParams } from '../src/io/ptq-checkpoint.js';
 import { SafetensorsModel, SafetensorsWriter, type TensorHeader } from '../src/io/safetensors.js';
-import { blockLinears, LLAMA, linearWeightName } from '../src/model/architecture.js';
+import { blockLinears, LLAMA } from '../src/model/architecture.js';
 import { quantizeRtn } from '../src/quant/methods/rtn.js';
 import { wordLevelTokenizer } from '../test/model/arch-reference.js';
 

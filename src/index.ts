@@ -31,11 +31,12 @@ export { decodeBf16, decodeF16, encodeBf16, encodeF16, roundToBf16, roundToF16 }
 export { E8M0, Minifloat, type MinifloatSpec } from './formats/minifloat.js';
 export { FORMAT_NAMES, type FormatName, gridSpecFor, QUANT_FORMATS } from './formats/number-formats.js';
 export { dequantize, type QuantizedTensor, storedBits } from './formats/quantized-tensor.js';
+export { BLOCK_LINEARS, type BlockLinear } from './formats/tensor-names.js';
 export { type PtqQuantization, readPtqCheckpoint, writePtqCheckpoint } from './io/ptq-checkpoint.js';
 export { SafetensorsModel, writeSafetensors } from './io/safetensors.js';
 export type { TextTokenizer } from './io/tokenizer.js';
 export { fwht, planHadamard, RandomizedHadamard } from './math/hadamard.js';
-export { type Architecture, architectureFor, BLOCK_LINEARS, type BlockLinear } from './model/architecture.js';
+export { type Architecture, architectureFor } from './model/architecture.js';
 export type { ModelConfig } from './model/config.js';
 export { Decoder, type ForwardHooks } from './model/decoder.js';
 export { greedyGenerate } from './model/generate.js';

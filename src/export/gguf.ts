@@ -29,9 +29,10 @@ import { encodeValues, type GgmlType, ggmlType, rowBytes, typeForRow } from '../
 import { GGUF_MIXES, mixTensorType } from '../formats/gguf-mix.js';
 import { ggufTensorName, qkRowOrder } from '../formats/gguf-names.js';
 import type { QuantizedTensor } from '../formats/quantized-tensor.js';
+import { EMBED, LM_HEAD } from '../formats/tensor-names.js';
 import { checkOutput, type OutputOptions, yieldToSignals } from '../io/atomic.js';
 import { GgufFile, type GgufKv, type GgufTensorToWrite, kv, writeGguf } from '../io/gguf.js';
-import { type Architecture, EMBED, LM_HEAD } from '../model/architecture.js';
+import type { Architecture } from '../model/architecture.js';
 import type { LoadedModel } from '../model/load.js';
 import type { Exporter } from './exporter.js';
 import { codesToBlocks, typesHoldingCodes } from './gguf-blocks.js';

@@ -27,8 +27,9 @@
  * Attention is written in plain ops (not GroupQueryAttention) because GroupQueryAttention assumes
  * right padding, while transformers.js pads batches on the left for Llama tokenizers.
  */
+
+import { type BlockLinear, blockPrefix, EMBED, FINAL_NORM, LM_HEAD } from '../formats/tensor-names.js';
 import type { GraphAssembler } from '../io/onnx-builder.js';
-import { type BlockLinear, blockPrefix, EMBED, FINAL_NORM, LM_HEAD } from '../model/architecture.js';
 import type { ModelConfig, RopeScaling } from '../model/config.js';
 import type { TensorMap } from '../tensor.js';
 import type { MatMulNBitsWeight } from './matmul-nbits.js';

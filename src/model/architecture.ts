@@ -15,7 +15,6 @@ import {
   EMBED,
   FINAL_NORM,
   LM_HEAD,
-  linearWeightName,
   POSITION_EMBED,
 } from '../formats/tensor-names.js';
 import type { Tensor, TensorMap } from '../tensor.js';
@@ -26,19 +25,6 @@ import {
   type ModelConfig,
   type RopeScaling,
 } from './config.js';
-
-/** The canonical tensor names are storage facts (formats/tensor-names.ts); models take them from here too. */
-export {
-  BLOCK_LINEARS,
-  type BlockLinear,
-  biasOf,
-  blockPrefix,
-  EMBED,
-  FINAL_NORM,
-  LM_HEAD,
-  linearWeightName,
-  POSITION_EMBED,
-};
 
 /** The block linears a model has (no gate_proj without a gated MLP), in execution order. */
 export function blockLinears(config: ModelConfig): BlockLinear[] {

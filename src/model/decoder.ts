@@ -14,7 +14,6 @@
  */
 import { type ComputeEngine, getDefaultEngine } from '../compute/index.js';
 import { ConfigError } from '../errors.js';
-import type { TensorMap } from '../tensor.js';
 import {
   type BlockLinear,
   biasOf,
@@ -23,7 +22,8 @@ import {
   FINAL_NORM,
   LM_HEAD,
   POSITION_EMBED,
-} from './architecture.js';
+} from '../formats/tensor-names.js';
+import type { TensorMap } from '../tensor.js';
 import { type Activation, type BlockLayout, LLAMA_LAYOUT, type ModelConfig } from './config.js';
 import { headInputTransform, linearInputTransform } from './input-ops.js';
 import type { LinearInputTransform } from './input-transform.js';

@@ -7,6 +7,7 @@ import { constants, existsSync } from 'node:fs';
 import { open, realpath, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { ConfigError, FileError, FormatError, PtqError, ShapeError } from '../errors.js';
+import { EMBED, LM_HEAD } from '../formats/tensor-names.js';
 import { isTemporaryOutput } from '../io/atomic.js';
 import { checkRegularFile, fileKind } from '../io/confined-path.js';
 import { GGUF_MAGIC } from '../io/gguf.js';
@@ -18,7 +19,7 @@ import { checkDequantized, checkPtqCheckpoint } from '../io/ptq-checkpoint-check
 import { SafetensorsModel } from '../io/safetensors.js';
 import type { TextTokenizer } from '../io/tokenizer.js';
 import type { TensorMap } from '../tensor.js';
-import { type Architecture, architectureFor, EMBED, LM_HEAD } from './architecture.js';
+import { type Architecture, architectureFor } from './architecture.js';
 import type { ModelConfig } from './config.js';
 import { activationQuantOf } from './input-ops.js';
 import { onlineRotationOf } from './input-rotation.js';

@@ -20,7 +20,7 @@
 import { UsageError } from '../errors.js';
 import { mixBlockLinearType, useMoreBits } from '../formats/gguf-mix.js';
 import type { GridSpec } from '../formats/grid.js';
-import { BLOCK_LINEARS, type BlockLinear, linearWeightName } from '../model/architecture.js';
+import { BLOCK_LINEARS, type BlockLinear, linearWeightName } from '../formats/tensor-names.js';
 import type { ModelConfig } from '../model/config.js';
 import { Decoder } from '../model/decoder.js';
 import { evaluate } from '../model/perplexity.js';

@@ -12,7 +12,8 @@ import os from 'node:os';
 import type { ComputeEngine } from '../compute/engine.js';
 import { profile } from '../compute/profile.js';
 import { ShapeError, UsageError } from '../errors.js';
-import { BLOCK_LINEARS, type BlockLinear, blockLinears } from '../model/architecture.js';
+import { BLOCK_LINEARS, type BlockLinear } from '../formats/tensor-names.js';
+import { blockLinears } from '../model/architecture.js';
 import { type Decoder, Scratch } from '../model/decoder.js';
 import { mulberry32 } from '../random.js';
 

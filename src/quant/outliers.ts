@@ -47,7 +47,7 @@ import type { Grid } from '../formats/grid.js';
 import { roundToF16 } from '../formats/half.js';
 import { formatInfo } from '../formats/number-formats.js';
 import type { QuantizedTensor, SparseOutliers } from '../formats/quantized-tensor.js';
-import { BLOCK_LINEARS, linearWeightName } from '../model/architecture.js';
+import { BLOCK_LINEARS, linearWeightName } from '../formats/tensor-names.js';
 import type { Tensor, TensorMap } from '../tensor.js';
 
 /** Largest fraction `--outliers` accepts (SpQR keeps ≈ 1%; beyond 10% a sparse side matrix stops paying). */

@@ -34,7 +34,6 @@
  * activations have outlier channels, as in billion-parameter LLMs (QuaRot §5).
  */
 import { ConfigError, ShapeError, UsageError } from '../errors.js';
-import { RandomizedHadamard } from '../math/hadamard.js';
 import {
   BLOCK_LINEARS,
   type BlockLinear,
@@ -43,7 +42,8 @@ import {
   FINAL_NORM,
   LM_HEAD,
   linearWeightName,
-} from '../model/architecture.js';
+} from '../formats/tensor-names.js';
+import { RandomizedHadamard } from '../math/hadamard.js';
 import type { ModelConfig } from '../model/config.js';
 import {
   checkInputRotation,

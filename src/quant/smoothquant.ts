@@ -26,7 +26,7 @@
  */
 import type { ComputeEngine } from '../compute/engine.js';
 import { ConfigError, UsageError } from '../errors.js';
-import { type BlockLinear, biasOf, blockPrefix, linearWeightName } from '../model/architecture.js';
+import { type BlockLinear, biasOf, blockPrefix, linearWeightName } from '../formats/tensor-names.js';
 import { LLAMA_LAYOUT, type ModelConfig } from '../model/config.js';
 import { Decoder } from '../model/decoder.js';
 import type { ActivationQuantSpec } from '../model/input-ops.js';

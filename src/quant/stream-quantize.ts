@@ -34,6 +34,7 @@ import { FormatError, PtqError, UsageError } from '../errors.js';
 import { type GridSpec, gridName, type IntGrid, makeGrid } from '../formats/grid.js';
 import { decodeBf16Checked, decodeF16Checked } from '../formats/half.js';
 import { type QuantizedTensor, storedBits } from '../formats/quantized-tensor.js';
+import { linearWeightName } from '../formats/tensor-names.js';
 import { type OutputOptions, writeDirectoryAtomically } from '../io/atomic.js';
 import {
   CHECKPOINT_FILE,
@@ -51,7 +52,7 @@ import {
   type TensorHeader,
   toFloat32,
 } from '../io/safetensors.js';
-import { blockLinears, linearWeightName } from '../model/architecture.js';
+import { blockLinears } from '../model/architecture.js';
 import type { ModelConfig } from '../model/config.js';
 import {
   checkShapes,

@@ -12,13 +12,9 @@ import { OrtEngine } from '../../src/compute/ort-engine.js';
 import { ConfigError, UsageError } from '../../src/errors.js';
 import { planCompare } from '../../src/eval/compare.js';
 import { quantizedLinears } from '../../src/export/hf-safetensors.js';
+import { type BlockLinear, linearWeightName } from '../../src/formats/tensor-names.js';
 import { SafetensorsModel } from '../../src/io/safetensors.js';
-import {
-  architectureFor,
-  type BlockLinear,
-  blockLinears,
-  linearWeightName,
-} from '../../src/model/architecture.js';
+import { architectureFor, blockLinears } from '../../src/model/architecture.js';
 import { Decoder } from '../../src/model/decoder.js';
 import { loadModel } from '../../src/model/load.js';
 import { ALL_AT_ONCE, type LinearStats, runSequential, TRUE_SEQUENTIAL } from '../../src/quant/calibrate.js';

@@ -2,8 +2,8 @@ import assert from 'node:assert/strict';
 import path from 'node:path';
 import { test } from 'node:test';
 import { IntGrid } from '../../src/formats/grid.js';
+import { type BLOCK_LINEARS, blockPrefix } from '../../src/formats/tensor-names.js';
 import { readText } from '../../src/io/text.js';
-import { type BLOCK_LINEARS, blockPrefix } from '../../src/model/architecture.js';
 import { Decoder } from '../../src/model/decoder.js';
 import { loadModel } from '../../src/model/load.js';
 import {

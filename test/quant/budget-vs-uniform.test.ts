@@ -20,7 +20,7 @@ import path from 'node:path';
 import { test } from 'node:test';
 import { type GridSpec, gridName, makeGrid } from '../../src/formats/grid.js';
 import { type FormatName, gridSpecFor } from '../../src/formats/number-formats.js';
-import { BLOCK_LINEARS, linearWeightName } from '../../src/model/architecture.js';
+import { BLOCK_LINEARS, linearWeightName } from '../../src/formats/tensor-names.js';
 import { Decoder } from '../../src/model/decoder.js';
 import { type LoadedModel, loadModel } from '../../src/model/load.js';
 import { evaluate } from '../../src/model/perplexity.js';

@@ -4,8 +4,8 @@ import { test } from 'node:test';
 import { UsageError } from '../../src/errors.js';
 import { IntGrid } from '../../src/formats/grid.js';
 import { dequantize } from '../../src/formats/quantized-tensor.js';
+import { type BlockLinear, linearWeightName } from '../../src/formats/tensor-names.js';
 import { readText } from '../../src/io/text.js';
-import { type BlockLinear, linearWeightName } from '../../src/model/architecture.js';
 import { Decoder } from '../../src/model/decoder.js';
 import { loadModel } from '../../src/model/load.js';
 import {

@@ -8,7 +8,7 @@
 import assert from 'node:assert/strict';
 import { before, describe, test } from 'node:test';
 import { type FormatName, gridSpecFor } from '../../src/formats/number-formats.js';
-import { BLOCK_LINEARS, linearWeightName } from '../../src/model/architecture.js';
+import { BLOCK_LINEARS, linearWeightName } from '../../src/formats/tensor-names.js';
 import { Decoder } from '../../src/model/decoder.js';
 import type { LoadedModel } from '../../src/model/load.js';
 import { type EvalResult, evaluate } from '../../src/model/perplexity.js';

@@ -32,7 +32,7 @@
 
 import type { IntGrid } from '../../formats/grid.js';
 import { dequantize, type QuantizedTensor } from '../../formats/quantized-tensor.js';
-import { linearWeightName } from '../../model/architecture.js';
+import { linearWeightName } from '../../formats/tensor-names.js';
 import type { Tensor } from '../../tensor.js';
 import { ALL_AT_ONCE, type LinearStats } from '../calibrate.js';
 import { hessianDiagonal, quantizeWithOutliers } from '../outliers.js';

@@ -20,7 +20,7 @@ import type { ComputeEngine } from '../../compute/engine.js';
 import { UsageError } from '../../errors.js';
 import type { Grid } from '../../formats/grid.js';
 import { dequantize } from '../../formats/quantized-tensor.js';
-import { type BlockLinear, blockPrefix, linearWeightName } from '../../model/architecture.js';
+import { type BlockLinear, blockPrefix, linearWeightName } from '../../formats/tensor-names.js';
 import { LLAMA_LAYOUT, type ModelConfig } from '../../model/config.js';
 import type { Tensor, TensorMap } from '../../tensor.js';
 import { ALL_AT_ONCE, type LinearStats } from '../calibrate.js';

@@ -29,7 +29,7 @@ import { NumericError } from '../../errors.js';
 import type { Grid } from '../../formats/grid.js';
 import { roundToF16 } from '../../formats/half.js';
 import { fromCodes, type QuantizedTensor } from '../../formats/quantized-tensor.js';
-import { linearWeightName } from '../../model/architecture.js';
+import { linearWeightName } from '../../formats/tensor-names.js';
 import type { Tensor } from '../../tensor.js';
 import { ALL_AT_ONCE, TRUE_SEQUENTIAL } from '../calibrate.js';
 import { inverseCholeskyUpperFast, NotPositiveDefiniteError } from '../linalg.js';

@@ -13,7 +13,7 @@
 import type { ComputeEngine } from '../../compute/index.js';
 import type { Grid, GridSpec } from '../../formats/grid.js';
 import type { QuantizedTensor } from '../../formats/quantized-tensor.js';
-import type { BlockLinear } from '../../model/architecture.js';
+import type { BlockLinear } from '../../formats/tensor-names.js';
 import type { ModelConfig } from '../../model/config.js';
 import type { Tensor, TensorMap } from '../../tensor.js';
 import type { LinearStats } from '../calibrate.js';
