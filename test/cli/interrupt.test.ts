@@ -17,15 +17,13 @@ import {
 } from 'node:fs';
 import path from 'node:path';
 import { before, test } from 'node:test';
-import { pathToFileURL } from 'node:url';
 import { writeFileAtomically } from '../../src/io/atomic.js';
 import { writeSafetensors } from '../../src/io/safetensors.js';
 import { REPO, seededRandom, tempDir } from '../helpers.js';
-import { runCli } from './run-cli.js';
+import { runCli, TSX } from './run-cli.js';
 
 const work = tempDir('ptq-interrupt-');
 const MODEL = path.join(work, 'wide');
-const TSX = pathToFileURL(path.join(REPO, 'node_modules/tsx/dist/loader.mjs')).href;
 
 /** The demo model's tokenizer with wide random blocks: ~25M parameters, seconds of Q4_K encoding. */
 before(async () => {

@@ -5,7 +5,7 @@ import { pathToFileURL } from 'node:url';
 import { REPO } from '../helpers.js';
 
 /** tsx's loader by URL: `--import tsx` would resolve from the child's working directory. */
-const TSX = pathToFileURL(path.join(REPO, 'node_modules/tsx/dist/loader.mjs')).href;
+export const TSX = pathToFileURL(path.join(REPO, 'node_modules/tsx/dist/loader.mjs')).href;
 
 export function runCli(args: string[], options: { cwd?: string } = {}) {
   const r = spawnSync(process.execPath, ['--import', TSX, path.join(REPO, 'src/cli/main.ts'), ...args], {
