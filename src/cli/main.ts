@@ -8,7 +8,6 @@ import { PtqError, UsageError } from '../errors.js';
 import { EXPORTER_NAMES, EXPORTERS } from '../export/registry.js';
 import type { GridSpec, ScaleDtype } from '../formats/grid.js';
 import { FORMAT_NAMES, type FormatName, gridSpecFor, QUANT_FORMATS } from '../formats/number-formats.js';
-import { onnxEvalCommand, quantizeOnnxCommand } from '../onnx/commands.js';
 import { isOnnxModelPath, ONNX_QUANT_DTYPES } from '../onnx/quantize-onnx.js';
 import { CALIBRATION_DEFAULTS, checkCalibrationOptions, MIN_SEQLEN } from '../quant/calibrate.js';
 import { METHOD_NAMES, METHODS } from '../quant/quantize-model.js';
@@ -22,6 +21,7 @@ import {
   quantizeCommand,
 } from './commands.js';
 import { demoCommand } from './demo.js';
+import { onnxEvalCommand, quantizeOnnxCommand } from './onnx-commands.js';
 
 function integer(value: string): number {
   const n = Number(value);

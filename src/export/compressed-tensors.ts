@@ -51,6 +51,7 @@ import type { OutputOptions } from '../io/atomic.js';
 import { encodeParams } from '../io/ptq-checkpoint.js';
 import type { TensorToWrite } from '../io/safetensors.js';
 import type { LoadedModel } from '../model/load.js';
+import { groupContiguousOrder } from '../onnx/matmul-nbits.js';
 import type { Exporter } from './exporter.js';
 import {
   groupColumns,
@@ -69,7 +70,6 @@ import {
   writeQuantizedModel,
   writesLlamaNames,
 } from './hf-safetensors.js';
-import { groupContiguousOrder } from './matmul-nbits.js';
 import { assertWeightOnly } from './weight-only.js';
 
 /** compressed-tensors' CompressionFormat of each layout written here. */

@@ -31,8 +31,8 @@
 import { type BlockLinear, blockPrefix, EMBED, FINAL_NORM, LM_HEAD } from '../formats/tensor-names.js';
 import type { GraphAssembler } from '../io/onnx-builder.js';
 import type { ModelConfig, RopeScaling } from '../model/config.js';
+import type { MatMulNBitsWeight } from '../onnx/matmul-nbits.js';
 import type { TensorMap } from '../tensor.js';
-import type { MatMulNBitsWeight } from './matmul-nbits.js';
 
 /** How one linear layer is stored in the graph. */
 export type LinearWeight =

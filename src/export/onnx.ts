@@ -17,7 +17,7 @@
  * File suffix per dtype is transformers.js' DEFAULT_DTYPE_SUFFIX_MAPPING (utils/dtypes.js).
  * Which layers become MatMulNBits, and from what (table per variant in the report):
  *  - a ptq checkpoint's quantized layers keep their own codes, scales and zeros exactly
- *    (matmul-nbits.ts maps every integer grid whose group structure a block size can tile);
+ *    (onnx/matmul-nbits.ts maps every integer grid whose group structure a block size can tile);
  *    codes wider than the dtype's container are re-quantized with RTN (announced);
  *    grids MatMulNBits cannot express stay float (dequantized, exact; announced);
  *  - a float model's block linears are quantized with RTN on the dtype's grid, symmetric with
@@ -38,15 +38,15 @@ import { buildOnnxModelExternal, type ExternalChunk, GraphAssembler } from '../i
 import type { Architecture } from '../model/architecture.js';
 import type { LoadedModel } from '../model/load.js';
 import { convertToFloat16 } from '../onnx/fp16.js';
-import { OnnxModel, resolveInside, writeOnnxModel } from '../onnx/model-file.js';
-import { quantizeRtn } from '../quant/methods/rtn.js';
-import type { Exporter } from './exporter.js';
 import {
   encodeMatMulNBits,
   type MatMulNBitsPlan,
   matMulNBitsBytes,
   planMatMulNBits,
-} from './matmul-nbits.js';
+} from '../onnx/matmul-nbits.js';
+import { OnnxModel, resolveInside, writeOnnxModel } from '../onnx/model-file.js';
+import { quantizeRtn } from '../quant/methods/rtn.js';
+import type { Exporter } from './exporter.js';
 import { buildDecoderGraph, type LinearWeight } from './onnx-graph.js';
 import { llama2cTokenizerJson } from './tokenizer-json.js';
 import { assertWeightOnly } from './weight-only.js';

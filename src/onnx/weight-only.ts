@@ -27,7 +27,6 @@
 import type { ComputeEngine } from '../compute/engine.js';
 import { getDefaultEngine } from '../compute/index.js';
 import { UsageError } from '../errors.js';
-import { encodeMatMulNBits, type MatMulNBitsWeight, planMatMulNBits } from '../export/matmul-nbits.js';
 import { packBits } from '../formats/bitpack.js';
 import { type GridSpec, IntGrid, type ScaleDtype } from '../formats/grid.js';
 import { encodeF16 } from '../formats/half.js';
@@ -45,6 +44,7 @@ import {
   type NodeFilter,
   selected,
 } from './graph-edit.js';
+import { encodeMatMulNBits, type MatMulNBitsWeight, planMatMulNBits } from './matmul-nbits.js';
 import { DT, dimsOf, makeTensor, type NodeProto, type OnnxModel, type TensorProto } from './model-file.js';
 import { assertWeightShapes } from './shape-infer.js';
 

@@ -9,9 +9,12 @@
  *   3  compute/                             engines
  *   4  model/                               configs, architectures, sources, the decoder
  *   5  quant/                               methods, calibration, the pipeline
- *   6  eval/, export/, onnx/                measuring, writing other formats, ONNX inputs
- *   7  cli/                                 the command line
- *   8  index.ts                             the package's face
+ *   6  onnx/                                the ONNX wing: graph files, MatMulNBits layout, float16,
+ *                                           quantizing existing ONNX models
+ *   7  eval/, export/                       measuring, writing other formats (export/onnx.ts uses
+ *                                           the ONNX wing)
+ *   8  cli/                                 the command line
+ *   9  index.ts                             the package's face
  *
  * Edges are every relative specifier of a static `import ... from`, `export ... from`, a bare
  * `import '...'` and `import('...')` with a literal, type-only imports included (a type-only
@@ -39,11 +42,11 @@ export const LAYERS: Record<string, number> = {
   compute: 3,
   model: 4,
   quant: 5,
-  eval: 6,
-  export: 6,
   onnx: 6,
-  cli: 7,
-  'index.ts': 8,
+  eval: 7,
+  export: 7,
+  cli: 8,
+  'index.ts': 9,
 };
 
 export function layerOf(file: string): number | undefined {

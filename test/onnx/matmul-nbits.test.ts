@@ -9,16 +9,16 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import * as ort from 'onnxruntime-node';
+import { applyLinear } from '../../src/export/onnx-graph.js';
+import type { GridSpec } from '../../src/formats/grid.js';
+import { dequantize, fromCodes, type QuantizedTensor } from '../../src/formats/quantized-tensor.js';
+import { buildOnnxModelExternal, GraphAssembler } from '../../src/io/onnx-builder.js';
 import {
   containerBits,
   encodeMatMulNBits,
   type MatMulNBitsWeight,
   planMatMulNBits,
-} from '../../src/export/matmul-nbits.js';
-import { applyLinear } from '../../src/export/onnx-graph.js';
-import type { GridSpec } from '../../src/formats/grid.js';
-import { dequantize, fromCodes, type QuantizedTensor } from '../../src/formats/quantized-tensor.js';
-import { buildOnnxModelExternal, GraphAssembler } from '../../src/io/onnx-builder.js';
+} from '../../src/onnx/matmul-nbits.js';
 import { maxAbsDiff, seededRandom } from '../helpers.js';
 
 /** Relative error allowed between onnxruntime's fp32 product and the float64 reference. */

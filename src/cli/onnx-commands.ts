@@ -18,15 +18,15 @@ import { HfTokenizer } from '../io/hf-tokenizer.js';
 import { readText } from '../io/text.js';
 import type { Decoder } from '../model/decoder.js';
 import { evaluate } from '../model/perplexity.js';
+import { collectInputStats, decoderFeeds } from '../onnx/calibrate.js';
+import { compareOnnxFiles } from '../onnx/compare.js';
+import { parsePatterns } from '../onnx/graph-edit.js';
+import { OnnxModel } from '../onnx/model-file.js';
+import { ONNX_QUANT_DTYPES, type OnnxQuantDtype, quantizeOnnx } from '../onnx/quantize-onnx.js';
+import { ONNX_METHODS, type OnnxMethod } from '../onnx/weight-only.js';
 import { sampleCalibrationWindows } from '../quant/calibrate.js';
 import { getMethod } from '../quant/methods/index.js';
 import { optionsFromCli } from '../quant/methods/method.js';
-import { collectInputStats, decoderFeeds } from './calibrate.js';
-import { compareOnnxFiles } from './compare.js';
-import { parsePatterns } from './graph-edit.js';
-import { OnnxModel } from './model-file.js';
-import { ONNX_QUANT_DTYPES, type OnnxQuantDtype, quantizeOnnx } from './quantize-onnx.js';
-import { ONNX_METHODS, type OnnxMethod } from './weight-only.js';
 
 interface Output {
   json: boolean;
