@@ -8,7 +8,14 @@
  */
 import { ConfigError } from '../errors.js';
 import type { GgufFile } from './gguf.js';
-import { cutPieces, type EncodeOptions, innerPairs, PIECE_SIZES, type TextTokenizer } from './tokenizer.js';
+import {
+  cutPieces,
+  type EncodeOptions,
+  IdList,
+  innerPairs,
+  PIECE_SIZES,
+  type TextTokenizer,
+} from './tokenizer.js';
 
 /** A GGUF file's "llama" vocabulary (tokenizer.ggml.*), with llama.cpp's defaults for absent keys. */
 export interface LlamaVocab {
@@ -108,8 +115,9 @@ export class GgufTokenizer implements TextTokenizer {
    * pieces give the ids of the whole (`{ whole: true }`: one merge).
    */
   encode(text: string, options: EncodeOptions = {}): number[] {
-    const out: number[] = this.addBos && this.bosId !== undefined ? [this.bosId] : [];
-    if (text.length === 0) return out;
+    const out = new IdList();
+    if (this.addBos && this.bosId !== undefined) out.push(this.bosId);
+    if (text.length === 0) return out.toArray();
     const escaped = (this.addSpacePrefix ? ` ${text}` : text).replaceAll(' ', '▁');
     if (options.whole || escaped.length < 2 * PIECE_SIZES.merge) this.encodePiece(escaped, out);
     else {
@@ -118,14 +126,14 @@ export class GgufTokenizer implements TextTokenizer {
       for (const piece of cutPieces(escaped, PIECE_SIZES.merge, (pair) => pair >= 0 && !joinable.has(pair)))
         this.encodePiece(piece, out);
     }
-    return out;
+    return out.toArray();
   }
 
   /** Pairs of code points that some token holds next to each other. */
   private joinable: Set<number> | undefined;
 
   /** Merge the characters of `escaped` and append their ids to `out`. */
-  private encodePiece(escaped: string, out: number[]): void {
+  private encodePiece(escaped: string, out: IdList): void {
     const sym = Array.from(escaped); // UTF-8 characters (code points)
     const n = sym.length;
     const next = Int32Array.from({ length: n }, (_, i) => (i + 1 < n ? i + 1 : -1));
@@ -133,28 +141,30 @@ export class GgufTokenizer implements TextTokenizer {
     const bytes = (s: string) => Buffer.byteLength(s, 'utf8');
     const heap: Pair[] = [];
     const push = (p: Pair) => {
+      let i = heap.length;
       heap.push(p);
-      for (let i = heap.length - 1; i > 0; ) {
+      while (i > 0) {
         const parent = (i - 1) >> 1;
-        if (!higher(heap[i]!, heap[parent]!)) break;
-        [heap[i], heap[parent]] = [heap[parent]!, heap[i]!];
+        if (!higher(p, heap[parent]!)) break;
+        heap[i] = heap[parent]!;
         i = parent;
       }
+      heap[i] = p;
     };
     const pop = (): Pair => {
       const top = heap[0]!;
       const last = heap.pop()!;
       if (heap.length > 0) {
-        heap[0] = last;
-        for (let i = 0; ; ) {
+        let i = 0;
+        for (;;) {
           const l = 2 * i + 1;
-          let best = i;
-          if (l < heap.length && higher(heap[l]!, heap[best]!)) best = l;
-          if (l + 1 < heap.length && higher(heap[l + 1]!, heap[best]!)) best = l + 1;
-          if (best === i) break;
-          [heap[i], heap[best]] = [heap[best]!, heap[i]!];
-          i = best;
+          if (l >= heap.length) break;
+          const c = l + 1 < heap.length && higher(heap[l + 1]!, heap[l]!) ? l + 1 : l;
+          if (!higher(heap[c]!, last)) break;
+          heap[i] = heap[c]!;
+          i = c;
         }
+        heap[i] = last;
       }
       return top;
     };

@@ -69,7 +69,14 @@ import * as tokenizers from '@huggingface/tokenizers';
 import { Tokenizer } from '@huggingface/tokenizers';
 import { FileError, FormatError } from '../errors.js';
 import { isPlainObject, jsonKind, readJsonObjectFile, readOptionalJsonObjectFile } from './json.js';
-import { CODE_POINTS, cutPieces, type EncodeOptions, PIECE_SIZES, type TextTokenizer } from './tokenizer.js';
+import {
+  CODE_POINTS,
+  cutPieces,
+  type EncodeOptions,
+  IdList,
+  PIECE_SIZES,
+  type TextTokenizer,
+} from './tokenizer.js';
 
 /** Large multilingual tokenizer.json files are tens of MiB; past this the file is refused unread. */
 const MAX_TOKENIZER_BYTES = 128 * 1024 * 1024;
@@ -667,46 +674,6 @@ function templateWrap(t: LibTokenizer): { before: string[]; after: string[] } | 
     return { before, after };
   } catch {
     return undefined;
-  }
-}
-
-/**
- * Ids in blocks of int32, made into one array at the end: a growing array of tens of millions
- * would leave each of its outgrown copies behind. An undefined id (a library with no unk
- * token for an unknown token) is kept as -1 and given back as undefined, for the caller to report.
- */
-class IdList {
-  private readonly blocks: Int32Array[] = [];
-  private block = new Int32Array(1 << 16);
-  private used = 0;
-
-  push(id: number | undefined): void {
-    if (this.used === this.block.length) {
-      this.blocks.push(this.block);
-      this.block = new Int32Array(1 << 16);
-      this.used = 0;
-    }
-    this.block[this.used++] = id ?? -1;
-  }
-
-  toArray(): number[] {
-    return IdList.numbers(this.toInt32());
-  }
-
-  toInt32(): Int32Array {
-    const out = new Int32Array(this.blocks.length * this.block.length + this.used);
-    this.blocks.forEach((b, i) => {
-      out.set(b, i * b.length);
-    });
-    out.set(this.block.subarray(0, this.used), this.blocks.length * this.block.length);
-    return out;
-  }
-
-  /** int32 ids as an array of numbers, -1 as undefined. */
-  static numbers(ids: Int32Array): number[] {
-    const out = new Array<number>(ids.length);
-    for (let i = 0; i < ids.length; i++) out[i] = ids[i]! >= 0 ? ids[i]! : (undefined as unknown as number);
-    return out;
   }
 }
 

@@ -15,6 +15,7 @@ import {
   CODE_POINTS,
   cutPieces,
   type EncodeOptions,
+  IdList,
   innerPairs,
   PIECE_SIZES,
   type TextTokenizer,
@@ -129,7 +130,8 @@ export class Llama2cTokenizer implements TextTokenizer {
    */
   encode(text: string, options: EncodeOptions = {}): number[] {
     if (text.length === 0) return [BOS];
-    const out = [BOS];
+    const out = new IdList();
+    out.push(BOS);
     const whole = ` ${text}`;
     let pieces = [whole];
     if (!options.whole && whole.length >= 2 * PIECE_SIZES.merge) {
@@ -156,7 +158,7 @@ export class Llama2cTokenizer implements TextTokenizer {
       }
       for (const id of this.merge(symbols)) out.push(id);
     }
-    return out;
+    return out.toArray();
   }
 
   /** Pairs of code points that some piece holds next to each other. */
@@ -288,14 +290,15 @@ class PairHeap {
 
   push(c: Candidate): void {
     const h = this.items;
+    let i = h.length;
     h.push(c);
-    let i = h.length - 1;
     while (i > 0) {
       const parent = (i - 1) >> 1;
-      if (!PairHeap.before(h[i]!, h[parent]!)) break;
-      [h[i], h[parent]] = [h[parent]!, h[i]!];
+      if (!PairHeap.before(c, h[parent]!)) break;
+      h[i] = h[parent]!;
       i = parent;
     }
+    h[i] = c;
   }
 
   pop(): Candidate {
@@ -303,18 +306,16 @@ class PairHeap {
     const top = h[0]!;
     const last = h.pop()!;
     if (h.length > 0) {
-      h[0] = last;
       let i = 0;
       for (;;) {
         const l = 2 * i + 1;
-        const r = l + 1;
-        let best = i;
-        if (l < h.length && PairHeap.before(h[l]!, h[best]!)) best = l;
-        if (r < h.length && PairHeap.before(h[r]!, h[best]!)) best = r;
-        if (best === i) break;
-        [h[i], h[best]] = [h[best]!, h[i]!];
-        i = best;
+        if (l >= h.length) break;
+        const c = l + 1 < h.length && PairHeap.before(h[l + 1]!, h[l]!) ? l + 1 : l;
+        if (!PairHeap.before(h[c]!, last)) break;
+        h[i] = h[c]!;
+        i = c;
       }
+      h[i] = last;
     }
     return top;
   }
