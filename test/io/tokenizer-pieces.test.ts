@@ -145,14 +145,16 @@ for (const c of cases) {
 
 for (const c of cases) {
   test(`${c.name}: pieces give the one-call ids on 60 K-character prefixes of the texts`, {
-    skip: !assetsPresent,
+    skip: !assetsPresent && 'needs ../shared/assets',
   }, () => {
     for (const t of TEXTS) sameIds(c, readText(t).slice(0, 60_000), t);
   });
 }
 
 for (const c of cases) {
-  test(`${c.name}: pieces give the one-call ids of every whole asset text`, { skip: !assetsPresent }, () => {
+  test(`${c.name}: pieces give the one-call ids of every whole asset text`, {
+    skip: !assetsPresent && 'needs ../shared/assets',
+  }, () => {
     for (const t of TEXTS) {
       const expected = ONE_CALL.find(([name, text]) => name === c.name && text === t)?.[2];
       assert.ok(expected, `no one-call digest for ${c.name} on ${t}: run test/io/tokenizer-cases.ts`);
