@@ -56,7 +56,8 @@ export function assertFiniteQuantized(name: string, q: QuantizedTensor, dequanti
     throw new NumericError('dequantized weight is not finite', {
       field: name,
       got: `${dequantized[i]} at ${position([q.rows, q.cols], i)}`,
-      hint: 'scale × (code − zero) overflows float32; use --scale-dtype f32',
+      // Only scales near float32's largest value get here (f16 scales × codes stay far below it).
+      hint: "scale × (code − zero) overflows float32: weights within a grid step of float32's largest value; check the checkpoint",
     });
   }
 }

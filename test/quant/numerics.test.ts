@@ -196,7 +196,7 @@ test('assertFiniteQuantizedParams: the scale bound proves finiteness, or the ful
   const expected = (e: unknown) =>
     e instanceof NumericError &&
     e.message ===
-      "'w': dequantized weight is not finite, got -Infinity at row 0, column 1 (scale × (code − zero) overflows float32; use --scale-dtype f32)";
+      "'w': dequantized weight is not finite, got -Infinity at row 0, column 1 (scale × (code − zero) overflows float32: weights within a grid step of float32's largest value; check the checkpoint)";
   assert.throws(() => assertFiniteQuantized('w', big, dequantize(big)), expected);
   assert.throws(() => assertFiniteQuantizedParams('w', big), expected);
   assert.throws(
