@@ -33,6 +33,7 @@ import { type GridSpec, gridName, IntGrid } from '../formats/grid.js';
 import type { QuantizedTensor } from '../formats/quantized-tensor.js';
 import { BLOCK_LINEARS, linearWeightName } from '../formats/tensor-names.js';
 import { type OutputOptions, writeDirectoryAtomically } from '../io/atomic.js';
+import { isInside } from '../io/confined-path.js';
 import { Llama2cTokenizer } from '../io/llama2c-tokenizer.js';
 import { buildOnnxModelExternal, type ExternalChunk, GraphAssembler } from '../io/onnx-builder.js';
 import type { Architecture } from '../model/architecture.js';
@@ -268,9 +269,8 @@ export async function exportOnnx(
  * directory is refused (its target would be copied out). Files outside it (named by the user) as given.
  */
 async function sourceFile(model: LoadedModel, file: string): Promise<string> {
-  const rel = path.relative(model.path, file);
-  if (rel === '' || rel.startsWith('..') || path.isAbsolute(rel)) return file;
-  return resolveInside(model.path, rel, 'model file', { file });
+  if (!isInside(file, model.path)) return file;
+  return resolveInside(model.path, path.relative(model.path, file), 'model file', { file });
 }
 
 /**

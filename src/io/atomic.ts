@@ -43,6 +43,7 @@ import {
 } from 'node:fs/promises';
 import path from 'node:path';
 import { FileError, PtqError, UsageError } from '../errors.js';
+import { isInside } from './confined-path.js';
 
 const TMP_PREFIX = '.ptq-tmp-';
 const OLD_PREFIX = '.ptq-old-';
@@ -132,15 +133,7 @@ export async function checkOutput(output: string, check: OutputCheck): Promise<v
 async function assertReplaceable(output: string, isDirectory: boolean, check: OutputCheck): Promise<void> {
   if (check.kind === 'directory') {
     if (!isDirectory) throw new FileError('output exists and is not a directory', { file: output });
-    if (check.overwrite) return;
-    const foreign = await filesNotWrittenByPtq(output);
-    if (foreign.length) {
-      const shown = foreign.slice(0, 3).join(', ') + (foreign.length > 3 ? `, ... (${foreign.length})` : '');
-      throw new FileError(`output directory exists and holds files ptq did not write: ${shown}`, {
-        file: output,
-        hint: 'choose a new -o, or pass --overwrite to write into it, keeping its other files',
-      });
-    }
+    if (!check.overwrite) await foreignFiles(output, false);
     return;
   }
   if (isDirectory) throw new FileError('output exists and is a directory', { file: output });
@@ -177,11 +170,6 @@ async function nearestExisting(p: string): Promise<string> {
   return current;
 }
 
-function isInside(child: string, parent: string): boolean {
-  const rel = path.relative(parent, child);
-  return rel !== '' && !rel.startsWith('..') && !path.isAbsolute(rel);
-}
-
 /** The files of a directory (relative paths, not following symlinks), the marker excepted. */
 async function listFiles(dir: string, prefix = ''): Promise<string[]> {
   const files: string[] = [];
@@ -211,6 +199,22 @@ async function filesNotWrittenByPtq(dir: string): Promise<string[]> {
   // Without a marker even empty subdirectories are someone else's.
   if (!marked) return files.length ? files : await readdir(dir);
   return files.filter((f) => !marked.has(f));
+}
+
+/**
+ * The files of the existing output directory `dir` ptq did not write; without `overwrite`, any
+ * such file refuses the write.
+ */
+async function foreignFiles(dir: string, overwrite: boolean | undefined): Promise<string[]> {
+  const foreign = await filesNotWrittenByPtq(dir);
+  if (foreign.length && !overwrite) {
+    const shown = foreign.slice(0, 3).join(', ') + (foreign.length > 3 ? `, ... (${foreign.length})` : '');
+    throw new FileError(`output directory exists and holds files ptq did not write: ${shown}`, {
+      file: dir,
+      hint: 'choose a new -o, or pass --overwrite to write into it, keeping its other files',
+    });
+  }
+  return foreign;
 }
 
 /** `.ptq-tmp-<pid>-<random>-<name>`, cut to a legal file name whatever the target's length. */
@@ -266,13 +270,10 @@ export async function writeDirectoryAtomically(
     await writeMarker(tmp, files);
     const existing = await lstat(target).catch(() => undefined);
     // Checked before `fill` too; again here, as the directory may have changed meanwhile.
-    if (existing)
-      await assertReplaceable(outDir, existing.isDirectory() && !existing.isSymbolicLink(), {
-        kind: 'directory',
-        inputs: [],
-        overwrite: options.overwrite,
-      });
-    if (existing && (await filesNotWrittenByPtq(target)).length) {
+    if (existing && (!existing.isDirectory() || existing.isSymbolicLink()))
+      throw new FileError('output exists and is not a directory', { file: outDir });
+    const foreign = existing ? await foreignFiles(outDir, options.overwrite) : [];
+    if (foreign.length) {
       await mergeInto(target, tmp, files);
     } else if (existing) {
       const old = path.join(parent, temporaryName(OLD_PREFIX, target, random));

@@ -56,7 +56,8 @@ export async function allowedRoots(dir: string): Promise<string[]> {
   return roots;
 }
 
-function isInside(file: string, root: string): boolean {
+/** Whether `file` lies strictly inside the directory `root` (paths as given, no symlinks resolved). */
+export function isInside(file: string, root: string): boolean {
   const rel = path.relative(root, file);
   return rel !== '' && !rel.startsWith(`..${path.sep}`) && rel !== '..' && !path.isAbsolute(rel);
 }
