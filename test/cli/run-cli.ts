@@ -7,12 +7,14 @@ import { REPO } from '../helpers.js';
 /** tsx's loader by URL: `--import tsx` would resolve from the child's working directory. */
 export const TSX = pathToFileURL(path.join(REPO, 'node_modules/tsx/dist/loader.mjs')).href;
 
-export function runCli(args: string[], options: { cwd?: string } = {}) {
+/** `timeoutMs`: a run that may hang is killed (SIGKILL) after it; `signal` then says so. */
+export function runCli(args: string[], options: { cwd?: string; timeoutMs?: number } = {}) {
   const r = spawnSync(process.execPath, ['--import', TSX, path.join(REPO, 'src/cli/main.ts'), ...args], {
     cwd: options.cwd ?? REPO,
     encoding: 'utf8',
+    ...(options.timeoutMs !== undefined && { timeout: options.timeoutMs, killSignal: 'SIGKILL' as const }),
   });
-  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+  return { code: r.status, signal: r.signal, stdout: r.stdout, stderr: r.stderr };
 }
 
 /** `runCli` without blocking: several refused runs at once (each mostly waits on its start-up). */

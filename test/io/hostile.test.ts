@@ -31,6 +31,7 @@ import { FileError, FormatError } from '../../src/errors.js';
 import { exportGguf } from '../../src/export/gguf.js';
 import { loadModel } from '../../src/model/load.js';
 import { fingerprint, openResumeState, removeResumeState, resumeDirFor } from '../../src/quant/resume.js';
+import { runCli } from '../cli/run-cli.js';
 import {
   L2C_VOCAB,
   llama2cBytes,
@@ -45,15 +46,7 @@ const work = tempDir('ptq-hostile-');
 const MODEL = path.join(REPO, 'models/tinystories-656k');
 
 /** `ptq <args>` in a child process that may not hang: killed after `timeoutMs`. */
-function ptq(args: string[], timeoutMs = 60_000) {
-  const r = spawnSync(process.execPath, ['--import', 'tsx', path.join(REPO, 'src/cli/main.ts'), ...args], {
-    cwd: REPO,
-    encoding: 'utf8',
-    timeout: timeoutMs,
-    killSignal: 'SIGKILL',
-  });
-  return { code: r.status, signal: r.signal, stdout: r.stdout, stderr: r.stderr };
-}
+const ptq = (args: string[], timeoutMs = 60_000) => runCli(args, { timeoutMs });
 
 function mkfifo(file: string) {
   rmSync(file, { force: true });
