@@ -45,10 +45,10 @@ export { type EvalResult, evaluate, planWindows, type WindowProtocol } from './m
 export { CALIBRATION_DEFAULTS, sampleCalibrationWindows } from './quant/calibrate.js';
 export { AWQ_DEFAULTS, type AwqOptions, applyAwqScales } from './quant/methods/awq.js';
 export { GPTQ_DEFAULTS, type GptqOptions, gptqQuantize, prepareHessian } from './quant/methods/gptq.js';
+export { METHODS, type QuantMethod } from './quant/methods/index.js';
 export { quantizeRtn } from './quant/methods/rtn.js';
 export {
   type Calibration,
-  METHODS,
   type MethodName,
   modelSize,
   type QuantizeOptions,

@@ -27,15 +27,9 @@ import {
   checkCalibrationOptions,
   sampleCalibrationWindows,
 } from '../quant/calibrate.js';
+import { getMethod, isCalibrated } from '../quant/methods/index.js';
 import { optionsFromCli } from '../quant/methods/method.js';
-import {
-  type Calibration,
-  getMethod,
-  isCalibrated,
-  type MethodName,
-  modelSize,
-  quantizeModel,
-} from '../quant/quantize-model.js';
+import { type Calibration, type MethodName, modelSize, quantizeModel } from '../quant/quantize-model.js';
 import { acquireResumeLock, assertResumable, removeResumeState, resumeDirFor } from '../quant/resume.js';
 import { type RotationKind, untiedHfConfig } from '../quant/rotate.js';
 import { DEFAULT_PALETTE } from '../quant/sensitivity.js';

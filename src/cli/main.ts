@@ -10,7 +10,7 @@ import type { GridSpec, ScaleDtype } from '../formats/grid.js';
 import { FORMAT_NAMES, type FormatName, gridSpecFor, QUANT_FORMATS } from '../formats/number-formats.js';
 import { isOnnxModelPath, ONNX_QUANT_DTYPES } from '../onnx/quantize-onnx.js';
 import { CALIBRATION_DEFAULTS, checkCalibrationOptions, MIN_SEQLEN } from '../quant/calibrate.js';
-import { METHOD_NAMES, METHODS } from '../quant/quantize-model.js';
+import { METHOD_NAMES, METHODS } from '../quant/methods/index.js';
 import { ROTATE_DEFAULTS, ROTATIONS } from '../quant/rotate.js';
 import {
   compareCommand,

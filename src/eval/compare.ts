@@ -17,14 +17,8 @@ import { Decoder } from '../model/decoder.js';
 import type { LoadedModel } from '../model/load.js';
 import type { WindowProtocol } from '../model/perplexity.js';
 import { type EvalResult, evaluate } from '../model/perplexity.js';
-import {
-  type Calibration,
-  getMethod,
-  isCalibrated,
-  type MethodName,
-  modelSize,
-  quantizeModel,
-} from '../quant/quantize-model.js';
+import { getMethod, isCalibrated } from '../quant/methods/index.js';
+import { type Calibration, type MethodName, modelSize, quantizeModel } from '../quant/quantize-model.js';
 
 export interface CompareOptions {
   methods: MethodName[];

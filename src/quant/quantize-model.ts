@@ -30,7 +30,6 @@ import { ROTATIONS, type RotateOptions, type RotationKind, rotateModel, rotateOn
 import { inputSecondMoments } from './sensitivity.js';
 import { calibrateActivations, type SmoothQuantOptions, smoothQuant } from './smoothquant.js';
 
-export { getMethod, isCalibrated, METHOD_NAMES, METHODS, methodGridSpec } from './methods/index.js';
 /** A registered method's name (methods/index.ts). */
 export type MethodName = string;
 

@@ -24,7 +24,8 @@ import { greedyGenerate } from '../../src/model/generate.js';
 import { type LoadedModel, loadModel } from '../../src/model/load.js';
 import { evaluate } from '../../src/model/perplexity.js';
 import { sampleCalibrationWindows } from '../../src/quant/calibrate.js';
-import { getMethod, isCalibrated, type MethodName, quantizeModel } from '../../src/quant/quantize-model.js';
+import { getMethod, isCalibrated } from '../../src/quant/methods/index.js';
+import { type MethodName, quantizeModel } from '../../src/quant/quantize-model.js';
 import { runCli } from '../cli/run-cli.js';
 import { ASSETS, assetsPresent, maxAbsDiff, REPO } from '../helpers.js';
 
