@@ -431,7 +431,10 @@ function onSignal(signal: keyof typeof SIGNALS): void {
       if (existsSync(w.target)) rmSync(w.old, { recursive: true, force: true });
       else renameSync(w.old, w.target);
     }
-    rmSync(w.tmp, { recursive: true, force: true });
+    // A write still finishing in libuv's thread pool may add a file while the tree is removed
+    // (ENOTEMPTY): retry until it is gone.
+    for (let i = 0; i < 5 && existsSync(w.tmp); i++)
+      rmSync(w.tmp, { recursive: true, force: true, maxRetries: 3, retryDelay: 10 });
   }
   process.exit(128 + SIGNALS[signal]);
 }
