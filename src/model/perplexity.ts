@@ -240,7 +240,8 @@ async function nonFiniteLogits(
   });
 }
 
-interface LogSoftmaxRow {
+/** One row of logits with its log-normalizer: log p_v = logits[offset + v] − logSumExp. */
+export interface LogSoftmaxRow {
   logits: Float32Array;
   offset: number;
   max: number;
@@ -249,8 +250,13 @@ interface LogSoftmaxRow {
   logProb(token: number): number;
 }
 
-/** log softmax of logits[offset .. offset+V), computed stably in float64. */
-function logSoftmaxRow(logits: Float32Array, offset: number, V: number): LogSoftmaxRow {
+/**
+ * log softmax of logits[offset .. offset+V), computed stably in float64 (the max is subtracted
+ * before exp, so logits of any magnitude neither overflow nor underflow the sum). `argmax` is
+ * the first index of the largest logit: with ties the lowest index counts, on each side of a
+ * top-1 comparison, as llama.cpp's perplexity.cpp (`imax`, strict > from index 0).
+ */
+export function logSoftmaxRow(logits: Float32Array, offset: number, V: number): LogSoftmaxRow {
   let max = -Infinity;
   let argmax = 0;
   for (let v = 0; v < V; v++) {
@@ -266,13 +272,19 @@ function logSoftmaxRow(logits: Float32Array, offset: number, V: number): LogSoft
   return { logits, offset, max, logSumExp, argmax, logProb: (tok) => logits[offset + tok]! - logSumExp };
 }
 
-/** KL(P ‖ Q) = Σ_v p_v (log p_v − log q_v). */
-function klDivergence(p: LogSoftmaxRow, q: LogSoftmaxRow, V: number): number {
+/**
+ * KL(P ‖ Q) = Σ_v p_v (log p_v − log q_v) in nats, float64. `evaluate` passes the reference as P
+ * and the evaluated model as Q (llama.cpp's KLD: the expectation is under the reference). A term
+ * with p_v = 0 is 0 (the limit of p log p), also where q_v = 0: an entry both models mask with a
+ * −Inf logit would otherwise give 0 · (−∞ + ∞) = NaN. Only q_v = 0 where p_v > 0 gives +Inf.
+ */
+export function klDivergence(p: LogSoftmaxRow, q: LogSoftmaxRow, V: number): number {
   let kl = 0;
   for (let v = 0; v < V; v++) {
     const logP = p.logits[p.offset + v]! - p.logSumExp;
-    const logQ = q.logits[q.offset + v]! - q.logSumExp;
-    kl += Math.exp(logP) * (logP - logQ);
+    const pv = Math.exp(logP);
+    if (pv === 0) continue;
+    kl += pv * (logP - (q.logits[q.offset + v]! - q.logSumExp));
   }
   return kl;
 }
