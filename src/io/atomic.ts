@@ -24,6 +24,8 @@
  * Replacing an existing output moves the old one aside (`.ptq-old-*`) with one rename, moves the
  * new one in with a second, and only then deletes the old: at every instant the target path is
  * either the complete old output, absent, or the complete new output — never half-deleted.
+ * Each of these steps is a named fault point (io/fault-injection.ts, inert unless PTQ_FAULT is
+ * set), where test/cli/crash-safety.test.ts interrupts the write to check the state it leaves.
  */
 import { randomBytes } from 'node:crypto';
 import { constants, existsSync, renameSync, rmSync } from 'node:fs';
@@ -44,6 +46,7 @@ import {
 import path from 'node:path';
 import { FileError, PtqError, UsageError } from '../errors.js';
 import { isInside } from './confined-path.js';
+import { faultPoint } from './fault-injection.js';
 
 const TMP_PREFIX = '.ptq-tmp-';
 const OLD_PREFIX = '.ptq-old-';
@@ -265,9 +268,11 @@ export async function writeDirectoryAtomically(
     });
   }
   try {
+    await faultPoint('output:tmp-created');
     await fill(tmp);
     const files = await listFiles(tmp);
     await writeMarker(tmp, files);
+    await faultPoint('output:filled');
     const existing = await lstat(target).catch(() => undefined);
     // Checked before `fill` too; again here, as the directory may have changed meanwhile.
     if (existing && (!existing.isDirectory() || existing.isSymbolicLink()))
@@ -279,7 +284,9 @@ export async function writeDirectoryAtomically(
       const old = path.join(parent, temporaryName(OLD_PREFIX, target, random));
       write.old = old;
       await rename(target, old);
+      await faultPoint('output:old-aside');
       await rename(tmp, target);
+      await faultPoint('output:swapped');
       await rm(old, { recursive: true, force: true });
     } else {
       await rename(tmp, target);

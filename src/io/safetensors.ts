@@ -14,6 +14,7 @@ import { FileError, FormatError } from '../errors.js';
 import { FP8_E4M3, FP8_E5M2 } from '../formats/element-formats.js';
 import { decodeBf16, decodeF16 } from '../formats/half.js';
 import { openRegularFile, type Within } from './confined-path.js';
+import { faultPoint } from './fault-injection.js';
 import { brief, isPlainObject, jsonKind, parseJsonObject, readJsonObjectFile } from './json.js';
 
 export const DTYPE_BYTES = {
@@ -557,6 +558,7 @@ export async function writeSafetensors(
   const { tmp, handle } = await openTemp(file);
   try {
     await handle.write(encodeHeader(tensors, metadata));
+    await faultPoint('safetensors:header-written');
     for (const t of tensors)
       await handle.write(new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength));
     await handle.close();
@@ -602,6 +604,7 @@ export class SafetensorsWriter {
       await w.abort();
       throw new FileError(`writing failed: ${(e as Error).message}`, { file });
     }
+    await faultPoint('safetensors:header-written');
     return w;
   }
 

@@ -1,19 +1,25 @@
 /**
- * Crash safety of `ptq quantize` (src/io/atomic.ts): the process is killed 20 times (SIGKILL,
- * SIGINT, SIGTERM; RTN and a small GPTQ run; half of the kills aimed at the moment the output
- * is being written, half at a uniformly random time), sometimes while replacing an existing
- * output. After every kill the target path is either absent, the complete previous output, or
- * the complete new output, byte for byte; SIGINT/SIGTERM leave no temporary directory; what
- * SIGKILL leaves behind is refused by `loadModel` / `ptq eval` and removed by the next run.
+ * Crash safety of `ptq quantize` (src/io/atomic.ts): the write is stopped at each of its named
+ * steps (src/io/fault-injection.ts: PTQ_FAULT=<signal>@<point> makes the process signal itself
+ * there) by SIGKILL, SIGINT and SIGTERM, writing a new output and replacing an existing one, on
+ * the streaming writer (RTN) and the in-memory one (GPTQ). Each step leaves one exact state,
+ * checked byte for byte: the target path absent, the complete previous output or the complete
+ * new output, and beside it only the temporaries SIGKILL cannot clean up (SIGINT/SIGTERM leave
+ * none). Those are refused by `loadModel` / `ptq eval` and removed by the next run.
  */
 import assert from 'node:assert/strict';
 import { type ChildProcess, spawn } from 'node:child_process';
-import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, watch } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
 import { FileError } from '../../src/errors.js';
+import {
+  FAULT_POINTS,
+  FAULT_SIGNALS,
+  type FaultPoint,
+  type FaultSignal,
+} from '../../src/io/fault-injection.js';
 import { loadModel } from '../../src/model/load.js';
-import { mulberry32 } from '../../src/random.js';
 import { REPO, tempDir } from '../helpers.js';
 import { runCli } from './run-cli.js';
 
@@ -27,7 +33,10 @@ const ARGS = {
 };
 type Method = keyof typeof ARGS;
 
-function quantize(method: Method, out: string): ChildProcess {
+function quantize(method: Method, out: string, fault?: string): ChildProcess {
+  const env = { ...process.env };
+  delete env.PTQ_FAULT;
+  if (fault) env.PTQ_FAULT = fault;
   return spawn(
     process.execPath,
     [
@@ -41,10 +50,7 @@ function quantize(method: Method, out: string): ChildProcess {
       '--json',
       ...ARGS[method],
     ],
-    {
-      cwd: REPO,
-      stdio: ['ignore', 'ignore', 'pipe'],
-    },
+    { cwd: REPO, env, stdio: ['ignore', 'ignore', 'pipe'] },
   );
 }
 
@@ -60,112 +66,131 @@ const FILES = ['config.json', 'model.safetensors', 'tokenizer.json'];
 const snapshot = (dir: string) => FILES.map((f) => readFileSync(path.join(dir, f)));
 const same = (a: Buffer[], b: Buffer[]) => a.every((x, i) => x.equals(b[i]!));
 
-test('kill -9 / SIGINT / SIGTERM at random points: never a partial output at the target path', {
+interface Case {
+  point: FaultPoint;
+  signal: FaultSignal;
+  method: Method;
+  /** Whether a complete output of the other method is at the target before the run. */
+  replacing: boolean;
+}
+
+const BEFORE_SWAP = ['output:tmp-created', 'safetensors:header-written', 'output:filled'] as const;
+const SWAP = ['output:old-aside', 'output:swapped'] as const;
+const CASES: Case[] = [
+  // Steps before the swap: every signal, alternately writing a new output and replacing one.
+  ...BEFORE_SWAP.flatMap((point, p) =>
+    FAULT_SIGNALS.map((signal, s) => ({
+      point,
+      signal,
+      method: 'rtn' as const,
+      replacing: (p + s) % 2 === 1,
+    })),
+  ),
+  // The swap happens only when an output is replaced.
+  ...SWAP.flatMap((point) =>
+    FAULT_SIGNALS.map((signal) => ({ point, signal, method: 'rtn' as const, replacing: true })),
+  ),
+  // GPTQ writes its checkpoint with writeSafetensors, not the streaming writer RTN uses.
+  { point: 'safetensors:header-written', signal: 'SIGKILL', method: 'gptq', replacing: false },
+  { point: 'safetensors:header-written', signal: 'SIGTERM', method: 'gptq', replacing: true },
+];
+
+/**
+ * The state a write stopped at `point` leaves: what the target path holds and the kinds of
+ * temporaries beside it (atomic.ts: SIGINT/SIGTERM's handler removes the temporary output and
+ * finishes or undoes a swap under way; SIGKILL leaves everything where it was).
+ */
+function expectedState(c: Case): { target: 'absent' | 'previous' | 'new'; temporaries: string[] } {
+  const killed = c.signal === 'SIGKILL';
+  switch (c.point) {
+    case 'output:old-aside':
+      // The old output renamed aside, the new one complete in its temporary; the handler puts the old back.
+      return killed
+        ? { target: 'absent', temporaries: ['.ptq-old-', '.ptq-tmp-'] }
+        : { target: 'previous', temporaries: [] };
+    case 'output:swapped':
+      return { target: 'new', temporaries: killed ? ['.ptq-old-'] : [] };
+    default:
+      return { target: c.replacing ? 'previous' : 'absent', temporaries: killed ? ['.ptq-tmp-'] : [] };
+  }
+}
+
+test('every step of the write stopped by kill -9 / SIGINT / SIGTERM: the state it leaves, exactly', {
   timeout: 300_000,
 }, async () => {
-  // Uninterrupted references (and their durations, to place the kills).
+  assert.deepEqual(new Set(CASES.map((c) => c.point)), new Set(FAULT_POINTS), 'every fault point is tested');
   const reference = {} as Record<Method, Buffer[]>;
-  const duration = {} as Record<Method, number>;
   for (const method of ['rtn', 'gptq'] as Method[]) {
     const out = path.join(work, `ref-${method}`);
-    const t0 = performance.now();
     const r = await exited(quantize(method, out));
-    duration[method] = performance.now() - t0;
     assert.equal(r.code, 0, r.stderr);
     reference[method] = snapshot(out);
   }
   assert.ok(!same(reference.rtn, reference.gptq));
 
-  const rand = mulberry32(9);
-  const signals: NodeJS.Signals[] = ['SIGKILL', 'SIGINT', 'SIGTERM'];
-  const outcomes: Record<string, number> = {};
-  for (let i = 0; i < 20; i++) {
-    const method: Method = i % 2 ? 'gptq' : 'rtn';
-    const signal = signals[i % 3]!;
+  const outcomes: string[] = [];
+  let stale: string | undefined;
+  for (const [i, c] of CASES.entries()) {
+    const label = `run ${i} (${c.method}, ${c.signal} at ${c.point}${c.replacing ? ', replacing' : ''})`;
+    const other: Method = c.method === 'rtn' ? 'gptq' : 'rtn';
     const parent = path.join(work, `run-${i}`);
     mkdirSync(parent);
     const target = path.join(parent, 'out');
-    // Every fourth run replaces a complete output of the other method.
-    const previous = i % 4 >= 2 ? reference[method === 'rtn' ? 'gptq' : 'rtn'] : undefined;
-    if (previous)
-      cpSync(path.join(work, `ref-${method === 'rtn' ? 'gptq' : 'rtn'}`), target, { recursive: true });
+    if (c.replacing) cpSync(path.join(work, `ref-${other}`), target, { recursive: true });
 
-    const child = quantize(method, target);
-    const done = exited(child);
-    const aimAtWrite = i % 4 === 0 || i % 4 === 3;
-    let killedAt = 'random';
-    if (aimAtWrite) {
-      // Kill 0-10 ms after the temporary output directory appears (the writing phase).
-      const watcher = watch(parent, (_, name) => {
-        if (String(name).startsWith('.ptq-tmp-')) {
-          watcher.close();
-          killedAt = 'while writing';
-          setTimeout(() => child.kill(signal), Math.floor(rand() * 10));
-        }
-      });
-      done.then(() => watcher.close());
-    } else {
-      setTimeout(() => child.kill(signal), Math.floor(rand() * duration[method] * 1.1));
-    }
-    const r = await done;
-    const finished = r.code === 0;
+    const child = quantize(c.method, target, `${c.signal}@${c.point}`);
+    const r = await exited(child);
+    // The fault fired at its point (not a kill that came too late or an error), and ended the process.
+    assert.ok(
+      r.stderr.includes(`ptq: fault injection: ${c.signal} at ${c.point}\n`),
+      `${label}: ${r.stderr}`,
+    );
+    if (c.signal === 'SIGKILL') assert.equal(r.signal, 'SIGKILL', label);
+    else
+      assert.equal(r.code, c.signal === 'SIGINT' ? 130 : 143, `${label}: ${r.code} ${r.signal} ${r.stderr}`);
 
-    // The target: absent, the previous complete output, or the new complete output.
-    let state: string;
-    if (!existsSync(target)) state = 'absent';
-    else {
-      const now = snapshot(target);
-      if (same(now, reference[method])) state = 'new';
-      else if (previous && same(now, previous)) state = 'previous';
-      else assert.fail(`run ${i} (${method}, ${signal}, ${killedAt}): partial output at the target`);
-    }
-    if (finished) assert.equal(state, 'new', `run ${i}: finished but the output is ${state}`);
-    if (!finished && previous) assert.notEqual(state, 'absent', `run ${i}: the previous output was lost`);
-    if (state === 'absent') assert.equal(previous, undefined);
+    const expected = expectedState(c);
+    const state = !existsSync(target)
+      ? 'absent'
+      : same(snapshot(target), reference[c.method])
+        ? 'new'
+        : c.replacing && same(snapshot(target), reference[other])
+          ? 'previous'
+          : 'partial';
+    assert.equal(state, expected.target, label);
 
-    // Leftovers: only SIGKILL may leave a temporary directory, and it is never loadable.
-    const leftovers = readdirSync(parent).filter((f) => f.startsWith('.ptq-'));
-    if (signal !== 'SIGKILL' || finished)
-      assert.deepEqual(leftovers, [], `run ${i} (${signal}): ${leftovers}`);
-    for (const l of leftovers) {
+    const temporaries = readdirSync(parent)
+      .filter((f) => f.startsWith('.ptq-'))
+      .sort();
+    assert.deepEqual(
+      temporaries.map((f) => f.slice(0, '.ptq-tmp-'.length)),
+      expected.temporaries,
+      `${label}: ${temporaries}`,
+    );
+    for (const t of temporaries) {
+      // Named after the killed process, so the next run knows its owner is gone.
+      assert.match(t, new RegExp(`^\\.ptq-(tmp|old)-${child.pid}-[0-9a-f]{8}-out$`));
       await assert.rejects(
-        loadModel(path.join(parent, l)),
+        loadModel(path.join(parent, t)),
         (e: unknown) =>
           e instanceof FileError && /unfinished output directory of ptq quantize/.test(e.message),
       );
     }
-    if (!finished && signal !== 'SIGKILL') {
-      // Killed by the signal's default action, or by atomic.ts's handler after cleaning up (128 + n).
-      assert.ok(
-        r.signal === signal || r.code === (signal === 'SIGINT' ? 130 : 143),
-        `run ${i}: exit ${r.code} ${r.signal}`,
-      );
-    }
-    const key = `${finished ? 'finished' : `${signal} ${killedAt}`} -> ${state}${leftovers.length ? ' + temp dir' : ''}`;
-    outcomes[key] = (outcomes[key] ?? 0) + 1;
+    if (expected.temporaries.length === 2) stale = parent;
+    outcomes.push(
+      `${c.method} ${c.signal}@${c.point}${c.replacing ? ' (replacing)' : ''} -> ${state}${temporaries.length ? ` + ${temporaries.length} temporaries` : ''}`,
+    );
   }
-  console.log(`  20 interrupted runs: ${JSON.stringify(outcomes)}`);
-  // The kills landed in the writing phase at least once (otherwise the test proves little).
-  assert.ok(Object.keys(outcomes).some((k) => k.includes('while writing')));
+  console.log(`  ${CASES.length} interrupted writes:\n    ${outcomes.join('\n    ')}`);
 
-  // A later run to a target with stale SIGKILL leftovers completes, removes them, and equals
-  // the uninterrupted reference (GPTQ is deterministic).
-  const stale = readdirSync(work).flatMap((d) =>
-    d.startsWith('run-')
-      ? readdirSync(path.join(work, d))
-          .filter((f) => f.startsWith('.ptq-'))
-          .map(() => d)
-      : [],
-  );
-  const dir = stale[0] ?? 'run-0';
-  const target = path.join(work, dir, 'out');
-  const r = await exited(quantize('gptq', target));
+  // A later run into the directory where kill -9 left the old output aside and the new one in
+  // its temporary (the target absent) completes, removes both, and equals the reference.
+  assert.ok(stale, 'a case leaves two temporaries');
+  assert.equal(readdirSync(stale).filter((f) => f.startsWith('.ptq-')).length, 2);
+  const r = await exited(quantize('rtn', path.join(stale, 'out')));
   assert.equal(r.code, 0, r.stderr);
-  assert.ok(same(snapshot(target), reference.gptq));
-  assert.deepEqual(
-    readdirSync(path.join(work, dir)).filter((f) => f.startsWith('.ptq-')),
-    [],
-  );
+  assert.ok(same(snapshot(path.join(stale, 'out')), reference.rtn));
+  assert.deepEqual(readdirSync(stale), ['out']);
 });
 
 test('ptq eval refuses an unfinished output directory', () => {
