@@ -14,12 +14,24 @@ export interface PhaseTotals {
   cpuSeconds: number;
 }
 
+/** Wall-clock and process CPU time in seconds, from any fixed origin. */
+export type ProfileClock = () => { wall: number; cpu: number };
+
+/** performance.now() and process.cpuUsage() (user + system, all threads). */
+const processClock: ProfileClock = () => {
+  const { user, system } = process.cpuUsage();
+  return { wall: performance.now() / 1000, cpu: (user + system) / 1e6 };
+};
+
 export class PhaseProfile {
   enabled = false;
   readonly totals = new Map<string, PhaseTotals>();
   private readonly stack: string[] = [];
   private lastWall = 0;
   private lastCpu = 0;
+
+  /** `clock` is replaceable so the accounting can be tested against known times. */
+  constructor(private readonly clock: ProfileClock = processClock) {}
 
   /** Run fn as phase `name` (inside the current phase, if any). */
   async phase<T>(name: string, fn: () => Promise<T> | T): Promise<T> {
@@ -42,9 +54,7 @@ export class PhaseProfile {
 
   /** Charge the time since the last mark to the innermost open phase. */
   private charge(): void {
-    const wall = performance.now() / 1000;
-    const { user, system } = process.cpuUsage();
-    const cpu = (user + system) / 1e6;
+    const { wall, cpu } = this.clock();
     const top = this.stack.at(-1);
     if (top !== undefined) {
       const t = this.entry(top);
