@@ -21,6 +21,7 @@ import { test } from 'node:test';
 import { type GridSpec, gridName, makeGrid } from '../../src/formats/grid.js';
 import { type FormatName, gridSpecFor } from '../../src/formats/number-formats.js';
 import { BLOCK_LINEARS, linearWeightName } from '../../src/formats/tensor-names.js';
+import { readText } from '../../src/io/text.js';
 import { Decoder } from '../../src/model/decoder.js';
 import { type LoadedModel, loadModel } from '../../src/model/load.js';
 import { evaluate } from '../../src/model/perplexity.js';
@@ -155,16 +156,36 @@ async function budgetBeatsUniform(m: LoadedModel, c: Case) {
   assert.equal(json.bitsPerWeight, mix.bpw);
   assert.ok(mix.bpw <= target);
   assert.equal(a.layers.length, m.config.numLayers * BLOCK_LINEARS.length);
+  // The sensitivity's KLDs, measured again here: the first 256 tokens of the calibration text
+  // (--sensitivity-tokens), windows of 128 (README), the fp model with only that layer replaced by
+  // the checkpoint's tensor (RTN at the layer's chosen grid, read back from disk).
+  const calibTokens = m.tokenizer.encode(await readText(c.calib)).slice(0, 256);
+  const calibKld = async (weights: TensorMap) =>
+    (
+      await evaluate(new Decoder(m.config, weights), calibTokens, {
+        protocol: { ctx: 128, stride: 128, dropPartial: false },
+        reference,
+      })
+    ).kld!;
+  const near = (x: number, y: number) => Math.abs(x - y) <= 1e-9 * Math.abs(y);
   for (const l of a.layers) {
     assert.ok(c.palette.includes(l.grid), `${l.name}: ${l.grid}`);
     assert.equal(gridName(back.quantization!.tensors.get(l.name)!.spec), gridName(parseGridName(l.grid)));
-    // Measured mode: the loss the allocation predicted for a layer is its measured one-layer KLD.
-    assert.equal(l.loss, l.measured);
-    assert.ok(l.measured >= 0 && l.proxy > 0);
+    const oneLayer = await calibKld(new Map(m.weights).set(l.name, back.weights.get(l.name)!));
+    // Measured mode: the loss the allocation used for a layer is that layer's one-layer KLD.
+    assert.ok(
+      near(l.measured, oneLayer),
+      `${l.name} at ${l.grid}: JSON measured ${l.measured}, here ${oneLayer}`,
+    );
+    assert.ok(near(l.loss, oneLayer), `${l.name} at ${l.grid}: JSON loss ${l.loss}, here ${oneLayer}`);
+    assert.ok(oneLayer > 0 && l.proxy > 0);
   }
   const predicted = a.layers.reduce((s: number, l: { loss: number }) => s + l.loss, 0);
   assert.ok(Math.abs(a.predictedLoss - predicted) < 1e-12 * Math.max(1, predicted));
   assert.equal(a.measuredTokens, 256);
+  // The whole mix on the same tokens and windows.
+  const whole = await calibKld(back.weights);
+  assert.ok(near(a.measuredLoss, whole), `JSON measuredLoss ${a.measuredLoss}, here ${whole}`);
   return { target, mix, uniform, predicted: a.predictedLoss as number, measured: a.measuredLoss as number };
 }
 
