@@ -19,7 +19,7 @@ import { blockLinears } from '../model/architecture.js';
 import { Decoder } from '../model/decoder.js';
 import { type ActivationQuantSpec, checkActivationQuant } from '../model/input-ops.js';
 import { isPlainHfDirectory, type LoadedModel, loadModel } from '../model/load.js';
-import { type EvalResult, evaluate, type WindowProtocol } from '../model/perplexity.js';
+import { type EvalResult, evaluate, llamaCppProtocol, type WindowProtocol } from '../model/perplexity.js';
 import { emulateLlamaCpp, ggufStorage } from '../model/sources/gguf-model.js';
 import { type AllocationPlan, parseSize, planAllocation, presetGrids } from '../quant/allocate.js';
 import {
@@ -529,6 +529,8 @@ export interface EvalArgs {
   ctx?: number;
   stride?: number;
   keepPartial?: boolean;
+  /** llama-perplexity's windows (llamaCppProtocol): second half of each ctx chunk, BOS at its start. */
+  llamaCppWindows?: boolean;
   ref?: string;
   maxTokens?: number;
   tokenizer?: string;
@@ -536,9 +538,15 @@ export interface EvalArgs {
   emulateLlamaCpp?: boolean;
 }
 
+/**
+ * The evaluation windows the options ask for. `firstToken` is the evaluated text's first token:
+ * llama-perplexity writes BOS over every chunk's first token when its vocabulary adds BOS, which
+ * ptqkit's tokenizer did exactly when the text's tokens start with it.
+ */
 export function protocolFor(
   model: LoadedModel,
-  args: Pick<EvalArgs, 'ctx' | 'stride' | 'keepPartial'>,
+  args: Pick<EvalArgs, 'ctx' | 'stride' | 'keepPartial' | 'llamaCppWindows'>,
+  firstToken?: number,
 ): WindowProtocol {
   const ctx = args.ctx ?? Math.min(model.config.maxPositions, 2048);
   if (ctx > model.config.maxPositions) {
@@ -547,6 +555,17 @@ export function protocolFor(
       expected: `<= ${model.config.maxPositions}`,
       got: String(ctx),
     });
+  }
+  if (args.llamaCppWindows) {
+    // Its windows are fixed (non-overlapping, last partial dropped): another choice is refused, not ignored.
+    const other = args.stride !== undefined ? '--stride' : args.keepPartial ? '--keep-partial' : undefined;
+    if (other)
+      throw new UsageError(`${other} does not combine with --llama-cpp-windows`, {
+        field: other.slice(2),
+        hint: "llama-perplexity's windows are non-overlapping chunks of --ctx tokens, the last partial one dropped",
+      });
+    const bos = model.tokenizer.bosId;
+    return llamaCppProtocol(ctx, bos !== undefined && firstToken === bos ? bos : undefined);
   }
   return { ctx, stride: args.stride ?? ctx, dropPartial: !args.keepPartial };
 }
@@ -559,7 +578,7 @@ export async function evalCommand(modelPath: string, args: EvalArgs, out: Output
   if (args.maxTokens) tokens = tokens.slice(0, args.maxTokens);
   const progress = createProgress('eval: window', !out.json);
   const result = await evaluate(new Decoder(model.config, model.weights), tokens, {
-    protocol: protocolFor(model, args),
+    protocol: protocolFor(model, args, tokens[0]),
     reference: reference && new Decoder(reference.config, reference.weights),
     onProgress: (p) => progress.update(p.windowsDone, p.windowsTotal, `${p.tokensDone} tokens`),
   });
@@ -665,7 +684,10 @@ function exporterOptions(exporter: Exporter, args: ExportArgs): Record<string, u
 // ---------- compare ----------
 
 export interface CompareArgs
-  extends Pick<EvalArgs, 'text' | 'ctx' | 'stride' | 'keepPartial' | 'maxTokens' | 'tokenizer'>,
+  extends Pick<
+      EvalArgs,
+      'text' | 'ctx' | 'stride' | 'keepPartial' | 'llamaCppWindows' | 'maxTokens' | 'tokenizer'
+    >,
     OutputArgs {
   methods: string[];
   bits: number[];
@@ -696,7 +718,7 @@ export async function compareCommand(
     bits: args.bits,
     formats: args.formats as FormatName[],
     groupSize: args.groupSize,
-    protocol: protocolFor(model, args),
+    protocol: protocolFor(model, args, tokens[0]),
     text: args.text,
     calibration,
     onProgress: (p) => progress.update(p.run, p.runs, p.label),

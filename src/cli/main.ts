@@ -299,6 +299,13 @@ withMethodOptions(
     return quantizeCommand(model, { ...o, grid, overwrite: !!o.overwrite }, consoleOutput(!!o.json));
   });
 
+/** One option of `ptq eval` and `ptq compare`: llama-perplexity's windows (model/perplexity.ts llamaCppProtocol). */
+const LLAMA_CPP_WINDOWS = '--llama-cpp-windows';
+const LLAMA_CPP_WINDOWS_HELP =
+  "windows as llama.cpp's llama-perplexity (and its --kl-divergence) cuts them, to reproduce its numbers: " +
+  'non-overlapping chunks of --ctx tokens (its -c, 512 by default there), each starting with BOS when the ' +
+  'tokenizer adds one, only the predictions from position ctx/2 on scored; not with --stride or --keep-partial';
+
 program
   .command('eval <model>')
   .description(
@@ -308,6 +315,7 @@ program
   .option('--ctx <n>', 'tokens per window (default: the model context, at most 2048)', integer)
   .option('--stride <n>', 'window step (default: ctx, non-overlapping)', integer)
   .option('--keep-partial', 'also score the last, shorter window')
+  .option(LLAMA_CPP_WINDOWS, LLAMA_CPP_WINDOWS_HELP)
   .option('--ref <model>', 'full-precision model to compare against')
   .option('--max-tokens <n>', 'evaluate only the first n tokens', integer)
   .option('--tokenizer <file>', 'tokenizer to use instead of the one next to the model')
@@ -317,7 +325,15 @@ program
   )
   .option('--json', 'print JSON')
   .action((model, o) => {
-    if (model.endsWith('.onnx')) return onnxEvalCommand(model, o, consoleOutput(!!o.json));
+    if (model.endsWith('.onnx')) {
+      // onnxEvalCommand cuts its own windows: the option would be ignored there.
+      if (o.llamaCppWindows)
+        throw new UsageError('--llama-cpp-windows is for models, not .onnx files', {
+          field: 'llama-cpp-windows',
+          hint: 'evaluate the GGUF or checkpoint the ONNX files were exported from',
+        });
+      return onnxEvalCommand(model, o, consoleOutput(!!o.json));
+    }
     if (!o.text)
       throw new UsageError('--text is required', { field: 'text', hint: 'ptq eval <model> --text <file>' });
     return evalCommand(model, o, consoleOutput(!!o.json));
@@ -433,6 +449,7 @@ withCalibrationOptions(
   .option('--ctx <n>', 'tokens per window (default: the model context, at most 2048)', integer)
   .option('--stride <n>', 'window step (default: ctx, non-overlapping)', integer)
   .option('--keep-partial', 'also score the last, shorter window')
+  .option(LLAMA_CPP_WINDOWS, LLAMA_CPP_WINDOWS_HELP)
   .option('--max-tokens <n>', 'evaluate only the first n tokens', integer)
   .option('--tokenizer <file>', 'tokenizer to use instead of the one next to the model')
   .option(

@@ -8,6 +8,13 @@
  * final window shorter than ctx (the "chunks" protocol of GPTQ/SINQ evaluations and of the
  * assets' reference numbers: 511 predictions per 512-token window).
  *
+ * llama.cpp's llama-perplexity (tools/perplexity/perplexity.cpp, `perplexity` and
+ * `kl_divergence`) cuts the same non-overlapping chunks but scores only each chunk's second half
+ * (`first = n_ctx/2`: the logits of positions first..n_ctx−2, ctx − 1 − ⌊ctx/2⌋ predictions per
+ * chunk, so every scored token has at least half a window of context) and, when the vocabulary
+ * adds BOS, writes BOS over every chunk's first token: `scoreFrom` and `windowStart`
+ * (llamaCppProtocol) reproduce it.
+ *
  * With a reference model, each scored position also yields KL(P_ref ‖ P_model) of the
  * next-token distributions and whether both argmaxes agree (llama.cpp's KLD / "same top").
  *
@@ -22,6 +29,33 @@ export interface WindowProtocol {
   ctx: number;
   stride: number;
   dropPartial: boolean;
+  /**
+   * Position in every window of the first prediction scored (the logits there predict the token
+   * after it): llama-perplexity's `first`. Unset: a window scores the tokens no earlier window
+   * scored. Needs stride = ctx (windows that overlap would score tokens twice).
+   */
+  scoreFrom?: number;
+  /**
+   * Token id written over the first token of every window (llama-perplexity's BOS at each chunk's
+   * start). That position is never a target, so only the context of the scored tokens changes.
+   */
+  windowStart?: number;
+}
+
+/**
+ * llama-perplexity's windows for `-c ctx` (its default is 512): non-overlapping, the last partial
+ * one dropped, predictions from position ⌊ctx/2⌋ on, and `bos` at every window's start when the
+ * tokenizer adds BOS (llama.cpp's `llama_vocab_get_add_bos`; undefined: the windows keep their
+ * first token).
+ */
+export function llamaCppProtocol(ctx: number, bos?: number): WindowProtocol {
+  return {
+    ctx,
+    stride: ctx,
+    dropPartial: true,
+    scoreFrom: Math.floor(ctx / 2),
+    ...(bos !== undefined && { windowStart: bos }),
+  };
 }
 
 /** A window [start, end) of the token stream whose positions >= firstTarget (relative) are scored. */
@@ -33,7 +67,11 @@ export interface Window {
 
 export function describeProtocol(p: WindowProtocol): string {
   const kind = p.stride === p.ctx ? 'non-overlapping windows' : `sliding windows, stride ${p.stride}`;
-  return `ctx ${p.ctx}, ${kind}${p.dropPartial ? ', last partial window dropped' : ''}`;
+  return (
+    `ctx ${p.ctx}, ${kind}${p.dropPartial ? ', last partial window dropped' : ''}` +
+    (p.scoreFrom !== undefined ? `, predictions from position ${p.scoreFrom} of each window` : '') +
+    (p.windowStart !== undefined ? `, token ${p.windowStart} at the start of each window` : '')
+  );
 }
 
 export function planWindows(numTokens: number, p: WindowProtocol): Window[] {
@@ -43,12 +81,24 @@ export function planWindows(numTokens: number, p: WindowProtocol): Window[] {
       got: `ctx ${p.ctx}, stride ${p.stride}`,
     });
   }
+  if (
+    p.scoreFrom !== undefined &&
+    !(Number.isInteger(p.scoreFrom) && p.scoreFrom >= 0 && p.scoreFrom <= p.ctx - 2 && p.stride === p.ctx)
+  ) {
+    throw new UsageError('invalid first scored position', {
+      field: 'scoreFrom',
+      expected: '0 <= scoreFrom <= ctx - 2, with stride = ctx',
+      got: `scoreFrom ${p.scoreFrom}, ctx ${p.ctx}, stride ${p.stride}`,
+    });
+  }
   const windows: Window[] = [];
   let scoredUpTo = 0;
   for (let start = 0; start < numTokens; start += p.stride) {
     const end = Math.min(start + p.ctx, numTokens);
     if (p.dropPartial && end - start < p.ctx) break;
-    windows.push({ start, end, firstTarget: Math.max(1, scoredUpTo - start) });
+    const firstTarget = p.scoreFrom !== undefined ? p.scoreFrom + 1 : Math.max(1, scoredUpTo - start);
+    // A kept partial window too short to reach scoreFrom has no prediction to score.
+    if (p.scoreFrom === undefined || firstTarget < end - start) windows.push({ start, end, firstTarget });
     scoredUpTo = end;
     if (end === numTokens) break;
   }
@@ -101,6 +151,14 @@ export async function evaluate(
     });
   }
   const V = model.config.vocabSize;
+  const { windowStart } = protocol;
+  if (windowStart !== undefined && !(Number.isInteger(windowStart) && windowStart >= 0 && windowStart < V)) {
+    throw new UsageError('invalid window start token', {
+      field: 'windowStart',
+      expected: `a token id below the vocabulary size ${V}`,
+      got: String(windowStart),
+    });
+  }
   const maxRows = Math.max(protocol.ctx, Math.floor((options.maxBatchLogits ?? 2 ** 22) / V));
   const acc = { nll: 0, refNll: 0, kld: 0, agree: 0, predictions: 0, tokensDone: 0 };
 
@@ -118,6 +176,7 @@ export async function evaluate(
     const ids = new Int32Array(batch.length * T);
     batch.forEach((w, b) => {
       ids.set(tokens.slice(w.start, w.end), b * T);
+      if (windowStart !== undefined) ids[b * T] = windowStart;
     });
     const logits = await model.forward(ids, batch.length, T);
     const refLogits = reference ? await reference.forward(ids, batch.length, T) : undefined;
