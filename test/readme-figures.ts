@@ -43,9 +43,7 @@ export function readmeTable(marker: string): string[][] {
 
 /** The columns of a fixed-width text table (two or more spaces apart), dashed rules dropped. */
 export function textTableRows(lines: readonly string[]): string[][] {
-  return lines
-    .filter((l) => l.trim() !== '' && !/^[-\s]+$/.test(l))
-    .map((l) => l.trim().split(/\s{2,}/));
+  return lines.filter((l) => l.trim() !== '' && !/^[-\s]+$/.test(l)).map((l) => l.trim().split(/\s{2,}/));
 }
 
 /** `actual` shown with as many decimals as README's `printed` reads exactly `printed`. */

@@ -16,7 +16,10 @@ test("ptq demo prints README's table: bits/w, size, perplexity, KLD, top-1 of ev
   const r = runCli(['demo']);
   assert.equal(r.code, 0, r.stderr);
   const lines = r.stdout.split('\n');
-  assert.match(lines[0]!, /^ptq demo: tinystories-656k on tinystories-valid-slice\.txt \(7957 tokens; ctx 512,/);
+  assert.match(
+    lines[0]!,
+    /^ptq demo: tinystories-656k on tinystories-valid-slice\.txt \(7957 tokens; ctx 512,/,
+  );
   const header = lines.findIndex((l) => l.startsWith('model '));
   const printed = textTableRows(lines.slice(header, header + 6));
   const readme = textTableRows(readmeBlock('`ptq demo` prints'));
