@@ -18,6 +18,7 @@ import { Decoder } from '../../src/model/decoder.js';
 import { loadModel } from '../../src/model/load.js';
 import { evaluate } from '../../src/model/perplexity.js';
 import { modelSize, quantizeModel } from '../../src/quant/quantize-model.js';
+import { readmeBlock, textTableRows } from '../readme-figures.js';
 
 const MAX_TOKENS = 1024;
 
@@ -95,10 +96,26 @@ describe('ptq compare', () => {
       // int4, one f16 scale per 32 weights, symmetric zero implicit: 4 + 16/32 bits.
       assert.equal(l.bitsPerWeight, 4.5);
     }
-    // The fp reference numbers, and the values on this text (recorded in the README).
     assert.equal(results.reference.perplexity, direct.referencePerplexity);
-    assert.ok(Math.abs(direct.perplexity - 36.5497) < 1e-3, `${direct.perplexity}`);
-    assert.ok(Math.abs(direct.kld! - 0.06815) < 1e-4, `${direct.kld}`);
+  });
+
+  it("prints README's example: protocol line, every row's bits/w, size, perplexity, KLD, top-1, the skips", () => {
+    const printed = lines.join('\n').split('\n');
+    const readme = readmeBlock('test/eval/report.test.ts runs this grid');
+    const protocolLine = (ls: string[]) => ls.find((l) => l.startsWith('ptq compare: '));
+    assert.equal(protocolLine(printed), protocolLine(readme));
+    // The table: from its header to the first line that is not a row (blank, or the skips); the
+    // timing columns (quantize s, eval tok/s) measure the machine and are not compared.
+    const table = (ls: string[]) => {
+      const start = ls.findIndex((l) => l.startsWith('model '));
+      const end = ls.findIndex((l, i) => i > start && (l.trim() === '' || l.startsWith('skipped ')));
+      return textTableRows(ls.slice(start, end)).map((row) => row.slice(0, 6));
+    };
+    assert.equal(table(readme).length, 7, 'README: header, fp32 and five runs');
+    assert.deepEqual(table(printed), table(readme));
+    const skips = (ls: string[]) => ls.filter((l) => l.startsWith('skipped '));
+    assert.equal(skips(readme).length, 3);
+    assert.deepEqual(skips(printed), skips(readme));
   });
 
   it('3-bit KLD exceeds 4-bit KLD for each method; per-layer bits come from the stored tensors', () => {
