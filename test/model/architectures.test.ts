@@ -2,7 +2,7 @@
  * Forward equivalence per architecture: a tiny random checkpoint in each Hugging Face model
  * type's exact layout is loaded by ptqkit (loadModel: name mapping, transposes, fused splits)
  * and run by the Decoder; the same files run as an independent ONNX graph in onnxruntime
- * (arch-reference.ts). Logits must agree to 1e-4 of their range.
+ * (arch-reference.ts). Logits must agree to LOGIT_TOL.
  */
 import assert from 'node:assert/strict';
 import path from 'node:path';
@@ -24,6 +24,14 @@ import { CASES, Ref, WeightMaker, writeCheckpoint } from './arch-reference.js';
 
 const B = 2;
 const T = 12;
+/**
+ * max |Δlogit| between ptqkit's forward and the reference graph, both float32 in onnxruntime
+ * with the operations grouped differently. README: ≤ 5.8e-6 measured for all ten architectures
+ * (5.72e-6 the largest, qwen3; logits up to ~18), asserted ≤ 1e-5, a 1.7x margin for other
+ * CPUs' kernels. The bound was 1e-4 of the logit range (up to 1.8e-3): a norm epsilon or rotary
+ * base slightly off passed it.
+ */
+const LOGIT_TOL = 1e-5;
 
 /** Case i written to a fresh directory: its checkpoint tensors and the directory. */
 async function writeCase(i: number) {
@@ -56,7 +64,7 @@ for (const [i, arch] of CASES.entries()) {
       `  ${arch.config.model_type}: max |Δlogit| ${diff.toExponential(2)} of max |logit| ${range.toFixed(3)}`,
     );
     assert.ok(range > 0.5, 'logits are not trivially small');
-    assert.ok(diff <= 1e-4 * range, `max |Δlogit| ${diff} > 1e-4 × ${range}`);
+    assert.ok(diff <= LOGIT_TOL, `max |Δlogit| ${diff} > ${LOGIT_TOL}`);
   });
 }
 
