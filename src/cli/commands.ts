@@ -561,7 +561,6 @@ export function protocolFor(
     const other = args.stride !== undefined ? '--stride' : args.keepPartial ? '--keep-partial' : undefined;
     if (other)
       throw new UsageError(`${other} does not combine with --llama-cpp-windows`, {
-        field: other.slice(2),
         hint: "llama-perplexity's windows are non-overlapping chunks of --ctx tokens, the last partial one dropped",
       });
     const bos = model.tokenizer.bosId;

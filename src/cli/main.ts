@@ -329,7 +329,6 @@ program
       // onnxEvalCommand cuts its own windows: the option would be ignored there.
       if (o.llamaCppWindows)
         throw new UsageError('--llama-cpp-windows is for models, not .onnx files', {
-          field: 'llama-cpp-windows',
           hint: 'evaluate the GGUF or checkpoint the ONNX files were exported from',
         });
       return onnxEvalCommand(model, o, consoleOutput(!!o.json));
