@@ -3,62 +3,11 @@
  * int4 g128, NVFP4, MXFP4, FP4 E2M1 g32, int3 g32/g64, ternary and binary g32 (the AWQ and
  * GPTQ + online-rotation rows: method-format-table-awq.test.ts).
  */
+
+import { TINYSTORIES_PINS } from './method-format-pins.js';
 import { methodFormatTable, TINYSTORIES_COLUMNS } from './method-format-table.js';
 
-/** Measured (perplexity, KLD) per `model | row | column`, pinned to 1%; FP32 perplexity 36.7854. */
-const MEASURED: Record<string, [number, number]> = {
-  'tinystories-656k | rtn | int4 g32': [40.3134, 0.08817],
-  'tinystories-656k | rtn | int4 g32 asym': [38.0827, 0.06025],
-  'tinystories-656k | rtn | int4 g128': [38.7385, 0.1376],
-  'tinystories-656k | rtn | nvfp4': [39.5186, 0.07462],
-  'tinystories-656k | rtn | mxfp4': [42.4906, 0.118],
-  'tinystories-656k | rtn | fp4-e2m1 g32': [40.7721, 0.08943],
-  'tinystories-656k | rtn | int3 g32': [56.986, 0.4053],
-  'tinystories-656k | rtn | int3 g64': [66.7918, 0.5159],
-  'tinystories-656k | rtn | ternary g32': [1216.3754, 3.746],
-  'tinystories-656k | rtn | binary g32': [2914.6894, 4.874],
-  'tinystories-656k | rtn + hadamard | int4 g32': [40.6841, 0.09968],
-  'tinystories-656k | rtn + hadamard | int4 g32 asym': [41.1217, 0.07364],
-  'tinystories-656k | rtn + hadamard | int4 g128': [43.3569, 0.1393],
-  'tinystories-656k | rtn + hadamard | nvfp4': [38.9766, 0.09985],
-  'tinystories-656k | rtn + hadamard | mxfp4': [42.0236, 0.1619],
-  'tinystories-656k | rtn + hadamard | fp4-e2m1 g32': [41.0742, 0.1243],
-  'tinystories-656k | rtn + hadamard | int3 g32': [59.2657, 0.5418],
-  'tinystories-656k | rtn + hadamard | int3 g64': [64.4217, 0.7134],
-  'tinystories-656k | rtn + hadamard | ternary g32': [1869.2758, 4.117],
-  'tinystories-656k | rtn + hadamard | binary g32': [8715.1087, 5.853],
-  'tinystories-656k | rtn + hadamard-online | int4 g32': [39.5729, 0.08075],
-  'tinystories-656k | rtn + hadamard-online | int4 g32 asym': [39.049, 0.05268],
-  'tinystories-656k | rtn + hadamard-online | int4 g128': [38.2607, 0.1319],
-  'tinystories-656k | rtn + hadamard-online | nvfp4': [40.9078, 0.07707],
-  'tinystories-656k | rtn + hadamard-online | mxfp4': [42.1403, 0.122],
-  'tinystories-656k | rtn + hadamard-online | fp4-e2m1 g32': [40.8481, 0.0868],
-  'tinystories-656k | rtn + hadamard-online | int3 g32': [58.0022, 0.4248],
-  'tinystories-656k | rtn + hadamard-online | int3 g64': [65.6296, 0.5056],
-  'tinystories-656k | rtn + hadamard-online | ternary g32': [1564.8077, 3.953],
-  'tinystories-656k | rtn + hadamard-online | binary g32': [2921.147, 4.88],
-  'tinystories-656k | gptq | int4 g32': [38.9287, 0.05404],
-  'tinystories-656k | gptq | int4 g32 asym': [38.2578, 0.0395],
-  'tinystories-656k | gptq | int4 g128': [38.8768, 0.07427],
-  'tinystories-656k | gptq | nvfp4': [39.4541, 0.05426],
-  'tinystories-656k | gptq | mxfp4': [39.5615, 0.08485],
-  'tinystories-656k | gptq | fp4-e2m1 g32': [39.2934, 0.05938],
-  'tinystories-656k | gptq | int3 g32': [47.0279, 0.2658],
-  'tinystories-656k | gptq | int3 g64': [47.4657, 0.3179],
-  'tinystories-656k | gptq | ternary g32': [471.3787, 2.865],
-  'tinystories-656k | gptq | binary g32': [914.1964, 3.458],
-  'tinystories-656k | hqq | int4 g32 asym': [37.5672, 0.05362],
-  'tinystories-656k | hqq | int4 g128': [40.0488, 0.09305],
-  'tinystories-656k | hqq | int3 g32': [42.776, 0.2397],
-  'tinystories-656k | hqq | int3 g64': [48.2599, 0.347],
-  'tinystories-656k | sinq | int4 g32': [40.0684, 0.07829],
-  'tinystories-656k | sinq | int4 g32 asym': [38.1205, 0.05187],
-  'tinystories-656k | sinq | int4 g128': [40.6424, 0.1029],
-  'tinystories-656k | sinq | int3 g32': [55.64, 0.3735],
-  'tinystories-656k | sinq | int3 g64': [62.0715, 0.4596],
-};
-
-methodFormatTable('tinystories-656k', 'models/tinystories-656k', TINYSTORIES_COLUMNS, MEASURED, [
+methodFormatTable('tinystories-656k', 'models/tinystories-656k', TINYSTORIES_COLUMNS, TINYSTORIES_PINS, [
   'rtn',
   'rtn + hadamard',
   'rtn + hadamard-online',

@@ -5,7 +5,9 @@
  * 128): every method (RTN, GPTQ, AWQ, HQQ, SINQ, and RTN/GPTQ with a rotation) on every grid it
  * can use. Perplexity and KLD against FP32 on the first 2048 tokens of tinystories-valid-800k
  * (chunks of 512), calibration 8 × 512 tokens sampled (seed 0) from tokens 96K+; every cell
- * pinned to its measurement (1%), every impossible cell to its reason. (A-SINQ: asinq.test.ts.)
+ * pinned to its measurement (1%, method-format-pins.ts), every impossible cell to its reason, and
+ * README's orderings over the table (method-format-claims.ts) checked on the cells measured, with
+ * the pins for the rows another file measures. (A-SINQ: asinq.test.ts.)
  */
 import assert from 'node:assert/strict';
 import { before, describe, test } from 'node:test';
@@ -16,6 +18,8 @@ import { type EvalResult, evaluate } from '../../src/model/perplexity.js';
 import { type MethodName, modelSize, quantizeModel } from '../../src/quant/quantize-model.js';
 import type { RotationKind } from '../../src/quant/rotate.js';
 import { assetsPresent } from '../helpers.js';
+import { type Cell, checkClaims, tableOf } from './method-format-claims.js';
+import type { TablePins } from './method-format-pins.js';
 import {
   assertMeasured,
   type Calibration,
@@ -108,7 +112,7 @@ export function methodFormatTable(
   name: string,
   modelPath: string,
   columns: Column[],
-  MEASURED: Record<string, [number, number]>,
+  pins: TablePins,
   /** The rows of this test file (a model's rows split across files keeps each under a minute of CPU). */
   rowLabels: string[] = ROWS.map((r) => r.label),
 ): void {
@@ -129,6 +133,8 @@ export function methodFormatTable(
       reference = cachedReference(new Decoder(model.config, model.weights));
       const fp = await evaluate(reference, tokens, { protocol: PROTOCOL });
       console.log(`  ${name} fp32 ppl ${fp.perplexity.toFixed(4)}`);
+      // README's FP32 perplexity of these tokens, which the claims compare GPTQ's low end with.
+      assert.ok(Math.abs(fp.perplexity / pins.fp32 - 1) < 1e-5, `fp32 ${fp.perplexity} vs ${pins.fp32}`);
     });
 
     test('every method × grid: pinned perplexity / KLD; the markdown table', async () => {
@@ -158,7 +164,7 @@ export function methodFormatTable(
           console.log(
             `  ${key.padEnd(52)} ${bitsPerWeight.toFixed(3)} b/w  ppl ${r.perplexity.toFixed(4)}  KLD ${r.kld!.toFixed(5)}  ${((performance.now() - t0) / 1000).toFixed(1)} s`,
           );
-          const pinned = MEASURED[key];
+          const pinned = pins.cells[key];
           if (pinned) assertMeasured(key, r, pinned);
           else missing[key] = [Number(r.perplexity.toFixed(4)), Number(r.kld!.toPrecision(4))];
         }
@@ -182,6 +188,13 @@ export function methodFormatTable(
       lines.push(`| bits/w (rtn) | ${bits.join(' | ')} |`);
       console.log(lines.join('\n'));
       assert.deepEqual(missing, {}, `unpinned cells:\n${JSON.stringify(missing, null, 2)}`);
+      // README's orderings on this run's cells; the rows of the model's other test file as pinned.
+      const values = new Map<string, Cell>(
+        Object.entries(pins.cells).map(([k, [perplexity, kld]]) => [k, { perplexity, kld }]),
+      );
+      for (const [key, c] of cells)
+        if (typeof c === 'object') values.set(key, { perplexity: c.perplexity, kld: c.kld! });
+      assert.deepEqual(checkClaims(tableOf(name, pins.fp32, values)), []);
     });
   });
 }
