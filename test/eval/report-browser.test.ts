@@ -19,10 +19,9 @@ import { compareCommand } from '../../src/cli/commands.js';
 import { DEMO_MODEL, DEMO_TEXT } from '../../src/cli/demo.js';
 import type { CompareResults } from '../../src/eval/compare.js';
 import { paretoFrontier } from '../../src/eval/report.js';
-import { tempDir } from '../helpers.js';
+import { CI, tempDir } from '../helpers.js';
 import { CHROMIUM, chromiumPresent, launchChromium, openFile, type PageLog } from './chromium.js';
 
-const CI = !!process.env.CI && process.env.CI !== 'false' && process.env.CI !== '0';
 const skip = !chromiumPresent && !CI ? `${CHROMIUM} missing (apt-get install chromium)` : false;
 
 /** What the page reports about one chart's SVG (client pixels). */

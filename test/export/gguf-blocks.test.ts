@@ -3,10 +3,8 @@
  * ggml block (gguf-blocks.ts), and say so when it does not.
  */
 import assert from 'node:assert/strict';
-import { mkdtempSync } from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { test } from 'node:test';
+import { type TestContext, test } from 'node:test';
 import { exportGguf } from '../../src/export/gguf.js';
 import { blockScale, codesToBlocks } from '../../src/export/gguf-blocks.js';
 import { ggmlType } from '../../src/formats/ggml.js';
@@ -15,16 +13,16 @@ import { fromCodes } from '../../src/formats/quantized-tensor.js';
 import { writePtqCheckpoint } from '../../src/io/ptq-checkpoint.js';
 import { loadModel } from '../../src/model/load.js';
 import { quantizeModel } from '../../src/quant/quantize-model.js';
-import { ASSETS, assetsPresent } from '../helpers.js';
+import { ASSETS, assetsPresent, tempDir } from '../helpers.js';
 
 const MODEL = path.join(ASSETS, 'models/tinystories-656k');
 const LINEAR = /self_attn|mlp/;
 
-/** RTN-quantize the model, save it as a ptqkit checkpoint, read it back, export it to GGUF. */
-async function exportCheckpoint(grid: GridSpec, type: string) {
+/** RTN-quantize the model, save it as a ptqkit checkpoint, read it back, export it to GGUF (files removed after `t`). */
+async function exportCheckpoint(t: TestContext, grid: GridSpec, type: string) {
   const model = await loadModel(MODEL);
   const q = await quantizeModel(model.config, model.weights, { method: 'rtn', grid });
-  const dir = mkdtempSync(path.join(os.tmpdir(), 'ptq-gguf-ckpt-'));
+  const dir = tempDir('ptq-gguf-ckpt-', t);
   await writePtqCheckpoint(path.join(dir, 'ckpt'), { ...model, weights: q.weights }, q.quantization);
   const ckpt = await loadModel(path.join(dir, 'ckpt'));
   const warnings: string[] = [];
@@ -83,6 +81,7 @@ test('hand-made codes land in Q4_0, Q4_1 and Q8_0 blocks as the op formulas say'
 test('int4 g32 symmetric checkpoint -> Q4_0 from its own codes, bit-exact', async (t) => {
   if (!assetsPresent) return t.skip('shared assets not present');
   const { ckpt, report, back, warnings } = await exportCheckpoint(
+    t,
     { bits: 4, symmetric: true, granularity: 'group', groupSize: 32, scaleDtype: 'f16' },
     'auto',
   );
@@ -96,12 +95,14 @@ test('int4 g32 symmetric checkpoint -> Q4_0 from its own codes, bit-exact', asyn
 test('int3 g64 and int8 per-channel symmetric checkpoints fit Q4_0 and Q8_0 exactly', async (t) => {
   if (!assetsPresent) return t.skip('shared assets not present');
   const int3 = await exportCheckpoint(
+    t,
     { bits: 3, symmetric: true, granularity: 'group', groupSize: 64, scaleDtype: 'f16' },
     'q4_0',
   );
   assert.deepEqual(int3.warnings, []);
   assert.equal(maxLinearDiff(int3.ckpt.weights, int3.back.weights), 0);
   const int8 = await exportCheckpoint(
+    t,
     { bits: 8, symmetric: true, granularity: 'channel', groupSize: 0, scaleDtype: 'f16' },
     'auto',
   );
@@ -112,6 +113,7 @@ test('int3 g64 and int8 per-channel symmetric checkpoints fit Q4_0 and Q8_0 exac
 test('int4 g32 asymmetric -> Q4_1 keeps codes and d; m = −d·z rounded to f16 is reported', async (t) => {
   if (!assetsPresent) return t.skip('shared assets not present');
   const { ckpt, report, back, warnings } = await exportCheckpoint(
+    t,
     { bits: 4, symmetric: false, granularity: 'group', groupSize: 32, scaleDtype: 'f16' },
     'auto',
   );
@@ -134,6 +136,7 @@ test('grids without a block form are re-quantized with a warning', async (t) => 
   if (!assetsPresent) return t.skip('shared assets not present');
   // int8 codes do not fit 4-bit blocks; f32 scales are not f16 values.
   const wide = await exportCheckpoint(
+    t,
     { bits: 8, symmetric: true, granularity: 'group', groupSize: 32, scaleDtype: 'f16' },
     'q4_0',
   );
@@ -142,12 +145,14 @@ test('grids without a block form are re-quantized with a warning', async (t) => 
   );
   assert.ok(wide.warnings.some((w) => /8-bit symmetric codes do not fit Q4_0; re-quantized to Q4_0/.test(w)));
   const f32 = await exportCheckpoint(
+    t,
     { bits: 4, symmetric: true, granularity: 'group', groupSize: 32, scaleDtype: 'f32' },
     'q4_0',
   );
   assert.ok(f32.warnings.some((w) => /is not an f16 value; re-quantized/.test(w)));
   await assert.rejects(
     exportCheckpoint(
+      t,
       { bits: 8, symmetric: false, granularity: 'channel', groupSize: 0, scaleDtype: 'f16' },
       'auto',
     ),

@@ -3,11 +3,13 @@
  * ptqkit, and produce the logits of ptqkit's forward over the same (dequantized) weights;
  * llama.cpp's own quantizer (llama_model_quantize, pure) turns our F32 export into exactly
  * the bytes of our quantized exports.
+ *
+ * Without llama.cpp (node-llama-cpp's runtime, or cc and git for the ggml-ref harness) a test skips
+ * with the reason, except under CI where it fails (helpers.ts skipOrFail; .ci/run installs them).
  */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import os from 'node:os';
+import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
 import { evalCommand } from '../../src/cli/commands.js';
@@ -20,7 +22,7 @@ import { greedyGenerate } from '../../src/model/generate.js';
 import { loadModel } from '../../src/model/load.js';
 import { ggufStorage, llamaCppInputOps } from '../../src/model/sources/gguf-model.js';
 import { quantizeModel } from '../../src/quant/quantize-model.js';
-import { ASSETS, assetsPresent } from '../helpers.js';
+import { ASSETS, assetsPresent, skipOrFail, tempDir } from '../helpers.js';
 import { getLlamaRuntime, refHarness } from './llama-cpp.js';
 
 /**
@@ -170,9 +172,9 @@ for (const spec of MODELS) {
   test(`${spec.key}: GGUF exports run in llama.cpp with ptqkit's tokens, logits and greedy text`, async (t) => {
     if (!assetsPresent) return t.skip('shared assets not present');
     const llama = await getLlamaRuntime();
-    if (typeof llama === 'string') return t.skip(llama);
+    if (typeof llama === 'string') return skipOrFail(t, llama);
     const model = await loadModel(path.join(ASSETS, spec.path));
-    const dir = mkdtempSync(path.join(os.tmpdir(), 'ptq-gguf-'));
+    const dir = tempDir('ptq-gguf-', t);
     const ids = model.tokenizer.encode(text());
     const window = ids.slice(0, WINDOW);
     const prompt = model.tokenizer.encode('Once upon a time');
@@ -338,9 +340,9 @@ for (const spec of MODELS) {
   test(`${spec.key}: llama.cpp's llama-quantize of our F32 GGUF gives our quantized tensors byte for byte`, async (t) => {
     if (!assetsPresent) return t.skip('shared assets not present');
     const exe = refHarness();
-    if (typeof exe !== 'string') return t.skip(exe.reason);
+    if (typeof exe !== 'string') return skipOrFail(t, exe.reason);
     const model = await loadModel(path.join(ASSETS, spec.path));
-    const dir = mkdtempSync(path.join(os.tmpdir(), 'ptq-gguf-q-'));
+    const dir = tempDir('ptq-gguf-q-', t);
     const f32 = path.join(dir, 'f32.gguf');
     await exportGguf(model, f32, { type: 'f32' });
     for (const [type, ftype] of Object.entries(FTYPE)) {
@@ -374,11 +376,11 @@ for (const spec of MODELS) {
   test(`${spec.key}: llama-quantize's mixes: our per-tensor types and bytes are llama_model_quantize's, and llama.cpp runs them`, async (t) => {
     if (!assetsPresent) return t.skip('shared assets not present');
     const exe = refHarness();
-    if (typeof exe !== 'string') return t.skip(exe.reason);
+    if (typeof exe !== 'string') return skipOrFail(t, exe.reason);
     const llama = await getLlamaRuntime();
-    if (typeof llama === 'string') return t.skip(llama);
+    if (typeof llama === 'string') return skipOrFail(t, llama);
     const model = await loadModel(path.join(ASSETS, spec.path));
-    const dir = mkdtempSync(path.join(os.tmpdir(), 'ptq-gguf-mix-'));
+    const dir = tempDir('ptq-gguf-mix-', t);
     const f32 = path.join(dir, 'f32.gguf');
     await exportGguf(model, f32, { type: 'f32' });
     const window = model.tokenizer.encode(text()).slice(0, WINDOW);
@@ -433,7 +435,7 @@ for (const spec of MODELS) {
 test('a GPTQ int4 g32 checkpoint exported from its own codes (Q4_0) runs in llama.cpp on the weights ptq eval uses', async (t) => {
   if (!assetsPresent) return t.skip('shared assets not present');
   const llama = await getLlamaRuntime();
-  if (typeof llama === 'string') return t.skip(llama);
+  if (typeof llama === 'string') return skipOrFail(t, llama);
   const model = await loadModel(path.join(ASSETS, 'models/tinystories-656k'));
   const ids = model.tokenizer.encode(text());
   const q = await quantizeModel(model.config, model.weights, {
@@ -445,7 +447,7 @@ test('a GPTQ int4 g32 checkpoint exported from its own codes (Q4_0) runs in llam
       description: {},
     },
   });
-  const dir = mkdtempSync(path.join(os.tmpdir(), 'ptq-gguf-gptq-'));
+  const dir = tempDir('ptq-gguf-gptq-', t);
   await writePtqCheckpoint(path.join(dir, 'ckpt'), { ...model, weights: q.weights }, q.quantization);
   const ckpt = await loadModel(path.join(dir, 'ckpt'));
   const file = path.join(dir, 'gptq.gguf');

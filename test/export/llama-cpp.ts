@@ -1,22 +1,34 @@
 /**
  * Access to the real llama.cpp for the GGUF tests: node-llama-cpp's runtime (its prebuilt
- * linux-x64 binary, or a local build made by `npx --no node-llama-cpp source download`), and
+ * linux-x64 binary, or a local build made by `npx --no node-llama-cpp source download`),
  * `ggml-ref` (ggml-ref.c next to this file), compiled at test time against the headers of the
  * llama.cpp source node-llama-cpp bundles and the libraries it ships, to run llama.cpp's own
- * quantizers (ggml_quantize_chunk, llama_model_quantize). Nothing of llama.cpp is committed.
+ * quantizers (ggml_quantize_chunk, llama_model_quantize), and llama.cpp's own `llama-perplexity`
+ * tool built from that source. Nothing of llama.cpp is committed.
+ *
+ * Each returns the reason when it is unavailable; the tests pass it to skipOrFail (helpers.ts):
+ * a skip on a developer's machine, a failure under CI.
  */
-import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { REPO } from '../helpers.js';
+
+/**
+ * Where the shallow clone of the bundled llama.cpp source and the compiled tools live. A deliberate
+ * cache, kept between runs (the clone takes seconds, and a tool built from a release's fixed source
+ * is rebuilt only when missing); not a temporary directory of one test, so no test removes it.
+ */
+export const LLAMA_CPP_CACHE = path.join(os.tmpdir(), `ptq-ggml-ref-${process.getuid?.() ?? 0}`);
 
 const NLC = path.join(REPO, 'node_modules', 'node-llama-cpp');
 
 type Llama = Awaited<ReturnType<typeof import('node-llama-cpp').getLlama>>;
 let llamaPromise: Promise<Llama | string> | undefined;
 
-/** The llama.cpp runtime, or the reason it is unavailable (the tests then skip with it). */
+/** The llama.cpp runtime, or the reason it is unavailable (for skipOrFail). */
 export function getLlamaRuntime(): Promise<Llama | string> {
   llamaPromise ??= (async () => {
     try {
@@ -51,11 +63,70 @@ function libraryDirs(): string[] {
   return dirs;
 }
 
+/** The release tag of the llama.cpp node-llama-cpp bundles (llama.cpp.info.json). */
+function bundledTag(): string {
+  return (JSON.parse(readFileSync(path.join(NLC, 'llama', 'llama.cpp.info.json'), 'utf8')) as { tag: string })
+    .tag;
+}
+
+/**
+ * The bundled llama.cpp source, shallow-cloned from node-llama-cpp's git bundle into
+ * `<cacheDir>/llama.cpp-<tag>` once per release (a few seconds). Two test files run at once may
+ * both clone: each clones into a directory of its own and renames it into place, and the loser of
+ * the rename uses the winner's (identical) clone.
+ */
+function llamaCppSource(cacheDir: string, tag: string): string {
+  const src = path.join(cacheDir, `llama.cpp-${tag}`);
+  if (existsSync(path.join(src, 'include', 'llama.h'))) return src;
+  mkdirSync(cacheDir, { recursive: true });
+  const tmp = mkdtempSync(path.join(cacheDir, `clone-${tag}-`));
+  try {
+    execFileSync('git', ['clone', '-q', '--depth', '1', path.join(NLC, 'llama', 'gitRelease.bundle'), tmp], {
+      stdio: 'pipe',
+    });
+    renameSync(tmp, src);
+  } catch (e) {
+    if (!existsSync(path.join(src, 'include', 'llama.h'))) throw e;
+  } finally {
+    rmSync(tmp, { recursive: true, force: true });
+  }
+  return src;
+}
+
+/** `-l:<file>` for the first `<prefix>*.so` in `libDir`. */
+function libFlag(libDir: string, prefix: string): string {
+  const f = readdirSync(libDir).find((f) => f.startsWith(prefix) && f.endsWith('.so'));
+  if (!f) throw new Error(`no ${prefix}*.so in ${libDir}`);
+  return `-l:${f}`;
+}
+
+/**
+ * Run `compiler` to produce `exe`: into a name of this process first, then renamed over `exe`, so
+ * that a test file running the tool never sees a half-written one from another file's build.
+ */
+function compile(compiler: string, args: string[], exe: string): void {
+  const tmp = `${exe}.${process.pid}.tmp`;
+  try {
+    execFileSync(compiler, ['-o', tmp, ...args], { stdio: 'pipe' });
+    renameSync(tmp, exe);
+  } finally {
+    rmSync(tmp, { force: true });
+  }
+}
+
+/** The first line of a failed command's own error output (a compiler's first error), else of its message. */
+function firstLine(e: unknown): string {
+  const { code, path: command } = e as NodeJS.ErrnoException;
+  if (code === 'ENOENT' && command) return `${command} is not installed (.ci/run installs it with apt-get)`;
+  const stderr = String((e as { stderr?: Buffer }).stderr ?? '');
+  const line = stderr.split('\n').find((l) => /error/i.test(l)) ?? (e as Error).message.split('\n')[0];
+  return line!.trim();
+}
+
 /**
  * Compile the C file `source` into `<cacheDir>/<name>-<tag>` against the llama.cpp node-llama-cpp
- * ships: the first of libraryDirs() and the headers of the release it bundles (a shallow clone of
- * its git bundle, a few seconds, once per release tag in `cacheDir`; llama.cpp.info.json names the
- * tag). Throws with the reason when the libraries, git or a C compiler are missing.
+ * ships: the first of libraryDirs() and the headers of the release it bundles (llamaCppSource).
+ * Throws with the reason when the libraries, git or a C compiler are missing.
  */
 export function buildAgainstLlamaCpp(
   source: string,
@@ -64,41 +135,98 @@ export function buildAgainstLlamaCpp(
 ): { exe: string; libDir: string } {
   const libDir = libraryDirs()[0];
   if (!libDir) throw new Error('no llama.cpp libraries under node_modules');
-  const lib = (prefix: string) => {
-    const f = readdirSync(libDir).find((f) => f.startsWith(prefix) && f.endsWith('.so'));
-    if (!f) throw new Error(`no ${prefix}*.so in ${libDir}`);
-    return `-l:${f}`;
-  };
-  const { tag } = JSON.parse(readFileSync(path.join(NLC, 'llama', 'llama.cpp.info.json'), 'utf8')) as {
-    tag: string;
-  };
-  const src = path.join(cacheDir, `llama.cpp-${tag}`);
-  if (!existsSync(path.join(src, 'include', 'llama.h'))) {
-    mkdirSync(cacheDir, { recursive: true });
-    execFileSync('git', ['clone', '-q', '--depth', '1', path.join(NLC, 'llama', 'gitRelease.bundle'), src], {
-      stdio: 'pipe',
-    });
-  }
+  const tag = bundledTag();
+  const src = llamaCppSource(cacheDir, tag);
   const exe = path.join(cacheDir, `${name}-${tag}`);
-  execFileSync(
+  compile(
     'cc',
     [
       '-O2',
-      '-o',
-      exe,
       source,
       `-I${path.join(src, 'ggml', 'include')}`,
       `-I${path.join(src, 'include')}`,
       `-L${libDir}`,
-      lib('libggml-base'),
-      lib('libllama.'),
-      lib('libggml.'),
+      libFlag(libDir, 'libggml-base'),
+      libFlag(libDir, 'libllama.'),
+      libFlag(libDir, 'libggml.'),
       '-lm',
       `-Wl,-rpath,${libDir}`,
     ],
-    { stdio: 'pipe' },
+    exe,
   );
   return { exe, libDir };
+}
+
+/** llama.cpp's llama-perplexity, ready to run, or why it could not be built. */
+export type LlamaPerplexity =
+  | {
+      exe: string;
+      /** Runs it with `args`; its whole output (stdout then stderr); throws when it exits non-zero. */
+      run(args: string[]): string;
+    }
+  | { reason: string };
+
+let perplexityTool: LlamaPerplexity | undefined;
+
+/**
+ * llama.cpp's own `llama-perplexity` (tools/perplexity: perplexity.cpp and main.cpp of the bundled
+ * source), compiled with g++ against node-llama-cpp's libllama-common, libllama and libggml: the
+ * tool's two files only, about 5 s, and only when `<cache>/llama-perplexity-<tag>-<libs>` is missing
+ * (the source is fixed per release; <libs> names the library directory it was linked against).
+ * The libraries load their CPU backend (libggml-cpu-<variant>.so) from the executable's directory
+ * or the working directory: run() starts it in the library directory.
+ */
+export function llamaPerplexity(): LlamaPerplexity {
+  perplexityTool ??= (() => {
+    try {
+      const libDir = libraryDirs()[0];
+      if (!libDir) throw new Error('no llama.cpp libraries under node_modules');
+      const tag = bundledTag();
+      const libs = createHash('sha256').update(libDir).digest('hex').slice(0, 8);
+      const exe = path.join(LLAMA_CPP_CACHE, `llama-perplexity-${tag}-${libs}`);
+      if (!existsSync(exe)) {
+        const src = llamaCppSource(LLAMA_CPP_CACHE, tag);
+        const tool = path.join(src, 'tools', 'perplexity');
+        compile(
+          'g++',
+          [
+            '-std=c++17',
+            '-O2',
+            path.join(tool, 'perplexity.cpp'),
+            path.join(tool, 'main.cpp'),
+            `-I${path.join(src, 'common')}`,
+            `-I${path.join(src, 'include')}`,
+            `-I${path.join(src, 'ggml', 'include')}`,
+            `-L${libDir}`,
+            // libllama-common is common/ (argument parsing, batching, tokenizing), built by node-llama-cpp.
+            libFlag(libDir, 'libllama-common'),
+            libFlag(libDir, 'libllama.'),
+            libFlag(libDir, 'libggml.'),
+            libFlag(libDir, 'libggml-base'),
+            '-pthread',
+            `-Wl,-rpath,${libDir}`,
+          ],
+          exe,
+        );
+      }
+      return {
+        exe,
+        run(args: string[]): string {
+          const r = spawnSync(exe, args, { cwd: libDir, encoding: 'utf8', maxBuffer: 1 << 28 });
+          const output = `${r.stdout ?? ''}${r.stderr ?? ''}`;
+          if (r.error) throw r.error;
+          if (r.status !== 0)
+            throw new Error(
+              `llama-perplexity ${args.join(' ')} exited with ${r.status ?? r.signal}:\n${output}`,
+            );
+          return output;
+        },
+      };
+    } catch (e) {
+      return { reason: `cannot build llama.cpp's llama-perplexity: ${firstLine(e)}` };
+    }
+  })();
+  return perplexityTool;
 }
 
 let harness: string | { reason: string } | undefined;
@@ -107,10 +235,13 @@ let harness: string | { reason: string } | undefined;
 export function refHarness(): string | { reason: string } {
   if (harness) return harness;
   try {
-    const cacheDir = path.join(os.tmpdir(), `ptq-ggml-ref-${process.getuid?.() ?? 0}`);
-    harness = buildAgainstLlamaCpp(path.join(REPO, 'test', 'export', 'ggml-ref.c'), 'ggml-ref', cacheDir).exe;
+    harness = buildAgainstLlamaCpp(
+      path.join(REPO, 'test', 'export', 'ggml-ref.c'),
+      'ggml-ref',
+      LLAMA_CPP_CACHE,
+    ).exe;
   } catch (e) {
-    harness = { reason: `cannot build the ggml-ref harness: ${(e as Error).message.split('\n')[0]}` };
+    harness = { reason: `cannot build the ggml-ref harness: ${firstLine(e)}` };
   }
   return harness;
 }

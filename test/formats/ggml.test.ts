@@ -1,7 +1,6 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import os from 'node:os';
+import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
 import {
@@ -15,7 +14,7 @@ import {
 import { nearestInt } from '../../src/formats/ggml-math.js';
 import { SafetensorsModel } from '../../src/io/safetensors.js';
 import { refHarness } from '../export/llama-cpp.js';
-import { ASSETS, assetsPresent, seededRandom } from '../helpers.js';
+import { ASSETS, assetsPresent, seededRandom, skipOrFail, tempDir } from '../helpers.js';
 
 /** ggml-common.h static_asserts (bytes per block) and ggml.h type ids. */
 const GGML_COMMON: Record<string, [id: number, block: number, bytes: number]> = {
@@ -157,7 +156,7 @@ test('llama-quantize fallbacks for rows that are not whole blocks', () => {
 
 test("every type is byte-exact with llama.cpp's quantizer and decoder on real GPT-2 weights", async (t) => {
   const exe = refHarness();
-  if (typeof exe !== 'string') return t.skip(exe.reason);
+  if (typeof exe !== 'string') return skipOrFail(t, exe.reason);
   if (!assetsPresent) return t.skip('shared assets not present');
   const st = await SafetensorsModel.open(
     path.join(ASSETS, 'weights/gpt2-small-partial/gpt2_small_partial.safetensors'),
@@ -171,7 +170,7 @@ test("every type is byte-exact with llama.cpp's quantizer and decoder on real GP
   for (let i = 768 * 256; i < x.length; i++) x[i] = (rand() - 0.5) * (i % 3 === 0 ? 1e-3 : 10);
   x.fill(0, 768 * 256, 768 * 256 + 256);
   x.fill(0.5, 768 * 256 + 256, 768 * 256 + 512);
-  const dir = mkdtempSync(path.join(os.tmpdir(), 'ptq-ggml-'));
+  const dir = tempDir('ptq-ggml-', t);
   writeFileSync(path.join(dir, 'x.f32'), x);
   for (const type of GGML_TYPES) {
     const ours = encodeValues(type, x);

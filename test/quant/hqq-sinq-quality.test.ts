@@ -96,28 +96,29 @@ for (const { modelPath, groupSize } of MODELS) {
       });
     }
 
-    test('HQQ and SINQ checkpoints read back to the same dequantized weights', {
-      skip: groupSize === 0,
-    }, async () => {
-      for (const method of ['hqq', 'sinq'] as const) {
-        const q = await quantizeModel(model.config, model.weights, { method, grid: asym(3, groupSize) });
-        const dir = path.join(work, method);
-        await writePtqCheckpoint(dir, { ...model, weights: q.weights }, q.quantization);
-        const back = await loadModel(dir);
-        assert.equal(back.quantization?.method, method);
-        assert.equal(back.quantization!.tensors.size, q.quantization.tensors.size);
-        for (const [name, t] of q.quantization.tensors) {
-          const b = back.quantization!.tensors.get(name)!;
-          assert.deepEqual(b.zeros, t.zeros, `${method} ${name} zeros`);
-          assert.deepEqual(b.columnScales, t.columnScales, `${method} ${name} column scales`);
-          assert.deepEqual(back.weights.get(name)!.data, q.weights.get(name)!.data, `${method} ${name}`);
+    // The checkpoint round trip is a property of the format, checked once: on the grouped model.
+    // Not registered (rather than skipped) for the per-channel one, where it would only repeat it.
+    if (groupSize !== 0)
+      test('HQQ and SINQ checkpoints read back to the same dequantized weights', async () => {
+        for (const method of ['hqq', 'sinq'] as const) {
+          const q = await quantizeModel(model.config, model.weights, { method, grid: asym(3, groupSize) });
+          const dir = path.join(work, method);
+          await writePtqCheckpoint(dir, { ...model, weights: q.weights }, q.quantization);
+          const back = await loadModel(dir);
+          assert.equal(back.quantization?.method, method);
+          assert.equal(back.quantization!.tensors.size, q.quantization.tensors.size);
+          for (const [name, t] of q.quantization.tensors) {
+            const b = back.quantization!.tensors.get(name)!;
+            assert.deepEqual(b.zeros, t.zeros, `${method} ${name} zeros`);
+            assert.deepEqual(b.columnScales, t.columnScales, `${method} ${name} column scales`);
+            assert.deepEqual(back.weights.get(name)!.data, q.weights.get(name)!.data, `${method} ${name}`);
+          }
+          // HQQ's zeros are fractional, SINQ's column scales are not all 1.
+          const first = q.quantization.tensors.values().next().value!;
+          if (method === 'hqq') assert.ok(first.zeros.some((z) => !Number.isInteger(z)));
+          else
+            assert.ok([...q.quantization.tensors.values()].some((t) => t.columnScales?.some((s) => s !== 1)));
         }
-        // HQQ's zeros are fractional, SINQ's column scales are not all 1.
-        const first = q.quantization.tensors.values().next().value!;
-        if (method === 'hqq') assert.ok(first.zeros.some((z) => !Number.isInteger(z)));
-        else
-          assert.ok([...q.quantization.tensors.values()].some((t) => t.columnScales?.some((s) => s !== 1)));
-      }
-    });
+      });
   });
 }

@@ -155,6 +155,7 @@ const MEASURED: Record<string, Record<string, [number, number]>> = {
   },
 };
 
+/** full: also the W4 cases, whose measurements are pinned above for TinyStories-656K only. */
 const MODELS = [
   { modelPath: 'models/tinystories-656k', full: true },
   { modelPath: 'models/stories260k/stories260K.bin', full: false },
@@ -242,21 +243,21 @@ for (const { modelPath, full } of MODELS) {
       assert.ok(naive.kld! < smoothStatic.kld!);
     });
 
-    test('W4A8 and W4A4 (per-token), W4A4 with SmoothQuant and with Hadamard rotations', {
-      skip: !full,
-    }, async () => {
-      const a8: ActivationQuantSpec = { bits: 8, granularity: 'per-token' };
-      const a4: ActivationQuantSpec = { bits: 4, granularity: 'per-token' };
-      const w4a8 = await run('W4A8 per-token', 4, a8);
-      const w4a4 = await run('W4A4 per-token', 4, a4);
-      const smooth = await run('W4A4 per-token SmoothQuant 0.5', 4, a4, { alpha: 0.5 });
-      const online = await run('W4A4 per-token hadamard-online', 4, a4, undefined, 'hadamard-online');
-      await run('W4A4 per-token hadamard', 4, a4, undefined, 'hadamard');
-      assert.ok(w4a8.kld! < w4a4.kld!);
-      assert.ok(smooth.kld! < w4a4.kld!, `SmoothQuant ${smooth.kld} vs ${w4a4.kld}`);
-      // Rotating o_proj/down_proj inputs at run time spreads the SwiGLU outliers before int4.
-      assert.ok(online.kld! < smooth.kld!, `online rotation ${online.kld} vs ${smooth.kld}`);
-    });
+    // Not registered (rather than skipped) for the other model: the case does not exist there.
+    if (full)
+      test('W4A8 and W4A4 (per-token), W4A4 with SmoothQuant and with Hadamard rotations', async () => {
+        const a8: ActivationQuantSpec = { bits: 8, granularity: 'per-token' };
+        const a4: ActivationQuantSpec = { bits: 4, granularity: 'per-token' };
+        const w4a8 = await run('W4A8 per-token', 4, a8);
+        const w4a4 = await run('W4A4 per-token', 4, a4);
+        const smooth = await run('W4A4 per-token SmoothQuant 0.5', 4, a4, { alpha: 0.5 });
+        const online = await run('W4A4 per-token hadamard-online', 4, a4, undefined, 'hadamard-online');
+        await run('W4A4 per-token hadamard', 4, a4, undefined, 'hadamard');
+        assert.ok(w4a8.kld! < w4a4.kld!);
+        assert.ok(smooth.kld! < w4a4.kld!, `SmoothQuant ${smooth.kld} vs ${w4a4.kld}`);
+        // Rotating o_proj/down_proj inputs at run time spreads the SwiGLU outliers before int4.
+        assert.ok(online.kld! < smooth.kld!, `online rotation ${online.kld} vs ${smooth.kld}`);
+      });
   });
 }
 
