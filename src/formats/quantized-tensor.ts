@@ -168,6 +168,34 @@ export function storedBits(q: QuantizedTensor): number {
 }
 
 /**
+ * A model's stored size (ptqkit's accounting): quantized weights at their stored bits
+ * (`storedBitsOf`, storedBits of their QuantizedTensor), every other tensor at float32.
+ */
+export function storageSize(
+  shapes: Iterable<[string, readonly number[]]>,
+  storedBitsOf: (name: string) => number | undefined,
+): { bitsPerWeight: number; totalBytes: number } {
+  let quantizedBits = 0;
+  let quantizedWeights = 0;
+  let otherBytes = 0;
+  for (const [name, shape] of shapes) {
+    const elements = shape.reduce((a, b) => a * b, 1);
+    const bits = storedBitsOf(name);
+    if (bits !== undefined) {
+      quantizedBits += bits;
+      quantizedWeights += elements;
+    } else {
+      otherBytes += elements * 4;
+    }
+  }
+  return {
+    /** Bits per weight of the quantized layers (codes + scales + zeros + g_idx). */
+    bitsPerWeight: quantizedWeights ? quantizedBits / quantizedWeights : 32,
+    totalBytes: Math.ceil(quantizedBits / 8) + otherBytes,
+  };
+}
+
+/**
  * Exporters write the grid's codes and parameters only: a sparse FP16 outlier matrix or LoRC
  * factors have no place in GGUF, ONNX MatMulNBits, GPTQ or compressed-tensors, and dropping
  * them would silently export a different model than the one measured.

@@ -232,7 +232,11 @@ function allDtypes(): string[] {
  * After reading: every dequantized weight finite. A scale, zero point or group index that does
  * not fit the grid reads past its array, which dequantizes to NaN.
  */
-export function checkDequantized(weights: TensorMap, quantization: PtqQuantization, file: string): void {
+export function checkDequantized(
+  weights: TensorMap,
+  quantization: Pick<PtqQuantization, 'tensors'>,
+  file: string,
+): void {
   for (const [name, q] of quantization.tensors) {
     const w = weights.get(name);
     if (!w || w.data.length !== q.rows * q.cols) {

@@ -37,7 +37,13 @@ import { dequantize, outlierIndexDtypes, type QuantizedTensor } from '../formats
 import type { TensorMap } from '../tensor.js';
 import { type OutputOptions, writeDirectoryAtomically } from './atomic.js';
 import { readJsonObjectFile } from './json.js';
-import { SafetensorsModel, type TensorHeader, type TensorToWrite, writeSafetensors } from './safetensors.js';
+import {
+  SafetensorsModel,
+  type TensorHeader,
+  type TensorToWrite,
+  toFloat32,
+  writeSafetensors,
+} from './safetensors.js';
 
 export const CHECKPOINT_FILE = 'model.safetensors';
 
@@ -189,65 +195,150 @@ export function quantizedLayout(
 export async function readPtqCheckpoint(
   dir: string,
 ): Promise<{ weights: TensorMap; quantization: PtqQuantization }> {
-  const file = path.join(dir, CHECKPOINT_FILE);
-  const st = await SafetensorsModel.open(dir);
+  const reader = await PtqCheckpointReader.open(dir);
   try {
-    const meta = parseMetadata(st.metadata.ptqkit, file);
-    // Checked like any config.json: size, strict JSON, and a regular file inside `dir`.
-    const config = await readJsonObjectFile(path.join(dir, 'config.json'), 'model configuration', {
-      maxBytes: 4 * 1024 * 1024,
-      maxDepth: 32,
-      within: dir,
-    });
-    const { method, ...settings } = config.quantization_config as Record<string, unknown>;
     const quantized = new Map<string, QuantizedTensor>();
     const weights: TensorMap = new Map();
-    const consumed = new Set<string>();
-    const names = new Set(st.names());
-    for (const [name, entry] of Object.entries(meta.tensors)) {
-      const b = base(name);
-      const read = async (suffix: string) => {
-        consumed.add(`${b}.${suffix}`);
-        return st.readRaw(`${b}.${suffix}`);
-      };
-      const scalesRaw = await read('scales');
-      const scaleCount = st.info(`${b}.scales`).shape.reduce((x, y) => x * y, 1);
-      const scales = decodeParams(scalesRaw, entry.grid.scaleDtype);
-      const has = (suffix: string) => names.has(`${b}.${suffix}`);
-      const spec: GridSpec = has('global_scale')
-        ? { ...entry.grid, globalScale: new Float32Array((await read('global_scale')).slice().buffer)[0]! }
-        : entry.grid;
-      const zeros = entry.grid.symmetric
-        ? new Float32Array(scaleCount).fill(makeGrid(spec).symmetricZero)
-        : entry.grid.zeroPoint === 'float'
-          ? decodeParams(await read('zeros'), entry.grid.scaleDtype)
-          : Float32Array.from(unpackBits(await read('qzeros'), entry.grid.bits, scaleCount));
-      const groupIndex = has('g_idx') ? new Int32Array((await read('g_idx')).buffer) : undefined;
-      const columnScales = has('col_scales')
-        ? decodeParams(await read('col_scales'), entry.grid.scaleDtype)
-        : undefined;
-      const qt: QuantizedTensor = {
-        rows: entry.rows,
-        cols: entry.cols,
-        spec,
-        qweight: await read('qweight'),
-        scales,
-        zeros,
-        groupIndex,
-        ...(columnScales && { columnScales }),
-        ...(await readSide(name, entry.rows, entry.cols, has, read, (s) => st.info(`${b}.${s}`))),
-      };
+    for (const name of reader.quantizedNames()) {
+      const qt = await reader.readQuantized(name);
       quantized.set(name, qt);
-      weights.set(name, { shape: [entry.rows, entry.cols], data: dequantize(qt) });
+      weights.set(name, { shape: [qt.rows, qt.cols], data: dequantize(qt) });
     }
-    for (const name of st.names()) {
-      if (consumed.has(name)) continue;
-      weights.set(name, { shape: [...st.info(name).shape], data: await st.readFloat32(name) });
-    }
-    return { weights, quantization: { method: String(method), settings, tensors: quantized } };
+    for (const name of reader.plainNames())
+      weights.set(name, { shape: [...reader.shape(name)], data: await reader.readPlain(name) });
+    return {
+      weights,
+      quantization: { method: reader.method, settings: reader.settings, tensors: quantized },
+    };
   } finally {
-    await st.close();
+    await reader.close();
   }
+}
+
+/**
+ * A ptqkit checkpoint opened for reading one tensor at a time (`readPtqCheckpoint` reads them
+ * all; block-streamed evaluation reads one block's): the quantized weights, as their codes and
+ * parameters or dequantized, and the unquantized tensors, which the format stores as F32.
+ */
+export class PtqCheckpointReader {
+  private constructor(
+    private readonly st: SafetensorsModel,
+    private readonly entries: Record<string, TensorEntry>,
+    /** Stored tensors that are a component of a quantized weight (X.qweight, X.scales, ...). */
+    private readonly components: Set<string>,
+    readonly method: string,
+    readonly settings: Record<string, unknown>,
+  ) {}
+
+  static async open(dir: string): Promise<PtqCheckpointReader> {
+    const file = path.join(dir, CHECKPOINT_FILE);
+    const st = await SafetensorsModel.open(dir);
+    try {
+      const meta = parseMetadata(st.metadata.ptqkit, file);
+      // Checked like any config.json: size, strict JSON, and a regular file inside `dir`.
+      const config = await readJsonObjectFile(path.join(dir, 'config.json'), 'model configuration', {
+        maxBytes: 4 * 1024 * 1024,
+        maxDepth: 32,
+        within: dir,
+      });
+      const { method, ...settings } = config.quantization_config as Record<string, unknown>;
+      const stored = new Set(st.names());
+      const components = new Set<string>();
+      for (const [name, entry] of Object.entries(meta.tensors))
+        for (const suffix of componentsRead(entry, (s) => stored.has(`${base(name)}.${s}`)))
+          components.add(`${base(name)}.${suffix}`);
+      return new PtqCheckpointReader(st, meta.tensors, components, String(method), settings);
+    } catch (e) {
+      await st.close();
+      throw e;
+    }
+  }
+
+  /** The quantized weights, in the metadata's order. */
+  quantizedNames(): string[] {
+    return Object.keys(this.entries);
+  }
+
+  /** The unquantized tensors, in file order. */
+  plainNames(): string[] {
+    return this.st.names().filter((n) => !this.components.has(n));
+  }
+
+  isQuantized(name: string): boolean {
+    return Object.hasOwn(this.entries, name);
+  }
+
+  shape(name: string): readonly number[] {
+    const entry = this.isQuantized(name) ? this.entries[name] : undefined;
+    return entry ? [entry.rows, entry.cols] : this.st.info(name).shape;
+  }
+
+  /** An unquantized tensor as float32. */
+  readPlain(name: string): Promise<Float32Array> {
+    return this.st.readFloat32(name);
+  }
+
+  /** Rows of an unquantized [rows, cols] tensor (one positional read per row), [rows.length, cols]. */
+  async readPlainRows(name: string, rows: ArrayLike<number>): Promise<Float32Array> {
+    const info = this.st.info(name);
+    const cols = info.shape[1]!;
+    const rowBytes = cols * 4;
+    const out = new Float32Array(rows.length * cols);
+    for (let i = 0; i < rows.length; i++) {
+      const raw = await this.st.readRawRange(name, rows[i]! * rowBytes, rowBytes);
+      out.set(toFloat32(raw, info.dtype), i * cols);
+    }
+    return out;
+  }
+
+  /** A quantized weight's codes and parameters. */
+  async readQuantized(name: string): Promise<QuantizedTensor> {
+    const st = this.st;
+    const entry = this.entries[name]!;
+    const b = base(name);
+    const read = (suffix: string) => st.readRaw(`${b}.${suffix}`);
+    const scalesRaw = await read('scales');
+    const scaleCount = st.info(`${b}.scales`).shape.reduce((x, y) => x * y, 1);
+    const scales = decodeParams(scalesRaw, entry.grid.scaleDtype);
+    const has = (suffix: string) => this.components.has(`${b}.${suffix}`);
+    const spec: GridSpec = has('global_scale')
+      ? { ...entry.grid, globalScale: new Float32Array((await read('global_scale')).slice().buffer)[0]! }
+      : entry.grid;
+    const zeros = entry.grid.symmetric
+      ? new Float32Array(scaleCount).fill(makeGrid(spec).symmetricZero)
+      : entry.grid.zeroPoint === 'float'
+        ? decodeParams(await read('zeros'), entry.grid.scaleDtype)
+        : Float32Array.from(unpackBits(await read('qzeros'), entry.grid.bits, scaleCount));
+    const groupIndex = has('g_idx') ? new Int32Array((await read('g_idx')).buffer) : undefined;
+    const columnScales = has('col_scales')
+      ? decodeParams(await read('col_scales'), entry.grid.scaleDtype)
+      : undefined;
+    return {
+      rows: entry.rows,
+      cols: entry.cols,
+      spec,
+      qweight: await read('qweight'),
+      scales,
+      zeros,
+      groupIndex,
+      ...(columnScales && { columnScales }),
+      ...(await readSide(name, entry.rows, entry.cols, has, read, (s) => st.info(`${b}.${s}`))),
+    };
+  }
+
+  close(): Promise<void> {
+    return this.st.close();
+  }
+}
+
+/** The stored tensors readQuantized reads for a weight (`has`: stored under its name); the rest are plain tensors. */
+function componentsRead(entry: TensorEntry, has: (suffix: string) => boolean): string[] {
+  const g = entry.grid;
+  const zeros = g.symmetric ? [] : g.zeroPoint === 'float' ? ['zeros'] : ['qzeros'];
+  const optional = ['global_scale', 'g_idx', 'col_scales'].filter(has);
+  const outliers = has('outlier_values') ? ['outlier_values', 'outlier_cols', 'outlier_rowptr'] : [];
+  const lorc = has('lorc_u') ? ['lorc_u', 'lorc_v'] : [];
+  return ['scales', 'qweight', ...zeros, ...optional, ...outliers, ...lorc];
 }
 
 /** SpQR outliers as CSR (FP16 values, narrowest index dtypes) and LoRC factors (FP16). */

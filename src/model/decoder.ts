@@ -103,14 +103,24 @@ export class Decoder {
     return t.data;
   }
 
+  /** Every id indexes the embedding matrix. */
+  checkTokens(tokens: Int32Array): void {
+    const { vocabSize } = this.config;
+    for (const id of tokens)
+      if (id < 0 || id >= vocabSize)
+        throw new ConfigError(`token id ${id} outside the vocabulary [0, ${vocabSize})`);
+  }
+
   /**
    * Token embeddings [n, hidden] of windows of T tokens (positions restart at 0 every T),
    * × embedScale (Gemma), + the learned position rows (GPT-2, OPT: row t + positionOffset).
+   * `rows`: the embedding rows of `tokens` as the caller read them ([n, hidden], updated in place
+   * and returned; a block-streamed model reads only those rows), else they come from the table.
    */
-  embed(tokens: Int32Array, T = tokens.length): Float32Array {
-    const { hiddenSize: D, vocabSize } = this.config;
+  embed(tokens: Int32Array, T = tokens.length, rows?: Float32Array): Float32Array {
+    const { hiddenSize: D } = this.config;
     const { embedScale, positions, positionOffset } = this.layout;
-    const table = this.weight(EMBED);
+    const table = rows ? undefined : this.weight(EMBED);
     const pos = positions === 'learned' ? this.weight(POSITION_EMBED) : undefined;
     if (pos && T + positionOffset > pos.length / D) {
       throw new ConfigError(
@@ -120,11 +130,12 @@ export class Decoder {
         },
       );
     }
-    const x = new Float32Array(tokens.length * D);
+    if (rows && rows.length !== tokens.length * D)
+      throw new ConfigError(`${rows.length / D} embedding rows for ${tokens.length} tokens`);
+    const x = rows ?? new Float32Array(tokens.length * D);
+    this.checkTokens(tokens);
     tokens.forEach((id, i) => {
-      if (id < 0 || id >= vocabSize)
-        throw new ConfigError(`token id ${id} outside the vocabulary [0, ${vocabSize})`);
-      x.set(table.subarray(id * D, (id + 1) * D), i * D);
+      if (table) x.set(table.subarray(id * D, (id + 1) * D), i * D);
       if (embedScale !== 1) for (let j = i * D; j < (i + 1) * D; j++) x[j]! *= embedScale;
       if (pos) {
         const row = ((i % T) + positionOffset) * D;

@@ -6,25 +6,38 @@
 import { constants, existsSync } from 'node:fs';
 import { open, realpath, stat } from 'node:fs/promises';
 import path from 'node:path';
-import { ConfigError, FileError, FormatError, PtqError, ShapeError } from '../errors.js';
-import { EMBED, LM_HEAD } from '../formats/tensor-names.js';
+import { ConfigError, FileError, FormatError, PtqError } from '../errors.js';
+import { dequantize, storageSize, storedBits } from '../formats/quantized-tensor.js';
 import { isTemporaryOutput } from '../io/atomic.js';
 import { checkRegularFile, fileKind } from '../io/confined-path.js';
 import { GGUF_MAGIC } from '../io/gguf.js';
 import { HfTokenizer } from '../io/hf-tokenizer.js';
 import { readJsonObjectFile } from '../io/json.js';
 import { Llama2cTokenizer } from '../io/llama2c-tokenizer.js';
-import { CHECKPOINT_FILE, type PtqQuantization, readPtqCheckpoint } from '../io/ptq-checkpoint.js';
+import {
+  CHECKPOINT_FILE,
+  PtqCheckpointReader,
+  type PtqQuantization,
+  readPtqCheckpoint,
+} from '../io/ptq-checkpoint.js';
 import { checkDequantized, checkPtqCheckpoint } from '../io/ptq-checkpoint-checks.js';
-import { SafetensorsModel } from '../io/safetensors.js';
+import { DTYPE_BYTES, SafetensorsModel, toFloat32 } from '../io/safetensors.js';
 import type { TextTokenizer } from '../io/tokenizer.js';
 import type { TensorMap } from '../tensor.js';
 import { type Architecture, architectureFor } from './architecture.js';
 import type { ModelConfig } from './config.js';
 import { activationQuantOf } from './input-ops.js';
 import { onlineRotationOf } from './input-rotation.js';
-import { readGgufModel } from './sources/gguf-model.js';
-import { loadLlama2cCheckpoint } from './sources/llama2c.js';
+import { ggufStorage, openGgufModel, readGgufModel } from './sources/gguf-model.js';
+import { loadLlama2cCheckpoint, openLlama2cCheckpoint } from './sources/llama2c.js';
+import {
+  checkShapes,
+  gatherRows,
+  lazyWeights,
+  normalizeTiedEmbeddings,
+  type RawTensors,
+  type WeightSource,
+} from './weight-source.js';
 
 /** config.json is a few KiB; anything past this is not a configuration. */
 const MAX_CONFIG_BYTES = 4 * 1024 * 1024;
@@ -120,12 +133,7 @@ async function loadDirectory(dir: string, options: LoadOptions): Promise<LoadedM
   let quantization: PtqQuantization | undefined;
   if (isPtq) {
     ({ weights, quantization } = await readCheckedPtqCheckpoint(dir));
-    // An online rotation belongs to the model: the saved weights hold W·Q (input-rotation.ts).
-    const rotation = onlineRotationOf(quantization.settings.rotation, configFile);
-    if (rotation) config = { ...config, linearInputOps: { ...config.linearInputOps, rotation } };
-    // So does its activation quantization (W8A8/W4A8 simulation): `ptq eval` measures the same model.
-    const activations = activationQuantOf(quantization.settings.activations, configFile);
-    if (activations) config = { ...config, linearInputOps: { ...config.linearInputOps, activations } };
+    config = withQuantizedInputOps(config, quantization.settings, configFile);
   } else {
     weights = await readSafetensorsWeights(dir);
   }
@@ -146,6 +154,221 @@ async function loadDirectory(dir: string, options: LoadOptions): Promise<LoadedM
     tokenizerFiles: files,
     quantization,
   };
+}
+
+/**
+ * What a ptqkit checkpoint's settings make part of the model: an online rotation (the saved
+ * weights hold W·Q, input-rotation.ts) and its activation quantization (W8A8/W4A8 simulation):
+ * `ptq eval` measures the same model.
+ */
+function withQuantizedInputOps(
+  config: ModelConfig,
+  settings: Record<string, unknown>,
+  configFile: string,
+): ModelConfig {
+  const rotation = onlineRotationOf(settings.rotation, configFile);
+  if (rotation) config = { ...config, linearInputOps: { ...config.linearInputOps, rotation } };
+  const activations = activationQuantOf(settings.activations, configFile);
+  if (activations) config = { ...config, linearInputOps: { ...config.linearInputOps, activations } };
+  return config;
+}
+
+/** A model opened without reading its weights: `weights` reads canonical tensors on demand. */
+export interface OpenedModel extends Omit<LoadedModel, 'weights' | 'quantization'> {
+  weights: WeightSource;
+  /**
+   * Bits per weight and bytes as stored (modelSize's accounting; a GGUF: its file's). A ptqkit
+   * checkpoint's quantized weights not read yet are read for it (codes only).
+   */
+  storage(): Promise<{ bitsPerWeight: number; totalBytes: number }>;
+}
+
+/**
+ * `loadModel`'s inputs opened for block-streamed use (model/weight-source.ts): the same
+ * configuration, tokenizer, canonical names and shape checks, and weights that decode to the
+ * same float32 values, one tensor at a time. The caller closes `weights`.
+ */
+export async function openModel(
+  modelPath: string,
+  options: LoadOptions & {
+    /** Bytes per read of a large safetensors tensor (tests use small pieces to cross their boundaries). */
+    pieceBytes?: number;
+  } = {},
+): Promise<OpenedModel> {
+  const info = await stat(modelPath).catch(() => undefined);
+  if (!info?.isFile() && !info?.isDirectory()) return loadModel(modelPath, options).then(unreachable);
+  if (isTemporaryOutput(modelPath)) return loadModel(modelPath, options).then(unreachable);
+  let raw: RawTensors | undefined;
+  try {
+    let opened: OpenedModel;
+    if (info.isDirectory()) {
+      const configFile = path.join(modelPath, 'config.json');
+      const hfConfig = await readConfig(configFile);
+      const arch = architectureFor(hfConfig.model_type, configFile);
+      let config = arch.parseConfig(hfConfig, configFile);
+      const isPtq =
+        (hfConfig.quantization_config as { quant_method?: string } | undefined)?.quant_method === 'ptqkit';
+      let storedBitsOf: (name: string) => Promise<number | undefined> = async () => undefined;
+      if (isPtq) {
+        const ptq = await openCheckedPtqCheckpoint(modelPath);
+        raw = ptq.raw;
+        storedBitsOf = ptq.storedBitsOf;
+        config = withQuantizedInputOps(config, ptq.settings, configFile);
+      } else {
+        raw = safetensorsTensors(await SafetensorsModel.open(modelPath), options.pieceBytes);
+      }
+      const weights = lazyWeights(raw, arch, config, modelPath);
+      const { tokenizer, files } = await openTokenizer(modelPath, config, options);
+      opened = {
+        path: modelPath,
+        source: isPtq ? 'ptqkit' : 'huggingface',
+        arch,
+        config,
+        hfConfig,
+        weights,
+        tokenizer,
+        tokenizerFiles: files,
+        async storage() {
+          const bits = new Map<string, number | undefined>();
+          for (const name of weights.shapes.keys()) bits.set(name, await storedBitsOf(name));
+          return storageSize(weights.shapes, (name) => bits.get(name));
+        },
+      };
+    } else if (modelPath.endsWith('.gguf') || (await startsWithGgufMagic(modelPath))) {
+      const gguf = await openGgufModel(modelPath);
+      raw = gguf.raw;
+      const arch = architectureFor(gguf.config.modelType, modelPath);
+      opened = {
+        path: modelPath,
+        source: 'gguf',
+        arch,
+        config: gguf.config,
+        hfConfig: toHfConfig(gguf.config),
+        weights: lazyWeights(raw, arch, gguf.config, modelPath),
+        tokenizer: gguf.tokenizer,
+        tokenizerFiles: [modelPath],
+        storage: () => ggufStorage(modelPath),
+      };
+    } else {
+      const llama2c = await openLlama2cCheckpoint(modelPath);
+      raw = llama2c.raw;
+      const arch = architectureFor(llama2c.config.modelType, modelPath);
+      const weights = lazyWeights(raw, arch, llama2c.config, modelPath);
+      const tokFile = options.tokenizer ?? findLlama2cTokenizer(modelPath, llama2c.config.vocabSize);
+      const beside = options.tokenizer
+        ? undefined
+        : [path.dirname(modelPath), path.dirname(await realpath(modelPath).catch(() => modelPath))];
+      await checkRegularFile(tokFile, 'cannot read the llama2.c tokenizer', beside);
+      opened = {
+        path: modelPath,
+        source: 'llama2c',
+        arch,
+        config: llama2c.config,
+        hfConfig: toHfConfig(llama2c.config),
+        weights,
+        tokenizer: await Llama2cTokenizer.load(tokFile, llama2c.config.vocabSize),
+        tokenizerFiles: [tokFile],
+        storage: async () => storageSize(weights.shapes, () => undefined),
+      };
+    }
+    checkTokenizerFits(opened);
+    return opened;
+  } catch (e) {
+    await raw?.close();
+    throw e;
+  }
+}
+
+/** loadModel refuses what openModel cannot open, with the same error; it never returns for those. */
+function unreachable(): never {
+  throw new FileError('not a model');
+}
+
+/** A safetensors model's tensors as float32, big ones read in pieces (no second copy of a whole F16 tensor). */
+function safetensorsTensors(st: SafetensorsModel, pieceBytes = 64 * 1024 * 1024): RawTensors {
+  return {
+    names: () => st.names(),
+    shape: (name) => st.info(name).shape,
+    async readFloat32(name) {
+      const info = st.info(name);
+      const total = info.end - info.begin;
+      if (total <= pieceBytes) return st.readFloat32(name);
+      const elementBytes = DTYPE_BYTES[info.dtype];
+      const step = Math.max(elementBytes, pieceBytes - (pieceBytes % elementBytes));
+      const out = new Float32Array(total / elementBytes);
+      for (let at = 0; at < total; at += step)
+        out.set(
+          toFloat32(await st.readRawRange(name, at, Math.min(step, total - at)), info.dtype),
+          at / elementBytes,
+        );
+      return out;
+    },
+    async readRows(name, rows) {
+      const info = st.info(name);
+      const cols = info.shape[1]!;
+      const rowBytes = cols * DTYPE_BYTES[info.dtype];
+      const out = new Float32Array(rows.length * cols);
+      for (let i = 0; i < rows.length; i++)
+        out.set(toFloat32(await st.readRawRange(name, rows[i]! * rowBytes, rowBytes), info.dtype), i * cols);
+      return out;
+    },
+    close: () => st.close(),
+  };
+}
+
+/**
+ * A ptqkit checkpoint checked as readCheckedPtqCheckpoint checks it, read one tensor at a time:
+ * each quantized weight dequantized and checked finite when read, its stored bits kept for
+ * `storedBitsOf`.
+ */
+async function openCheckedPtqCheckpoint(dir: string) {
+  const file = path.join(dir, CHECKPOINT_FILE);
+  await checkPtqCheckpoint(dir);
+  const reader = await reportedAgainst(file, () => PtqCheckpointReader.open(dir));
+  const bits = new Map<string, number>();
+  const quantized = (name: string) =>
+    reportedAgainst(file, async () => {
+      const q = await reader.readQuantized(name);
+      bits.set(name, storedBits(q));
+      return q;
+    });
+  const names = [...reader.quantizedNames(), ...reader.plainNames()];
+  const raw: RawTensors = {
+    names: () => names,
+    shape: (name) => reader.shape(name),
+    async readFloat32(name) {
+      if (!reader.isQuantized(name)) return reader.readPlain(name);
+      const q = await quantized(name);
+      const data = await reportedAgainst(file, async () => dequantize(q));
+      checkDequantized(
+        new Map([[name, { shape: [q.rows, q.cols], data }]]),
+        { tensors: new Map([[name, q]]) },
+        file,
+      );
+      return data;
+    },
+    readRows: (name, rows) =>
+      reader.isQuantized(name)
+        ? raw.readFloat32(name).then((data) => gatherRows(data, reader.shape(name)[1]!, rows))
+        : reader.readPlainRows(name, rows),
+    close: () => reader.close(),
+  };
+  const storedBitsOf = async (name: string) =>
+    reader.isQuantized(name) ? (bits.get(name) ?? storedBits(await quantized(name))) : undefined;
+  return { raw, settings: reader.settings, storedBitsOf };
+}
+
+/** What the grid code refuses, or a malformed entry it trips on, reported against the checkpoint file. */
+async function reportedAgainst<T>(file: string, run: () => Promise<T>): Promise<T> {
+  try {
+    return await run();
+  } catch (e) {
+    if (e instanceof FormatError || e instanceof FileError) throw e;
+    if (e instanceof PtqError || e instanceof TypeError || e instanceof RangeError) {
+      throw new FormatError(`inconsistent quantized tensor: ${e.message}`, { file });
+    }
+    throw e;
+  }
 }
 
 /** A Hugging Face safetensors directory opened without reading its weights (quant/stream-quantize.ts). */
@@ -249,16 +472,7 @@ async function readConfig(file: string): Promise<Record<string, unknown>> {
 export async function readCheckedPtqCheckpoint(dir: string) {
   const file = path.join(dir, CHECKPOINT_FILE);
   await checkPtqCheckpoint(dir);
-  let read: Awaited<ReturnType<typeof readPtqCheckpoint>>;
-  try {
-    read = await readPtqCheckpoint(dir);
-  } catch (e) {
-    if (e instanceof FormatError || e instanceof FileError) throw e;
-    if (e instanceof PtqError || e instanceof TypeError || e instanceof RangeError) {
-      throw new FormatError(`inconsistent quantized tensor: ${e.message}`, { file });
-    }
-    throw e;
-  }
+  const read = await reportedAgainst(file, () => readPtqCheckpoint(dir));
   checkDequantized(read.weights, read.quantization, file);
   return read;
 }
@@ -273,36 +487,6 @@ async function readSafetensorsWeights(dir: string): Promise<TensorMap> {
     return weights;
   } finally {
     await st.close();
-  }
-}
-
-/** Tied models may store the shared matrix under either name; keep it under the embedding's. */
-export function normalizeTiedEmbeddings(weights: TensorMap, config: ModelConfig, where: string): void {
-  if (!config.tiedEmbeddings) return;
-  const head = weights.get(LM_HEAD);
-  if (!weights.has(EMBED) && head) weights.set(EMBED, head);
-  weights.delete(LM_HEAD);
-  if (!weights.has(EMBED)) throw new ShapeError('missing tensor', { file: where, field: EMBED });
-}
-
-export function checkShapes(
-  weights: TensorMap,
-  arch: Architecture,
-  config: ModelConfig,
-  where: string,
-): void {
-  for (const [name, shape] of arch.expectedShapes(config)) {
-    const t = weights.get(name);
-    if (!t)
-      throw new ShapeError('missing tensor', { file: where, field: name, expected: `shape [${shape}]` });
-    if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i])) {
-      throw new ShapeError('tensor shape disagrees with the model configuration', {
-        file: where,
-        field: name,
-        expected: `[${shape}]`,
-        got: `[${t.shape}]`,
-      });
-    }
   }
 }
 

@@ -10,7 +10,7 @@
 import { type ComputeEngine, getDefaultEngine } from '../compute/index.js';
 import { UsageError } from '../errors.js';
 import { type GridSpec, gridName, makeGrid } from '../formats/grid.js';
-import { dequantize, type QuantizedTensor, storedBits } from '../formats/quantized-tensor.js';
+import { dequantize, type QuantizedTensor, storageSize, storedBits } from '../formats/quantized-tensor.js';
 import { blockPrefix, linearWeightName } from '../formats/tensor-names.js';
 import type { PtqQuantization } from '../io/ptq-checkpoint.js';
 import { blockLinears } from '../model/architecture.js';
@@ -311,21 +311,9 @@ export async function quantizeModel(
 
 /** Size accounting from what is stored: quantized tensors at their packed size, the rest as float32. */
 export function modelSize(weights: TensorMap, quantized?: Map<string, QuantizedTensor>) {
-  let quantizedBits = 0;
-  let quantizedWeights = 0;
-  let otherBytes = 0;
-  for (const [name, t] of weights) {
+  const shapes = [...weights].map(([name, t]): [string, number[]] => [name, t.shape]);
+  return storageSize(shapes, (name) => {
     const q = quantized?.get(name);
-    if (q) {
-      quantizedBits += storedBits(q);
-      quantizedWeights += q.rows * q.cols;
-    } else {
-      otherBytes += t.data.length * 4;
-    }
-  }
-  return {
-    /** Bits per weight of the quantized layers (codes + scales + zeros + g_idx). */
-    bitsPerWeight: quantizedWeights ? quantizedBits / quantizedWeights : 32,
-    totalBytes: Math.ceil(quantizedBits / 8) + otherBytes,
-  };
+    return q && storedBits(q);
+  });
 }

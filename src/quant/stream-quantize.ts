@@ -30,7 +30,7 @@
  * RTN, 612 MiB peak RSS measured with Node's own) to 0.7 GB.
  */
 import path from 'node:path';
-import { FormatError, PtqError, UsageError } from '../errors.js';
+import { PtqError, UsageError } from '../errors.js';
 import { type GridSpec, gridName, type IntGrid, makeGrid } from '../formats/grid.js';
 import { decodeBf16Checked, decodeF16Checked } from '../formats/half.js';
 import { type QuantizedTensor, storedBits } from '../formats/quantized-tensor.js';
@@ -54,14 +54,9 @@ import {
 } from '../io/safetensors.js';
 import { blockLinears } from '../model/architecture.js';
 import type { ModelConfig } from '../model/config.js';
-import {
-  checkShapes,
-  type LazyModel,
-  type LoadOptions,
-  normalizeTiedEmbeddings,
-  openModelLazily,
-} from '../model/load.js';
-import type { Tensor, TensorMap } from '../tensor.js';
+import { type LazyModel, type LoadOptions, openModelLazily } from '../model/load.js';
+import { CanonicalReader, type Planned, planCanonical } from '../model/weight-source.js';
+import type { Tensor } from '../tensor.js';
 import { getMethod, METHODS, methodGridSpec } from './methods/index.js';
 import { methodOptions } from './methods/method.js';
 import { RtnRows } from './methods/rtn.js';
@@ -110,15 +105,6 @@ const COPY_PIECE_BYTES = 64 * 1024 * 1024;
 /** Source dtypes quantizeRtnRows decodes row by row. */
 const ROW_DTYPES = new Set(['F16', 'BF16', 'F32']);
 
-/** A canonical tensor before it is read: where its data comes from. */
-interface Planned extends Tensor {
-  source: string;
-  /** Its name out of canonicalize (before tied embeddings are normalized). */
-  canonical: string;
-  /** Its data is the source tensor's, unchanged (no transpose, no split): copied in pieces. */
-  passThrough: boolean;
-}
-
 export async function streamQuantize(
   modelDir: string,
   outDir: string,
@@ -153,7 +139,13 @@ export async function streamQuantize(
       const [rows, cols] = plan.get(linearWeightName(0, linear))!.shape as [number, number];
       grid.blockShape(rows, cols, linearWeightName(0, linear));
     }
-    const reader = new CanonicalReader(model);
+    const st = model.tensors;
+    const reader = new CanonicalReader(
+      { readFloat32: (n) => st.readFloat32(n), shape: (n) => st.info(n).shape },
+      model.arch,
+      model.config,
+      model.path,
+    );
     // RTN row by row from the source bytes (rtn.ts RtnRows) when the weight is stored as is.
     const rowWise = (t: Planned) =>
       method.rowWise &&
@@ -274,60 +266,10 @@ export async function streamQuantize(
   }
 }
 
-/**
- * Canonical names and shapes from the headers: each source tensor goes through the
- * architecture's canonicalize alone, as a placeholder without data, so renames, transposes
- * and splits give exactly the names and order `loadModel` produces.
- */
+/** Canonical names and shapes from the shard headers (weight-source.ts planCanonical). */
 function planTensors(model: LazyModel): Map<string, Planned> {
-  const plan: TensorMap = new Map();
-  const empty = new Float32Array(0);
-  for (const source of model.tensors.names()) {
-    const placeholder = { shape: [...model.tensors.info(source).shape], data: empty };
-    for (const [name, t] of model.arch.canonicalize(
-      new Map([[source, placeholder]]),
-      model.config,
-      model.path,
-    )) {
-      const planned: Planned = {
-        shape: t.shape,
-        data: empty,
-        source,
-        canonical: name,
-        passThrough: t === placeholder,
-      };
-      plan.set(name, planned);
-    }
-  }
-  normalizeTiedEmbeddings(plan, model.config, model.path);
-  checkShapes(plan, model.arch, model.config, model.path);
-  return plan as Map<string, Planned>;
-}
-
-/** Reads a canonical tensor; keeps the last transposed/split source so its parts are read once. */
-class CanonicalReader {
-  private cached?: { source: string; tensors: TensorMap };
-
-  constructor(private readonly model: LazyModel) {}
-
-  async read(name: string, t: Planned): Promise<Tensor> {
-    const st = this.model.tensors;
-    if (t.passThrough) return { shape: t.shape, data: await st.readFloat32(t.source) };
-    if (this.cached?.source !== t.source) {
-      this.cached = undefined; // free the previous source before reading the next
-      const source = new Map([
-        [t.source, { shape: [...st.info(t.source).shape], data: await st.readFloat32(t.source) }],
-      ]);
-      this.cached = {
-        source: t.source,
-        tensors: this.model.arch.canonicalize(source, this.model.config, this.model.path),
-      };
-    }
-    const tensor = this.cached.tensors.get(t.canonical);
-    if (!tensor)
-      throw new FormatError('tensor missing from its source', { field: name, expected: `in ${t.source}` });
-    return tensor;
-  }
+  const st = model.tensors;
+  return planCanonical(st.names(), (n) => st.info(n).shape, model.arch, model.config, model.path);
 }
 
 /**

@@ -5,7 +5,7 @@
  * GGUF v1 files written from llama2.c checkpoints ("Meta AI original pth" layout) are in
  * llama.cpp's row order too, so the same inverse applies.
  */
-import { ConfigError, UsageError } from '../../errors.js';
+import { ConfigError, FormatError, UsageError } from '../../errors.js';
 import { hfTensorName, inverseOrder, qkRowOrder } from '../../formats/gguf-names.js';
 import { GgufFile } from '../../io/gguf.js';
 import { GgufTokenizer } from '../../io/gguf-tokenizer.js';
@@ -13,6 +13,7 @@ import { brief } from '../../io/json.js';
 import type { TensorMap } from '../../tensor.js';
 import type { ModelConfig } from '../config.js';
 import type { LinearInputOps } from '../input-ops.js';
+import type { RawTensors } from '../weight-source.js';
 import {
   amxMultipliesInFloat,
   type GgmlQuantizer,
@@ -23,6 +24,24 @@ import {
 export async function readGgufModel(
   file: string,
 ): Promise<{ config: ModelConfig; weights: TensorMap; tokenizer: GgufTokenizer }> {
+  const { config, tokenizer, raw } = await openGgufModel(file);
+  try {
+    const weights: TensorMap = new Map();
+    for (const name of raw.names())
+      weights.set(name, { shape: [...raw.shape(name)], data: await raw.readFloat32(name) });
+    return { config, weights, tokenizer };
+  } finally {
+    await raw.close();
+  }
+}
+
+/**
+ * The file's hyper-parameters and vocabulary, and its tensors located under Hugging Face names
+ * without reading them: `raw` dequantizes one at a time, in file order. The caller closes it.
+ */
+export async function openGgufModel(
+  file: string,
+): Promise<{ config: ModelConfig; tokenizer: GgufTokenizer; raw: RawTensors }> {
   const g = await GgufFile.open(file);
   try {
     const arch = g.get('general.architecture');
@@ -72,25 +91,33 @@ export async function readGgufModel(
         return typeof v === 'number' ? v : undefined;
       })(),
     };
-    const weights: TensorMap = new Map();
-    for (const t of g.tensors) {
-      const name = hfTensorName(t.name, file);
-      const shape = [...t.dims].reverse();
-      let data = await g.readFloat32(t.name);
-      const order = qkRowOrder(name, config);
-      if (order) {
+    const ggufNames = new Map(g.tensors.map((t) => [hfTensorName(t.name, file), t]));
+    const at = (name: string) => {
+      const t = ggufNames.get(name);
+      if (!t) throw new FormatError('no such tensor', { file, field: name });
+      return t;
+    };
+    const raw: RawTensors = {
+      names: () => [...ggufNames.keys()],
+      shape: (name) => [...at(name).dims].reverse(),
+      async readFloat32(name) {
+        const t = at(name);
+        const data = await g.readFloat32(t.name);
+        const order = qkRowOrder(name, config);
+        if (!order) return data;
         const back = inverseOrder(order);
-        const cols = shape[1]!;
+        const cols = t.dims[0]!;
         const out = new Float32Array(data.length);
         for (let r = 0; r < back.length; r++)
           out.set(data.subarray(back[r]! * cols, (back[r]! + 1) * cols), r * cols);
-        data = out;
-      }
-      weights.set(name, { shape, data });
-    }
-    return { config, weights, tokenizer };
-  } finally {
+        return out;
+      },
+      close: () => g.close(),
+    };
+    return { config, tokenizer, raw };
+  } catch (e) {
     await g.close();
+    throw e;
   }
 }
 

@@ -12,97 +12,159 @@
  * head; Hugging Face's rotate_half rotates (i, i + d/2). The rows of wq and wk are permuted on
  * load (the `permute` of HF's convert_llama_weights_to_hf) so the one decoder serves both.
  */
+import type { FileHandle } from 'node:fs/promises';
 import { FormatError } from '../../errors.js';
 import { openRegularFile } from '../../io/confined-path.js';
-import type { TensorMap } from '../../tensor.js';
+import { numel, type TensorMap } from '../../tensor.js';
 import type { ModelConfig } from '../config.js';
+import { gatherRows, type RawTensors } from '../weight-source.js';
 
 const HEADER_BYTES = 7 * 4;
 
 export async function loadLlama2cCheckpoint(
   file: string,
 ): Promise<{ config: ModelConfig; tensors: TensorMap }> {
+  const { config, raw } = await openLlama2cCheckpoint(file);
+  try {
+    const tensors: TensorMap = new Map();
+    for (const name of raw.names())
+      tensors.set(name, { shape: [...raw.shape(name)], data: await raw.readFloat32(name) });
+    return { config, tensors };
+  } finally {
+    await raw.close();
+  }
+}
+
+/**
+ * The checkpoint's header checked and its tensors located, none read: `raw` reads one tensor (a
+ * block's slice of its array) at a time, in the file's order. The caller closes it.
+ */
+export async function openLlama2cCheckpoint(file: string): Promise<{ config: ModelConfig; raw: RawTensors }> {
   // A regular file (a FIFO would block the read forever).
   const handle = await openRegularFile(file, 'cannot open the llama2.c checkpoint');
   try {
-    const { size } = await handle.stat();
-    if (size < HEADER_BYTES)
-      throw new FormatError('file too short for a llama2.c header', {
-        file,
-        expected: `>= ${HEADER_BYTES} bytes`,
-        got: `${size}`,
-      });
-    const header = new Int32Array(7);
-    await handle.read(new Uint8Array(header.buffer), 0, HEADER_BYTES, 0);
-    const [dim, hidden, layers, heads, kvHeads, signedVocab, seqLen] = header as unknown as number[];
-    const vocab = Math.abs(signedVocab!);
-    const shared = signedVocab! > 0;
-    // Rotary pairs need an even head size (run.c rotates pairs (2i, 2i+1) of each head).
-    if (
-      [dim, hidden, layers, heads, kvHeads, vocab, seqLen].some((v) => !(v! > 0)) ||
-      dim! % heads! !== 0 ||
-      heads! % kvHeads! !== 0 ||
-      (dim! / heads!) % 2 !== 0
-    ) {
-      throw new FormatError('invalid llama2.c header', {
-        file,
-        offset: 0,
-        expected: 'positive sizes, dim divisible by n_heads, n_heads by n_kv_heads, an even head size',
-        got: `[${[...header]}]`,
-      });
-    }
-    const config: ModelConfig = {
-      modelType: 'llama',
-      vocabSize: vocab,
-      hiddenSize: dim!,
-      intermediateSize: hidden!,
-      numLayers: layers!,
-      numHeads: heads!,
-      numKvHeads: kvHeads!,
-      headDim: dim! / heads!,
-      maxPositions: seqLen!,
-      ropeTheta: 10000,
-      normEps: 1e-5,
-      tiedEmbeddings: shared,
-      bosTokenId: 1,
-      eosTokenId: 2,
-    };
-    const layout = weightLayout(config);
-    // Compared before any allocation; products of int32 sizes are at most ~2^93, inexact but never
-    // equal to a real file size, so absurd headers fail here.
-    const floats = layout.reduce((n, w) => n + w.count, 0);
-    const expected = HEADER_BYTES + floats * 4;
-    if (size !== expected) {
-      throw new FormatError(size < expected ? 'checkpoint truncated' : 'unexpected bytes after the weights', {
-        file,
-        expected: `${expected} bytes for the header's shapes`,
-        got: `${size}`,
-      });
-    }
-    const tensors: TensorMap = new Map();
+    const config = await readHeader(handle, file);
+    const located = new Map<string, Located>();
     let offset = HEADER_BYTES;
-    for (const w of layout) {
-      // The size check above bounds every allocation here by the file's own size.
-      const data = new Float32Array(w.count);
-      const { bytesRead } = await handle.read(new Uint8Array(data.buffer), 0, data.byteLength, offset);
-      if (bytesRead !== data.byteLength) {
-        throw new FormatError('checkpoint truncated while reading', { file, offset: offset + bytesRead });
-      }
-      offset += data.byteLength;
-      w.store(data, tensors);
+    for (const segment of weightLayout(config)) {
+      for (const t of segment.tensors()) located.set(t.name, { ...t, offset: offset + t.at * 4 });
+      offset += segment.count * 4;
     }
-    return { config, tensors };
-  } finally {
+    const at = (name: string) => {
+      const t = located.get(name);
+      if (!t) throw new FormatError('no such tensor', { file, field: name });
+      return t;
+    };
+    const read = async (offset: number, count: number) => {
+      // The size check of readHeader bounds every allocation here by the file's own size.
+      const data = new Float32Array(count);
+      const { bytesRead } = await handle.read(new Uint8Array(data.buffer), 0, data.byteLength, offset);
+      if (bytesRead !== data.byteLength)
+        throw new FormatError('checkpoint truncated while reading', { file, offset: offset + bytesRead });
+      return data;
+    };
+    const raw: RawTensors = {
+      names: () => [...located.keys()],
+      shape: (name) => at(name).shape,
+      async readFloat32(name) {
+        const t = at(name);
+        const data = await read(t.offset, numel(t.shape));
+        return t.transform ? t.transform(data) : data;
+      },
+      async readRows(name, rows) {
+        const t = at(name);
+        const cols = t.shape[1]!;
+        if (t.transform || t.shape.length !== 2) return gatherRows(await raw.readFloat32(name), cols, rows);
+        const out = new Float32Array(rows.length * cols);
+        for (let i = 0; i < rows.length; i++)
+          out.set(await read(t.offset + rows[i]! * cols * 4, cols), i * cols);
+        return out;
+      },
+      close: () => handle.close(),
+    };
+    return { config, raw };
+  } catch (e) {
     await handle.close();
+    throw e;
   }
+}
+
+async function readHeader(handle: FileHandle, file: string): Promise<ModelConfig> {
+  const { size } = await handle.stat();
+  if (size < HEADER_BYTES)
+    throw new FormatError('file too short for a llama2.c header', {
+      file,
+      expected: `>= ${HEADER_BYTES} bytes`,
+      got: `${size}`,
+    });
+  const header = new Int32Array(7);
+  await handle.read(new Uint8Array(header.buffer), 0, HEADER_BYTES, 0);
+  const [dim, hidden, layers, heads, kvHeads, signedVocab, seqLen] = header as unknown as number[];
+  const vocab = Math.abs(signedVocab!);
+  const shared = signedVocab! > 0;
+  // Rotary pairs need an even head size (run.c rotates pairs (2i, 2i+1) of each head).
+  if (
+    [dim, hidden, layers, heads, kvHeads, vocab, seqLen].some((v) => !(v! > 0)) ||
+    dim! % heads! !== 0 ||
+    heads! % kvHeads! !== 0 ||
+    (dim! / heads!) % 2 !== 0
+  ) {
+    throw new FormatError('invalid llama2.c header', {
+      file,
+      offset: 0,
+      expected: 'positive sizes, dim divisible by n_heads, n_heads by n_kv_heads, an even head size',
+      got: `[${[...header]}]`,
+    });
+  }
+  const config: ModelConfig = {
+    modelType: 'llama',
+    vocabSize: vocab,
+    hiddenSize: dim!,
+    intermediateSize: hidden!,
+    numLayers: layers!,
+    numHeads: heads!,
+    numKvHeads: kvHeads!,
+    headDim: dim! / heads!,
+    maxPositions: seqLen!,
+    ropeTheta: 10000,
+    normEps: 1e-5,
+    tiedEmbeddings: shared,
+    bosTokenId: 1,
+    eosTokenId: 2,
+  };
+  // Compared before any allocation; products of int32 sizes are at most ~2^93, inexact but never
+  // equal to a real file size, so absurd headers fail here.
+  const floats = weightLayout(config).reduce((n, w) => n + w.count, 0);
+  const expected = HEADER_BYTES + floats * 4;
+  if (size !== expected) {
+    throw new FormatError(size < expected ? 'checkpoint truncated' : 'unexpected bytes after the weights', {
+      file,
+      expected: `${expected} bytes for the header's shapes`,
+      got: `${size}`,
+    });
+  }
+  return config;
+}
+
+/** A tensor of the file: its slice of a segment (`at`, in floats) and its row reordering. */
+interface Slice {
+  name: string;
+  shape: number[];
+  at: number;
+  transform?: (w: Float32Array) => Float32Array;
+}
+
+interface Located extends Slice {
+  offset: number;
 }
 
 interface Segment {
   count: number;
-  store(data: Float32Array, tensors: TensorMap): void;
+  /** Listed only once the header's sizes matched the file (a fuzzed layer count would list billions). */
+  tensors(): Slice[];
 }
 
-/** The arrays of the file in order, each with where its slices go. */
+/** The arrays of the file in order, each with the tensors it holds. */
 function weightLayout(c: ModelConfig): Segment[] {
   const { hiddenSize: dim, intermediateSize: hidden, numLayers: L, headDim } = c;
   const kvDim = c.numKvHeads * headDim;
@@ -111,22 +173,23 @@ function weightLayout(c: ModelConfig): Segment[] {
     shape: number[],
     transform?: (w: Float32Array) => Float32Array,
   ): Segment => {
-    const n = shape.reduce((a, b) => a * b, 1);
+    const n = numel(shape);
     return {
       count: L * n,
-      store: (data, tensors) => {
-        for (let l = 0; l < L; l++) {
-          const slice = data.slice(l * n, (l + 1) * n);
-          tensors.set(`model.layers.${l}.${suffix}`, { shape, data: transform ? transform(slice) : slice });
-        }
-      },
+      tensors: () =>
+        Array.from({ length: L }, (_, l) => ({
+          name: `model.layers.${l}.${suffix}`,
+          shape,
+          at: l * n,
+          transform,
+        })),
     };
   };
   const single = (name: string, shape: number[]): Segment => ({
-    count: shape.reduce((a, b) => a * b, 1),
-    store: (data, tensors) => tensors.set(name, { shape, data }),
+    count: numel(shape),
+    tensors: () => [{ name, shape, at: 0 }],
   });
-  const skip = (count: number): Segment => ({ count, store: () => {} });
+  const skip = (count: number): Segment => ({ count, tensors: () => [] });
   const segments = [
     single('model.embed_tokens.weight', [c.vocabSize, dim]),
     perLayer('input_layernorm.weight', [dim]),
