@@ -17,11 +17,21 @@ import { writePtqCheckpoint } from '../io/ptq-checkpoint.js';
 import { readText } from '../io/text.js';
 import { blockLinears } from '../model/architecture.js';
 import { Decoder } from '../model/decoder.js';
+import { batchRows, describeExecution, type EvalModel, fitsInMemory } from '../model/eval-passes.js';
 import { type ActivationQuantSpec, checkActivationQuant } from '../model/input-ops.js';
-import { isPlainHfDirectory, type LoadedModel, loadModel } from '../model/load.js';
+import {
+  isPlainHfDirectory,
+  type LoadedModel,
+  loadModel,
+  type OpenedModel,
+  openModel,
+} from '../model/load.js';
+import { defaultMemoryBudget, parseSize } from '../model/memory.js';
 import { type EvalResult, evaluate, llamaCppProtocol, type WindowProtocol } from '../model/perplexity.js';
 import { emulateLlamaCpp, ggufStorage } from '../model/sources/gguf-model.js';
-import { type AllocationPlan, parseSize, planAllocation, presetGrids } from '../quant/allocate.js';
+import { StreamedDecoder } from '../model/streamed-decoder.js';
+import { float32Bytes } from '../model/weight-source.js';
+import { type AllocationPlan, planAllocation, presetGrids } from '../quant/allocate.js';
 import {
   checkCalibrationMemory,
   checkCalibrationOptions,
@@ -450,7 +460,10 @@ async function mixedPrecisionPlan(model: LoadedModel, args: QuantizeArgs, out: O
   }
   const progress = createProgress('sensitivity: layer×grid', !out.json);
   const plan = await planAllocation(model.config, model.weights, {
-    target: args.targetBpw !== undefined ? { bpw: args.targetBpw } : { bytes: parseSize(args.targetSize!) },
+    target:
+      args.targetBpw !== undefined
+        ? { bpw: args.targetBpw }
+        : { bytes: parseSize(args.targetSize!, 'target-size') },
     palette: (args.palette ?? DEFAULT_PALETTE.join(','))
       .split(',')
       .map((g) => g.trim())
@@ -536,6 +549,8 @@ export interface EvalArgs {
   tokenizer?: string;
   /** GGUF input: convert every matmul input as llama.cpp's CPU backend does (model/sources/gguf-activations.ts). */
   emulateLlamaCpp?: boolean;
+  /** Memory the evaluation may use (`8GiB`); default model/memory.ts defaultMemoryBudget. Beyond it: block-streamed. */
+  maxMemory?: string;
 }
 
 /**
@@ -544,7 +559,7 @@ export interface EvalArgs {
  * ptqkit's tokenizer did exactly when the text's tokens start with it.
  */
 export function protocolFor(
-  model: LoadedModel,
+  model: Pick<LoadedModel, 'config' | 'tokenizer'>,
   args: Pick<EvalArgs, 'ctx' | 'stride' | 'keepPartial' | 'llamaCppWindows'>,
   firstToken?: number,
 ): WindowProtocol {
@@ -570,37 +585,75 @@ export function protocolFor(
 }
 
 export async function evalCommand(modelPath: string, args: EvalArgs, out: Output) {
-  const model = await loadModel(modelPath, { tokenizer: args.tokenizer });
-  if (args.emulateLlamaCpp) await emulateLlamaCpp(model);
-  const reference = args.ref ? await loadModel(args.ref, { tokenizer: args.tokenizer }) : undefined;
-  let tokens = model.tokenizer.encode(await readText(args.text));
-  if (args.maxTokens) tokens = tokens.slice(0, args.maxTokens);
-  const progress = createProgress('eval: window', !out.json);
-  const result = await evaluate(new Decoder(model.config, model.weights), tokens, {
-    protocol: protocolFor(model, args, tokens[0]),
-    reference: reference && new Decoder(reference.config, reference.weights),
-    onProgress: (p) => progress.update(p.windowsDone, p.windowsTotal, `${p.tokensDone} tokens`),
-  });
-  progress.finish();
-  // A GGUF's weights load dequantized: its size is what the file stores.
-  const size =
-    model.source === 'gguf'
-      ? await ggufStorage(model.path)
-      : modelSize(model.weights, model.quantization?.tensors);
-  const report = {
-    model: model.path,
-    text: args.text,
-    ...result,
-    bitsPerWeight: size.bitsPerWeight,
-    bytes: size.totalBytes,
-    peakRssMiB: peakRssMiB(),
-  };
-  if (out.json) return out.log(JSON.stringify(report, null, 2));
-  out.log(
-    `protocol: ${result.protocol}; ${result.tokens} tokens, ${result.windows} windows, ${result.predictions} predictions`,
-  );
-  out.log(resultTable([{ label: path.basename(model.path), ...size, result }]));
+  const maxMemory =
+    args.maxMemory === undefined ? defaultMemoryBudget() : parseSize(args.maxMemory, 'max-memory');
+  const load = { tokenizer: args.tokenizer };
+  // Opened lazily first: the headers say whether the float32 weights fit the budget.
+  const opened = [await openModel(modelPath, load)];
+  try {
+    if (args.ref) opened.push(await openModel(args.ref, load));
+    const [model, ref] = opened as [OpenedModel, OpenedModel | undefined];
+    if (args.emulateLlamaCpp) await emulateLlamaCpp(model);
+    let tokens = model.tokenizer.encode(await readText(args.text));
+    if (args.maxTokens) tokens = tokens.slice(0, args.maxTokens);
+    const protocol = protocolFor(model, args, tokens[0]);
+    const configs = opened.map((o) => o.config);
+    const whole = fitsInMemory(
+      opened.reduce((s, o) => s + float32Bytes(o.weights), 0),
+      configs,
+      batchRows(protocol.ctx, model.config.vocabSize),
+      maxMemory,
+    );
+    let evaluated: { model: EvalModel; reference?: EvalModel; size: () => Promise<StoredSize> };
+    if (whole) {
+      for (const o of opened) await o.weights.close();
+      opened.length = 0;
+      const m = await loadModel(modelPath, load);
+      if (args.emulateLlamaCpp) await emulateLlamaCpp(m);
+      const r = args.ref ? await loadModel(args.ref, load) : undefined;
+      evaluated = {
+        model: new Decoder(m.config, m.weights),
+        reference: r && new Decoder(r.config, r.weights),
+        // A GGUF's weights load dequantized: its size is what the file stores.
+        size: async () =>
+          m.source === 'gguf' ? ggufStorage(m.path) : modelSize(m.weights, m.quantization?.tensors),
+      };
+    } else {
+      evaluated = {
+        model: new StreamedDecoder(model.config, model.weights),
+        reference: ref && new StreamedDecoder(ref.config, ref.weights),
+        size: () => model.storage(),
+      };
+    }
+    const progress = createProgress('eval: window', !out.json);
+    const result = await evaluate(evaluated.model, tokens, {
+      protocol,
+      reference: evaluated.reference,
+      maxMemory,
+      onProgress: (p) => progress.update(p.windowsDone, p.windowsTotal, `${p.tokensDone} tokens`),
+    });
+    progress.finish();
+    const size = await evaluated.size();
+    const report = {
+      model: model.path,
+      text: args.text,
+      ...result,
+      bitsPerWeight: size.bitsPerWeight,
+      bytes: size.totalBytes,
+      peakRssMiB: peakRssMiB(),
+    };
+    if (out.json) return out.log(JSON.stringify(report, null, 2));
+    out.log(
+      `protocol: ${result.protocol}; ${result.tokens} tokens, ${result.windows} windows, ${result.predictions} predictions`,
+    );
+    out.log(`memory: ${describeExecution(result.execution)}, peak RSS ${report.peakRssMiB.toFixed(0)} MiB`);
+    out.log(resultTable([{ label: path.basename(model.path), ...size, result }]));
+  } finally {
+    for (const o of opened) await o.weights.close();
+  }
 }
+
+type StoredSize = { bitsPerWeight: number; totalBytes: number };
 
 export interface ResultRow {
   label: string;

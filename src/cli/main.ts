@@ -323,6 +323,11 @@ program
     '--emulate-llama-cpp',
     "GGUF input: quantize each matmul's input as llama.cpp's CPU backend does (Q8_0/Q8_K/F16)",
   )
+  .option(
+    '--max-memory <size>',
+    'memory the evaluation may use, e.g. 8GiB (default: 3/4 of the free memory); models whose float32 ' +
+      'weights do not fit are evaluated block by block, reading one block at a time',
+  )
   .option('--json', 'print JSON')
   .action((model, o) => {
     if (model.endsWith('.onnx')) {
@@ -330,6 +335,12 @@ program
       if (o.llamaCppWindows)
         throw new UsageError('--llama-cpp-windows is for models, not .onnx files', {
           hint: 'evaluate the GGUF or checkpoint the ONNX files were exported from',
+        });
+      // ONNX graphs run whole in onnxruntime: there is no block to stream.
+      if (o.maxMemory !== undefined)
+        throw new UsageError('--max-memory is for models, not .onnx files', {
+          field: 'max-memory',
+          hint: 'ONNX graphs are evaluated whole in onnxruntime',
         });
       return onnxEvalCommand(model, o, consoleOutput(!!o.json));
     }

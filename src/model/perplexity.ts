@@ -23,7 +23,15 @@
  * finite and the largest weight: a perplexity of NaN is never returned.
  */
 import { NumericError, UsageError } from '../errors.js';
-import type { Decoder } from './decoder.js';
+import {
+  type Batch,
+  batchLogits,
+  batchRows,
+  type EvalModel,
+  type ExecutionReport,
+  planPasses,
+} from './eval-passes.js';
+import { defaultMemoryBudget } from './memory.js';
 
 export interface WindowProtocol {
   ctx: number;
@@ -114,10 +122,12 @@ export interface EvalProgress {
 export interface EvalOptions {
   protocol: WindowProtocol;
   /** Full-precision model to compare against (KLD, top-1 agreement). */
-  reference?: Decoder;
+  reference?: EvalModel;
   /** Upper bound on logits floats held per batch (rows × vocab). */
   maxBatchLogits?: number;
   onProgress?: (p: EvalProgress) => void;
+  /** Bytes a block-streamed evaluation may hold (default: memory.ts defaultMemoryBudget); sizes its passes. */
+  maxMemory?: number;
 }
 
 export interface EvalResult {
@@ -134,10 +144,12 @@ export interface EvalResult {
   referencePerplexity?: number;
   seconds: number;
   tokensPerSecond: number;
+  /** Which path ran (in memory, or streamed block by block) and the memory it planned (eval-passes.ts). */
+  execution: ExecutionReport;
 }
 
 export async function evaluate(
-  model: Decoder,
+  model: EvalModel,
   tokens: readonly number[],
   options: EvalOptions,
 ): Promise<EvalResult> {
@@ -159,11 +171,12 @@ export async function evaluate(
       got: String(windowStart),
     });
   }
-  const maxRows = Math.max(protocol.ctx, Math.floor((options.maxBatchLogits ?? 2 ** 22) / V));
+  const maxRows = batchRows(protocol.ctx, V, options.maxBatchLogits);
   const acc = { nll: 0, refNll: 0, kld: 0, agree: 0, predictions: 0, tokensDone: 0 };
 
+  // Batches of consecutive windows of the same length, at most maxRows rows each.
+  const batches: (Batch & { first: number; windows: Window[] })[] = [];
   for (let i = 0; i < windows.length; ) {
-    // Batch consecutive windows of the same length.
     const T = windows[i]!.end - windows[i]!.start;
     const batch: Window[] = [];
     while (
@@ -178,10 +191,14 @@ export async function evaluate(
       ids.set(tokens.slice(w.start, w.end), b * T);
       if (windowStart !== undefined) ids[b * T] = windowStart;
     });
-    const logits = await model.forward(ids, batch.length, T);
-    const refLogits = reference ? await reference.forward(ids, batch.length, T) : undefined;
-
-    const windowIndex = i - batch.length;
+    batches.push({ first: i - batch.length, windows: batch, count: batch.length, T, ids });
+  }
+  // The model and the reference advance in passes (eval-passes.ts): block-streamed models hold one block at a time.
+  const models = reference ? [model, reference] : [model];
+  const { passes, execution } = planPasses(models, batches, options.maxMemory ?? defaultMemoryBudget());
+  for await (const { batch: b0, logits: out } of batchLogits(models, passes)) {
+    const [logits, refLogits] = out as [Float32Array, Float32Array | undefined];
+    const { T, ids, first: windowIndex, windows: batch } = b0;
     for (const [b, w] of batch.entries()) {
       const where = {
         window: windowIndex + b,
@@ -213,7 +230,11 @@ export async function evaluate(
       }
       acc.tokensDone += T;
     }
-    options.onProgress?.({ windowsDone: i, windowsTotal: windows.length, tokensDone: acc.tokensDone });
+    options.onProgress?.({
+      windowsDone: windowIndex + batch.length,
+      windowsTotal: windows.length,
+      tokensDone: acc.tokensDone,
+    });
   }
 
   const seconds = (performance.now() - t0) / 1000;
@@ -232,6 +253,7 @@ export async function evaluate(
     }),
     seconds,
     tokensPerSecond: acc.tokensDone / seconds,
+    execution,
   };
 }
 
@@ -249,7 +271,7 @@ interface Place {
  * is named (the operation before it overflowed), with the largest |weight| of the model.
  */
 async function nonFiniteLogits(
-  decoder: Decoder,
+  decoder: EvalModel,
   which: 'model' | 'reference model',
   logits: Float32Array,
   row: number,

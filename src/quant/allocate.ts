@@ -183,27 +183,6 @@ export function allocate(
   return allocateLagrangian(layers, budget);
 }
 
-/** `800MB`, `2.5MiB`, `1200KB`, `123456` (bytes) → bytes. */
-export function parseSize(text: string): number {
-  const m = /^\s*(\d+(?:\.\d+)?)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$/i.exec(text);
-  if (!m)
-    throw new UsageError('invalid size', {
-      field: 'target-size',
-      expected: 'a number with B, KB, KiB, MB, MiB, GB or GiB',
-      got: text,
-    });
-  const units: Record<string, number> = {
-    b: 1,
-    kb: 1e3,
-    kib: 2 ** 10,
-    mb: 1e6,
-    mib: 2 ** 20,
-    gb: 1e9,
-    gib: 2 ** 30,
-  };
-  return Number(m[1]) * units[(m[2] ?? 'b').toLowerCase()]!;
-}
-
 /**
  * The quantized linears' bit budget: `bpw` × their weights, or for a whole-model size the bytes
  * left after the unquantized tensors at float32 (modelSize's accounting: totalBytes =

@@ -5,13 +5,13 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { gridName } from '../../src/formats/grid.js';
+import { parseSize } from '../../src/model/memory.js';
 import {
   type AllocLayer,
   allocate,
   allocateDp,
   allocateLagrangian,
   bitBudget,
-  parseSize,
   presetGrids,
   useMoreBits,
 } from '../../src/quant/allocate.js';
