@@ -123,7 +123,7 @@ describe('A-SINQ against SINQ on the real models', { skip: !assetsPresent && 'no
         ({ model, tokens: all } = await loadWithValidTokens(modelPath));
         tokens = all.slice(0, 16384);
       });
-      test('int3 asym: A-SINQ beats SINQ in perplexity and KLD; int4 asym: in KLD (perplexity within 0.3%)', async () => {
+      test('int3 asym: A-SINQ beats SINQ in perplexity and KLD; int4 asym: in KLD (perplexity 0-0.3% higher)', async () => {
         const reference = new Decoder(model.config, model.weights);
         const calibration = calibrationWindows(all, 32);
         for (const bits of [3, 4]) {
@@ -146,7 +146,12 @@ describe('A-SINQ against SINQ on the real models', { skip: !assetsPresent && 'no
           }
           assert.ok(r.asinq!.kld! < r.sinq!.kld!, `${key}: KLD`);
           if (bits === 3) assert.ok(r.asinq!.perplexity < r.sinq!.perplexity, `${key}: perplexity`);
-          else assert.ok(r.asinq!.perplexity < 1.003 * r.sinq!.perplexity, `${key}: perplexity`);
+          // README: at 4 bits A-SINQ's perplexity is 0.2% higher than SINQ's on both models.
+          else
+            assert.ok(
+              r.asinq!.perplexity > r.sinq!.perplexity && r.asinq!.perplexity < 1.003 * r.sinq!.perplexity,
+              `${key}: perplexity`,
+            );
         }
       });
     });
