@@ -238,3 +238,22 @@ export async function* batchLogits<B extends Batch>(
     }
   }
 }
+
+/**
+ * The largest |weight| of a model and its tensor (NaN counts as largest), for the diagnosis of
+ * non-finite logits: scanned in memory, or read one tensor at a time from a streamed model's
+ * files (an error path); undefined for a forward-only model.
+ */
+export async function largestWeight(model: EvalModel): Promise<{ name: string; value: number } | undefined> {
+  let largest = { name: '', value: 0 };
+  const scan = (name: string, data: Float32Array) => {
+    for (let k = 0; k < data.length; k++) {
+      const a = Math.abs(data[k]!);
+      if (!(a <= largest.value)) largest = { name, value: a };
+    }
+  };
+  if (model instanceof Decoder) for (const [name, t] of model.weights) scan(name, t.data);
+  else if (model instanceof StreamedDecoder)
+    for (const name of model.weights.shapes.keys()) scan(name, (await model.weights.read(name)).data);
+  return largest.name ? largest : undefined;
+}

@@ -29,6 +29,7 @@ import {
   batchRows,
   type EvalModel,
   type ExecutionReport,
+  largestWeight,
   planPasses,
 } from './eval-passes.js';
 import { defaultMemoryBudget } from './memory.js';
@@ -299,19 +300,8 @@ async function nonFiniteLogits(
   } catch {
     // The diagnosis is best effort: the error below is the finding.
   }
-  const weights = (decoder as { weights?: unknown }).weights;
-  if (weights instanceof Map) {
-    let largest = { name: '', value: 0 };
-    for (const [name, tensor] of weights as Map<string, { data?: Float32Array }>) {
-      const data = tensor.data;
-      if (!(data instanceof Float32Array)) continue;
-      for (let k = 0; k < data.length; k++) {
-        const a = Math.abs(data[k]!);
-        if (!(a <= largest.value)) largest = { name, value: a };
-      }
-    }
-    if (largest.name) clues.push(`largest |weight| ${largest.value.toExponential(2)} in ${largest.name}`);
-  }
+  const largest = await largestWeight(decoder);
+  if (largest) clues.push(`largest |weight| ${largest.value.toExponential(2)} in ${largest.name}`);
   const { at } = place;
   return new NumericError(`${which} logits are not finite: float32 overflow in the forward pass`, {
     field: `window ${place.window + 1} of ${place.windows} (tokens ${at.start}..${at.end - 1}), token ${at.start + t - 1}`,

@@ -7,7 +7,7 @@
  * held at once stay within the plan's bound (measured in bytes of resident float32 weights).
  */
 import assert from 'node:assert/strict';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
 import { encodeF16 } from '../../src/formats/half.js';
@@ -274,4 +274,31 @@ test('ptq eval --max-memory: a budget below the float32 weights streams, with th
   const refused = runCli(['eval', q, '--text', SLICE, '--max-memory', 'lots']);
   assert.equal(refused.code, 1);
   assert.match(refused.stderr, /max-memory.*invalid size/);
+});
+
+test('a 3e38 weight, streamed: the same refusal as in memory, naming the overflow and the largest weight', {
+  skip,
+}, () => {
+  const dir = path.join(work, 'big-weight');
+  mkdirSync(dir);
+  for (const f of ['config.json', 'tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json'])
+    copyFileSync(path.join(TINY, f), path.join(dir, f));
+  const bytes = readFileSync(path.join(TINY, 'model.safetensors'));
+  const headerLength = Number(bytes.readBigUInt64LE(0));
+  const header = JSON.parse(bytes.subarray(8, 8 + headerLength).toString('utf8'));
+  bytes.writeFloatLE(
+    3e38,
+    8 + headerLength + header['model.layers.0.self_attn.q_proj.weight'].data_offsets[0],
+  );
+  writeFileSync(path.join(dir, 'model.safetensors'), bytes);
+  const args = ['eval', dir, '--text', SLICE, '--max-tokens', '1100'];
+  const whole = runCli(args);
+  const streamedRun = runCli([...args, '--max-memory', '1MiB']);
+  assert.equal(whole.code, 1);
+  assert.match(
+    whole.stderr,
+    /NumericError: 'window 1 of 2 .+ model logits are not finite.+first non-finite activations enter model\.layers\.0\.self_attn\.o_proj; largest \|weight\| 3\.00e\+38 in model\.layers\.0\.self_attn\.q_proj\.weight/,
+  );
+  assert.equal(streamedRun.code, 1);
+  assert.equal(streamedRun.stderr, whole.stderr);
 });
