@@ -2,7 +2,7 @@
  * The malformed-file corpus (test/fixtures/malformed/generate.ts): every file yields its typed
  * error with the expected message fragment and names the file; a sample fails the same way
  * through `ptq inspect` (exit 1, one line, no stack trace); and a safetensors header claiming
- * 100 GB in a 1 KB file is refused with the process staying under 200 MB of RSS.
+ * 100 GB in a 1 KB file is refused with the process's peak RSS up by less than 16 MiB.
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -22,8 +22,11 @@ before(async () => {
   cases = await generateCorpus(work);
 });
 
-test('corpus: >= 40 malformed files across every format', () => {
-  assert.ok(cases.length >= 40, `${cases.length} cases`);
+/** README: "`test/fixtures/malformed/generate.ts` builds 105 malformed files". */
+const README_CASES = 105;
+
+test(`corpus: ${README_CASES} malformed files across every format`, () => {
+  assert.equal(cases.length, README_CASES, 'the corpus has as many cases as README says');
   const kinds = new Set(cases.map((c) => c.kind));
   for (const k of ['safetensors', 'model', 'tokenizer-bin', 'tokenizer-json', 'gguf'])
     assert.ok(kinds.has(k as MalformedCase['kind']), k);
@@ -79,13 +82,14 @@ test('a sample through the CLI: exit 1, one line naming the error, no stack trac
   }
 });
 
-test('a 1 KB safetensors file claiming 100 GB of tensors: refused, peak RSS < 200 MB', () => {
+test('a 1 KB safetensors file claiming 100 GB of tensors: refused, peak RSS up by < 16 MiB', () => {
   const file = cases.find((c) => c.name === 'st-claims-100GB')!.path;
   const script = `
     import { SafetensorsModel } from ${JSON.stringify(path.join(REPO, 'src/io/safetensors.ts'))};
+    const rssBefore = process.memoryUsage().rss;
     try { await SafetensorsModel.open(${JSON.stringify(file)}); console.log('opened'); }
     catch (e) { console.log(e.constructor.name + ': ' + e.message); }
-    console.log('maxRSS ' + process.resourceUsage().maxRSS);`;
+    console.log('maxRSS ' + process.resourceUsage().maxRSS + ' before ' + Math.round(rssBefore / 1024));`;
   const r = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], {
     cwd: REPO,
     encoding: 'utf8',
@@ -94,7 +98,12 @@ test('a 1 KB safetensors file claiming 100 GB of tensors: refused, peak RSS < 20
     r.stdout,
     /^FormatError: .*'big': tensor data outside the file; expected offsets within \[0, 1000\], got \[0, 100000000000\]/,
   );
-  const rssMiB = Number(/maxRSS (\d+)/.exec(r.stdout)![1]) / 1024;
-  console.log(`  100 GB claim refused at peak RSS ${rssMiB.toFixed(0)} MiB`);
-  assert.ok(rssMiB < 200, `peak RSS ${rssMiB} MiB`);
+  const [, peakKiB, beforeKiB] = /maxRSS (\d+) before (\d+)/.exec(r.stdout)!.map(Number);
+  const growthMiB = (peakKiB! - beforeKiB!) / 1024;
+  console.log(
+    `  100 GB claim refused at peak RSS ${(peakKiB! / 1024).toFixed(0)} MiB, ${growthMiB.toFixed(1)} MiB above the RSS before the open`,
+  );
+  // README: the peak grows by < 16 MiB (measured 0.1-4.5 MiB, the runtime's own noise, over the
+  // ~75 MiB of node + tsx), i.e. nothing is allocated for the claimed tensors (100 GB).
+  assert.ok(growthMiB < 16, `peak RSS ${growthMiB} MiB above the start`);
 });
