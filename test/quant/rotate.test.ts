@@ -27,8 +27,13 @@ import type { TensorMap } from '../../src/tensor.js';
 import { ASSETS, assetsPresent, maxAbsDiff, seededRandom } from '../helpers.js';
 import { matmul, transpose } from './dense-reference.js';
 
-/** The issue's acceptance bound: rotated FP logits equal the original's within 1e-4 relative (measured ≈ 1e-6). */
-const LOGIT_REL_TOL = 1e-4;
+/**
+ * Rotated FP logits vs the original's, max |Δlogit| / max |logit|. README: 1.5e-6 measured on
+ * the real models (1.10e-6 and 1.48e-6; synthetic ones ~2e-7), asserted < 3e-6, twice the
+ * measurement for other CPUs' summation orders (the issue's acceptance bound was 1e-4). An
+ * orthogonal factor off by 1e-5 (a Paley or random block not exactly orthogonal) exceeds it.
+ */
+const LOGIT_REL_TOL = 3e-6;
 /** Absorbed matrices vs the dense float64 product: float32 rounding of the stored weights. */
 const WEIGHT_TOL = 1e-6;
 const EVAL_TOKENS = 8192;
@@ -162,7 +167,7 @@ describe('real models', { skip: !assetsPresent && 'no ../shared/assets' }, () =>
         console.log(
           `  max |Δlogit| ${d.abs.toExponential(3)} (${d.relative.toExponential(3)} relative), ${JSON.stringify(rotated.description)}`,
         );
-        assert.ok(d.relative < LOGIT_REL_TOL);
+        assert.ok(d.relative < LOGIT_REL_TOL, `${d.relative}`);
         assert.equal(model.config.tiedEmbeddings, true);
         assert.equal(rotated.config.tiedEmbeddings, false);
         assert.ok(rotated.weights.has(LM_HEAD) && !model.weights.has(LM_HEAD));
@@ -176,6 +181,7 @@ describe('real models', { skip: !assetsPresent && 'no ../shared/assets' }, () =>
         assert.ok(model.weights.get(FINAL_NORM)!.data.some((v) => v !== 1));
         const folded = foldNorms(model.config, model.weights);
         const f = await logitsDiff(model, folded, Int32Array.from(tokens.slice(0, 512)), 1);
+        console.log(`  norms folded only: ${f.relative.toExponential(3)} relative`);
         assert.ok(f.relative < LOGIT_REL_TOL, `fold only: ${f.relative}`);
       });
 
