@@ -1,7 +1,9 @@
 /**
  * FP32 perplexity of the real models under the assets README's "chunks" protocol reproduces
- * the independent float64 reference numbers (within 0.1%), with exactly the same token and
- * prediction counts — which also proves both tokenizers.
+ * the independent float64 reference numbers to every digit the reference gives (39.93 means
+ * 39.925 <= ptqkit < 39.935), with exactly the same token and prediction counts — which also
+ * proves both tokenizers. README's table shows each row: its ptqkit column is asserted as
+ * printed, its reference column equal to the reference below.
  */
 import assert from 'node:assert/strict';
 import path from 'node:path';
@@ -11,6 +13,7 @@ import { Decoder } from '../../src/model/decoder.js';
 import { loadModel } from '../../src/model/load.js';
 import { evaluate } from '../../src/model/perplexity.js';
 import { ASSETS, assetsPresent } from '../helpers.js';
+import { assertPrinted, readmeTable } from '../readme-figures.js';
 
 const TINYSTORIES = path.join(ASSETS, 'models/tinystories-656k');
 const STORIES260K = path.join(ASSETS, 'models/stories260k/stories260K.bin');
@@ -22,25 +25,28 @@ const REFERENCES = [
     text: 'tinystories-valid-slice.txt',
     tokens: 7_957,
     predictions: 7_665,
-    perplexity: 39.93,
+    perplexity: '39.93',
   },
   {
     model: TINYSTORIES,
     text: 'tinystories-valid-800k.txt',
     tokens: 193_347,
     predictions: 192_647,
-    perplexity: 37.45,
+    perplexity: '37.45',
   },
-  { model: TINYSTORIES, text: 'wikitext-2-raw-test.txt', tokens: 560_212, perplexity: 708.99 },
+  { model: TINYSTORIES, text: 'wikitext-2-raw-test.txt', tokens: 560_212, perplexity: '708.99' },
   {
     model: STORIES260K,
     text: 'tinystories-valid-800k.txt',
     tokens: 393_019,
     predictions: 391_937,
-    perplexity: 5.048,
+    perplexity: '5.048',
   },
-  { model: STORIES260K, text: 'wikitext-2-raw-test.txt', tokens: 815_070, perplexity: 122.33 },
+  { model: STORIES260K, text: 'wikitext-2-raw-test.txt', tokens: 815_070, perplexity: '122.33' },
 ];
+
+/** README's table: model | text | tokens | ptqkit | reference. */
+const README_ROWS = readmeTable('Perplexity reproduction (FP32, chunks of 512, BOS once)').slice(1);
 
 for (const ref of REFERENCES) {
   test(`${path.basename(ref.model)} on ${ref.text}: perplexity ${ref.perplexity}`, {
@@ -54,6 +60,13 @@ for (const ref of REFERENCES) {
       `  ${path.basename(ref.model)} ${ref.text}: ${r.perplexity.toFixed(4)} (reference ${ref.perplexity}), ${r.predictions} predictions`,
     );
     assert.equal(r.predictions, ref.predictions ?? Math.floor(ref.tokens / 512) * 511);
-    assert.ok(Math.abs(r.perplexity / ref.perplexity - 1) < 0.001, `${r.perplexity} vs ${ref.perplexity}`);
+    assertPrinted(r.perplexity, ref.perplexity, 'ptqkit against the float64 reference');
+    const [, , readmeTokens, ptqkit, reference] = README_ROWS.find(
+      ([model, text]) =>
+        model === path.basename(ref.model, '.bin') && text === path.basename(ref.text, '.txt'),
+    )!;
+    assert.equal(readmeTokens, ref.tokens.toLocaleString('en-US'), "README's token count");
+    assert.equal(reference, ref.perplexity, "README's reference column");
+    assertPrinted(r.perplexity, ptqkit!, "README's ptqkit column");
   });
 }
