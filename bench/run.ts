@@ -8,9 +8,11 @@
  *
  *   npm run bench                 default cases (~15 min on 2 idle cores)
  *   npm run bench -- gptq-100M    these cases
- *   BENCH_HEAVY=1 npm run bench   also 500M and 1B (quantization, reading, eval-1B: ~1 h) and
- *                                 streaming-8b (streaming-8b.ts: a 16 GB FP16 model on disk,
- *                                 ~26 GB free in os.tmpdir() or BENCH_8B_DIR; tens of minutes)
+ *   BENCH_HEAVY=1 npm run bench   also 500M and 1B (quantization, reading, eval-1B, eval-streamed-1B:
+ *                                 ~1 h) and streaming-8b (streaming-8b.ts: a 16 GB FP16 model on
+ *                                 disk, ~26 GB free in os.tmpdir() or BENCH_8B_DIR; tens of minutes)
+ *   npm run bench -- eval-8B      opt-in: block-streamed eval of an 8B model's int4 result against
+ *                                 it (eval-streamed.ts; ~26 GB of disk, tens of minutes)
  *
  * CPU time is user + system over all threads; on a shared machine compare runs by it, wall
  * time grows with every other process.
@@ -36,6 +38,7 @@ const CASES = [
 ];
 const HEAVY = [
   'eval-1B',
+  'eval-streamed-1B',
   ...['500M', '1B'].flatMap((s) => ['read', 'rtn', 'hqq', 'sinq'].map((m) => `${m}-${s}`)),
   'gptq-500M',
 ];
@@ -44,6 +47,8 @@ if (process.env.BENCH_HEAVY === '1') CASES.push(...HEAVY, 'streaming-8b');
 const SCRIPTS: Record<string, string> = {
   'compare-demo': 'compare-demo.ts',
   'streaming-8b': 'streaming-8b.ts',
+  'eval-streamed-1B': 'eval-streamed.ts',
+  'eval-8B': 'eval-streamed.ts',
   tokenize: 'tokenize.ts', // npm run bench -- tokenize: piecewise tokenization at 1-50 MB (bench/tokenize.ts)
 };
 
@@ -72,13 +77,29 @@ interface Result {
   threads?: number;
   sides?: EvalSide[];
   ratio?: number;
+  grid?: string;
+  /** eval-streamed-1B, eval-8B: each `ptq eval` run (streamed, in memory) with its peak RSS and tokens/s. */
+  maxMemory?: string;
+  targetRssMiB?: number;
+  evalRuns?: {
+    label: string;
+    execution: { passes: number; windowsPerPass: number };
+    tokens: number;
+    perplexity: number;
+    kld: number;
+    top1Agreement: number;
+    seconds: number;
+    cpuSeconds: number;
+    tokensPerSecond: number;
+    peakRssMiB: number;
+  }[];
 }
 
 const selected = process.argv.slice(2).filter((a) => !a.startsWith('-'));
 const results: Result[] = [];
 for (const name of selected.length ? selected : CASES) {
   process.stderr.write(`bench ${name} ...\n`);
-  if (name.startsWith('eval-')) {
+  if (name.startsWith('eval-') && !SCRIPTS[name]) {
     results.push((await runEvalCase(name.slice(5) as '100M')) as Result);
     continue;
   }
@@ -102,22 +123,23 @@ writeFileSync(
   file,
   `${JSON.stringify({ date: new Date().toISOString(), results: [...kept, ...results] }, null, 2)}\n`,
 );
-const quantCases = results.filter((r) => r.sides === undefined);
-console.log(
-  formatTable(
-    ['case', 'params', 'calibration', 'seconds', 'CPU s', 'M params/s', 'peak RSS MiB'],
-    quantCases.map((r) => [
-      r.case,
-      `${(r.parameters / 1e6).toFixed(1)}M`,
-      r.calibration,
-      r.seconds.toFixed(1),
-      r.cpuSeconds.toFixed(1),
-      // compare-demo quantizes 15 times and evaluates 16 times: a rate per parameter means nothing.
-      r.targetSeconds === undefined ? (rate(r) / 1e6).toFixed(1) : '-',
-      r.peakRssMiB.toFixed(0),
-    ]),
-  ),
-);
+const quantCases = results.filter((r) => r.sides === undefined && r.evalRuns === undefined);
+if (quantCases.length)
+  console.log(
+    formatTable(
+      ['case', 'params', 'calibration', 'seconds', 'CPU s', 'M params/s', 'peak RSS MiB'],
+      quantCases.map((r) => [
+        r.case,
+        `${(r.parameters / 1e6).toFixed(1)}M`,
+        r.calibration,
+        r.seconds.toFixed(1),
+        r.cpuSeconds.toFixed(1),
+        // compare-demo quantizes 15 times and evaluates 16 times: a rate per parameter means nothing.
+        r.targetSeconds === undefined ? (rate(r) / 1e6).toFixed(1) : '-',
+        r.peakRssMiB.toFixed(0),
+      ]),
+    ),
+  );
 for (const rtn of quantCases.filter((r) => r.case.startsWith('rtn-'))) {
   const read = [...kept, ...results].find((r) => r.case === rtn.case.replace('rtn-', 'read-'));
   if (read) {
@@ -179,5 +201,39 @@ for (const r of results.filter((r) => r.readRatio !== undefined)) {
     `\n${r.case}: ${r.seconds.toFixed(0)} s wall at ${r.peakRssMiB.toFixed(0)} MiB peak RSS (target < 4096), ` +
       `${(r.parameters / r.seconds / 1e6).toFixed(1)}M params/s; reading the shards alone ${r.readSeconds!.toFixed(0)} s ` +
       `(${r.readRatio!.toFixed(1)}x, target within 3x)`,
+  );
+}
+for (const r of results.filter((r) => r.evalRuns)) {
+  const verdict = r.peakRssMiB <= r.targetRssMiB! ? 'within' : 'OVER';
+  console.log(
+    `\n${r.case}: ${r.grid}; streamed with --max-memory ${r.maxMemory}: peak RSS ${r.peakRssMiB.toFixed(0)} MiB (${verdict} the ${r.targetRssMiB!.toFixed(0)} MiB target)`,
+  );
+  console.log(
+    formatTable(
+      [
+        'run',
+        'passes',
+        'tokens',
+        'perplexity',
+        'KLD',
+        'top-1',
+        'eval tokens/s',
+        'wall s',
+        'CPU s',
+        'peak RSS MiB',
+      ],
+      r.evalRuns!.map((x) => [
+        x.label,
+        String(x.execution.passes),
+        String(x.tokens),
+        x.perplexity.toFixed(3),
+        x.kld.toExponential(3),
+        x.top1Agreement.toFixed(4),
+        x.tokensPerSecond.toFixed(1),
+        x.seconds.toFixed(0),
+        x.cpuSeconds.toFixed(0),
+        x.peakRssMiB.toFixed(0),
+      ]),
+    ),
   );
 }

@@ -15,7 +15,7 @@
  * Needs ~26 GB free: 16 GB of input and ~8.7 GB of output (embedding and lm_head stay F32).
  */
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, readFileSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmSync, statfsSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -23,10 +23,9 @@ import { fileURLToPath } from 'node:url';
 import { makeGrid } from '../src/formats/grid.js';
 import { linearWeightName } from '../src/formats/tensor-names.js';
 import { CHECKPOINT_FILE, encodeParams } from '../src/io/ptq-checkpoint.js';
-import { SafetensorsModel, SafetensorsWriter, type TensorHeader } from '../src/io/safetensors.js';
-import { blockLinears, LLAMA } from '../src/model/architecture.js';
+import { SafetensorsModel } from '../src/io/safetensors.js';
 import { quantizeRtn } from '../src/quant/methods/rtn.js';
-import { wordLevelTokenizer } from '../test/model/arch-reference.js';
+import { writeSyntheticFp16Model } from './synthetic.js';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const CLI = path.join(HERE, '../src/cli/main.ts');
@@ -51,7 +50,6 @@ const HF_CONFIG = {
   eos_token_id: 128001,
   torch_dtype: 'float16',
 };
-const SHARD_BYTES = 5e9;
 const PIECE_BYTES = 64 * 1024 * 1024;
 
 const root = process.env.BENCH_8B_DIR ?? path.join(os.tmpdir(), `ptq-bench-8b-${process.pid}`);
@@ -67,7 +65,7 @@ mkdirSync(modelDir, { recursive: true });
 
 try {
   const t0 = performance.now();
-  const { parameters, quantizedParameters, shards } = await generate(modelDir);
+  const { parameters, quantizedParameters, shards } = await writeSyntheticFp16Model(modelDir, HF_CONFIG);
   const generateSeconds = (performance.now() - t0) / 1000;
   process.stderr.write(
     `  generated ${(parameters / 1e9).toFixed(2)}B params in ${generateSeconds.toFixed(0)} s\n`,
@@ -143,81 +141,6 @@ try {
   );
 } finally {
   if (process.env.BENCH_KEEP !== '1') rmSync(root, { recursive: true, force: true });
-}
-
-/** xorshift32 bits as FP16: random sign and 10-bit mantissa, exponent 8..11 (|w| in [2^-7, 2^-3)). */
-function fillRandomHalf(out: Uint32Array, state: { s: number }): void {
-  let s = state.s;
-  for (let i = 0; i < out.length; i++) {
-    s ^= s << 13;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    // Two halves per word: keep sign and mantissa bits, set exponent 8 + (2 random bits).
-    out[i] = (s & 0x83ff83ff) | ((((s >>> 10) & 0x00030003) + 0x00080008) << 10);
-  }
-  state.s = s;
-}
-
-async function generate(dir: string) {
-  const config = LLAMA.parseConfig(HF_CONFIG, 'bench');
-  const shapes = [...LLAMA.expectedShapes(config)];
-  let quantizedParameters = 0;
-  for (let l = 0; l < config.numLayers; l++)
-    for (const linear of blockLinears(config))
-      quantizedParameters += shapes
-        .find(([n]) => n === linearWeightName(l, linear))![1]
-        .reduce((a, b) => a * b, 1);
-  // Shards of at most SHARD_BYTES, in the order of the canonical names.
-  const groups: TensorHeader[][] = [[]];
-  let inShard = 0;
-  let parameters = 0;
-  for (const [name, shape] of shapes) {
-    const bytes = shape.reduce((a, b) => a * b, 1) * 2;
-    parameters += bytes / 2;
-    if (inShard + bytes > SHARD_BYTES && groups.at(-1)!.length) {
-      groups.push([]);
-      inShard = 0;
-    }
-    groups.at(-1)!.push({ name, dtype: 'F16', shape });
-    inShard += bytes;
-  }
-  const weightMap: Record<string, string> = {};
-  const shards: { file: string; bytes: number }[] = [];
-  const buf = new Uint32Array(PIECE_BYTES / 4);
-  let seed = 1;
-  for (const [i, group] of groups.entries()) {
-    const file = `model-${String(i + 1).padStart(5, '0')}-of-${String(groups.length).padStart(5, '0')}.safetensors`;
-    const w = await SafetensorsWriter.create(path.join(dir, file), group, { format: 'pt' });
-    let bytes = 0;
-    for (const t of group) {
-      weightMap[t.name] = file;
-      const total = t.shape.reduce((a, b) => a * b, 1) * 2;
-      const state = { s: 0x9e3779b9 ^ seed++ };
-      const norm = t.shape.length === 1;
-      for (let at = 0; at < total; at += PIECE_BYTES) {
-        const n = Math.min(PIECE_BYTES, total - at);
-        if (norm)
-          buf.fill(0x3c003c00); // RMSNorm gains of 1.0
-        else fillRandomHalf(buf, state);
-        await w.write(t.name, new Uint8Array(buf.buffer, 0, n));
-      }
-      bytes += total;
-    }
-    await w.finish();
-    shards.push({ file: path.join(dir, file), bytes });
-    process.stderr.write(`  wrote ${file} (${(bytes / GiB).toFixed(2)} GiB)\n`);
-  }
-  writeFileSync(
-    path.join(dir, 'model.safetensors.index.json'),
-    JSON.stringify({
-      metadata: { total_size: shards.reduce((s, x) => s + x.bytes, 0) },
-      weight_map: weightMap,
-    }),
-  );
-  writeFileSync(path.join(dir, 'config.json'), JSON.stringify(HF_CONFIG, null, 2));
-  // A word-level tokenizer of 1000 words: the vocabulary only has to fit the 128256 embeddings.
-  writeFileSync(path.join(dir, 'tokenizer.json'), JSON.stringify(wordLevelTokenizer(1000)));
-  return { parameters, quantizedParameters, shards };
 }
 
 /** Seconds to read every byte of the shards sequentially in 64 MiB pieces. */
