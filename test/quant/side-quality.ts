@@ -50,6 +50,42 @@ export const PLAIN_W3: Record<
   },
 };
 
+/**
+ * W3 with a side correction, [perplexity, KLD] under this set-up and stored bits/weight:
+ * 1% SpQR outliers (asserted by outliers.test.ts) and LoRC rank 8 (lorc.test.ts).
+ */
+export const SIDE_W3: Record<
+  'outliers' | 'lorc',
+  Record<string, Record<'rtn' | 'gptq', { measured: [number, number]; bits: number }>>
+> = {
+  outliers: {
+    'tinystories-656k': {
+      rtn: { measured: [50.0163, 0.26992], bits: 3.925 },
+      gptq: { measured: [43.9955, 0.16838], bits: 3.925 },
+    },
+    stories260k: {
+      rtn: { measured: [9.0951, 0.8524], bits: 3.7454 },
+      gptq: { measured: [6.6142, 0.52041], bits: 3.7454 },
+    },
+  },
+  lorc: {
+    'tinystories-656k': {
+      rtn: { measured: [51.8277, 0.30276], bits: 5.0833 },
+      gptq: { measured: [44.4351, 0.17953], bits: 5.0833 },
+    },
+    stories260k: {
+      rtn: { measured: [7.6842, 0.66473], bits: 6.4774 },
+      gptq: { measured: [6.122, 0.42736], bits: 6.4774 },
+    },
+  },
+};
+
+/** The W4 grid of each model (README's "wider grid" the side corrections are compared with). */
+export const W4: Record<string, GridSpec> = {
+  'tinystories-656k': intGrid(4, 32, true),
+  stories260k: intGrid(4, 0, true),
+};
+
 export const SIDE_MODELS = [
   { key: 'tinystories-656k', path: 'models/tinystories-656k' },
   { key: 'stories260k', path: 'models/stories260k/stories260K.bin' },
