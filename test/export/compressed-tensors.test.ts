@@ -29,6 +29,7 @@ import { quantizeRtn } from '../../src/quant/methods/rtn.js';
 import type { MethodName } from '../../src/quant/quantize-model.js';
 import { runCli } from '../cli/run-cli.js';
 import { ASSETS, assetsPresent } from '../helpers.js';
+import { assertPrinted } from '../readme-figures.js';
 import { BUNDLED, f16, quantized, TINY_LINEAR, tinyModel } from './safetensors-fixtures.js';
 
 const tmp = await mkdtemp(path.join(tmpdir(), 'ptq-ct-'));
@@ -246,6 +247,15 @@ function assertConfig(label: string, r: CtDir, format: string, weights: Record<s
 const int = (bits: number, asym: boolean, groupSize = 32): GridSpec =>
   gridSpecFor('int', { bits, asym, groupSize });
 
+/** README: stored bits per weight of the linears, as printed (int4 g32, NVFP4, MXFP4, FP8 per channel). */
+const README_BITS: Record<string, string> = {
+  'int4-sym': '4.50',
+  'int4-asym': '4.63',
+  nvfp4: '4.50',
+  mxfp4: '4.25',
+  'fp8-pc': '8.10',
+};
+
 test('pack-quantized: RTN and GPTQ act-order checkpoints read back exactly (2..8 bits, sym/asym, per-channel, bf16 scales)', async () => {
   const cases: [string, LoadedModel, Record<string, unknown>][] = [
     [
@@ -272,6 +282,7 @@ test('pack-quantized: RTN and GPTQ act-order checkpoints read back exactly (2..8
       report.linears.every((l) => l.source === 'codes'),
       label,
     );
+    if (README_BITS[label]) assertPrinted(report.bitsPerWeight, README_BITS[label], `${label} bits/weight`);
     const bits = model.quantization!.tensors.values().next().value!.spec.bits;
     // 3 and 5 bits cross int32 words: the layout of compressed-tensors ≥ 0.18 is announced.
     assert.equal(warnings.length, 32 % bits === 0 ? 0 : 1, label);
@@ -360,7 +371,9 @@ test('float formats: FP8 float-quantized, NVFP4, MXFP4, MXFP8 exact; FP4/MXFP6/t
       report.linears.every((l) => l.source === source),
       `${label}: ${report.linears[0]!.source}`,
     );
+    if (README_BITS[label]) assertPrinted(report.bitsPerWeight, README_BITS[label], `${label} bits/weight`);
   }
+  assert.ok(['nvfp4', 'mxfp4', 'fp8-pc'].every((l) => cases.some(([label]) => label === l)));
 });
 
 test('worked example: the int32 words of weight_packed and weight_zero_point', async () => {

@@ -24,6 +24,7 @@ import { dequantize, fromCodes, type QuantizedTensor } from '../../src/formats/q
 import { SafetensorsFile } from '../../src/io/safetensors.js';
 import { type LoadedModel, loadModel } from '../../src/model/load.js';
 import { runCli } from '../cli/run-cli.js';
+import { assertPrinted } from '../readme-figures.js';
 import { BUNDLED, f16, fp, quantized, TINY_LINEAR, tinyModel } from './safetensors-fixtures.js';
 
 const tmp = await mkdtemp(path.join(tmpdir(), 'ptq-gptq-'));
@@ -194,6 +195,8 @@ test('RTN checkpoints of tinystories-656k: the reader recovers every weight exac
       expectedBytes,
       label,
     );
+    // README: "Stored bits per weight of the linears, int4 g32: GPTQ 4.81".
+    if (label === 'rtn-int4-sym-g32') assertPrinted(report.bitsPerWeight, '4.81', label);
   }
 });
 
