@@ -259,6 +259,11 @@ describe('real models', { skip: !assetsPresent && 'no ../shared/assets' }, () =>
           // scaled down); the rotation, on the same function, wins part of it back.
           assert.ok(r.fold!.kld > r.plain!.kld, `${g}: fold ${r.fold!.kld} vs plain ${r.plain!.kld}`);
           assert.ok(r.rotated!.kld < r.fold!.kld, `${g}: rotated ${r.rotated!.kld} vs fold ${r.fold!.kld}`);
+          // README: against the unfolded model the absorbed rotation does not pay off (KLD).
+          assert.ok(
+            r.rotated!.kld > r.plain!.kld,
+            `${g}: rotated ${r.rotated!.kld} vs plain ${r.plain!.kld}`,
+          );
         }
       });
 
