@@ -14,6 +14,7 @@ import type { LoadedModel } from '../../src/model/load.js';
 import { type EvalResult, evaluate } from '../../src/model/perplexity.js';
 import { type MethodName, modelSize, quantizeModel } from '../../src/quant/quantize-model.js';
 import { assetsPresent } from '../helpers.js';
+import { assertPrinted } from '../readme-figures.js';
 import {
   assertMeasured,
   type Calibration,
@@ -24,7 +25,9 @@ import {
 
 const EVAL_TOKENS = 4096;
 
-/** Measured (perplexity, KLD); FP32 perplexity on these tokens: 37.4471. */
+/** README: FP32 perplexity on these tokens, as printed (also the SmoothQuant table's). */
+const FP32_PERPLEXITY = '37.4471';
+/** Measured (perplexity, KLD); FP32 perplexity on these tokens: FP32_PERPLEXITY. */
 const MEASURED: Record<string, [number, number]> = {
   'rtn int8 pc': [37.4853, 0.00038],
   'rtn int4 g32': [40.8826, 0.08237],
@@ -76,6 +79,10 @@ describe('number formats on tinystories-656k', { skip: !assetsPresent && 'no ../
     reference = new Decoder(model.config, model.weights);
     fp = await evaluate(reference, tokens, { protocol: PROTOCOL });
     console.log(`  fp32 ppl ${fp.perplexity.toFixed(4)}`);
+  });
+
+  test("FP32 perplexity on these tokens: README's", () => {
+    assertPrinted(fp.perplexity, FP32_PERPLEXITY, 'FP32 perplexity');
   });
 
   test('RTN: int8 < fp8-e4m3 ≪ nvfp4 < int4 g32 < mxfp4 ≪ ternary < binary in KLD; exact bits per weight', async () => {
