@@ -5,6 +5,12 @@
  *   const q = await quantizeModel(model.config, model.weights, { method: 'rtn', grid });
  *   const r = await evaluate(new Decoder(model.config, q.weights), tokens, { protocol, reference });
  *   await writePtqCheckpoint('out', { ...model, weights: q.weights }, q.quantization);
+ *
+ * A model larger than memory is evaluated block by block from its files:
+ *
+ *   const big = await openModel('path/to/hf-dir-or-checkpoint');
+ *   const r = await evaluate(new StreamedDecoder(big.config, big.weights), tokens, { protocol, maxMemory });
+ *   await big.weights.close();
  */
 
 export {
@@ -40,8 +46,11 @@ export { type Architecture, architectureFor } from './model/architecture.js';
 export type { ModelConfig } from './model/config.js';
 export { Decoder, type ForwardHooks } from './model/decoder.js';
 export { greedyGenerate } from './model/generate.js';
-export { type LoadedModel, loadModel } from './model/load.js';
+export { type LoadedModel, loadModel, type OpenedModel, openModel } from './model/load.js';
+export { defaultMemoryBudget, parseSize } from './model/memory.js';
 export { type EvalResult, evaluate, planWindows, type WindowProtocol } from './model/perplexity.js';
+export { StreamedDecoder } from './model/streamed-decoder.js';
+export type { WeightSource } from './model/weight-source.js';
 export { CALIBRATION_DEFAULTS, sampleCalibrationWindows } from './quant/calibrate.js';
 export { AWQ_DEFAULTS, type AwqOptions, applyAwqScales } from './quant/methods/awq.js';
 export { GPTQ_DEFAULTS, type GptqOptions, gptqQuantize, prepareHessian } from './quant/methods/gptq.js';
