@@ -16,11 +16,12 @@ import { type OnnxQuantDtype, quantizeOnnx } from '../../src/onnx/quantize-onnx.
 import type { OnnxMethod } from '../../src/onnx/weight-only.js';
 import { runCli } from '../cli/run-cli.js';
 import { tempDir } from '../helpers.js';
+import { assertPrinted, readmeTable } from '../readme-figures.js';
 import { buildEncoder, ENCODER } from './encoder-fixture.js';
 
 /**
  * Documented floors of the cosine similarity to the fp32 outputs (README, "Quantizing existing
- * ONNX models"); measured values are printed and sit well above them.
+ * ONNX models"); the measured values sit well above them and are asserted as README prints them.
  */
 const COSINE_FLOOR: Record<string, number> = {
   fp16: 0.99999,
@@ -66,9 +67,11 @@ test('every dtype and method: outputs within the documented cosine similarity of
     ['fp16', 'fp16', 'rtn', true],
   ];
   const errors: Record<string, number> = {};
+  const cosines: Record<string, Record<string, number>> = {};
   for (const [label, dtype, method, symmetric] of cases) {
     const { g, cmp } = await run(label.replace(/ /g, '-'), dtype, method, symmetric);
     show(label, cmp, g.bytes);
+    cosines[label] = Object.fromEntries(cmp.map((c) => [c.name, c.cosine]));
     for (const c of cmp) assert.ok(c.cosine > COSINE_FLOOR[dtype]!, `${label} ${c.name}: cosine ${c.cosine}`);
     if (g.weightOnly) {
       // 6 MatMul/Gemm weights (Q, K, V, output Gemm, up, down) + the classifier Gemm, and the embedding Gather.
@@ -88,6 +91,34 @@ test('every dtype and method: outputs within the documented cosine similarity of
     `  summed ‖W − Ŵ‖²/‖W‖²: ${JSON.stringify(errors, (_, v) => (typeof v === 'number' ? +v.toFixed(5) : v))}`,
   );
   assert.ok(errors['q4 hqq']! < errors['q4 rtn asym']! * 1.1);
+
+  // README's table: every cosine as printed (6 decimals), and the floor this test asserts.
+  const [header, ...rows] = readmeTable('A non-LM graph, the BERT-style encoder');
+  assert.deepEqual(header, ['dtype, method', 'last_hidden_state', 'logits', 'floor']);
+  const README_ROW: Record<string, { labels: string[]; dtype: OnnxQuantDtype }> = {
+    fp16: { labels: ['fp16'], dtype: 'fp16' },
+    'q8 dynamic': { labels: ['q8 dynamic'], dtype: 'q8' },
+    'q4 RTN sym / asym': { labels: ['q4 rtn sym', 'q4 rtn asym'], dtype: 'q4' },
+    'q4 HQQ (asym)': { labels: ['q4 hqq'], dtype: 'q4' },
+    'q4 SINQ': { labels: ['q4 sinq'], dtype: 'q4' },
+    'q4f16 RTN': { labels: ['q4f16 rtn'], dtype: 'q4f16' },
+    'q2 HQQ (table kept float)': { labels: ['q2 hqq'], dtype: 'q2' },
+  };
+  assert.deepEqual(
+    rows.map((r) => r[0]),
+    Object.keys(README_ROW),
+  );
+  for (const [row, hidden, logits, floor] of rows) {
+    const { labels, dtype } = README_ROW[row!]!;
+    for (const [output, cells] of [
+      ['last_hidden_state', hidden!],
+      ['logits', logits!],
+    ] as const) {
+      for (const [i, printed] of cells.split(' / ').entries())
+        assertPrinted(cosines[labels[i]!]![output]!, printed, `${labels[i]} ${output}`);
+    }
+    assert.equal(floor, String(COSINE_FLOOR[dtype]), `${row}: floor`);
+  }
 });
 
 test('model file: external data round trip by offset, hostile locations refused', async () => {
