@@ -4,7 +4,10 @@
  * shared assets) check the same claims on the cells they measure.
  */
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
 import { test } from 'node:test';
+import { REPO } from '../helpers.js';
 import { type Cell, CLAIMS, checkClaims, tableOf } from './method-format-claims.js';
 import { STORIES260K_PINS, type TablePins, TINYSTORIES_PINS } from './method-format-pins.js';
 
@@ -23,3 +26,8 @@ for (const [model, pins] of tables) {
     assert.deepEqual(checkClaims(table), []);
   });
 }
+
+test("every checked ordering is quoted word for word in README's 'What holds across columns'", () => {
+  const readme = readFileSync(path.join(REPO, 'README.md'), 'utf8').replace(/\s+/g, ' ');
+  for (const c of CLAIMS) assert.ok(readme.includes(c.readme), `README no longer states: ${c.readme}`);
+});

@@ -78,7 +78,7 @@ function best(t: Table, col: string, metric: keyof Cell): [string, Cell] {
 
 export const CLAIMS: Claim[] = [
   {
-    readme: 'GPTQ is best or near-best at every ~4-bit grid',
+    readme: 'GPTQ has a lower KLD than every other method at every ~4-bit grid',
     // Plain GPTQ beats every other method; the column's best is GPTQ, plain or with the online
     // rotation (which is lower at tinystories int4 g32 asym and g128 and stories260K int4 pc).
     check(t) {
@@ -96,7 +96,7 @@ export const CLAIMS: Claim[] = [
     },
   },
   {
-    readme: 'asymmetric g32 beats symmetric g32 in KLD for every method',
+    readme: 'asymmetric beats symmetric in KLD for every method',
     // And on stories260K, whose table has per-channel columns only, at int4 and int3 per channel.
     check(t) {
       const fails: string[] = [];
@@ -112,7 +112,7 @@ export const CLAIMS: Claim[] = [
     },
   },
   {
-    readme: 'NVFP4 matches or beats int4 g32 at the same 4.5 bits, MXFP4 loses',
+    readme: 'NVFP4 matches (within 0.5%) or beats int4 g32 in KLD at the same 4.5 bits, MXFP4 loses to both',
     // "Matches": within 1% (at most 0.4% above: rtn + hadamard, gptq). MXFP4 loses to both.
     check(t) {
       if (!t.cell('rtn', 'nvfp4')) return [];
@@ -132,7 +132,7 @@ export const CLAIMS: Claim[] = [
   },
   {
     readme:
-      'at ~3 bits HQQ (tinystories int3 g32, at 4 bits/w with its zeros) and GPTQ/AWQ (stories260K) lead and RTN falls apart',
+      'at ~3 bits HQQ (tinystories int3 g32, at 4 bits/w with its zeros) and GPTQ/AWQ (stories260K) lead in both metrics and RTN falls apart',
     // Lead: the lowest KLD and the lowest perplexity of the column. Falls apart: RTN's KLD at
     // least 1.5× the column's best (1.7–2.1× measured).
     check(t) {
@@ -185,7 +185,7 @@ export const CLAIMS: Claim[] = [
     },
   },
   {
-    readme: 'ternary and binary need training (GPTQ cuts their perplexity 2.6–4.6×, still in the hundreds)',
+    readme: "ternary and binary need training (GPTQ cuts their perplexity 2.6–4.6×, still 13–25× FP32's)",
     // "2.6–4.6×" as README rounds it; "need training": GPTQ's perplexity still above 10× FP32's
     // (12.8×, 24.9× and 22.0×: stories260K's ternary GPTQ is at 84.8, not in the hundreds).
     check(t) {
