@@ -20,7 +20,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { mulberry32 } from '../src/random.js';
-import { CACHE, SHAPES, writeSyntheticFp16Model } from './synthetic.js';
+import { CACHE, syntheticFp16HfConfig, writeSyntheticFp16Model } from './synthetic.js';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const CLI = path.join(HERE, '../src/cli/main.ts');
@@ -29,31 +29,7 @@ const CTX = 512;
 
 const name = process.argv[2] as 'eval-streamed-1B' | 'eval-8B';
 const eightB = name === 'eval-8B';
-const HF_CONFIG = eightB
-  ? {
-      model_type: 'llama',
-      hidden_size: 4096,
-      intermediate_size: 14336,
-      num_hidden_layers: Number(process.env.BENCH_8B_LAYERS ?? 32),
-      num_attention_heads: 32,
-      num_key_value_heads: 8,
-      vocab_size: 128256,
-      max_position_embeddings: 8192,
-      rope_theta: 500000,
-      rms_norm_eps: 1e-5,
-      tie_word_embeddings: false,
-      hidden_act: 'silu',
-      torch_dtype: 'float16',
-    }
-  : {
-      model_type: 'llama',
-      ...SHAPES['1B'],
-      max_position_embeddings: 2048,
-      rms_norm_eps: 1e-5,
-      tie_word_embeddings: false,
-      hidden_act: 'silu',
-      torch_dtype: 'float16',
-    };
+const HF_CONFIG = syntheticFp16HfConfig(eightB ? '8B' : '1B');
 const windows = Number(process.env.BENCH_EVAL_WINDOWS ?? (eightB ? 2 : 4));
 const maxMemory = eightB ? '5GiB' : '1GiB';
 const root = eightB

@@ -25,31 +25,13 @@ import { linearWeightName } from '../src/formats/tensor-names.js';
 import { CHECKPOINT_FILE, encodeParams } from '../src/io/ptq-checkpoint.js';
 import { SafetensorsModel } from '../src/io/safetensors.js';
 import { quantizeRtn } from '../src/quant/methods/rtn.js';
-import { writeSyntheticFp16Model } from './synthetic.js';
+import { syntheticFp16HfConfig, writeSyntheticFp16Model } from './synthetic.js';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const CLI = path.join(HERE, '../src/cli/main.ts');
 const GiB = 2 ** 30;
 
-const HF_CONFIG = {
-  architectures: ['LlamaForCausalLM'],
-  model_type: 'llama',
-  hidden_size: 4096,
-  intermediate_size: 14336,
-  // BENCH_8B_LAYERS: fewer blocks for a quick run of the same shapes (default Llama-3-8B's 32).
-  num_hidden_layers: Number(process.env.BENCH_8B_LAYERS ?? 32),
-  num_attention_heads: 32,
-  num_key_value_heads: 8,
-  vocab_size: 128256,
-  max_position_embeddings: 8192,
-  rope_theta: 500000,
-  rms_norm_eps: 1e-5,
-  tie_word_embeddings: false,
-  hidden_act: 'silu',
-  bos_token_id: 128000,
-  eos_token_id: 128001,
-  torch_dtype: 'float16',
-};
+const HF_CONFIG = syntheticFp16HfConfig('8B');
 const PIECE_BYTES = 64 * 1024 * 1024;
 
 const root = process.env.BENCH_8B_DIR ?? path.join(os.tmpdir(), `ptq-bench-8b-${process.pid}`);

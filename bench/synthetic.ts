@@ -48,6 +48,34 @@ export const SHAPES = {
 
 export type ShapeName = keyof typeof SHAPES;
 
+/** Llama-3-8B's shape (8.03B parameters), for the streamed cases that never hold it in memory. */
+export const LLAMA3_8B_SHAPE = {
+  hidden_size: 4096,
+  intermediate_size: 14336,
+  // BENCH_8B_LAYERS: fewer blocks for a quick run of the same shapes (default Llama-3-8B's 32).
+  num_hidden_layers: Number(process.env.BENCH_8B_LAYERS ?? 32),
+  num_attention_heads: 32,
+  num_key_value_heads: 8,
+  vocab_size: 128256,
+} as const;
+
+/** config.json of a synthetic FP16 Llama checkpoint of the given shape, as writeSyntheticFp16Model writes it. */
+export function syntheticFp16HfConfig(shape: ShapeName | '8B') {
+  const eightB = shape === '8B';
+  return {
+    architectures: ['LlamaForCausalLM'],
+    model_type: 'llama',
+    ...(eightB ? LLAMA3_8B_SHAPE : SHAPES[shape]),
+    max_position_embeddings: eightB ? 8192 : 2048,
+    rope_theta: eightB ? 500000 : 10000,
+    rms_norm_eps: 1e-5,
+    tie_word_embeddings: false,
+    hidden_act: 'silu',
+    ...(eightB ? { bos_token_id: 128000, eos_token_id: 128001 } : {}),
+    torch_dtype: 'float16',
+  };
+}
+
 export function syntheticConfig(shape: ShapeName): ModelConfig {
   return LLAMA.parseConfig(
     { model_type: 'llama', max_position_embeddings: 2048, tie_word_embeddings: false, ...SHAPES[shape] },
