@@ -10,6 +10,9 @@
  * Without /usr/bin/chromium the tests are skipped, except under CI=true where they fail
  * (.ci/run installs it).
  */
+// The page.evaluate callbacks run in Chromium and use its DOM (document, SVGPathElement, Image).
+/// <reference lib="dom" />
+/// <reference lib="dom.iterable" />
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';

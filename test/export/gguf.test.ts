@@ -12,11 +12,13 @@ import { execFileSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
+import type { Token } from 'node-llama-cpp';
 import { evalCommand } from '../../src/cli/commands.js';
 import { exportGguf } from '../../src/export/gguf.js';
 import { GGUF_MIXES } from '../../src/formats/gguf-mix.js';
 import { GgufFile } from '../../src/io/gguf.js';
 import { writePtqCheckpoint } from '../../src/io/ptq-checkpoint.js';
+import type { ModelConfig } from '../../src/model/config.js';
 import { Decoder } from '../../src/model/decoder.js';
 import { greedyGenerate } from '../../src/model/generate.js';
 import { loadModel } from '../../src/model/load.js';
@@ -114,11 +116,10 @@ async function llamaLogProbs(lm: LlamaModel, window: number[], V: number): Promi
   // A context larger than the window: node-llama-cpp shifts a full context, which would move positions.
   const ctx = await lm.createContext({ contextSize: 2 * WINDOW, batchSize: WINDOW, ...EXACT_CONTEXT });
   try {
-    const out = await ctx
-      .getSequence()
-      .controlledEvaluate(
-        window.map((tok) => [tok, { generateNext: { probabilities: true, options: SOFTMAX } }]),
-      );
+    const out = await ctx.getSequence().controlledEvaluate(
+      // node-llama-cpp brands token ids (Token); ours are the same integers.
+      window.map((tok) => [tok as Token, { generateNext: { probabilities: true, options: SOFTMAX } }]),
+    );
     return toLogProbs(
       out.map((o) => o!.next!.probabilities!),
       V,
@@ -189,10 +190,10 @@ for (const spec of MODELS) {
       const file = path.join(dir, `${type}.gguf`);
       const report = await exportGguf(model, file, { type });
       const back = await loadModel(file);
-      const lm = await llama.loadModel({ modelPath: file });
+      const lm: LlamaModel = await llama.loadModel({ modelPath: file });
       try {
         // Tokenization: llama.cpp over the whole text (BOS added by ptqkit's tokenizers and by the GGUF's add_bos).
-        const llamaIds = [lm.tokens.bos!, ...lm.tokenize(text())];
+        const llamaIds: number[] = [lm.tokens.bos!, ...lm.tokenize(text())];
         assert.deepEqual(
           llamaIds,
           ids,
@@ -235,7 +236,7 @@ for (const spec of MODELS) {
         const seq = gctx.getSequence();
         const greedyLlama = [...prompt];
         let res = await seq.controlledEvaluate(
-          prompt.map((tok, i) =>
+          (prompt as Token[]).map((tok, i) =>
             i === prompt.length - 1
               ? [tok, { generateNext: { probabilities: true, options: SOFTMAX } }]
               : tok,
@@ -243,11 +244,11 @@ for (const spec of MODELS) {
         );
         for (let s = 0; s < GREEDY_STEPS; s++) {
           const l = res.at(-1)!.next!.probabilities!;
-          const next = argmax(Float64Array.from({ length: V }, (_, v) => l.get(v)!));
+          const next = argmax(Float64Array.from({ length: V }, (_, v) => l.get(v as Token)!));
           if (next === back.config.eosTokenId) break;
           greedyLlama.push(next);
           res = await seq.controlledEvaluate([
-            [next, { generateNext: { probabilities: true, options: SOFTMAX } }],
+            [next as Token, { generateNext: { probabilities: true, options: SOFTMAX } }],
           ]);
         }
         await gctx.dispose();
@@ -410,7 +411,7 @@ for (const spec of MODELS) {
       const lm = await llama.loadModel({ modelPath: ours });
       const llamaLp = await llamaLogProbs(lm, window, V).finally(() => lm.dispose());
       const config = { ...back.config, linearInputOps: await llamaCppInputOps(ours) };
-      const forward = async (c: typeof config) =>
+      const forward = async (c: ModelConfig) =>
         logSoftmax(
           await new Decoder(c, back.weights).forward(Int32Array.from(window), 1, window.length),
           window.length,

@@ -276,7 +276,9 @@ for (const v of VARIANTS.filter((x) => x.label !== 'fp32 of the sym checkpoint')
     const model = await AutoModelForCausalLM.from_pretrained(v.dir, { ...SESSION, dtype: v.dtype });
     const session = (model as unknown as { sessions: { model: ort.InferenceSession } }).sessions.model;
     assert.ok(
-      session instanceof ort.InferenceSession,
+      // onnxruntime-common types InferenceSession as an interface plus a factory object; the value
+      // is the session class, which is what instanceof needs.
+      session instanceof (ort.InferenceSession as unknown as new () => ort.InferenceSession),
       'transformers.js session comes from the same onnxruntime-node module',
     );
 

@@ -93,7 +93,8 @@ const mutations = fc.array(mutation, { minLength: 1, maxLength: 3 });
 function mutate(base: Uint8Array, ms: Mutation[]): Uint8Array {
   let b = Buffer.from(base);
   for (const m of ms) {
-    const at = b.length ? m.at % b.length : 0;
+    // 'set' carries its positions in its edits.
+    const at = b.length && 'at' in m ? m.at % b.length : 0;
     switch (m.kind) {
       case 'truncate':
         b = b.subarray(0, at);
@@ -128,7 +129,8 @@ async function parsesOrPtqError<T>(fn: () => Promise<T> | T): Promise<T | undefi
   }
 }
 
-async function timed(label: string, fn: () => Promise<void>) {
+/** `fn` is fc.assert: void for a synchronous property, a Promise for an async one. */
+async function timed(label: string, fn: () => void | Promise<void>) {
   const t0 = performance.now();
   await fn();
   timings.push(`${label} ${((performance.now() - t0) / 1000).toFixed(1)} s`);

@@ -144,7 +144,7 @@ test('gpt_neox: GPTQ int8 of the canonical [out, in] linears keeps the logits', 
   const q = await quantizeModel(model.config, model.weights, {
     method: 'gptq',
     grid,
-    calibration: { windows, seqlen: 12 },
+    calibration: { windows, seqlen: 12, description: {} },
   });
   assert.deepEqual(
     q.layers.map((l) => l.name),
@@ -166,7 +166,7 @@ test('what cannot hold a layout is refused: AWQ scales on Gemma norms, Llama ten
     quantizeModel(gemma.config, gemma.weights, {
       method: 'awq',
       grid: { bits: 4, symmetric: false, granularity: 'group', groupSize: 16, scaleDtype: 'f16' },
-      calibration: { windows, seqlen: 12 },
+      calibration: { windows, seqlen: 12, description: {} },
     }),
     (e) => e instanceof UsageError && /awq cannot fold/.test(e.message),
   );

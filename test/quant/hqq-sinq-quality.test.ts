@@ -8,6 +8,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import type { QuantizedTensor } from '../../src/formats/quantized-tensor.js';
 import { writePtqCheckpoint } from '../../src/io/ptq-checkpoint.js';
 import { type LoadedModel, loadModel } from '../../src/model/load.js';
 import type { EvalResult } from '../../src/model/perplexity.js';
@@ -123,7 +124,7 @@ for (const { modelPath, groupSize } of MODELS) {
           assert.equal(back.quantization?.method, method);
           assert.equal(back.quantization!.tensors.size, q.quantization.tensors.size);
           for (const [name, t] of q.quantization.tensors) {
-            const b = back.quantization!.tensors.get(name)!;
+            const b: QuantizedTensor = back.quantization!.tensors.get(name)!;
             assert.deepEqual(b.zeros, t.zeros, `${method} ${name} zeros`);
             assert.deepEqual(b.columnScales, t.columnScales, `${method} ${name} column scales`);
             assert.deepEqual(back.weights.get(name)!.data, q.weights.get(name)!.data, `${method} ${name}`);

@@ -70,14 +70,9 @@ for (const { modelPath, groupSizes } of MODELS) {
     let fp: EvalResult;
     const results = new Map<string, EvalResult>();
 
-    const run = async (method: MethodName, g: GridSpec, extra: { actOrder?: boolean } = {}) => {
-      const key = `${method} int${g.bits} ${g.granularity === 'group' ? `g${g.groupSize}` : 'pc'}${extra.actOrder ? ' act-order' : ''}`;
-      const q = await quantizeModel(model.config, model.weights, {
-        method,
-        grid: g,
-        calibration,
-        gptq: extra,
-      });
+    const run = async (method: MethodName, g: GridSpec) => {
+      const key = `${method} int${g.bits} ${g.granularity === 'group' ? `g${g.groupSize}` : 'pc'}`;
+      const q = await quantizeModel(model.config, model.weights, { method, grid: g, calibration });
       const r = await evaluateAgainstFp(model, q.weights, evalTokens);
       console.log(
         `  ${key.padEnd(26)} ppl ${r.perplexity.toFixed(4)}  KLD ${r.kld!.toFixed(5)}  top-1 ${(100 * r.top1Agreement!).toFixed(2)}%  (${q.seconds.toFixed(1)} s)`,

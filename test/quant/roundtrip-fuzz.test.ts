@@ -18,10 +18,9 @@ import { packBits, packedByteLength, unpackBits } from '../../src/formats/bitpac
 import { type GridSpec, IntGrid } from '../../src/formats/grid.js';
 import { dequantize, unpackCodes } from '../../src/formats/quantized-tensor.js';
 import { quantizeRtn } from '../../src/quant/methods/rtn.js';
-import { FUZZ_RUNS, FUZZ_SEED, fuzzParams, fuzzScratch } from '../fuzz-settings.js';
+import { FUZZ_RUNS, fuzzParams, fuzzScratch } from '../fuzz-settings.js';
 
 const RUNS = FUZZ_RUNS;
-const _SEED = FUZZ_SEED;
 const params = fuzzParams;
 const work = fuzzScratch('ptq-rt-fuzz-');
 
