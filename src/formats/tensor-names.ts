@@ -14,7 +14,50 @@ export const BLOCK_LINEARS = [
   'mlp.up_proj',
   'mlp.down_proj',
 ] as const;
-export type BlockLinear = (typeof BLOCK_LINEARS)[number];
+/** A linear of a dense block, and the role an expert's linear plays (gate, up, down). */
+export type DenseLinear = (typeof BLOCK_LINEARS)[number];
+
+/**
+ * Sparse MoE blocks (Mixtral, Qwen-MoE) replace the MLP with experts, each a gated MLP of its
+ * own, and Qwen2-MoE adds one shared expert every token runs: `mlp.experts.E.up_proj`,
+ * `mlp.shared_expert.up_proj` (Qwen's Hugging Face names; Mixtral's w1/w3/w2 are renamed on
+ * load). The router `mlp.gate` and Qwen2-MoE's `mlp.shared_expert_gate` are [n, hidden] matrices
+ * that stay float, like norms: routing decides which weights run at all (GPTQModel,
+ * llm-compressor and llama-quantize keep them unquantized too).
+ */
+export const EXPERT_PROJECTIONS = ['gate_proj', 'up_proj', 'down_proj'] as const;
+export type ExpertProjection = (typeof EXPERT_PROJECTIONS)[number];
+export type ExpertLinear =
+  | `mlp.experts.${number}.${ExpertProjection}`
+  | `mlp.shared_expert.${ExpertProjection}`;
+export type BlockLinear = DenseLinear | ExpertLinear;
+
+export const expertLinear = (expert: number, projection: ExpertProjection): ExpertLinear =>
+  `mlp.experts.${expert}.${projection}`;
+export const sharedExpertLinear = (projection: ExpertProjection): ExpertLinear =>
+  `mlp.shared_expert.${projection}`;
+/** The router of a sparse MoE block, [experts, hidden], under blockPrefix(layer). */
+export const ROUTER = 'mlp.gate.weight';
+/** Qwen2-MoE's gate of the shared expert, [1, hidden], under blockPrefix(layer). */
+export const SHARED_EXPERT_GATE = 'mlp.shared_expert_gate.weight';
+
+const EXPERT_RE = /^mlp\.(?:experts\.(\d+)|shared_expert)\.(gate_proj|up_proj|down_proj)$/;
+
+/** The expert a block linear belongs to ('shared' for Qwen2-MoE's), or undefined for a dense linear. */
+export function expertOf(linear: BlockLinear): number | 'shared' | undefined {
+  const m = EXPERT_RE.exec(linear);
+  if (!m) return undefined;
+  return m[1] === undefined ? 'shared' : Number(m[1]);
+}
+
+/**
+ * The dense linear a block linear stands for: an expert's up_proj is read and quantized as the
+ * block's mlp.up_proj is (same stage, same norm, same mixes and presets).
+ */
+export function roleOf(linear: BlockLinear): DenseLinear {
+  const m = EXPERT_RE.exec(linear);
+  return m ? (`mlp.${m[2]}` as DenseLinear) : (linear as DenseLinear);
+}
 
 export const blockPrefix = (layer: number): string => `model.layers.${layer}.`;
 export const linearWeightName = (layer: number, linear: BlockLinear): string =>

@@ -12,10 +12,17 @@ import {
   type BlockLinear,
   biasOf,
   blockPrefix,
+  type DenseLinear,
   EMBED,
+  EXPERT_PROJECTIONS,
+  type ExpertProjection,
+  expertLinear,
   FINAL_NORM,
   LM_HEAD,
   POSITION_EMBED,
+  ROUTER,
+  SHARED_EXPERT_GATE,
+  sharedExpertLinear,
 } from '../formats/tensor-names.js';
 import type { Tensor, TensorMap } from '../tensor.js';
 import {
@@ -23,13 +30,28 @@ import {
   type BlockLayout,
   LLAMA_LAYOUT,
   type ModelConfig,
+  type MoeLayout,
   type RopeScaling,
 } from './config.js';
 
 /** The block linears a model has (no gate_proj without a gated MLP), in execution order. */
 export function blockLinears(config: ModelConfig): BlockLinear[] {
-  const gated = (config.layout ?? LLAMA_LAYOUT).gatedMlp;
-  return BLOCK_LINEARS.filter((l) => gated || l !== 'mlp.gate_proj');
+  return BLOCK_LINEARS.flatMap((l) => linearsInRole(config, l));
+}
+
+/**
+ * The block linears of a model that play the role of the dense linear `role`: itself, none (no
+ * gate_proj in a plain MLP) or, in a sparse MoE block, that projection of every expert then of
+ * the shared expert. Methods name their groups by role (calibrate.ts expands them here), so one
+ * recipe serves dense and MoE models alike.
+ */
+export function linearsInRole(config: ModelConfig, role: DenseLinear): BlockLinear[] {
+  const L = config.layout ?? LLAMA_LAYOUT;
+  if (role === 'mlp.gate_proj' && !L.gatedMlp) return [];
+  if (!L.moe || !role.startsWith('mlp.')) return [role];
+  const projection = role.slice('mlp.'.length) as ExpertProjection;
+  const experts = Array.from({ length: L.moe.experts }, (_, e) => expertLinear(e, projection));
+  return L.moe.sharedIntermediate ? [...experts, sharedExpertLinear(projection)] : experts;
 }
 
 export interface Architecture {
@@ -64,6 +86,7 @@ export const CONFIG_LIMITS = {
   num_key_value_heads: 2 ** 12,
   head_dim: 2 ** 12,
   max_position_embeddings: 2 ** 27,
+  num_experts: 2 ** 12,
 } as const;
 
 type Limited = keyof typeof CONFIG_LIMITS;
@@ -156,7 +179,7 @@ const LLAMA_KEYS: ConfigKeys = {
 
 /**
  * How one module of a checkpoint becomes canonical modules; applies to its `.weight` and
- * `.bias`. `{i}` stands for the layer index.
+ * `.bias`. `{i}` stands for the layer index, `{e}` for the expert index.
  */
 interface TensorRule {
   hf: string;
@@ -396,6 +419,19 @@ function expectedShapesOf(c: ModelConfig): Map<string, number[]> {
       shapes.set(`${p}self_attn.q_norm.weight`, [c.headDim]);
       shapes.set(`${p}self_attn.k_norm.weight`, [c.headDim]);
     }
+    if (L.moe) {
+      // Router and shared-expert gate: float [n, hidden] matrices, not block linears.
+      shapes.set(`${p}${ROUTER}`, [L.moe.experts, D]);
+      if (L.moe.sharedIntermediate) shapes.set(`${p}${SHARED_EXPERT_GATE}`, [1, D]);
+      for (const projection of EXPERT_PROJECTIONS) {
+        for (const l of linearsInRole(c, `mlp.${projection}`)) {
+          const F = l.startsWith('mlp.shared_expert.') ? L.moe.sharedIntermediate! : L.moe.expertIntermediate;
+          if (projection === 'down_proj') linear(`${p}${l}.weight`, D, F, false);
+          else linear(`${p}${l}.weight`, F, D, false);
+        }
+      }
+      continue;
+    }
     if (L.gatedMlp) linear(`${p}mlp.gate_proj.weight`, c.intermediateSize, D, L.mlpBias);
     linear(`${p}mlp.up_proj.weight`, c.intermediateSize, D, L.mlpBias);
     linear(`${p}mlp.down_proj.weight`, D, c.intermediateSize, L.mlpBias);
@@ -405,8 +441,12 @@ function expectedShapesOf(c: ModelConfig): Map<string, number[]> {
   return shapes;
 }
 
+/** A rule's module pattern as a regular expression: `{i}` captures the layer, `{e}` the expert. */
 function escapeRegExp(s: string): string {
-  return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&').replace('\\{i\\}', '(\\d+)');
+  return s
+    .replace(/[.*+?^${}()|[\]\\]/g, '\\$&')
+    .replace('\\{i\\}', '(?<i>\\d+)')
+    .replace('\\{e\\}', '(?<e>\\d+)');
 }
 
 function transposed(t: Tensor): Tensor {
@@ -465,9 +505,9 @@ function describe(d: Description): Architecture {
           for (const { rule, re } of rules) {
             const m = re.exec(rest);
             if (!m) continue;
-            const layer = rule.hf.includes('{i}') ? m[1]! : '';
             const suffix = m.at(-1)!;
-            const target = (module: string) => `${module.replace('{i}', layer)}.${suffix}`;
+            const target = (module: string) =>
+              `${module.replace('{i}', m.groups?.i ?? '').replace('{e}', m.groups?.e ?? '')}.${suffix}`;
             const tensor = rule.conv1d && t.shape.length === 2 ? transposed(t) : t;
             if (typeof rule.to === 'string') out.set(target(rule.to), tensor);
             else
@@ -533,6 +573,98 @@ const QWEN3 = llamaLike({
   modelType: 'qwen3',
   layout: { qkNorm: true },
   configure: qwenWindows,
+});
+
+/**
+ * A sparse MoE MLP from config.json (MoeLayout in config.ts). `experts`/`ffn`: the keys of the
+ * expert count and of each expert's width; `normTopK`: Mixtral renormalizes always, Qwen-MoE as
+ * norm_topk_prob says (false by default in Qwen2MoeConfig and Qwen3MoeConfig).
+ */
+function moeLayout(
+  json: Record<string, unknown>,
+  file: string,
+  keys: { experts: string; ffn: string; shared?: string },
+  normTopK: boolean,
+): MoeLayout {
+  const experts = integer(json, 'num_experts', file, undefined, keys.experts);
+  const topK = integer(json, 'num_experts', file, undefined, 'num_experts_per_tok');
+  if (topK > experts) refuse(file, 'num_experts_per_tok', `at most ${keys.experts} (${experts})`, topK);
+  const moe: MoeLayout = {
+    experts,
+    topK,
+    normTopK,
+    expertIntermediate: integer(json, 'intermediate_size', file, undefined, keys.ffn),
+  };
+  if (keys.shared) moe.sharedIntermediate = integer(json, 'intermediate_size', file, undefined, keys.shared);
+  return moe;
+}
+
+/**
+ * Qwen-MoE can interleave dense MLP layers (mlp_only_layers, decoder_sparse_step); every layer
+ * sparse is what the published checkpoints use and what llama.cpp's qwen2moe/qwen3moe load.
+ */
+function everyLayerSparse(json: Record<string, unknown>, file: string) {
+  const step = json.decoder_sparse_step ?? 1;
+  if (step !== 1) refuse(file, 'decoder_sparse_step', '1 (every layer sparse)', step);
+  const dense = json.mlp_only_layers ?? [];
+  if (!Array.isArray(dense) || dense.length > 0)
+    refuse(file, 'mlp_only_layers', '[] (every layer sparse)', dense);
+}
+
+/** Mixtral: Mistral with a sparse MoE of SwiGLU experts (w1 gate, w3 up, w2 down), top-k renormalized. */
+const MIXTRAL = llamaLike({
+  modelType: 'mixtral',
+  rules: [
+    { hf: inBlock('block_sparse_moe.gate'), to: inBlock('mlp.gate') },
+    ...(
+      [
+        ['w1', 'gate_proj'],
+        ['w3', 'up_proj'],
+        ['w2', 'down_proj'],
+      ] as const
+    ).map(([w, projection]) => ({
+      hf: inBlock(`block_sparse_moe.experts.{e}.${w}`),
+      to: inBlock(`mlp.experts.{e}.${projection}`),
+    })),
+  ],
+  configure(json, file, c, layout) {
+    layout.moe = moeLayout(json, file, { experts: 'num_local_experts', ffn: 'intermediate_size' }, true);
+    const w = windowSize(json, 'sliding_window', file);
+    if (w) layout.windows = Array(c.numLayers).fill(w);
+  },
+});
+
+/** Qwen2-MoE: Qwen2 with sparse MoE experts plus a shared expert gated by sigmoid(shared_expert_gate). */
+const QWEN2_MOE = llamaLike({
+  modelType: 'qwen2_moe',
+  layout: { qkvBias: true },
+  configure(json, file, c, layout) {
+    everyLayerSparse(json, file);
+    layout.moe = moeLayout(
+      json,
+      file,
+      { experts: 'num_experts', ffn: 'moe_intermediate_size', shared: 'shared_expert_intermediate_size' },
+      json.norm_topk_prob === true,
+    );
+    if (json.qkv_bias === false) layout.qkvBias = false;
+    qwenWindows(json, file, c, layout);
+  },
+});
+
+/** Qwen3-MoE: Qwen3 (q/k norms) with sparse MoE experts. */
+const QWEN3_MOE = llamaLike({
+  modelType: 'qwen3_moe',
+  layout: { qkNorm: true },
+  configure(json, file, c, layout) {
+    everyLayerSparse(json, file);
+    layout.moe = moeLayout(
+      json,
+      file,
+      { experts: 'num_experts', ffn: 'moe_intermediate_size' },
+      json.norm_topk_prob === true,
+    );
+    qwenWindows(json, file, c, layout);
+  },
 });
 
 /** Gemma: (1 + w) RMSNorm, embeddings × sqrt(hidden), GeGLU. */
@@ -699,7 +831,9 @@ const GPT_NEOX = describe({
 });
 
 const REGISTRY = new Map<string, Architecture>(
-  [LLAMA, MISTRAL, QWEN2, QWEN3, GEMMA, GEMMA2, PHI3, GPT2, OPT, GPT_NEOX].map((a) => [a.modelType, a]),
+  [LLAMA, MISTRAL, MIXTRAL, QWEN2, QWEN2_MOE, QWEN3, QWEN3_MOE, GEMMA, GEMMA2, PHI3, GPT2, OPT, GPT_NEOX].map(
+    (a) => [a.modelType, a],
+  ),
 );
 
 export function architectureFor(modelType: unknown, file: string): Architecture {

@@ -95,6 +95,25 @@ export interface BlockLayout {
   finalSoftcap?: number;
   /** Sliding attention window per layer (key s visible from t iff t − s < window); 0 = full causal. */
   windows?: number[];
+  /** A sparse mixture-of-experts MLP in every block instead of the dense one (Mixtral, Qwen-MoE). */
+  moe?: MoeLayout;
+}
+
+/**
+ * A sparse MoE MLP (Mixtral: MixtralSparseMoeBlock, Qwen: Qwen{2,3}MoeSparseMoeBlock): router
+ * logits h·Gᵀ, softmax over all experts (float32), the top-k experts of each token, their
+ * weights optionally renormalized to sum 1; the output is Σ w_e · down_e(act(gate_e(h)) ⊙ up_e(h))
+ * over the token's top-k, plus (Qwen2-MoE) sigmoid(h·g_sᵀ) · shared_expert(h).
+ */
+export interface MoeLayout {
+  experts: number;
+  topK: number;
+  /** Divide the top-k weights by their sum (Mixtral always; Qwen-MoE iff norm_topk_prob). */
+  normTopK: boolean;
+  /** Intermediate width of each expert (Mixtral: intermediate_size; Qwen: moe_intermediate_size). */
+  expertIntermediate: number;
+  /** Qwen2-MoE: the shared expert's intermediate width (shared_expert_intermediate_size). */
+  sharedIntermediate?: number;
 }
 
 /** The Llama block: RMSNorm, SwiGLU, no biases, full rotary, sequential residual. */

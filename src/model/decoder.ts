@@ -3,7 +3,9 @@
  * Hugging Face semantics: Llama (RMSNorm, rotary embeddings with rotate_half, grouped-query
  * causal attention, SwiGLU MLP) and its variants: LayerNorm with bias, (1 + w) gains, GeGLU /
  * GELU / ReLU MLPs, linear biases, per-head q/k norms, post-norms, learned or partial rotary
- * positions, RoPE scaling, sliding windows, soft-capping, parallel residual.
+ * positions, RoPE scaling, sliding windows, soft-capping, parallel residual, and sparse
+ * mixture-of-experts MLPs (modeling_mixtral.py MixtralSparseMoeBlock, modeling_qwen2_moe.py /
+ * modeling_qwen3_moe.py Qwen{2,3}MoeSparseMoeBlock).
  *
  * It runs a batch of B independent windows of T tokens; positions restart at 0 in each
  * window. Matrix products go through the ComputeEngine; the O(n) element-wise work
@@ -19,12 +21,26 @@ import {
   biasOf,
   blockPrefix,
   EMBED,
+  type ExpertLinear,
+  expertLinear,
+  expertOf,
   FINAL_NORM,
   LM_HEAD,
   POSITION_EMBED,
+  ROUTER,
+  roleOf,
+  SHARED_EXPERT_GATE,
+  sharedExpertLinear,
 } from '../formats/tensor-names.js';
 import type { TensorMap } from '../tensor.js';
-import { type Activation, type BlockLayout, LLAMA_LAYOUT, type ModelConfig } from './config.js';
+import { linearsInRole } from './architecture.js';
+import {
+  type Activation,
+  type BlockLayout,
+  LLAMA_LAYOUT,
+  type ModelConfig,
+  type MoeLayout,
+} from './config.js';
 import { headInputTransform, linearInputTransform } from './input-ops.js';
 import type { LinearInputTransform } from './input-transform.js';
 
@@ -70,8 +86,12 @@ export class Decoder {
   /** config.linearInputOps as a function (undefined: block linears read their inputs unchanged). */
   private readonly inputTransform: LinearInputTransform | undefined;
   readonly layout: BlockLayout;
-  /** The linears reading the MLP input: gate and up, or up alone. */
+  /** The linears reading the MLP input: gate and up, or up alone (of every expert in a MoE block). */
   private readonly mlpReaders: readonly BlockLinear[];
+  /** The linears reading the MLP activation: down_proj (of every expert). */
+  private readonly downReaders: readonly BlockLinear[];
+  /** Where the parts of a sparse MoE MLP's activation buffer lie (undefined for a dense MLP). */
+  private readonly moe: MoePacking | undefined;
   /**
    * Parallel residual: the block input, kept when addAttentionOutput updates the residual
    * stream x so that mlpInput(x) still normalizes the block input (keyed by the stream array,
@@ -88,7 +108,13 @@ export class Decoder {
   ) {
     this.inputTransform = linearInputTransform(config.linearInputOps);
     this.layout = config.layout ?? LLAMA_LAYOUT;
-    this.mlpReaders = this.layout.gatedMlp ? GATE_UP : UP;
+    this.mlpReaders = this.layout.moe
+      ? [...linearsInRole(config, 'mlp.gate_proj'), ...linearsInRole(config, 'mlp.up_proj')]
+      : this.layout.gatedMlp
+        ? GATE_UP
+        : UP;
+    this.downReaders = this.layout.moe ? linearsInRole(config, 'mlp.down_proj') : DOWN_PROJ;
+    this.moe = this.layout.moe && new MoePacking(this.layout.moe);
     this.headInput = headInputTransform(config.linearInputOps, config.tiedEmbeddings);
   }
 
@@ -181,8 +207,12 @@ export class Decoder {
     // is the block input under a parallel residual (GPT-NeoX) and includes the attention otherwise.
     const h2 = this.mlpInput(layer, x1);
     capture(h2, c.hiddenSize, ...this.mlpReaders);
-    const act = await this.mlpActivation(layer, h2, rows);
-    capture(act, c.intermediateSize, ...DOWN_PROJ);
+    // Experts run on every token only when their inputs are captured (calibration statistics).
+    const act = await this.mlpActivation(layer, h2, rows, undefined, hooks?.onLinearInput !== undefined);
+    for (const linear of this.downReaders) {
+      const { x: input, cols } = this.linearInputView(linear, act, rows);
+      capture(input, cols, linear);
+    }
     await this.addMlpOutput(layer, act, x1);
     return x1;
   }
@@ -295,13 +325,51 @@ export class Decoder {
     return this.linearInput(layer, this.mlpReaders, h, c.hiddenSize);
   }
 
-  /** act(h·gateᵀ) ⊙ (h·upᵀ) for a gated MLP, act(h·upᵀ) otherwise (biases added): the input of down_proj. */
+  /** Floats per token of mlpActivation's result (the stage input sequential calibration keeps). */
+  mlpActivationWidth(): number {
+    return this.moe ? this.moe.width : this.config.intermediateSize;
+  }
+
+  /** Floats per token of the largest stage input of a block (residual, attention output, activation). */
+  stageWidth(): number {
+    const c = this.config;
+    return Math.max(c.hiddenSize, c.numHeads * c.headDim, this.mlpActivationWidth());
+  }
+
+  /**
+   * The input [rows, cols] a down projection reads in mlpActivation's result `act`: all of it
+   * for a dense MLP, the expert's activations of every token for an expert's down_proj.
+   */
+  linearInputView(linear: BlockLinear, act: Float32Array, rows: number): { x: Float32Array; cols: number } {
+    const expert = expertOf(linear);
+    if (!this.moe || expert === undefined || roleOf(linear) !== 'mlp.down_proj')
+      return { x: act, cols: act.length / rows };
+    return this.moe.activation(act, rows, expert);
+  }
+
+  /** Tokens the router picked each expert for, from mlpActivation's result of a MoE block (else undefined). */
+  routedTokens(act: Float32Array, rows: number): Int32Array | undefined {
+    if (!this.moe) return undefined;
+    const counts = new Int32Array(this.moe.layout.experts);
+    const { experts } = this.moe.routing(act, rows);
+    for (const e of experts) counts[e]!++;
+    return counts;
+  }
+
+  /**
+   * act(h·gateᵀ) ⊙ (h·upᵀ) for a gated MLP, act(h·upᵀ) otherwise (biases added): the input of
+   * down_proj. A sparse MoE block returns its routing and every expert's activation in one
+   * buffer (MoePacking); `allTokens` runs each expert on every token, as calibration statistics
+   * need (GPTQModel, llm-compressor), otherwise only on the tokens routed to it.
+   */
   async mlpActivation(
     layer: number,
     h: Float32Array,
     rows: number,
     out?: Float32Array,
+    allTokens = true,
   ): Promise<Float32Array> {
+    if (this.moe) return this.moeActivation(this.moe, layer, h, rows, out, allTokens);
     const c = this.config;
     const L = this.layout;
     const p = blockPrefix(layer);
@@ -327,10 +395,114 @@ export class Decoder {
     return this.linearInput(layer, DOWN_PROJ, act, F);
   }
 
+  /**
+   * The MoE activation (MoePacking): router softmax and top-k per token, then each expert's
+   * act(gate(h)) ⊙ up(h) on every token (allTokens) or on its routed tokens only, and the
+   * shared expert's with its sigmoid gate.
+   */
+  private async moeActivation(
+    moe: MoePacking,
+    layer: number,
+    h: Float32Array,
+    rows: number,
+    out: Float32Array | undefined,
+    allTokens: boolean,
+  ): Promise<Float32Array> {
+    const D = this.config.hiddenSize;
+    const p = blockPrefix(layer);
+    const packed = out ?? new Float32Array(rows * moe.width);
+    const logits = await this.engine.linear(h, this.weight(`${p}${ROUTER}`), rows, D, moe.layout.experts);
+    moe.route(logits, rows, packed);
+    const { experts } = moe.routing(packed, rows);
+    const swiGlu = (
+      linear: (proj: 'gate_proj' | 'up_proj') => ExpertLinear,
+      x: Float32Array,
+      n: number,
+      F: number,
+      into?: Float32Array,
+    ) =>
+      this.engine.linearSwiGlu(
+        x,
+        this.weight(`${p}${linear('gate_proj')}.weight`),
+        this.weight(`${p}${linear('up_proj')}.weight`),
+        n,
+        D,
+        F,
+        into,
+      );
+    const Fe = moe.layout.expertIntermediate;
+    for (let e = 0; e < moe.layout.experts; e++) {
+      const slot = moe.activation(packed, rows, e).x;
+      const of = (proj: 'gate_proj' | 'up_proj') => expertLinear(e, proj);
+      if (allTokens) {
+        await swiGlu(of, h, rows, Fe, slot);
+        continue;
+      }
+      const picked = rowsOf(experts, moe.layout.topK, e);
+      if (picked.length === 0) continue;
+      const act = await swiGlu(of, gatherRows(h, picked, D), picked.length, Fe);
+      for (const [j, r] of picked.entries()) slot.set(act.subarray(j * Fe, (j + 1) * Fe), r * Fe);
+    }
+    const Fs = moe.layout.sharedIntermediate;
+    if (Fs) {
+      await swiGlu(sharedExpertLinear, h, rows, Fs, moe.activation(packed, rows, 'shared').x);
+      const g = await this.engine.linear(h, this.weight(`${p}${SHARED_EXPERT_GATE}`), rows, D, 1);
+      const gate = moe.sharedGate(packed, rows);
+      for (let r = 0; r < rows; r++) gate[r] = 1 / (1 + Math.exp(-g[r]!));
+    }
+    return packed;
+  }
+
+  /**
+   * x += Σ_e w_e · down_e(act_e) over each token's routed experts (+ the gated shared expert), as
+   * the Hugging Face blocks sum it: expert by expert in index order, then the shared expert.
+   */
+  private async addMoeOutput(moe: MoePacking, layer: number, act: Float32Array, x: Float32Array) {
+    const D = this.config.hiddenSize;
+    const rows = x.length / D;
+    const p = blockPrefix(layer);
+    const y = new Float32Array(x.length);
+    const { experts, weights } = moe.routing(act, rows);
+    const k = moe.layout.topK;
+    for (let e = 0; e < moe.layout.experts; e++) {
+      const picked = rowsOf(experts, k, e);
+      if (picked.length === 0) continue;
+      const down = expertLinear(e, 'down_proj');
+      const { x: slot, cols: F } = moe.activation(act, rows, e);
+      const input = this.linearInput(layer, [down], gatherRows(slot, picked, F), F);
+      const d = await this.engine.linear(input, this.weight(`${p}${down}.weight`), picked.length, F, D);
+      picked.forEach((r, j) => {
+        // The token's weight for e: its slot among the token's top-k.
+        let w = 0;
+        for (let i = 0; i < k; i++) if (experts[r * k + i] === e) w = weights[r * k + i]!;
+        for (let c = 0; c < D; c++) y[r * D + c]! += Math.fround(d[j * D + c]! * w);
+      });
+    }
+    if (moe.layout.sharedIntermediate) {
+      const down = sharedExpertLinear('down_proj');
+      const { x: slot, cols: F } = moe.activation(act, rows, 'shared');
+      const d = await this.engine.linear(
+        this.linearInput(layer, [down], slot, F),
+        this.weight(`${p}${down}.weight`),
+        rows,
+        F,
+        D,
+      );
+      const gate = moe.sharedGate(act, rows);
+      for (let r = 0; r < rows; r++)
+        for (let c = 0; c < D; c++) y[r * D + c]! += Math.fround(d[r * D + c]! * gate[r]!);
+    }
+    return y;
+  }
+
   /** x += down_proj(act) (Gemma-2: normalized first). */
   async addMlpOutput(layer: number, act: Float32Array, x: Float32Array, scratch?: Scratch): Promise<void> {
     const c = this.config;
     const L = this.layout;
+    if (this.moe) {
+      addInPlace(x, await this.addMoeOutput(this.moe, layer, act, x));
+      return;
+    }
     const rows = x.length / c.hiddenSize;
     const out = scratch?.get('output', x.length);
     let d = await this.project(
@@ -458,6 +630,97 @@ export class Decoder {
     const s = (r.originalMaxPositions / wavelen - r.lowFreqFactor) / (r.highFreqFactor - r.lowFreqFactor);
     return ((1 - s) * invFreq) / r.factor + s * invFreq;
   }
+}
+
+/**
+ * The activation buffer of a sparse MoE MLP for `rows` tokens, one Float32Array so that
+ * sequential calibration keeps it like a dense MLP's activation: every expert's activations
+ * [rows, expertIntermediate] in expert order, the shared expert's [rows, sharedIntermediate],
+ * then each token's top-k expert indices (as floats, exact below 2^24) and weights [rows, k],
+ * then the shared expert's sigmoid gate [rows].
+ */
+class MoePacking {
+  /** Floats per token. */
+  readonly width: number;
+
+  constructor(readonly layout: MoeLayout) {
+    const { experts, expertIntermediate, sharedIntermediate = 0, topK } = layout;
+    this.width = experts * expertIntermediate + sharedIntermediate + 2 * topK + (sharedIntermediate ? 1 : 0);
+  }
+
+  /** An expert's (or the shared expert's) activations [rows, F] inside the buffer. */
+  activation(
+    packed: Float32Array,
+    rows: number,
+    expert: number | 'shared',
+  ): { x: Float32Array; cols: number } {
+    const { experts, expertIntermediate: Fe, sharedIntermediate: Fs = 0 } = this.layout;
+    if (expert === 'shared')
+      return { x: packed.subarray(experts * rows * Fe, experts * rows * Fe + rows * Fs), cols: Fs };
+    return { x: packed.subarray(expert * rows * Fe, (expert + 1) * rows * Fe), cols: Fe };
+  }
+
+  private get routingStart() {
+    const { experts, expertIntermediate: Fe, sharedIntermediate: Fs = 0 } = this.layout;
+    return experts * Fe + Fs;
+  }
+
+  routing(packed: Float32Array, rows: number): { experts: Float32Array; weights: Float32Array } {
+    const at = this.routingStart * rows;
+    const n = rows * this.layout.topK;
+    return { experts: packed.subarray(at, at + n), weights: packed.subarray(at + n, at + 2 * n) };
+  }
+
+  sharedGate(packed: Float32Array, rows: number): Float32Array {
+    const at = (this.routingStart + 2 * this.layout.topK) * rows;
+    return packed.subarray(at, at + rows);
+  }
+
+  /**
+   * Top-k routing of router logits [rows, experts] into the buffer: softmax in float64 rounded to
+   * float32 (HF: softmax(dtype=float)), the k largest probabilities in descending order (torch.topk;
+   * an exact tie keeps the lower index), divided by their sum when normTopK.
+   */
+  route(logits: Float32Array, rows: number, packed: Float32Array): void {
+    const { experts: E, topK: k, normTopK } = this.layout;
+    const { experts, weights } = this.routing(packed, rows);
+    const p = new Float32Array(E);
+    for (let r = 0; r < rows; r++) {
+      let max = -Infinity;
+      for (let e = 0; e < E; e++) max = Math.max(max, logits[r * E + e]!);
+      let sum = 0;
+      for (let e = 0; e < E; e++) sum += Math.exp(logits[r * E + e]! - max);
+      for (let e = 0; e < E; e++) p[e] = Math.exp(logits[r * E + e]! - max) / sum;
+      let total = 0;
+      for (let i = 0; i < k; i++) {
+        let best = -1;
+        for (let e = 0; e < E; e++) {
+          if (best >= 0 && p[e]! <= p[best]!) continue;
+          let taken = false;
+          for (let j = 0; j < i; j++) if (experts[r * k + j] === e) taken = true;
+          if (!taken) best = e;
+        }
+        experts[r * k + i] = best;
+        weights[r * k + i] = p[best]!;
+        total += p[best]!;
+      }
+      if (normTopK) for (let i = 0; i < k; i++) weights[r * k + i] = weights[r * k + i]! / Math.fround(total);
+    }
+  }
+}
+
+/** The tokens (rows) whose top-k `experts` [rows, k] include expert e, in order. */
+function rowsOf(experts: Float32Array, k: number, e: number): number[] {
+  const rows: number[] = [];
+  for (let i = 0; i < experts.length; i++) if (experts[i] === e) rows.push(Math.floor(i / k));
+  return rows;
+}
+
+/** Rows `picked` of a row-major [*, cols] matrix, as one [picked.length, cols] matrix. */
+function gatherRows(x: Float32Array, picked: readonly number[], cols: number): Float32Array {
+  const out = new Float32Array(picked.length * cols);
+  for (const [j, r] of picked.entries()) out.set(x.subarray(r * cols, (r + 1) * cols), j * cols);
+  return out;
 }
 
 /** RMSNorm (Zhang & Sennrich 2019): x / sqrt(mean(x²) + eps) · w, per row of width D. */

@@ -12,8 +12,14 @@ import os from 'node:os';
 import type { ComputeEngine } from '../compute/engine.js';
 import { profile } from '../compute/profile.js';
 import { ShapeError, UsageError } from '../errors.js';
-import { BLOCK_LINEARS, type BlockLinear } from '../formats/tensor-names.js';
-import { blockLinears } from '../model/architecture.js';
+import {
+  BLOCK_LINEARS,
+  type BlockLinear,
+  type DenseLinear,
+  expertOf,
+  roleOf,
+} from '../formats/tensor-names.js';
+import { linearsInRole } from '../model/architecture.js';
 import { type Decoder, Scratch } from '../model/decoder.js';
 import { mulberry32 } from '../random.js';
 
@@ -126,6 +132,12 @@ export interface LinearStats {
   /** A bounded sample of input rows [sampleRows, cols] for methods that measure outputs (AWQ). */
   sample: Float32Array;
   sampleRows: number;
+  /**
+   * An expert's down_proj (sparse MoE): tokens the router picked the expert for. Its statistics
+   * cover every calibration token (`count`) whatever the routing, so an expert the router never
+   * picks is still calibrated; this says how representative they are.
+   */
+  routedTokens?: number;
 }
 
 export interface SequentialOptions {
@@ -165,7 +177,7 @@ export const TRUE_SEQUENTIAL: BlockLinear[][] = [
  * 1 the attention output, 2 rmsnorm(x + o) for gate/up, 3 the SwiGLU activation; 4 is the
  * block's output.
  */
-const STAGE: Record<BlockLinear, number> = {
+const STAGE: Record<DenseLinear, number> = {
   'self_attn.q_proj': 0,
   'self_attn.k_proj': 0,
   'self_attn.v_proj': 0,
@@ -231,9 +243,13 @@ export async function runSequential(
   options: SequentialOptions,
 ): Promise<void> {
   checkGroups(options.groups);
-  // A model without some linear (no gate_proj in a plain MLP) skips it in every group.
-  const present = new Set(blockLinears(decoder.config));
-  const groups = options.groups.map((g) => g.filter((l) => present.has(l))).filter((g) => g.length > 0);
+  // Groups name linears by their role: a model without one (no gate_proj in a plain MLP) skips it,
+  // a MoE block has it once per expert (architecture.ts linearsInRole).
+  const groups = options.groups
+    .map((g) =>
+      g.flatMap((l) => (expertOf(l) === undefined ? linearsInRole(decoder.config, l as DenseLinear) : [l])),
+    )
+    .filter((g) => g.length > 0);
   const n = windows.length / seqlen;
   const D = decoder.config.hiddenSize;
   const layers = decoder.config.numLayers;
@@ -252,10 +268,7 @@ export async function runSequential(
   }
   const x = options.start?.x ?? (await profile.phase('forward', () => decoder.embed(windows, seqlen)));
   const totalRows = n * seqlen;
-  const { hiddenSize, intermediateSize, numHeads, headDim } = decoder.config;
-  const buffers = new Buffers(
-    options.chunk * seqlen * Math.max(hiddenSize, numHeads * headDim, intermediateSize),
-  );
+  const buffers = new Buffers(options.chunk * seqlen * decoder.stageWidth());
   for (let layer = start; layer < layers; layer++) {
     const chunks: ChunkState[] = [];
     for (let s0 = 0; s0 < n; s0 += options.chunk) {
@@ -265,28 +278,42 @@ export async function runSequential(
     const advance = (s: ChunkState) =>
       profile.phase('forward', () => advanceStage(decoder, layer, s, seqlen, buffers));
     for (const group of groups) {
-      const first = STAGE[group[0]!];
-      const last = STAGE[group.at(-1)!];
+      const first = STAGE[roleOf(group[0]!)];
+      const last = STAGE[roleOf(group.at(-1)!)];
       // Linears reading the same stage (q/k/v, gate/up) share one statistics object.
       const stats = new Map<BlockLinear, LinearStats>();
-      const shared = new Map<number, LinearStats>();
+      const shared = new Map<string, LinearStats>();
       for (const s of chunks) {
         while (s.stage < first) await advance(s);
         // Later stages of a multi-stage group run on a copy: their linears are not final yet.
         let t = s;
         for (let stage = first; ; stage++) {
-          const linears = group.filter((l) => STAGE[l] === stage);
+          const linears = group.filter((l) => STAGE[roleOf(l)] === stage);
           if (linears.length) {
             await profile.phase('hessian', async () => {
               const input = t.input ?? normOutput(decoder, layer, t, buffers);
-              const cols = input.length / (t.windows * seqlen);
-              let st = shared.get(stage);
-              if (!st) {
-                st = newStats(cols, Math.min(options.sampleRows, totalRows));
-                shared.set(stage, st);
+              const rows = t.windows * seqlen;
+              // Linears reading one input (q/k/v; gate/up of every expert) share one statistics object;
+              // each expert's down_proj reads its own activations of every token (Decoder.linearInputView).
+              const routed = stage === STAGE['mlp.down_proj'] ? decoder.routedTokens(input, rows) : undefined;
+              const accumulated = new Set<LinearStats>();
+              for (const l of linears) {
+                const view = decoder.linearInputView(l, input, rows);
+                const expert = expertOf(l);
+                const key = view.x === input ? `${stage}` : `${stage} ${expert}`;
+                let st = shared.get(key);
+                if (!st) {
+                  st = newStats(view.cols, Math.min(options.sampleRows, totalRows));
+                  shared.set(key, st);
+                }
+                if (!accumulated.has(st)) {
+                  accumulated.add(st);
+                  await accumulate(st, view.x, rows, totalRows, decoder.engine, buffers.scratch);
+                  if (routed && typeof expert === 'number')
+                    st.routedTokens = (st.routedTokens ?? 0) + routed[expert]!;
+                }
+                stats.set(l, st);
               }
-              await accumulate(st, input, t.windows * seqlen, totalRows, decoder.engine, buffers.scratch);
-              for (const l of linears) stats.set(l, st);
               if (input !== t.input) {
                 // A single-stage group keeps the norm's output to run its linears later.
                 if (first === last) s.input = input;
@@ -324,7 +351,8 @@ export async function runSequential(
 function checkGroups(groups: BlockLinear[][]): void {
   const order = groups.flat();
   const inOrder =
-    groups.every((g) => g.length > 0) && order.every((l, i) => i === 0 || STAGE[l] >= STAGE[order[i - 1]!]);
+    groups.every((g) => g.length > 0) &&
+    order.every((l, i) => i === 0 || STAGE[roleOf(l)] >= STAGE[roleOf(order[i - 1]!)]);
   if (!inOrder || new Set(order).size !== order.length) {
     throw new UsageError('invalid sequential calibration groups', {
       field: 'groups',
@@ -348,7 +376,7 @@ async function advanceStage(
   seqlen: number,
   buffers: Buffers,
 ): Promise<void> {
-  const { numHeads, headDim, intermediateSize } = decoder.config;
+  const { numHeads, headDim } = decoder.config;
   const rows = s.windows * seqlen;
   const input = s.input ?? normOutput(decoder, layer, s, buffers);
   const release = input !== s.input || !s.borrowed;
@@ -370,7 +398,12 @@ async function advanceStage(
       await decoder.addAttentionOutput(layer, input, s.x, scratch);
       break;
     case 2:
-      s.input = await decoder.mlpActivation(layer, input, rows, buffers.take(rows * intermediateSize));
+      s.input = await decoder.mlpActivation(
+        layer,
+        input,
+        rows,
+        buffers.take(rows * decoder.mlpActivationWidth()),
+      );
       break;
     case 3:
       await decoder.addMlpOutput(layer, input, s.x, scratch);

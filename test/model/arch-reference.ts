@@ -302,7 +302,7 @@ function llamaDims(c: HfConfig) {
   };
 }
 
-/** modeling_{llama,mistral,qwen2,qwen3,gemma,gemma2,phi3}.py as one graph, switched on model_type. */
+/** modeling_{llama,mistral,mixtral,qwen2,qwen2_moe,qwen3,qwen3_moe,gemma,gemma2,phi3}.py as one graph, switched on model_type. */
 function llamaFamily(g: Ref, c: HfConfig, T: number): string {
   const { type, D, H, KVH, d, I } = llamaDims(c);
   const eps = num(c, 'rms_norm_eps');
@@ -334,7 +334,7 @@ function llamaFamily(g: Ref, c: HfConfig, T: number): string {
     q = g.heads(q!, H, d);
     k = g.heads(k!, KVH, d);
     v = g.heads(v!, KVH, d);
-    if (type === 'qwen3') {
+    if (type === 'qwen3' || type === 'qwen3_moe') {
       q = g.rmsNorm(q, `${p}self_attn.q_norm`, eps);
       k = g.rmsNorm(k, `${p}self_attn.k_norm`, eps);
     }
@@ -354,8 +354,14 @@ function llamaFamily(g: Ref, c: HfConfig, T: number): string {
     const [gate, up] =
       type === 'phi3'
         ? g.split(g.linear(h2, `${p}mlp.gate_up_proj`), [I, I], 2)
-        : [g.linear(h2, `${p}mlp.gate_proj`), g.linear(h2, `${p}mlp.up_proj`)];
+        : MOE_TYPES.includes(type)
+          ? []
+          : [g.linear(h2, `${p}mlp.gate_proj`), g.linear(h2, `${p}mlp.up_proj`)];
     const act = (gemma ? c.hidden_activation : c.hidden_act) as string;
+    if (MOE_TYPES.includes(type)) {
+      x = g.op('Add', [x, sparseMoe(g, c, p, h2)]);
+      continue;
+    }
     let m = g.linear(g.op('Mul', [g.act(gate!, act), up!]), `${p}mlp.down_proj`);
     if (type === 'gemma2') m = g.rmsNorm(m, `${p}post_feedforward_layernorm`, eps, 1);
     x = g.op('Add', [x, m]);
@@ -367,6 +373,64 @@ function llamaFamily(g: Ref, c: HfConfig, T: number): string {
     logits = g.op('Mul', [g.op('Tanh', [g.op('Div', [logits, cap])]), cap]);
   }
   return logits;
+}
+
+const MOE_TYPES = ['mixtral', 'qwen2_moe', 'qwen3_moe'];
+
+/** Checkpoint names of a sparse MoE block's router and expert e's gate/up/down (Mixtral: w1/w3/w2). */
+function moeNames(type: string, p: string) {
+  if (type === 'mixtral') {
+    const e = (i: number) => `${p}block_sparse_moe.experts.${i}.`;
+    return {
+      router: `${p}block_sparse_moe.gate`,
+      gate: (i: number) => `${e(i)}w1`,
+      up: (i: number) => `${e(i)}w3`,
+      down: (i: number) => `${e(i)}w2`,
+    };
+  }
+  const e = (i: number) => `${p}mlp.experts.${i}.`;
+  return {
+    router: `${p}mlp.gate`,
+    gate: (i: number) => `${e(i)}gate_proj`,
+    up: (i: number) => `${e(i)}up_proj`,
+    down: (i: number) => `${e(i)}down_proj`,
+  };
+}
+
+/**
+ * MixtralSparseMoeBlock / Qwen2MoeSparseMoeBlock / Qwen3MoeSparseMoeBlock as a dense graph: every
+ * expert runs on every token and is weighted by a [B, T, E] matrix that is zero outside the
+ * token's top-k: softmax(router logits) -> TopK -> (renormalized: Mixtral always, Qwen iff
+ * norm_topk_prob) -> ScatterElements into zeros. Qwen2-MoE adds sigmoid(shared_expert_gate(h))
+ * · shared_expert(h).
+ */
+function sparseMoe(g: Ref, c: HfConfig, p: string, h: string): string {
+  const type = c.model_type as string;
+  const E = num(c, type === 'mixtral' ? 'num_local_experts' : 'num_experts');
+  const k = num(c, 'num_experts_per_tok');
+  const names = moeNames(type, p);
+  const probs = g.op('Softmax', [g.linear(h, names.router)], { axis: -1 });
+  let [top, idx] = g.g.op('TopK', [probs, g.i64([k])], { axis: -1, largest: 1, sorted: 1 }, { outputs: 2 });
+  if (type === 'mixtral' || c.norm_topk_prob === true)
+    top = g.op('Div', [top!, g.op('ReduceSum', [top!, g.i64([-1])], { keepdims: 1 })]);
+  const dense = g.op('ScatterElements', [g.c(new Array(g.B * g.T * E).fill(0), [g.B, g.T, E]), idx!, top!], {
+    axis: 2,
+  });
+  const expert = (gate: string, up: string, down: string) =>
+    g.linear(g.op('Mul', [g.act(g.linear(h, gate), 'silu'), g.linear(h, up)]), down);
+  let out: string | undefined;
+  for (let e = 0; e < E; e++) {
+    const weight = g.op('Gather', [dense, g.i64([e])], { axis: 2 });
+    const y = g.op('Mul', [expert(names.gate(e), names.up(e), names.down(e)), weight]);
+    out = out ? g.op('Add', [out, y]) : y;
+  }
+  if (type === 'qwen2_moe') {
+    const s = `${p}mlp.shared_expert.`;
+    const shared = expert(`${s}gate_proj`, `${s}up_proj`, `${s}down_proj`);
+    const gate = g.op('Sigmoid', [g.linear(h, `${p}mlp.shared_expert_gate`)]);
+    out = g.op('Add', [out!, g.op('Mul', [shared, gate])]);
+  }
+  return out!;
 }
 
 /** modeling_gpt2.py: learned positions, Conv1D, fused c_attn, gelu_new, tied head. */
@@ -464,7 +528,7 @@ const V = 96;
 function llamaTensors(c: HfConfig, w: WeightMaker): void {
   const { type, D, H, KVH, d, I } = llamaDims(c);
   const center = type.startsWith('gemma') ? 0 : 1;
-  const bias = type === 'qwen2';
+  const bias = type === 'qwen2' || type === 'qwen2_moe';
   w.add('model.embed_tokens.weight', [V, D], 0.5);
   for (let l = 0; l < num(c, 'num_hidden_layers'); l++) {
     const p = `model.layers.${l}.`;
@@ -481,18 +545,43 @@ function llamaTensors(c: HfConfig, w: WeightMaker): void {
       w.linear(`${p}self_attn.q_proj`, H * d, D, bias);
       w.linear(`${p}self_attn.k_proj`, KVH * d, D, bias);
       w.linear(`${p}self_attn.v_proj`, KVH * d, D, bias);
-      w.linear(`${p}mlp.gate_proj`, I, D, false);
-      w.linear(`${p}mlp.up_proj`, I, D, false);
+      if (!MOE_TYPES.includes(type)) {
+        w.linear(`${p}mlp.gate_proj`, I, D, false);
+        w.linear(`${p}mlp.up_proj`, I, D, false);
+      }
     }
     w.linear(`${p}self_attn.o_proj`, D, H * d, false);
-    w.linear(`${p}mlp.down_proj`, D, I, false);
-    if (type === 'qwen3') {
+    if (MOE_TYPES.includes(type)) moeTensors(c, w, p, D);
+    else w.linear(`${p}mlp.down_proj`, D, I, false);
+    if (type === 'qwen3' || type === 'qwen3_moe') {
       w.norm(`${p}self_attn.q_norm`, d, false);
       w.norm(`${p}self_attn.k_norm`, d, false);
     }
   }
   w.norm('model.norm', D, false, center);
   if (!c.tie_word_embeddings) w.linear('lm_head', V, D, false);
+}
+
+/** A sparse MoE block's router, experts (and Qwen2-MoE's shared expert and its gate). */
+function moeTensors(c: HfConfig, w: WeightMaker, p: string, D: number): void {
+  const type = c.model_type as string;
+  const names = moeNames(type, p);
+  const E = num(c, type === 'mixtral' ? 'num_local_experts' : 'num_experts');
+  const F = num(c, type === 'mixtral' ? 'intermediate_size' : 'moe_intermediate_size');
+  // Router rows of std 1: logits spread enough that every expert wins some tokens.
+  w.add(`${names.router}.weight`, [E, D], 1);
+  for (let e = 0; e < E; e++) {
+    w.linear(names.gate(e), F, D, false);
+    w.linear(names.up(e), F, D, false);
+    w.linear(names.down(e), D, F, false);
+  }
+  if (type === 'qwen2_moe') {
+    const Fs = num(c, 'shared_expert_intermediate_size');
+    w.linear(`${p}mlp.shared_expert.gate_proj`, Fs, D, false);
+    w.linear(`${p}mlp.shared_expert.up_proj`, Fs, D, false);
+    w.linear(`${p}mlp.shared_expert.down_proj`, D, Fs, false);
+    w.linear(`${p}mlp.shared_expert_gate`, 1, D, false);
+  }
 }
 
 const llamaCase = (name: string, config: HfConfig): ArchCase => ({
@@ -566,6 +655,64 @@ export const CASES: ArchCase[] = [
     attention_bias: false,
     hidden_act: 'silu',
     tie_word_embeddings: true,
+  }),
+  llamaCase('mixtral (sparse MoE: 4 experts, top-2 renormalized)', {
+    ...common,
+    model_type: 'mixtral',
+    architectures: ['MixtralForCausalLM'],
+    hidden_size: 32,
+    intermediate_size: 48,
+    num_attention_heads: 4,
+    num_key_value_heads: 2,
+    num_local_experts: 4,
+    num_experts_per_tok: 2,
+    rms_norm_eps: 1e-5,
+    rope_theta: 1000000,
+    sliding_window: null,
+    router_jitter_noise: 0,
+    hidden_act: 'silu',
+    tie_word_embeddings: false,
+  }),
+  llamaCase('qwen3_moe (q/k norm, 6 experts, top-2, norm_topk_prob)', {
+    ...common,
+    model_type: 'qwen3_moe',
+    architectures: ['Qwen3MoeForCausalLM'],
+    hidden_size: 32,
+    intermediate_size: 64,
+    moe_intermediate_size: 24,
+    num_attention_heads: 4,
+    num_key_value_heads: 2,
+    head_dim: 16,
+    num_experts: 6,
+    num_experts_per_tok: 2,
+    norm_topk_prob: true,
+    decoder_sparse_step: 1,
+    mlp_only_layers: [],
+    rms_norm_eps: 1e-6,
+    rope_theta: 1000000,
+    attention_bias: false,
+    hidden_act: 'silu',
+    // As Qwen3-30B-A3B.
+    tie_word_embeddings: false,
+  }),
+  llamaCase('qwen2_moe (q/k/v bias, 4 experts, top-3 not renormalized, gated shared expert)', {
+    ...common,
+    model_type: 'qwen2_moe',
+    architectures: ['Qwen2MoeForCausalLM'],
+    hidden_size: 32,
+    intermediate_size: 64,
+    moe_intermediate_size: 16,
+    shared_expert_intermediate_size: 40,
+    num_attention_heads: 4,
+    num_key_value_heads: 4,
+    num_experts: 4,
+    num_experts_per_tok: 3,
+    norm_topk_prob: false,
+    rms_norm_eps: 1e-6,
+    rope_theta: 1000000,
+    use_sliding_window: false,
+    hidden_act: 'silu',
+    tie_word_embeddings: false,
   }),
   llamaCase('gemma ((1+w) norm, GeGLU, scaled embeddings)', {
     ...common,

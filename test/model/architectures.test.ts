@@ -90,7 +90,7 @@ test('sliding window and soft cap: onnxruntime attention equals the plain-loop r
  * MLP has no gate_proj, and learned positions restart in every window. With quantizeGroup a
  * no-op, the staged Hessians must equal those captured in one plain forward pass.
  */
-for (const type of ['gpt_neox', 'gpt2', 'opt']) {
+for (const type of ['gpt_neox', 'gpt2', 'opt', 'mixtral', 'qwen2_moe']) {
   test(`${type}: staged calibration statistics equal the forward pass's linear inputs`, async () => {
     const i = CASES.findIndex((c) => c.config.model_type === type);
     const model = await loadModel((await writeCase(i)).dir);
