@@ -6,6 +6,12 @@
  * residual stream of all windows (N·L·hidden floats), one stage input kept for all windows
  * between passes (the attention output, or the SwiGLU activation: N·L·intermediate floats)
  * and the statistics of the layers being quantized.
+ *
+ * The activations live in an ActivationStore (activation-store.ts), one slot per chunk of
+ * windows: float32 or 16-bit, in memory up to a budget and in a temporary file past it. Each
+ * pass over a block loads a chunk, advances it and saves it again, so memory holds one chunk's
+ * working set plus the resident slots, whatever the number of windows. With float32 and no budget
+ * every value is the one the whole-array protocol computed (the pinned outputs did not change).
  */
 import { constants as bufferConstants } from 'node:buffer';
 import os from 'node:os';
@@ -22,6 +28,7 @@ import {
 import { linearsInRole } from '../model/architecture.js';
 import { type Decoder, Scratch } from '../model/decoder.js';
 import { mulberry32 } from '../random.js';
+import { type ActivationDtype, ActivationStore, type StoreOptions } from './activation-store.js';
 
 export interface CalibrationOptions {
   nsamples: number;
@@ -160,9 +167,41 @@ export interface SequentialOptions {
    * computation as an uninterrupted one.
    */
   start?: { layer: number; x?: Float32Array };
-  /** Block `layer` is finished; `x` is the residual stream entering block layer + 1 (resume.ts saves it). */
-  onBlockDone?(layer: number, x: Float32Array): Promise<void>;
+  /**
+   * Block `layer` is finished; `residual()` reads back the residual stream of all windows entering
+   * block layer + 1, float32 [n, seqlen, hidden] (resume.ts saves it).
+   */
+  onBlockDone?(layer: number, residual: () => Promise<Float32Array>): Promise<void>;
+  /** Precision and memory budget of the stored activations (default: float32, all in memory). */
+  activations?: StoreOptions;
+  /**
+   * Weights read block by block (quant/stream-calibrate.ts): `load` makes block `layer`'s tensors
+   * resident in the decoder's weights before its first pass, `finish` takes them once it is
+   * quantized; `embed` gives the embeddings of windows (reading only their rows). Absent: the
+   * decoder holds the whole model.
+   */
+  blocks?: {
+    embed(ids: Int32Array, T: number): Promise<Float32Array>;
+    load(layer: number): Promise<void>;
+    finish(layer: number): Promise<void>;
+  };
 }
+
+/** What the activations took: chunks in memory and in the spill file. */
+export interface SequentialReport {
+  dtype: ActivationDtype;
+  /** Chunks of windows, and how many of them stayed in memory. */
+  chunks: number;
+  residentChunks: number;
+  /** Most bytes of stored activations in memory at once. */
+  peakActivationBytes: number;
+  /** Bytes written to the spill file over the run, and its size. */
+  spilledBytes: number;
+  spillFileBytes: number;
+}
+
+/** Windows per forward chunk: about 4096 tokens (bounds attention memory and one chunk's working set). */
+export const calibrationChunk = (seqlen: number): number => Math.max(1, Math.floor(4096 / seqlen));
 
 export const ALL_AT_ONCE: BlockLinear[][] = [[...BLOCK_LINEARS]];
 export const TRUE_SEQUENTIAL: BlockLinear[][] = [
@@ -189,11 +228,19 @@ const STAGE: Record<DenseLinear, number> = {
 const BLOCK_OUTPUT = 4;
 
 /**
- * One chunk of windows inside the current block: the residual stream `x` (a view into the
- * calibration activations, updated in place) and the input of the current stage: always at
- * stages 1 and 3 (attention output, SwiGLU activation), kept from the capture at 0 and 2.
- * Inputs are buffers of the pool; `borrowed` marks one that belongs to another state.
+ * One chunk of windows inside the current block, loaded from the activation store: the residual
+ * stream `x` (updated in place) and the input of the current stage: always at stages 1 and 3
+ * (attention output, SwiGLU activation), kept from the capture at 0 and 2. Both are buffers of
+ * the pool; `borrowed` marks an input that belongs to another state.
  */
+/** A chunk between passes: its windows (from window s0), stage and the width of its stored input (0: none). */
+interface ChunkMeta {
+  s0: number;
+  windows: number;
+  stage?: number;
+  inputCols?: number;
+}
+
 interface ChunkState {
   stage: number;
   x: Float32Array;
@@ -241,7 +288,7 @@ export async function runSequential(
   windows: Int32Array,
   seqlen: number,
   options: SequentialOptions,
-): Promise<void> {
+): Promise<SequentialReport> {
   checkGroups(options.groups);
   // Groups name linears by their role: a model without one (no gate_proj in a plain MLP) skips it,
   // a MoE block has it once per expert (architecture.ts linearsInRole).
@@ -254,7 +301,16 @@ export async function runSequential(
   const D = decoder.config.hiddenSize;
   const layers = decoder.config.numLayers;
   const start = options.start?.layer ?? 0;
-  if (start === layers) return;
+  const store = options.activations ?? { dtype: 'f32', budgetBytes: Number.POSITIVE_INFINITY };
+  const report: SequentialReport = {
+    dtype: store.dtype,
+    chunks: 0,
+    residentChunks: 0,
+    peakActivationBytes: 0,
+    spilledBytes: 0,
+    spillFileBytes: 0,
+  };
+  if (start === layers) return report;
   if (options.start && !(options.start.x?.length === n * seqlen * D && start >= 0 && start < layers)) {
     throw new ShapeError('resumed calibration activations do not fit', {
       field: `block ${start}`,
@@ -264,87 +320,142 @@ export async function runSequential(
   }
   if (!options.start) {
     checkCalibrationOptions({ nsamples: n, seqlen });
-    checkCalibrationMemory({ nsamples: n, seqlen }, D);
+    // Past a finite budget the activations go to a file: only an unbounded store must fit in memory.
+    if (!Number.isFinite(store.budgetBytes)) checkCalibrationMemory({ nsamples: n, seqlen }, D);
   }
-  const x = options.start?.x ?? (await profile.phase('forward', () => decoder.embed(windows, seqlen)));
-  const totalRows = n * seqlen;
-  const buffers = new Buffers(options.chunk * seqlen * decoder.stageWidth());
-  for (let layer = start; layer < layers; layer++) {
-    const chunks: ChunkState[] = [];
-    for (let s0 = 0; s0 < n; s0 += options.chunk) {
-      const s1 = Math.min(n, s0 + options.chunk);
-      chunks.push({ stage: 0, x: x.subarray(s0 * seqlen * D, s1 * seqlen * D), windows: s1 - s0 });
+  const widest = decoder.stageWidth();
+  const buffers = new Buffers(options.chunk * seqlen * widest);
+  // Each chunk's slot: its residual stream, then the input of its current stage.
+  const meta: ChunkMeta[] = [];
+  for (let s0 = 0; s0 < n; s0 += options.chunk)
+    meta.push({ s0, windows: Math.min(n, s0 + options.chunk) - s0 });
+  const acts = new ActivationStore(meta.length, options.chunk * seqlen * (D + widest), store);
+  report.chunks = meta.length;
+  report.residentChunks = acts.residentSlots;
+  const track = () => {
+    report.peakActivationBytes = Math.max(report.peakActivationBytes, acts.stats.residentBytes);
+    report.spilledBytes = acts.stats.spilledBytes;
+    report.spillFileBytes = acts.stats.spillFileBytes;
+  };
+  const what = (layer: number, i: number) => `block ${layer}, windows ${meta[i]!.s0}..`;
+  try {
+    const blocks = options.blocks;
+    for (const [i, m] of meta.entries()) {
+      const rows = m.windows * seqlen;
+      const x = options.start
+        ? options.start.x!.subarray(m.s0 * seqlen * D, m.s0 * seqlen * D + rows * D)
+        : await profile.phase('forward', () =>
+            (blocks?.embed ?? ((ids, T) => decoder.embed(ids, T)))(
+              windows.subarray(m.s0 * seqlen, m.s0 * seqlen + rows),
+              seqlen,
+            ),
+          );
+      await acts.save(i, [x], what(start, i));
+      track();
     }
-    const advance = (s: ChunkState) =>
-      profile.phase('forward', () => advanceStage(decoder, layer, s, seqlen, buffers));
-    for (const group of groups) {
-      const first = STAGE[roleOf(group[0]!)];
-      const last = STAGE[roleOf(group.at(-1)!)];
-      // Linears reading the same stage (q/k/v, gate/up) share one statistics object.
-      const stats = new Map<BlockLinear, LinearStats>();
-      const shared = new Map<string, LinearStats>();
-      for (const s of chunks) {
-        while (s.stage < first) await advance(s);
-        // Later stages of a multi-stage group run on a copy: their linears are not final yet.
-        let t = s;
-        for (let stage = first; ; stage++) {
-          const linears = group.filter((l) => STAGE[roleOf(l)] === stage);
-          if (linears.length) {
-            await profile.phase('hessian', async () => {
-              const input = t.input ?? normOutput(decoder, layer, t, buffers);
-              const rows = t.windows * seqlen;
-              // Linears reading one input (q/k/v; gate/up of every expert) share one statistics object;
-              // each expert's down_proj reads its own activations of every token (Decoder.linearInputView).
-              const routed = stage === STAGE['mlp.down_proj'] ? decoder.routedTokens(input, rows) : undefined;
-              const accumulated = new Set<LinearStats>();
-              for (const l of linears) {
-                const view = decoder.linearInputView(l, input, rows);
-                const expert = expertOf(l);
-                const key = view.x === input ? `${stage}` : `${stage} ${expert}`;
-                let st = shared.get(key);
-                if (!st) {
-                  st = newStats(view.cols, Math.min(options.sampleRows, totalRows));
-                  shared.set(key, st);
-                }
-                if (!accumulated.has(st)) {
-                  accumulated.add(st);
-                  await accumulate(st, view.x, rows, totalRows, decoder.engine, buffers.scratch);
-                  if (routed && typeof expert === 'number')
-                    st.routedTokens = (st.routedTokens ?? 0) + routed[expert]!;
-                }
-                stats.set(l, st);
-              }
-              if (input !== t.input) {
-                // A single-stage group keeps the norm's output to run its linears later.
-                if (first === last) s.input = input;
-                else buffers.give(input);
-              }
-            });
-          }
-          if (stage === last) break;
-          if (t === s) t = { ...s, x: s.x.slice(), borrowed: s.input !== undefined };
-          await advance(t);
-        }
-        if (t !== s && t.input && !t.borrowed) buffers.give(t.input);
+    for (let layer = start; layer < layers; layer++) {
+      await blocks?.load(layer);
+      for (const m of meta) {
+        m.stage = 0;
+        m.inputCols = 0;
       }
-      await profile.phase('hessian', () => {
-        for (const st of shared.values()) finishStats(st);
+      // Chunk i, as the pass left it, through `fn`, then saved again.
+      const withChunk = async (i: number, fn: (s: ChunkState) => Promise<void>) => {
+        const m = meta[i]!;
+        const rows = m.windows * seqlen;
+        const x = buffers.take(rows * D);
+        const input = m.inputCols ? buffers.take(rows * m.inputCols) : undefined;
+        await acts.load(i, input ? [x, input] : [x]);
+        const s: ChunkState = { stage: m.stage!, x, input, windows: m.windows };
+        await fn(s);
+        m.stage = s.stage;
+        m.inputCols = s.input ? s.input.length / rows : 0;
+        await acts.save(i, s.input ? [s.x, s.input] : [s.x], what(layer, i));
+        track();
+        if (s.input) buffers.give(s.input);
+        buffers.give(x);
+      };
+      const advance = (s: ChunkState) =>
+        profile.phase('forward', () => advanceStage(decoder, layer, s, seqlen, buffers));
+      for (const group of groups) {
+        const first = STAGE[roleOf(group[0]!)];
+        const last = STAGE[roleOf(group.at(-1)!)];
+        // Linears reading the same stage (q/k/v, gate/up) share one statistics object.
+        const stats = new Map<BlockLinear, LinearStats>();
+        const shared = new Map<string, LinearStats>();
+        for (let i = 0; i < meta.length; i++) {
+          await withChunk(i, async (s) => {
+            while (s.stage < first) await advance(s);
+            // Later stages of a multi-stage group run on a copy: their linears are not final yet.
+            let t = s;
+            for (let stage = first; ; stage++) {
+              const linears = group.filter((l) => STAGE[roleOf(l)] === stage);
+              if (linears.length) {
+                await profile.phase('hessian', async () => {
+                  const input = t.input ?? normOutput(decoder, layer, t, buffers);
+                  const rows = t.windows * seqlen;
+                  // Linears reading one input (q/k/v; gate/up of every expert) share one statistics object;
+                  // each expert's down_proj reads its own activations of every token (Decoder.linearInputView).
+                  const routed =
+                    stage === STAGE['mlp.down_proj'] ? decoder.routedTokens(input, rows) : undefined;
+                  const accumulated = new Set<LinearStats>();
+                  for (const l of linears) {
+                    const view = decoder.linearInputView(l, input, rows);
+                    const expert = expertOf(l);
+                    const key = view.x === input ? `${stage}` : `${stage} ${expert}`;
+                    let st = shared.get(key);
+                    if (!st) {
+                      st = newStats(view.cols, Math.min(options.sampleRows, n * seqlen));
+                      shared.set(key, st);
+                    }
+                    if (!accumulated.has(st)) {
+                      accumulated.add(st);
+                      await accumulate(st, view.x, rows, n * seqlen, decoder.engine, buffers.scratch);
+                      if (routed && typeof expert === 'number')
+                        st.routedTokens = (st.routedTokens ?? 0) + routed[expert]!;
+                    }
+                    stats.set(l, st);
+                  }
+                  if (input !== t.input) {
+                    // A single-stage group keeps the norm's output to run its linears later.
+                    if (first === last) s.input = input;
+                    else buffers.give(input);
+                  }
+                });
+              }
+              if (stage === last) break;
+              if (t === s) t = { ...s, x: s.x.slice(), borrowed: s.input !== undefined };
+              await advance(t);
+            }
+            if (t !== s && t.input && !t.borrowed) buffers.give(t.input);
+          });
+        }
+        await profile.phase('hessian', () => {
+          for (const st of shared.values()) finishStats(st);
+        });
+        await profile.phase('quantize', () => options.quantizeGroup(layer, group, stats));
+        // The norms may have changed: their outputs are recomputed (the stored ones are dropped).
+        if (first !== last) for (const m of meta) if (m.stage! % 2 === 0) m.inputCols = 0;
+      }
+      for (let i = 0; i < meta.length; i++)
+        await withChunk(i, async (s) => {
+          while (s.stage < BLOCK_OUTPUT) await advance(s);
+        });
+      await blocks?.finish(layer);
+      // The residual stream of all windows, read back from the store (resume.ts saves it).
+      await options.onBlockDone?.(layer, async () => {
+        const x = new Float32Array(n * seqlen * D);
+        for (const [i, m] of meta.entries())
+          await acts.load(i, [x.subarray(m.s0 * seqlen * D, (m.s0 + m.windows) * seqlen * D)]);
+        return x;
       });
-      await profile.phase('quantize', () => options.quantizeGroup(layer, group, stats));
-      // The norms may have changed: their outputs are recomputed.
-      if (first !== last) {
-        for (const s of chunks) {
-          if (s.stage % 2 === 0 && s.input) {
-            buffers.give(s.input);
-            s.input = undefined;
-          }
-        }
-      }
+      options.onProgress?.(layer + 1, layers);
     }
-    for (const s of chunks) while (s.stage < BLOCK_OUTPUT) await advance(s);
-    await options.onBlockDone?.(layer, x);
-    options.onProgress?.(layer + 1, layers);
+  } finally {
+    track();
+    await acts.close();
   }
+  return report;
 }
 
 /** Groups must partition the block in execution order: a chunk's state never moves backwards. */
@@ -411,6 +522,16 @@ async function advanceStage(
   }
   if (release) buffers.give(input);
   s.stage++;
+}
+
+/** An expert's routed and calibration tokens, for its layer report (nothing for other linears). */
+export function expertTokens(stats: LinearStats | undefined): {
+  routedTokens?: number;
+  calibrationTokens?: number;
+} {
+  return stats?.routedTokens === undefined
+    ? {}
+    : { routedTokens: stats.routedTokens, calibrationTokens: stats.count };
 }
 
 function newStats(cols: number, sampleRows: number): LinearStats {

@@ -18,11 +18,12 @@ import type { ModelConfig } from '../model/config.js';
 import { Decoder } from '../model/decoder.js';
 import { type ActivationQuantSpec, checkActivationQuant } from '../model/input-ops.js';
 import type { TensorMap } from '../tensor.js';
-import { runSequential } from './calibrate.js';
+import { type ActivationDtype, DEFAULT_ACTIVATION_DTYPE } from './activation-store.js';
+import { calibrationChunk, expertTokens, runSequential, type SequentialOptions } from './calibrate.js';
 import { relativeOutputError } from './layer-error.js';
 import { LORC_DEFAULTS, type LorcOptions, lowRankCorrection } from './lorc.js';
 import { getMethod, methodGridSpec } from './methods/index.js';
-import { methodOptions } from './methods/method.js';
+import { type GroupJob, type LayerResult, methodOptions } from './methods/method.js';
 import { assertFiniteQuantized, assertFiniteWeights } from './numerics.js';
 import { quantizeWithOutliers, validateSideOptions } from './outliers.js';
 import { fingerprint, openResumeState, type ResumeTarget, releaseResumeLock } from './resume.js';
@@ -81,6 +82,11 @@ export interface QuantizeOptions {
    * state once the output is written.
    */
   resume?: ResumeTarget;
+  /**
+   * Calibrated methods: precision of the stored calibration activations (activation-store.ts),
+   * default float32; the block-streamed path (stream-calibrate.ts) gives the same bytes for the same one.
+   */
+  activationDtype?: ActivationDtype;
 }
 
 export interface LayerReport {
@@ -89,6 +95,10 @@ export interface LayerReport {
   relativeError: number;
   /** AWQ: the chosen scaling exponent. */
   alpha?: number;
+  /** An expert's down_proj (MoE): tokens the router picked the expert for (calibrate.ts routedTokens). */
+  routedTokens?: number;
+  /** ... and the calibration tokens its statistics cover: all of them, whatever the routing. */
+  calibrationTokens?: number;
 }
 
 export interface QuantizedModel {
@@ -164,12 +174,7 @@ export async function quantizeModel(
   const tensors = new Map<string, QuantizedTensor>();
   const layers: LayerReport[] = [];
   let resumedBlocks: number | undefined;
-  const store = (name: string, q: QuantizedTensor) => {
-    const data = dequantize(q);
-    assertFiniteQuantized(name, q, data); // numerics.ts: never a NaN/Inf in a finished quantization
-    tensors.set(name, q);
-    out.set(name, { shape: [q.rows, q.cols], data });
-  };
+  const store = (name: string, q: QuantizedTensor) => storeQuantized(out, tensors, name, q);
   // Fail on a grid that does not fit before any work.
   for (const linear of blockLinears(config)) {
     const w = weights.get(linearWeightName(0, linear))!;
@@ -184,11 +189,7 @@ export async function quantizeModel(
   const settings: Record<string, unknown> = { grid: spec, grid_name: gridName(spec) };
   Object.assign(settings, validateSideOptions(options, weights, method.outlierSelection));
   // LoRC on the error of the finished layer against the weight it replaces (ZeroQuant-V2 §5).
-  const lorc = { ...LORC_DEFAULTS, ...options.lorc };
-  const compensate = (q: QuantizedTensor, target: Float32Array): QuantizedTensor =>
-    options.lorcRank
-      ? { ...q, lowRank: lowRankCorrection(target, dequantize(q), q.rows, q.cols, options.lorcRank, lorc) }
-      : q;
+  const compensate = lorcCompensation(options);
   if (layerGrids.size)
     settings.per_layer_grid = Object.fromEntries(
       [...options.perLayerGrid!].map(([n, g]) => [n, gridName(g)]),
@@ -255,44 +256,35 @@ export async function quantizeModel(
       // Everything block `layer` changed: its quantized linears, its other tensors, its reports.
       onBlockDone:
         resumed &&
-        ((layer, x) => {
+        (async (layer, residual) => {
           const prefix = blockPrefix(layer);
           const inBlock = <T>(m: Map<string, T>) =>
             new Map([...m].filter(([name]) => name.startsWith(prefix)));
           const quantized = inBlock(tensors);
           const others = new Map([...inBlock(out)].filter(([name]) => !quantized.has(name)));
           const reports = layers.filter((l) => l.name.startsWith(prefix));
-          const next = layer + 1 < config.numLayers ? x : undefined;
+          const next = layer + 1 < config.numLayers ? await residual() : undefined;
           return resumed.state.commit({ layer, quantized, tensors: others, reports }, next);
         }),
-      chunk: Math.max(1, Math.floor(4096 / cal.seqlen)),
+      chunk: calibrationChunk(cal.seqlen),
+      activations: {
+        dtype: options.activationDtype ?? DEFAULT_ACTIVATION_DTYPE,
+        budgetBytes: Number.POSITIVE_INFINITY,
+      },
       sampleRows: calibrated.sampleRows,
       onProgress: (layer, total) => options.onProgress?.({ layer, layers: total }),
-      quantizeGroup: async (layer, linears, stats) => {
-        const results = await quantizeGroup({
-          config,
-          weights: out,
-          layer,
-          linears,
-          stats,
-          grid,
-          gridOf,
-          engine,
-          outliers: options.outliers,
-        });
-        for (const r of results) {
-          store(r.name, compensate(r.quantized, r.target));
-          const relativeError = await relativeOutputError(
-            r.target,
-            out.get(r.name)!.data,
-            r.hessian,
-            r.quantized.rows,
-            r.quantized.cols,
-            engine,
-          );
-          layers.push({ name: r.name, relativeError, ...(r.alpha !== undefined && { alpha: r.alpha }) });
-        }
-      },
+      quantizeGroup: groupQuantizer({
+        config,
+        weights: out,
+        tensors,
+        layers,
+        quantizeGroup,
+        grid,
+        gridOf,
+        engine,
+        outliers: options.outliers,
+        compensate,
+      }),
     }).catch((e) => {
       if (options.resume) releaseResumeLock(options.resume.dir);
       throw e;
@@ -306,6 +298,66 @@ export async function quantizeModel(
     layers,
     seconds: (performance.now() - t0) / 1000,
     ...(resumedBlocks !== undefined && { resumedBlocks }),
+  };
+}
+
+/** A quantized weight kept: its codes in `tensors`, its dequantized values in `weights` (checked finite). */
+export function storeQuantized(
+  weights: TensorMap,
+  tensors: Map<string, QuantizedTensor>,
+  name: string,
+  q: QuantizedTensor,
+): void {
+  const data = dequantize(q);
+  assertFiniteQuantized(name, q, data); // numerics.ts: never a NaN/Inf in a finished quantization
+  tensors.set(name, q);
+  weights.set(name, { shape: [q.rows, q.cols], data });
+}
+
+/** LoRC on the error of the finished layer against the weight it replaces (ZeroQuant-V2 §5), or nothing. */
+export function lorcCompensation(
+  options: Pick<QuantizeOptions, 'lorcRank' | 'lorc'>,
+): (q: QuantizedTensor, target: Float32Array) => QuantizedTensor {
+  const lorc = { ...LORC_DEFAULTS, ...options.lorc };
+  return (q, target) =>
+    options.lorcRank
+      ? { ...q, lowRank: lowRankCorrection(target, dequantize(q), q.rows, q.cols, options.lorcRank, lorc) }
+      : q;
+}
+
+/**
+ * runSequential's quantizeGroup for a calibrated method: the method's group job on `weights`
+ * (the whole model, or the block resident in a streamed run), each result corrected, stored
+ * and its output error reported. One function for the in-memory and streamed paths.
+ */
+export function groupQuantizer(
+  run: Omit<GroupJob, 'layer' | 'linears' | 'stats'> & {
+    tensors: Map<string, QuantizedTensor>;
+    layers: LayerReport[];
+    quantizeGroup: (job: GroupJob) => Promise<LayerResult[]>;
+    compensate: (q: QuantizedTensor, target: Float32Array) => QuantizedTensor;
+  },
+): SequentialOptions['quantizeGroup'] {
+  const { tensors, layers, quantizeGroup, compensate, ...job } = run;
+  return async (layer, linears, stats) => {
+    const results = await quantizeGroup({ ...job, layer, linears, stats });
+    for (const r of results) {
+      storeQuantized(job.weights, tensors, r.name, compensate(r.quantized, r.target));
+      const relativeError = await relativeOutputError(
+        r.target,
+        job.weights.get(r.name)!.data,
+        r.hessian,
+        r.quantized.rows,
+        r.quantized.cols,
+        job.engine,
+      );
+      layers.push({
+        name: r.name,
+        relativeError,
+        ...(r.alpha !== undefined && { alpha: r.alpha }),
+        ...expertTokens(stats.get(linears[results.indexOf(r)]!)),
+      });
+    }
   };
 }
 
