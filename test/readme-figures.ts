@@ -46,8 +46,14 @@ export function textTableRows(lines: readonly string[]): string[][] {
   return lines.filter((l) => l.trim() !== '' && !/^[-\s]+$/.test(l)).map((l) => l.trim().split(/\s{2,}/));
 }
 
-/** `actual` shown with as many decimals as README's `printed` reads exactly `printed`. */
+/**
+ * `actual` shown with as many decimals as README's `printed` reads exactly `printed` (`1.02e-4`:
+ * in exponent notation with as many mantissa decimals).
+ */
 export function assertPrinted(actual: number, printed: string, what: string): void {
-  const decimals = printed.split('.')[1]?.length ?? 0;
-  assert.equal(actual.toFixed(decimals), printed, `${what}: ${actual} is not README's ${printed}`);
+  const exponent = /^-?\d+(?:\.(\d+))?e[-+]?\d+$/.exec(printed);
+  const shown = exponent
+    ? actual.toExponential(exponent[1]?.length ?? 0).replace('e+', 'e')
+    : actual.toFixed(printed.split('.')[1]?.length ?? 0);
+  assert.equal(shown, printed, `${what}: ${actual} is not README's ${printed}`);
 }

@@ -25,6 +25,7 @@ import { loadModel } from '../../src/model/load.js';
 import { ggufStorage, llamaCppInputOps } from '../../src/model/sources/gguf-model.js';
 import { quantizeModel } from '../../src/quant/quantize-model.js';
 import { ASSETS, assetsPresent, skipOrFail, tempDir } from '../helpers.js';
+import { assertPrinted, readmeTable } from '../readme-figures.js';
 import { getLlamaRuntime, refHarness } from './llama-cpp.js';
 
 /**
@@ -65,6 +66,67 @@ const EXACT_PREFIX = 1;
 const F16_INPUT_PREFIX = 0;
 const PPL_REL_TOL = 0.01;
 const WINDOW = 512;
+
+/**
+ * README's two GGUF tables, asserted figure by figure as printed (to half a unit of the last
+ * digit). What llama.cpp computes (its perplexity, top-1 agreement, max |Δlog-prob|, the exact
+ * prefix) and the emulation of it depend on the CPU build node-llama-cpp loads, libggml-cpu-<build>.so
+ * (its matmul kernels; AMX multiplies F16 in float32 and has its own Q8_0 path): a cell `a [zen4: b]`
+ * is a with the sapphirerapids build (AMX, where README was measured) and b with the zen4 build
+ * (AVX-512 AMD EPYC). With any other build only what is ptqkit's alone is asserted (bits/weight,
+ * matrix types, the plain forward's perplexity), and the test says so in its diagnostics.
+ */
+const MEASURED_BUILDS = ['sapphirerapids', 'zen4'];
+
+/** The libggml-cpu build this process loaded (after getLlamaRuntime), from /proc/self/maps. */
+function ggmlCpuBuild(): string {
+  try {
+    const builds = new Set(readFileSync('/proc/self/maps', 'utf8').match(/(?<=libggml-cpu-)\w+(?=\.so)/g));
+    return [...builds].join('+') || 'none';
+  } catch {
+    return 'unknown';
+  }
+}
+
+/** README table rows after `marker`, by `<model> <type>` (a mix cell may name several types). */
+function ggufTable(marker: string): Map<string, string[]> {
+  const rows = new Map<string, string[]>();
+  let model = '';
+  for (const cells of readmeTable(marker).slice(1)) {
+    model = cells[0]!.split(' ')[0] || model;
+    for (const type of cells[1]!.split(', '))
+      rows.set(`${model} ${type.split(' ')[0]!.toLowerCase()}`, cells);
+  }
+  return rows;
+}
+const README_TYPES = ggufTable('5e-4 (float rounding):');
+const README_MIXES = ggufTable('The mixes in llama.cpp (same text');
+
+/**
+ * One figure group of a README row: the column, its values in the cell's order (`sep` apart;
+ * undefined where the test has none, README's `–`), and which of them are ptqkit's alone.
+ */
+type Figures = [column: number, values: (number | undefined)[], ptqkitOnly: boolean[], sep?: string];
+
+/** Assert `figures` against README's row `key`; returns the figures left unasserted for this build. */
+function assertReadmeRow(table: Map<string, string[]>, key: string, figures: Figures[]): number {
+  const row = table.get(key);
+  assert.ok(row, `README has no row for ${key}: ${[...table.keys()]}`);
+  const build = ggmlCpuBuild();
+  const measured = MEASURED_BUILDS.includes(build);
+  let left = 0;
+  for (const [column, values, ptqkitOnly, sep = ' / '] of figures) {
+    const m = /^(.*?) \[(\w+): (.*)\]$/.exec(row[column]!);
+    const printed: string[] = (m ? (m[2] === build ? m[3]! : m[1]!) : row[column]!).split(sep);
+    assert.equal(printed.length, values.length, `${key}: README's cell '${row[column]}'`);
+    for (const [i, v] of values.entries()) {
+      if (v === undefined) assert.equal(printed[i], '–', `${key}: README's cell '${row[column]}'`);
+      else if (!measured && !ptqkitOnly[i]) left++;
+      else assertPrinted(v, printed[i]!, `${key}: column ${column} figure ${i} (libggml-cpu-${build})`);
+    }
+  }
+  return left;
+}
 const GREEDY_STEPS = 20;
 
 const MODELS = [
@@ -186,6 +248,7 @@ for (const spec of MODELS) {
       V,
     );
     const rows: string[] = [];
+    let unasserted = 0;
     for (const type of TYPES) {
       const file = path.join(dir, `${type}.gguf`);
       const report = await exportGguf(model, file, { type });
@@ -267,6 +330,13 @@ for (const spec of MODELS) {
             `  ppl ${pplEmu.toFixed(4)}  equal for the first ${exactEmu} positions (without: ${exactPlain})` +
             `  position 0: ${first.emulated.toExponential(1)} (without: ${first.plain.toExponential(1)})${f16Inputs ? '  f16 inputs' : ''}`,
         );
+        unasserted += assertReadmeRow(README_TYPES, `${spec.key} ${type}`, [
+          [2, [report.bitsPerWeight], [true]],
+          [3, [maxDiff, emu.maxDiff], [false, false]],
+          [4, [agree, emu.agree], [false, false]],
+          [5, [exactEmu], [false]],
+          [6, [pplOurs, pplEmu, pplLlama], [true, false, false]],
+        ]);
         assert.ok(
           Math.abs(pplLlama / pplOurs - 1) < PPL_REL_TOL,
           `${type}: perplexity ${pplLlama} vs ${pplOurs}`,
@@ -336,6 +406,15 @@ for (const spec of MODELS) {
       }
     }
     console.log(rows.join('\n'));
+    // Every row of README's table for this model is one the test produced.
+    assert.deepEqual(
+      [...README_TYPES.keys()].filter((k) => k.startsWith(`${spec.key} `) && !k.endsWith(' gptq')),
+      TYPES.map((type) => `${spec.key} ${type}`),
+    );
+    if (unasserted)
+      t.diagnostic(
+        `${unasserted} llama.cpp figures of README not asserted: libggml-cpu-${ggmlCpuBuild()} was not measured`,
+      );
   });
 
   test(`${spec.key}: llama.cpp's llama-quantize of our F32 GGUF gives our quantized tensors byte for byte`, async (t) => {
@@ -387,6 +466,7 @@ for (const spec of MODELS) {
     const window = model.tokenizer.encode(text()).slice(0, WINDOW);
     const V = model.config.vocabSize;
     const rows: string[] = [];
+    let unasserted = 0;
     for (const [mix, { ftype }] of Object.entries(GGUF_MIXES)) {
       const ours = path.join(dir, `ours-${mix}.gguf`);
       const theirs = path.join(dir, `llama-${mix}.gguf`);
@@ -425,11 +505,26 @@ for (const spec of MODELS) {
         `${spec.key} ${mix.padEnd(6)} ${report.bitsPerWeight.toFixed(3)} bpw [${types.join(' ')}]  ppl llama.cpp ${pplLlama.toFixed(4)}` +
           ` ptqkit ${pplPlain.toFixed(4)} emulated ${pplEmu.toFixed(4)}  top-1 ${agree}/${window.length}`,
       );
+      unasserted += assertReadmeRow(README_MIXES, `${spec.key} ${mix}`, [
+        [2, [report.bitsPerWeight], [true]],
+        [4, [pplPlain, pplEmu, pplLlama], [true, false, false]],
+        [5, [agree, window.length], [false, true], '/'],
+      ]);
+      assert.equal(README_MIXES.get(`${spec.key} ${mix}`)![3], types.join(' '), `${mix}: matrix types`);
       for (const p of [pplPlain, pplEmu])
         assert.ok(Math.abs(pplLlama / p - 1) < PPL_REL_TOL, `${mix}: perplexity ${pplLlama} vs ${p}`);
       assert.ok(agree / window.length >= QUANT_TOP1_MIN, `${mix}: top-1 ${agree}/${window.length}`);
     }
     console.log(rows.join('\n'));
+    assert.deepEqual(
+      [...README_MIXES.keys()].filter((k) => k.startsWith(`${spec.key} `)),
+      Object.keys(GGUF_MIXES).map((mix) => `${spec.key} ${mix}`),
+      'README lists every mix, in this order',
+    );
+    if (unasserted)
+      t.diagnostic(
+        `${unasserted} llama.cpp figures of README not asserted: libggml-cpu-${ggmlCpuBuild()} was not measured`,
+      );
   });
 }
 
@@ -473,4 +568,11 @@ test('a GPTQ int4 g32 checkpoint exported from its own codes (Q4_0) runs in llam
   );
   assert.ok(maxDiff < QUANT_LOGPROB_TOL, `max |Δlog-prob| ${maxDiff}`);
   assert.ok(agree / window.length >= QUANT_TOP1_MIN, `top-1 ${agree}/${window.length}`);
+  // README's row (llama.cpp's figures only: no emulation, exact prefix or perplexity for it).
+  const unasserted = assertReadmeRow(README_TYPES, 'tinystories-656k gptq', [
+    [3, [maxDiff, undefined], [false]],
+    [4, [agree, undefined], [false]],
+  ]);
+  if (unasserted)
+    t.diagnostic(`README's figures not asserted: libggml-cpu-${ggmlCpuBuild()} was not measured`);
 });

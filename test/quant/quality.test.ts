@@ -13,6 +13,7 @@ import type { LoadedModel } from '../../src/model/load.js';
 import { type EvalResult, evaluate } from '../../src/model/perplexity.js';
 import { type MethodName, quantizeModel } from '../../src/quant/quantize-model.js';
 import { assetsPresent } from '../helpers.js';
+import { assertPrinted, readmeTable } from '../readme-figures.js';
 import {
   assertMeasured,
   type Calibration,
@@ -56,13 +57,23 @@ const MEASURED: Record<string, Record<string, [number, number]>> = {
 
 const grid = (bits: number, groupSize: number) => intGrid(bits, groupSize, true);
 
+/** README's method table: its model cells carry the FP32 perplexity, `<model> (fp32 <ppl>)`. */
+const README_FP32 = new Map(
+  readmeTable('calibrated on 128 × 512 tokens sampled (seed 0) from tokens 96K+ of the same file (disjoint):')
+    .slice(1)
+    .flatMap(([model]) => {
+      const m = /^(\S+) \(fp32 ([\d.]+)\)$/.exec(model!);
+      return m ? [[m[1]!, m[2]!] as const] : [];
+    }),
+);
+
 /** Group sizes that divide every input dimension of the model (stories260K's FFN is 172 wide). */
 const MODELS = [
-  { modelPath: 'models/tinystories-656k', groupSizes: [32, 0] },
-  { modelPath: 'models/stories260k/stories260K.bin', groupSizes: [0] },
+  { modelPath: 'models/tinystories-656k', groupSizes: [32, 0], readme: 'tinystories-656k' },
+  { modelPath: 'models/stories260k/stories260K.bin', groupSizes: [0], readme: 'stories260K' },
 ];
 
-for (const { modelPath, groupSizes } of MODELS) {
+for (const { modelPath, groupSizes, readme } of MODELS) {
   describe(path.basename(modelPath), { skip: !assetsPresent && 'no ../shared/assets' }, () => {
     let model: LoadedModel;
     let evalTokens: number[];
@@ -89,6 +100,12 @@ for (const { modelPath, groupSizes } of MODELS) {
       calibration = calibrationWindows(tokens, 128);
       fp = await evaluate(new Decoder(model.config, model.weights), evalTokens, { protocol: PROTOCOL });
       console.log(`  fp32 ppl ${fp.perplexity.toFixed(4)}`);
+    });
+
+    test("FP32 perplexity as README's table prints it", () => {
+      const printed = README_FP32.get(readme);
+      assert.ok(printed, `README's table has no FP32 perplexity for ${readme}: ${[...README_FP32.keys()]}`);
+      assertPrinted(fp.perplexity, printed, `${readme} FP32 perplexity`);
     });
 
     test('RTN: W8 per-channel within 0.5% of FP32; FP < W8 < W4 < W3 in perplexity and KLD', async () => {

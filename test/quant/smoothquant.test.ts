@@ -27,6 +27,7 @@ import { activationAbsMax, type SmoothQuantOptions, smoothModel } from '../../sr
 import type { TensorMap } from '../../src/tensor.js';
 import { runCli } from '../cli/run-cli.js';
 import { ASSETS, assetsPresent, tempDir } from '../helpers.js';
+import { assertPrinted, readmeTable } from '../readme-figures.js';
 import {
   assertMeasured,
   type Calibration,
@@ -155,13 +156,25 @@ const MEASURED: Record<string, Record<string, [number, number]>> = {
   },
 };
 
+/** README's table: its model cells carry the FP32 perplexity on these tokens, `<model> (<ppl>)`. */
+const README_FP32 = new Map(
+  readmeTable(
+    'against FP32 on the first 4,096 tokens of `tinystories-valid-800k` (chunks of 512), calibration',
+  )
+    .slice(1)
+    .flatMap(([model]) => {
+      const m = /^(\S+) \(([\d.]+)\)$/.exec(model!);
+      return m ? [[m[1]!, m[2]!] as const] : [];
+    }),
+);
+
 /** full: also the W4 cases, whose measurements are pinned above for TinyStories-656K only. */
 const MODELS = [
-  { modelPath: 'models/tinystories-656k', full: true },
-  { modelPath: 'models/stories260k/stories260K.bin', full: false },
+  { modelPath: 'models/tinystories-656k', full: true, readme: 'tinystories-656k' },
+  { modelPath: 'models/stories260k/stories260K.bin', full: false, readme: 'stories260K' },
 ];
 
-for (const { modelPath, full } of MODELS) {
+for (const { modelPath, full, readme } of MODELS) {
   const key = path.basename(modelPath);
   describe(key, { skip: !assetsPresent && 'no ../shared/assets' }, () => {
     let model: LoadedModel;
@@ -201,6 +214,14 @@ for (const { modelPath, full } of MODELS) {
       assertMeasured(label, r, measured!);
       return r;
     };
+
+    // The reference's own logits, cached for the KLDs below: the FP32 row costs no extra forward.
+    test("FP32 perplexity as README's table prints it", async () => {
+      const fp = await evaluate(reference, evalTokens, { protocol: PROTOCOL });
+      const printed = README_FP32.get(readme);
+      assert.ok(printed, `README's table has no FP32 perplexity for ${readme}: ${[...README_FP32.keys()]}`);
+      assertPrinted(fp.perplexity, printed, `${readme} FP32 perplexity`);
+    });
 
     test('smoothing keeps the float model: logits within 1e-5 of their largest magnitude', async () => {
       const ids = Int32Array.from(evalTokens.slice(0, 512));
