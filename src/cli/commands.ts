@@ -26,11 +26,16 @@ import {
   type OpenedModel,
   openModel,
 } from '../model/load.js';
-import { defaultMemoryBudget, parseSize } from '../model/memory.js';
+import { defaultMemoryBudget, formatBytes, parseSize } from '../model/memory.js';
 import { type EvalResult, evaluate, llamaCppProtocol, type WindowProtocol } from '../model/perplexity.js';
 import { emulateLlamaCpp, ggufStorage } from '../model/sources/gguf-model.js';
 import { StreamedDecoder } from '../model/streamed-decoder.js';
 import { float32Bytes } from '../model/weight-source.js';
+import {
+  type ActivationDtype,
+  checkActivationDtype,
+  DEFAULT_ACTIVATION_DTYPE,
+} from '../quant/activation-store.js';
 import { type AllocationPlan, planAllocation, presetGrids } from '../quant/allocate.js';
 import {
   checkCalibrationMemory,
@@ -48,6 +53,11 @@ import {
   SMOOTHQUANT_DEFAULTS,
   type SmoothQuantOptions,
 } from '../quant/smoothquant.js';
+import {
+  calibrationActivationBytes,
+  calibrationFixedBytes,
+  streamCalibrate,
+} from '../quant/stream-calibrate.js';
 import { streamQuantize } from '../quant/stream-quantize.js';
 import { createProgress } from './progress.js';
 import { fmt, formatTable } from './table.js';
@@ -160,6 +170,10 @@ export interface QuantizeArgs extends OutputArgs {
   lorcRank?: number;
   /** Continue an interrupted gptq/awq run from its last finished block (state in <output>.ptq-resume). */
   resume?: boolean;
+  /** Calibrated methods: memory the run may use (`8GiB`); past it the run is block-streamed (stream-calibrate.ts). */
+  maxMemory?: string;
+  /** Calibrated methods: precision of the stored calibration activations (f32, f16, bf16). */
+  calibDtype?: string;
   /** Activation bits of every block linear's input (W8A8... simulation), and their scale granularity. */
   actBits?: number;
   actGranularity?: string;
@@ -218,6 +232,56 @@ export async function quantizeCommand(modelPath: string, args: QuantizeArgs, out
   if (record.quantizeWeight && streamable(args) && (await isPlainHfDirectory(modelPath))) {
     return streamQuantizeCommand(modelPath, args, methodOptions, output, exportTo, out);
   }
+  const calibDtype = args.calibDtype === undefined ? undefined : checkActivationDtype(args.calibDtype);
+  if ((args.maxMemory !== undefined || calibDtype) && !isCalibrated(record)) {
+    throw new UsageError(
+      `${args.maxMemory !== undefined ? '--max-memory' : '--calib-dtype'} is for calibrated methods`,
+      {
+        field: args.maxMemory !== undefined ? 'max-memory' : 'calib-dtype',
+        hint: `${method} quantizes each weight alone and streams without calibration activations`,
+      },
+    );
+  }
+  const maxMemory =
+    args.maxMemory === undefined ? defaultMemoryBudget() : parseSize(args.maxMemory, 'max-memory');
+  // Calibrated and nothing model-wide: block-streamed when the model and its activations do not fit.
+  if (isCalibrated(record) && streamableCalibration(args)) {
+    const opened = await openModel(modelPath, { tokenizer: args.tokenizer });
+    let handed = false;
+    try {
+      const calibration = await calibrationFor(opened, args);
+      const n = calibration.windows.length / calibration.seqlen;
+      const needed =
+        float32Bytes(opened.weights) +
+        calibrationActivationBytes(
+          opened.config,
+          n,
+          calibration.seqlen,
+          calibDtype ?? DEFAULT_ACTIVATION_DTYPE,
+        ) +
+        calibrationFixedBytes(opened, calibration.seqlen);
+      if (needed > maxMemory) {
+        if (resume?.resume)
+          throw new UsageError('--resume is not available on the block-streamed path yet', {
+            field: 'resume',
+            got: `needs ${formatBytes(needed)} in memory, --max-memory ${formatBytes(maxMemory)}`,
+            hint: 'quantize again without --resume, or raise --max-memory to run in memory',
+          });
+        handed = true;
+        return await streamCalibrateCommand(opened, args, {
+          methodOptions,
+          calibration,
+          calibDtype,
+          maxMemory,
+          output,
+          exportTo,
+          out,
+        });
+      }
+    } finally {
+      if (!handed) await opened.weights.close();
+    }
+  }
   const model = await loadModel(modelPath, { tokenizer: args.tokenizer });
   const calibration = args.calib ? await calibrationFor(model, args) : undefined;
   // One run per resume state, refused before the calibration forward passes. Taken only once the
@@ -241,6 +305,7 @@ export async function quantizeCommand(modelPath: string, args: QuantizeArgs, out
     inPlace: !mixed?.measure,
     activations,
     smoothquant,
+    activationDtype: calibDtype,
     onProgress: (p) => progress.update(p.layer, p.layers),
   });
   progress.finish();
@@ -390,6 +455,101 @@ function streamable(args: QuantizeArgs): boolean {
   return WHOLE_MODEL_OPTIONS.every((k) => set[k] === undefined || set[k] === false || set[k] === 0);
 }
 
+/** Whether a calibrated `ptq quantize` can run block-streamed (quant/stream-calibrate.ts): nothing model-wide. */
+function streamableCalibration(args: QuantizeArgs): boolean {
+  const set = args as Record<string, unknown>;
+  return STREAMED_CALIBRATION_REFUSES.every((k) => set[k] === undefined || set[k] === false || set[k] === 0);
+}
+
+/** What block-streamed calibration does not do yet (each needs the whole model or a whole-model pass). */
+const STREAMED_CALIBRATION_REFUSES = [
+  'rotate',
+  'targetBpw',
+  'targetSize',
+  'preset',
+  'actBits',
+  'smoothquant',
+] as const;
+
+/** `ptq quantize` of a calibrated method block by block; output byte-identical to the in-memory path. */
+async function streamCalibrateCommand(
+  model: OpenedModel,
+  args: QuantizeArgs,
+  run: {
+    methodOptions: Record<string, unknown>;
+    calibration: Calibration;
+    calibDtype?: ActivationDtype;
+    maxMemory: number;
+    output: OutputOptions;
+    exportTo?: string;
+    out: Output;
+  },
+) {
+  const { out } = run;
+  const progress = createProgress('quantize: layer', !out.json);
+  let r: Awaited<ReturnType<typeof streamCalibrate>>;
+  try {
+    const hfConfig = model.config.tiedEmbeddings ? model.hfConfig : untiedHfConfig(model.hfConfig);
+    r = await streamCalibrate(model, args.output, {
+      method: args.method,
+      grid: args.grid,
+      methodOptions: run.methodOptions,
+      calibration: run.calibration,
+      hfConfig,
+      maxMemory: run.maxMemory,
+      activationDtype: run.calibDtype,
+      outliers: args.outliers,
+      lorcRank: args.lorcRank,
+      onProgress: (p) => progress.update(p.layer, p.layers),
+      ...run.output,
+    });
+  } finally {
+    await model.weights.close();
+  }
+  progress.finish();
+  const result = {
+    model: model.path,
+    output: path.resolve(args.output),
+    method: args.method,
+    grid: String(r.settings.grid_name),
+    calibration: run.calibration.description,
+    streamed: true,
+    bitsPerWeight: r.bitsPerWeight,
+    bytes: r.totalBytes,
+    seconds: r.seconds,
+    memory: {
+      budget: run.maxMemory,
+      activationBudget: r.activationBudget,
+      activationDtype: r.activations.dtype,
+      chunks: r.activations.chunks,
+      residentChunks: r.activations.residentChunks,
+      spilledBytes: r.activations.spilledBytes,
+      spillFileBytes: r.activations.spillFileBytes,
+      peakWeightBytes: r.weights.peakResidentBytes,
+    },
+    peakRssMiB: peakRssMiB(),
+    layers: r.layers,
+  };
+  const exportLines = await exportAfterQuantize(args, run.exportTo, out);
+  if (out.json) return out.log(jsonWithExport(result, exportLines));
+  out.log(
+    formatTable(
+      ['layer', 'rel. output error', 'awq alpha'],
+      r.layers.map((l) => [l.name, l.relativeError.toExponential(3), fmt.fixed(l.alpha, 2)]),
+    ),
+  );
+  const m = result.memory;
+  out.log(
+    `block-streamed: weights ${formatBytes(m.peakWeightBytes)} at most, activations ${m.activationDtype} ` +
+      `${m.residentChunks}/${m.chunks} chunks in memory, ${formatBytes(m.spilledBytes)} written to the spill file; peak RSS ${result.peakRssMiB.toFixed(0)} MiB`,
+  );
+  out.log(
+    `quantized ${model.path} with ${args.method} ${result.grid}: ${result.bitsPerWeight.toFixed(3)} bits/weight, ` +
+      `${fmt.bytes(result.bytes)}, ${result.seconds.toFixed(2)} s -> ${result.output}`,
+  );
+  for (const line of exportLines) out.log(line);
+}
+
 /** `ptq quantize` of a Hugging Face directory, one tensor at a time; output byte-identical to the in-memory path. */
 async function streamQuantizeCommand(
   modelPath: string,
@@ -519,7 +679,7 @@ function exportTarget(exporter: Exporter, output: string, exportOut?: string): s
 
 /** Calibration windows from a text file; the window length is capped at the model's context. */
 export async function calibrationFor(
-  model: LoadedModel,
+  model: Pick<LoadedModel, 'config' | 'tokenizer'>,
   args: Pick<QuantizeArgs, 'calib' | 'nsamples' | 'seqlen' | 'seed'>,
 ): Promise<Calibration> {
   checkCalibrationOptions(args);

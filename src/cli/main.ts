@@ -114,6 +114,8 @@ function withMethodOptions(command: Command): Command {
 const INPUT_KIND_OPTIONS: Record<'onnx' | 'model', readonly string[]> = {
   onnx: ['dtype', 'blockSize', 'include', 'exclude', 'accuracyLevel', 'gather'],
   model: [
+    'maxMemory',
+    'calibDtype',
     'rotate',
     'rotateSeed',
     'actBits',
@@ -258,6 +260,16 @@ withMethodOptions(
     '--lorc-rank <r>',
     "LoRC: add a rank-r FP16 correction U Vᵀ of each layer's quantization error",
     integer,
+  )
+  .option(
+    '--max-memory <size>',
+    'calibrated methods: memory the run may use, e.g. 8GiB (default: 3/4 of the free memory); a model whose ' +
+      'float32 weights and calibration activations do not fit is calibrated block by block, one block of ' +
+      'weights read at a time, activations past the budget in a temporary file',
+  )
+  .option(
+    '--calib-dtype <dtype>',
+    'calibrated methods: precision of the stored calibration activations, f32 (default), f16 or bf16 (half the memory and spill)',
   )
   .option(
     '--resume',
