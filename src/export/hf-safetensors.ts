@@ -16,11 +16,11 @@ import { ConfigError, ShapeError } from '../errors.js';
 import { blockShapeOf, type GridSpec, gridName, makeGrid } from '../formats/grid.js';
 import { GRID_DEFAULTS } from '../formats/number-formats.js';
 import { dequantize, type QuantizedTensor, unpackCodes } from '../formats/quantized-tensor.js';
-import { BLOCK_LINEARS, linearWeightName } from '../formats/tensor-names.js';
+import { linearWeightName } from '../formats/tensor-names.js';
 import { type OutputOptions, writeDirectoryAtomically } from '../io/atomic.js';
 import { Llama2cTokenizer } from '../io/llama2c-tokenizer.js';
 import { type TensorToWrite, writeSafetensors } from '../io/safetensors.js';
-import type { Architecture } from '../model/architecture.js';
+import { type Architecture, blockLinears } from '../model/architecture.js';
 import type { LoadedModel } from '../model/load.js';
 import { quantizeRtn } from '../quant/methods/rtn.js';
 import type { SummaryText } from './exporter.js';
@@ -103,7 +103,8 @@ export function quantizedLinears(model: LoadedModel): PlannedLinear[] {
   }
   const names: string[] = [];
   for (let layer = 0; layer < model.config.numLayers; layer++) {
-    for (const linear of BLOCK_LINEARS) {
+    // Every expert's linears too (MoE): all are block linears.
+    for (const linear of blockLinears(model.config)) {
       const name = linearWeightName(layer, linear);
       if (model.weights.has(name)) names.push(name);
     }

@@ -9,6 +9,7 @@ import assert from 'node:assert/strict';
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { test } from 'node:test';
+import { UsageError } from '../../src/errors.js';
 import type { BlockLinear } from '../../src/formats/tensor-names.js';
 import { blockLinears } from '../../src/model/architecture.js';
 import { Decoder } from '../../src/model/decoder.js';
@@ -174,4 +175,17 @@ test('mixtral: an expert the router never picks still gets statistics of every t
     const down = q.layers.find((l) => l.name === `model.layers.${layer}.mlp.experts.2.down_proj.weight`)!;
     assert.deepEqual([down.routedTokens, down.calibrationTokens], [0, windows.length]);
   }
+});
+
+test('mixtral: AWQ, whose norm scales the float router would also have to absorb, is refused with a UsageError', async () => {
+  const model = await loadModel((await writeMoeCase('mixtral')).dir);
+  const windows = Int32Array.from({ length: 2 * 8 }, (_, i) => i % 96);
+  await assert.rejects(
+    quantizeModel(model.config, model.weights, {
+      method: 'awq',
+      grid: GRID,
+      calibration: { windows, seqlen: 8 },
+    }),
+    (e: Error) => e instanceof UsageError && /awq cannot fold/.test(e.message),
+  );
 });

@@ -65,7 +65,10 @@ export function awqFoldable(config: ModelConfig): boolean {
     !L.postNorms &&
     L.gatedMlp &&
     !L.mlpBias &&
-    !(vFold && L.qkvBias)
+    !(vFold && L.qkvBias) &&
+    // MoE: the experts' gate/up share the post-attention norm with the float router, whose input
+    // columns would have to take the scales too; not implemented, so refused rather than wrong.
+    !L.moe
   );
 }
 
@@ -74,7 +77,7 @@ function scaleGroups(config: ModelConfig, layer: number): ScaleGroup[] {
     throw new UsageError('awq cannot fold its scales into this architecture', {
       field: 'method',
       got: config.modelType,
-      hint: 'awq needs RMSNorm gains and a bias-free gated MLP (Llama, Mistral, Qwen, Phi-3); use gptq, rtn, hqq or sinq',
+      hint: 'awq needs RMSNorm gains and a bias-free dense gated MLP (Llama, Mistral, Qwen, Phi-3); use gptq, rtn, hqq or sinq',
     });
   }
   const p = blockPrefix(layer);
