@@ -31,6 +31,7 @@ import { ggufTensorName, qkRowOrder } from '../formats/gguf-names.js';
 import type { QuantizedTensor } from '../formats/quantized-tensor.js';
 import { EMBED, LM_HEAD } from '../formats/tensor-names.js';
 import { checkOutput, type OutputOptions, yieldToSignals } from '../io/atomic.js';
+import { faultSignal } from '../io/fault-injection.js';
 import { GgufFile, type GgufKv, type GgufTensorToWrite, kv, writeGguf } from '../io/gguf.js';
 import type { Architecture } from '../model/architecture.js';
 import type { LoadedModel } from '../model/load.js';
@@ -302,6 +303,7 @@ async function encodeInterruptibly(type: GgmlType, x: Float32Array): Promise<Uin
   for (let b = 0; b < blocks; b += blocksPerPiece) {
     const end = Math.min(blocks, b + blocksPerPiece);
     out.set(encodeValues(type, x.subarray(b * type.blockSize, end * type.blockSize)), b * type.typeSize);
+    faultSignal('gguf:piece-encoded');
     await yieldToSignals();
   }
   return out;

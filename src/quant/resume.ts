@@ -45,6 +45,7 @@ import path from 'node:path';
 import { FileError, FormatError, UsageError } from '../errors.js';
 import type { QuantizedTensor } from '../formats/quantized-tensor.js';
 import { openRegularFile } from '../io/confined-path.js';
+import { faultPoint } from '../io/fault-injection.js';
 import { brief } from '../io/json.js';
 import type { ModelConfig } from '../model/config.js';
 import type { TensorMap } from '../tensor.js';
@@ -254,6 +255,7 @@ export class ResumeState<Report> {
       ...(await writeDurably(this.dir, file, parts)),
       ...record,
     };
+    await faultPoint('resume:block-renamed');
     let activations: Manifest<Report>['activations'] = null;
     if (next) {
       const act = `act-${this.run}-${block.layer + 1}.dat`;
@@ -262,6 +264,7 @@ export class ResumeState<Report> {
         ...(await writeDurably(this.dir, act, [bytesOf(next)])),
         length: next.length,
       };
+      await faultPoint('resume:act-renamed');
     }
     const manifest: Manifest<Report> = {
       format: FORMAT,
@@ -275,6 +278,7 @@ export class ResumeState<Report> {
     // The commit point: before this rename the previous state holds, after it the new one.
     await writeDurably(this.dir, MANIFEST, [Buffer.from(stringifyJson(manifest))], false);
     this.blocks.push(blockRecord);
+    await faultPoint('resume:committed');
     // Whatever the manifest does not name is garbage now (older activations, interrupted writes).
     const keep = new Set([
       MANIFEST,
@@ -613,6 +617,7 @@ async function writeDurably(
   } finally {
     await fh.close();
   }
+  await faultPoint('resume:tmp-synced');
   await rename(tmp, path.join(dir, name));
   await syncDirectory(dir);
   return { bytes, sha256: hash.digest('hex') };
