@@ -168,11 +168,14 @@ export type LlamaPerplexity =
 
 let perplexityTool: LlamaPerplexity | undefined;
 
+/** The tool's main(), ours: llama-perplexity-main.cpp (drains llama.cpp's asynchronous log before exit). */
+const MAIN = path.join(REPO, 'test', 'export', 'llama-perplexity-main.cpp');
+
 /**
- * llama.cpp's own `llama-perplexity` (tools/perplexity: perplexity.cpp and main.cpp of the bundled
- * source), compiled with g++ against node-llama-cpp's libllama-common, libllama and libggml: the
+ * llama.cpp's own `llama-perplexity` (tools/perplexity/perplexity.cpp of the bundled source, with
+ * llama-perplexity-main.cpp as its main), compiled with g++ against node-llama-cpp's libllama-common, libllama and libggml: the
  * tool's two files only, about 5 s, and only when `<cache>/llama-perplexity-<tag>-<libs>` is missing
- * (the source is fixed per release; <libs> names the library directory it was linked against).
+ * (the source is fixed per release; <libs> hashes the library directory it links and our main()).
  * The libraries load their CPU backend (libggml-cpu-<variant>.so) from the executable's directory
  * or the working directory: run() starts it in the library directory.
  */
@@ -182,7 +185,8 @@ export function llamaPerplexity(): LlamaPerplexity {
       const libDir = libraryDirs()[0];
       if (!libDir) throw new Error('no llama.cpp libraries under node_modules');
       const tag = bundledTag();
-      const libs = createHash('sha256').update(libDir).digest('hex').slice(0, 8);
+      // The cached build is keyed by the libraries it links and by our main() (a changed main is a new build).
+      const libs = createHash('sha256').update(libDir).update(readFileSync(MAIN)).digest('hex').slice(0, 8);
       const exe = path.join(LLAMA_CPP_CACHE, `llama-perplexity-${tag}-${libs}`);
       if (!existsSync(exe)) {
         const src = llamaCppSource(LLAMA_CPP_CACHE, tag);
@@ -193,7 +197,7 @@ export function llamaPerplexity(): LlamaPerplexity {
             '-std=c++17',
             '-O2',
             path.join(tool, 'perplexity.cpp'),
-            path.join(tool, 'main.cpp'),
+            MAIN,
             `-I${path.join(src, 'common')}`,
             `-I${path.join(src, 'include')}`,
             `-I${path.join(src, 'ggml', 'include')}`,
