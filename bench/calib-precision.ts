@@ -14,8 +14,23 @@ import {
 } from '../test/quant/quality-setup.js';
 
 const CASES = [
-  { model: 'models/tinystories-656k', runs: [['gptq', 4, 32], ['gptq', 3, 32], ['awq', 4, 32], ['awq', 3, 32]] },
-  { model: 'models/stories260k/stories260K.bin', runs: [['gptq', 4, 0], ['gptq', 3, 0], ['awq', 4, 0]] },
+  {
+    model: 'models/tinystories-656k',
+    runs: [
+      ['gptq', 4, 32],
+      ['gptq', 3, 32],
+      ['awq', 4, 32],
+      ['awq', 3, 32],
+    ],
+  },
+  {
+    model: 'models/stories260k/stories260K.bin',
+    runs: [
+      ['gptq', 4, 0],
+      ['gptq', 3, 0],
+      ['awq', 4, 0],
+    ],
+  },
 ] as const;
 
 for (const c of CASES) {

@@ -112,7 +112,7 @@ const same = (a: string, b: string, label: string) => {
 };
 
 for (const m of MODELS) {
-  for (const method of ['gptq', 'awq']) {
+  for (const method of m.key === 'tinystories' ? ['gptq', 'awq', 'asinq'] : ['gptq', 'awq']) {
     test(`${m.key} ${method}: streamed = in memory byte for byte (f32 and f16 activations; all resident and all spilled)`, {
       skip: m.key === 'stories260k' && !assetsPresent && 'no ../shared/assets',
     }, async () => {
