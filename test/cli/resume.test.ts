@@ -6,27 +6,21 @@
  *    block k and resumed: the checkpoint written equals the uninterrupted one byte for byte; the
  *    same for AWQ (asymmetric; its scales fold into norms, restored from the state). A state from
  *    other options, calibration or a damaged file is refused with a typed error naming the cause.
- *  - CLI: 20 kill -9 at random points of a chain of `ptq quantize [--resume]` runs (half at a
- *    uniformly random time, half 0-4 ms after a random file event in the resume directory, i.e.
- *    inside state writes): after every kill the target is absent or the complete reference, the
- *    state is readable, and every resumed run that finishes writes the reference byte for byte.
+ *  - CLI: 20 kill -9 along a chain of `ptq quantize [--resume]` runs, each at a named step of a
+ *    state commit or of the output write (src/io/fault-injection.ts; point and pass drawn from a
+ *    seeded generator): after every kill the target is absent or the complete reference and the
+ *    state is readable and holds exactly the blocks committed before the kill; every resumed run
+ *    that finishes writes the reference byte for byte.
  */
 import assert from 'node:assert/strict';
 import { type ChildProcess, spawn } from 'node:child_process';
-import {
-  existsSync,
-  mkdirSync,
-  readdirSync,
-  readFileSync,
-  truncateSync,
-  watch,
-  writeFileSync,
-} from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, truncateSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
 import { calibrationFor } from '../../src/cli/commands.js';
 import { FormatError, UsageError } from '../../src/errors.js';
 import { gridSpecFor } from '../../src/formats/number-formats.js';
+import { RESUME_FAULT_POINTS } from '../../src/io/fault-injection.js';
 import { writePtqCheckpoint } from '../../src/io/ptq-checkpoint.js';
 import { loadModel } from '../../src/model/load.js';
 import { type QuantizeOptions, quantizeModel } from '../../src/quant/quantize-model.js';
@@ -220,10 +214,14 @@ const ARGS = [
   '--json',
 ];
 
-function quantize(out: string, resume: boolean): ChildProcess {
+function quantize(out: string, resume: boolean, fault?: string): ChildProcess {
   const args = [path.join(REPO, 'src/cli/main.ts'), 'quantize', MODEL, '-o', out, ...ARGS];
+  const env = { ...process.env };
+  delete env.PTQ_FAULT;
+  if (fault) env.PTQ_FAULT = fault;
   return spawn(process.execPath, ['--import', 'tsx', ...args, ...(resume ? ['--resume'] : [])], {
     cwd: REPO,
+    env,
     stdio: ['ignore', 'pipe', 'pipe'],
   });
 }
@@ -236,46 +234,36 @@ function exited(
   child.stdout!.on('data', (d) => (stdout += d));
   child.stderr!.on('data', (d) => (stderr += d));
   return new Promise((resolve) =>
-    child.on('exit', (code, signal) => resolve({ code, signal, stdout, stderr })),
+    child.on('close', (code, signal) => resolve({ code, signal, stdout, stderr })),
   );
 }
 
 /**
- * Call `onEvent(name)` for every file event inside the resume directory `state` (created by the
- * run, so its parent is watched until it appears) until `done` settles.
+ * The kills: a resume-state commit stopped at each of its steps (src/io/fault-injection.ts,
+ * PTQ_FAULT=SIGKILL@<point>#<n>, the n-th pass in the run), or the output write after the last
+ * commit. Given the run starts from `blocks` finished blocks, `passes` is how often the point is
+ * reached (a commit writes its block file, the next block's activations except after the last
+ * block, then state.json: three fsynced temporaries, two after the last) and `after(n)` the
+ * blocks the state must hold once the n-th pass is killed.
  */
-function watchState(state: string, done: Promise<unknown>, onEvent: (name: string) => void): void {
-  let inner: ReturnType<typeof watch> | undefined;
-  const follow = () => {
-    if (!inner && existsSync(state)) inner = watch(state, (_, name) => onEvent(String(name)));
-  };
-  const outer = watch(path.dirname(state), follow);
-  follow();
-  done.then(() => {
-    outer.close();
-    inner?.close();
-  });
-}
+const KILLS: Record<
+  string,
+  { passes: (blocks: number) => number; after: (blocks: number, n: number) => number }
+> = {
+  'resume:tmp-synced': { passes: (b) => 3 * (LAYERS - b) - 1, after: (b, n) => b + Math.floor((n - 1) / 3) },
+  'resume:block-renamed': { passes: (b) => LAYERS - b, after: (b, n) => b + n - 1 },
+  'resume:act-renamed': { passes: (b) => LAYERS - b - 1, after: (b, n) => b + n - 1 },
+  'resume:committed': { passes: (b) => LAYERS - b, after: (b, n) => b + n },
+  'safetensors:header-written': { passes: () => 1, after: () => LAYERS },
+  'output:filled': { passes: () => 1, after: () => LAYERS },
+};
 
-test('CLI: 20 × kill -9 at random points, --resume: never a partial output, byte-identical result', {
+test('CLI: 20 × kill -9 at every step of the state commits and the output write, --resume: never a partial output, byte-identical result', {
   timeout: 300_000,
 }, async () => {
-  // The uninterrupted reference: its duration, when its state appeared and how many file events
-  // its state writes make (to place the kills).
   const ref = path.join(work, 'cli-ref');
-  const t0 = performance.now();
-  const child0 = quantize(ref, false);
-  const done0 = exited(child0);
-  let firstEvent = 0;
-  let events = 0;
-  watchState(resumeDirFor(ref), done0, () => {
-    firstEvent ||= performance.now() - t0;
-    events++;
-  });
-  const r0 = await done0;
-  const duration = performance.now() - t0;
+  const r0 = await exited(quantize(ref, false));
   assert.equal(r0.code, 0, r0.stderr);
-  assert.ok(events >= LAYERS, `${events} events`);
   assert.ok(!existsSync(resumeDirFor(ref)), 'a finished run leaves no resume state');
   const reference = snapshot(ref);
 
@@ -297,50 +285,43 @@ test('CLI: 20 × kill -9 at random points, --resume: never a partial output, byt
       resumedFrom.push(progress.blocks);
     }
   };
-  // 20 kills; a run the kill missed (it finished first) is checked too but does not count.
-  let kills = 0;
-  for (let i = 0; kills < 20; i++) {
-    assert.ok(i < 40, `only ${kills} of ${i} runs were killed`);
+  for (let i = 0; i < 20; i++) {
     const before = await resumeProgress(state);
-    const child = quantize(target, before !== undefined);
-    const done = exited(child);
-    let how = 'random time';
-    if (i % 2) {
-      // Inside the state writes: 0-4 ms after a random one of its file events.
-      const n = 1 + Math.floor(rand() * events);
-      let seen = 0;
-      watchState(state, done, () => {
-        if (++seen !== n) return;
-        how = 'state write';
-        setTimeout(() => child.kill('SIGKILL'), Math.floor(rand() * 5));
-      });
-    } else {
-      // Uniformly random from shortly before the first block is saved to past the end.
-      const at = 0.8 * firstEvent + rand() * (1.1 * duration - 0.8 * firstEvent);
-      setTimeout(() => child.kill('SIGKILL'), Math.floor(at));
-    }
-    const r = await done;
-    assert.ok(r.code === 0 || r.signal === 'SIGKILL', `run ${i}: exit ${r.code}: ${r.stderr}`);
+    const blocks = before?.blocks ?? 0;
+    // Every eighth kill stops the output write (after all blocks, so the next finish resumes from
+    // the end); the others a step of a commit, the four in turn, skipping those this run does not
+    // reach, at an early pass (1-2, the temporaries 1-3) so that blocks are left to resume.
+    const point =
+      i % 8 === 7
+        ? i % 16 === 7
+          ? 'safetensors:header-written'
+          : 'output:filled'
+        : ([0, 1, 2, 3]
+            .map((k) => RESUME_FAULT_POINTS[(i + k) % 4]!)
+            .find((p) => KILLS[p]!.passes(blocks) > 0) ?? 'output:filled');
+    const passes = KILLS[point]!.passes(blocks);
+    const n = 1 + Math.floor(rand() * Math.min(passes, point === 'resume:tmp-synced' ? 3 : 2));
+    const r = await exited(quantize(target, before !== undefined, `SIGKILL@${point}#${n}`));
+    // The kill happened, where it was aimed.
+    assert.equal(r.signal, 'SIGKILL', `run ${i} (${point}#${n}): exit ${r.code}: ${r.stderr}`);
+    assert.match(r.stderr, new RegExp(`ptq: fault injection: SIGKILL at ${point}\\n$`), `run ${i}`);
     // Never a partial output: the target is absent or the complete reference.
     if (existsSync(target)) assert.ok(same(snapshot(target), reference), `run ${i}: partial output`);
-    if (r.code === 0) {
-      assert.ok(existsSync(target) && !existsSync(state), `run ${i}: finished but state left`);
-      if (before) {
-        assert.equal(JSON.parse(r.stdout).resumedBlocks, before.blocks);
-        resumedFrom.push(before.blocks);
-      }
-    }
-    // The state survives every kill readable (a damaged manifest would throw here).
+    // The state survives every kill readable, holding exactly the blocks committed before it.
+    // (A first run killed before its first commit leaves no state.json: nothing to resume.)
     const after = await resumeProgress(state);
-    if (before && after) assert.ok(after.blocks >= before.blocks, `run ${i}: the state went backwards`);
-    const key = `${r.code === 0 ? 'finished' : `killed at ${how}`} -> ${after ? `state ${after.blocks}/${LAYERS}` : 'no state'}`;
+    const want = KILLS[point]!.after(blocks, n);
+    assert.deepEqual(
+      after,
+      want === 0 && !before ? undefined : { blocks: want, layers: LAYERS },
+      `run ${i}: ${point}#${n} from ${blocks}`,
+    );
+    const key = `${point} -> ${want === blocks ? 'no new block' : 'new blocks'}`;
     outcomes[key] = (outcomes[key] ?? 0) + 1;
     // Every fourth kill: resume to the end and compare.
-    if (r.code !== 0 && ++kills % 4 === 0) await finish();
+    if ((i + 1) % 4 === 0) await finish();
   }
-  console.log(
-    `  20 kill -9 (of ${Object.values(outcomes).reduce((a, b) => a + b)} runs): ${JSON.stringify(outcomes)}; finished resumes started at block ${resumedFrom}`,
-  );
+  console.log(`  20 kill -9: ${JSON.stringify(outcomes)}; finished resumes started at block ${resumedFrom}`);
   // Resumes continued from inside the model, not only from nothing or from everything.
   assert.ok(
     resumedFrom.some((b) => b > 0 && b < LAYERS),
@@ -348,12 +329,8 @@ test('CLI: 20 × kill -9 at random points, --resume: never a partial output, byt
   );
 
   // The state is never a model: ptq eval refuses the directory and each of its files.
-  const child = quantize(target, false);
-  const done = exited(child);
-  watchState(state, done, (name) => {
-    if (name === 'state.json') child.kill('SIGKILL');
-  });
-  await done;
+  const killed = await exited(quantize(target, false, 'SIGKILL@resume:committed#1'));
+  assert.equal(killed.signal, 'SIGKILL', killed.stderr);
   const files = readdirSync(state);
   assert.ok(files.includes('state.json') && files.some((f) => f.startsWith('act-')), String(files));
   for (const f of ['', ...files]) {
