@@ -48,7 +48,13 @@ export { Decoder, type ForwardHooks } from './model/decoder.js';
 export { greedyGenerate } from './model/generate.js';
 export { type LoadedModel, loadModel, type OpenedModel, openModel } from './model/load.js';
 export { defaultMemoryBudget, parseSize } from './model/memory.js';
-export { type EvalResult, evaluate, llamaCppProtocol, planWindows, type WindowProtocol } from './model/perplexity.js';
+export {
+  type EvalResult,
+  evaluate,
+  llamaCppProtocol,
+  planWindows,
+  type WindowProtocol,
+} from './model/perplexity.js';
 export { StreamedDecoder } from './model/streamed-decoder.js';
 export type { WeightSource } from './model/weight-source.js';
 export { CALIBRATION_DEFAULTS, sampleCalibrationWindows } from './quant/calibrate.js';

@@ -3,7 +3,7 @@ import path from 'node:path';
 import { test } from 'node:test';
 import { IntGrid } from '../../src/formats/grid.js';
 import { dequantize } from '../../src/formats/quantized-tensor.js';
-import { BLOCK_LINEARS, blockPrefix } from '../../src/formats/tensor-names.js';
+import { BLOCK_LINEARS, type BlockLinear, blockPrefix } from '../../src/formats/tensor-names.js';
 import { readText } from '../../src/io/text.js';
 import { Decoder } from '../../src/model/decoder.js';
 import { loadModel } from '../../src/model/load.js';
@@ -15,6 +15,7 @@ import {
 } from '../../src/quant/calibrate.js';
 import { AWQ_DEFAULTS, applyAwqScales } from '../../src/quant/methods/awq.js';
 import { quantizeRtn } from '../../src/quant/methods/rtn.js';
+import type { Tensor } from '../../src/tensor.js';
 import { maxAbsDiff, REPO } from '../helpers.js';
 
 /**
@@ -71,10 +72,10 @@ test('AWQ: the search errors equal recomputed plain RTN and folded-scale errors;
     groups: ALL_AT_ONCE,
     chunk: 8,
     sampleRows: 512,
-    quantizeGroup: async (layer, _linears, stats: Map<(typeof BLOCK_LINEARS)[number], LinearStats>) => {
+    quantizeGroup: async (layer, _linears, stats: Map<BlockLinear, LinearStats>) => {
       // The block's weights before the search folds anything into them (each group's linears
       // are still unscaled when their own search runs: folds go into the operation before them).
-      const original = new Map(
+      const original = new Map<BlockLinear, Tensor>(
         BLOCK_LINEARS.map((l) => [l, scaled.get(`${blockPrefix(layer)}${l}.weight`)!]),
       );
       for (const r of await applyAwqScales(

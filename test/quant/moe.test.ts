@@ -161,7 +161,7 @@ test('mixtral: an expert the router never picks still gets statistics of every t
   const q = await quantizeModel(model.config, model.weights, {
     method: 'gptq',
     grid: GRID,
-    calibration: { windows, seqlen },
+    calibration: { windows, seqlen, description: {} },
   });
   for (const layer of [0, 1]) {
     for (const proj of ['gate_proj', 'up_proj', 'down_proj']) {
@@ -184,7 +184,7 @@ test('mixtral: AWQ, whose norm scales the float router would also have to absorb
     quantizeModel(model.config, model.weights, {
       method: 'awq',
       grid: GRID,
-      calibration: { windows, seqlen: 8 },
+      calibration: { windows, seqlen: 8, description: {} },
     }),
     (e: Error) => e instanceof UsageError && /awq cannot fold/.test(e.message),
   );
