@@ -94,7 +94,7 @@ test('unknown architecture', () => {
   const dir = brokenModel('arch', (d) => editConfig(d, (c) => (c.model_type = 'mamba')));
   expectCleanFailure(
     ['inspect', dir],
-    /config\.json 'model_type': unknown architecture; expected one of llama, mistral, qwen2, qwen3, gemma, gemma2, phi3, gpt2, opt, gpt_neox, got "mamba"/,
+    /config\.json 'model_type': unknown architecture; expected one of llama, mistral, mixtral, qwen2, qwen2_moe, qwen3, qwen3_moe, gemma, gemma2, phi3, gpt2, opt, gpt_neox, got "mamba"/,
   );
 });
 

@@ -321,6 +321,13 @@ test('CLI: 20 × kill -9 at every step of the state commits and the output write
     // Every fourth kill: resume to the end and compare.
     if ((i + 1) % 4 === 0) await finish();
   }
+  // And one resume from inside the model whatever its depth (on the bundled 2-block model, used
+  // without ../shared, the kills above can reach the last block before every finish): killed right
+  // after the first block's commit, the state holds 1 block and the finish continues from it.
+  const k = await exited(quantize(target, false, 'SIGKILL@resume:committed#1'));
+  assert.equal(k.signal, 'SIGKILL', `exit ${k.code}: ${k.stderr}`);
+  assert.deepEqual(await resumeProgress(state), { blocks: 1, layers: LAYERS });
+  await finish();
   console.log(`  20 kill -9: ${JSON.stringify(outcomes)}; finished resumes started at block ${resumedFrom}`);
   // Resumes continued from inside the model, not only from nothing or from everything.
   assert.ok(
