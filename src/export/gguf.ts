@@ -2,15 +2,27 @@
  * Export a loaded Llama-family model to GGUF for llama.cpp, as convert_hf_to_gguf.py + a
  * "pure" llama-quantize would write it:
  *
- *  - metadata: general.architecture "llama", general.name, general.file_type (llama_ftype),
+ *  - architecture (formats/gguf-names.ts GGUF_ARCHITECTURES): llama (Llama, and Mixtral as
+ *    convert_hf_to_gguf writes it: "llama" with experts), qwen2moe, qwen3moe.
+ *  - metadata: general.architecture, general.name, general.file_type (llama_ftype),
  *    general.quantized_by "ptqkit" (what lets a later export replace the file),
  *    general.quantization_version 2, general.alignment 32, llama.context_length,
  *    embedding_length, block_count, feed_forward_length, rope.dimension_count, rope.freq_base,
- *    attention.head_count(_kv), attention.layer_norm_rms_epsilon, vocab_size; tokenizer.ggml.*
- *    (gguf-vocab.ts).
+ *    attention.head_count(_kv), attention.layer_norm_rms_epsilon, vocab_size (keys prefixed by
+ *    the architecture); MoE: expert_count, expert_used_count, and for Qwen-MoE
+ *    expert_feed_forward_length (expert_shared_feed_forward_length for Qwen2-MoE's shared
+ *    expert); tokenizer.ggml.* (gguf-vocab.ts).
  *  - tensors (formats/gguf-names.ts): token_embd, blk.N.attn_q/k/v/output, ffn_gate/up/down, attn_norm,
  *    ffn_norm, output_norm, output (absent when tied: llama.cpp then reuses token_embd).
- *    ne = [in, out] (HF [out, in] reversed), data row-major as stored.
+ *    ne = [in, out] (HF [out, in] reversed), data row-major as stored. MoE: each layer's experts
+ *    stacked per projection, blk.N.ffn_{gate,up,down}_exps with ne = [in, out, experts] (expert
+ *    e's [out, in] rows e-th, as convert_hf_to_gguf's torch.stack(dim=0)), the router
+ *    ffn_gate_inp F32 (llama-quantize never quantizes it). A ggml block never spans two rows, so a
+ *    stacked tensor's bytes are its experts' bytes one after another, whatever the type.
+ *  - llama.cpp's MoE FFN renormalizes the top-k weights or not per architecture, not per file:
+ *    a checkpoint whose routing differs (Qwen3-MoE without norm_topk_prob, Qwen2-MoE with it)
+ *    is refused, as are sliding windows and rope scaling on the MoE architectures (llama.cpp
+ *    would run a different model).
  *  - Q/K rows: ptqkit holds Hugging Face's rotate_half order (llama2.c checkpoints are
  *    converted on load); llama.cpp's LLAMA rope pairs (2i, 2i+1), so each head's rows are
  *    interleaved back, convert_hf_to_gguf's LlamaModel.permute: reshape(h, 2, d/2, in)
@@ -27,9 +39,17 @@ import path from 'node:path';
 import { ConfigError, UsageError } from '../errors.js';
 import { encodeValues, type GgmlType, ggmlType, rowBytes, typeForRow } from '../formats/ggml.js';
 import { GGUF_MIXES, mixTensorType } from '../formats/gguf-mix.js';
-import { ggufTensorName, qkRowOrder } from '../formats/gguf-names.js';
+import {
+  GGUF_ARCHITECTURES,
+  type GgufArchitecture,
+  ggufExpertSlot,
+  ggufTensorName,
+  qkRowOrder,
+  staysFloat,
+} from '../formats/gguf-names.js';
 import type { QuantizedTensor } from '../formats/quantized-tensor.js';
-import { EMBED, LM_HEAD } from '../formats/tensor-names.js';
+import type { ExpertProjection } from '../formats/tensor-names.js';
+import { EMBED, expertLinear, LM_HEAD, linearWeightName } from '../formats/tensor-names.js';
 import { checkOutput, type OutputOptions, yieldToSignals } from '../io/atomic.js';
 import { faultSignal } from '../io/fault-injection.js';
 import { GgufFile, type GgufKv, type GgufTensorToWrite, kv, writeGguf } from '../io/gguf.js';
@@ -141,8 +161,8 @@ export const GGUF_EXPORTER: Exporter<{ type?: string; pure?: boolean }, GgufExpo
     { flag: '--pure', key: 'pure', help: "a mix's base type for every matrix (as llama-quantize --pure)" },
   ],
   weightOnly: true,
-  // general.architecture "llama": the tensor names and hyperparameter keys written below.
-  writes: (arch: Architecture) => arch.modelType === 'llama',
+  // The architectures llama.cpp runs and whose tensor names and keys are written below.
+  writes: (arch: Architecture) => GGUF_ARCHITECTURES[arch.modelType] !== undefined,
   run: (model, output, { type, ...options }) =>
     exportGguf(model, output, { ...options, type: type ?? 'auto' }),
   summarize: (r, model, text) => [
@@ -168,8 +188,14 @@ export async function exportGguf(
     overwrite: options.overwrite,
     replaceable: isPtqGguf,
   });
-  if (!GGUF_EXPORTER.writes(model.arch))
-    throw new ConfigError('GGUF export supports Llama-family models', { got: config.modelType });
+  if (!GGUF_EXPORTER.writes(model.arch)) {
+    throw new ConfigError('GGUF export supports Llama-family models', {
+      got: config.modelType,
+      expected: Object.keys(GGUF_ARCHITECTURES).join(', '),
+    });
+  }
+  const ggufArch = GGUF_ARCHITECTURES[config.modelType]!;
+  const experts = checkMoe(model, ggufArch);
   const warnings: string[] = [];
   const warn = (m: string) => {
     warnings.push(m);
@@ -183,58 +209,87 @@ export async function exportGguf(
   const tensors: GgufTensorToWrite[] = [];
   const exported: ExportedTensor[] = [];
   for (const [hfName, t] of orderedWeights(model)) {
-    const name = ggufTensorName(hfName);
-    const dims = [...t.shape].reverse();
-    const rowOrder = qkRowOrder(hfName, config);
-    const q = model.quantization?.tensors.get(hfName);
+    const slot = ggufExpertSlot(hfName);
+    // An expert's tensor is written once, with its layer's other experts, where expert 0 comes.
+    if (slot && slot.expert !== 0) continue;
+    const name = slot?.name ?? ggufTensorName(hfName);
+    const parts = slot ? expertsOf(model, slot.layer, slot.projection, experts) : [hfName];
+    const matrices = parts.map((n) => model.weights.get(n)!);
+    const codes = parts.map((n) => model.quantization?.tensors.get(n));
+    // Experts stacked: [experts, out, in] reversed; a vector such as Qwen2-MoE's [1, hidden]
+    // shared-expert gate is the [hidden] vector llama.cpp reads.
+    const squeezed = t.shape.length === 2 && t.shape[0] === 1 && staysVector(name);
+    const dims = slot
+      ? [t.shape[1]!, t.shape[0]!, parts.length]
+      : squeezed
+        ? [t.shape[1]!]
+        : [...t.shape].reverse();
+    const rowOrder = ggufArch.permuteQK ? qkRowOrder(hfName, config) : undefined;
     // A ptqkit checkpoint's unquantized tensors (embeddings) stay as it stores them, float32:
     // the GGUF then holds exactly the weights `ptq eval` measured.
-    const isMatrix = t.shape.length === 2 && (!model.quantization || q !== undefined);
-    const chosen = mix ? mixTensorType(mix, hfName, t.shape[1]!, config) : target;
+    const isMatrix =
+      dims.length >= 2 && !staysFloat(name) && (!model.quantization || codes.every((q) => q !== undefined));
+    const chosen = mix ? mixTensorType(mix, hfName, t.shape[1]!, { ...config, experts }) : target;
     let type = isMatrix ? typeForRow(chosen, t.shape[1]!) : ggmlType('F32');
     if (type !== chosen && isMatrix) {
       warn(
         `${name}: rows of ${t.shape[1]} are not whole ${chosen.name} blocks of ${chosen.blockSize}; stored as ${type.name} (llama-quantize's fallback)`,
       );
     }
+    const values = () => concat(matrices.map((m) => permuteRows(m.data, m.shape, rowOrder)));
     let source: ExportedTensor['source'] = 'float';
-    let data: GgufTensorToWrite['data'] = () =>
-      encodeInterruptibly(type, permuteRows(t.data, t.shape, rowOrder));
-    if (q && isMatrix) {
-      ({ source, data, type } = fromCodes(name, q, type, rowOrder, t.data, t.shape, warn));
+    let data: GgufTensorToWrite['data'] = () => encodeInterruptibly(type, values());
+    if (isMatrix && codes[0]) {
+      ({ source, data, type } = fromCodes(name, codes as QuantizedTensor[], type, rowOrder, values, warn));
     }
+    const count = matrices.reduce((s, m) => s + m.data.length, 0);
     tensors.push({ name, dims, type, data });
-    exported.push({ name, type: type.name, dims, bytes: rowBytes(type, t.data.length), source });
+    exported.push({ name, type: type.name, dims, bytes: rowBytes(type, count), source });
   }
 
+  const a = ggufArch.arch;
+  const moe = config.layout?.moe;
   const metadata: GgufKv[] = [
-    kv.str('general.architecture', 'llama'),
+    kv.str('general.architecture', a),
     kv.str('general.name', path.basename(model.path).replace(/\.(bin|gguf)$/, '')),
     kv.u32('general.file_type', GGUF_MIXES[typeName]?.ftype ?? FILE_TYPE[target.name]!),
     kv.u32('general.quantization_version', 2),
     kv.str('general.quantized_by', QUANTIZED_BY),
-    kv.u32('llama.context_length', config.maxPositions),
-    kv.u32('llama.embedding_length', config.hiddenSize),
-    kv.u32('llama.block_count', config.numLayers),
-    kv.u32('llama.feed_forward_length', config.intermediateSize),
-    kv.u32('llama.rope.dimension_count', config.headDim),
-    kv.f32('llama.rope.freq_base', config.ropeTheta),
-    kv.u32('llama.attention.head_count', config.numHeads),
-    kv.u32('llama.attention.head_count_kv', config.numKvHeads),
-    kv.f32('llama.attention.layer_norm_rms_epsilon', config.normEps),
-    kv.u32('llama.vocab_size', config.vocabSize),
+    kv.u32(`${a}.context_length`, config.maxPositions),
+    kv.u32(`${a}.embedding_length`, config.hiddenSize),
+    kv.u32(`${a}.block_count`, config.numLayers),
+    // llama's experts are feed_forward_length wide (Mixtral's intermediate_size is each expert's).
+    kv.u32(`${a}.feed_forward_length`, config.intermediateSize),
+    kv.u32(`${a}.rope.dimension_count`, config.headDim),
+    kv.f32(`${a}.rope.freq_base`, config.ropeTheta),
+    kv.u32(`${a}.attention.head_count`, config.numHeads),
+    kv.u32(`${a}.attention.head_count_kv`, config.numKvHeads),
+    kv.f32(`${a}.attention.layer_norm_rms_epsilon`, config.normEps),
+    kv.u32(`${a}.vocab_size`, config.vocabSize),
     ...(config.headDim * config.numHeads !== config.hiddenSize
       ? [
-          kv.u32('llama.attention.key_length', config.headDim),
-          kv.u32('llama.attention.value_length', config.headDim),
+          kv.u32(`${a}.attention.key_length`, config.headDim),
+          kv.u32(`${a}.attention.value_length`, config.headDim),
+        ]
+      : []),
+    ...(moe
+      ? [
+          kv.u32(`${a}.expert_count`, moe.experts),
+          kv.u32(`${a}.expert_used_count`, moe.topK),
+          ...(ggufArch.expertWidthKey
+            ? [kv.u32(`${a}.expert_feed_forward_length`, moe.expertIntermediate)]
+            : []),
+          ...(moe.sharedIntermediate
+            ? [kv.u32(`${a}.expert_shared_feed_forward_length`, moe.sharedIntermediate)]
+            : []),
         ]
       : []),
     ...vocabMetadata(vocab),
   ];
   const { bytes } = await writeGguf(out, metadata, tensors);
-  const matrices = exported.filter((e) => e.dims.length === 2);
+  const matrices = exported.filter((e) => e.dims.length >= 2);
   const bits = matrices.reduce((s, e) => s + e.bytes * 8, 0);
-  const count = matrices.reduce((s, e) => s + e.dims[0]! * e.dims[1]!, 0);
+  const count = matrices.reduce((s, e) => s + e.dims.reduce((p, d) => p * d, 1), 0);
   return {
     file: path.resolve(out),
     type: mix ? mix.toUpperCase() : target.name,
@@ -320,31 +375,102 @@ export async function isPtqGguf(file: string): Promise<boolean> {
   return gguf.get('general.quantized_by') === QUANTIZED_BY;
 }
 
+/**
+ * A checkpoint's codes as `type`'s blocks: of each expert in turn for a stacked tensor (rows
+ * never share a block, so the stacked bytes are the experts' bytes concatenated), or
+ * re-quantized from the dequantized `values` when any expert's grid does not fit the type.
+ */
 function fromCodes(
   name: string,
-  q: QuantizedTensor,
+  qs: QuantizedTensor[],
   type: GgmlType,
   rowOrder: Int32Array | undefined,
-  dequantized: Float32Array,
-  shape: number[],
+  values: () => Float32Array,
   warn: (m: string) => void,
 ): { source: ExportedTensor['source']; data: GgufTensorToWrite['data']; type: GgmlType } {
-  const mapped = codesToBlocks(q, type, rowOrder);
-  if (mapped.ok) {
-    if (mapped.inexactBlocks > 0) {
-      warn(
-        `${name}: ${mapped.inexactBlocks} of ${mapped.blocks} ${type.name} blocks round m = −d·z to f16 ` +
-          `(weights shift by up to ${mapped.maxShift.toExponential(2)}); the codes and d are kept exactly`,
-      );
-    }
-    return { source: 'codes', data: () => mapped.bytes, type };
+  const mapped = qs.map((q) => codesToBlocks(q, type, rowOrder));
+  const failed = mapped.find((m) => !m.ok);
+  if (failed && !failed.ok) {
+    warn(`${name}: ${failed.reason}; re-quantized to ${type.name} from the dequantized weights`);
+    return { source: 'requantized', data: () => encodeInterruptibly(type, values()), type };
   }
-  warn(`${name}: ${mapped.reason}; re-quantized to ${type.name} from the dequantized weights`);
-  return {
-    source: 'requantized',
-    data: () => encodeInterruptibly(type, permuteRows(dequantized, shape, rowOrder)),
-    type,
+  const ok = mapped.filter((m) => m.ok);
+  const inexact = ok.reduce((s, m) => s + m.inexactBlocks, 0);
+  if (inexact > 0) {
+    const blocks = ok.reduce((s, m) => s + m.blocks, 0);
+    const maxShift = Math.max(...ok.map((m) => m.maxShift));
+    warn(
+      `${name}: ${inexact} of ${blocks} ${type.name} blocks round m = −d·z to f16 ` +
+        `(weights shift by up to ${maxShift.toExponential(2)}); the codes and d are kept exactly`,
+    );
+  }
+  return { source: 'codes', data: () => concat(ok.map((m) => m.bytes)), type };
+}
+
+/** Arrays one after another (one array: itself, not a copy). */
+function concat<T extends Float32Array | Uint8Array>(parts: T[]): T {
+  if (parts.length === 1) return parts[0]!;
+  const out = new (parts[0]!.constructor as new (n: number) => T)(parts.reduce((s, p) => s + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
+}
+
+/** GGUF tensors llama.cpp reads as a vector though Hugging Face stores a [1, hidden] matrix. */
+const staysVector = (ggufName: string): boolean => ggufName.endsWith('.ffn_gate_inp_shexp.weight');
+
+/** Weight names of every expert's `projection` in `layer`, in expert order; all must be present. */
+function expertsOf(
+  model: LoadedModel,
+  layer: number,
+  projection: ExpertProjection,
+  experts: number,
+): string[] {
+  return Array.from({ length: experts }, (_, e) => {
+    const name = linearWeightName(layer, expertLinear(e, projection));
+    if (!model.weights.has(name)) {
+      throw new ConfigError('missing expert weight', {
+        file: model.path,
+        field: name,
+        expected: `${experts} experts`,
+      });
+    }
+    return name;
+  });
+}
+
+/**
+ * The expert count of a sparse MoE model (0 for a dense one), after refusing what llama.cpp's
+ * architecture would compute differently: its top-k renormalization is fixed per architecture,
+ * and its llama/qwen2moe/qwen3moe graphs have no sliding window and read no rope scaling here.
+ */
+function checkMoe(model: LoadedModel, g: GgufArchitecture): number {
+  const { config } = model;
+  const moe = config.layout?.moe;
+  if (!moe) return 0;
+  const refuse = (field: string, expected: string, got: string) => {
+    throw new ConfigError(`llama.cpp's ${g.arch} would run another model`, {
+      file: model.path,
+      field,
+      expected,
+      got,
+    });
   };
+  if (moe.normTopK !== g.normTopK) {
+    refuse(
+      'norm_topk_prob',
+      `${g.normTopK} (llama.cpp's ${g.arch} ${g.normTopK ? 'always renormalizes' : 'never renormalizes'} the top-k weights)`,
+      String(moe.normTopK),
+    );
+  }
+  if (config.layout?.windows?.some((w) => w > 0))
+    refuse('sliding_window', 'none (full attention)', String(config.layout.windows));
+  const scaling = config.layout?.ropeScaling;
+  if (scaling) refuse('rope_scaling', 'none', scaling.type);
+  return moe.experts;
 }
 
 async function vocabOf(model: LoadedModel): Promise<GgufVocab> {

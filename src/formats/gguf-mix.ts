@@ -12,11 +12,17 @@
  *               Q4_K_M, Q5_K_M: Q6_K where useMoreBits   Q4_K_S: Q5_K in the first n/8 blocks
  *   attn_output Q2_K: Q3_K   Q3_K_M: Q4_K   Q3_K_L: Q5_K
  *
- * (n/8 and n/16 are C integer divisions; the 70B and 8-expert special cases do not apply to the
- * models ptqkit loads.) The row-length fallback (typeForRow) comes after, as in llama-quantize.
+ * (n/8 and n/16 are C integer divisions; the 70B special case does not apply to the models
+ * ptqkit loads.) With exactly 8 experts (Mixtral-8x7B's count, llama-quant.cpp's `n_expert == 8`):
+ * attn_k and attn_v Q8_0, attn_output Q5_K under Q2_K, Q3_K_S, Q3_K_M, Q4_K_S, Q4_K_M (and the
+ * base type under the other mixes: the dense attn_output rules are skipped). Experts follow their
+ * role: ffn_down_exps and ffn_down_shexp are "ffn_down" to llama-quantize (it matches names by
+ * substring and reads the layer from the name), so an expert's down_proj takes the block's
+ * ffn_down type; the router (ffn_gate_inp) is never quantized (gguf-names.ts staysFloat).
+ * The row-length fallback (typeForRow) comes after, as in llama-quantize.
  */
 import { type GgmlType, ggmlType } from './ggml.js';
-import { BLOCK_LINEARS, type BlockLinear, EMBED, LM_HEAD } from './tensor-names.js';
+import { type BlockLinear, type DenseLinear, EMBED, isBlockLinear, LM_HEAD, roleOf } from './tensor-names.js';
 
 /** `--type` names of the mixes, with llama.h's llama_ftype and the base type. */
 export const GGUF_MIXES: Readonly<Record<string, { ftype: number; base: string }>> = {
@@ -42,21 +48,30 @@ export function useMoreBits(layer: number, numLayers: number): boolean {
   return layer < eighth || layer >= Math.floor((7 * numLayers) / 8) || (layer - eighth) % 3 === 2;
 }
 
-/** The mix's type of one matrix (before the row-length fallback); `config`: a ModelConfig's counts. */
+/**
+ * The mix's type of one matrix (before the row-length fallback); `config`: a ModelConfig's counts,
+ * `experts` its MoE expert count (0 or absent: dense).
+ */
 export function mixTensorType(
   mix: string,
   hfName: string,
   inDim: number,
-  config: { numLayers: number; numHeads: number; numKvHeads: number; tiedEmbeddings: boolean },
+  config: {
+    numLayers: number;
+    numHeads: number;
+    numKvHeads: number;
+    tiedEmbeddings: boolean;
+    experts?: number;
+  },
 ): GgmlType {
   const { base } = GGUF_MIXES[mix]!;
   const isOutput = hfName === LM_HEAD || (config.tiedEmbeddings && hfName === EMBED);
   if (isOutput) return ggmlType(inDim % ggmlType(base).blockSize !== 0 ? 'Q8_0' : 'Q6_K');
   const m = /^model\.layers\.(\d+)\.(.+)\.weight$/.exec(hfName);
-  const linear = BLOCK_LINEARS.find((l) => l === m?.[2]);
-  if (!m || !linear) return ggmlType(base); // token_embd (untied) keeps the base type
+  if (!m || !isBlockLinear(m[2]!)) return ggmlType(base); // token_embd (untied) keeps the base type
+  const linear: BlockLinear = m[2];
   const gqa = config.numHeads / config.numKvHeads;
-  return ggmlType(mixBlockLinearType(mix, Number(m[1]), config.numLayers, linear, gqa));
+  return ggmlType(mixBlockLinearType(mix, Number(m[1]), config.numLayers, linear, gqa, config.experts));
 }
 
 /**
@@ -69,11 +84,19 @@ export function mixBlockLinearType(
   numLayers: number,
   linear: BlockLinear,
   gqa = 1,
+  experts = 0,
 ): string {
   const { base } = GGUF_MIXES[mix]!;
   const n = numLayers;
   const pick = (rules: Record<string, string | undefined>) => rules[mix] ?? base;
-  switch (linear) {
+  const role: DenseLinear = roleOf(linear);
+  if (experts === 8) {
+    // llama-quant.cpp: "for the 8-expert model, bumping this to Q8_0 trades just ~128MB".
+    if (role === 'self_attn.v_proj' || role === 'self_attn.k_proj') return 'Q8_0';
+    if (role === 'self_attn.o_proj')
+      return ['q2_k', 'q3_k_s', 'q3_k_m', 'q4_k_s', 'q4_k_m'].includes(mix) ? 'Q5_K' : base;
+  }
+  switch (role) {
     case 'self_attn.v_proj':
       return pick({
         q2_k: gqa >= 4 ? 'Q4_K' : 'Q3_K',

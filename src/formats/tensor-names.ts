@@ -59,6 +59,11 @@ export function roleOf(linear: BlockLinear): DenseLinear {
   return m ? (`mlp.${m[2]}` as DenseLinear) : (linear as DenseLinear);
 }
 
+/** A dense block linear or an expert's (not the router `mlp.gate`, not a norm). */
+const BLOCK_LINEAR_RE =
+  /^(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj|mlp\.(experts\.\d+|shared_expert)\.(gate|up|down)_proj)$/;
+export const isBlockLinear = (module: string): module is BlockLinear => BLOCK_LINEAR_RE.test(module);
+
 export const blockPrefix = (layer: number): string => `model.layers.${layer}.`;
 export const linearWeightName = (layer: number, linear: BlockLinear): string =>
   `${blockPrefix(layer)}${linear}.weight`;

@@ -13,8 +13,11 @@ import { runCli } from '../cli/run-cli.js';
 const MODEL_TYPES = [
   'llama',
   'mistral',
+  'mixtral',
   'qwen2',
+  'qwen2_moe',
   'qwen3',
+  'qwen3_moe',
   'gemma',
   'gemma2',
   'phi3',
@@ -22,12 +25,15 @@ const MODEL_TYPES = [
   'opt',
   'gpt_neox',
 ];
-/** The README's limits: GGUF and ONNX export are Llama-only, GPTQ/compressed-tensors need Llama tensor names. */
+/**
+ * The README's limits: GGUF export is Llama and the MoE models llama.cpp runs, ONNX Llama-only,
+ * GPTQ/compressed-tensors need Llama tensor names.
+ */
 const WRITES: Record<string, string[]> = {
-  gguf: ['llama'],
+  gguf: ['llama', 'mixtral', 'qwen2_moe', 'qwen3_moe'],
   onnx: ['llama'],
-  gptq: ['llama', 'mistral', 'qwen2', 'qwen3', 'gemma', 'gemma2'],
-  'compressed-tensors': ['llama', 'mistral', 'qwen2', 'qwen3', 'gemma', 'gemma2'],
+  gptq: ['llama', 'mistral', 'qwen2', 'qwen2_moe', 'qwen3', 'qwen3_moe', 'gemma', 'gemma2'],
+  'compressed-tensors': ['llama', 'mistral', 'qwen2', 'qwen2_moe', 'qwen3', 'qwen3_moe', 'gemma', 'gemma2'],
 };
 
 /** Help text with commander's line wrapping undone. */

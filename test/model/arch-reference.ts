@@ -524,9 +524,10 @@ function gptNeox(g: Ref, c: HfConfig): string {
 
 const V = 96;
 
-/** Llama-layout tensors (names of modeling_llama and the models that copy it). */
-function llamaTensors(c: HfConfig, w: WeightMaker): void {
+/** Llama-layout tensors (names of modeling_llama and the models that copy it), for c's vocab_size. */
+export function llamaTensors(c: HfConfig, w: WeightMaker): void {
   const { type, D, H, KVH, d, I } = llamaDims(c);
+  const V = num(c, 'vocab_size');
   const center = type.startsWith('gemma') ? 0 : 1;
   const bias = type === 'qwen2' || type === 'qwen2_moe';
   w.add('model.embed_tokens.weight', [V, D], 0.5);

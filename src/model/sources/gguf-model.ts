@@ -53,6 +53,15 @@ export async function openGgufModel(
         got: brief(arch),
       });
     }
+    // A Mixtral GGUF is "llama" too; its stacked expert tensors have no reader here yet.
+    if (g.get('llama.expert_count') !== undefined) {
+      throw new ConfigError('GGUF MoE models cannot be read yet', {
+        file,
+        field: 'llama.expert_count',
+        expected: 'a dense Llama GGUF (read the Hugging Face checkpoint instead)',
+        got: brief(g.get('llama.expert_count')),
+      });
+    }
     const int = (key: string, fallback?: number): number => {
       const v = g.get(key) ?? fallback;
       const n = typeof v === 'bigint' ? Number(v) : v;
@@ -106,7 +115,7 @@ export async function openGgufModel(
         const order = qkRowOrder(name, config);
         if (!order) return data;
         const back = inverseOrder(order);
-        const cols = t.dims[0]!;
+        const cols = t.dims.length === 1 ? 1 : t.dims[0]!; // a bias: one value per row
         const out = new Float32Array(data.length);
         for (let r = 0; r < back.length; r++)
           out.set(data.subarray(back[r]! * cols, (back[r]! + 1) * cols), r * cols);
