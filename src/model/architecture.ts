@@ -6,7 +6,7 @@
  * reads only the resolved ModelConfig; quantizers see every block linear as an [out, in]
  * matrix under its canonical name (BLOCK_LINEARS), whatever the checkpoint called it.
  */
-import { ConfigError, ShapeError } from '../errors.js';
+import { ConfigError, ShapeError, UsageError } from '../errors.js';
 import {
   BLOCK_LINEARS,
   type BlockLinear,
@@ -52,6 +52,20 @@ export function linearsInRole(config: ModelConfig, role: DenseLinear): BlockLine
   const projection = role.slice('mlp.'.length) as ExpertProjection;
   const experts = Array.from({ length: L.moe.experts }, (_, e) => expertLinear(e, projection));
   return L.moe.sharedIntermediate ? [...experts, sharedExpertLinear(projection)] : experts;
+}
+
+/**
+ * Refuse a sparse MoE model for a model-wide transform written for the dense block, whose folds
+ * name mlp.gate_proj/up_proj/down_proj: it would fail on a missing tensor or, worse, leave the
+ * experts untransformed. `option`: the CLI flag; `why`: what the experts would need.
+ */
+export function refuseMoe(config: ModelConfig, option: string, why: string): void {
+  if (!config.layout?.moe) return;
+  throw new UsageError(`${option} does not support sparse MoE models`, {
+    field: option.replace(/^--/, ''),
+    got: config.modelType,
+    hint: why,
+  });
 }
 
 export interface Architecture {

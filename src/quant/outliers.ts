@@ -47,7 +47,7 @@ import type { Grid } from '../formats/grid.js';
 import { roundToF16 } from '../formats/half.js';
 import { formatInfo } from '../formats/number-formats.js';
 import type { QuantizedTensor, SparseOutliers } from '../formats/quantized-tensor.js';
-import { BLOCK_LINEARS, linearWeightName } from '../formats/tensor-names.js';
+import { isBlockLinear } from '../formats/tensor-names.js';
 import type { Tensor, TensorMap } from '../tensor.js';
 
 /** Largest fraction `--outliers` accepts (SpQR keeps ≈ 1%; beyond 10% a sparse side matrix stops paying). */
@@ -392,10 +392,11 @@ export function validateSideOptions(
   if (lorcRank !== undefined) {
     let limit = Infinity;
     let limiting = '';
-    for (const linear of BLOCK_LINEARS) {
-      const name = linearWeightName(0, linear);
-      const w = weights.get(name);
-      if (w && Math.min(w.shape[0]!, w.shape[1]!) < limit) {
+    // Every block linear of layer 0, experts' included (a MoE block has no dense MLP linears).
+    for (const [name, w] of weights) {
+      const module = /^model\.layers\.0\.(.+)\.weight$/.exec(name)?.[1];
+      if (!module || !isBlockLinear(module)) continue;
+      if (Math.min(w.shape[0]!, w.shape[1]!) < limit) {
         limit = Math.min(w.shape[0]!, w.shape[1]!);
         limiting = name;
       }

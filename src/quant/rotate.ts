@@ -44,6 +44,7 @@ import {
   linearWeightName,
 } from '../formats/tensor-names.js';
 import { RandomizedHadamard } from '../math/hadamard.js';
+import { refuseMoe } from '../model/architecture.js';
 import type { ModelConfig } from '../model/config.js';
 import {
   checkInputRotation,
@@ -90,6 +91,10 @@ const READERS: Record<'input_layernorm' | 'post_attention_layernorm', BlockLinea
   post_attention_layernorm: ['mlp.gate_proj', 'mlp.up_proj'],
 };
 
+/** Why rotations refuse MoE models. */
+const ROTATE_MOE =
+  "rotations cover the dense block's linears; every expert's and the router's inputs would have to be rotated too (not implemented)";
+
 export function rotateModel(
   config: ModelConfig,
   weights: TensorMap,
@@ -100,6 +105,7 @@ export function rotateModel(
     residual: options.residual ?? ROTATE_DEFAULTS.residual,
     heads: options.heads ?? ROTATE_DEFAULTS.heads,
   };
+  refuseMoe(config, '--rotate', ROTATE_MOE);
   if (!Number.isInteger(opts.seed))
     throw new UsageError('rotation seed must be an integer', {
       field: 'rotate-seed',
@@ -296,6 +302,7 @@ export function rotateOnline(
     inputs: LINEAR_INPUTS.filter((i) => (options.inputs ?? ONLINE_INPUTS).includes(i)),
   };
   checkInputRotation(spec);
+  refuseMoe(config, '--rotate', ROTATE_MOE);
   if (config.linearInputOps?.rotation)
     throw new ConfigError('the model already rotates its linear inputs online', {
       got: JSON.stringify(config.linearInputOps.rotation),

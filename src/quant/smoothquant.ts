@@ -27,6 +27,7 @@
 import type { ComputeEngine } from '../compute/engine.js';
 import { ConfigError, UsageError } from '../errors.js';
 import { type BlockLinear, biasOf, blockPrefix, linearWeightName } from '../formats/tensor-names.js';
+import { refuseMoe } from '../model/architecture.js';
 import { LLAMA_LAYOUT, type ModelConfig } from '../model/config.js';
 import { Decoder } from '../model/decoder.js';
 import type { ActivationQuantSpec } from '../model/input-ops.js';
@@ -263,6 +264,11 @@ export async function smoothQuant(
   engine: ComputeEngine,
 ): Promise<SmoothedModel> {
   checkSmoothQuantOptions({ ...SMOOTHQUANT_DEFAULTS, ...options });
+  refuseMoe(
+    config,
+    '--smoothquant',
+    "its groups are the dense MLP's; the experts' input norm also feeds the float router, which would have to absorb the scales (not implemented)",
+  );
   const absMax = await calibratedAbsMax(config, weights, calibration, engine, {
     what: 'SmoothQuant measures activation maxima',
     hint: 'pass --calib <text file>',
