@@ -72,49 +72,55 @@ export function invertUpper(R: Float64Array, n: number): Float64Array {
 const BLOCKED_MIN = 256;
 const BLOCK = 128;
 
+/** inverseCholeskyUpperInPlace on a copy: H is left as it was. */
+export const inverseCholeskyUpperFast = (H: Float64Array, n: number, engine: ComputeEngine) =>
+  inverseCholeskyUpperInPlace(H.slice(), n, engine);
+
 /**
  * inverseCholeskyUpper with the O(n³) work as matrix products on the engine (float32, as the
- * GPTQ reference computes it), the O(n²·b) panel work in float64 loops:
- *  1. right-looking blocked Cholesky of P H P (trailing update A22 −= L21 L21ᵀ on the engine);
- *  2. U = R⁻¹ for the upper R = P L' P by recursive blocks: U12 = −U11 R12 U22.
+ * GPTQ reference computes it), the O(n²·b) panel work in float64 loops, overwriting H with U
+ * (returned): GPTQ's largest Hessian (intermediate², 254 MB at TinyLlama's 5632) then exists
+ * once, as torch's in-place cholesky_inverse/cholesky do in the reference, instead of once per
+ * step. The steps, each in place on the one n×n array:
+ *  1. P H P for the reversal permutation P: element (i, j) of an n×n row-major matrix is flat
+ *     index i·n + j, and (n−1−i)·n + n−1−j = n² − 1 − (i·n + j), so P H P is H's flat reversal;
+ *  2. right-looking blocked Cholesky L' of it (trailing update A22 −= L21 L21ᵀ on the engine);
+ *  3. the upper R = P L' P, again the flat reversal (L' is lower with its upper triangle zeroed,
+ *     so R's lower triangle is zero);
+ *  4. U = R⁻¹ by recursive blocks, each diagonal block inverted where it lies and
+ *     U12 = −U11 R12 U22 written over R12.
+ * Every element meets the same float operations in the same order as the copying version did
+ * (test/output-hashes.test.ts pins GPTQ outputs): only where values are kept changed.
  */
-export const inverseCholeskyUpperFast = profiled(
+export const inverseCholeskyUpperInPlace = profiled(
   'cholesky',
-  (H: Float64Array, n: number, engine: ComputeEngine) =>
-    n <= BLOCKED_MIN ? inverseCholeskyUpper(H, n) : blockedInverseCholeskyUpper(H, n, engine),
+  async (H: Float64Array, n: number, engine: ComputeEngine): Promise<Float64Array> => {
+    if (n <= BLOCKED_MIN) {
+      H.set(inverseCholeskyUpper(H, n));
+      return H;
+    }
+    H.reverse();
+    await blockedCholeskyLower(H, n, engine);
+    H.reverse();
+    await invertUpperBlocked(H, n, 0, n, engine);
+    return H;
+  },
 );
-
-async function blockedInverseCholeskyUpper(
-  H: Float64Array,
-  n: number,
-  engine: ComputeEngine,
-): Promise<Float64Array> {
-  const A = reversed(H, n, false);
-  await blockedCholeskyLower(A, n, engine);
-  return invertUpperBlocked(reversed(A, n, true), n, engine);
-}
-
-/** P M P for the reversal permutation P: M[n−1−i][n−1−j], or only its upper triangle. */
-function reversed(M: Float64Array, n: number, upperOnly: boolean): Float64Array {
-  const out = new Float64Array(n * n);
-  for (let i = 0; i < n; i++) {
-    const src = (n - 1 - i) * n + n - 1;
-    for (let j = upperOnly ? i : 0; j < n; j++) out[i * n + j] = M[src - j]!;
-  }
-  return out;
-}
 
 // Loops live in synchronous functions: in an async function V8 drops the loop's optimized
 // (on-stack-replaced) code at the next await; measured 1.4-1.6x slower here.
 
 async function blockedCholeskyLower(A: Float64Array, n: number, engine: ComputeEngine): Promise<void> {
+  // One buffer for every trailing update (the first is (n − BLOCK)² floats, 121 MB at n = 5632)
+  // instead of a new one per panel left for the garbage collector.
+  const update = new Float32Array(Math.max(0, n - BLOCK) ** 2);
   for (let k = 0; k < n; k += BLOCK) {
     const b = Math.min(BLOCK, n - k);
     const m = n - k - b;
     const L21 = factorPanel(A, n, k, b);
     if (m === 0) break;
     // A22 −= L21 L21ᵀ (only the lower triangle is read later; the upper is cleared at the end).
-    subtractLower(A, n, k + b, await engine.linear(L21, L21, m, b, m), m);
+    subtractLower(A, n, k + b, await engine.linear(L21, L21, m, b, m, update.subarray(0, m * m)), m);
   }
   for (let i = 0; i < n; i++) A.fill(0, i * n + i + 1, (i + 1) * n);
 }
@@ -156,42 +162,71 @@ function subtractLower(A: Float64Array, n: number, k0: number, update: Float32Ar
   }
 }
 
-/** U = R⁻¹ for upper-triangular R: [[R11, R12], [0, R22]]⁻¹ has U12 = −U11 R12 U22. */
-async function invertUpperBlocked(R: Float64Array, n: number, engine: ComputeEngine): Promise<Float64Array> {
-  if (n <= BLOCKED_MIN) return invertUpper(R, n);
-  const h = Math.floor(n / 2 / BLOCK) * BLOCK || Math.floor(n / 2);
-  const m = n - h;
-  const sub = (r0: number, c0: number, rows: number, cols: number) => {
-    const out = new Float64Array(rows * cols);
-    for (let i = 0; i < rows; i++)
-      for (let j = 0; j < cols; j++) out[i * cols + j] = R[(r0 + i) * n + c0 + j]!;
-    return out;
-  };
-  const U11 = await invertUpperBlocked(sub(0, 0, h, h), h, engine);
-  const U22 = await invertUpperBlocked(sub(h, h, m, m), m, engine);
-  // T = R12 U22 (h×m) = linear(R12, U22ᵀ); U12 = −U11 T = −linear(U11, Tᵀ).
-  const R12 = Float32Array.from(sub(0, h, h, m));
-  const T = await engine.linear(R12, transpose32(U22, m, m), h, m, m);
-  const U12 = await engine.linear(Float32Array.from(U11), transpose32(T, h, m), h, h, m);
-  return assembleUpper(U11, U12, U22, h, m);
+/**
+ * The diagonal block M[r0:r0+size, r0:r0+size] (upper triangular R, stride n) replaced by R⁻¹:
+ * [[R11, R12], [0, R22]]⁻¹ has U12 = −U11 R12 U22. The strict lower triangle stays zero.
+ */
+async function invertUpperBlocked(
+  M: Float64Array,
+  n: number,
+  r0: number,
+  size: number,
+  engine: ComputeEngine,
+): Promise<void> {
+  if (size <= BLOCKED_MIN) {
+    invertDiagonalBlock(M, n, r0, size);
+    return;
+  }
+  const h = Math.floor(size / 2 / BLOCK) * BLOCK || Math.floor(size / 2);
+  const m = size - h;
+  await invertUpperBlocked(M, n, r0, h, engine);
+  await invertUpperBlocked(M, n, r0 + h, m, engine);
+  // T = R12 U22 (h×m) = linear(R12, U22ᵀ); U12 = −U11 T = −linear(U11, Tᵀ), both in float32.
+  const T = await engine.linear(block32(M, n, r0, r0 + h, h, m), transposedBlock32(M, n, r0 + h, m), h, m, m);
+  const U12 = await engine.linear(block32(M, n, r0, r0, h, h), transpose32(T, h, m), h, h, m);
+  negateInto(M, n, r0, r0 + h, U12, h, m);
 }
 
-/** [[U11, −U12], [0, U22]] from its blocks (U11 h×h, U12 h×m, U22 m×m). */
-function assembleUpper(
-  U11: Float64Array,
-  U12: Float32Array,
-  U22: Float64Array,
-  h: number,
-  m: number,
-): Float64Array {
-  const n = h + m;
-  const U = new Float64Array(n * n);
-  for (let i = 0; i < h; i++) {
-    for (let j = i; j < h; j++) U[i * n + j] = U11[i * h + j]!;
-    for (let j = 0; j < m; j++) U[i * n + h + j] = -U12[i * m + j]!;
-  }
-  for (let i = 0; i < m; i++) for (let j = i; j < m; j++) U[(h + i) * n + h + j] = U22[i * m + j]!;
-  return U;
+/** invertUpper of the diagonal block at r0 (a contiguous copy in, its upper triangle back). */
+function invertDiagonalBlock(M: Float64Array, n: number, r0: number, size: number): void {
+  const R = new Float64Array(size * size);
+  for (let i = 0; i < size; i++) for (let j = 0; j < size; j++) R[i * size + j] = M[(r0 + i) * n + r0 + j]!;
+  const U = invertUpper(R, size);
+  for (let i = 0; i < size; i++) for (let j = i; j < size; j++) M[(r0 + i) * n + r0 + j] = U[i * size + j]!;
+}
+
+/** M[r0:r0+rows, c0:c0+cols] as float32, row-major. */
+function block32(
+  M: Float64Array,
+  n: number,
+  r0: number,
+  c0: number,
+  rows: number,
+  cols: number,
+): Float32Array {
+  const out = new Float32Array(rows * cols);
+  for (let i = 0; i < rows; i++) for (let j = 0; j < cols; j++) out[i * cols + j] = M[(r0 + i) * n + c0 + j]!;
+  return out;
+}
+
+/** The diagonal block M[r0:r0+size, r0:r0+size] transposed, as float32. */
+function transposedBlock32(M: Float64Array, n: number, r0: number, size: number): Float32Array {
+  const out = new Float32Array(size * size);
+  for (let i = 0; i < size; i++) for (let j = 0; j < size; j++) out[j * size + i] = M[(r0 + i) * n + r0 + j]!;
+  return out;
+}
+
+/** M[r0:r0+rows, c0:c0+cols] = −B (B row-major rows×cols). */
+function negateInto(
+  M: Float64Array,
+  n: number,
+  r0: number,
+  c0: number,
+  B: Float32Array,
+  rows: number,
+  cols: number,
+): void {
+  for (let i = 0; i < rows; i++) for (let j = 0; j < cols; j++) M[(r0 + i) * n + c0 + j] = -B[i * cols + j]!;
 }
 
 function transpose32(M: ArrayLike<number>, rows: number, cols: number): Float32Array {

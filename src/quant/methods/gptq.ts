@@ -32,7 +32,7 @@ import { fromCodes, type QuantizedTensor } from '../../formats/quantized-tensor.
 import { linearWeightName } from '../../formats/tensor-names.js';
 import type { Tensor } from '../../tensor.js';
 import { ALL_AT_ONCE, TRUE_SEQUENTIAL } from '../calibrate.js';
-import { inverseCholeskyUpperFast, NotPositiveDefiniteError } from '../linalg.js';
+import { inverseCholeskyUpperInPlace, NotPositiveDefiniteError } from '../linalg.js';
 import { GptqOutlierSelector, type GptqOutliers } from '../outliers.js';
 import type { LayerResult, QuantMethod } from './method.js';
 
@@ -67,7 +67,12 @@ export interface PreparedHessian {
  */
 const MAX_DAMP = 1;
 
-/** Dead-input handling, act-order permutation, dampening and H⁻¹ = Uᵀ U (Algorithm 1, line 2). */
+/**
+ * Dead-input handling, act-order permutation, dampening and H⁻¹ = Uᵀ U (Algorithm 1, line 2).
+ * `hessian` is left as it is (the layer error reads it); U is the only n×n array allocated, and
+ * every step writes into it (the reference's in-place torch ops), so a layer's Hessian costs
+ * two n×n float64 arrays at most: 508 MB for TinyLlama's down_proj instead of six.
+ */
 export async function prepareHessian(
   hessian: Float64Array,
   cols: number,
@@ -76,35 +81,36 @@ export async function prepareHessian(
   /** Names the layer(s) in warnings and errors. */
   label?: string,
 ): Promise<PreparedHessian> {
-  const H = hessian.slice();
-  const dead = new Uint8Array(cols);
-  for (let c = 0; c < cols; c++) {
-    if (H[c * cols + c] === 0) {
-      H[c * cols + c] = 1;
-      dead[c] = 1;
-    }
-  }
   // NaN/Inf activations (a model overflowing on the calibration text) reach H; no dampening helps.
-  const bad = H.findIndex((x) => !Number.isFinite(x));
+  const bad = hessian.findIndex((x) => !Number.isFinite(x));
   if (bad >= 0) {
     throw new NumericError('Hessian of the calibration inputs is not finite', {
       field: label,
-      got: `${H[bad]} at [${Math.floor(bad / cols)}, ${bad % cols}]`,
+      got: `${hessian[bad]} at [${Math.floor(bad / cols)}, ${bad % cols}]`,
       hint: 'the forward pass overflows on the calibration text: check the model in fp32 with ptq eval',
     });
   }
-  const perm = options.actOrder ? orderByDecreasingDiagonal(H, cols) : undefined;
-  const Hp = perm ? permuteSymmetric(H, cols, perm) : H;
+  // The diagonal with dead inputs (H_ii = 0) set to 1: all the rest reads of H before the copy.
+  const dead = new Uint8Array(cols);
+  const diagonal = new Float64Array(cols);
+  for (let c = 0; c < cols; c++) {
+    const d = hessian[c * cols + c]!;
+    dead[c] = d === 0 ? 1 : 0;
+    diagonal[c] = d === 0 ? 1 : d;
+  }
+  const perm = options.actOrder ? orderByDecreasingDiagonal(diagonal) : undefined;
   let meanDiag = 0;
-  for (let c = 0; c < cols; c++) meanDiag += Hp[c * cols + c]!;
+  for (let c = 0; c < cols; c++) meanDiag += diagonal[perm ? perm[c]! : c]!;
   meanDiag /= cols;
+  const A = new Float64Array(cols * cols);
   // Degenerate Hessians (rank-deficient inputs, float32 Gram rounding making H slightly
   // indefinite) fail the Cholesky factorization: escalate λ = damp · mean(diag H) with a warning.
   for (let damp = options.damp; ; damp *= 10) {
-    const A = Hp.slice();
-    for (let c = 0; c < cols; c++) A[c * cols + c]! += damp * meanDiag;
+    // A = P H P + λI (dead diagonal entries 1), rebuilt from `hessian` on each try.
+    permuteSymmetricInto(A, hessian, cols, perm);
+    for (let c = 0; c < cols; c++) A[c * cols + c] = diagonal[perm ? perm[c]! : c]! + damp * meanDiag;
     try {
-      const U = await inverseCholeskyUpperFast(A, cols, engine);
+      const U = await inverseCholeskyUpperInPlace(A, cols, engine);
       if (damp !== options.damp) {
         process.emitWarning(
           `${label ?? 'GPTQ'}: Hessian not positive definite with damp ${options.damp}; used damp ${damp}`,
@@ -368,9 +374,9 @@ function setParams(
 }
 
 /** Column order by decreasing H_ii (stable, like torch.argsort(descending=True) on distinct values). */
-function orderByDecreasingDiagonal(H: Float64Array, n: number): Int32Array {
-  const idx = Array.from({ length: n }, (_, i) => i);
-  idx.sort((a, b) => H[b * n + b]! - H[a * n + a]! || a - b);
+function orderByDecreasingDiagonal(diagonal: Float64Array): Int32Array {
+  const idx = Array.from({ length: diagonal.length }, (_, i) => i);
+  idx.sort((a, b) => diagonal[b]! - diagonal[a]! || a - b);
   return Int32Array.from(idx);
 }
 
@@ -380,10 +386,16 @@ function permuteColumns(W: Float32Array, rows: number, cols: number, perm: Int32
   return out;
 }
 
-function permuteSymmetric(H: Float64Array, n: number, perm: Int32Array): Float64Array {
-  const out = new Float64Array(n * n);
-  for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) out[i * n + j] = H[perm[i]! * n + perm[j]!]!;
-  return out;
+/** out = P H P (out[i, j] = H[perm[i], perm[j]]), or a copy of H without a permutation. */
+function permuteSymmetricInto(out: Float64Array, H: Float64Array, n: number, perm?: Int32Array): void {
+  if (!perm) {
+    out.set(H);
+    return;
+  }
+  for (let i = 0; i < n; i++) {
+    const row = perm[i]! * n;
+    for (let j = 0; j < n; j++) out[i * n + j] = H[row + perm[j]!]!;
+  }
 }
 
 /** GPTQ's options with the order of its groups: q/k/v, o, gate/up, down one after another (true sequential). */
@@ -431,17 +443,16 @@ export const gptq: QuantMethod<GptqMethodOptions> = {
     groups: (o) => (o.trueSequential ? TRUE_SEQUENTIAL : ALL_AT_ONCE),
     start(o, engine) {
       const { trueSequential: _, ...options } = o;
-      // q/k/v (and gate/up) share their inputs, hence one Hessian and one factorization.
-      const prepared = new WeakMap<Float64Array, Promise<PreparedHessian>>();
-      const prepare = (H: Float64Array, cols: number, label: string) => {
-        let p = prepared.get(H);
-        if (!p) {
-          p = prepareHessian(H, cols, options, engine, label);
-          prepared.set(H, p);
-        }
-        return p;
-      };
       return async (job) => {
+        // q/k/v (and gate/up) share their inputs, hence one Hessian and one factorization. Only
+        // the last one is kept, and only during this job: linears sharing a Hessian come one after
+        // another, and a factor (intermediate² × 8 bytes for down_proj) must not outlive its
+        // group into the layer errors or the next group (a repeat would refactor, same result).
+        let last: { H: Float64Array; prepared: Promise<PreparedHessian> } | undefined;
+        const prepare = (H: Float64Array, cols: number, label: string) => {
+          if (last?.H !== H) last = { H, prepared: prepareHessian(H, cols, options, engine, label) };
+          return last.prepared;
+        };
         const results: LayerResult[] = [];
         for (const linear of job.linears) {
           const name = linearWeightName(job.layer, linear);
