@@ -2,9 +2,10 @@
  * Block-streamed GPTQ (quant/stream-calibrate.ts) on the synthetic TinyLlama-shaped FP16 model
  * (bench/synthetic.ts): `ptq quantize --method gptq --bits 4 --group-size 128 --max-memory`, in a
  * child under /usr/bin/time for its peak RSS, with BENCH_CAL_SAMPLES (default 128) windows of 512
- * random words. Prints wall/CPU seconds, peak RSS and the run's memory report (JSON `memory`).
+ * random words. Prints wall/CPU seconds, peak RSS, the run's memory report (JSON `memory`) and
+ * which profile phases raised the peak RSS (bench/phase-peaks.ts).
  *
- *   node --import tsx bench/gptq-streamed.ts [maxMemory=1GiB]
+ *   BENCH_CAL_SAMPLES=16 node --import tsx bench/gptq-streamed.ts [maxMemory=1GiB]
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -36,6 +37,7 @@ if (!existsSync(textFile)) {
   );
 }
 const timeFile = path.join(root, 'gptq-time.txt');
+const peaksFile = path.join(root, `gptq-phase-peaks-${samples}.json`);
 const args = [
   'quantize',
   modelDir,
@@ -62,8 +64,21 @@ args.push(
 );
 const r = spawnSync(
   '/usr/bin/time',
-  ['-f', '%e %U %S %M', '-o', timeFile, process.execPath, '--import', 'tsx', CLI, ...args],
+  [
+    '-f',
+    '%e %U %S %M',
+    '-o',
+    timeFile,
+    process.execPath,
+    '--import',
+    'tsx',
+    '--import',
+    path.join(HERE, 'phase-peaks.ts'),
+    CLI,
+    ...args,
+  ],
   {
+    env: { ...process.env, BENCH_PHASE_PEAKS: peaksFile },
     encoding: 'utf8',
     stdio: ['ignore', 'pipe', 'inherit'],
     maxBuffer: 64 * 1024 * 1024,
@@ -83,6 +98,7 @@ console.log(
       cpuSeconds: user! + sys!,
       peakRssMiB: rssKiB! / 1024,
       memory: o.memory,
+      phasePeaks: JSON.parse(readFileSync(peaksFile, 'utf8')).phases,
     },
     null,
     2,

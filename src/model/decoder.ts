@@ -64,6 +64,11 @@ export class Scratch {
     }
     return b.subarray(0, length);
   }
+
+  /** Drop every buffer (the next get allocates again). */
+  clear(): void {
+    this.buffers.clear();
+  }
 }
 
 const QKV = ['self_attn.q_proj', 'self_attn.k_proj', 'self_attn.v_proj'] as const;

@@ -126,7 +126,8 @@ export class ActivationStore {
     let buf: Uint8Array;
     if (slot < this.residentSlots) buf = this.memory[slot]!;
     else {
-      buf = this.io!;
+      this.io ??= new Uint8Array(this.slotBytes);
+      buf = this.io;
       const position = (slot - this.residentSlots) * this.slotBytes;
       let done = 0;
       while (done < bytes) {
@@ -137,6 +138,11 @@ export class ActivationStore {
     }
     let at = 0;
     for (const p of parts) at += decode(buf, at, p, this.options.dtype);
+  }
+
+  /** Drop the spill I/O buffer (one slot's bytes) until the next load or save needs it again. */
+  releaseBuffer(): void {
+    this.io = undefined;
   }
 
   /** Free the memory and the spill file. */

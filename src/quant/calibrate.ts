@@ -269,6 +269,12 @@ class Buffers {
     // An engine that ignored `out` returned its own array: not ours to keep.
     if (b.buffer.byteLength === this.floats * 4) this.free.push(b.buffer as ArrayBuffer);
   }
+
+  /** Drop the free buffers and the temporaries (call with none taken); the next pass allocates them again. */
+  release(): void {
+    this.free.length = 0;
+    this.scratch.clear();
+  }
 }
 
 /**
@@ -433,6 +439,12 @@ export async function runSequential(
         await profile.phase('hessian', () => {
           for (const st of shared.values()) finishStats(st);
         });
+        // Between passes no chunk buffer is taken: the pool, the temporaries and the spill buffer
+        // (at TinyLlama's shape and 4096-token chunks ~3 × 92 + 170 + 126 MB) are dropped so the
+        // group's quantization (GPTQ's factor: intermediate² × 8 bytes) does not come on top of
+        // them. Reallocating them costs page faults per group, little beside a pass.
+        buffers.release();
+        acts.releaseBuffer();
         await profile.phase('quantize', () => options.quantizeGroup(layer, group, stats));
         // The norms may have changed: their outputs are recomputed (the stored ones are dropped).
         if (first !== last) for (const m of meta) if (m.stage! % 2 === 0) m.inputCols = 0;
