@@ -89,6 +89,15 @@ export class ActivationStore {
       throw new RangeError(`internal: ${floats} floats for a slot of ${this.slotFloats}`);
     const bytes = floats * dtypeBytes(this.options.dtype);
     const resident = slot < this.residentSlots;
+    if (!resident && this.options.dtype === 'f32') {
+      // float32 is stored as it is: each part's own bytes go to the file, through no slot-sized
+      // buffer (126 MB per 4096-token chunk at TinyLlama's shape).
+      let at = 0;
+      for (const p of parts)
+        at += await this.writeSpill(slot, at, new Uint8Array(p.buffer, p.byteOffset, p.byteLength));
+      this.lengths[slot] = floats;
+      return;
+    }
     let buf: Uint8Array;
     if (resident) {
       buf = this.memory[slot] ?? new Uint8Array(this.slotBytes);
@@ -101,20 +110,7 @@ export class ActivationStore {
     let at = 0;
     for (const p of parts) at += encode(p, buf, at, this.options.dtype, what);
     this.lengths[slot] = floats;
-    if (resident) return;
-    const file = await this.spillFile();
-    const position = (slot - this.residentSlots) * this.slotBytes;
-    try {
-      let done = 0;
-      while (done < bytes) done += (await file.write(buf, done, bytes - done, position + done)).bytesWritten;
-    } catch (e) {
-      throw new FileError(`writing calibration activations failed: ${(e as Error).message}`, {
-        file: this.options.spillDir ?? os.tmpdir(),
-        hint: 'free disk space there, or raise --max-memory',
-      });
-    }
-    this.stats.spilledBytes += bytes;
-    this.stats.spillFileBytes = Math.max(this.stats.spillFileBytes, position + bytes);
+    if (!resident) await this.writeSpill(slot, 0, buf.subarray(0, bytes));
   }
 
   /** Read slot `slot` into `parts` (their lengths sum to at most what was saved), as float32. */
@@ -123,21 +119,53 @@ export class ActivationStore {
     if (floats > this.lengths[slot]!)
       throw new RangeError(`internal: ${floats} floats read from a slot holding ${this.lengths[slot]}`);
     const bytes = floats * dtypeBytes(this.options.dtype);
+    const resident = slot < this.residentSlots;
+    if (!resident && this.options.dtype === 'f32') {
+      let at = 0;
+      for (const p of parts)
+        at += await this.readSpill(slot, at, new Uint8Array(p.buffer, p.byteOffset, p.byteLength));
+      return;
+    }
     let buf: Uint8Array;
-    if (slot < this.residentSlots) buf = this.memory[slot]!;
+    if (resident) buf = this.memory[slot]!;
     else {
       this.io ??= new Uint8Array(this.slotBytes);
       buf = this.io;
-      const position = (slot - this.residentSlots) * this.slotBytes;
-      let done = 0;
-      while (done < bytes) {
-        const { bytesRead } = await this.file!.read(buf, done, bytes - done, position + done);
-        if (bytesRead === 0) throw new FileError('calibration activations file truncated');
-        done += bytesRead;
-      }
+      await this.readSpill(slot, 0, buf.subarray(0, bytes));
     }
     let at = 0;
     for (const p of parts) at += decode(buf, at, p, this.options.dtype);
+  }
+
+  /** Write `data` at byte `offset` of spilled slot `slot`; returns its length. */
+  private async writeSpill(slot: number, offset: number, data: Uint8Array): Promise<number> {
+    const file = await this.spillFile();
+    const position = (slot - this.residentSlots) * this.slotBytes + offset;
+    try {
+      let done = 0;
+      while (done < data.length)
+        done += (await file.write(data, done, data.length - done, position + done)).bytesWritten;
+    } catch (e) {
+      throw new FileError(`writing calibration activations failed: ${(e as Error).message}`, {
+        file: this.options.spillDir ?? os.tmpdir(),
+        hint: 'free disk space there, or raise --max-memory',
+      });
+    }
+    this.stats.spilledBytes += data.length;
+    this.stats.spillFileBytes = Math.max(this.stats.spillFileBytes, position + data.length);
+    return data.length;
+  }
+
+  /** Fill `data` from byte `offset` of spilled slot `slot`; returns its length. */
+  private async readSpill(slot: number, offset: number, data: Uint8Array): Promise<number> {
+    const position = (slot - this.residentSlots) * this.slotBytes + offset;
+    let done = 0;
+    while (done < data.length) {
+      const { bytesRead } = await this.file!.read(data, done, data.length - done, position + done);
+      if (bytesRead === 0) throw new FileError('calibration activations file truncated');
+      done += bytesRead;
+    }
+    return data.length;
   }
 
   /** Drop the spill I/O buffer (one slot's bytes) until the next load or save needs it again. */

@@ -252,27 +252,38 @@ interface ChunkState {
 /**
  * Memory of the sequential pass, reused from stage to stage and layer to layer instead of
  * allocated per product (a 100M model's calibration would otherwise allocate and drop ~1 GB
- * per layer): `pool` holds buffers of a chunk's largest stage input (one per chunk, one
- * spare), `scratch` the temporaries (transposes, Gram blocks, q/k/v, projections).
+ * per layer): `pool` holds buffers of the exact lengths asked for (a chunk's residual stream is
+ * hidden wide, its SwiGLU activation intermediate wide: one size for all would hold 2.75x the
+ * residual's bytes at TinyLlama's shape), `scratch` the temporaries (transposes, Gram blocks,
+ * q/k/v, projections).
  */
 class Buffers {
-  private readonly free: ArrayBuffer[] = [];
+  private readonly free = new Map<number, ArrayBuffer[]>();
+  /** Buffers this pool allocated: an engine that ignored `out` returned its own array, not ours to keep. */
+  private readonly own = new WeakSet<ArrayBuffer>();
   readonly scratch = new Scratch();
 
-  constructor(private readonly floats: number) {}
-
   take(length: number): Float32Array {
-    return new Float32Array(this.free.pop() ?? new ArrayBuffer(this.floats * 4), 0, length);
+    let b = this.free.get(length)?.pop();
+    if (!b) {
+      b = new ArrayBuffer(length * 4);
+      this.own.add(b);
+    }
+    return new Float32Array(b, 0, length);
   }
 
   give(b: Float32Array): void {
-    // An engine that ignored `out` returned its own array: not ours to keep.
-    if (b.buffer.byteLength === this.floats * 4) this.free.push(b.buffer as ArrayBuffer);
+    const buffer = b.buffer as ArrayBuffer;
+    if (!this.own.has(buffer)) return;
+    const length = buffer.byteLength / 4;
+    const list = this.free.get(length);
+    if (list) list.push(buffer);
+    else this.free.set(length, [buffer]);
   }
 
   /** Drop the free buffers and the temporaries (call with none taken); the next pass allocates them again. */
   release(): void {
-    this.free.length = 0;
+    this.free.clear();
     this.scratch.clear();
   }
 }
@@ -330,7 +341,7 @@ export async function runSequential(
     if (!Number.isFinite(store.budgetBytes)) checkCalibrationMemory({ nsamples: n, seqlen }, D);
   }
   const widest = decoder.stageWidth();
-  const buffers = new Buffers(options.chunk * seqlen * widest);
+  const buffers = new Buffers();
   // Each chunk's slot: its residual stream, then the input of its current stage.
   const meta: ChunkMeta[] = [];
   for (let s0 = 0; s0 < n; s0 += options.chunk)
