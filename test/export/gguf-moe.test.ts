@@ -15,7 +15,6 @@ import { execFileSync } from 'node:child_process';
 import { copyFileSync, mkdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
-import type { Token } from 'node-llama-cpp';
 import { ConfigError } from '../../src/errors.js';
 import { exportGguf } from '../../src/export/gguf.js';
 import { GGUF_MIXES } from '../../src/formats/gguf-mix.js';
@@ -29,7 +28,14 @@ import { type LoadedModel, loadModel } from '../../src/model/load.js';
 import { quantizeModel } from '../../src/quant/quantize-model.js';
 import { ASSETS, assetsPresent, skipOrFail, tempDir } from '../helpers.js';
 import { type HfConfig, llamaTensors, WeightMaker, writeCheckpoint } from '../model/arch-reference.js';
-import { getLlamaRuntime, refHarness } from './llama-cpp.js';
+import {
+  compareLogits,
+  getLlamaRuntime,
+  llamaGreedy,
+  llamaLogProbs,
+  logSoftmax,
+  refHarness,
+} from './llama-cpp.js';
 
 const VOCAB_DIR = () => path.join(ASSETS, 'models/tinystories-656k');
 
@@ -135,89 +141,6 @@ const GREEDY_STEPS = 20;
 const GREEDY_MIN = 16;
 
 type Llama = Exclude<Awaited<ReturnType<typeof getLlamaRuntime>>, string>;
-type LlamaModel = Awaited<ReturnType<Llama['loadModel']>>;
-
-/** F32 KV cache, no flash attention, one thread: llama.cpp's attention in float32 like ptqkit's. */
-const EXACT_CONTEXT = {
-  threads: 1,
-  flashAttention: false,
-  experimentalKvCacheKeyType: 'F32',
-  experimentalKvCacheValueType: 'F32',
-} as const;
-/** node-llama-cpp's probabilities are then the plain softmax of the logits. */
-const SOFTMAX = { temperature: 1, topK: 0, topP: 1, minP: 0 } as const;
-
-function logSoftmax(logits: ArrayLike<number>, T: number, V: number): Float64Array {
-  const out = new Float64Array(T * V);
-  for (let i = 0; i < T; i++) {
-    let max = Number.NEGATIVE_INFINITY;
-    for (let v = 0; v < V; v++) max = Math.max(max, logits[i * V + v]!);
-    let sum = 0;
-    for (let v = 0; v < V; v++) sum += Math.exp(logits[i * V + v]! - max);
-    const lse = max + Math.log(sum);
-    for (let v = 0; v < V; v++) out[i * V + v] = logits[i * V + v]! - lse;
-  }
-  return out;
-}
-
-function argmax(a: ArrayLike<number>): number {
-  let best = 0;
-  for (let i = 1; i < a.length; i++) if (a[i]! > a[best]!) best = i;
-  return best;
-}
-
-/** llama.cpp's next-token log-probabilities at every position of `window`, [T, V]. */
-async function llamaLogProbs(lm: LlamaModel, window: number[], V: number): Promise<Float64Array> {
-  const ctx = await lm.createContext({ contextSize: 2 * WINDOW, batchSize: WINDOW, ...EXACT_CONTEXT });
-  try {
-    const out = await ctx
-      .getSequence()
-      .controlledEvaluate(
-        window.map((tok) => [tok as Token, { generateNext: { probabilities: true, options: SOFTMAX } }]),
-      );
-    const lp = new Float64Array(window.length * V).fill(Number.NEGATIVE_INFINITY);
-    out.forEach((o, i) => {
-      for (const [v, p] of o!.next!.probabilities!) lp[i * V + v] = Math.log(p);
-    });
-    return lp;
-  } finally {
-    await ctx.dispose();
-  }
-}
-
-/** llama.cpp's greedy continuation of `prompt`, stopping at EOS. */
-async function llamaGreedy(lm: LlamaModel, prompt: number[], V: number, eos?: number): Promise<number[]> {
-  const ctx = await lm.createContext({ contextSize: 64, ...EXACT_CONTEXT });
-  try {
-    const seq = ctx.getSequence();
-    const ids = [...prompt];
-    const next = { generateNext: { probabilities: true, options: SOFTMAX } } as const;
-    let res = await seq.controlledEvaluate(
-      prompt.map((tok, i) => (i === prompt.length - 1 ? [tok as Token, next] : (tok as Token))),
-    );
-    for (let s = 0; s < GREEDY_STEPS; s++) {
-      const p = res.at(-1)!.next!.probabilities!;
-      const best = argmax(Float64Array.from({ length: V }, (_, v) => p.get(v as Token) ?? 0));
-      if (best === eos) break;
-      ids.push(best);
-      res = await seq.controlledEvaluate([[best as Token, next]]);
-    }
-    return ids;
-  } finally {
-    await ctx.dispose();
-  }
-}
-
-/** Max |Δ| over [T, V] log-probabilities and the positions whose argmax agrees. */
-function compare(a: Float64Array, b: Float64Array, T: number, V: number) {
-  let maxDiff = 0;
-  let agree = 0;
-  for (let i = 0; i < T; i++) {
-    for (let v = 0; v < V; v++) maxDiff = Math.max(maxDiff, Math.abs(a[i * V + v]! - b[i * V + v]!));
-    if (argmax(a.subarray(i * V, (i + 1) * V)) === argmax(b.subarray(i * V, (i + 1) * V))) agree++;
-  }
-  return { maxDiff, agree };
-}
 
 /**
  * `file` in llama.cpp against ptqkit's forward of `model` (the weights the file holds): the
@@ -244,10 +167,10 @@ async function assertRunsLikePtqkit(
     );
     const ours = logSoftmax(await decoder.forward(Int32Array.from(window), 1, WINDOW), WINDOW, V);
     const theirs = await llamaLogProbs(lm, window, V);
-    const { maxDiff, agree } = compare(theirs, ours, WINDOW, V);
-    const first = compare(theirs, ours, 1, V).maxDiff;
+    const { maxDiff, agree } = compareLogits(theirs, ours, WINDOW, V);
+    const first = compareLogits(theirs, ours, 1, V).maxDiff;
     const greedyOurs = await greedyGenerate(decoder, prompt, GREEDY_STEPS, model.config.eosTokenId);
-    const greedyLlama = await llamaGreedy(lm, prompt, V, model.config.eosTokenId);
+    const greedyLlama = await llamaGreedy(lm, prompt, V, GREEDY_STEPS, model.config.eosTokenId);
     const same = greedyOurs.findIndex((tok, i) => tok !== greedyLlama[i]);
     console.log(
       `${label}: max|Δlog-prob| ${maxDiff.toExponential(2)} (position 0: ${first.toExponential(2)}) top-1 ${agree}/${WINDOW},` +

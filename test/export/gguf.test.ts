@@ -12,7 +12,6 @@ import { execFileSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
-import type { Token } from 'node-llama-cpp';
 import { evalCommand } from '../../src/cli/commands.js';
 import { exportGguf } from '../../src/export/gguf.js';
 import { GGUF_MIXES } from '../../src/formats/gguf-mix.js';
@@ -26,7 +25,15 @@ import { ggufStorage, llamaCppInputOps } from '../../src/model/sources/gguf-mode
 import { quantizeModel } from '../../src/quant/quantize-model.js';
 import { ASSETS, assetsPresent, skipOrFail, tempDir } from '../helpers.js';
 import { assertPrinted, readmeTable } from '../readme-figures.js';
-import { getLlamaRuntime, refHarness } from './llama-cpp.js';
+import {
+  compareLogits,
+  getLlamaRuntime,
+  type LlamaModel,
+  llamaGreedy,
+  llamaLogProbs,
+  logSoftmax,
+  refHarness,
+} from './llama-cpp.js';
 
 /**
  * node-llama-cpp 3.21 gives next-token probabilities (softmax at temperature 1, no truncation),
@@ -141,12 +148,6 @@ const FTYPE: Record<string, number> = { q8_0: 7, q4_0: 2, q4_k: 15, q6_k: 18 };
 const text = () =>
   readFileSync(path.join(ASSETS, 'text/tinystories-valid-slice.txt'), 'utf8').replaceAll('\r', '');
 
-function argmax(a: ArrayLike<number>, from = 0, n = a.length): number {
-  let best = from;
-  for (let i = from + 1; i < from + n; i++) if (a[i]! > a[best]!) best = i;
-  return best - from;
-}
-
 /** exp of the mean next-token NLL of [T, V] log-probabilities over tokens[1..T). */
 function perplexity(logProbs: Float64Array, tokens: number[], V: number): number {
   let nll = 0;
@@ -154,81 +155,11 @@ function perplexity(logProbs: Float64Array, tokens: number[], V: number): number
   return Math.exp(nll / (tokens.length - 1));
 }
 
-type LlamaModel = Awaited<
-  ReturnType<Exclude<Awaited<ReturnType<typeof getLlamaRuntime>>, string>['loadModel']>
->;
-
-/** F32 KV cache and no flash attention: llama.cpp's attention then stays in float32 like ptqkit's. */
-const EXACT_CONTEXT = {
-  threads: 1,
-  flashAttention: false,
-  experimentalKvCacheKeyType: 'F32',
-  experimentalKvCacheValueType: 'F32',
-} as const;
-
-/**
- * Sampler options under which node-llama-cpp's `probabilities` are the plain softmax of the
- * logits: temperature 1, no top-k / top-p / min-p truncation (node-llama-cpp 3.21 returns
- * probabilities, not raw logits).
- */
-const SOFTMAX = { temperature: 1, topK: 0, topP: 1, minP: 0 } as const;
-
-/** llama.cpp's next-token log-probabilities at every position of `window`, [T, V]. */
-async function llamaLogProbs(lm: LlamaModel, window: number[], V: number): Promise<Float64Array> {
-  // A context larger than the window: node-llama-cpp shifts a full context, which would move positions.
-  const ctx = await lm.createContext({ contextSize: 2 * WINDOW, batchSize: WINDOW, ...EXACT_CONTEXT });
-  try {
-    const out = await ctx.getSequence().controlledEvaluate(
-      // node-llama-cpp brands token ids (Token); ours are the same integers.
-      window.map((tok) => [tok as Token, { generateNext: { probabilities: true, options: SOFTMAX } }]),
-    );
-    return toLogProbs(
-      out.map((o) => o!.next!.probabilities!),
-      V,
-    );
-  } finally {
-    await ctx.dispose();
-  }
-}
-
-function toLogProbs(rows: Map<number, number>[], V: number): Float64Array {
-  const lp = new Float64Array(rows.length * V).fill(Number.NEGATIVE_INFINITY);
-  rows.forEach((p, i) => {
-    for (const [v, x] of p) lp[i * V + v] = Math.log(x);
-  });
-  return lp;
-}
-
-/** Row-wise log-softmax of [T, V] logits. */
-function logSoftmax(logits: ArrayLike<number>, T: number, V: number): Float64Array {
-  const out = new Float64Array(T * V);
-  for (let i = 0; i < T; i++) {
-    let max = Number.NEGATIVE_INFINITY;
-    for (let v = 0; v < V; v++) max = Math.max(max, logits[i * V + v]!);
-    let sum = 0;
-    for (let v = 0; v < V; v++) sum += Math.exp(logits[i * V + v]! - max);
-    const lse = max + Math.log(sum);
-    for (let v = 0; v < V; v++) out[i * V + v] = logits[i * V + v]! - lse;
-  }
-  return out;
-}
-
 /** The first position where two [T, V] log-probability tables differ by more than tol (T: none). */
 function firstDeparture(a: ArrayLike<number>, b: ArrayLike<number>, T: number, V: number, tol: number) {
   for (let i = 0; i < T; i++)
     for (let v = 0; v < V; v++) if (Math.abs(a[i * V + v]! - b[i * V + v]!) > tol) return i;
   return T;
-}
-
-/** Max |a − b| over [T, V] scores and the number of positions whose argmax agrees. */
-function compareLogits(a: ArrayLike<number>, b: ArrayLike<number>, T: number, V: number) {
-  let maxDiff = 0;
-  let agree = 0;
-  for (let i = 0; i < T; i++) {
-    for (let v = 0; v < V; v++) maxDiff = Math.max(maxDiff, Math.abs(a[i * V + v]! - b[i * V + v]!));
-    if (argmax(a, i * V, V) === argmax(b, i * V, V)) agree++;
-  }
-  return { maxDiff, agree };
 }
 
 for (const spec of MODELS) {
@@ -295,26 +226,7 @@ for (const spec of MODELS) {
         };
 
         // Greedy continuation of the prompt, 20 tokens, both sides stopping at EOS.
-        const gctx = await lm.createContext({ contextSize: 64, ...EXACT_CONTEXT });
-        const seq = gctx.getSequence();
-        const greedyLlama = [...prompt];
-        let res = await seq.controlledEvaluate(
-          (prompt as Token[]).map((tok, i) =>
-            i === prompt.length - 1
-              ? [tok, { generateNext: { probabilities: true, options: SOFTMAX } }]
-              : tok,
-          ),
-        );
-        for (let s = 0; s < GREEDY_STEPS; s++) {
-          const l = res.at(-1)!.next!.probabilities!;
-          const next = argmax(Float64Array.from({ length: V }, (_, v) => l.get(v as Token)!));
-          if (next === back.config.eosTokenId) break;
-          greedyLlama.push(next);
-          res = await seq.controlledEvaluate([
-            [next as Token, { generateNext: { probabilities: true, options: SOFTMAX } }],
-          ]);
-        }
-        await gctx.dispose();
+        const greedyLlama = await llamaGreedy(lm, prompt, V, GREEDY_STEPS, back.config.eosTokenId);
         const greedyOurs = await greedyGenerate(
           new Decoder(back.config, back.weights),
           prompt,

@@ -14,6 +14,7 @@ import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import type { Token } from 'node-llama-cpp';
 import { REPO } from '../helpers.js';
 
 /**
@@ -248,4 +249,106 @@ export function refHarness(): string | { reason: string } {
     harness = { reason: `cannot build the ggml-ref harness: ${firstLine(e)}` };
   }
   return harness;
+}
+
+// ---------- Running a GGUF in llama.cpp and comparing with ptqkit's forward ----------
+
+/** A model loaded by node-llama-cpp. */
+export type LlamaModel = Awaited<ReturnType<Llama['loadModel']>>;
+
+/** F32 KV cache, no flash attention, one thread: llama.cpp's attention then stays in float32 like ptqkit's. */
+export const EXACT_CONTEXT = {
+  threads: 1,
+  flashAttention: false,
+  experimentalKvCacheKeyType: 'F32',
+  experimentalKvCacheValueType: 'F32',
+} as const;
+
+/**
+ * Sampler options under which node-llama-cpp's `probabilities` are the plain softmax of the
+ * logits: temperature 1, no top-k / top-p / min-p truncation (node-llama-cpp 3.21 returns
+ * probabilities, not raw logits).
+ */
+const SOFTMAX = { temperature: 1, topK: 0, topP: 1, minP: 0 } as const;
+const NEXT = { generateNext: { probabilities: true, options: SOFTMAX } } as const;
+
+/** llama.cpp's next-token log-probabilities at every position of `window`, [T, V]. */
+export async function llamaLogProbs(lm: LlamaModel, window: number[], V: number): Promise<Float64Array> {
+  // A context larger than the window: node-llama-cpp shifts a full context, which would move positions.
+  const ctx = await lm.createContext({
+    contextSize: 2 * window.length,
+    batchSize: window.length,
+    ...EXACT_CONTEXT,
+  });
+  try {
+    // node-llama-cpp brands token ids (Token); ours are the same integers.
+    const out = await ctx.getSequence().controlledEvaluate(window.map((tok) => [tok as Token, NEXT]));
+    const lp = new Float64Array(window.length * V).fill(Number.NEGATIVE_INFINITY);
+    out.forEach((o, i) => {
+      for (const [v, p] of o!.next!.probabilities!) lp[i * V + v] = Math.log(p);
+    });
+    return lp;
+  } finally {
+    await ctx.dispose();
+  }
+}
+
+/** llama.cpp's greedy continuation of `prompt` by up to `steps` tokens, stopping at `eos`: prompt + new tokens. */
+export async function llamaGreedy(
+  lm: LlamaModel,
+  prompt: number[],
+  V: number,
+  steps: number,
+  eos?: number,
+): Promise<number[]> {
+  const ctx = await lm.createContext({ contextSize: 64, ...EXACT_CONTEXT });
+  try {
+    const seq = ctx.getSequence();
+    const ids = [...prompt];
+    let res = await seq.controlledEvaluate(
+      prompt.map((tok, i) => (i === prompt.length - 1 ? [tok as Token, NEXT] : (tok as Token))),
+    );
+    for (let s = 0; s < steps; s++) {
+      const p = res.at(-1)!.next!.probabilities!;
+      const best = argmax(Float64Array.from({ length: V }, (_, v) => p.get(v as Token) ?? 0));
+      if (best === eos) break;
+      ids.push(best);
+      res = await seq.controlledEvaluate([[best as Token, NEXT]]);
+    }
+    return ids;
+  } finally {
+    await ctx.dispose();
+  }
+}
+
+/** Row-wise log-softmax of [T, V] logits, in float64. */
+export function logSoftmax(logits: ArrayLike<number>, T: number, V: number): Float64Array {
+  const out = new Float64Array(T * V);
+  for (let i = 0; i < T; i++) {
+    let max = Number.NEGATIVE_INFINITY;
+    for (let v = 0; v < V; v++) max = Math.max(max, logits[i * V + v]!);
+    let sum = 0;
+    for (let v = 0; v < V; v++) sum += Math.exp(logits[i * V + v]! - max);
+    const lse = max + Math.log(sum);
+    for (let v = 0; v < V; v++) out[i * V + v] = logits[i * V + v]! - lse;
+  }
+  return out;
+}
+
+/** Index of the largest of a[from .. from + n), relative to `from` (ties: the first). */
+export function argmax(a: ArrayLike<number>, from = 0, n = a.length): number {
+  let best = from;
+  for (let i = from + 1; i < from + n; i++) if (a[i]! > a[best]!) best = i;
+  return best - from;
+}
+
+/** Max |a − b| over [T, V] scores and the number of positions whose argmax agrees. */
+export function compareLogits(a: ArrayLike<number>, b: ArrayLike<number>, T: number, V: number) {
+  let maxDiff = 0;
+  let agree = 0;
+  for (let i = 0; i < T; i++) {
+    for (let v = 0; v < V; v++) maxDiff = Math.max(maxDiff, Math.abs(a[i * V + v]! - b[i * V + v]!));
+    if (argmax(a, i * V, V) === argmax(b, i * V, V)) agree++;
+  }
+  return { maxDiff, agree };
 }
