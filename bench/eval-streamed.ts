@@ -14,16 +14,13 @@
  * The text is BENCH_EVAL_WINDOWS (default 4 for 1B, 2 for 8B) windows of 512 random words of
  * the models' 1000-word vocabulary. Prints one JSON line (bench/run.ts).
  */
-import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { mulberry32 } from '../src/random.js';
 import { CACHE, syntheticFp16HfConfig, writeSyntheticFp16Model } from './synthetic.js';
+import { timedPtq } from './timed-ptq.js';
 
-const HERE = path.dirname(fileURLToPath(import.meta.url));
-const CLI = path.join(HERE, '../src/cli/main.ts');
 const GiB = 2 ** 30;
 const CTX = 512;
 
@@ -48,26 +45,8 @@ if (eightB) {
 }
 mkdirSync(root, { recursive: true });
 
-/** `ptq <args>` in a child under /usr/bin/time: its JSON output, wall and CPU seconds, peak RSS. */
-function ptq(args: string[]) {
-  const timeFile = path.join(root, 'time.txt');
-  const r = spawnSync(
-    '/usr/bin/time',
-    ['-f', '%e %U %S %M', '-o', timeFile, process.execPath, '--import', 'tsx', CLI, ...args, '--json'],
-    { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'], maxBuffer: 64 * 1024 * 1024 },
-  );
-  if (r.status !== 0) throw new Error(`ptq ${args[0]} failed (status ${r.status})`);
-  const [wall, user, sys, maxRssKiB] = readFileSync(timeFile, 'utf8')
-    .trim()
-    .split(/\s+/)
-    .map(Number) as number[];
-  return {
-    out: JSON.parse(r.stdout),
-    seconds: wall!,
-    cpuSeconds: user! + sys!,
-    peakRssMiB: maxRssKiB! / 1024,
-  };
-}
+/** `ptq <args> --json` under /usr/bin/time (timed-ptq.ts). */
+const ptq = (args: string[]) => timedPtq([...args, '--json'], { timeFile: path.join(root, 'time.txt') });
 
 try {
   const t0 = performance.now();

@@ -7,15 +7,14 @@
  *
  *   BENCH_CAL_SAMPLES=16 node --import tsx bench/gptq-streamed.ts [maxMemory=1GiB]
  */
-import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { mulberry32 } from '../src/random.js';
 import { CACHE, syntheticFp16HfConfig, writeSyntheticFp16Model } from './synthetic.js';
+import { timedPtq } from './timed-ptq.js';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
-const CLI = path.join(HERE, '../src/cli/main.ts');
 const SEQLEN = 512;
 const samples = Number(process.env.BENCH_CAL_SAMPLES ?? 128);
 const maxMemory = process.argv[2] ?? '1GiB';
@@ -62,31 +61,12 @@ args.push(
   maxMemory,
   '--json',
 );
-const r = spawnSync(
-  '/usr/bin/time',
-  [
-    '-f',
-    '%e %U %S %M',
-    '-o',
-    timeFile,
-    process.execPath,
-    '--import',
-    'tsx',
-    '--import',
-    path.join(HERE, 'phase-peaks.ts'),
-    CLI,
-    ...args,
-  ],
-  {
-    env: { ...process.env, BENCH_PHASE_PEAKS: peaksFile },
-    encoding: 'utf8',
-    stdio: ['ignore', 'pipe', 'inherit'],
-    maxBuffer: 64 * 1024 * 1024,
-  },
-);
-if (r.status !== 0) throw new Error(`ptq quantize failed (status ${r.status})`);
-const [wall, user, sys, rssKiB] = readFileSync(timeFile, 'utf8').trim().split(/\s+/).map(Number) as number[];
-const o = JSON.parse(r.stdout);
+const r = timedPtq(args, {
+  timeFile,
+  preload: [path.join(HERE, 'phase-peaks.ts')],
+  env: { ...process.env, BENCH_PHASE_PEAKS: peaksFile },
+});
+const o = r.out;
 console.log(
   JSON.stringify(
     {
@@ -94,9 +74,9 @@ console.log(
       seqlen: SEQLEN,
       maxMemory,
       streamed: o.streamed,
-      seconds: wall,
-      cpuSeconds: user! + sys!,
-      peakRssMiB: rssKiB! / 1024,
+      seconds: r.seconds,
+      cpuSeconds: r.cpuSeconds,
+      peakRssMiB: r.peakRssMiB,
       memory: o.memory,
       phasePeaks: JSON.parse(readFileSync(peaksFile, 'utf8')).phases,
     },

@@ -14,21 +14,18 @@
  * Prints one JSON line (bench/run.ts: `BENCH_HEAVY=1 npm run bench` or `npm run bench -- streaming-8b`).
  * Needs ~26 GB free: 16 GB of input and ~8.7 GB of output (embedding and lm_head stay F32).
  */
-import { spawnSync } from 'node:child_process';
-import { mkdirSync, readFileSync, rmSync, statfsSync } from 'node:fs';
+import { mkdirSync, rmSync, statfsSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { makeGrid } from '../src/formats/grid.js';
 import { linearWeightName } from '../src/formats/tensor-names.js';
 import { CHECKPOINT_FILE, encodeParams } from '../src/io/ptq-checkpoint.js';
 import { SafetensorsModel } from '../src/io/safetensors.js';
 import { quantizeRtn } from '../src/quant/methods/rtn.js';
 import { syntheticFp16HfConfig, writeSyntheticFp16Model } from './synthetic.js';
+import { timedPtq } from './timed-ptq.js';
 
-const HERE = path.dirname(fileURLToPath(import.meta.url));
-const CLI = path.join(HERE, '../src/cli/main.ts');
 const GiB = 2 ** 30;
 
 const HF_CONFIG = syntheticFp16HfConfig('8B');
@@ -57,41 +54,11 @@ try {
   process.stderr.write(`  read all shards in ${readSeconds.toFixed(1)} s\n`);
 
   const timeFile = path.join(root, 'time.txt');
-  const r = spawnSync(
-    'nice',
-    [
-      '-n',
-      '10',
-      '/usr/bin/time',
-      '-f',
-      '%e %U %S %M',
-      '-o',
-      timeFile,
-      process.execPath,
-      '--import',
-      'tsx',
-      CLI,
-    ].concat([
-      'quantize',
-      modelDir,
-      '--method',
-      'rtn',
-      '--bits',
-      '4',
-      '--group-size',
-      '128',
-      '-o',
-      outDir,
-      '--json',
-    ]),
-    { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'], maxBuffer: 64 * 1024 * 1024 },
+  const r = timedPtq(
+    ['quantize', modelDir, '--method', 'rtn', '--bits', '4', '--group-size', '128', '-o', outDir, '--json'],
+    { timeFile, nice: 10 },
   );
-  if (r.status !== 0) throw new Error(`ptq quantize failed (status ${r.status})`);
-  const cli = JSON.parse(r.stdout);
-  const [wall, user, sys, maxRssKiB] = readFileSync(timeFile, 'utf8')
-    .trim()
-    .split(/\s+/)
-    .map(Number) as number[];
+  const cli = r.out;
   const checked = await checkOneLayer(modelDir, outDir);
   const outputBytes = (await SafetensorsModel.open(outDir).then(async (st) => {
     const names = st.names();
@@ -106,17 +73,17 @@ try {
       quantizedParameters,
       calibration: 'none',
       grid: 'int4 g128 sym (rtn, streamed)',
-      seconds: wall,
-      cpuSeconds: user! + sys!,
-      peakRssMiB: maxRssKiB! / 1024,
+      seconds: r.seconds,
+      cpuSeconds: r.cpuSeconds,
+      peakRssMiB: r.peakRssMiB,
       phases: {},
       streamed: cli.streamed === true,
       inputBytes: shards.reduce((s, x) => s + x.bytes, 0),
       outputBytes,
       generateSeconds,
       readSeconds,
-      readRatio: wall! / readSeconds,
-      paramsPerSecond: parameters / wall!,
+      readRatio: r.seconds / readSeconds,
+      paramsPerSecond: parameters / r.seconds,
       loadAverage: os.loadavg()[0],
       checked,
     }),

@@ -449,17 +449,17 @@ const WHOLE_MODEL_OPTIONS = [
   'smoothquant',
 ] as const;
 
-/** Whether `ptq quantize` of a calibration-free method streams (quant/stream-quantize.ts): none of the above. */
-function streamable(args: QuantizeArgs): boolean {
+/** Whether none of `options` is set (absent, false or 0) in the parsed arguments. */
+function noneSet(args: QuantizeArgs, options: readonly string[]): boolean {
   const set = args as Record<string, unknown>;
-  return WHOLE_MODEL_OPTIONS.every((k) => set[k] === undefined || set[k] === false || set[k] === 0);
+  return options.every((k) => set[k] === undefined || set[k] === false || set[k] === 0);
 }
 
+/** Whether `ptq quantize` of a calibration-free method streams (quant/stream-quantize.ts): none of the above. */
+const streamable = (args: QuantizeArgs) => noneSet(args, WHOLE_MODEL_OPTIONS);
+
 /** Whether a calibrated `ptq quantize` can run block-streamed (quant/stream-calibrate.ts): nothing model-wide. */
-function streamableCalibration(args: QuantizeArgs): boolean {
-  const set = args as Record<string, unknown>;
-  return STREAMED_CALIBRATION_REFUSES.every((k) => set[k] === undefined || set[k] === false || set[k] === 0);
-}
+const streamableCalibration = (args: QuantizeArgs) => noneSet(args, STREAMED_CALIBRATION_REFUSES);
 
 /** What block-streamed calibration does not do yet (each needs the whole model or a whole-model pass). */
 const STREAMED_CALIBRATION_REFUSES = [
